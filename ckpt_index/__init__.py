@@ -1,0 +1,40 @@
+"""ckpt-index: find the right model checkpoint with an indexed SQL query.
+
+YAML sidecars (``X.metadata.yaml`` beside ``X.ckpt``) are the source of truth; the SQLite (or
+PostgreSQL) index is derived from them by :func:`sync`. Importing this package is cheap: the
+public names below are loaded on first use, and torch, lightning, wandb and pandas never are.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "CheckpointMetadataV1": "ckpt_index.schema",
+    "SidecarError": "ckpt_index.sidecar",
+    "load_metadata": "ckpt_index.sidecar",
+    "save_metadata": "ckpt_index.sidecar",
+    "sidecar_path_for": "ckpt_index.sidecar",
+    "resolve_db_url": "ckpt_index.db",
+    "open_engine": "ckpt_index.db",
+    "read_only_engine": "ckpt_index.readonly",
+    "connect": "ckpt_index.api",
+    "sync": "ckpt_index.api",
+    "query": "ckpt_index.api",
+    "QuerySpec": "ckpt_index.query",
+    "validate_tree": "ckpt_index.validate",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ckpt_index' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,46 @@
+"""The Python API: the same operations as the CLI, for notebooks and scripts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ckpt_index.db import open_engine
+from ckpt_index.query import QuerySpec, run_query
+from ckpt_index.readonly import read_only_engine
+from ckpt_index.sync import Progress, SyncSummary, sync_roots
+
+PathLike = str | os.PathLike[str]
+
+
+def sync(roots: PathLike | Iterable[PathLike], db: PathLike | None = None,
+         progress: Progress | None = None) -> SyncSummary:
+    """Sync the index with the files under ``roots`` (one path or several)."""
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    engine = open_engine(db)
+    try:
+        return sync_roots(engine, roots, progress=progress)
+    finally:
+        engine.dispose()
+
+
+def query(db: PathLike | None = None, **spec: Any) -> list[dict[str, Any]]:
+    """Query records: ``query(best_by="hmean", encoder="resnet50")`` (QuerySpec's fields)."""
+    engine = read_only_engine(db)
+    try:
+        with engine.connect() as conn:
+            return run_query(conn, QuerySpec(**spec))
+    finally:
+        engine.dispose()
+
+
+def connect(db: PathLike | None = None) -> Connection:
+    """A read-only SQLAlchemy connection to the index, e.g. for ``pandas.read_sql(sql, conn)``.
+
+    Close it when done (``with ckpt_index.connect() as conn: ...``).
+    """
+    return read_only_engine(db).connect()

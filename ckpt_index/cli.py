@@ -1,0 +1,458 @@
+"""The ``ckpt-index`` command line: parse arguments, call the library, print.
+
+Heavy libraries (torch, lightning, wandb, pandas) are never imported here; pydantic and alembic
+only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from functools import wraps
+from typing import Any, Callable
+
+import click
+
+from ckpt_index import __version__
+
+FORMAT_CHOICES = click.Choice(["table", "json", "jsonl", "csv", "paths"])
+
+
+def db_option(func: Callable) -> Callable:
+    return click.option(
+        "--db", metavar="PATH|URL", default=None,
+        help="Index database: a file path or SQLAlchemy URL "
+             "[default: $CKPT_INDEX_DB, else ./ckpt_index.db].",
+    )(func)
+
+
+def friendly_errors(func: Callable) -> Callable:
+    """Turn the library's domain errors into one-line CLI errors (exit 1)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from ckpt_index.db import IndexError_
+
+        try:
+            return func(*args, **kwargs)
+        except (IndexError_, NotADirectoryError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except SQLAlchemyError as exc:
+            raise click.ClickException(f"database error: {exc.__class__.__name__}: {exc.orig if getattr(exc, 'orig', None) else exc}") from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ckpt-index")
+def cli() -> None:
+    """Index PyTorch Lightning checkpoints by their YAML sidecars and query them with SQL.
+
+    Example:
+
+        ckpt-index sync outputs/ && ckpt-index query --best-by hmean
+    """
+
+
+# --------------------------------------------------------------------------------------- sync
+@cli.command()
+@click.argument("roots", nargs=-1, required=True, type=click.Path(file_okay=False))
+@db_option
+@click.option("--strict", is_flag=True, help="Exit 1 when any sidecar is invalid.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Summary format.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: when stderr is a terminal].")
+@friendly_errors
+def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
+         progress: bool | None) -> None:
+    """Bring the index in line with the checkpoints and sidecars under ROOTS.
+
+    Unchanged sidecars (same size and mtime) are not read again; rows whose files are gone are
+    removed; invalid sidecars are recorded with their reason and never stop the sync.
+
+    Example:
+
+        ckpt-index sync outputs/ --format json
+    """
+    from ckpt_index.db import open_engine
+    from ckpt_index.sync import sync_roots
+
+    engine = open_engine(db)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    bar = _ProgressBar() if show_bar else None
+    try:
+        summary = sync_roots(engine, roots, progress=bar)
+    finally:
+        if bar:
+            bar.close()
+        engine.dispose()
+    if fmt == "json":
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        for path, reason in summary.invalid_files[:20]:
+            click.echo(f"invalid: {path}: {reason}", err=True)
+        if len(summary.invalid_files) > 20:
+            click.echo(f"... {len(summary.invalid_files) - 20} more invalid sidecars "
+                       "(ckpt-index validate ROOT lists all)", err=True)
+        click.echo(summary.one_line())
+    if strict and summary.invalid:
+        raise click.ClickException(f"{summary.invalid} invalid sidecar(s) (--strict)")
+
+
+class _ProgressBar:
+    """A click progress bar on stderr, created once the total is known."""
+
+    def __init__(self) -> None:
+        self._bar = None
+        self._done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = click.progressbar(length=total, label="syncing", file=sys.stderr)
+            self._bar.__enter__()
+        self._bar.update(done - self._done)
+        self._done = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+# -------------------------------------------------------------------------------------- query
+@cli.command()
+@db_option
+@click.option("--best-by", metavar="METRIC[:max|min]",
+              help="Only the best checkpoint by METRIC (a field or any logged metric). Direction "
+                   "defaults to max, or min for names containing 'loss'.")
+@click.option("--group-by", type=click.Choice(["exp_name", "architecture", "encoder", "training_phase"]),
+              help="With --best-by: the best checkpoint per group.")
+@click.option("--encoder", help="Only this encoder (e.g. resnet50).")
+@click.option("--architecture", help="Only this architecture (e.g. dbnet).")
+@click.option("--exp", metavar="GLOB", help="Experiment name glob, e.g. 'ocr_*resnet50*'.")
+@click.option("--phase", type=click.Choice(["training", "validation", "finetuning"]))
+@click.option("--min-epoch", type=int)
+@click.option("--max-epoch", type=int)
+@click.option("--where", "where", metavar="EXPR",
+              help="Filter expression: hmean > 0.8 and encoder = 'resnet50' or val/loss < 0.03.")
+@click.option("--sort", multiple=True, metavar="FIELD[:asc|desc]", help="Sort key (repeatable).")
+@click.option("--limit", type=click.IntRange(min=0), help="At most N results.")
+@click.option("--include-orphans", is_flag=True,
+              help="Also rows whose checkpoint file is gone (sidecar only).")
+@click.option("--format", "fmt", type=FORMAT_CHOICES, default="table", show_default=True)
+@friendly_errors
+def query(db: str | None, best_by: str | None, group_by: str | None, encoder: str | None,
+          architecture: str | None, exp: str | None, phase: str | None, min_epoch: int | None,
+          max_epoch: int | None, where: str | None, sort: tuple[str, ...], limit: int | None,
+          include_orphans: bool, fmt: str) -> None:
+    """Select checkpoints from the index.
+
+    Exit status 1 when nothing matches, 2 for a usage error (a malformed --where included).
+
+    Example:
+
+        ckpt-index query --best-by hmean --encoder resnet50
+        ckpt-index query --best-by val/loss --group-by exp_name --format json
+        ckpt-index query --where "hmean > 0.8 and epoch >= 10" --sort hmean:desc --limit 5
+    """
+    from ckpt_index.db import open_engine
+    from ckpt_index.formatting import render_records
+    from ckpt_index.query import QueryError, QuerySpec, WhereError, parse_direction, run_query
+
+    spec = QuerySpec(
+        best_by=best_by, group_by=group_by, encoder=encoder, architecture=architecture, exp=exp,
+        phase=phase, min_epoch=min_epoch, max_epoch=max_epoch, where=where, sort=sort,
+        limit=limit, include_orphans=include_orphans,
+    )
+    engine = open_engine(db, readonly=_index_exists(db))
+    try:
+        with engine.connect() as conn:
+            records = run_query(conn, spec)
+    except (WhereError, QueryError) as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        engine.dispose()
+    if not records:
+        click.echo("no checkpoint matches", err=True)
+        sys.exit(1)
+    options: dict[str, Any] = {}
+    if fmt == "table":
+        options["metric"] = parse_direction(best_by)[0] if best_by else None
+        if limit is None and sys.stdout.isatty():
+            options["max_rows"] = max(10, shutil.get_terminal_size().lines - 4)
+    click.echo(render_records(records, fmt, **options))
+
+
+def _index_exists(db: str | None) -> bool:
+    """Read-only for an existing SQLite file; writable (creating it at head) otherwise."""
+    from ckpt_index.db import _sqlite_file, is_sqlite, resolve_db_url
+
+    url = resolve_db_url(db)
+    if not is_sqlite(url):
+        return False
+    path = _sqlite_file(url)
+    return path is not None and os.path.exists(path)
+
+
+# --------------------------------------------------------------------------------------- show
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@db_option
+@friendly_errors
+def show(checkpoint: str, db: str | None) -> None:
+    """Print everything the index knows about one checkpoint, as JSON.
+
+    Example:
+
+        ckpt-index show outputs/exp/checkpoints/epoch-10_step-005420.ckpt
+    """
+    from ckpt_index.db import open_engine
+    from ckpt_index.query import find_checkpoint
+
+    engine = open_engine(db, readonly=_index_exists(db))
+    try:
+        with engine.connect() as conn:
+            record = find_checkpoint(conn, os.path.abspath(checkpoint))
+    finally:
+        engine.dispose()
+    if record is None:
+        click.echo(f"{os.path.abspath(checkpoint)}: not in the index (run ckpt-index sync)", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(record, indent=2))
+
+
+# ----------------------------------------------------------------------------------- validate
+@cli.command()
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@friendly_errors
+def validate(root: str, fmt: str) -> None:
+    """Check every sidecar under ROOT (the index is not touched). Exit 1 if any is invalid.
+
+    Example:
+
+        ckpt-index validate outputs/ --format json
+    """
+    from ckpt_index.validate import validate_tree
+
+    report = validate_tree(root)
+    if fmt == "json":
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for path, reason in report.invalid:
+            click.echo(f"invalid: {path}: {reason}")
+        for path, warning in report.warnings:
+            click.echo(f"warning: {path}: {warning}")
+        for path in report.without_metadata:
+            click.echo(f"no metadata: {path}")
+        for path in report.orphaned:
+            click.echo(f"orphaned sidecar (no checkpoint): {path}")
+        click.echo(
+            f"{len(report.valid)} valid, {len(report.invalid)} invalid, "
+            f"{len(report.without_metadata)} checkpoints without metadata, "
+            f"{len(report.orphaned)} orphaned sidecars"
+        )
+    if not report.ok:
+        sys.exit(1)
+
+
+# -------------------------------------------------------------------------------------- stats
+@cli.command()
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@friendly_errors
+def stats(db: str | None, fmt: str) -> None:
+    """Counts of what the index holds.
+
+    Example:
+
+        ckpt-index stats --format json
+    """
+    from ckpt_index.db import open_engine, resolve_db_url
+    from ckpt_index.stats import index_stats
+
+    engine = open_engine(db, readonly=_index_exists(db))
+    try:
+        with engine.connect() as conn:
+            data = {"database": _safe_url(resolve_db_url(db)), **index_stats(conn)}
+    finally:
+        engine.dispose()
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+        click.echo(f"{key + ':':<20}{value}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# ---------------------------------------------------------------------------------------- sql
+@cli.command()
+@click.argument("statement")
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "csv"]),
+              default="table", show_default=True)
+@friendly_errors
+def sql(statement: str, db: str | None, fmt: str) -> None:
+    """Run one read-only SQL statement against the index; writes are refused.
+
+    Tables: checkpoints, checkpoint_metrics (checkpoint_id, name, value); view
+    checkpoint_metrics_flat.
+
+    Example:
+
+        ckpt-index sql "SELECT encoder, max(hmean) FROM checkpoints GROUP BY encoder"
+    """
+    from ckpt_index.formatting import render_rows
+    from ckpt_index.readonly import ReadOnlyError, read_only_engine, run_sql
+
+    engine = read_only_engine(db)
+    try:
+        columns, rows = run_sql(engine, statement)
+    except ReadOnlyError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(render_rows(columns, rows, fmt))
+
+
+# ----------------------------------------------------------------------------------------- db
+@cli.group("db")
+def db_group() -> None:
+    """Schema migrations of the index (alembic).
+
+    Example:
+
+        ckpt-index db current
+    """
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@db_option
+@friendly_errors
+def db_upgrade(revision: str, db: str | None) -> None:
+    """Upgrade the index schema to REVISION (default: head).
+
+    Example:
+
+        ckpt-index db upgrade --db team.db
+    """
+    from ckpt_index.db import (
+        HEAD_REVISION, SchemaTooNewError, create_index_engine, current_revision,
+        known_revisions, resolve_db_url, upgrade,
+    )
+
+    url = resolve_db_url(db)
+    engine = create_index_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = current_revision(conn)
+        if found is not None and found not in known_revisions():
+            raise SchemaTooNewError(url, found, HEAD_REVISION)
+        upgrade(engine, url, revision)
+        with engine.connect() as conn:
+            click.echo(f"at revision {current_revision(conn)}")
+    finally:
+        engine.dispose()
+
+
+@db_group.command("downgrade")
+@click.argument("revision")
+@db_option
+@friendly_errors
+def db_downgrade(revision: str, db: str | None) -> None:
+    """Downgrade the index schema to REVISION ('base' drops everything).
+
+    Example:
+
+        ckpt-index db downgrade base
+    """
+    from ckpt_index.db import create_index_engine, current_revision, downgrade, resolve_db_url
+
+    url = resolve_db_url(db)
+    engine = create_index_engine(url)
+    try:
+        downgrade(engine, url, revision)
+        with engine.connect() as conn:
+            click.echo(f"at revision {current_revision(conn) or 'base'}")
+    finally:
+        engine.dispose()
+
+
+@db_group.command("current")
+@db_option
+@friendly_errors
+def db_current(db: str | None) -> None:
+    """Print the index's schema revision and this release's head.
+
+    Example:
+
+        ckpt-index db current
+    """
+    from ckpt_index.db import HEAD_REVISION, create_index_engine, current_revision, resolve_db_url
+
+    url = resolve_db_url(db)
+    engine = create_index_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = current_revision(conn)
+    finally:
+        engine.dispose()
+    state = "up to date" if found == HEAD_REVISION else f"head is {HEAD_REVISION}"
+    click.echo(f"{found or 'base (empty)'} ({state})")
+
+
+@db_group.command("history")
+def db_history() -> None:
+    """List the schema revisions this release ships, newest first.
+
+    Example:
+
+        ckpt-index db history
+    """
+    from alembic.script import ScriptDirectory
+
+    from ckpt_index.db import _MIGRATIONS
+
+    for rev in ScriptDirectory(str(_MIGRATIONS)).walk_revisions():
+        click.echo(f"{rev.down_revision or 'base'} -> {rev.revision}: {rev.doc}")
+
+
+# --------------------------------------------------------------------------------------- demo
+@cli.command()
+@click.argument("directory", default="demo_outputs", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(directory: str, seed: int) -> None:
+    """Write a small demo outputs tree (8 experiments, seed-format sidecars) to DIRECTORY.
+
+    Example:
+
+        ckpt-index demo demo_outputs && ckpt-index sync demo_outputs
+    """
+    from ckpt_index.demo import make_demo_tree
+
+    if os.path.exists(directory) and os.listdir(directory):
+        raise click.ClickException(f"{directory} exists and is not empty")
+    paths = make_demo_tree(directory, seed=seed)
+    click.echo(f"wrote {len(paths)} checkpoints under {directory}")
+
+
+def main() -> None:
+    cli(prog_name="ckpt-index")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Opening the index: one resolution rule for the database, engines, and the schema under alembic.
+
+The database is ``--db`` (a path or SQLAlchemy URL), else ``$CKPT_INDEX_DB``, else
+``./ckpt_index.db``. Opening for writing creates a new database at head and upgrades an older one;
+several processes may do so at once (the upgrade runs under an exclusive lock and re-checks the
+revision). A database stamped with a revision this release does not know was written by a newer
+release and is refused before anything is written.
+
+alembic is imported only when a migration has to run, so opening an up-to-date index stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+
+DEFAULT_DB = "ckpt_index.db"
+ENV_VAR = "CKPT_INDEX_DB"
+#: The newest alembic revision this release ships (a test checks it against migrations/).
+HEAD_REVISION = "0001"
+SQLITE_BUSY_TIMEOUT_S = 60.0
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class IndexError_(Exception):
+    """Base class for problems opening the index."""
+
+
+class SchemaTooNewError(IndexError_):
+    def __init__(self, url: str, found: str, head: str) -> None:
+        super().__init__(
+            f"the index {url} is at schema revision {found}, newer than this release's head "
+            f"{head}; upgrade ckpt-index to use it (nothing was written)"
+        )
+        self.found = found
+        self.head = head
+
+
+class IndexMissingError(IndexError_):
+    pass
+
+
+def resolve_db_url(db: str | os.PathLike[str] | None = None) -> str:
+    """The SQLAlchemy URL for ``db``, ``$CKPT_INDEX_DB`` or ``./ckpt_index.db``."""
+    value = os.fspath(db) if db is not None else os.environ.get(ENV_VAR) or DEFAULT_DB
+    if "://" in value:
+        return value
+    return "sqlite:///" + str(Path(value).expanduser().absolute())
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _sqlite_file(url: str) -> str | None:
+    database = make_url(url).database
+    return None if database in (None, "", ":memory:") else database
+
+
+def create_index_engine(
+    url: str, *, readonly: bool = False, on_connect: Callable[[Any], None] | None = None
+) -> Engine:
+    """An engine with the settings every connection to the index needs.
+
+    ``on_connect`` runs on each new SQLite DBAPI connection (e.g. to install an authorizer).
+    """
+    if not is_sqlite(url):
+        engine = create_engine(url, pool_pre_ping=True)
+        if readonly:
+            engine = engine.execution_options(postgresql_readonly=True)
+        return engine
+    path = _sqlite_file(url)
+    if readonly:
+        if path is None or not Path(path).exists():
+            raise IndexMissingError(f"no index at {path or url}; run `ckpt-index sync ROOT` first")
+        uri = Path(path).absolute().as_uri() + "?mode=ro"
+        engine = create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(
+                uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False
+            ),
+        )
+    else:
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:
+        # We emit BEGIN ourselves (below): pysqlite's implicit transactions would defer locking and
+        # commit around DDL, which breaks transactional migrations and invites SQLITE_BUSY upgrades.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        if readonly:
+            cursor.execute("PRAGMA query_only = ON")
+        elif path is not None:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+        if on_connect is not None:
+            on_connect(dbapi_conn)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A writer takes the write lock up front (BEGIN IMMEDIATE) so it waits on the busy timeout
+        # instead of failing when a read transaction would have to be upgraded.
+        immediate = conn.get_execution_options().get("ckpt_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection in a write transaction, committed on success and rolled back on error."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(ckpt_write=True)
+        with conn.begin():
+            yield conn
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The alembic revision the database is stamped with; ``None`` for an empty database."""
+    # has_table() rather than try/except: a failed SELECT would abort a PostgreSQL transaction.
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def alembic_config(url: str, connection: Connection | None = None):
+    """An alembic Config built in code, so an installed wheel needs no alembic.ini."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(_MIGRATIONS))
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def _lock_for_migration(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        # Serialise concurrent upgrades across processes and machines; released at commit.
+        conn.execute(text("SELECT pg_advisory_xact_lock(724_112_001)"))
+
+
+def ensure_schema(engine: Engine, url: str) -> str:
+    """Bring the database to head (creating it if empty); return the revision it is at."""
+    with engine.connect() as conn:
+        found = current_revision(conn)
+        conn.rollback()
+    if found == HEAD_REVISION:
+        return found
+    if found is not None and found not in known_revisions():
+        raise SchemaTooNewError(url, found, HEAD_REVISION)
+    upgrade(engine, url, HEAD_REVISION)
+    return HEAD_REVISION
+
+
+def upgrade(engine: Engine, url: str, target: str = "head") -> None:
+    from alembic import command
+
+    with write_transaction(engine) as conn:
+        _lock_for_migration(conn)
+        found = current_revision(conn)  # another process may have migrated while we waited
+        if found is not None and found not in known_revisions():
+            raise SchemaTooNewError(url, found, HEAD_REVISION)
+        if found != target:
+            command.upgrade(alembic_config(url, conn), target)
+
+
+def downgrade(engine: Engine, url: str, target: str) -> None:
+    from alembic import command
+
+    with write_transaction(engine) as conn:
+        _lock_for_migration(conn)
+        command.downgrade(alembic_config(url, conn), target)
+
+
+def open_engine(
+    db: str | os.PathLike[str] | None = None,
+    *,
+    readonly: bool = False,
+    on_connect: Callable[[Any], None] | None = None,
+) -> Engine:
+    """An engine on the index at head: created or upgraded when writable, checked when read-only."""
+    url = resolve_db_url(db)
+    if not readonly and is_sqlite(url):
+        path = _sqlite_file(url)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_index_engine(url, readonly=readonly, on_connect=on_connect)
+    try:
+        if readonly:
+            with engine.connect() as conn:
+                found = current_revision(conn)
+            if found is None:
+                raise IndexMissingError(f"{url} holds no ckpt-index schema; run `ckpt-index sync` first")
+            if found != HEAD_REVISION:
+                if found not in known_revisions():
+                    raise SchemaTooNewError(url, found, HEAD_REVISION)
+                raise IndexError_(
+                    f"the index {url} is at revision {found}, older than {HEAD_REVISION}; "
+                    "open it once for writing (e.g. `ckpt-index db upgrade`) to upgrade it"
+                )
+        else:
+            ensure_schema(engine, url)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine

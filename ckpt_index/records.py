@@ -1,0 +1,166 @@
+"""Turning metadata into index rows, and index rows into the records users see.
+
+A :class:`Record` is what the store writes: the flat column values of one ``checkpoints`` row plus
+its metrics by name. The same shape serves sync, and later the training callback and fallbacks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the query path must not pay for importing pydantic
+    from ckpt_index.schema import CheckpointMetadataV1
+
+#: Metrics that have their own column as well as a row in checkpoint_metrics.
+CANONICAL_METRICS = ("precision", "recall", "hmean", "validation_loss")
+
+#: Every metadata column of ``checkpoints``, emptied for a row without usable metadata.
+METADATA_COLUMNS = (
+    "exp_name", "architecture", "encoder", "encoder_pretrained", "encoder_frozen", "decoder",
+    "head", "loss", "epoch", "global_step", "training_phase", "max_epochs", "precision", "recall",
+    "hmean", "validation_loss", "monitor", "mode", "save_top_k", "save_last", "created_at",
+    "hydra_config_path", "wandb_run_id", "metadata_json", "warnings", "error",
+)
+
+#: The fields of a JSON query result, in order (SPEC section 7), before ``metrics``.
+OUTPUT_FIELDS = (
+    "checkpoint_path", "sidecar_path", "exp_name", "architecture", "encoder", "decoder", "head",
+    "loss", "epoch", "global_step", "training_phase", "max_epochs", "precision", "recall", "hmean",
+    "validation_loss", "monitor", "mode", "save_top_k", "save_last", "created_at",
+    "hydra_config_path", "wandb_run_id", "source", "checkpoint_exists", "status", "error",
+)
+
+
+@dataclass
+class FileState:
+    """Size and mtime of a file as seen by a sync; ``None`` when the file does not exist."""
+
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Record:
+    columns: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def checkpoint_path(self) -> str:
+        return self.columns["checkpoint_path"]
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _state_columns(ckpt: FileState | None, sidecar: FileState | None) -> dict[str, Any]:
+    return {
+        "checkpoint_exists": ckpt is not None,
+        "ckpt_size": ckpt.size if ckpt else None,
+        "ckpt_mtime_ns": ckpt.mtime_ns if ckpt else None,
+        "sidecar_size": sidecar.size if sidecar else None,
+        "sidecar_mtime_ns": sidecar.mtime_ns if sidecar else None,
+    }
+
+
+def metrics_of(meta: CheckpointMetadataV1) -> dict[str, float]:
+    """All metrics of a sidecar by name: additional_metrics, then the canonical ones over them."""
+    values = {k: v for k, v in meta.metrics.additional_metrics.items() if math.isfinite(v)}
+    for name in CANONICAL_METRICS:
+        value = getattr(meta.metrics, name)
+        if value is not None and math.isfinite(value):
+            values[name] = float(value)
+    return values
+
+
+def record_from_metadata(
+    meta: CheckpointMetadataV1,
+    *,
+    checkpoint_path: str,
+    sidecar_path: str | None,
+    ckpt: FileState | None,
+    sidecar: FileState | None,
+    source: str = "sidecar",
+    warnings: list[str] | None = None,
+) -> Record:
+    model, training, ckpting = meta.model, meta.training, meta.checkpointing
+    columns: dict[str, Any] = {
+        "checkpoint_path": checkpoint_path,
+        "sidecar_path": sidecar_path,
+        "exp_name": meta.exp_name,
+        "architecture": _known(model.architecture),
+        "encoder": _known(model.encoder.model_name),
+        "encoder_pretrained": model.encoder.pretrained,
+        "encoder_frozen": model.encoder.frozen,
+        "decoder": _known(model.decoder.name) if model.decoder else None,
+        "head": _known(model.head.name) if model.head else None,
+        "loss": _known(model.loss.name) if model.loss else None,
+        "epoch": training.epoch,
+        "global_step": training.global_step,
+        "training_phase": training.training_phase,
+        "max_epochs": training.max_epochs,
+        "precision": meta.metrics.precision,
+        "recall": meta.metrics.recall,
+        "hmean": meta.metrics.hmean,
+        "validation_loss": _finite(meta.metrics.validation_loss),
+        "monitor": ckpting.monitor if ckpting else None,
+        "mode": ckpting.mode if ckpting else None,
+        "save_top_k": ckpting.save_top_k if ckpting else None,
+        "save_last": ckpting.save_last if ckpting else None,
+        "created_at": meta.created_at,
+        "hydra_config_path": meta.hydra_config_path,
+        "wandb_run_id": meta.wandb_run_id,
+        "source": source,
+        "status": "valid",
+        "error": None,
+        "warnings": "; ".join(warnings) if warnings else None,
+        "metadata_json": json.dumps(meta.model_dump(mode="json"), separators=(",", ":")),
+        "indexed_at": now_iso(),
+        **_state_columns(ckpt, sidecar),
+    }
+    return Record(columns, metrics_of(meta))
+
+
+def record_without_metadata(
+    *,
+    checkpoint_path: str,
+    sidecar_path: str | None,
+    ckpt: FileState | None,
+    sidecar: FileState | None,
+    error: str | None,
+) -> Record:
+    """A row for a checkpoint with no sidecar (``missing``) or a rejected one (``invalid``)."""
+    columns: dict[str, Any] = dict.fromkeys(METADATA_COLUMNS)
+    columns.update(
+        checkpoint_path=checkpoint_path,
+        sidecar_path=sidecar_path,
+        source="none",
+        status="invalid" if error else "missing",
+        error=error,
+        indexed_at=now_iso(),
+        **_state_columns(ckpt, sidecar),
+    )
+    return Record(columns)
+
+
+def _known(name: str | None) -> str | None:
+    # "unknown" is the seeds' placeholder for a name no source gave; the index shows it as empty.
+    return None if name is None or name.strip().lower() in ("", "unknown") else name
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+def output_record(row: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
+    """The JSON shape of one query result (SPEC section 7)."""
+    out = {name: row.get(name) for name in OUTPUT_FIELDS}
+    for name in ("checkpoint_exists", "save_last"):
+        if out[name] is not None:
+            out[name] = bool(out[name])
+    out["metrics"] = dict(sorted(metrics.items()))
+    return out

@@ -1,0 +1,227 @@
+"""Reading and writing ``X.metadata.yaml`` sidecars (SPEC section 4).
+
+Reading is defensive: bounded size, UTF-8 text only, YAML safe loading (libyaml's C loader when
+present), and a check of how large the document would become once aliases are expanded, made on
+the composed node graph before anything is constructed. Every rejection is a
+:class:`SidecarError` whose ``reason`` is one line naming the field or the parse error.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ckpt_index.schema import CheckpointMetadataV1, format_validation_error
+
+CKPT_SUFFIX = ".ckpt"
+SIDECAR_SUFFIX = ".metadata.yaml"
+
+#: A seed-shaped sidecar is 1-3 KB; anything past this is not a sidecar.
+MAX_SIDECAR_BYTES = 1 << 20
+#: Nodes the document may expand to once aliases are followed (a sidecar has about a hundred).
+MAX_EXPANDED_NODES = 100_000
+MAX_DEPTH = 64
+
+_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseDumper: type = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class SidecarError(Exception):
+    """A sidecar that cannot be used; ``reason`` is a one-line explanation."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def sidecar_path_for(ckpt_path: Path | str) -> Path:
+    """``dir/X.ckpt`` -> ``dir/X.metadata.yaml``."""
+    path = Path(ckpt_path)
+    name = path.name[: -len(CKPT_SUFFIX)] if path.name.endswith(CKPT_SUFFIX) else path.name
+    return path.with_name(name + SIDECAR_SUFFIX)
+
+
+def checkpoint_path_for(sidecar_path: Path | str) -> Path:
+    """``dir/X.metadata.yaml`` -> ``dir/X.ckpt``."""
+    path = Path(sidecar_path)
+    if not path.name.endswith(SIDECAR_SUFFIX):
+        raise ValueError(f"{path}: not a sidecar name (expected *{SIDECAR_SUFFIX})")
+    return path.with_name(path.name[: -len(SIDECAR_SUFFIX)] + CKPT_SUFFIX)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """``problem (context) at line L, column C`` without the parser's multi-line layout."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        where = exc.problem_mark or exc.context_mark
+        reason = exc.problem if not exc.context else f"{exc.problem} ({exc.context})"
+        if where is not None:
+            reason += f" at line {where.line + 1}, column {where.column + 1}"
+        return " ".join(reason.split())
+    return " ".join(str(exc).split())
+
+
+def _check_expansion(root: yaml.Node, path: Path) -> None:
+    """Refuse alias bombs and cycles by sizing the node graph as it would be expanded."""
+    sizes: dict[int, int] = {}
+    on_stack: set[int] = set()
+    # Iterative post-order walk; memoising per node keeps it linear in the composed graph.
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 0, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        key = id(node)
+        if done:
+            on_stack.discard(key)
+            children = _children(node)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_EXPANDED_NODES:
+                raise SidecarError(
+                    path,
+                    f"YAML expands to more than {MAX_EXPANDED_NODES:,} nodes (alias bomb?)",
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in on_stack:
+            raise SidecarError(path, "YAML aliases form a cycle")
+        if depth > MAX_DEPTH:
+            raise SidecarError(path, f"YAML nests deeper than {MAX_DEPTH} levels")
+        on_stack.add(key)
+        stack.append((node, depth, True))
+        for child in _children(node):
+            if id(child) not in sizes:
+                stack.append((child, depth + 1, False))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def parse_sidecar_bytes(data: bytes, path: Path | str = "<sidecar>") -> dict[str, Any]:
+    """Safely parse sidecar bytes into a mapping, or raise :class:`SidecarError`."""
+    path = Path(path)
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise SidecarError(
+            path, f"file is {len(data):,} bytes, over the {MAX_SIDECAR_BYTES:,}-byte limit"
+        )
+    if b"\x00" in data:
+        raise SidecarError(path, "binary data, not YAML text (NUL byte)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SidecarError(path, f"not UTF-8 text (byte {exc.start})") from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SidecarError(path, "empty document, expected a mapping")
+        _check_expansion(node, path)
+        document = loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise SidecarError(path, f"YAML error: {_yaml_reason(exc)}") from None
+    except (RecursionError, MemoryError):
+        raise SidecarError(path, "YAML too deeply nested or too large") from None
+    finally:
+        loader.dispose()
+    if not isinstance(document, dict):
+        raise SidecarError(path, f"expected a mapping at the top level, got {type(document).__name__}")
+    return document
+
+
+def read_sidecar(sidecar_path: Path | str) -> CheckpointMetadataV1:
+    """Read and validate one sidecar file; raise :class:`SidecarError` with a reason."""
+    path = Path(sidecar_path)
+    try:
+        with open(path, "rb") as handle:
+            # Read one byte past the limit so oversized files are refused without reading them whole.
+            data = handle.read(MAX_SIDECAR_BYTES + 1)
+    except OSError as exc:
+        raise SidecarError(path, f"cannot read: {exc.strerror or exc}") from None
+    return validate_document(parse_sidecar_bytes(data, path), path)
+
+
+def validate_document(document: dict[str, Any], path: Path | str) -> CheckpointMetadataV1:
+    try:
+        return CheckpointMetadataV1.model_validate(document)
+    except ValidationError as exc:
+        raise SidecarError(path, format_validation_error(exc)) from None
+
+
+def load_metadata(ckpt_path: Path | str) -> CheckpointMetadataV1 | None:
+    """The metadata of a checkpoint from its sidecar; ``None`` when it has no sidecar.
+
+    Raises :class:`SidecarError` when the sidecar exists but is invalid.
+    """
+    path = sidecar_path_for(ckpt_path)
+    if not path.exists():
+        return None
+    return read_sidecar(path)
+
+
+class _SidecarDumper(_BaseDumper):  # type: ignore[misc, valid-type]
+    """Never emits anchors/aliases; short lists of scalars go on one line."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = len(data) <= 16 and all(isinstance(v, (int, float, str, bool)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_SidecarDumper.add_representer(list, _represent_list)
+
+
+def dump_metadata(meta: CheckpointMetadataV1) -> str:
+    """The YAML text of a sidecar: declaration key order, no aliases, no nulls."""
+    return dump_document(meta.model_dump(mode="json", exclude_none=True))
+
+
+def dump_document(data: dict[str, Any]) -> str:
+    """YAML text of a plain mapping, in the sidecar style."""
+    return yaml.dump(
+        data, Dumper=_SidecarDumper, sort_keys=False, default_flow_style=False,
+        allow_unicode=True, width=100,
+    )
+
+
+def save_metadata(
+    meta: CheckpointMetadataV1, ckpt_path: Path | str, *, force: bool = False
+) -> Path:
+    """Write the sidecar of ``ckpt_path`` atomically and return its path.
+
+    The text goes to a temporary file in the same directory, is flushed to disk, then linked into
+    place: readers see the old file or the whole new one, never a torn write. An existing sidecar is
+    kept (``FileExistsError``) unless ``force``.
+    """
+    target = sidecar_path_for(ckpt_path)
+    text = dump_metadata(meta).encode("utf-8")
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if force:
+            os.replace(tmp_name, target)
+        else:
+            # link() fails if the target exists, so a concurrent writer cannot be clobbered.
+            os.link(tmp_name, target)
+            os.unlink(tmp_name)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return target

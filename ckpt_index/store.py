@@ -1,0 +1,111 @@
+"""Writing records into the index: dialect-appropriate upserts keyed by checkpoint path.
+
+These functions take a connection inside a write transaction (``db.write_transaction``) and never
+commit themselves, so a caller decides what is atomic: a sync commits batch by batch, the
+training callback one checkpoint at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select
+
+from ckpt_index.models import checkpoint_metrics, checkpoints
+from ckpt_index.records import Record
+
+_CHUNK = 500
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _upsert_statement(conn: Connection, columns: Iterable[str]):
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported backends
+        raise NotImplementedError(f"no upsert for {conn.dialect.name}")
+    stmt = dialect_insert(checkpoints)
+    updates = {name: stmt.excluded[name] for name in columns if name != "checkpoint_path"}
+    return stmt.on_conflict_do_update(index_elements=["checkpoint_path"], set_=updates).returning(
+        checkpoints.c.id, checkpoints.c.checkpoint_path, sort_by_parameter_order=True
+    )
+
+
+def upsert_records(conn: Connection, records: Sequence[Record]) -> dict[str, int]:
+    """Insert or replace the rows (and all metrics) of ``records``; return path -> row id."""
+    if not records:
+        return {}
+    by_path = {record.checkpoint_path: record for record in records}  # last one wins
+    records = list(by_path.values())
+    stmt = _upsert_statement(conn, records[0].columns.keys())
+    ids: dict[str, int] = {}
+    for row_id, path in conn.execute(stmt, [r.columns for r in records]):
+        ids[path] = row_id
+    id_list = list(ids.values())
+    for chunk in _chunks(id_list):
+        conn.execute(delete(checkpoint_metrics).where(checkpoint_metrics.c.checkpoint_id.in_(chunk)))
+    metric_rows = [
+        {"checkpoint_id": ids[r.checkpoint_path], "name": name, "value": value}
+        for r in records
+        for name, value in r.metrics.items()
+    ]
+    if metric_rows:
+        conn.execute(insert(checkpoint_metrics), metric_rows)
+    return ids
+
+
+def update_columns(conn: Connection, updates: Sequence[tuple[int, dict[str, Any]]]) -> None:
+    """Update a few columns of existing rows by id (no metrics change)."""
+    for row_id, values in updates:
+        conn.execute(checkpoints.update().where(checkpoints.c.id == row_id).values(**values))
+
+
+def delete_rows(conn: Connection, ids: Sequence[int]) -> None:
+    """Delete rows by id; their metrics go with them (ON DELETE CASCADE, and explicitly)."""
+    for chunk in _chunks(list(ids)):
+        conn.execute(delete(checkpoint_metrics).where(checkpoint_metrics.c.checkpoint_id.in_(chunk)))
+        conn.execute(delete(checkpoints).where(checkpoints.c.id.in_(chunk)))
+
+
+def delete_paths(conn: Connection, paths: Sequence[str]) -> int:
+    """Delete the rows of these checkpoint paths; return how many there were."""
+    ids = [
+        row_id
+        for chunk in _chunks(list(paths))
+        for row_id in conn.scalars(select(checkpoints.c.id).where(checkpoints.c.checkpoint_path.in_(chunk)))
+    ]
+    delete_rows(conn, ids)
+    return len(ids)
+
+
+def path_range(root: str) -> tuple[str, str]:
+    """Bounds ``lo <= path < hi`` of every path strictly below directory ``root``.
+
+    A range on the unique index instead of ``LIKE 'root/%'``: no escaping of ``%`` and ``_``
+    in user paths, and an index seek on every backend.
+    """
+    prefix = root.rstrip("/") + "/"
+    return prefix, prefix[:-1] + chr(ord("/") + 1)
+
+
+STATE_COLUMNS = (
+    checkpoints.c.id, checkpoints.c.checkpoint_path, checkpoints.c.sidecar_path,
+    checkpoints.c.status, checkpoints.c.checkpoint_exists, checkpoints.c.ckpt_size,
+    checkpoints.c.ckpt_mtime_ns, checkpoints.c.sidecar_size, checkpoints.c.sidecar_mtime_ns,
+    checkpoints.c.error,
+)
+
+
+def rows_under(conn: Connection, root: str):
+    """The file-state columns of every row below ``root``."""
+    lo, hi = path_range(root)
+    stmt = select(*STATE_COLUMNS).where(
+        checkpoints.c.checkpoint_path >= lo, checkpoints.c.checkpoint_path < hi
+    )
+    return conn.execute(stmt)

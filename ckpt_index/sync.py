@@ -1,0 +1,247 @@
+"""The sync engine: walk roots for checkpoints and sidecars, bring the index in line (SPEC section 6).
+
+A sync is a diff between the files under each root and the rows under it. Sidecars whose size and
+mtime match their row are not read again; everything else is parsed and written in batches, one
+transaction per batch. Each row is always the image of some state of its files, so a sync killed
+at any point leaves a consistent index, and the next sync (which sees the stale file states)
+finishes the job.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from ckpt_index.db import write_transaction
+from ckpt_index.records import (
+    FileState,
+    Record,
+    record_from_metadata,
+    record_without_metadata,
+)
+from ckpt_index.schema import metadata_warnings
+from ckpt_index.sidecar import CKPT_SUFFIX, SIDECAR_SUFFIX, SidecarError, read_sidecar
+from ckpt_index import store
+
+BATCH_SIZE = 1000
+#: Files modified this close to the scan may change again within the same mtime tick; their rows
+#: are stored with a sentinel mtime so that the next sync re-reads them (git's "racy clean" rule).
+RACY_WINDOW_NS = 2_000_000_000
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class SyncSummary:
+    roots: list[str] = field(default_factory=list)
+    checkpoints: int = 0
+    sidecars: int = 0
+    parsed: int = 0
+    unchanged: int = 0
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    valid: int = 0
+    invalid: int = 0
+    orphaned: int = 0
+    without_metadata: int = 0
+    elapsed_s: float = 0.0
+    #: (sidecar path, reason) of every invalid sidecar under the roots.
+    invalid_files: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["invalid_files"] = [{"path": p, "reason": r} for p, r in self.invalid_files]
+        return data
+
+    def one_line(self) -> str:
+        return (
+            f"synced {self.checkpoints} checkpoints, {self.sidecars} sidecars in "
+            f"{self.elapsed_s:.2f}s: {self.added} added, {self.updated} updated, "
+            f"{self.removed} removed, {self.unchanged} unchanged; {self.valid} valid, "
+            f"{self.invalid} invalid, {self.without_metadata} without metadata, "
+            f"{self.orphaned} orphaned sidecars"
+        )
+
+
+@dataclass
+class _Found:
+    ckpt: FileState | None = None
+    sidecar_path: str | None = None
+    sidecar: FileState | None = None
+
+
+def scan(root: str) -> dict[str, _Found]:
+    """Checkpoints and sidecars below ``root``, keyed by absolute checkpoint path."""
+    found: dict[str, _Found] = {}
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = os.scandir(directory)
+        except OSError:
+            continue  # vanished or unreadable directory: nothing under it can be indexed
+        with entries:
+            for entry in entries:
+                name = entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                        continue
+                    if name.endswith(CKPT_SUFFIX):
+                        st = entry.stat()
+                        found.setdefault(entry.path, _Found()).ckpt = FileState(
+                            st.st_size, st.st_mtime_ns
+                        )
+                    elif name.endswith(SIDECAR_SUFFIX):
+                        st = entry.stat()
+                        key = entry.path[: -len(SIDECAR_SUFFIX)] + CKPT_SUFFIX
+                        slot = found.setdefault(key, _Found())
+                        slot.sidecar_path = entry.path
+                        slot.sidecar = FileState(st.st_size, st.st_mtime_ns)
+                except OSError:
+                    continue  # a dangling link or a file deleted mid-scan
+    return found
+
+
+def _same(state: FileState | None, size, mtime_ns) -> bool:
+    return state is not None and state.size == size and state.mtime_ns == mtime_ns
+
+
+def _ckpt_columns(ckpt: FileState | None) -> dict:
+    return {
+        "checkpoint_exists": ckpt is not None,
+        "ckpt_size": ckpt.size if ckpt else None,
+        "ckpt_mtime_ns": ckpt.mtime_ns if ckpt else None,
+    }
+
+
+def build_record(path: str, item: _Found, racy_after_ns: int) -> tuple[Record, str | None]:
+    """The row for one checkpoint from its files; also the rejection reason of its sidecar."""
+    sidecar = item.sidecar
+    if sidecar is not None and sidecar.mtime_ns >= racy_after_ns:
+        sidecar = FileState(sidecar.size, 0)
+    if item.sidecar_path is None:
+        record = record_without_metadata(
+            checkpoint_path=path, sidecar_path=None, ckpt=item.ckpt, sidecar=None, error=None
+        )
+        return record, None
+    try:
+        meta = read_sidecar(item.sidecar_path)
+    except SidecarError as exc:
+        record = record_without_metadata(
+            checkpoint_path=path, sidecar_path=item.sidecar_path, ckpt=item.ckpt,
+            sidecar=sidecar, error=exc.reason,
+        )
+        return record, exc.reason
+    record = record_from_metadata(
+        meta, checkpoint_path=path, sidecar_path=item.sidecar_path, ckpt=item.ckpt,
+        sidecar=sidecar, warnings=metadata_warnings(meta),
+    )
+    return record, None
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def sync_roots(
+    engine: Engine,
+    roots: Iterable[str | os.PathLike[str]],
+    *,
+    progress: Progress | None = None,
+) -> SyncSummary:
+    """Bring the rows under each root in line with its files; return what was done."""
+    started = time.perf_counter()
+    summary = SyncSummary()
+    for root in roots:
+        root_path = os.path.abspath(os.fspath(root))
+        if not Path(root_path).is_dir():
+            raise NotADirectoryError(f"{root_path}: not a directory")
+        summary.roots.append(root_path)
+        _sync_root(engine, root_path, summary, progress)
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def _sync_root(engine: Engine, root: str, summary: SyncSummary, progress: Progress | None) -> None:
+    racy_after_ns = time.time_ns() - RACY_WINDOW_NS
+    found = scan(root)
+    with engine.connect() as conn:
+        existing = {row.checkpoint_path: row for row in store.rows_under(conn, root)}
+        conn.rollback()
+
+    to_parse: list[str] = []
+    state_updates: list[tuple[int, dict]] = []
+    for path, item in found.items():
+        summary.checkpoints += item.ckpt is not None
+        summary.sidecars += item.sidecar is not None
+        row = existing.get(path)
+        if row is None or not _row_current(row, item):
+            to_parse.append(path)
+            continue
+        summary.unchanged += 1
+        _count_status(summary, row.status, item, row.sidecar_path, row.error)
+        if not _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns):
+            state_updates.append((row.id, _ckpt_columns(item.ckpt)))
+    gone = [row.id for path, row in existing.items() if path not in found]
+
+    done, total = 0, len(to_parse) + len(state_updates) + len(gone)
+    for batch in _batches(sorted(to_parse), BATCH_SIZE):
+        records = []
+        for path in batch:
+            record, reason = build_record(path, found[path], racy_after_ns)
+            records.append(record)
+            summary.parsed += found[path].sidecar is not None
+            if path in existing:
+                summary.updated += 1
+            else:
+                summary.added += 1
+            status = record.columns["status"]
+            _count_status(summary, status, found[path], record.columns["sidecar_path"], reason)
+        with write_transaction(engine) as conn:
+            store.upsert_records(conn, records)
+        done += len(batch)
+        if progress:
+            progress(done, total)
+    if state_updates or gone:
+        with write_transaction(engine) as conn:
+            store.update_columns(conn, state_updates)
+            store.delete_rows(conn, gone)
+        summary.removed += len(gone)
+        done += len(state_updates) + len(gone)
+        if progress:
+            progress(done, total)
+
+
+def _row_current(row, item: _Found) -> bool:
+    """Whether a row still describes the files, up to checkpoint size/mtime (cheap to patch)."""
+    if (row.checkpoint_exists) != (item.ckpt is not None):
+        return False
+    if item.sidecar is None:
+        return row.status == "missing" and row.sidecar_path is None
+    return (
+        row.status in ("valid", "invalid")
+        and row.sidecar_path == item.sidecar_path
+        and _same(item.sidecar, row.sidecar_size, row.sidecar_mtime_ns)
+    )
+
+
+def _count_status(
+    summary: SyncSummary, status: str, item: _Found, sidecar_path: str | None, reason: str | None
+) -> None:
+    if status == "valid":
+        summary.valid += 1
+    elif status == "invalid":
+        summary.invalid += 1
+        summary.invalid_files.append((sidecar_path or "", reason or ""))
+    else:
+        summary.without_metadata += 1
+    if item.sidecar is not None and item.ckpt is None:
+        summary.orphaned += 1
