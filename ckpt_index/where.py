@@ -1,0 +1,361 @@
+"""The ``--where`` filter language (SPEC section 7): tokenizer, parser, AST and SQL compiler.
+
+``parse_where("hmean > 0.8 and val/loss < 0.03")`` gives an AST of frozen dataclasses;
+``compile_where(node, resolve)`` turns it into a SQLAlchemy boolean expression. User text never
+reaches SQL as text: every value becomes a bound parameter, and a name only chooses among the
+expressions the caller's ``resolve`` callback returns. Nothing is evaluated as Python.
+
+Grammar (keywords are case-insensitive)::
+
+    expr      := and_expr ("or" and_expr)*
+    and_expr  := not_expr ("and" not_expr)*
+    not_expr  := "not" not_expr | "(" expr ")" | predicate
+    predicate := NAME OP value | NAME ["not"] "like" STRING
+               | NAME ["not"] "in" "(" value ("," value)* ")" | NAME "is" ["not"] "null"
+    value     := NUMBER | STRING | "true" | "false"
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, NamedTuple, NoReturn, Union
+
+from sqlalchemy import String, and_, cast, literal, not_, or_
+from sqlalchemy.sql.elements import ColumnElement
+
+Value = Union[int, float, str, bool]
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./:@-]*")
+_NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_./:@-]*")
+# Longest first, so that "<=" is not read as "<" followed by "=".
+_OPERATORS = ("==", "!=", "<>", "<=", ">=", "=", "<", ">")
+_CANONICAL_OP = {"==": "=", "<>": "!="}
+_KEYWORDS = frozenset({"and", "or", "not", "in", "like", "is", "null", "true", "false"})
+_INT64 = 2**63 - 1  # SQLite and PostgreSQL bigint both stop here
+_MAX_DEPTH = 100  # nested parentheses and nots
+
+
+class WhereError(ValueError):
+    """A malformed ``--where`` expression.
+
+    Attributes:
+        text: the whole expression.
+        position: 0-based offset of the offending character or token (``len(text)`` at the end).
+        message: a short reason, without the position.
+    """
+
+    def __init__(self, message: str, text: str, position: int) -> None:
+        super().__init__(message, text, position)
+        self.message, self.text, self.position = message, text, position
+
+    def __str__(self) -> str:
+        # Show only the line holding the error so the caret lines up with multi-line input.
+        start = self.text.rfind("\n", 0, self.position) + 1
+        end = self.text.find("\n", self.position)
+        line = self.text[start : None if end < 0 else end]
+        line = "".join(" " if c.isspace() else c for c in line)
+        caret = " " * (self.position - start) + "^"
+        return f"{self.message} at position {self.position}\n  {line}\n  {caret}"
+
+
+@dataclass(frozen=True)
+class Compare:
+    name: str
+    op: str  # one of = != < <= > >=
+    value: Value
+
+
+@dataclass(frozen=True)
+class Like:
+    name: str
+    pattern: str
+    negated: bool = False
+
+
+@dataclass(frozen=True)
+class In:
+    name: str
+    values: tuple
+    negated: bool = False
+
+
+@dataclass(frozen=True)
+class IsNull:
+    name: str
+    negated: bool = False
+
+
+@dataclass(frozen=True)
+class And:
+    items: tuple
+
+
+@dataclass(frozen=True)
+class Or:
+    items: tuple
+
+
+@dataclass(frozen=True)
+class Not:
+    item: Node
+
+
+Node = Union[Compare, Like, In, IsNull, And, Or, Not]
+
+
+class _Token(NamedTuple):
+    kind: str  # NAME KW NUM STR OP ( ) , END
+    value: Any
+    start: int
+    end: int
+
+
+def _quoted(text: str, start: int, what: str) -> tuple[str, int]:
+    """Read a ``'...'`` or ``"..."`` token at ``start`` (doubled quote = one quote)."""
+    quote, parts, i = text[start], [], start + 1
+    while True:
+        j = text.find(quote, i)
+        if j < 0:
+            raise WhereError(f"unterminated {what}", text, start)
+        parts.append(text[i:j])
+        if text.startswith(quote, j + 1):
+            parts.append(quote)
+            i = j + 2
+        else:
+            return "".join(parts), j + 1
+
+
+def _number(text: str, start: int, end: int) -> int | float:
+    literal_text = text[start:end]
+    if any(c in literal_text for c in ".eE"):
+        return float(literal_text)
+    value = int(literal_text)
+    if abs(value) > _INT64:
+        raise WhereError("integer out of range", text, start)
+    return value
+
+
+def _tokenize(text: str) -> Iterator[_Token]:
+    """Yield tokens lazily, so the first error reported is the leftmost one."""
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif c in "(),":
+            yield _Token(c, c, i, i + 1)
+            i += 1
+        elif c in "'\"":
+            value, end = _quoted(text, i, "string" if c == "'" else "quoted name")
+            if c == '"' and not value:
+                raise WhereError("empty quoted name", text, i)
+            yield _Token("STR" if c == "'" else "NAME", value, i, end)
+            i = end
+        elif m := _NUMBER.match(text, i):
+            end = m.end()
+            # "1st", "1.2.3" and "5-3" are one bad token, not a number followed by something.
+            tail = _NAME_CHARS.match(text, end).end()
+            if tail > end:
+                raise WhereError(f"malformed number {text[i:tail]!r}", text, i)
+            yield _Token("NUM", _number(text, i, end), i, end)
+            i = end
+        elif m := _NAME.match(text, i):
+            word = m.group()
+            kind = "KW" if word.lower() in _KEYWORDS else "NAME"
+            yield _Token(kind, word.lower() if kind == "KW" else word, i, m.end())
+            i = m.end()
+        else:
+            op = next((op for op in _OPERATORS if text.startswith(op, i)), None)
+            if op is None:
+                raise WhereError(f"unexpected character {c!r}", text, i)
+            yield _Token("OP", op, i, i + len(op))
+            i += len(op)
+    yield _Token("END", None, n, n)
+
+
+class _Parser:
+    """Recursive descent over the grammar in the module docstring, one token of lookahead."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._tokens = _tokenize(text)
+        self.tok = next(self._tokens)
+        self._depth = 0
+
+    def parse(self) -> Node:
+        if self.tok.kind == "END":
+            self._fail("empty expression")
+        node = self._or(None)
+        if self.tok.kind == ")":
+            self._fail("unmatched ')'")
+        if self.tok.kind != "END":
+            self._fail(f"unexpected {self._show(self.tok)} after a complete condition")
+        return node
+
+    def _fail(self, message: str, tok: _Token | None = None) -> NoReturn:
+        raise WhereError(message, self.text, (tok or self.tok).start)
+
+    def _show(self, tok: _Token) -> str:
+        return "end of expression" if tok.kind == "END" else repr(self.text[tok.start : tok.end])
+
+    def _advance(self) -> _Token:
+        tok, self.tok = self.tok, next(self._tokens)
+        return tok
+
+    def _accept(self, keyword: str) -> _Token | None:
+        if self.tok.kind == "KW" and self.tok.value == keyword:
+            return self._advance()
+        return None
+
+    def _or(self, after: str | None) -> Node:
+        items = [self._and(after)]
+        while self._accept("or"):
+            items.append(self._and("or"))
+        return items[0] if len(items) == 1 else Or(tuple(items))
+
+    def _and(self, after: str | None) -> Node:
+        items = [self._not(after)]
+        while self._accept("and"):
+            items.append(self._not("and"))
+        return items[0] if len(items) == 1 else And(tuple(items))
+
+    def _not(self, after: str | None) -> Node:
+        if self.tok.kind == "NAME":
+            return self._predicate()
+        if self.tok.kind != "(" and not (self.tok.kind == "KW" and self.tok.value == "not"):
+            where = f" after {after!r}" if after else ""
+            word = self.text[self.tok.start : self.tok.end]
+            quotable = self.tok.kind == "KW" and self.tok.value not in ("and", "or")
+            hint = f' (a field named like a keyword must be quoted: "{word}")' if quotable else ""
+            self._fail(f"expected a condition{where}, got {self._show(self.tok)}{hint}")
+        # Each level costs Python stack frames here and in SQLAlchemy's compiler: stop long before
+        # a RecursionError would escape as something other than a WhereError.
+        self._depth += 1
+        if self._depth > _MAX_DEPTH:
+            self._fail("expression nested too deeply")
+        if self._accept("not"):
+            node: Node = Not(self._not("not"))
+        else:
+            opening = self._advance()
+            node = self._or("(")
+            self._close(opening, "expected ')', 'and' or 'or'")
+        self._depth -= 1
+        return node
+
+    def _close(self, opening: _Token, message: str) -> None:
+        if self.tok.kind == "END":
+            self._fail("unclosed '('", opening)
+        if self.tok.kind != ")":
+            self._fail(f"{message}, got {self._show(self.tok)}")
+        self._advance()
+
+    def _predicate(self) -> Node:
+        name = self._advance()
+        if self.tok.kind == "OP":
+            op = self._advance()
+            return Compare(name.value, _CANONICAL_OP.get(op.value, op.value), self._value(op))
+        if self._accept("is"):
+            negated = bool(self._accept("not"))
+            if not self._accept("null"):
+                self._fail(f"expected 'null' or 'not null' after 'is', got {self._show(self.tok)}")
+            return IsNull(name.value, negated)
+        negated = self._accept("not")
+        if self._accept("like"):
+            if self.tok.kind != "STR":
+                self._fail("'like' needs a quoted pattern, e.g. like 'resnet%'")
+            return Like(name.value, self._advance().value, bool(negated))
+        if self._accept("in"):
+            return In(name.value, self._list(), bool(negated))
+        if negated:
+            self._fail(f"expected 'like' or 'in' after 'not', got {self._show(self.tok)}")
+        self._fail(f"expected an operator after {self._show(name)}, got {self._show(self.tok)}")
+
+    def _list(self) -> tuple:
+        if self.tok.kind != "(":
+            self._fail("'in' needs a parenthesised list, e.g. in (1, 2)")
+        opening = self._advance()
+        if self.tok.kind == ")":
+            self._fail("empty list after 'in'")
+        values = [self._value(opening)]
+        while self.tok.kind == ",":
+            values.append(self._value(self._advance()))
+        self._close(opening, "expected ',' or ')' in the list")
+        return tuple(values)
+
+    def _value(self, after: _Token) -> Value:
+        tok, shown = self.tok, self.text[after.start : after.end]
+        if tok.kind in ("NUM", "STR") or (tok.kind == "KW" and tok.value in ("true", "false")):
+            self._advance()
+            return tok.value == "true" if tok.kind == "KW" else tok.value
+        if tok.kind == "KW" and tok.value == "null":
+            if shown in ("=", "=="):
+                self._fail(f"use 'is null' instead of '{shown} null'")
+            if shown in ("!=", "<>"):
+                self._fail(f"use 'is not null' instead of '{shown} null'")
+            self._fail(f"null cannot be used after {shown!r}; use 'is null' or 'is not null'")
+        hint = f" (quote strings: '{tok.value}')" if tok.kind == "NAME" else ""
+        self._fail(f"expected a value after {shown!r}{hint}")
+
+
+def parse_where(text: str) -> Node:
+    """Parse a ``--where`` expression into an AST; raise :class:`WhereError` if malformed.
+
+    Example::
+
+        >>> parse_where("val/loss < 0.03 or x = 1")
+        Or(items=(Compare(name='val/loss', op='<', value=0.03), Compare(name='x', op='=', value=1)))
+    """
+    return _Parser(text).parse()
+
+
+def names_in(node: Node) -> set[str]:
+    """Every field or metric name the expression refers to."""
+    if isinstance(node, (And, Or)):
+        return set().union(*(names_in(item) for item in node.items))
+    if isinstance(node, Not):
+        return names_in(node.item)
+    return {node.name}
+
+
+_COMPARE = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+            ">": operator.gt, ">=": operator.ge}
+
+
+def compile_where(node: Node, resolve: Callable[[str], ColumnElement[Any]]) -> ColumnElement[bool]:
+    """Compile an AST into a SQLAlchemy boolean expression.
+
+    Args:
+        node: the result of :func:`parse_where`.
+        resolve: maps a name to the column expression it means (a column, a scalar subquery over
+            the metrics table...); it may raise for an unknown name.
+
+    Every value goes through ``literal()``, typed by its Python type: that is what SQLAlchemy
+    would do for ``col == value`` anyway, except for booleans, which it would render as SQL
+    constants and refuse with ``<``. Comparisons follow SQL's three-valued logic: a NULL field
+    matches neither ``x = 1`` nor ``not x = 1``.
+    """
+    if isinstance(node, And):
+        return and_(*(compile_where(item, resolve) for item in node.items))
+    if isinstance(node, Or):
+        return or_(*(compile_where(item, resolve) for item in node.items))
+    if isinstance(node, Not):
+        return not_(compile_where(node.item, resolve))
+    if not isinstance(node, (Compare, Like, In, IsNull)):
+        raise TypeError(f"not a where-expression node: {node!r}")
+    column = resolve(node.name)
+    if isinstance(node, Compare):
+        return _COMPARE[node.op](column, literal(node.value))
+    if isinstance(node, Like):
+        # LIKE is a string operator (SQLAlchemy deprecates it on other types, PostgreSQL has no
+        # real ~~ text), so numbers and dates are matched by their text form.
+        if not isinstance(column.type, String):
+            column = cast(column, String)
+        pattern = literal(node.pattern)
+        return column.not_like(pattern) if node.negated else column.like(pattern)
+    if isinstance(node, In):
+        values = [literal(v) for v in node.values]
+        return column.not_in(values) if node.negated else column.in_(values)
+    return column.is_not(None) if node.negated else column.is_(None)

@@ -1,0 +1,84 @@
+"""Shared fixtures: a temporary index, a temporary outputs tree, sidecar writers, the CLI runner."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from ckpt_index.cli import cli
+from ckpt_index.sidecar import dump_document, sidecar_path_for
+
+DATA = Path(__file__).parent / "data"
+SEED_SIDECARS = sorted(DATA.glob("seed_*.metadata.yaml"))
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """Path of a fresh SQLite index file (not created yet)."""
+    return tmp_path / "index.db"
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    root = tmp_path / "outputs"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_db(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Never let a test touch a developer's ./ckpt_index.db or $CKPT_INDEX_DB.
+    monkeypatch.delenv("CKPT_INDEX_DB", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def seed_document(name: str = "seed_callback") -> dict[str, Any]:
+    """A deep copy of one of the seed sidecars as a mapping."""
+    return yaml.safe_load((DATA / f"{name}.metadata.yaml").read_text())
+
+
+def write_checkpoint(
+    ckpt: Path, document: dict[str, Any] | str | None = None, *, ckpt_file: bool = True, **changes: Any
+) -> Path:
+    """Write ``ckpt`` (a placeholder file) and its sidecar.
+
+    ``document`` is a mapping (default: the seed callback example), raw YAML text, or None for
+    no sidecar. ``changes`` set dotted keys, e.g. ``**{"metrics.hmean": 0.9}``.
+    """
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    if ckpt_file:
+        ckpt.write_bytes(b"placeholder\n")
+    if document is None and not changes:
+        return ckpt
+    if isinstance(document, str):
+        sidecar_path_for(ckpt).write_text(document)
+        return ckpt
+    doc = copy.deepcopy(document) if document is not None else seed_document()
+    for dotted, value in changes.items():
+        target = doc
+        *parents, last = dotted.split(".")
+        for key in parents:
+            target = target.setdefault(key, {})
+        target[last] = value
+    sidecar_path_for(ckpt).write_text(dump_document(doc))
+    return ckpt
+
+
+@pytest.fixture
+def invoke(db_path: Path) -> Callable[..., Any]:
+    """Run the CLI in-process against the temporary index: ``invoke("query", "--best-by", "hmean")``."""
+    runner = CliRunner()
+
+    def run(*args: str, db: bool = True, input: str | None = None):
+        argv = list(args)
+        if db and argv and argv[0] not in ("validate", "demo", "db") and "--db" not in argv:
+            argv += ["--db", str(db_path)]
+        return runner.invoke(cli, argv, input=input, catch_exceptions=False)
+
+    return run
