@@ -143,12 +143,14 @@ class _ProgressBar:
 @click.option("--limit", type=click.IntRange(min=0), help="At most N results.")
 @click.option("--include-orphans", is_flag=True,
               help="Also rows whose checkpoint file is gone (sidecar only).")
+@click.option("--location", help="Only rows indexed at this location (host name or "
+              "$CKPT_INDEX_LOCATION of the machine that synced them).")
 @click.option("--format", "fmt", type=FORMAT_CHOICES, default="table", show_default=True)
 @friendly_errors
 def query(db: str | None, best_by: str | None, group_by: str | None, encoder: str | None,
           architecture: str | None, exp: str | None, phase: str | None, min_epoch: int | None,
           max_epoch: int | None, where: str | None, sort: tuple[str, ...], limit: int | None,
-          include_orphans: bool, fmt: str) -> None:
+          include_orphans: bool, location: str | None, fmt: str) -> None:
     """Select checkpoints from the index.
 
     Exit status 1 when nothing matches, 2 for a usage error (a malformed --where included).
@@ -166,7 +168,7 @@ def query(db: str | None, best_by: str | None, group_by: str | None, encoder: st
     spec = QuerySpec(
         best_by=best_by, group_by=group_by, encoder=encoder, architecture=architecture, exp=exp,
         phase=phase, min_epoch=min_epoch, max_epoch=max_epoch, where=where, sort=sort,
-        limit=limit, include_orphans=include_orphans,
+        limit=limit, include_orphans=include_orphans, location=location,
     )
     engine = open_engine(db, readonly=_index_exists(db))
     try:

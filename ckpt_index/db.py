@@ -12,6 +12,7 @@ alembic is imported only when a migration has to run, so opening an up-to-date i
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +23,9 @@ from sqlalchemy.engine import make_url
 
 DEFAULT_DB = "ckpt_index.db"
 ENV_VAR = "CKPT_INDEX_DB"
+LOCATION_ENV_VAR = "CKPT_INDEX_LOCATION"
 #: The newest alembic revision this release ships (a test checks it against migrations/).
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 SQLITE_BUSY_TIMEOUT_S = 60.0
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -52,6 +54,16 @@ def resolve_db_url(db: str | os.PathLike[str] | None = None) -> str:
     if "://" in value:
         return value
     return "sqlite:///" + str(Path(value).expanduser().absolute())
+
+
+def resolve_location(location: str | None = None) -> str:
+    """Where this process indexes from: ``location``, else ``$CKPT_INDEX_LOCATION``, else the host name.
+
+    A checkpoint's identity in the index is (location, path): two machines may both have
+    ``/data/outputs/...`` and a shared index keeps both. Name a filesystem every node mounts at the
+    same path (``CKPT_INDEX_LOCATION=shared-nfs``) to have all nodes share its rows.
+    """
+    return location or os.environ.get(LOCATION_ENV_VAR) or socket.gethostname() or "localhost"
 
 
 def is_sqlite(url: str) -> bool:
@@ -156,7 +168,7 @@ def known_revisions() -> set[str]:
 def _lock_for_migration(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         # Serialise concurrent upgrades across processes and machines; released at commit.
-        conn.execute(text("SELECT pg_advisory_xact_lock(724_112_001)"))
+        conn.execute(text("SELECT pg_advisory_xact_lock(724112001)"))
 
 
 def ensure_schema(engine: Engine, url: str) -> str:
@@ -214,10 +226,20 @@ def open_engine(
             if found != HEAD_REVISION:
                 if found not in known_revisions():
                     raise SchemaTooNewError(url, found, HEAD_REVISION)
-                raise IndexError_(
-                    f"the index {url} is at revision {found}, older than {HEAD_REVISION}; "
-                    "open it once for writing (e.g. `ckpt-index db upgrade`) to upgrade it"
-                )
+                # An older index is upgraded when opened, also by readers; the read-only engine
+                # then sees the new schema on its next connection.
+                writer = create_index_engine(url)
+                try:
+                    ensure_schema(writer, url)
+                except Exception as exc:
+                    raise IndexError_(
+                        f"the index {url} is at revision {found}, older than {HEAD_REVISION}, "
+                        f"and could not be upgraded ({exc.__class__.__name__}: {exc}); run "
+                        "`ckpt-index db upgrade` with write access"
+                    ) from exc
+                finally:
+                    writer.dispose()
+                engine.dispose()
         else:
             ensure_schema(engine, url)
     except BaseException:

@@ -25,9 +25,17 @@ class Base(DeclarativeBase):
 
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
+    # Unique indexes rather than UNIQUE constraints: a later revision can replace an index on
+    # SQLite without rebuilding the table (which would cascade-delete the metrics).
+    __table_args__ = (
+        Index("ux_checkpoints_location_checkpoint_path", "location", "checkpoint_path", unique=True),
+        Index("ix_checkpoints_checkpoint_path", "checkpoint_path"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    checkpoint_path: Mapped[str] = mapped_column(String, unique=True)
+    # The machine (host name or CKPT_INDEX_LOCATION) whose filesystem holds checkpoint_path.
+    location: Mapped[str] = mapped_column(String, server_default="")
+    checkpoint_path: Mapped[str] = mapped_column(String)
     sidecar_path: Mapped[str | None] = mapped_column(String)
 
     exp_name: Mapped[str | None] = mapped_column(String, index=True)
@@ -95,7 +103,7 @@ checkpoint_metrics = CheckpointMetric.__table__
 METRICS_VIEW = "checkpoint_metrics_flat"
 METRICS_VIEW_SQL = f"""
 CREATE VIEW {METRICS_VIEW} AS
-SELECT c.id AS checkpoint_id, c.checkpoint_path, c.exp_name, c.architecture, c.encoder,
+SELECT c.id AS checkpoint_id, c.location, c.checkpoint_path, c.exp_name, c.architecture, c.encoder,
        c.epoch, c.global_step, c.training_phase, m.name AS metric, m.value
 FROM checkpoints c JOIN checkpoint_metrics m ON m.checkpoint_id = c.id
 WHERE c.checkpoint_exists

@@ -49,6 +49,7 @@ class QuerySpec:
     sort: Sequence[str] = field(default_factory=tuple)
     limit: int | None = None
     include_orphans: bool = False
+    location: str | None = None
 
 
 def _metric(name: str) -> ColumnElement:
@@ -91,6 +92,8 @@ def _filters(spec: QuerySpec) -> list[ColumnElement]:
     conditions: list[ColumnElement] = []
     if not spec.include_orphans:
         conditions.append(c.checkpoint_exists.is_(True))
+    if spec.location is not None:
+        conditions.append(c.location == spec.location)
     if spec.encoder is not None:
         conditions.append(c.encoder == spec.encoder)
     if spec.architecture is not None:
@@ -196,12 +199,25 @@ def run_query(conn: Connection, spec: QuerySpec) -> list[dict[str, Any]]:
     return [output_record(row, metrics[row["id"]]) for row in rows]
 
 
-def find_checkpoint(conn: Connection, checkpoint_path: str) -> dict[str, Any] | None:
-    """The full record of one checkpoint, with its whole sidecar under ``metadata``."""
+def find_checkpoint(
+    conn: Connection, checkpoint_path: str, location: str | None = None
+) -> dict[str, Any] | None:
+    """The full record of one checkpoint, with its whole sidecar under ``metadata``.
+
+    The row of ``location`` (default: this machine's) is preferred; another location's row of the
+    same path is returned when this one has none.
+    """
     import json
 
+    from ckpt_index.db import resolve_location
+
+    c = checkpoints.c
+    here = resolve_location(location)
     row = conn.execute(
-        select(checkpoints).where(checkpoints.c.checkpoint_path == checkpoint_path)
+        select(checkpoints)
+        .where(c.checkpoint_path == checkpoint_path)
+        .order_by((c.location == here).desc(), c.location)
+        .limit(1)
     ).first()
     if row is None:
         return None

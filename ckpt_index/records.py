@@ -28,7 +28,7 @@ METADATA_COLUMNS = (
 
 #: The fields of a JSON query result, in order (SPEC section 7), before ``metrics``.
 OUTPUT_FIELDS = (
-    "checkpoint_path", "sidecar_path", "exp_name", "architecture", "encoder", "decoder", "head",
+    "location", "checkpoint_path", "sidecar_path", "exp_name", "architecture", "encoder", "decoder", "head",
     "loss", "epoch", "global_step", "training_phase", "max_epochs", "precision", "recall", "hmean",
     "validation_loss", "monitor", "mode", "save_top_k", "save_last", "created_at",
     "hydra_config_path", "wandb_run_id", "source", "checkpoint_exists", "status", "error",

@@ -143,7 +143,8 @@ def format_validation_error(error: ValidationError) -> str:
                 shown = shown[:57] + "..."
             message = f"{message} (got {shown})"
         parts.append(f"{where}: {message}")
-    return "; ".join(parts)
+    # Keys and values come from the file and may hold newlines; a reason is always one line.
+    return " ".join("; ".join(parts).split())
 
 
 def metadata_warnings(meta: CheckpointMetadataV1) -> list[str]:

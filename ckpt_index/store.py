@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select
 
+from ckpt_index.db import resolve_location
 from ckpt_index.models import checkpoint_metrics, checkpoints
 from ckpt_index.records import Record
 
@@ -31,21 +32,29 @@ def _upsert_statement(conn: Connection, columns: Iterable[str]):
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported backends
         raise NotImplementedError(f"no upsert for {conn.dialect.name}")
     stmt = dialect_insert(checkpoints)
-    updates = {name: stmt.excluded[name] for name in columns if name != "checkpoint_path"}
-    return stmt.on_conflict_do_update(index_elements=["checkpoint_path"], set_=updates).returning(
+    keys = ("location", "checkpoint_path")
+    updates = {name: stmt.excluded[name] for name in columns if name not in keys}
+    return stmt.on_conflict_do_update(index_elements=list(keys), set_=updates).returning(
         checkpoints.c.id, checkpoints.c.checkpoint_path, sort_by_parameter_order=True
     )
 
 
-def upsert_records(conn: Connection, records: Sequence[Record]) -> dict[str, int]:
-    """Insert or replace the rows (and all metrics) of ``records``; return path -> row id."""
+def upsert_records(
+    conn: Connection, records: Sequence[Record], *, location: str | None = None
+) -> dict[str, int]:
+    """Insert or replace the rows (and all metrics) of ``records``; return path -> row id.
+
+    Rows are keyed by (location, checkpoint_path); ``location`` defaults to this machine's.
+    """
     if not records:
         return {}
+    location = resolve_location(location)
     by_path = {record.checkpoint_path: record for record in records}  # last one wins
     records = list(by_path.values())
-    stmt = _upsert_statement(conn, records[0].columns.keys())
+    stmt = _upsert_statement(conn, ["location", *records[0].columns.keys()])
     ids: dict[str, int] = {}
-    for row_id, path in conn.execute(stmt, [r.columns for r in records]):
+    params = [{**r.columns, "location": location} for r in records]
+    for row_id, path in conn.execute(stmt, params):
         ids[path] = row_id
     id_list = list(ids.values())
     for chunk in _chunks(id_list):
@@ -73,12 +82,16 @@ def delete_rows(conn: Connection, ids: Sequence[int]) -> None:
         conn.execute(delete(checkpoints).where(checkpoints.c.id.in_(chunk)))
 
 
-def delete_paths(conn: Connection, paths: Sequence[str]) -> int:
-    """Delete the rows of these checkpoint paths; return how many there were."""
+def delete_paths(conn: Connection, paths: Sequence[str], *, location: str | None = None) -> int:
+    """Delete this location's rows of these checkpoint paths; return how many there were."""
+    location = resolve_location(location)
+    c = checkpoints.c
     ids = [
         row_id
         for chunk in _chunks(list(paths))
-        for row_id in conn.scalars(select(checkpoints.c.id).where(checkpoints.c.checkpoint_path.in_(chunk)))
+        for row_id in conn.scalars(
+            select(c.id).where(c.location == location, c.checkpoint_path.in_(chunk))
+        )
     ]
     delete_rows(conn, ids)
     return len(ids)
@@ -102,10 +115,12 @@ STATE_COLUMNS = (
 )
 
 
-def rows_under(conn: Connection, root: str):
-    """The file-state columns of every row below ``root``."""
+def rows_under(conn: Connection, root: str, *, location: str | None = None):
+    """The file-state columns of this location's rows below ``root``."""
     lo, hi = path_range(root)
     stmt = select(*STATE_COLUMNS).where(
-        checkpoints.c.checkpoint_path >= lo, checkpoints.c.checkpoint_path < hi
+        checkpoints.c.location == resolve_location(location),
+        checkpoints.c.checkpoint_path >= lo,
+        checkpoints.c.checkpoint_path < hi,
     )
     return conn.execute(stmt)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from ckpt_index.db import write_transaction
+from ckpt_index.db import resolve_location, write_transaction
 from ckpt_index.records import (
     FileState,
     Record,
@@ -38,6 +38,7 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class SyncSummary:
+    location: str = ""
     roots: list[str] = field(default_factory=list)
     checkpoints: int = 0
     sidecars: int = 0
@@ -156,10 +157,14 @@ def sync_roots(
     roots: Iterable[str | os.PathLike[str]],
     *,
     progress: Progress | None = None,
+    location: str | None = None,
 ) -> SyncSummary:
-    """Bring the rows under each root in line with its files; return what was done."""
+    """Bring this location's rows under each root in line with its files; return what was done.
+
+    Rows of other locations (other machines sharing the index) are never touched.
+    """
     started = time.perf_counter()
-    summary = SyncSummary()
+    summary = SyncSummary(location=resolve_location(location))
     for root in roots:
         root_path = os.path.abspath(os.fspath(root))
         if not Path(root_path).is_dir():
@@ -174,7 +179,10 @@ def _sync_root(engine: Engine, root: str, summary: SyncSummary, progress: Progre
     racy_after_ns = time.time_ns() - RACY_WINDOW_NS
     found = scan(root)
     with engine.connect() as conn:
-        existing = {row.checkpoint_path: row for row in store.rows_under(conn, root)}
+        existing = {
+            row.checkpoint_path: row
+            for row in store.rows_under(conn, root, location=summary.location)
+        }
         conn.rollback()
 
     to_parse: list[str] = []
@@ -206,7 +214,7 @@ def _sync_root(engine: Engine, root: str, summary: SyncSummary, progress: Progre
             status = record.columns["status"]
             _count_status(summary, status, found[path], record.columns["sidecar_path"], reason)
         with write_transaction(engine) as conn:
-            store.upsert_records(conn, records)
+            store.upsert_records(conn, records, location=summary.location)
         done += len(batch)
         if progress:
             progress(done, total)

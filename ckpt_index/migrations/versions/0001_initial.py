@@ -66,8 +66,8 @@ def upgrade() -> None:
         sa.Column("metadata_json", sa.Text(), nullable=True),
         sa.Column("indexed_at", sa.String(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_checkpoints")),
-        sa.UniqueConstraint("checkpoint_path", name=op.f("uq_checkpoints_checkpoint_path")),
     )
+    op.create_index("ux_checkpoints_checkpoint_path", "checkpoints", ["checkpoint_path"], unique=True)
     for column in ("exp_name", "architecture", "encoder", "epoch", "hmean", "status"):
         op.create_index(op.f(f"ix_checkpoints_{column}"), "checkpoints", [column])
     op.create_table(
@@ -91,4 +91,5 @@ def downgrade() -> None:
     op.drop_table("checkpoint_metrics")
     for column in ("exp_name", "architecture", "encoder", "epoch", "hmean", "status"):
         op.drop_index(op.f(f"ix_checkpoints_{column}"), table_name="checkpoints")
+    op.drop_index("ux_checkpoints_checkpoint_path", table_name="checkpoints")
     op.drop_table("checkpoints")
