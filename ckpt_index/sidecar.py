@@ -196,13 +196,15 @@ def dump_document(data: dict[str, Any]) -> str:
 
 
 def save_metadata(
-    meta: CheckpointMetadataV1, ckpt_path: Path | str, *, force: bool = False
+    meta: CheckpointMetadataV1, ckpt_path: Path | str, *, force: bool = False,
+    durable: bool = True,
 ) -> Path:
     """Write the sidecar of ``ckpt_path`` atomically and return its path.
 
-    The text goes to a temporary file in the same directory, is flushed to disk, then linked into
-    place: readers see the old file or the whole new one, never a torn write. An existing sidecar is
-    kept (``FileExistsError``) unless ``force``.
+    The text goes to a temporary file in the same directory, is flushed to disk (``durable``),
+    then linked into place: readers see the old file or the whole new one, never a torn write.
+    An existing sidecar is kept (``FileExistsError``) unless ``force``. The training callback
+    passes ``durable=False``: the checkpoint beside it is not fsynced either.
     """
     target = sidecar_path_for(ckpt_path)
     text = dump_metadata(meta).encode("utf-8")
@@ -211,7 +213,8 @@ def save_metadata(
         with os.fdopen(fd, "wb") as handle:
             handle.write(text)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         if force:
             os.replace(tmp_name, target)
         else:

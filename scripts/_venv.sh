@@ -8,6 +8,8 @@ fi
 stamp="$venv/.ckpt-index-installed"
 if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
     "$venv/bin/python" -m pip install --quiet --upgrade pip
+    # The CPU build of torch first, so that lightning does not pull a multi-GB CUDA build.
+    "$venv/bin/python" -m pip install --quiet "torch==2.13.0"
     "$venv/bin/python" -m pip install --quiet -e "$repo[test]"
     touch "$stamp"
 fi
