@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 # Run the test suite: `bash scripts/run_tests.sh [pytest args]`. Creates ./.venv on first use.
-source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+extras=test source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$repo"
 exec python -m pytest "$@"
