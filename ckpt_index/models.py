@@ -82,6 +82,8 @@ class Checkpoint(Base):
 
     # The whole validated sidecar as JSON, for `show` and for fields without a column.
     metadata_json: Mapped[str | None] = mapped_column(Text)
+    # For rows filled from fallbacks: JSON object field -> source it came from.
+    inferred_fields: Mapped[str | None] = mapped_column(Text)
     indexed_at: Mapped[str] = mapped_column(String)
 
 
@@ -94,6 +96,21 @@ class CheckpointMetric(Base):
     )
     name: Mapped[str] = mapped_column(String, primary_key=True)
     value: Mapped[float] = mapped_column(Float)
+
+
+class WandbRunCache(Base):
+    """Answers of the W&B API (``--wandb-online``), so a run is fetched once, not per sync."""
+
+    __tablename__ = "wandb_run_cache"
+
+    run_path: Mapped[str] = mapped_column(String, primary_key=True)  # entity/project/run_id
+    fetched_at: Mapped[str] = mapped_column(String)
+    ok: Mapped[bool]
+    error: Mapped[str | None] = mapped_column(Text)
+    config_json: Mapped[str | None] = mapped_column(Text)
+    summary_json: Mapped[str | None] = mapped_column(Text)
+    # JSON object: global step (as text) -> {metric: value} of the history rows at that step.
+    history_json: Mapped[str | None] = mapped_column(Text)
 
 
 checkpoints = Checkpoint.__table__

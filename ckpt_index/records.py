@@ -23,7 +23,7 @@ METADATA_COLUMNS = (
     "exp_name", "architecture", "encoder", "encoder_pretrained", "encoder_frozen", "decoder",
     "head", "loss", "epoch", "global_step", "training_phase", "max_epochs", "precision", "recall",
     "hmean", "validation_loss", "monitor", "mode", "save_top_k", "save_last", "created_at",
-    "hydra_config_path", "wandb_run_id", "metadata_json", "warnings", "error",
+    "hydra_config_path", "wandb_run_id", "metadata_json", "warnings", "error", "inferred_fields",
 )
 
 #: The fields of a JSON query result, in order (SPEC section 7), before ``metrics``.
@@ -119,6 +119,7 @@ def record_from_metadata(
         "error": None,
         "warnings": "; ".join(warnings) if warnings else None,
         "metadata_json": json.dumps(meta.model_dump(mode="json"), separators=(",", ":")),
+        "inferred_fields": None,
         "indexed_at": now_iso(),
         **_state_columns(ckpt, sidecar),
     }
