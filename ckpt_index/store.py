@@ -51,9 +51,11 @@ def upsert_records(
     location = resolve_location(location)
     by_path = {record.checkpoint_path: record for record in records}  # last one wins
     records = list(by_path.values())
-    stmt = _upsert_statement(conn, ["location", *records[0].columns.keys()])
+    # A row is replaced whole: a column a record does not set becomes NULL.
+    keys = list(dict.fromkeys(k for r in records for k in r.columns))
+    stmt = _upsert_statement(conn, ["location", *keys])
     ids: dict[str, int] = {}
-    params = [{**r.columns, "location": location} for r in records]
+    params = [{**dict.fromkeys(keys), **r.columns, "location": location} for r in records]
     for row_id, path in conn.execute(stmt, params):
         ids[path] = row_id
     id_list = list(ids.values())

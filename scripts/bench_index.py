@@ -195,11 +195,18 @@ def fresh_db(url: str, *, owned: bool, wipe: bool) -> None:
 
 
 def explain(conn, stmt) -> list[str]:
-    """The backend's plan for ``stmt`` (literal binds; the values are our own constants)."""
+    """The backend's plan for ``stmt``, run with bound parameters exactly as run_query runs it.
+
+    Not with literal binds: SQLite plans ``LIMIT 1`` differently from ``LIMIT ?`` (a full scan
+    plus sort instead of a seek on ix_checkpoints_hmean), so a literal plan would mislead.
+    """
     dialect = conn.dialect
-    sql = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    compiled = stmt.compile(dialect=dialect)
+    params = compiled.construct_params()
+    if compiled.positional:
+        params = tuple(params[name] for name in compiled.positiontup)
     if dialect.name == "sqlite":
-        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql).fetchall()
+        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), params).fetchall()
         # (id, parent, notused, detail): indent by depth in the plan tree.
         depth: dict[int, int] = {0: -1}
         lines = []
@@ -208,7 +215,8 @@ def explain(conn, stmt) -> list[str]:
             lines.append("  " * depth[node_id] + detail)
         return lines
     if dialect.name == "postgresql":
-        return [row[0] for row in conn.exec_driver_sql("EXPLAIN ANALYZE " + sql).fetchall()]
+        rows = conn.exec_driver_sql("EXPLAIN ANALYZE " + str(compiled), params).fetchall()
+        return [row[0] for row in rows]
     return [f"(no EXPLAIN support in this script for {dialect.name})"]
 
 
@@ -453,7 +461,8 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         log(f"[7] the seeds' way: skipped (N > --skip-naive-above {args.skip_naive_above:,})")
 
     # 8. plans -----------------------------------------------------------------------------
-    log(f"[8] query plans at N = {n:,} ({'EXPLAIN QUERY PLAN' if is_sqlite(db_url) else 'EXPLAIN'}):")
+    log(f"[8] query plans at N = {n:,} ({'EXPLAIN QUERY PLAN' if is_sqlite(db_url) else 'EXPLAIN ANALYZE'}, "
+        "bound parameters as run_query sends them):")
     for label, lines in plans.items():
         log(f"    {label}:")
         for line in lines:
