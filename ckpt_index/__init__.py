@@ -26,6 +26,8 @@ _EXPORTS = {
     "query": "ckpt_index.api",
     "QuerySpec": "ckpt_index.query",
     "validate_tree": "ckpt_index.validate",
+    "build_catalog": "ckpt_index.catalog",
+    "CheckpointCatalog": "ckpt_index.catalog",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

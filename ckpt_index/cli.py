@@ -67,9 +67,14 @@ def cli() -> None:
               show_default=True, help="Summary format.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
+@click.option("--no-infer", is_flag=True,
+              help="Do not fill checkpoints without a sidecar from the fallbacks (checkpoint, "
+                   "Hydra config, W&B run, path names); index them as 'missing'.")
+@click.option("--wandb-online", is_flag=True,
+              help="Ask the W&B API for runs not found on disk (with a timeout; cached).")
 @friendly_errors
 def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
-         progress: bool | None) -> None:
+         progress: bool | None, no_infer: bool, wandb_online: bool) -> None:
     """Bring the index in line with the checkpoints and sidecars under ROOTS.
 
     Unchanged sidecars (same size and mtime) are not read again; rows whose files are gone are
@@ -86,7 +91,8 @@ def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
     show_bar = sys.stderr.isatty() if progress is None else progress
     bar = _ProgressBar() if show_bar else None
     try:
-        summary = sync_roots(engine, roots, progress=bar)
+        summary = sync_roots(engine, roots, progress=bar, infer=not no_infer,
+                             wandb_online=wandb_online)
     finally:
         if bar:
             bar.close()
@@ -97,11 +103,14 @@ def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
         for path, reason in summary.invalid_files[:20]:
             click.echo(f"invalid: {path}: {reason}", err=True)
         if len(summary.invalid_files) > 20:
-            click.echo(f"... {len(summary.invalid_files) - 20} more invalid sidecars "
+            click.echo(f"... {len(summary.invalid_files) - 20} more invalid inputs "
                        "(ckpt-index validate ROOT lists all)", err=True)
         click.echo(summary.one_line())
-    if strict and summary.invalid:
-        raise click.ClickException(f"{summary.invalid} invalid sidecar(s) (--strict)")
+    if strict and (summary.invalid or summary.unreadable):
+        raise click.ClickException(
+            f"{summary.invalid} invalid sidecar(s), {summary.unreadable} unreadable "
+            "checkpoint(s) (--strict)"
+        )
 
 
 class _ProgressBar:
@@ -431,6 +440,56 @@ def db_history() -> None:
 
     for rev in ScriptDirectory(str(_MIGRATIONS)).walk_revisions():
         click.echo(f"{rev.down_revision or 'base'} -> {rev.revision}: {rev.doc}")
+
+
+# ------------------------------------------------------------------------------------ convert
+@cli.command()
+@click.option("--checkpoint", "checkpoint", type=click.Path(dir_okay=False, exists=True),
+              help="Convert one checkpoint.")
+@click.option("--exp-dir", type=click.Path(file_okay=False, exists=True),
+              help="Convert the checkpoints of one experiment directory.")
+@click.option("--outputs-dir", type=click.Path(file_okay=False, exists=True),
+              help="Convert every checkpoint under an outputs directory.")
+@click.option("--force", is_flag=True, help="Overwrite existing sidecars.")
+@click.option("--dry-run", is_flag=True, help="Show what would be converted; write nothing.")
+@click.option("--no-recursive", is_flag=True, help="Only checkpoints directly in the directory.")
+@click.option("--wandb-online", is_flag=True, help="Ask the W&B API for runs not on disk.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each checkpoint (DEBUG level).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def convert(checkpoint: str | None, exp_dir: str | None, outputs_dir: str | None, force: bool,
+            dry_run: bool, no_recursive: bool, wandb_online: bool, verbose: bool,
+            fmt: str) -> None:
+    """Write sidecars for checkpoints without one, from the checkpoint (read safely), its Hydra
+    config, its W&B run and its path. Existing sidecars are kept unless --force.
+
+    Example:
+
+        ckpt-index convert --outputs-dir outputs/ --dry-run -v
+    """
+    import logging
+
+    from ckpt_index.convert import convert_checkpoints, find_checkpoints
+
+    chosen = [x for x in (checkpoint, exp_dir, outputs_dir) if x]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --checkpoint, --exp-dir, --outputs-dir")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(message)s", stream=sys.stderr)
+    paths = [checkpoint] if checkpoint else find_checkpoints(chosen[0], recursive=not no_recursive)
+    summary = convert_checkpoints(paths, force=force, dry_run=dry_run, wandb_online=wandb_online)
+    if fmt == "json":
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        for path, reason in summary.failures:
+            click.echo(f"failed: {path}: {reason}", err=True)
+        click.echo("Conversion summary" + (" (dry run: nothing written)" if dry_run else ""))
+        click.echo(f"Total checkpoints found: {summary.found}")
+        click.echo(f"Converted:               {summary.converted}")
+        click.echo(f"Skipped (existing):      {summary.skipped}")
+        click.echo(f"Failed:                  {summary.failed}")
+    if summary.failed:
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------------------- demo

@@ -165,3 +165,32 @@ def output_record(row: dict[str, Any], metrics: dict[str, float]) -> dict[str, A
             out[name] = bool(out[name])
     out["metrics"] = dict(sorted(metrics.items()))
     return out
+
+
+def record_from_inferred(inferred, *, ckpt: FileState | None) -> Record:
+    """A row for a checkpoint without a sidecar, from what the fallbacks found.
+
+    ``status`` is ``inferred``, or ``unreadable`` (with the reason in ``error``) when the checkpoint
+    itself could not be read; fields other sources gave are kept either way.
+    """
+    found = inferred.fields
+    columns: dict[str, Any] = dict.fromkeys(METADATA_COLUMNS)
+    columns.update({name: found.get(name) for name in METADATA_COLUMNS if name in found})
+    for name in ("architecture", "encoder", "decoder", "head", "loss"):
+        columns[name] = _known(columns[name])
+    metrics = {k: v for k, v in inferred.metrics.items() if math.isfinite(v)}
+    for name in CANONICAL_METRICS:
+        if columns.get(name) is not None:
+            metrics[name] = float(columns[name])
+    columns.update(
+        checkpoint_path=inferred.checkpoint_path,
+        sidecar_path=None,
+        source=inferred.source,
+        status="unreadable" if inferred.unreadable else "inferred",
+        error=inferred.unreadable,
+        warnings="; ".join(inferred.warnings) or None,
+        inferred_fields=json.dumps(inferred.sources, sort_keys=True, separators=(",", ":")),
+        indexed_at=now_iso(),
+        **_state_columns(ckpt, None),
+    )
+    return Record(columns, metrics)

@@ -21,6 +21,7 @@ from ckpt_index.db import resolve_location, write_transaction
 from ckpt_index.records import (
     FileState,
     Record,
+    record_from_inferred,
     record_from_metadata,
     record_without_metadata,
 )
@@ -50,9 +51,12 @@ class SyncSummary:
     valid: int = 0
     invalid: int = 0
     orphaned: int = 0
+    #: Checkpoints without a sidecar: filled from fallbacks, unreadable, or left empty (--no-infer).
+    inferred: int = 0
+    unreadable: int = 0
     without_metadata: int = 0
     elapsed_s: float = 0.0
-    #: (sidecar path, reason) of every invalid sidecar under the roots.
+    #: (path, reason) of every invalid sidecar and unreadable checkpoint under the roots.
     invalid_files: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -65,8 +69,8 @@ class SyncSummary:
             f"synced {self.checkpoints} checkpoints, {self.sidecars} sidecars in "
             f"{self.elapsed_s:.2f}s: {self.added} added, {self.updated} updated, "
             f"{self.removed} removed, {self.unchanged} unchanged; {self.valid} valid, "
-            f"{self.invalid} invalid, {self.without_metadata} without metadata, "
-            f"{self.orphaned} orphaned sidecars"
+            f"{self.invalid} invalid, {self.inferred} inferred, {self.unreadable} unreadable, "
+            f"{self.without_metadata} without metadata, {self.orphaned} orphaned sidecars"
         )
 
 
@@ -122,12 +126,34 @@ def _ckpt_columns(ckpt: FileState | None) -> dict:
     }
 
 
-def build_record(path: str, item: _Found, racy_after_ns: int) -> tuple[Record, str | None]:
-    """The row for one checkpoint from its files; also the rejection reason of its sidecar."""
+@dataclass
+class SyncOptions:
+    #: Fill checkpoints without a sidecar from the fallbacks (checkpoint, Hydra, W&B, paths).
+    infer: bool = True
+    #: Ask the W&B API for runs not found on disk (cached in the index).
+    wandb_online: bool = False
+    engine: Engine | None = None
+
+
+def build_record(
+    path: str, item: _Found, racy_after_ns: int, options: SyncOptions | None = None
+) -> tuple[Record, str | None]:
+    """The row for one checkpoint from its files; also why its sidecar or checkpoint is unusable."""
+    options = options or SyncOptions()
     sidecar = item.sidecar
     if sidecar is not None and sidecar.mtime_ns >= racy_after_ns:
         sidecar = FileState(sidecar.size, 0)
+    ckpt = item.ckpt
+    if ckpt is not None and ckpt.mtime_ns >= racy_after_ns:
+        ckpt = FileState(ckpt.size, 0)
     if item.sidecar_path is None:
+        if options.infer and item.ckpt is not None:
+            from ckpt_index.fallback import infer_metadata
+
+            inferred = infer_metadata(
+                path, wandb_online=options.wandb_online, engine=options.engine
+            )
+            return record_from_inferred(inferred, ckpt=ckpt), inferred.unreadable
         record = record_without_metadata(
             checkpoint_path=path, sidecar_path=None, ckpt=item.ckpt, sidecar=None, error=None
         )
@@ -158,6 +184,8 @@ def sync_roots(
     *,
     progress: Progress | None = None,
     location: str | None = None,
+    infer: bool = False,  # TODO(issue 5): default True once the readers land
+    wandb_online: bool = False,
 ) -> SyncSummary:
     """Bring this location's rows under each root in line with its files; return what was done.
 
@@ -165,17 +193,21 @@ def sync_roots(
     """
     started = time.perf_counter()
     summary = SyncSummary(location=resolve_location(location))
+    options = SyncOptions(infer=infer, wandb_online=wandb_online, engine=engine)
     for root in roots:
         root_path = os.path.abspath(os.fspath(root))
         if not Path(root_path).is_dir():
             raise NotADirectoryError(f"{root_path}: not a directory")
         summary.roots.append(root_path)
-        _sync_root(engine, root_path, summary, progress)
+        _sync_root(engine, root_path, summary, progress, options)
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
 
-def _sync_root(engine: Engine, root: str, summary: SyncSummary, progress: Progress | None) -> None:
+def _sync_root(
+    engine: Engine, root: str, summary: SyncSummary, progress: Progress | None,
+    options: SyncOptions,
+) -> None:
     racy_after_ns = time.time_ns() - RACY_WINDOW_NS
     found = scan(root)
     with engine.connect() as conn:
@@ -191,11 +223,11 @@ def _sync_root(engine: Engine, root: str, summary: SyncSummary, progress: Progre
         summary.checkpoints += item.ckpt is not None
         summary.sidecars += item.sidecar is not None
         row = existing.get(path)
-        if row is None or not _row_current(row, item):
+        if row is None or not _row_current(row, item, options.infer):
             to_parse.append(path)
             continue
         summary.unchanged += 1
-        _count_status(summary, row.status, item, row.sidecar_path, row.error)
+        _count_status(summary, row.status, item, path, row.sidecar_path, row.error)
         if not _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns):
             state_updates.append((row.id, _ckpt_columns(item.ckpt)))
     gone = [row.id for path, row in existing.items() if path not in found]
@@ -204,7 +236,7 @@ def _sync_root(engine: Engine, root: str, summary: SyncSummary, progress: Progre
     for batch in _batches(sorted(to_parse), BATCH_SIZE):
         records = []
         for path in batch:
-            record, reason = build_record(path, found[path], racy_after_ns)
+            record, reason = build_record(path, found[path], racy_after_ns, options)
             records.append(record)
             summary.parsed += found[path].sidecar is not None
             if path in existing:
@@ -212,7 +244,9 @@ def _sync_root(engine: Engine, root: str, summary: SyncSummary, progress: Progre
             else:
                 summary.added += 1
             status = record.columns["status"]
-            _count_status(summary, status, found[path], record.columns["sidecar_path"], reason)
+            _count_status(
+                summary, status, found[path], path, record.columns["sidecar_path"], reason
+            )
         with write_transaction(engine) as conn:
             store.upsert_records(conn, records, location=summary.location)
         done += len(batch)
@@ -228,12 +262,22 @@ def _sync_root(engine: Engine, root: str, summary: SyncSummary, progress: Progre
             progress(done, total)
 
 
-def _row_current(row, item: _Found) -> bool:
-    """Whether a row still describes the files, up to checkpoint size/mtime (cheap to patch)."""
+def _row_current(row, item: _Found, infer: bool) -> bool:
+    """Whether a row still describes the files, up to what is cheap to patch.
+
+    A sidecar'd row only needs the checkpoint's size/mtime patched when the checkpoint changes;
+    an inferred row was read from the checkpoint, so a changed checkpoint is read again.
+    """
     if (row.checkpoint_exists) != (item.ckpt is not None):
         return False
     if item.sidecar is None:
-        return row.status == "missing" and row.sidecar_path is None
+        if row.sidecar_path is not None:
+            return False
+        if not infer:
+            return row.status == "missing"
+        return row.status in ("inferred", "unreadable") and _same(
+            item.ckpt, row.ckpt_size, row.ckpt_mtime_ns
+        )
     return (
         row.status in ("valid", "invalid")
         and row.sidecar_path == item.sidecar_path
@@ -242,13 +286,19 @@ def _row_current(row, item: _Found) -> bool:
 
 
 def _count_status(
-    summary: SyncSummary, status: str, item: _Found, sidecar_path: str | None, reason: str | None
+    summary: SyncSummary, status: str, item: _Found, item_path: str, sidecar_path: str | None,
+    reason: str | None,
 ) -> None:
     if status == "valid":
         summary.valid += 1
     elif status == "invalid":
         summary.invalid += 1
         summary.invalid_files.append((sidecar_path or "", reason or ""))
+    elif status == "inferred":
+        summary.inferred += 1
+    elif status == "unreadable":
+        summary.unreadable += 1
+        summary.invalid_files.append((item_path, reason or ""))
     else:
         summary.without_metadata += 1
     if item.sidecar is not None and item.ckpt is None:

@@ -1,0 +1,200 @@
+"""Metadata for checkpoints without a sidecar, merged field by field (SPEC section 8).
+
+Each field comes from the most specific source that has it:
+
+- facts of the checkpoint itself (epoch, global_step, its monitored score, stored metrics) from the
+  checkpoint, read safely (``checkpoint_reader``: no code runs, no tensor is read);
+- model and run facts (exp_name, architecture, encoder, decoder, head, loss) from the checkpoint's
+  hyper_parameters, then the Hydra config, then the W&B run config, then path patterns and
+  state-dict inference;
+- metric values the checkpoint lacks from the W&B history at the checkpoint's global step (never
+  the run summary, whose values belong to the last step).
+
+A value no source gives stays empty. :class:`Inferred` records where each field came from.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckpt_index.metric_names import match_canonical
+from ckpt_index.naming import parse_checkpoint_name, parse_run_dir, run_dir_of
+
+log = logging.getLogger("ckpt_index.fallback")
+
+MODEL_FIELDS = ("exp_name", "architecture", "encoder", "decoder", "head", "loss")
+
+
+@dataclass
+class Inferred:
+    """What the fallbacks found for one checkpoint."""
+
+    checkpoint_path: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: field or ``metrics.<name>`` -> source (checkpoint, hydra, wandb, path, state_dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    #: Why the checkpoint itself could not be read, if it could not.
+    unreadable: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def set(self, name: str, value: Any, source: str) -> None:
+        """Fill ``name`` unless a more specific source already did."""
+        if value is None or name in self.fields:
+            return
+        self.fields[name] = value
+        self.sources[name] = source
+
+    def add_metrics(self, values: dict[str, Any], source: str) -> None:
+        for name, value in values.items():
+            if name in self.metrics or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
+                self.metrics[name] = float(value)
+                self.sources[f"metrics.{name}"] = source
+
+    @property
+    def source(self) -> str:
+        """The row's source: the most specific one that contributed anything."""
+        used = set(self.sources.values())
+        for name in ("checkpoint", "hydra", "wandb", "path", "state_dict"):
+            if name in used:
+                return name
+        return "none"
+
+
+def infer_metadata(
+    ckpt_path: str | os.PathLike[str], *, wandb_online: bool = False, engine: Any = None
+) -> Inferred:
+    """Everything the fallbacks can say about ``ckpt_path``; never raises for bad inputs."""
+    path = Path(ckpt_path)
+    result = Inferred(str(path))
+    contents = _from_checkpoint(path, result)
+    hparams = (contents.hyper_parameters if contents is not None else None) or {}
+    _from_config(hparams, result, "checkpoint")
+    _from_hydra(path, result)
+    _from_wandb(path, result, hparams, wandb_online=wandb_online, engine=engine)
+    _from_path(path, result)
+    if "encoder" not in result.fields and contents is not None:
+        _from_state_dict(contents, result)
+    for slot, name in match_canonical(result.metrics).items():
+        result.set(slot, result.metrics[name], result.sources[f"metrics.{name}"])
+    return result
+
+
+def _from_checkpoint(path: Path, result: Inferred):
+    from ckpt_index.checkpoint_reader import CheckpointReadError, read_checkpoint
+
+    try:
+        contents = read_checkpoint(path)
+    except CheckpointReadError as exc:
+        result.unreadable = exc.reason
+        return None
+    except Exception as exc:  # a reader bug must not stop a sync
+        result.unreadable = f"{exc.__class__.__name__}: {exc}"
+        return None
+    result.set("epoch", _int(contents.epoch), "checkpoint")
+    result.set("global_step", _int(contents.global_step), "checkpoint")
+    if contents.cleval_metrics:
+        result.add_metrics(dict(contents.cleval_metrics), "checkpoint")
+    for state in contents.checkpoint_callbacks or []:
+        monitor, score = state.get("monitor"), state.get("current_score")
+        if monitor and isinstance(score, (int, float)):
+            result.add_metrics({monitor: score}, "checkpoint")
+        result.set("monitor", monitor, "checkpoint")
+        if state.get("mode") in ("min", "max"):
+            result.set("mode", state["mode"], "checkpoint")
+        for key in ("save_top_k", "save_last"):
+            result.set(key, state.get(key), "checkpoint")
+    return contents
+
+
+def _from_config(config: dict[str, Any], result: Inferred, source: str) -> None:
+    if not isinstance(config, dict):
+        return
+    from ckpt_index.hydra_config import model_fields
+
+    for name, value in model_fields(config).items():
+        result.set(name, value, source)
+
+
+def _from_hydra(path: Path, result: Inferred) -> None:
+    from ckpt_index.hydra_config import find_hydra_config, load_config
+    from ckpt_index.sidecar import SidecarError
+
+    config_path = find_hydra_config(path)
+    if config_path is None:
+        return
+    try:
+        config = load_config(config_path)
+    except (SidecarError, OSError) as exc:
+        result.warnings.append(f"hydra config {config_path} unusable: {exc}")
+        return
+    before = set(result.fields)
+    _from_config(config, result, "hydra")
+    if set(result.fields) != before or config:
+        result.set("hydra_config_path", str(config_path), "hydra")
+
+
+def _from_wandb(path: Path, result: Inferred, hparams: dict[str, Any], *, wandb_online: bool,
+                engine: Any) -> None:
+    from ckpt_index import wandb_source
+
+    hints = tuple(v for v in (result.fields.get("wandb_run_id"), hparams.get("wandb_run_id")) if v)
+    try:
+        location = wandb_source.find_run(path, run_id_hints=hints)
+        if location is None:
+            return
+        run = wandb_source.read_run(location)
+        if run is None and wandb_online:
+            run = wandb_source.fetch_online(location.run_path, engine=engine)
+    except Exception as exc:  # W&B files of any shape must not stop a sync
+        result.warnings.append(f"W&B run unusable: {exc.__class__.__name__}: {exc}")
+        return
+    if run is None:
+        return
+    result.set("wandb_run_id", run.run_id, "wandb")
+    for name, value in wandb_source.model_fields_from_config(run.config).items():
+        result.set(name, value, "wandb")
+    step = result.fields.get("global_step")
+    if step is not None:
+        result.add_metrics(run.history_at_step(step), "wandb")
+
+
+def _from_path(path: Path, result: Inferred) -> None:
+    run_dir = run_dir_of(path)
+    parsed_dir = parse_run_dir(run_dir.name)
+    if parsed_dir is not None:
+        result.set("exp_name", run_dir.name, "path")
+        result.set("architecture", parsed_dir.architecture, "path")
+        result.set("encoder", parsed_dir.encoder, "path")
+        if parsed_dir.phase in ("training", "validation", "finetuning"):
+            result.set("training_phase", parsed_dir.phase, "path")
+    name = parse_checkpoint_name(path.name)
+    result.set("epoch", name.epoch, "path")
+    result.set("global_step", name.step, "path")
+    if name.format == "best" and name.metric and name.metric_value is not None:
+        result.add_metrics({name.metric: name.metric_value}, "path")
+
+
+def _from_state_dict(contents: Any, result: Inferred) -> None:
+    from ckpt_index.state_dict import infer_encoder
+
+    try:
+        result.set("encoder", infer_encoder(contents.state_dict_shapes or {}), "state_dict")
+    except Exception as exc:
+        result.warnings.append(f"state dict inference failed: {exc}")
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def created_at_of(path: str | os.PathLike[str]) -> str:
+    """The checkpoint's mtime as an ISO 8601 timestamp (local time, like the seeds' sidecars)."""
+    return _dt.datetime.fromtimestamp(os.stat(path).st_mtime).isoformat(timespec="seconds")
