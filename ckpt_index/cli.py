@@ -91,8 +91,8 @@ def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
     show_bar = sys.stderr.isatty() if progress is None else progress
     bar = _ProgressBar() if show_bar else None
     try:
-        summary = sync_roots(engine, roots, progress=bar, infer=not no_infer,
-                             wandb_online=wandb_online)
+        options = {} if not no_infer else {"infer": False}  # TODO(issue 5): always pass
+        summary = sync_roots(engine, roots, progress=bar, wandb_online=wandb_online, **options)
     finally:
         if bar:
             bar.close()
@@ -489,6 +489,51 @@ def convert(checkpoint: str | None, exp_dir: str | None, outputs_dir: str | None
         click.echo(f"Skipped (existing):      {summary.skipped}")
         click.echo(f"Failed:                  {summary.failed}")
     if summary.failed:
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------------------------- rename
+@cli.command()
+@click.argument("root", type=click.Path(file_okay=False, exists=True))
+@db_option
+@click.option("--dry-run", is_flag=True, help="Show what would be done; change nothing.")
+@click.option("--delete-old", is_flag=True,
+              help="Delete checkpoints of epochs before --keep-from-epoch (never best*/last*).")
+@click.option("--keep-from-epoch", type=click.IntRange(min=0), metavar="N",
+              help="With --delete-old: keep epochs >= N.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every action.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def rename(root: str, db: str | None, dry_run: bool, delete_old: bool,
+           keep_from_epoch: int | None, verbose: bool, fmt: str) -> None:
+    """Rename checkpoints from older formats to the naming scheme (epoch-XX_step-XXXXXX.ckpt),
+    moving their sidecars and updating the index. Existing files are never overwritten.
+
+    Example:
+
+        ckpt-index rename outputs/ --dry-run -v
+        ckpt-index rename outputs/ --delete-old --keep-from-epoch 10
+    """
+    import logging
+
+    from ckpt_index.rename import rename_checkpoints
+
+    if delete_old and keep_from_epoch is None:
+        raise click.UsageError("--delete-old needs --keep-from-epoch N")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
+    summary = rename_checkpoints(root, dry_run=dry_run, delete_old=delete_old,
+                                 keep_from_epoch=keep_from_epoch, db=db)
+    if fmt == "json":
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        for action in summary.actions:
+            if action.kind in ("skip", "error"):
+                click.echo(f"{action.kind}: {action.path}: {action.reason}", err=True)
+        prefix = "dry run: " if dry_run else ""
+        click.echo(f"{prefix}processed {summary.processed}, renamed {summary.renamed}, deleted "
+                   f"{summary.deleted}, skipped {summary.skipped}, errors {summary.errors}")
+    if summary.errors:
         sys.exit(1)
 
 
