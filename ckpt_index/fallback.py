@@ -152,7 +152,9 @@ def _from_wandb(path: Path, result: Inferred, hparams: dict[str, Any], *, wandb_
             return
         run = wandb_source.read_run(location)
         if run is None and wandb_online:
-            run = wandb_source.fetch_online(location.run_path, engine=engine)
+            run = wandb_source.fetch_online(
+                location.run_path, engine=engine, global_step=result.fields.get("global_step")
+            )
     except Exception as exc:  # W&B files of any shape must not stop a sync
         result.warnings.append(f"W&B run unusable: {exc.__class__.__name__}: {exc}")
         return
@@ -163,7 +165,9 @@ def _from_wandb(path: Path, result: Inferred, hparams: dict[str, Any], *, wandb_
         result.set(name, value, "wandb")
     step = result.fields.get("global_step")
     if step is not None:
-        result.add_metrics(run.history_at_step(step), "wandb")
+        # Lightning's WandbLogger logs a checkpoint's validation under trainer/global_step - 1;
+        # checkpoint_metrics() knows which runs did (never the summary's last-step values).
+        result.add_metrics(run.checkpoint_metrics(step), "wandb")
 
 
 def _from_path(path: Path, result: Inferred) -> None:
