@@ -16,20 +16,24 @@ from ckpt_index.sync import Progress, SyncSummary, sync_roots
 PathLike = str | os.PathLike[str]
 
 
-def sync(roots: PathLike | Iterable[PathLike], db: PathLike | None = None,
-         progress: Progress | None = None) -> SyncSummary:
-    """Sync the index with the files under ``roots`` (one path or several)."""
+def sync_index(roots: PathLike | Iterable[PathLike], db: PathLike | None = None,
+               progress: Progress | None = None, **options: Any) -> SyncSummary:
+    """Sync the index with the files under ``roots`` (one path or several).
+
+    ``options`` go to :func:`ckpt_index.sync.sync_roots` (``infer``, ``wandb_online``, ``location``).
+    The name is not ``sync``: that is the module ``ckpt_index.sync``.
+    """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
     engine = open_engine(db)
     try:
-        return sync_roots(engine, roots, progress=progress)
+        return sync_roots(engine, roots, progress=progress, **options)
     finally:
         engine.dispose()
 
 
-def query(db: PathLike | None = None, **spec: Any) -> list[dict[str, Any]]:
-    """Query records: ``query(best_by="hmean", encoder="resnet50")`` (QuerySpec's fields)."""
+def query_index(db: PathLike | None = None, **spec: Any) -> list[dict[str, Any]]:
+    """Query records: ``query_index(best_by="hmean", encoder="resnet50")`` (QuerySpec's fields)."""
     engine = read_only_engine(db)
     try:
         with engine.connect() as conn:
@@ -44,3 +48,9 @@ def connect(db: PathLike | None = None) -> Connection:
     Close it when done (``with ckpt_index.connect() as conn: ...``).
     """
     return read_only_engine(db).connect()
+
+
+# Inside this module the short names are unambiguous (``from ckpt_index import api; api.sync(...)``);
+# on the package they would be shadowed by the submodules ckpt_index.sync and ckpt_index.query.
+sync = sync_index
+query = query_index

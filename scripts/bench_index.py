@@ -45,6 +45,10 @@ TARGETS: dict[int, list[tuple[str, str, str, float, str]]] = {
     ],
 }
 
+#: The CPU-time figure shown beside each wall-time target (less sensitive to a busy machine).
+CPU_KEYS = {"cold_sync_s": "cold_sync_cpu_s", "nochange_sync_s": "nochange_sync_cpu_s",
+            "best_by_ms": "best_by_cpu_ms", "query_process_s": "query_process_cpu_s"}
+
 #: Sync-related target keys: with ``--profile auto`` a miss on one of these triggers profiling.
 SYNC_KEYS = {"cold_sync_s", "nochange_sync_s", "peak_rss_mb"}
 
@@ -55,32 +59,51 @@ MTIME_AGE_S = 60
 CHILD_SYNC = r"""
 import json, resource, sys, time
 t_start = time.perf_counter()
+
+def peak_rss_kb():
+    # VmHWM is this process's own high-water mark. ru_maxrss is not: Linux carries the peak RSS
+    # of the pre-exec image into it, and subprocess's vfork child shares the parent's (the
+    # benchmark's) address space, so ru_maxrss would report at least the parent's peak.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb, kb
+
 args = json.loads(sys.argv[1])
 from ckpt_index.db import open_engine
 from ckpt_index.sync import sync_roots
 t_imported = time.perf_counter()
-rss_imports_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss_imports_kb, _ = peak_rss_kb()
 profiler = None
 if args.get("profile"):
     import cProfile
     profiler = cProfile.Profile()
     profiler.enable()
 t0 = time.perf_counter()
+c0 = time.process_time()
 engine = open_engine(args["db"])
 t1 = time.perf_counter()
 summary = sync_roots(engine, [args["root"]])
 t2 = time.perf_counter()
+c2 = time.process_time()
 engine.dispose()
 if profiler is not None:
     profiler.disable()
-rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss_kb, ru_maxrss_kb = peak_rss_kb()
 out = {
     "import_s": t_imported - t_start,
     "open_s": t1 - t0,
     "sync_s": t2 - t1,
     "open_sync_s": t2 - t0,
+    "cpu_s": c2 - c0,
     "rss_after_imports_mb": rss_imports_kb / 1024.0,
     "peak_rss_mb": rss_kb / 1024.0,
+    "ru_maxrss_mb": ru_maxrss_kb / 1024.0,
     "summary": {k: v for k, v in summary.to_dict().items() if k != "invalid_files"},
 }
 if profiler is not None:
@@ -136,9 +159,16 @@ def median_min(samples: list[float]) -> tuple[float, float]:
 
 
 def timed_process(argv: list[str], *, env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall time of one child process; its CPU time (user + sys) is left in ``proc.cpu_s``."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, env=env)
-    return time.perf_counter() - t0, proc
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, proc
 
 
 def run_sync_child(db_url: str, root: str, *, profile: bool = False) -> dict[str, Any]:
@@ -272,16 +302,17 @@ def naive_best(root: str) -> tuple[str | None, int, int]:
     return (entries[0][3] if entries else None), len(entries) + bad, bad
 
 
-def time_query(conn, spec, repeat: int) -> tuple[list[float], list[dict[str, Any]]]:
+def time_query(conn, spec, repeat: int) -> tuple[list[float], list[float], list[dict[str, Any]]]:
     from ckpt_index.query import run_query
 
     records = run_query(conn, spec)  # warm-up (statement compilation cache, page cache)
-    samples = []
+    samples, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         records = run_query(conn, spec)
         samples.append(time.perf_counter() - t0)
-    return samples, records
+        cpu.append(time.process_time() - c0)
+    return samples, cpu, records
 
 
 def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, Any]:
@@ -300,7 +331,8 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     db_url = args.db or "sqlite:///" + str((nd / "ckpt_index.db").absolute())
     res["db"] = db_url
 
-    log(f"\n{'=' * 100}\nN = {n:,} checkpoints   (tree {root_s}; db {db_url})\n{'=' * 100}")
+    log(f"\n{'=' * 100}\nN = {n:,} checkpoints   (tree {root_s}; db {db_url}; load avg "
+        f"{os.getloadavg()[0]:.1f})\n{'=' * 100}")
 
     # 1. generate --------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -321,7 +353,19 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         f"{fmt_s(gen_s)}  [not a target]")
     log(f"    every file's mtime set {MTIME_AGE_S} s in the past with os.utime ({fmt_s(utime_s)}), "
         "so the sync's racy-clean rule (sidecars modified within 2 s of a sync are re-read)\n"
-        "    does not distort the no-change figure. Page cache is warm (files were just written).")
+        "    does not distort the no-change figure.")
+    # I/O floor, and it warms the page cache so that sync and naive figures start alike.
+    t0 = time.perf_counter()
+    read_bytes = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.endswith(".metadata.yaml"):
+                with open(os.path.join(dirpath, name), "rb") as handle:
+                    read_bytes += len(handle.read())
+    io_s = time.perf_counter() - t0
+    res.update(io_floor_s=io_s, sidecar_bytes=read_bytes)
+    log(f"    I/O floor: walk + read every sidecar's bytes ({read_bytes / 2**20:,.1f} MiB) in "
+        f"{fmt_s(io_s)} (also warms the page cache)")
 
     # 2. cold sync -------------------------------------------------------------------------
     fresh_db(db_url, owned=owned_db, wipe=args.wipe_db)
@@ -329,13 +373,15 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     s = cold["summary"]
     res["cold"] = cold
     res["cold_sync_s"] = cold["open_sync_s"]
+    res["cold_sync_cpu_s"] = cold["cpu_s"]
     rate = n / cold["open_sync_s"]
     res["cold_rate_per_s"] = rate
     log(f"[2] cold sync (fresh DB, child process)\n"
-        f"    open+sync {fmt_s(cold['open_sync_s'])} = {rate:,.0f} checkpoints/s  "
+        f"    open+sync {fmt_s(cold['open_sync_s'])} = {rate:,.0f} checkpoints/s, CPU {fmt_s(cold['cpu_s'])}  "
         f"(schema creation {fmt_s(cold['open_s'])}, sync_roots {fmt_s(cold['sync_s'])}; "
         f"imports {fmt_s(cold['import_s'])}; whole process {fmt_s(cold['process_wall_s'])})\n"
-        f"    peak RSS {cold['peak_rss_mb']:.1f} MB (after imports {cold['rss_after_imports_mb']:.1f} MB);"
+        f"    peak RSS {cold['peak_rss_mb']:.1f} MB (after imports {cold['rss_after_imports_mb']:.1f} MB; "
+        f"ru_maxrss {cold['ru_maxrss_mb']:.1f} MB, see note);"
         f" parsed {s['parsed']:,}, added {s['added']:,}, valid {s['valid']:,}, invalid {s['invalid']:,}")
     if s["added"] != n or s["valid"] != n:
         log(f"    !! expected {n:,} added and valid rows")
@@ -345,9 +391,10 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     s = nochange["summary"]
     res["nochange"] = nochange
     res["nochange_sync_s"] = nochange["open_sync_s"]
+    res["nochange_sync_cpu_s"] = nochange["cpu_s"]
     res["nochange_parsed_ok"] = s["parsed"] == 0
     log(f"[3] no-change re-sync (child process)\n"
-        f"    open+sync {fmt_s(nochange['open_sync_s'])} (open {fmt_s(nochange['open_s'])}, "
+        f"    open+sync {fmt_s(nochange['open_sync_s'])}, CPU {fmt_s(nochange['cpu_s'])} (open {fmt_s(nochange['open_s'])}, "
         f"sync_roots {fmt_s(nochange['sync_s'])}; whole process {fmt_s(nochange['process_wall_s'])});"
         f" peak RSS {nochange['peak_rss_mb']:.1f} MB\n"
         f"    parsed {s['parsed']} ({'OK, == 0' if s['parsed'] == 0 else 'UNEXPECTED, want 0'}), "
@@ -365,7 +412,7 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     log(f"[4] re-sync after changing one sidecar ({Path(change['sidecar']).relative_to(root_s)}: "
         f"hmean {change['old_hmean']} -> {change['new_hmean']}, size {change['size_before']} -> "
         f"{change['size_after']} B, mtime +1 s)\n"
-        f"    open+sync {fmt_s(one['open_sync_s'])} (sync_roots {fmt_s(one['sync_s'])}; whole process "
+        f"    open+sync {fmt_s(one['open_sync_s'])}, CPU {fmt_s(one['cpu_s'])} (sync_roots {fmt_s(one['sync_s'])}; whole process "
         f"{fmt_s(one['process_wall_s'])}); peak RSS {one['peak_rss_mb']:.1f} MB\n"
         f"    parsed {s['parsed']} ({'OK, == 1' if s['parsed'] == 1 else 'UNEXPECTED, want 1'}), "
         f"updated {s['updated']}, unchanged {s['unchanged']:,}")
@@ -398,17 +445,19 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
                 f"    changed row now has hmean {stored} "
                 f"({'OK' if res['changed_row_hmean_ok'] else 'UNEXPECTED'})")
             for key, spec, label in specs:
-                samples, records = time_query(conn, spec, args.repeat)
+                samples, cpu, records = time_query(conn, spec, args.repeat)
                 med, low = median_min(samples)
                 res[key] = {"median_ms": med * 1000, "min_ms": low * 1000,
+                            "cpu_median_ms": statistics.median(cpu) * 1000,
                             "samples_ms": [x * 1000 for x in samples], "rows": len(records)}
                 extra = ""
                 if key == "best_by_hmean" and records:
                     index_best = records[0]["checkpoint_path"]
                     extra = f"  -> hmean {records[0]['hmean']} epoch {records[0]['epoch']}"
                 log(f"    {label:<40} median {med * 1000:8.2f} ms   min {low * 1000:8.2f} ms   "
-                    f"rows {len(records):,}{extra}")
+                    f"(CPU {statistics.median(cpu) * 1000:.2f} ms)   rows {len(records):,}{extra}")
             res["best_by_ms"] = res["best_by_hmean"]["median_ms"]
+            res["best_by_cpu_ms"] = res["best_by_hmean"]["cpu_median_ms"]
             res["index_best"] = index_best
             for key, spec, label in specs:
                 plans[label] = explain(conn, build_query(spec))
@@ -418,7 +467,7 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     # 6. whole query process ---------------------------------------------------------------
     exe = ckpt_index_executable()
     argv = [*exe, "query", "--best-by", "hmean", "--db", db_url, "--format", "json"]
-    walls = []
+    walls, cpus = [], []
     cli_best = None
     for i in range(args.repeat + 1):  # the first run warms the page cache; not counted
         wall, proc = timed_process(argv)
@@ -429,16 +478,19 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
             cli_best = (out[0] if isinstance(out, list) else out)["checkpoint_path"]
         else:
             walls.append(wall)
+            cpus.append(proc.cpu_s)
     imports = [timed_process([sys.executable, "-c", "import ckpt_index.cli"])[0] for _ in range(args.repeat)]
     bare = [timed_process([sys.executable, "-c", "pass"])[0] for _ in range(args.repeat)]
     med, low = median_min(walls)
     res["query_process_s"] = med
+    res["query_process_cpu_s"] = statistics.median(cpus)
     res["query_process"] = {"median_s": med, "min_s": low, "samples_s": walls,
                             "import_cli_median_s": statistics.median(imports),
                             "python_bare_median_s": statistics.median(bare),
                             "same_answer": cli_best == index_best}
     log(f"[6] whole process `{' '.join(['ckpt-index', *argv[len(exe):]])}`\n"
-        f"    median {fmt_s(med)}   min {fmt_s(low)}   (of {args.repeat}, after one untimed run); "
+        f"    median {fmt_s(med)}   min {fmt_s(low)}   (CPU {fmt_s(statistics.median(cpus))}; of "
+        f"{args.repeat}, after one untimed run); "
         f"answer {'matches' if cli_best == index_best else 'DIFFERS from'} the in-process one\n"
         f"    context: `python -c \"import ckpt_index.cli\"` median {fmt_s(statistics.median(imports))}, "
         f"`python -c pass` median {fmt_s(statistics.median(bare))}")
@@ -508,8 +560,10 @@ def summary_table(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[s
         n = res["n"]
         for key, label, op, bound, unit in TARGETS.get(n, []):
             value = res.get(key)
+            cpu = res.get(CPU_KEYS.get(key, ""))
             rows.append({"n": n, "figure": key, "label": label, "value": value, "target": f"{op} {bound:g} {unit}",
-                         "pass": check(value, op, bound)})
+                         "pass": check(value, op, bound), "cpu": cpu,
+                         "cpu_pass": None if cpu is None else check(cpu, op, bound)})
         # Correctness checks ride along in the table: they must hold at every N.
         for key, label in (("nochange_parsed_ok", "no-change re-sync parsed == 0"),
                            ("one_change_parsed_ok", "one-change re-sync parsed == 1"),
@@ -518,13 +572,18 @@ def summary_table(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[s
             if key in res:
                 rows.append({"n": n, "figure": key, "label": label, "value": res[key],
                              "target": "true", "pass": bool(res[key])})
-    lines = [f"{'N':>9}  {'figure':<44} {'value':>14}  {'target':<12} result", "-" * 92]
+    lines = [f"{'N':>9}  {'figure':<44} {'value':>12}  {'CPU time':>10}  {'target':<12} result",
+             "-" * 100]
     for row in rows:
         unit = row["target"].split()[-1]
         value = row["value"]
         shown = ("yes" if value else "no") if isinstance(value, bool) else fmt_value(value, unit)
-        lines.append(f"{row['n']:>9,}  {row['label']:<44} {shown:>14}  {row['target']:<12} "
-                     f"{'PASS' if row['pass'] else 'FAIL'}")
+        cpu = "" if row.get("cpu") is None else fmt_value(row["cpu"], unit)
+        verdict = "PASS" if row["pass"] else "FAIL"
+        if not row["pass"] and row.get("cpu_pass"):
+            verdict += " (CPU time within target: contention?)"
+        lines.append(f"{row['n']:>9,}  {row['label']:<44} {shown:>12}  {cpu:>10}  {row['target']:<12} "
+                     f"{verdict}")
     if not rows:
         lines.append("(no targets are defined for these N; targets exist for N = 10,000 and 100,000)")
     return lines, rows
@@ -586,32 +645,42 @@ def main(argv: list[str] | None = None) -> int:
         f"SQLite {env['sqlite']}; libyaml C loader: {env['yaml_c_loader']}")
     log("Sync figures are measured in a child interpreter: 'open+sync' = open_engine (schema "
         "creation/check) + sync_roots, without interpreter start-up and imports (shown separately);\n"
-        "peak RSS is the child's ru_maxrss (imports included).")
+        "peak RSS is the child's VmHWM from /proc/self/status (imports included). The child's "
+        "getrusage ru_maxrss is shown too but is\nnot used: Linux carries the pre-exec peak into it, "
+        "and subprocess spawns via vfork, so it reports at least this benchmark process's own RSS.")
 
     results: list[dict[str, Any]] = []
     try:
-        for n in ns:
-            results.append(bench_one(n, args, base, log))
-            if not args.keep:
+        for i, n in enumerate(ns):
+            res = bench_one(n, args, base, log)
+            res["loadavg_after"] = os.getloadavg()
+            results.append(res)
+            if not args.keep and i < len(ns) - 1:
+                log(f"(removing the N = {n:,} tree)")
                 shutil.rmtree(base / f"n{n}", ignore_errors=True)
-    finally:
-        if created and not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
-        elif args.keep:
-            log(f"\nkept: {base}")
 
-    lines, rows = summary_table(results)
-    log(f"\n{'=' * 100}\nSUMMARY (timings noisy: shared {env['cpus']}-CPU machine)\n{'=' * 100}")
-    for line in lines:
-        log(line)
-    failed = [r for r in rows if not r["pass"]]
-    failures = ", ".join(f"N={r['n']:,} {r['label']}" for r in failed)
-    log(f"\n{len(rows) - len(failed)} of {len(rows)} checks pass"
-        + (f"; FAIL: {failures}" if failed else ""))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"env": env, "results": results, "summary": rows},
-                                              indent=2, default=str), encoding="utf-8")
-        log(f"figures written to {args.json}")
+        lines, rows = summary_table(results)
+        log(f"\n{'=' * 100}\nSUMMARY (timings noisy: shared {env['cpus']}-CPU machine; load avg at "
+            f"start {env['loadavg'][0]:.1f}, at end {os.getloadavg()[0]:.1f})\n{'=' * 100}")
+        for line in lines:
+            log(line)
+        failed = [r for r in rows if not r["pass"]]
+        failures = ", ".join(f"N={r['n']:,} {r['label']}" for r in failed)
+        log(f"\n{len(rows) - len(failed)} of {len(rows)} checks pass"
+            + (f"; FAIL: {failures}" if failed else ""))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"env": env, "results": results, "summary": rows},
+                                                  indent=2, default=str), encoding="utf-8")
+            log(f"figures written to {args.json}")
+    finally:
+        if args.keep:
+            log(f"\nkept: {base}")
+        elif created:
+            log(f"(removing {base})")
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            for n in ns:
+                shutil.rmtree(base / f"n{n}", ignore_errors=True)
     return 1 if failed else 0
 
 
