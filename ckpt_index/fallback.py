@@ -109,8 +109,7 @@ def _from_checkpoint(path: Path, result: Inferred):
         result.set("monitor", monitor, "checkpoint")
         if state.get("mode") in ("min", "max"):
             result.set("mode", state["mode"], "checkpoint")
-        for key in ("save_top_k", "save_last"):
-            result.set(key, state.get(key), "checkpoint")
+        # save_top_k and save_last are not in ModelCheckpoint's saved state; never guessed.
     return contents
 
 

@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""Benchmark the safe checkpoint reader against ``torch.load`` on a checkpoint of over 1 GB.
+
+Writes a Lightning-shaped checkpoint (epoch, global_step, hyper_parameters, a ModelCheckpoint
+callback state with scalar-tensor scores, optimizer param groups, and a state dict of ~1.1 GB of
+float32 tensors laid out like a wide ResNet) with ``torch.save`` into a temporary directory, then
+measures in one run:
+
+- ``read_checkpoint``: one cold-ish first read (the file's pages dropped from the page cache with
+  ``posix_fadvise(DONTNEED)`` first), then the median of 5 reads after a warm-up; bytes read;
+- ``torch.load(path, weights_only=False)`` and ``torch.load(path, mmap=True, weights_only=False)``
+  (median of ``--repeat``, page cache warm) and their ratios to the reader.
+
+The file is deleted at the end unless ``--keep``. Target: metadata of a >= 1 GB checkpoint read in
+<= 20 ms.
+
+    python scripts/bench_checkpoint_reader.py
+    python scripts/bench_checkpoint_reader.py --size-gb 2 --dir /scratch
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+TARGET_MS = 20.0
+
+
+def make_checkpoint(size_gb: float) -> dict[str, Any]:
+    import torch
+
+    channels = 1024
+    conv_bytes = channels * channels * 3 * 3 * 4
+    blocks = max(1, round(size_gb * 1e9 / conv_bytes))
+    state_dict: dict[str, Any] = {"model.stem.weight": torch.randn(channels, 3, 7, 7)}
+    for i in range(blocks):
+        prefix = f"model.encoder.layer{i // 8 + 1}.{i % 8}"
+        state_dict[f"{prefix}.conv.weight"] = torch.empty(channels, channels, 3, 3).uniform_()
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            state_dict[f"{prefix}.bn.{name}"] = torch.rand(channels)
+        state_dict[f"{prefix}.bn.num_batches_tracked"] = torch.tensor(1234)
+    state_dict["model.head.weight"] = torch.randn(2, channels)
+    key = ("ModelCheckpoint{'monitor': 'val/hmean', 'mode': 'max', 'every_n_train_steps': 0, "
+           "'every_n_epochs': 1, 'train_time_interval': None}")
+    paths = [f"outputs/run/checkpoints/epoch-{e:02d}_step-{e * 205:06d}.ckpt" for e in (17, 18, 19)]
+    return {
+        "epoch": 19,
+        "global_step": 4100,
+        "pytorch-lightning_version": "2.6.6",
+        "state_dict": state_dict,
+        "loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 20, "completed": 19}}}},
+        "callbacks": {key: {
+            "monitor": "val/hmean",
+            "best_model_score": torch.tensor(0.8431),
+            "best_model_path": paths[1],
+            "current_score": torch.tensor(0.8402),
+            "dirpath": "outputs/run/checkpoints",
+            "best_k_models": {p: torch.tensor(s) for p, s in zip(paths, (0.8399, 0.8431, 0.8402))},
+            "kth_best_model_path": paths[0],
+            "kth_value": torch.tensor(0.8399),
+            "last_model_path": "outputs/run/checkpoints/last.ckpt",
+        }},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-3, "params": list(range(len(state_dict)))}]}],
+        "lr_schedulers": [],
+        "hparams_name": "kwargs",
+        "hyper_parameters": {
+            "architecture_name": "dbnet",
+            "encoder": {"model_name": "resnet50", "pretrained": True, "frozen": False},
+            "decoder": {"name": "unet", "in_channels": [256, 512, 1024, 2048], "inner_channels": 256},
+            "head": {"name": "db_head", "in_channels": 256, "params": {"k": 50}},
+            "loss": {"name": "db_loss", "params": {"negative_ratio": 3.0}},
+        },
+        "cleval_metrics": {"precision": 0.854, "recall": 0.832, "hmean": 0.843},
+    }
+
+
+def drop_from_page_cache(path: Path) -> bool:
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return True
+
+
+def timed(func: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = func()
+        times.append(time.perf_counter() - start)
+    return times, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-gb", type=float, default=1.1, help="state dict size (default 1.1)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to write the checkpoint")
+    parser.add_argument("--repeat", type=int, default=3, help="torch.load repetitions (default 3)")
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoint file")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from ckpt_index.checkpoint_reader import read_checkpoint
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ckpt-", dir=args.dir))
+    path = workdir / "epoch-19_step-004100.ckpt"
+    try:
+        start = time.perf_counter()
+        checkpoint = make_checkpoint(args.size_gb)
+        torch.save(checkpoint, path)
+        n_tensors = len(checkpoint["state_dict"])
+        del checkpoint
+        write_s = time.perf_counter() - start
+        size = path.stat().st_size
+        print(f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
+              f"{os.cpu_count()} CPUs")
+        print(f"checkpoint: {path}")
+        print(f"  size {size / 1e9:.3f} GB ({size} bytes), {n_tensors} state_dict tensors, "
+              f"written in {write_s:.1f} s")
+
+        dropped = drop_from_page_cache(path)
+        cold_times, _ = timed(lambda: read_checkpoint(path), 1)
+        timed(lambda: read_checkpoint(path), 1)  # warm-up
+        warm_times, contents = timed(lambda: read_checkpoint(path), 5)
+        reader_ms = statistics.median(warm_times) * 1e3
+        callback = contents.checkpoint_callbacks[0]
+        print("\nread_checkpoint (no torch involved):")
+        print(f"  first read, {'file dropped from page cache' if dropped else 'page cache not dropped'}: "
+              f"{cold_times[0] * 1e3:.2f} ms")
+        print(f"  warm: median {reader_ms:.2f} ms of 5 (min {min(warm_times) * 1e3:.2f}, "
+              f"max {max(warm_times) * 1e3:.2f})")
+        print(f"  bytes read: {contents.bytes_read} ({contents.bytes_read / size * 100:.5f}% of the file)")
+        print(f"  epoch {contents.epoch}, global_step {contents.global_step}, "
+              f"encoder {contents.hyper_parameters['encoder']['model_name']}, "
+              f"{callback['monitor']} current {callback['current_score']:.4f} best {callback['best_model_score']:.4f}, "
+              f"{len(contents.state_dict_shapes)} shapes")
+
+        load_times, _ = timed(lambda: torch.load(path, weights_only=False), args.repeat)
+        mmap_times, _ = timed(lambda: torch.load(path, mmap=True, weights_only=False), args.repeat)
+        load_ms = statistics.median(load_times) * 1e3
+        mmap_ms = statistics.median(mmap_times) * 1e3
+        print(f"\ntorch.load(weights_only=False):            median {load_ms:9.1f} ms of {args.repeat} "
+              f"-> {load_ms / reader_ms:8.0f}x the reader")
+        print(f"torch.load(mmap=True, weights_only=False): median {mmap_ms:9.1f} ms of {args.repeat} "
+              f"-> {mmap_ms / reader_ms:8.0f}x the reader")
+
+        verdict = "PASS" if size >= 1e9 and reader_ms <= TARGET_MS else "FAIL"
+        print(f"\ntarget: metadata of a >= 1 GB checkpoint in <= {TARGET_MS:.0f} ms: {verdict} "
+              f"({reader_ms:.2f} ms warm median, {cold_times[0] * 1e3:.2f} ms first read, "
+              f"{size / 1e9:.2f} GB)")
+        return 0 if verdict == "PASS" else 1
+    finally:
+        if args.keep:
+            print(f"kept {path}")
+        else:
+            path.unlink(missing_ok=True)
+            workdir.rmdir()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
