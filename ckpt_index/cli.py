@@ -42,7 +42,14 @@ def friendly_errors(func: Callable) -> Callable:
         except (IndexError_, NotADirectoryError, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from None
         except SQLAlchemyError as exc:
-            raise click.ClickException(f"database error: {exc.__class__.__name__}: {exc.orig if getattr(exc, 'orig', None) else exc}") from None
+            detail = getattr(exc, "orig", None) or exc
+            raise click.ClickException(
+                f"database error: {exc.__class__.__name__}: {detail}"
+            ) from None
+        except Exception as exc:
+            if type(exc).__name__ == "CommandError":  # alembic's, e.g. an unknown revision
+                raise click.ClickException(f"alembic: {exc}") from None
+            raise
 
     return wrapper
 
@@ -416,7 +423,7 @@ def db_current(db: str | None) -> None:
     from ckpt_index.db import HEAD_REVISION, create_index_engine, current_revision, resolve_db_url
 
     url = resolve_db_url(db)
-    engine = create_index_engine(url)
+    engine = create_index_engine(url, readonly=True)  # looking must not create a database
     try:
         with engine.connect() as conn:
             found = current_revision(conn)

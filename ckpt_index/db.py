@@ -112,7 +112,8 @@ def create_index_engine(
         if readonly:
             cursor.execute("PRAGMA query_only = ON")
         elif path is not None:
-            cursor.execute("PRAGMA journal_mode = WAL")
+            # journal_mode = WAL is not set here: it rewrites the file header, and a database from
+            # a newer release must be refused untouched. _use_wal() sets it after the check.
             cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -171,15 +172,28 @@ def _lock_for_migration(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(724112001)"))
 
 
+def _refuse_unknown(url: str, found: str | None) -> None:
+    if found is not None and found != HEAD_REVISION and found not in known_revisions():
+        raise SchemaTooNewError(url, found, HEAD_REVISION)
+
+
+def _use_wal(engine: Engine, url: str) -> None:
+    """Put a SQLite file in WAL mode (a property of the file), once it is known to be ours."""
+    if is_sqlite(url) and _sqlite_file(url) is not None:
+        with engine.connect() as conn:
+            # On the DBAPI connection, outside any transaction (the pragma is refused inside one).
+            conn.connection.driver_connection.execute("PRAGMA journal_mode = WAL")
+
+
 def ensure_schema(engine: Engine, url: str) -> str:
     """Bring the database to head (creating it if empty); return the revision it is at."""
     with engine.connect() as conn:
         found = current_revision(conn)
         conn.rollback()
+    _refuse_unknown(url, found)
     if found == HEAD_REVISION:
+        _use_wal(engine, url)
         return found
-    if found is not None and found not in known_revisions():
-        raise SchemaTooNewError(url, found, HEAD_REVISION)
     upgrade(engine, url, HEAD_REVISION)
     return HEAD_REVISION
 
@@ -187,11 +201,14 @@ def ensure_schema(engine: Engine, url: str) -> str:
 def upgrade(engine: Engine, url: str, target: str = "head") -> None:
     from alembic import command
 
+    with engine.connect() as conn:
+        _refuse_unknown(url, current_revision(conn))
+        conn.rollback()
+    _use_wal(engine, url)
     with write_transaction(engine) as conn:
         _lock_for_migration(conn)
         found = current_revision(conn)  # another process may have migrated while we waited
-        if found is not None and found not in known_revisions():
-            raise SchemaTooNewError(url, found, HEAD_REVISION)
+        _refuse_unknown(url, found)
         if found != target:
             command.upgrade(alembic_config(url, conn), target)
 
@@ -201,6 +218,7 @@ def downgrade(engine: Engine, url: str, target: str) -> None:
 
     with write_transaction(engine) as conn:
         _lock_for_migration(conn)
+        _refuse_unknown(url, current_revision(conn))
         command.downgrade(alembic_config(url, conn), target)
 
 

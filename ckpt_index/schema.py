@@ -138,13 +138,19 @@ def format_validation_error(error: ValidationError) -> str:
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         if item["type"] != "missing" and "input" in item and not isinstance(item["input"], dict):
-            shown = repr(item["input"])
-            if len(shown) > 60:
-                shown = shown[:57] + "..."
+            shown = _short_repr(item["input"])
             message = f"{message} (got {shown})"
         parts.append(f"{where}: {message}")
     # Keys and values come from the file and may hold newlines; a reason is always one line.
     return " ".join("; ".join(parts).split())
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        shown = repr(value)
+    except ValueError:  # an int past sys.get_int_max_str_digits(), e.g. from YAML hex
+        return f"<{type(value).__name__} too large to show>"
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def metadata_warnings(meta: CheckpointMetadataV1) -> list[str]:

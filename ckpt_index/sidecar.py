@@ -9,6 +9,7 @@ the composed node graph before anything is constructed. Every rejection is a
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,29 @@ def _check_expansion(root: yaml.Node, path: Path) -> None:
                 stack.append((child, depth + 1, False))
 
 
+def _check_depth(text: str, path: Path) -> None:
+    """Refuse deep nesting from the event stream, before libyaml's recursive composer sees it.
+
+    The C composer recurses once per level without a depth guard: some 30,000 ``[`` crash the
+    interpreter (SIGSEGV). The parser itself is iterative, so counting events is safe.
+    """
+    loader = _Loader(text)
+    depth = 0
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise SidecarError(path, f"YAML nests deeper than {MAX_DEPTH} levels")
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
+    except yaml.YAMLError as exc:
+        raise SidecarError(path, f"YAML error: {_yaml_reason(exc)}") from None
+    finally:
+        loader.dispose()
+
+
 def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.SequenceNode):
         return list(node.value)
@@ -119,6 +143,7 @@ def parse_sidecar_bytes(data: bytes, path: Path | str = "<sidecar>") -> dict[str
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SidecarError(path, f"not UTF-8 text (byte {exc.start})") from None
+    _check_depth(text, path)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -130,6 +155,10 @@ def parse_sidecar_bytes(data: bytes, path: Path | str = "<sidecar>") -> dict[str
         raise SidecarError(path, f"YAML error: {_yaml_reason(exc)}") from None
     except (RecursionError, MemoryError):
         raise SidecarError(path, "YAML too deeply nested or too large") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        # PyYAML's constructors raise plain errors for values such as 2025-02-30 or a
+        # 5,000-digit integer; they are still just a bad file.
+        raise SidecarError(path, f"YAML value error: {' '.join(str(exc).split())}") from None
     finally:
         loader.dispose()
     if not isinstance(document, dict):
@@ -141,11 +170,26 @@ def read_sidecar(sidecar_path: Path | str) -> CheckpointMetadataV1:
     """Read and validate one sidecar file; raise :class:`SidecarError` with a reason."""
     path = Path(sidecar_path)
     try:
-        with open(path, "rb") as handle:
-            # Read one byte past the limit so oversized files are refused without reading them whole.
+        # O_NONBLOCK: opening a FIFO must not wait for a writer that never comes.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SidecarError(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise SidecarError(path, f"cannot read: {kind}")
+        if st.st_size > MAX_SIDECAR_BYTES:
+            raise SidecarError(
+                path, f"file is {st.st_size:,} bytes, over the {MAX_SIDECAR_BYTES:,}-byte limit"
+            )
+        with open(fd, "rb", closefd=False) as handle:
+            # One byte past the limit, in case the file grew since fstat.
             data = handle.read(MAX_SIDECAR_BYTES + 1)
     except OSError as exc:
         raise SidecarError(path, f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     return validate_document(parse_sidecar_bytes(data, path), path)
 
 
@@ -195,6 +239,16 @@ def dump_document(data: dict[str, Any]) -> str:
     )
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask() can only be read by setting it, which races with threads.
+_UMASK = _read_umask()
+
+
 def save_metadata(
     meta: CheckpointMetadataV1, ckpt_path: Path | str, *, force: bool = False,
     durable: bool = True,
@@ -211,6 +265,8 @@ def save_metadata(
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            # mkstemp makes the file 0600; a sidecar is shared like any file the user creates.
+            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)
             handle.write(text)
             handle.flush()
             if durable:

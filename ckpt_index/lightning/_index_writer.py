@@ -1,0 +1,148 @@
+"""Index upserts and deletions on a background thread, so a slow or locked index never stalls training.
+
+Operations are applied in submission order. Whatever is queued when the thread wakes up goes into
+one write transaction, so a burst of saves costs one commit and a locked SQLite index costs one
+busy timeout per burst, not one per checkpoint. A batch that fails is rolled back whole and
+reported; the sidecars already on disk remain the source of truth for the next ``ckpt-index sync``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sqlalchemy import Connection, Engine
+
+from ckpt_index.db import open_engine, resolve_db_url, write_transaction
+from ckpt_index.records import FileState, record_from_metadata
+from ckpt_index.schema import CheckpointMetadataV1, metadata_warnings
+from ckpt_index.store import delete_paths, upsert_records
+
+_STOP = object()
+
+
+@dataclass
+class Upsert:
+    meta: CheckpointMetadataV1
+    checkpoint_path: str
+    sidecar_path: str
+    ckpt: FileState
+    sidecar: FileState
+
+
+@dataclass
+class Delete:
+    checkpoint_path: str
+
+
+class IndexWriter:
+    """A thread that owns the engine (opened on first use) and applies queued operations.
+
+    Args:
+        db: Path or SQLAlchemy URL of the index, or ``None`` for the standard resolution.
+        busy_timeout: Seconds a write waits for a locked SQLite index before the batch is dropped.
+        report: Called with a message and the exception when a batch fails.
+    """
+
+    def __init__(
+        self, db: str | os.PathLike[str] | None, *, busy_timeout: float,
+        report: Callable[[str, BaseException | None], None],
+    ) -> None:
+        self._db = db
+        self._busy_ms = max(0, int(busy_timeout * 1000))
+        self._report = report
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._engine: Engine | None = None
+        #: Seconds spent applying each batch (for scripts/bench_callback.py).
+        self.batch_seconds: list[float] = []
+        self.applied = 0
+
+    def submit(self, op: Upsert | Delete) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ckpt-index-writer", daemon=True)
+            self._thread.start()
+        self._queue.put(op)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Apply what is queued, stop the thread; ``False`` if it did not finish in ``timeout``."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        self._queue.put(_STOP)
+        thread.join(timeout)
+        if thread.is_alive():
+            self._report(
+                f"the index writer did not finish within {timeout:.0f}s; its remaining updates "
+                "are abandoned (the sidecars are written)", None,
+            )
+            return False
+        return True
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = [self._queue.get()]
+                while True:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                ops = [op for op in batch if op is not _STOP]
+                if ops:
+                    self._apply(ops)
+                if len(ops) != len(batch):
+                    return
+        finally:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine: Engine | None = None
+
+    def _set_busy_timeout(self, dbapi_conn: Any) -> None:
+        dbapi_conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+
+    def _apply(self, ops: list[Upsert | Delete]) -> None:
+        started = time.perf_counter()
+        try:
+            if self._engine is None:
+                self._engine = open_engine(self._db, on_connect=self._set_busy_timeout)
+            with write_transaction(self._engine) as conn:
+                for run in _runs(ops):
+                    _apply_run(conn, run)
+        except Exception as exc:  # noqa: BLE001 - reported; training must go on
+            self._report(
+                f"could not update the index {resolve_db_url(self._db)} ({len(ops)} "
+                "checkpoint(s)); their sidecars are written, `ckpt-index sync` will index them", exc,
+            )
+            return
+        self.applied += len(ops)
+        self.batch_seconds.append(time.perf_counter() - started)
+
+
+def _runs(ops: list[Upsert | Delete]) -> list[list[Upsert | Delete]]:
+    """Consecutive operations of the same kind, in order (one statement each)."""
+    runs: list[list[Upsert | Delete]] = []
+    for op in ops:
+        if runs and type(runs[-1][0]) is type(op):
+            runs[-1].append(op)
+        else:
+            runs.append([op])
+    return runs
+
+
+def _apply_run(conn: Connection, run: list[Upsert | Delete]) -> None:
+    if isinstance(run[0], Delete):
+        delete_paths(conn, [op.checkpoint_path for op in run])
+        return
+    records = [
+        record_from_metadata(
+            op.meta, checkpoint_path=op.checkpoint_path, sidecar_path=op.sidecar_path,
+            ckpt=op.ckpt, sidecar=op.sidecar, warnings=metadata_warnings(op.meta),
+        )
+        for op in run
+    ]
+    upsert_records(conn, records)
