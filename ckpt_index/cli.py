@@ -234,13 +234,19 @@ def show(checkpoint: str, db: str | None) -> None:
     engine = open_engine(db, readonly=_index_exists(db))
     try:
         with engine.connect() as conn:
-            record = find_checkpoint(conn, os.path.abspath(checkpoint))
+            record = find_checkpoint(conn, _index_path(checkpoint))
     finally:
         engine.dispose()
     if record is None:
-        click.echo(f"{os.path.abspath(checkpoint)}: not in the index (run ckpt-index sync)", err=True)
+        click.echo(f"{_index_path(checkpoint)}: not in the index (run ckpt-index sync)", err=True)
         sys.exit(1)
     click.echo(json.dumps(record, indent=2))
+
+
+def _index_path(path: str) -> str:
+    """How the index spells a checkpoint path: the folder resolved, the file name as it is."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(folder), name)
 
 
 # ----------------------------------------------------------------------------------- validate

@@ -7,6 +7,7 @@ training callback one checkpoint at a time.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,12 +26,18 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
 
 
 def _upsert_statement(conn: Connection, columns: Iterable[str]):
-    if conn.dialect.name == "postgresql":
+    return _build_upsert(conn.dialect.name, tuple(columns))
+
+
+@functools.lru_cache(maxsize=16)
+def _build_upsert(dialect_name: str, columns: tuple[str, ...]):
+    # Cached: building the statement was half the cost of the callback's one-row upsert.
+    if dialect_name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif conn.dialect.name == "sqlite":
+    elif dialect_name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported backends
-        raise NotImplementedError(f"no upsert for {conn.dialect.name}")
+        raise NotImplementedError(f"no upsert for {dialect_name}")
     stmt = dialect_insert(checkpoints)
     keys = ("location", "checkpoint_path")
     updates = {name: stmt.excluded[name] for name in columns if name not in keys}

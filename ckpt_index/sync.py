@@ -195,7 +195,9 @@ def sync_roots(
     summary = SyncSummary(location=resolve_location(location))
     options = SyncOptions(infer=infer, wandb_online=wandb_online, engine=engine)
     for root in roots:
-        root_path = os.path.abspath(os.fspath(root))
+        # Resolved like Lightning resolves its dirpath, so that rows written by the training
+        # callback and by a sync of the same tree share their paths even through a symlink.
+        root_path = os.path.realpath(os.fspath(root))
         if not Path(root_path).is_dir():
             raise NotADirectoryError(f"{root_path}: not a directory")
         summary.roots.append(root_path)
