@@ -116,6 +116,9 @@ def create_index_engine(
             # a newer release must be refused untouched. _use_wal() sets it after the check.
             cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
+        # LIKE is case-sensitive on PostgreSQL; the same here keeps --exp globs and --where
+        # patterns meaning one thing on both backends (and globs behave like the shell's).
+        cursor.execute("PRAGMA case_sensitive_like = ON")
         cursor.close()
         if on_connect is not None:
             on_connect(dbapi_conn)

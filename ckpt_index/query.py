@@ -106,7 +106,7 @@ def _filters(spec: QuerySpec) -> list[ColumnElement]:
         conditions.append(c.epoch >= spec.min_epoch)
     if spec.max_epoch is not None:
         conditions.append(c.epoch <= spec.max_epoch)
-    if spec.where:
+    if spec.where is not None:  # "" is an empty expression (a usage error), not "no filter"
         conditions.append(compile_where(parse_where(spec.where), resolve))
     return conditions
 
@@ -143,7 +143,10 @@ def build_query(spec: QuerySpec) -> Select:
         return stmt.limit(spec.limit) if spec.limit is not None else stmt
 
     name, direction = parse_direction(spec.best_by)
-    if name in FIELDS:
+    forced_metric = name.startswith("metrics.")
+    if forced_metric:
+        name = name[len("metrics.") :]
+    if name in FIELDS and not forced_metric:
         metric = c[name]
     else:
         best = checkpoint_metrics.alias("best")
@@ -153,7 +156,8 @@ def build_query(spec: QuerySpec) -> Select:
     metric_order = metric.desc() if direction == "max" else metric.asc()
 
     if spec.group_by is None:
-        stmt = stmt.where(*conditions).order_by(metric_order, *_tie_break()).limit(1)
+        limit = 1 if spec.limit is None else min(1, spec.limit)
+        stmt = stmt.where(*conditions).order_by(metric_order, *_tie_break()).limit(limit)
         return stmt
 
     group = c[spec.group_by]

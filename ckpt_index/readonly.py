@@ -85,7 +85,9 @@ def _more_than_one_statement(statement: str) -> bool:
 
 def _describe(exc: DBAPIError) -> str:
     message = str(exc.orig).strip() if exc.orig is not None else str(exc)
-    if "not authorized" in message or "readonly" in message or "read-only" in message:
+    refusals = ("not authorized", "authorization denied", "readonly", "read-only",
+                "cannot VACUUM")  # VACUUM always writes; it fails on our BEGIN first
+    if any(text in message for text in refusals):
         return f"refused: the index is read-only here ({message})"
     return message
 

@@ -1,0 +1,252 @@
+"""``ckpt-index sql``: read-only SQL over the index (SPEC sections 5 and 7).
+
+Every refused statement must leave the database exactly as it was: same rows, same schema, same
+pragmas, and the same bytes in the database file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import write_checkpoint
+
+
+@pytest.fixture
+def synced(outputs: Path, invoke, db_path: Path) -> Path:
+    for i, (enc, hmean, loss) in enumerate(
+        [("resnet50", 0.81, 0.03), ("resnet18", 0.92, 0.01), ("resnet50", 0.77, 0.05)]
+    ):
+        write_checkpoint(
+            outputs / f"exp{i}/checkpoints/epoch-{i:02d}_step-{i * 100:06d}.ckpt",
+            **{"exp_name": f"exp{i}", "metrics.hmean": hmean, "training.epoch": i,
+               "model.encoder.model_name": enc, "metrics.additional_metrics": {"val/loss": loss}},
+        )
+    assert invoke("sync", str(outputs)).exit_code == 0
+    return db_path
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def _state(db_path: Path) -> dict:
+    """Everything a write could change, read without going through ckpt-index."""
+    with sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True) as conn:
+        state = {
+            "checkpoints": conn.execute("SELECT * FROM checkpoints ORDER BY id").fetchall(),
+            "metrics": conn.execute(
+                "SELECT * FROM checkpoint_metrics ORDER BY checkpoint_id, name").fetchall(),
+            "schema": conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall(),
+            "user_version": conn.execute("PRAGMA user_version").fetchone()[0],
+            "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
+            "alembic": conn.execute("SELECT version_num FROM alembic_version").fetchall(),
+        }
+    conn.close()
+    state["db_bytes"] = _digest(db_path)
+    state["wal_bytes"] = _digest(db_path.with_name(db_path.name + "-wal"))
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def test_select_table(invoke, synced) -> None:
+    result = invoke("sql", "SELECT exp_name, encoder, hmean FROM checkpoints ORDER BY hmean DESC")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["exp_name", "encoder", "hmean"]
+    assert [line.split()[0] for line in lines[1:]] == ["exp1", "exp0", "exp2"]
+    assert "0.9200" in lines[1]
+
+
+def test_select_json(invoke, synced) -> None:
+    result = invoke("sql", "SELECT exp_name, hmean, epoch FROM checkpoints ORDER BY exp_name",
+                    "--format", "json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == [
+        {"exp_name": "exp0", "hmean": 0.81, "epoch": 0},
+        {"exp_name": "exp1", "hmean": 0.92, "epoch": 1},
+        {"exp_name": "exp2", "hmean": 0.77, "epoch": 2},
+    ]
+
+
+def test_select_csv_and_jsonl(invoke, synced) -> None:
+    sql = ("SELECT c.exp_name, m.value AS val_loss, NULL AS empty FROM checkpoints c "
+           "JOIN checkpoint_metrics m ON m.checkpoint_id = c.id AND m.name = 'val/loss' "
+           "ORDER BY m.value")
+    result = invoke("sql", sql, "--format", "csv")
+    assert result.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["exp_name"], float(r["val_loss"]), r["empty"]) for r in rows] == [
+        ("exp1", 0.01, ""), ("exp0", 0.03, ""), ("exp2", 0.05, "")]
+    result = invoke("sql", sql, "--format", "jsonl")
+    assert result.exit_code == 0
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"exp_name": "exp1", "val_loss": 0.01, "empty": None},
+        {"exp_name": "exp0", "val_loss": 0.03, "empty": None},
+        {"exp_name": "exp2", "val_loss": 0.05, "empty": None},
+    ]
+
+
+@pytest.mark.parametrize(
+    "statement, check",
+    [
+        ("PRAGMA table_info(checkpoints)",
+         lambda rows: {"checkpoint_path", "hmean", "encoder", "epoch"} <= {r["name"] for r in rows}),
+        ("PRAGMA index_list(checkpoints)",
+         lambda rows: "ix_checkpoints_hmean" in {r["name"] for r in rows}),
+        ("SELECT metric, count(*) AS n FROM checkpoint_metrics_flat GROUP BY metric ORDER BY metric",
+         lambda rows: {r["metric"]: r["n"] for r in rows}["val/loss"] == 3),
+        ("SELECT checkpoint_path, value FROM checkpoint_metrics_flat WHERE metric = 'hmean' "
+         "ORDER BY value DESC LIMIT 1",
+         lambda rows: rows[0]["value"] == 0.92 and rows[0]["checkpoint_path"].endswith(".ckpt")),
+        ("SELECT count(*) AS n FROM checkpoints -- how many?", lambda rows: rows == [{"n": 3}]),
+        ("SELECT count(*) AS n FROM checkpoints; -- how many?", lambda rows: rows == [{"n": 3}]),
+        ("SELECT count(*) AS n FROM checkpoints;", lambda rows: rows == [{"n": 3}]),
+        ("  select 1 as one  ", lambda rows: rows == [{"one": 1}]),
+        ("SELECT ';' AS semi, 'DELETE FROM checkpoints' AS text",
+         lambda rows: rows == [{"semi": ";", "text": "DELETE FROM checkpoints"}]),
+        ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5) "
+         "SELECT sum(x) AS s FROM n", lambda rows: rows == [{"s": 15}]),
+        ("SELECT name FROM sqlite_master WHERE type = 'view'",
+         lambda rows: {"name": "checkpoint_metrics_flat"} in rows),
+        ("SELECT encoder, max(hmean) AS best FROM checkpoints GROUP BY encoder ORDER BY encoder",
+         lambda rows: rows == [{"encoder": "resnet18", "best": 0.92}, {"encoder": "resnet50", "best": 0.81}]),
+    ],
+)
+def test_allowed(invoke, synced, statement, check) -> None:
+    before = _state(synced)
+    result = invoke("sql", statement, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert check(json.loads(result.stdout))
+    assert _state(synced) == before
+
+
+# --------------------------------------------------------------------------------------------
+# Writing is refused
+
+
+REFUSED = [
+    "INSERT INTO checkpoints (checkpoint_path, source, status, checkpoint_exists, indexed_at) "
+    "VALUES ('/x.ckpt', 'x', 'valid', 1, 'now')",
+    "INSERT INTO checkpoint_metrics VALUES (1, 'evil', 1.0)",
+    "REPLACE INTO checkpoint_metrics VALUES (1, 'hmean', 1.0)",
+    "UPDATE checkpoints SET hmean = 1.0",
+    "UPDATE checkpoints SET hmean = 1.0 RETURNING id",
+    "DELETE FROM checkpoints",
+    "DELETE FROM checkpoint_metrics RETURNING checkpoint_id",
+    "DROP TABLE checkpoints",
+    "DROP VIEW checkpoint_metrics_flat",
+    "DROP INDEX ix_checkpoints_hmean",
+    "CREATE TABLE evil (x)",
+    "CREATE TEMP TABLE evil (x)",
+    "CREATE INDEX evil ON checkpoints (loss)",
+    "CREATE VIEW evil AS SELECT 1",
+    "CREATE TRIGGER evil AFTER INSERT ON checkpoints BEGIN DELETE FROM checkpoints; END",
+    "ALTER TABLE checkpoints ADD COLUMN evil TEXT",
+    "SELECT 1; DELETE FROM checkpoints",
+    "SELECT 1; DELETE FROM checkpoints;",
+    "SELECT 1;\nDELETE FROM checkpoints -- trailing",
+    "DELETE FROM checkpoints; SELECT 1",
+    "WITH x AS (DELETE FROM checkpoints RETURNING id) SELECT * FROM x",
+    "WITH x AS (SELECT id FROM checkpoints) DELETE FROM checkpoints WHERE id IN (SELECT id FROM x)",
+    "ATTACH DATABASE '{attach}' AS x",
+    "ATTACH '{attach}' AS x",
+    "PRAGMA journal_mode=DELETE",
+    "PRAGMA journal_mode = MEMORY",
+    "PRAGMA user_version=5",
+    "PRAGMA query_only = OFF",
+    "PRAGMA foreign_keys = OFF",
+    "PRAGMA writable_schema = ON",
+    "PRAGMA wal_checkpoint(TRUNCATE)",
+    "VACUUM",
+    "VACUUM INTO '{attach}'",
+    "REINDEX",
+    "REINDEX checkpoints",
+    "ANALYZE",
+    "SELECT load_extension('/nonexistent/evil')",
+    "",
+    "   ",
+    "/* only a comment */",
+    "-- only a comment",
+]
+
+
+@pytest.mark.parametrize("statement", REFUSED)
+def test_refused(invoke, synced, tmp_path, statement) -> None:
+    attach = tmp_path / "attached.db"
+    statement = statement.replace("{attach}", str(attach))
+    before = _state(synced)
+    assert before["checkpoints"] and before["metrics"]
+    # A statement starting with "-" would be read as an option; "--" ends the options.
+    result = invoke("sql", "--db", str(synced), "--", statement)
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    message = result.stderr.strip()
+    assert message.startswith("Error: ") and len(message) > len("Error: ") + 5
+    assert "Traceback" not in message
+    assert "\n" not in message  # one clear line
+    assert _state(synced) == before
+    assert not attach.exists()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [s for s in REFUSED if s.strip() and not s.startswith("WITH x AS (DELETE")  # a syntax error on SQLite
+     and not s.startswith(("--", "/*"))],
+)
+def test_refusal_says_why(invoke, synced, tmp_path, statement) -> None:
+    """The message says the statement was refused (read-only, one statement at a time),
+    not an incidental error that invites the user to try again differently."""
+    result = invoke("sql", statement.replace("{attach}", str(tmp_path / "attached.db")))
+    assert result.exit_code == 1
+    message = result.stderr.lower()
+    assert any(word in message for word in ("refused", "read-only", "readonly", "one statement",
+                                             "not authorized", "only queries")), message
+
+
+def test_refused_on_literal_tmp_attach_path(invoke, synced) -> None:
+    target = Path("/tmp/x.db")
+    existed = target.exists()
+    before = _state(synced)
+    result = invoke("sql", "ATTACH DATABASE '/tmp/x.db' AS x")
+    assert result.exit_code == 1
+    assert _state(synced) == before
+    if not existed:
+        assert not target.exists()
+
+
+def test_refused_statement_does_not_create_missing_database(invoke, db_path, tmp_path) -> None:
+    for statement in ("SELECT 1", "CREATE TABLE t (x)"):
+        result = invoke("sql", statement)
+        assert result.exit_code == 1
+        assert result.stderr.strip()
+        assert not db_path.exists()
+        assert not list(tmp_path.glob("*.db*"))
+
+
+def test_reads_still_work_after_refusals(invoke, synced) -> None:
+    """A refused statement leaves no half-open transaction or state behind in the process."""
+    for statement in ("DELETE FROM checkpoints", "PRAGMA query_only = OFF", "SELECT 1; DROP TABLE checkpoints"):
+        assert invoke("sql", statement).exit_code == 1
+    result = invoke("sql", "SELECT count(*) AS n FROM checkpoints", "--format", "json")
+    assert json.loads(result.stdout) == [{"n": 3}]
+    # And the index still takes writes through sync.
+    result = invoke("sync", str(synced.parent / "outputs"))
+    assert result.exit_code == 0
+
+
+def test_writes_by_sync_are_not_blocked_by_sql_reads(outputs, invoke, synced) -> None:
+    write_checkpoint(outputs / "exp9/checkpoints/new.ckpt", **{"metrics.hmean": 0.99})
+    assert invoke("sql", "SELECT 1").exit_code == 0
+    assert invoke("sync", str(outputs)).exit_code == 0
+    result = invoke("sql", "SELECT count(*) AS n FROM checkpoints", "--format", "json")
+    assert json.loads(result.stdout) == [{"n": 4}]
