@@ -40,7 +40,8 @@ class FileState:
     """Size and mtime of a file as seen by a sync; ``None`` when the file does not exist."""
 
     size: int
-    mtime_ns: int
+    #: ``None`` for a file seen inside the racy window: its row is re-read by the next sync.
+    mtime_ns: int | None
 
 
 @dataclass

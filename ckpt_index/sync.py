@@ -81,8 +81,20 @@ class _Found:
     sidecar: FileState | None = None
 
 
-def scan(root: str) -> dict[str, _Found]:
-    """Checkpoints and sidecars below ``root``, keyed by absolute checkpoint path."""
+def _storable(path: str) -> bool:
+    """Whether the index can hold ``path``: os.scandir hands out undecodable bytes as surrogates."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def scan(root: str, rejected: list[tuple[str, str]] | None = None) -> dict[str, _Found]:
+    """Checkpoints and sidecars below ``root``, keyed by absolute checkpoint path.
+
+    Files whose names are not UTF-8 cannot be stored; they go to ``rejected`` with a reason.
+    """
     found: dict[str, _Found] = {}
     pending = [root]
     while pending:
@@ -97,6 +109,12 @@ def scan(root: str) -> dict[str, _Found]:
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(entry.path)
+                        continue
+                    indexable = name.endswith(CKPT_SUFFIX) or name.endswith(SIDECAR_SUFFIX)
+                    if indexable and not _storable(entry.path):
+                        if rejected is not None:
+                            shown = entry.path.encode("utf-8", "backslashreplace").decode()
+                            rejected.append((shown, "file name is not UTF-8; rename it to index it"))
                         continue
                     if name.endswith(CKPT_SUFFIX):
                         st = entry.stat()
@@ -141,11 +159,13 @@ def build_record(
     """The row for one checkpoint from its files; also why its sidecar or checkpoint is unusable."""
     options = options or SyncOptions()
     sidecar = item.sidecar
+    # A NULL mtime matches no file, so a row built from a file still inside the racy window is
+    # always read again (0 would match a file whose mtime was set to the epoch).
     if sidecar is not None and sidecar.mtime_ns >= racy_after_ns:
-        sidecar = FileState(sidecar.size, 0)
+        sidecar = FileState(sidecar.size, None)
     ckpt = item.ckpt
     if ckpt is not None and ckpt.mtime_ns >= racy_after_ns:
-        ckpt = FileState(ckpt.size, 0)
+        ckpt = FileState(ckpt.size, None)
     if item.sidecar_path is None:
         if options.infer and item.ckpt is not None:
             from ckpt_index.fallback import infer_metadata
@@ -211,7 +231,10 @@ def _sync_root(
     options: SyncOptions,
 ) -> None:
     racy_after_ns = time.time_ns() - RACY_WINDOW_NS
-    found = scan(root)
+    rejected: list[tuple[str, str]] = []
+    found = scan(root, rejected)
+    summary.invalid += len(rejected)
+    summary.invalid_files.extend(rejected)
     with engine.connect() as conn:
         existing = {
             row.checkpoint_path: row
