@@ -327,7 +327,6 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     root = nd / "outputs"
     root.mkdir(parents=True)
     root_s = os.path.abspath(root)
-    owned_db = args.db is None
     db_url = args.db or "sqlite:///" + str((nd / "ckpt_index.db").absolute())
     res["db"] = db_url
 
@@ -368,7 +367,7 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         f"{fmt_s(io_s)} (also warms the page cache)")
 
     # 2. cold sync -------------------------------------------------------------------------
-    fresh_db(db_url, owned=owned_db, wipe=args.wipe_db)
+    fresh_db(db_url, owned=True, wipe=True)  # --db was checked once in main()
     cold = run_sync_child(db_url, root_s)
     s = cold["summary"]
     res["cold"] = cold
@@ -630,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
         from ckpt_index.db import resolve_db_url
 
         args.db = resolve_db_url(args.db)
+    if args.db is not None:
+        # Refuse up front to empty a --db that held data before this run (unless --wipe-db);
+        # between N values the benchmark empties its own rows without asking.
+        fresh_db(args.db, owned=False, wipe=args.wipe_db)
     created = args.workdir is None
     base = Path(tempfile.mkdtemp(prefix="ckpt-index-bench-") if created else args.workdir).absolute()
     base.mkdir(parents=True, exist_ok=True)
