@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from ckpt_index.db import open_engine, resolve_location
-from ckpt_index.models import checkpoints
+from ckpt_index.tables import checkpoints
 from ckpt_index.query import fetch_metrics
 from ckpt_index.records import output_record
 from ckpt_index.store import path_range

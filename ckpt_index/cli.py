@@ -98,8 +98,8 @@ def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
     show_bar = sys.stderr.isatty() if progress is None else progress
     bar = _ProgressBar() if show_bar else None
     try:
-        options = {} if not no_infer else {"infer": False}  # TODO(issue 5): always pass
-        summary = sync_roots(engine, roots, progress=bar, wandb_online=wandb_online, **options)
+        summary = sync_roots(engine, roots, progress=bar, infer=not no_infer,
+                             wandb_online=wandb_online)
     finally:
         if bar:
             bar.close()

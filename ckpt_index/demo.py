@@ -1,13 +1,17 @@
 """Synthetic outputs trees in the naming scheme, with seed-shaped sidecars.
 
 Used by ``ckpt-index demo`` (a small realistic tree), by the benchmark (N checkpoints) and by
-tests. Checkpoint files are small placeholders: the index never opens them.
+tests. Checkpoint files are tiny zips in torch's layout with Lightning's bookkeeping and no
+weights, so the fallbacks have something real to read where a sidecar is missing.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import io
+import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +70,42 @@ def sidecar_document(
     }
 
 
-def _write(ckpt: Path, document: dict[str, Any] | None, payload: bytes) -> None:
-    ckpt.write_bytes(payload)
-    if document is not None:
+def checkpoint_bytes(document: dict[str, Any]) -> bytes:
+    """A tiny checkpoint in torch's zip layout (``<prefix>/data.pkl``) holding what Lightning
+    stores besides the weights: epoch, global_step, hyper_parameters, cleval_metrics and the
+    ModelCheckpoint state. Plain data only, so it is written without torch."""
+    training, model, metrics = document["training"], document["model"], document["metrics"]
+    monitor = "val/hmean"
+    state_key = (f"ModelCheckpoint{{'monitor': '{monitor}', 'mode': 'max', "
+                 "'every_n_train_steps': 0, 'every_n_epochs': 1, 'train_time_interval': None}")
+    contents = {
+        "epoch": training["epoch"],
+        "global_step": training["global_step"],
+        "pytorch-lightning_version": "2.6.0",
+        "hyper_parameters": {
+            "architecture_name": model["architecture"],
+            "encoder": dict(model["encoder"]),
+            "decoder": dict(model["decoder"]),
+            "head": dict(model["head"]),
+            "loss": dict(model["loss"]),
+            "exp_name": document["exp_name"],
+        },
+        "cleval_metrics": {k: metrics[k] for k in ("precision", "recall", "hmean")},
+        "callbacks": {state_key: {"monitor": monitor, "current_score": metrics["hmean"],
+                                  "best_model_score": metrics["hmean"]}},
+        "state_dict": {},
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps(contents, protocol=2))
+        archive.writestr("archive/byteorder", "little")
+        archive.writestr("archive/version", "3\n")
+    return buffer.getvalue()
+
+
+def _write(ckpt: Path, document: dict[str, Any], with_sidecar: bool) -> None:
+    ckpt.write_bytes(checkpoint_bytes(document))
+    if with_sidecar:
         sidecar_path_for(ckpt).write_text(dump_document(document), encoding="utf-8")
 
 
@@ -110,11 +147,10 @@ def make_tree(
                 created_at=stamp + _dt.timedelta(minutes=11 * (epoch + 1)),
             )
             last = i == count - 1
-            if last and e < without_sidecar:
-                doc = None
-            elif last and without_sidecar <= e < without_sidecar + invalid:
+            _write(ckpt, doc, with_sidecar=not (last and e < without_sidecar))
+            if last and without_sidecar <= e < without_sidecar + invalid:
                 doc["metrics"]["hmean"] = 1.7  # rejected: out of range
-            _write(ckpt, doc, b"placeholder checkpoint\n")
+                sidecar_path_for(ckpt).write_text(dump_document(doc), encoding="utf-8")
             paths.append(ckpt)
     return paths
 

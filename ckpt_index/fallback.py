@@ -80,6 +80,11 @@ def infer_metadata(
     _from_hydra(path, result)
     _from_wandb(path, result, hparams, wandb_online=wandb_online, engine=engine)
     _from_path(path, result)
+    # When the checkpoint was written: its file's mtime (the sidecar's created_at, had there been one).
+    try:
+        result.set("created_at", created_at_of(path), "file")
+    except OSError:
+        pass
     if "encoder" not in result.fields and contents is not None:
         _from_state_dict(contents, result)
     for slot, name in match_canonical(result.metrics).items():

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, literal, select
 from sqlalchemy.sql import ColumnElement, Select
 
-from ckpt_index.models import checkpoint_metrics, checkpoints
+from ckpt_index.tables import checkpoint_metrics, checkpoints
 from ckpt_index.records import output_record
 from ckpt_index.where import WhereError, compile_where, parse_where
 

@@ -10,7 +10,7 @@ import datetime as _dt
 import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # the query path must not pay for importing pydantic
     from ckpt_index.schema import CheckpointMetadataV1
@@ -35,9 +35,8 @@ OUTPUT_FIELDS = (
 )
 
 
-@dataclass
-class FileState:
-    """Size and mtime of a file as seen by a sync; ``None`` when the file does not exist."""
+class FileState(NamedTuple):
+    """Size and mtime of a file as seen by a sync (a tuple: a sync makes one per file)."""
 
     size: int
     #: ``None`` for a file seen inside the racy window: its row is re-read by the next sync.

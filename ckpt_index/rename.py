@@ -125,7 +125,7 @@ def _move(source: Path, target: Path) -> None:
 
 def _update_index(db: Any, moved: list[tuple[str, str, str | None]], removed: list[str]) -> None:
     from ckpt_index.db import _sqlite_file, is_sqlite, open_engine, resolve_db_url, resolve_location, write_transaction
-    from ckpt_index.models import checkpoints
+    from ckpt_index.tables import checkpoints
     from ckpt_index.store import delete_paths
 
     url = resolve_db_url(db)

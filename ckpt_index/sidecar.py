@@ -27,6 +27,8 @@ MAX_SIDECAR_BYTES = 1 << 20
 #: Nodes the document may expand to once aliases are followed (a sidecar has about a hundred).
 MAX_EXPANDED_NODES = 100_000
 MAX_DEPTH = 64
+#: Opening characters a document may hold before its nesting depth is checked event by event.
+_DEPTH_SCAN_AFTER = MAX_DEPTH
 
 _Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _BaseDumper: type = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -143,13 +145,19 @@ def parse_sidecar_bytes(data: bytes, path: Path | str = "<sidecar>") -> dict[str
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SidecarError(path, f"not UTF-8 text (byte {exc.start})") from None
-    _check_depth(text, path)
+    # The two guards below walk the document in Python, which costs more than parsing it. They are
+    # only needed when the bytes could trigger them: nesting takes an opening character per level
+    # ('[', '{', '-' or '?'; block mappings need ever-longer indentation, so 1 MiB holds too few
+    # of those to matter), and expansion needs an alias ('*').
+    if sum(data.count(c) for c in (b"[", b"{", b"-", b"?")) > _DEPTH_SCAN_AFTER:
+        _check_depth(text, path)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             raise SidecarError(path, "empty document, expected a mapping")
-        _check_expansion(node, path)
+        if b"*" in data:
+            _check_expansion(node, path)
         document = loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise SidecarError(path, f"YAML error: {_yaml_reason(exc)}") from None

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from ckpt_index.db import current_revision
-from ckpt_index.models import checkpoint_metrics, checkpoints
+from ckpt_index.tables import checkpoint_metrics, checkpoints
 
 
 def index_stats(conn: Connection) -> dict[str, Any]:
@@ -29,6 +29,8 @@ def index_stats(conn: Connection) -> dict[str, Any]:
         "checkpoints": total,
         "valid": by_status.get("valid", 0),
         "invalid": by_status.get("invalid", 0),
+        "inferred": by_status.get("inferred", 0),
+        "unreadable": by_status.get("unreadable", 0),
         "without_metadata": by_status.get("missing", 0),
         "orphaned_sidecars": orphaned,
         "experiments": conn.scalar(select(func.count(c.exp_name.distinct()))),

@@ -11,10 +11,10 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, select
 
 from ckpt_index.db import resolve_location
-from ckpt_index.models import checkpoint_metrics, checkpoints
+from ckpt_index.tables import checkpoint_metrics, checkpoints
 from ckpt_index.records import Record
 
 _CHUNK = 500
@@ -41,8 +41,10 @@ def _build_upsert(dialect_name: str, columns: tuple[str, ...]):
     stmt = dialect_insert(checkpoints)
     keys = ("location", "checkpoint_path")
     updates = {name: stmt.excluded[name] for name in columns if name not in keys}
+    # Returned rows are matched by path, so their order does not matter (asking for parameter
+    # order makes SQLAlchemy send one INSERT per row on SQLite).
     return stmt.on_conflict_do_update(index_elements=list(keys), set_=updates).returning(
-        checkpoints.c.id, checkpoints.c.checkpoint_path, sort_by_parameter_order=True
+        checkpoints.c.id, checkpoints.c.checkpoint_path
     )
 
 
@@ -69,12 +71,15 @@ def upsert_records(
     for chunk in _chunks(id_list):
         conn.execute(delete(checkpoint_metrics).where(checkpoint_metrics.c.checkpoint_id.in_(chunk)))
     metric_rows = [
-        {"checkpoint_id": ids[r.checkpoint_path], "name": name, "value": value}
-        for r in records
-        for name, value in r.metrics.items()
+        (ids[r.checkpoint_path], name, value) for r in records for name, value in r.metrics.items()
     ]
     if metric_rows:
-        conn.execute(insert(checkpoint_metrics), metric_rows)
+        # Plain driver executemany: SQLAlchemy's per-parameter processing of ~10 metrics per
+        # checkpoint was a third of a cold sync's write time. The statement text is fixed.
+        placeholder = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
+        sql = (f"INSERT INTO checkpoint_metrics (checkpoint_id, name, value) "
+               f"VALUES ({placeholder}, {placeholder}, {placeholder})")
+        conn.exec_driver_sql(sql, metric_rows)
     return ids
 
 

@@ -74,11 +74,15 @@ class SyncSummary:
         )
 
 
-@dataclass
 class _Found:
-    ckpt: FileState | None = None
-    sidecar_path: str | None = None
-    sidecar: FileState | None = None
+    """The files of one checkpoint path (slotted: a large tree makes hundreds of thousands)."""
+
+    __slots__ = ("ckpt", "sidecar_path", "sidecar")
+
+    def __init__(self) -> None:
+        self.ckpt: FileState | None = None
+        self.sidecar_path: str | None = None
+        self.sidecar: FileState | None = None
 
 
 def _storable(path: str) -> bool:
@@ -109,7 +113,10 @@ def scan(root: str, rejected: list[tuple[str, str]] | None = None) -> dict[str, 
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(entry.path)
-                        continue
+                        if not name.endswith(SIDECAR_SUFFIX):
+                            continue
+                        # A directory where a sidecar belongs is recorded as one, so that it is
+                        # reported invalid ("is a directory") rather than silently ignored.
                     indexable = name.endswith(CKPT_SUFFIX) or name.endswith(SIDECAR_SUFFIX)
                     if indexable and not _storable(entry.path):
                         if rejected is not None:
@@ -193,9 +200,15 @@ def build_record(
     return record, None
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def sync_roots(
@@ -204,7 +217,7 @@ def sync_roots(
     *,
     progress: Progress | None = None,
     location: str | None = None,
-    infer: bool = False,  # TODO(issue 5): default True once the readers land
+    infer: bool = True,
     wandb_online: bool = False,
 ) -> SyncSummary:
     """Bring this location's rows under each root in line with its files; return what was done.
@@ -236,10 +249,8 @@ def _sync_root(
     summary.invalid += len(rejected)
     summary.invalid_files.extend(rejected)
     with engine.connect() as conn:
-        existing = {
-            row.checkpoint_path: row
-            for row in store.rows_under(conn, root, location=summary.location)
-        }
+        # Plain tuples via fetchall(): at 100k rows, Row objects fetched one by one cost a second.
+        existing = {row[1]: row for row in store.rows_under(conn, root, location=summary.location).all()}
         conn.rollback()
 
     to_parse: list[str] = []
@@ -258,20 +269,18 @@ def _sync_root(
     gone = [row.id for path, row in existing.items() if path not in found]
 
     done, total = 0, len(to_parse) + len(state_updates) + len(gone)
-    for batch in _batches(sorted(to_parse), BATCH_SIZE):
+    built = _build_records(sorted(to_parse), found, racy_after_ns, options, engine)
+    for batch in _batches(built, BATCH_SIZE):
         records = []
-        for path in batch:
-            record, reason = build_record(path, found[path], racy_after_ns, options)
+        for path, record, reason in batch:
             records.append(record)
             summary.parsed += found[path].sidecar is not None
             if path in existing:
                 summary.updated += 1
             else:
                 summary.added += 1
-            status = record.columns["status"]
-            _count_status(
-                summary, status, found[path], path, record.columns["sidecar_path"], reason
-            )
+            _count_status(summary, record.columns["status"], found[path], path,
+                          record.columns["sidecar_path"], reason)
         with write_transaction(engine) as conn:
             store.upsert_records(conn, records, location=summary.location)
         done += len(batch)
@@ -285,6 +294,57 @@ def _sync_root(
         done += len(state_updates) + len(gone)
         if progress:
             progress(done, total)
+
+
+#: Below this many files to read, a process pool costs more than it saves.
+PARALLEL_MIN = 256
+_CHUNK = 128
+
+
+def _build_records(
+    paths: list[str], found: dict[str, _Found], racy_after_ns: int, options: SyncOptions,
+    engine: Engine,
+) -> Iterator[tuple[str, Record, str | None]]:
+    """(path, record, reason) for each path, in order; parsed by a process pool when it pays.
+
+    Parsing YAML and validating it is CPU-bound Python, so a sync of thousands of new sidecars
+    uses every core; the parent keeps writing batches as results arrive.
+    """
+    workers = min(os.cpu_count() or 1, 8)
+    context = _fork_context()
+    if len(paths) < PARALLEL_MIN or workers < 2 or context is None or options.wandb_online:
+        for path in paths:
+            yield (path, *build_record(path, found[path], racy_after_ns, options))
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    # The children never touch the database; drop pooled connections rather than fork them.
+    engine.dispose()
+    worker_options = SyncOptions(infer=options.infer)
+    chunks = [
+        [(path, found[path]) for path in paths[i : i + _CHUNK]]
+        for i in range(0, len(paths), _CHUNK)
+    ]
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        jobs = pool.map(_build_chunk, chunks, [racy_after_ns] * len(chunks),
+                        [worker_options] * len(chunks))
+        for results in jobs:
+            yield from results
+
+
+def _build_chunk(
+    items: list[tuple[str, _Found]], racy_after_ns: int, options: SyncOptions
+) -> list[tuple[str, Record, str | None]]:
+    return [(path, *build_record(path, item, racy_after_ns, options)) for path, item in items]
+
+
+def _fork_context():
+    import multiprocessing
+
+    try:
+        return multiprocessing.get_context("fork")
+    except ValueError:  # no fork on this platform: parse in-process
+        return None
 
 
 def _row_current(row, item: _Found, infer: bool) -> bool:

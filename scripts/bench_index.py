@@ -434,7 +434,7 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
             # The changed row must carry its new hmean.
             from sqlalchemy import select
 
-            from ckpt_index.models import checkpoints
+            from ckpt_index.tables import checkpoints
 
             stored = conn.execute(select(checkpoints.c.hmean).where(
                 checkpoints.c.checkpoint_path == os.path.abspath(victim))).scalar()

@@ -174,13 +174,21 @@ def test_show_unknown_checkpoint_exits_1(outputs, invoke) -> None:
 
 def test_show_checkpoint_without_metadata(outputs, invoke) -> None:
     ckpt = write_checkpoint(outputs / "exp/bare.ckpt")
-    assert invoke("sync", str(outputs)).exit_code == 0
+    assert invoke("sync", "--no-infer", str(outputs)).exit_code == 0
     result = invoke("show", str(ckpt))
     assert result.exit_code == 0
     record = json.loads(result.stdout)
     assert record["checkpoint_path"] == str(ckpt)
     assert record["metadata"] is None
     assert record["status"] == "missing"
+
+
+def test_show_unreadable_checkpoint_says_why(outputs, invoke) -> None:
+    ckpt = write_checkpoint(outputs / "exp/bare.ckpt")  # placeholder bytes, not a zip
+    assert invoke("sync", str(outputs)).exit_code == 0
+    record = json.loads(invoke("show", str(ckpt)).stdout)
+    assert record["status"] == "unreadable"
+    assert record["error"] and "zip" in record["error"].lower()
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +291,7 @@ def stats_tree(outputs: Path, invoke) -> None:
     put("e2/orphan.ckpt", exp="e2", encoder="resnet18", hmean=0.99, ckpt_file=False)
     put("e2/invalid.ckpt", hmean=1.5)
     write_checkpoint(outputs / "e3/bare.ckpt")
-    assert invoke("sync", str(outputs)).exit_code == 0
+    assert invoke("sync", "--no-infer", str(outputs)).exit_code == 0
 
 
 def test_stats_json(invoke, stats_tree, db_path) -> None:
@@ -344,8 +352,11 @@ def test_demo_then_sync_and_query(invoke, tmp_path) -> None:
     sync = invoke("sync", str(demo), "--format", "json")
     assert sync.exit_code == 0
     summary = json.loads(sync.stdout)
-    assert (summary["invalid"], summary["without_metadata"]) == (1, 1)
+    # The sidecar-less checkpoint is filled from the checkpoint itself (a tiny real zip).
+    assert (summary["invalid"], summary["inferred"], summary["unreadable"]) == (1, 1, 0)
     rows = json.loads(invoke("query", "--format", "json").stdout)
+    (inferred,) = [r for r in rows if r["status"] == "inferred"]
+    assert inferred["source"] == "checkpoint" and inferred["hmean"] is not None
     (best,) = json.loads(invoke("query", "--best-by", "hmean", "--format", "json").stdout)
     assert best["hmean"] == max(r["hmean"] for r in rows if r["hmean"] is not None)
     assert Path(best["checkpoint_path"]).exists()

@@ -7,7 +7,7 @@ import logging.config
 from alembic import context
 from sqlalchemy import create_engine
 
-from ckpt_index.models import Base
+from ckpt_index.tables import metadata as target_metadata_
 
 config = context.config
 
@@ -16,7 +16,7 @@ config = context.config
 if config.config_file_name is not None and not logging.getLogger().handlers:
     logging.config.fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-target_metadata = Base.metadata
+target_metadata = target_metadata_
 
 
 def _run(connection) -> None:
