@@ -12,11 +12,13 @@ alembic is imported only when a migration has to run, so opening an up-to-date i
 from __future__ import annotations
 
 import os
+import random
 import socket
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -140,6 +142,45 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         conn = conn.execution_options(ckpt_write=True)
         with conn.begin():
             yield conn
+
+
+T = TypeVar("T")
+#: How often a write that lost a race (SQLite lock, PostgreSQL deadlock) is tried again.
+WRITE_ATTEMPTS = 6
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A write that may succeed if tried again: SQLite busy/locked, PostgreSQL deadlock or
+    serialization failure (two writers upserting overlapping rows)."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        return True
+    if "database is locked" in str(orig) or "database table is locked" in str(orig):
+        return True
+    return getattr(orig, "sqlstate", None) in ("40001", "40P01")
+
+
+def run_write(engine: Engine, work: Callable[[Connection], T], *,
+              attempts: int = WRITE_ATTEMPTS) -> T:
+    """Run ``work(conn)`` in one write transaction; retry it whole when it lost a race.
+
+    SQLite waits on its busy timeout first, so a retry only follows a lock held longer than that
+    or a BUSY that SQLite does not wait for; PostgreSQL aborts one of two deadlocked writers.
+    The transaction is rolled back before each retry, so ``work`` starts from a clean slate.
+    """
+    for attempt in range(attempts):
+        try:
+            with write_transaction(engine) as conn:
+                return work(conn)
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def current_revision(conn: Connection) -> str | None:

@@ -59,7 +59,8 @@ def upsert_records(
         return {}
     location = resolve_location(location)
     by_path = {record.checkpoint_path: record for record in records}  # last one wins
-    records = list(by_path.values())
+    # In path order, so that concurrent writers lock rows in the same order (no deadlocks).
+    records = [by_path[path] for path in sorted(by_path)]
     # A row is replaced whole: a column a record does not set becomes NULL.
     keys = list(dict.fromkeys(k for r in records for k in r.columns))
     stmt = _upsert_statement(conn, ["location", *keys])

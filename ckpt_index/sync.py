@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from ckpt_index.db import resolve_location, write_transaction
+from ckpt_index.db import resolve_location, run_write
 from ckpt_index.records import (
     FileState,
     Record,
@@ -244,14 +244,16 @@ def _sync_root(
     options: SyncOptions,
 ) -> None:
     racy_after_ns = time.time_ns() - RACY_WINDOW_NS
+    # Rows are read before the files are listed: a row a training callback adds meanwhile is then
+    # never mistaken for one whose file is gone (its file may not have been listed yet).
+    with engine.connect() as conn:
+        # fetchall() in one go: at 100k rows, fetching Row objects one by one costs a second.
+        existing = {row[1]: row for row in store.rows_under(conn, root, location=summary.location).all()}
+        conn.rollback()
     rejected: list[tuple[str, str]] = []
     found = scan(root, rejected)
     summary.invalid += len(rejected)
     summary.invalid_files.extend(rejected)
-    with engine.connect() as conn:
-        # Plain tuples via fetchall(): at 100k rows, Row objects fetched one by one cost a second.
-        existing = {row[1]: row for row in store.rows_under(conn, root, location=summary.location).all()}
-        conn.rollback()
 
     to_parse: list[str] = []
     state_updates: list[tuple[int, dict]] = []
@@ -281,15 +283,16 @@ def _sync_root(
                 summary.added += 1
             _count_status(summary, record.columns["status"], found[path], path,
                           record.columns["sidecar_path"], reason)
-        with write_transaction(engine) as conn:
-            store.upsert_records(conn, records, location=summary.location)
+        run_write(engine, lambda conn: store.upsert_records(conn, records, location=summary.location))
         done += len(batch)
         if progress:
             progress(done, total)
     if state_updates or gone:
-        with write_transaction(engine) as conn:
+        def patch(conn) -> None:
             store.update_columns(conn, state_updates)
             store.delete_rows(conn, gone)
+
+        run_write(engine, patch)
         summary.removed += len(gone)
         done += len(state_updates) + len(gone)
         if progress:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,6 +81,74 @@ def invoke(db_path: Path) -> Callable[..., Any]:
         argv = list(args)
         if db and argv and argv[0] not in ("validate", "demo", "db") and "--db" not in argv:
             argv += ["--db", str(db_path)]
+        return runner.invoke(cli, argv, input=input, catch_exceptions=False)
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Backends: every index test that takes `db_url` runs on SQLite and on the real PostgreSQL server.
+
+PG_ADMIN_URL = os.environ.get(
+    "CKPT_INDEX_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_engine():
+    """An engine on the test server's database; skips (fails under CI=true) when unreachable."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        engine.dispose()
+        message = f"PostgreSQL at {PG_ADMIN_URL} is unreachable: {exc.__class__.__name__}: {exc}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message + " (CI=true: the PostgreSQL backend must be tested)")
+        pytest.skip(message)
+    yield engine
+    engine.dispose()
+
+
+def _pg_url_with_schema(schema: str) -> str:
+    # libpq `options`: every connection of this URL resolves unqualified names in `schema`.
+    separator = "&" if "?" in PG_ADMIN_URL else "?"
+    return f"{PG_ADMIN_URL}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def pg_url(request, pg_admin_engine) -> Any:
+    """A URL on a fresh PostgreSQL schema of its own (dropped afterwards): runs never meet."""
+    from sqlalchemy import text
+
+    schema = f"ckpt_test_{uuid.uuid4().hex[:12]}"
+    with pg_admin_engine.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield _pg_url_with_schema(schema)
+    with pg_admin_engine.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> str:
+    """The index as a URL, once per backend."""
+    if request.param == "sqlite":
+        return "sqlite:///" + str(tmp_path / "index.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def invoke_db(db_url: str) -> Callable[..., Any]:
+    """Like `invoke`, against `db_url` (so on both backends)."""
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None):
+        argv = list(args)
+        if argv and argv[0] not in ("validate", "demo", "convert") and "--db" not in argv:
+            argv += ["--db", db_url]
         return runner.invoke(cli, argv, input=input, catch_exceptions=False)
 
     return run

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from sqlalchemy import Connection, Engine
 
-from ckpt_index.db import open_engine, resolve_db_url, write_transaction
+from ckpt_index.db import open_engine, resolve_db_url, run_write
 from ckpt_index.records import FileState, record_from_metadata
 from ckpt_index.schema import CheckpointMetadataV1, metadata_warnings
 from ckpt_index.store import delete_paths, upsert_records
@@ -110,9 +110,13 @@ class IndexWriter:
         try:
             if self._engine is None:
                 self._engine = open_engine(self._db, on_connect=self._set_busy_timeout)
-            with write_transaction(self._engine) as conn:
+            def apply(conn: Connection) -> None:
                 for run in _runs(ops):
                     _apply_run(conn, run)
+
+            # A lost race (SQLite lock past the busy timeout, PostgreSQL deadlock) is retried a
+            # few times on this background thread; only a lasting failure is reported.
+            run_write(self._engine, apply, attempts=3)
         except Exception as exc:  # noqa: BLE001 - reported; training must go on
             self._report(
                 f"could not update the index {resolve_db_url(self._db)} ({len(ops)} "
