@@ -54,6 +54,8 @@ def find_checkpoints(directory: str | os.PathLike[str], *, recursive: bool = Tru
 def metadata_from_inferred(inferred: Inferred, ckpt_path: str | os.PathLike[str]) -> CheckpointMetadataV1:
     """A sidecar model from fallback results; ConversionError when epoch or step is unknown."""
     f = inferred.fields
+    if inferred.unreadable:  # a sidecar must not vouch for a file that cannot be loaded
+        raise ConversionError(inferred.unreadable)
     if f.get("epoch") is None or f.get("global_step") is None:
         reason = inferred.unreadable or "no source gives the epoch and global step"
         raise ConversionError(reason)

@@ -112,7 +112,7 @@ def _from_checkpoint(path: Path, result: Inferred):
         if monitor and isinstance(score, (int, float)):
             result.add_metrics({monitor: score}, "checkpoint")
         result.set("monitor", monitor, "checkpoint")
-        if state.get("mode") in ("min", "max"):
+        if monitor and state.get("mode") in ("min", "max"):
             result.set("mode", state["mode"], "checkpoint")
         # save_top_k and save_last are not in ModelCheckpoint's saved state; never guessed.
     return contents

@@ -10,6 +10,8 @@ instead of failing.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,18 @@ def find_hydra_config(ckpt_path: str | Path) -> Path | None:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """A config as plain data, interpolations left unresolved. Raises SidecarError when unusable."""
+    """A config as plain data, interpolations left unresolved. Raises SidecarError when unusable.
+
+    The checkpoints of a run share its config: it is parsed once per (path, size, mtime).
+    """
     path = Path(path)
+    st = path.stat()
+    return copy.deepcopy(_load_config(str(path), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_config(name: str, _size: int, _mtime_ns: int) -> dict[str, Any]:
+    path = Path(name)
     data = path.read_bytes()[: 1 << 21]
     if path.suffix == ".json":
         try:
@@ -64,13 +76,21 @@ def get_path(data: Any, dotted: str) -> Any:
     return data
 
 
+def _text(value: str) -> str | None:
+    # "${...}" is an unresolved interpolation; "<module.name>" is how the checkpoint reader renders
+    # an object it did not build (a class, a callable, a payload): neither is a name.
+    if value.startswith("${") or (value.startswith("<") and value.endswith(">")):
+        return None
+    return value
+
+
 def _name(value: Any) -> str | None:
     """A component name from a string, or a mapping's name/model_name/_target_."""
     if isinstance(value, str):
-        return None if value.startswith("${") else value
+        return _text(value)
     if isinstance(value, dict):
         for key in ("model_name", "name"):
-            if isinstance(value.get(key), str) and not value[key].startswith("${"):
+            if isinstance(value.get(key), str) and _text(value[key]):
                 return value[key]
         target = value.get("_target_")
         if isinstance(target, str):

@@ -91,7 +91,7 @@ def record_from_metadata(
     columns: dict[str, Any] = {
         "checkpoint_path": checkpoint_path,
         "sidecar_path": sidecar_path,
-        "exp_name": meta.exp_name,
+        "exp_name": _known(meta.exp_name),
         "architecture": _known(model.architecture),
         "encoder": _known(model.encoder.model_name),
         "encoder_pretrained": model.encoder.pretrained,

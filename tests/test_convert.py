@@ -1,0 +1,327 @@
+"""``ckpt-index convert`` and ``scripts/convert_legacy_checkpoints.py`` (SPEC section 8).
+
+Both tools take the same flags and are run here on the same trees of real Lightning checkpoints:
+``ckpt-index`` in-process through click's runner, the script as a subprocess, as users run it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+L = pytest.importorskip("lightning")
+nn = torch.nn
+
+import ckpt_index.checkpoint_reader as checkpoint_reader  # noqa: E402
+from ckpt_index import api  # noqa: E402
+from ckpt_index.cli import cli  # noqa: E402
+from ckpt_index.sidecar import SidecarError, dump_document, read_sidecar, sidecar_path_for  # noqa: E402
+
+from conftest import seed_document  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "convert_legacy_checkpoints.py"
+RUN = "ocr_v1-dbnet-resnet18_training_20251015_120000"
+HYDRA_CONFIG = {
+    "exp_name": "ocr_v1",
+    "output_dir": "${hydra:runtime.output_dir}",
+    "model": {"architecture": "dbnet", "component_overrides": {"decoder": {"name": "unet"}}},
+}
+HOUR_NS = 3600 * 10**9
+TOOLS = ["ckpt-index", "script"]
+
+
+# --------------------------------------------------------------------------------- artifacts
+class Module(L.LightningModule):
+    def __init__(self, hparams: dict[str, Any], cleval: bool) -> None:
+        super().__init__()
+        self.save_hyperparameters(hparams)
+        self.cleval = cleval
+        self.layer = nn.Linear(2, 1)
+
+    def training_step(self, batch: Any, _: int) -> Any:
+        x, y = batch
+        return nn.functional.mse_loss(self.layer(x), y)
+
+    def validation_step(self, batch: Any, _: int) -> None:
+        self.log("val/hmean", 0.5 + 0.1 * self.current_epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.cleval:
+            checkpoint["cleval_metrics"] = {"precision": 0.88, "recall": 0.71,
+                                            "hmean": round(0.77 + self.current_epoch / 100, 4)}
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _train(root: Path, hparams: dict[str, Any], *, cleval: bool, epochs: int) -> list[Path]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), batch_size=2)
+    checkpointing = ModelCheckpoint(dirpath=root, monitor="val/hmean", mode="max", save_top_k=-1)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
+                        callbacks=[checkpointing], enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Module(hparams, cleval), data, data)
+    return sorted(root.glob("*.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Checkpoints of a model named in its hparams (epochs 0, 1) and of one named nowhere."""
+    named = _train(tmp_path_factory.mktemp("named"),
+                   {"architecture_name": "dbnet", "encoder": {"model_name": "resnet18"}},
+                   cleval=True, epochs=2)
+    nameless = _train(tmp_path_factory.mktemp("nameless"), {"lr": 0.1}, cleval=False, epochs=1)
+    assert [p.name for p in named] == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
+    return {"named": named, "nameless": nameless[0]}
+
+
+@pytest.fixture
+def tree(trained: dict[str, Any], outputs: Path) -> dict[str, Path]:
+    """outputs/ with a scheme run dir (Hydra config, two checkpoints), an unnamed legacy run, and
+    a checkpoint at the top level. Every mtime is an hour old."""
+    from omegaconf import OmegaConf
+
+    run = outputs / RUN
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(HYDRA_CONFIG), run / ".hydra" / "config.yaml")
+    paths = {}
+    for src in trained["named"]:
+        paths[src.name] = run / "checkpoints" / src.name
+        shutil.copyfile(src, paths[src.name])
+    paths["legacy"] = outputs / "legacy" / "checkpoints" / "epoch=0-step=4.ckpt"
+    paths["legacy"].parent.mkdir(parents=True)
+    shutil.copyfile(trained["nameless"], paths["legacy"])
+    paths["top"] = outputs / "top.ckpt"
+    shutil.copyfile(trained["named"][0], paths["top"])
+    for f in outputs.rglob("*"):
+        if f.is_file():
+            st = f.stat()
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns - HOUR_NS))
+    paths["run"] = run
+    return paths
+
+
+# ----------------------------------------------------------------------------------- running
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def summary(self) -> dict[str, int]:
+        """The seed's summary lines: found, converted, skipped (existing), failed."""
+        counts = {}
+        for key, label in (("found", "Total checkpoints found"), ("converted", "Converted"),
+                           ("skipped", r"Skipped \(existing\)"), ("failed", "Failed")):
+            match = re.search(rf"^{label}:\s+(\d+)$", self.stdout, re.MULTILINE)
+            assert match, f"no {label!r} line in:\n{self.stdout}"
+            counts[key] = int(match[1])
+        return counts
+
+
+def convert(tool: str, *args: str | os.PathLike[str]) -> Result:
+    argv = [str(a) for a in args]
+    if tool == "script":
+        done = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        return Result(done.returncode, done.stdout, done.stderr)
+    result = CliRunner().invoke(cli, ["convert", *argv], catch_exceptions=False)
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def sidecars(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.metadata.yaml"))
+
+
+# ------------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("tool", TOOLS)
+def test_dry_run_writes_nothing(tool: str, tree: dict[str, Path], outputs: Path, tmp_path: Path) -> None:
+    before = snapshot(tmp_path)
+
+    result = convert(tool, "--outputs-dir", outputs, "--dry-run")
+
+    assert result.exit_code == 0, result.stderr
+    assert "dry run" in result.stdout
+    assert result.summary() == {"found": 4, "converted": 4, "skipped": 0, "failed": 0}
+    assert snapshot(tmp_path) == before  # no sidecar, no temporary file, no index
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_writes_valid_sidecars_that_sync_as_sidecar_rows(
+    tool: str, tree: dict[str, Path], outputs: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = convert(tool, "--outputs-dir", outputs)
+
+    assert result.exit_code == 0, result.stderr
+    assert result.summary() == {"found": 4, "converted": 4, "skipped": 0, "failed": 0}
+    ckpts = sorted(outputs.rglob("*.ckpt"))
+    assert sidecars(outputs) == sorted(sidecar_path_for(p) for p in ckpts)
+    metas = {p: read_sidecar(sidecar_path_for(p)) for p in ckpts}  # every one validates
+
+    for name, epoch in (("epoch=0-step=4.ckpt", 0), ("epoch=1-step=8.ckpt", 1)):
+        meta = metas[tree[name]]
+        assert (meta.training.epoch, meta.training.global_step) == (epoch, 4 * (epoch + 1))
+        assert meta.training.training_phase == "training"
+        assert (meta.exp_name, meta.model.architecture) == ("ocr_v1", "dbnet")
+        assert meta.model.encoder.model_name == "resnet18"
+        assert meta.model.decoder is not None and meta.model.decoder.name == "unet"
+        assert (meta.metrics.precision, meta.metrics.recall) == (0.88, 0.71)
+        assert meta.metrics.hmean == round(0.77 + epoch / 100, 4)
+        assert meta.metrics.additional_metrics["val/hmean"] == pytest.approx(0.5 + 0.1 * epoch)
+        assert (meta.checkpointing.monitor, meta.checkpointing.mode) == ("val/hmean", "max")
+        assert meta.hydra_config_path == str(tree["run"] / ".hydra" / "config.yaml")
+        assert meta.checkpoint_path == str(tree[name])
+
+    # A required name that no source gives is written as "unknown"...
+    legacy = metas[tree["legacy"]]
+    assert (legacy.training.epoch, legacy.training.global_step) == (0, 4)
+    assert legacy.model.architecture == "unknown"
+    assert legacy.model.encoder.model_name == "unknown"
+    assert legacy.exp_name == "unknown"
+    assert legacy.metrics.hmean == 0.5  # its monitored val/hmean, from the checkpoint
+
+    # ... and after a sync every row comes from its sidecar, without opening a checkpoint.
+    opened: list[str] = []
+    real = checkpoint_reader.read_checkpoint
+    monkeypatch.setattr(checkpoint_reader, "read_checkpoint", lambda p: opened.append(str(p)) or real(p))
+    summary = api.sync_index(outputs, db=db_path, infer=True)
+    assert (summary.valid, summary.inferred, summary.invalid) == (4, 0, 0)
+    assert opened == []
+    rows = {r["checkpoint_path"]: r for r in api.query_index(db=db_path)}
+    assert {r["source"] for r in rows.values()} == {"sidecar"}
+    assert {r["status"] for r in rows.values()} == {"valid"}
+    got = rows[str(tree["epoch=1-step=8.ckpt"])]
+    assert (got["encoder"], got["hmean"], got["epoch"]) == ("resnet18", 0.78, 1)
+    # ... where "unknown" reads as empty.
+    got = rows[str(tree["legacy"])]
+    assert (got["architecture"], got["encoder"]) == (None, None)
+    assert got["exp_name"] is None  # exp_name is a required name too
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_existing_sidecars_are_kept_unless_force(tool: str, tree: dict[str, Path], outputs: Path) -> None:
+    ckpt = tree["epoch=1-step=8.ckpt"]
+    hand_made = sidecar_path_for(ckpt)
+    hand_made.write_text(dump_document(seed_document("seed_design")))
+    kept = snapshot(hand_made.parent)[str(hand_made)]
+
+    result = convert(tool, "--outputs-dir", outputs)
+    assert result.exit_code == 0, result.stderr
+    assert result.summary() == {"found": 4, "converted": 3, "skipped": 1, "failed": 0}
+    assert snapshot(hand_made.parent)[str(hand_made)] == kept
+
+    written = snapshot(outputs)
+    result = convert(tool, "--outputs-dir", outputs)
+    assert result.summary() == {"found": 4, "converted": 0, "skipped": 4, "failed": 0}
+    assert snapshot(outputs) == written
+
+    result = convert(tool, "--outputs-dir", outputs, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert result.summary() == {"found": 4, "converted": 4, "skipped": 0, "failed": 0}
+    meta = read_sidecar(hand_made)
+    assert (meta.training.epoch, meta.training.global_step, meta.exp_name) == (1, 8, "ocr_v1")
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_unreadable_checkpoints_fail_with_their_reason(tool: str, tree: dict[str, Path], outputs: Path) -> None:
+    noise = outputs / "broken" / "noise.ckpt"
+    noise.parent.mkdir()
+    noise.write_bytes(os.urandom(4096))
+    # Named in the scheme, beside a Hydra config: the path and the config could fill a sidecar,
+    # but a sidecar must not vouch for a checkpoint that cannot be read.
+    cut = tree["run"] / "checkpoints" / "epoch-05_step-000120.ckpt"
+    data = tree["epoch=0-step=4.ckpt"].read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+
+    result = convert(tool, "--outputs-dir", outputs)
+
+    assert result.exit_code == 1
+    assert result.summary() == {"found": 6, "converted": 4, "skipped": 0, "failed": 2}
+    assert re.search(rf"failed: {re.escape(str(noise))}: .*neither a zip archive", result.stderr)
+    assert re.search(rf"failed: {re.escape(str(cut))}: .*truncated or corrupt zip", result.stderr)
+    assert not sidecar_path_for(noise).exists()
+    assert not sidecar_path_for(cut).exists()
+    assert sidecar_path_for(tree["top"]).exists()
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_scopes_checkpoint_exp_dir_and_no_recursive(tool: str, tree: dict[str, Path], outputs: Path) -> None:
+    result = convert(tool, "--outputs-dir", outputs, "--no-recursive", "--dry-run")
+    assert result.summary() == {"found": 1, "converted": 1, "skipped": 0, "failed": 0}
+
+    result = convert(tool, "--exp-dir", tree["run"], "--no-recursive")
+    assert result.summary()["found"] == 0  # its checkpoints are one level down
+
+    result = convert(tool, "--exp-dir", tree["run"])
+    assert result.summary() == {"found": 2, "converted": 2, "skipped": 0, "failed": 0}
+    assert sidecars(outputs) == sorted(sidecar_path_for(tree[n]) for n in ("epoch=0-step=4.ckpt",
+                                                                            "epoch=1-step=8.ckpt"))
+
+    result = convert(tool, "--checkpoint", tree["top"])
+    assert result.summary() == {"found": 1, "converted": 1, "skipped": 0, "failed": 0}
+    read_sidecar(sidecar_path_for(tree["top"]))
+    result = convert(tool, "--checkpoint", tree["top"])
+    assert result.summary() == {"found": 1, "converted": 0, "skipped": 1, "failed": 0}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_exactly_one_scope_is_required(tool: str, tree: dict[str, Path], outputs: Path) -> None:
+    assert convert(tool).exit_code == 2
+    assert convert(tool, "--outputs-dir", outputs, "--exp-dir", tree["run"]).exit_code == 2
+    assert sidecars(outputs) == []
+
+
+@pytest.mark.parametrize("module", [["-m", "ckpt_index", "convert"], [str(SCRIPT)]], ids=TOOLS)
+def test_verbose_logs_each_checkpoint(module: list[str], tree: dict[str, Path], outputs: Path) -> None:
+    # A subprocess: logging is configured by the tool, as when a user runs it.
+    sidecar_path_for(tree["top"]).write_text(dump_document(seed_document("seed_design")))
+
+    def run(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *module, "--outputs-dir", str(outputs), *flags],
+                              capture_output=True, text=True, timeout=120)
+
+    quiet = run("--dry-run")
+    loud = run("--dry-run", "-v")
+    assert quiet.returncode == loud.returncode == 0
+    assert quiet.stdout == loud.stdout
+    for name in ("epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"):
+        assert name in loud.stderr
+    assert str(tree["legacy"].name) in loud.stderr
+    assert "top.metadata.yaml" in loud.stderr  # the skipped one too
+    assert len(loud.stderr.splitlines()) > len(quiet.stderr.splitlines())
+    assert sidecars(outputs) == [sidecar_path_for(tree["top"])]
+
+
+def test_every_written_sidecar_passes_validate(tree: dict[str, Path], outputs: Path) -> None:
+    assert convert("ckpt-index", "--outputs-dir", outputs).exit_code == 0
+    result = CliRunner().invoke(cli, ["validate", str(outputs)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "4 valid, 0 invalid, 0 checkpoints without metadata" in result.stdout
+    for path in sidecars(outputs):
+        try:
+            read_sidecar(path)
+        except SidecarError as exc:  # pragma: no cover - the assertion message
+            pytest.fail(str(exc))
