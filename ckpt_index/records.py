@@ -118,7 +118,7 @@ def record_from_metadata(
         "status": "valid",
         "error": None,
         "warnings": "; ".join(warnings) if warnings else None,
-        "metadata_json": json.dumps(meta.model_dump(mode="json"), separators=(",", ":")),
+        "metadata_json": meta.model_dump_json(),  # pydantic-core serialises in Rust
         "inferred_fields": None,
         "indexed_at": now_iso(),
         **_state_columns(ckpt, sidecar),

@@ -11,18 +11,24 @@ import io
 import json
 import random
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.pool import NullPool
 
 from ckpt_index.demo import make_tree
 from ckpt_index.query import QuerySpec, build_query
 from ckpt_index.sidecar import checkpoint_path_for, read_sidecar, sidecar_path_for
 from conftest import write_checkpoint
+
+#: Most tests run on both backends (``db_url``). Those whose subject never reaches the database
+#: (argument parsing, output formats) or that repeat a case already run on both stay on SQLite,
+#: to keep the suite fast.
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 #: The fields every JSON object carries (SPEC section 7).
 SPEC_FIELDS = (
@@ -53,20 +59,20 @@ def ckpt(outputs: Path, rel: str, **values: Any) -> Path:
     return write_checkpoint(outputs / rel, **changes)
 
 
-def sync(invoke: Callable, outputs: Path) -> None:
-    result = invoke("sync", str(outputs))
+def sync(invoke_db: Callable, outputs: Path) -> None:
+    result = invoke_db("sync", str(outputs))
     assert result.exit_code == 0, result.output
 
 
-def query_json(invoke: Callable, *args: str) -> list[dict[str, Any]]:
-    result = invoke("query", *args, "--format", "json")
+def query_json(invoke_db: Callable, *args: str) -> list[dict[str, Any]]:
+    result = invoke_db("query", *args, "--format", "json")
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return json.loads(result.stdout)
 
 
-def query_paths(invoke: Callable, *args: str) -> list[str]:
+def query_paths(invoke_db: Callable, *args: str) -> list[str]:
     """Paths selected (empty when nothing matches; then the exit status must be 1)."""
-    result = invoke("query", *args, "--format", "json")
+    result = invoke_db("query", *args, "--format", "json")
     if result.exit_code == 1:
         assert "no checkpoint matches" in result.stderr
         assert result.stdout == ""
@@ -75,8 +81,8 @@ def query_paths(invoke: Callable, *args: str) -> list[str]:
     return [r["checkpoint_path"] for r in json.loads(result.stdout)]
 
 
-def best_path(invoke: Callable, *args: str) -> str:
-    rows = query_json(invoke, "--best-by", *args)
+def best_path(invoke_db: Callable, *args: str) -> str:
+    rows = query_json(invoke_db, "--best-by", *args)
     assert len(rows) == 1
     return rows[0]["checkpoint_path"]
 
@@ -86,7 +92,7 @@ def best_path(invoke: Callable, *args: str) -> str:
 
 
 @pytest.fixture
-def three(outputs: Path, invoke) -> dict[str, str]:
+def three(outputs: Path, invoke_db) -> dict[str, str]:
     """Three checkpoints with hmean, val/loss and a metric only in additional_metrics."""
     paths = {
         "low": ckpt(outputs, "e/low.ckpt", hmean=0.55, epoch=1,
@@ -96,7 +102,7 @@ def three(outputs: Path, invoke) -> dict[str, str]:
         "high": ckpt(outputs, "e/high.ckpt", hmean=0.95, epoch=3,
                      extra={"val/loss": 0.05, "cleval/custom": 0.1}),
     }
-    sync(invoke, outputs)
+    sync(invoke_db, outputs)
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -116,18 +122,18 @@ def three(outputs: Path, invoke) -> dict[str, str]:
         ("epoch:min", "low"),
     ],
 )
-def test_best_by_direction(invoke, three, best_by: str, winner: str) -> None:
-    assert best_path(invoke, best_by) == three[winner]
+def test_best_by_direction(invoke_db, three, best_by: str, winner: str) -> None:
+    assert best_path(invoke_db, best_by) == three[winner]
 
 
-def test_best_by_unknown_metric_matches_nothing(invoke, three) -> None:
-    result = invoke("query", "--best-by", "no/such/metric")
+def test_best_by_unknown_metric_matches_nothing(invoke_db, three) -> None:
+    result = invoke_db("query", "--best-by", "no/such/metric")
     assert result.exit_code == 1
     assert "no checkpoint matches" in result.stderr
 
 
-def test_best_by_shows_metric_value_of_winner(invoke, three) -> None:
-    (row,) = query_json(invoke, "--best-by", "val/loss")
+def test_best_by_shows_metric_value_of_winner(invoke_db, three) -> None:
+    (row,) = query_json(invoke_db, "--best-by", "val/loss")
     assert row["metrics"]["val/loss"] == pytest.approx(0.02)
     assert row["hmean"] == pytest.approx(0.75)
 
@@ -145,41 +151,41 @@ METRICS = [
 
 @pytest.mark.parametrize("direction", ["max", "min"])
 @pytest.mark.parametrize("metric, setter", METRICS, ids=[m for m, _ in METRICS])
-def test_tie_broken_by_higher_epoch(outputs, invoke, metric, setter, direction) -> None:
+def test_tie_broken_by_higher_epoch(outputs, invoke_db, metric, setter, direction) -> None:
     tied = 0.8
     other = 0.7 if direction == "max" else 0.9  # worse in the requested direction
     ckpt(outputs, "a/e3.ckpt", epoch=3, step=900, **setter(tied))
     winner = ckpt(outputs, "b/e5.ckpt", epoch=5, step=100, **setter(tied))  # lower step, later epoch
     ckpt(outputs, "c/e9.ckpt", epoch=9, step=5000, **setter(other))  # higher epoch, worse value
-    sync(invoke, outputs)
-    assert best_path(invoke, f"{metric}:{direction}") == str(winner)
+    sync(invoke_db, outputs)
+    assert best_path(invoke_db, f"{metric}:{direction}") == str(winner)
 
 
 @pytest.mark.parametrize("direction", ["max", "min"])
 @pytest.mark.parametrize("metric, setter", METRICS, ids=[m for m, _ in METRICS])
-def test_tie_broken_by_higher_global_step(outputs, invoke, metric, setter, direction) -> None:
+def test_tie_broken_by_higher_global_step(outputs, invoke_db, metric, setter, direction) -> None:
     ckpt(outputs, "a/s100.ckpt", epoch=5, step=100, **setter(0.8))
     winner = ckpt(outputs, "b/s200.ckpt", epoch=5, step=200, **setter(0.8))
     ckpt(outputs, "c/s050.ckpt", epoch=5, step=50, **setter(0.8))
-    sync(invoke, outputs)
-    assert best_path(invoke, f"{metric}:{direction}") == str(winner)
+    sync(invoke_db, outputs)
+    assert best_path(invoke_db, f"{metric}:{direction}") == str(winner)
 
 
 @pytest.mark.parametrize("direction", ["max", "min"])
 @pytest.mark.parametrize("metric, setter", METRICS, ids=[m for m, _ in METRICS])
-def test_tie_broken_by_path(outputs, invoke, metric, setter, direction) -> None:
+def test_tie_broken_by_path(outputs, invoke_db, metric, setter, direction) -> None:
     # "z" is indexed first, so the winner "a" has the higher row id: the path decides, not the id.
     ckpt(outputs, "z/x.ckpt", epoch=5, step=200, **setter(0.8))
-    sync(invoke, outputs)
+    sync(invoke_db, outputs)
     winner = ckpt(outputs, "a/x.ckpt", epoch=5, step=200, **setter(0.8))
     ckpt(outputs, "m/x.ckpt", epoch=5, step=200, **setter(0.8))
-    sync(invoke, outputs)
-    assert best_path(invoke, f"{metric}:{direction}") == str(winner)
+    sync(invoke_db, outputs)
+    assert best_path(invoke_db, f"{metric}:{direction}") == str(winner)
 
 
 @pytest.mark.parametrize("direction", ["max", "min"])
 @pytest.mark.parametrize("metric", ["hmean", "cleval/custom"])
-def test_null_metric_never_wins(outputs, invoke, metric, direction) -> None:
+def test_null_metric_never_wins(outputs, invoke_db, metric, direction) -> None:
     # The row without the metric has the highest epoch, step and the first path: it would win
     # every tie-break and sorts first ascending in SQLite, so only the NULL rule keeps it out.
     none = {"hmean": None} if metric == "hmean" else {}
@@ -188,16 +194,16 @@ def test_null_metric_never_wins(outputs, invoke, metric, direction) -> None:
               **({"hmean": 0.5} if metric == "hmean" else {"extra": {"cleval/custom": 0.5}}))
     hi = ckpt(outputs, "c/hi.ckpt", epoch=2, step=20,
               **({"hmean": 0.7} if metric == "hmean" else {"extra": {"cleval/custom": 0.7}}))
-    sync(invoke, outputs)
+    sync(invoke_db, outputs)
     expected = hi if direction == "max" else lo
-    assert best_path(invoke, f"{metric}:{direction}") == str(expected)
+    assert best_path(invoke_db, f"{metric}:{direction}") == str(expected)
 
 
-def test_only_null_metric_matches_nothing(outputs, invoke) -> None:
+def test_only_null_metric_matches_nothing(outputs, invoke_db) -> None:
     ckpt(outputs, "a/none.ckpt", hmean=None)
-    sync(invoke, outputs)
+    sync(invoke_db, outputs)
     for best_by in ("hmean", "hmean:min"):
-        result = invoke("query", "--best-by", best_by)
+        result = invoke_db("query", "--best-by", best_by)
         assert result.exit_code == 1, result.output
         assert "no checkpoint matches" in result.stderr
 
@@ -206,7 +212,7 @@ def test_only_null_metric_matches_nothing(outputs, invoke) -> None:
 # --group-by
 
 
-def test_group_by_exp_name_best_per_experiment(outputs, invoke) -> None:
+def test_group_by_exp_name_best_per_experiment(outputs, invoke_db) -> None:
     expected_max, expected_loss = {}, {}
     rows = [
         # exp, file, hmean, epoch, step, val/loss
@@ -224,31 +230,31 @@ def test_group_by_exp_name_best_per_experiment(outputs, invoke) -> None:
              extra=extra)
     expected_max = {"exp_a": "a2", "exp_b": "b2", "exp_c": "c1"}
     expected_loss = {"exp_a": "a3", "exp_b": "b2", "exp_c": "c1"}
-    sync(invoke, outputs)
+    sync(invoke_db, outputs)
 
-    got = query_json(invoke, "--best-by", "hmean", "--group-by", "exp_name")
+    got = query_json(invoke_db, "--best-by", "hmean", "--group-by", "exp_name")
     assert len(got) == 3
     assert {r["exp_name"]: Path(r["checkpoint_path"]).stem for r in got} == expected_max
     # Ordered by the metric, best first.
     assert [r["exp_name"] for r in got] == ["exp_b", "exp_a", "exp_c"]
 
-    got = query_json(invoke, "--best-by", "val/loss", "--group-by", "exp_name")
+    got = query_json(invoke_db, "--best-by", "val/loss", "--group-by", "exp_name")
     assert {r["exp_name"]: Path(r["checkpoint_path"]).stem for r in got} == expected_loss
     assert [r["exp_name"] for r in got] == ["exp_a", "exp_b", "exp_c"]
 
-    got = query_json(invoke, "--best-by", "hmean:min", "--group-by", "exp_name")
+    got = query_json(invoke_db, "--best-by", "hmean:min", "--group-by", "exp_name")
     assert {r["exp_name"]: Path(r["checkpoint_path"]).stem for r in got} == {
         "exp_a": "a1", "exp_b": "b2", "exp_c": "c1",
     }
 
-    got = query_json(invoke, "--best-by", "hmean", "--group-by", "exp_name", "--limit", "2")
+    got = query_json(invoke_db, "--best-by", "hmean", "--group-by", "exp_name", "--limit", "2")
     assert [r["exp_name"] for r in got] == ["exp_b", "exp_a"]
 
 
-def test_group_by_without_best_by_is_usage_error(outputs, invoke) -> None:
+def test_group_by_without_best_by_is_usage_error(outputs, invoke_db) -> None:
     ckpt(outputs, "a/x.ckpt")
-    sync(invoke, outputs)
-    result = invoke("query", "--group-by", "exp_name")
+    sync(invoke_db, outputs)
+    result = invoke_db("query", "--group-by", "exp_name")
     assert result.exit_code == 2
     assert "--best-by" in result.stderr
 
@@ -270,14 +276,14 @@ FILTER_ROWS = [
 
 
 @pytest.fixture
-def filter_tree(outputs: Path, invoke) -> list[dict[str, Any]]:
+def filter_tree(outputs: Path, invoke_db) -> list[dict[str, Any]]:
     rows = []
     for rel, exp, arch, enc, phase, epoch, hmean in FILTER_ROWS:
         path = ckpt(outputs, rel, exp=exp, arch=arch, encoder=enc, phase=phase, epoch=epoch,
                     step=epoch * 100, hmean=hmean)
         rows.append(dict(path=str(path), exp=exp, arch=arch, encoder=enc, phase=phase,
                          epoch=epoch, hmean=hmean))
-    sync(invoke, outputs)
+    sync(invoke_db, outputs)
     return rows
 
 
@@ -299,46 +305,48 @@ FILTERS = [
 
 
 @pytest.mark.parametrize("args, keep", FILTERS, ids=[" ".join(a) for a, _ in FILTERS])
-def test_filters(invoke, filter_tree, args, keep) -> None:
+def test_filters(invoke_db, filter_tree, args, keep) -> None:
     expected = sorted(r["path"] for r in filter_tree if keep(r))
-    assert sorted(query_paths(invoke, *args)) == expected
+    assert sorted(query_paths(invoke_db, *args)) == expected
 
 
+@sqlite_only
 @pytest.mark.parametrize("args, keep", FILTERS, ids=[" ".join(a) for a, _ in FILTERS])
 @pytest.mark.parametrize("best_by", ["hmean", "hmean:min"])
-def test_filters_with_best_by(invoke, filter_tree, args, keep, best_by) -> None:
+def test_filters_with_best_by(invoke_db, filter_tree, args, keep, best_by) -> None:
     kept = [r for r in filter_tree if keep(r)]
     sign = -1 if best_by == "hmean" else 1
     expected = [min(kept, key=lambda r: (sign * r["hmean"], -r["epoch"], r["path"]))["path"]] if kept else []
-    assert query_paths(invoke, "--best-by", best_by, *args) == expected
+    assert query_paths(invoke_db, "--best-by", best_by, *args) == expected
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     "pattern",
     ["exp_a", "exp?a", "exp%b", "exp*b", "exp*", "*_*", "*%*", "*", "other_run", "exp_", "exp%",
      "?xp_a", "exp[_]a", "nomatch*", "exp\\_a"],
 )
-def test_exp_glob(invoke, filter_tree, pattern) -> None:
+def test_exp_glob(invoke_db, filter_tree, pattern) -> None:
     """``*`` and ``?`` are wildcards; ``_`` and ``%`` (and ``\\``) match only themselves."""
     names = {r["exp"] for r in filter_tree}
     expected_names = {n for n in names if fnmatch.fnmatchcase(n, pattern.replace("[", "[[]"))}
     expected = sorted(r["path"] for r in filter_tree if r["exp"] in expected_names)
-    assert sorted(query_paths(invoke, "--exp", pattern)) == expected
+    assert sorted(query_paths(invoke_db, "--exp", pattern)) == expected
 
 
-def test_exp_glob_literal_underscore_and_percent(invoke, filter_tree) -> None:
+def test_exp_glob_literal_underscore_and_percent(invoke_db, filter_tree) -> None:
     # Spelled out, in case the parametrised oracle above ever hid a mistake.
     by_exp = lambda paths: sorted({Path(p).parent.name for p in paths})  # noqa: E731
-    assert by_exp(query_paths(invoke, "--exp", "exp_a")) == ["exp_a"]
-    assert by_exp(query_paths(invoke, "--exp", "exp%b")) == ["exp%b"]
-    assert by_exp(query_paths(invoke, "--exp", "exp?a")) == ["expXa", "exp_a"]
-    assert by_exp(query_paths(invoke, "--exp", "exp*b")) == ["exp%b", "expZZb"]
+    assert by_exp(query_paths(invoke_db, "--exp", "exp_a")) == ["exp_a"]
+    assert by_exp(query_paths(invoke_db, "--exp", "exp%b")) == ["exp%b"]
+    assert by_exp(query_paths(invoke_db, "--exp", "exp?a")) == ["expXa", "exp_a"]
+    assert by_exp(query_paths(invoke_db, "--exp", "exp*b")) == ["exp%b", "expZZb"]
 
 
-def test_exp_glob_with_best_by(invoke, filter_tree) -> None:
-    assert Path(best_path(invoke, "hmean", "--exp", "exp*")).parent.name == "exp%b"
-    assert Path(best_path(invoke, "hmean", "--exp", "exp?a")).parent.name == "exp_a"
-    assert Path(best_path(invoke, "hmean:min", "--exp", "other*")).name == "c2.ckpt"
+def test_exp_glob_with_best_by(invoke_db, filter_tree) -> None:
+    assert Path(best_path(invoke_db, "hmean", "--exp", "exp*")).parent.name == "exp%b"
+    assert Path(best_path(invoke_db, "hmean", "--exp", "exp?a")).parent.name == "exp_a"
+    assert Path(best_path(invoke_db, "hmean:min", "--exp", "other*")).name == "c2.ckpt"
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,7 +354,7 @@ def test_exp_glob_with_best_by(invoke, filter_tree) -> None:
 
 
 @pytest.fixture
-def where_tree(outputs: Path, invoke) -> list[dict[str, Any]]:
+def where_tree(outputs: Path, invoke_db) -> list[dict[str, Any]]:
     specs = [
         # rel, encoder, arch, phase, epoch, hmean, val/loss (None: not logged)
         ("a/1.ckpt", "resnet50", "dbnet", "training", 1, 0.85, 0.025),
@@ -362,7 +370,7 @@ def where_tree(outputs: Path, invoke) -> list[dict[str, Any]]:
                     epoch=epoch, hmean=hmean, extra=extra)
         rows.append(dict(path=str(path), encoder=enc, arch=arch, phase=phase, epoch=epoch,
                          hmean=hmean, loss=loss))
-    sync(invoke, outputs)
+    sync(invoke_db, outputs)
     return rows
 
 
@@ -397,19 +405,20 @@ WHERE_CASES = [
 
 
 @pytest.mark.parametrize("expr, keep", WHERE_CASES, ids=[e for e, _ in WHERE_CASES])
-def test_where(invoke, where_tree, expr, keep) -> None:
+def test_where(invoke_db, where_tree, expr, keep) -> None:
     expected = sorted(r["path"] for r in where_tree if keep(r))
-    assert sorted(query_paths(invoke, "--where", expr)) == expected
+    assert sorted(query_paths(invoke_db, "--where", expr)) == expected
 
 
-def test_where_with_best_by_and_filters(invoke, where_tree) -> None:
+def test_where_with_best_by_and_filters(invoke_db, where_tree) -> None:
     # Best val/loss among resnet50 with hmean > 0.8: a/1 (0.025) beats c/1 (0.031).
-    got = best_path(invoke, "val/loss", "--where", "hmean > 0.8", "--encoder", "resnet50")
+    got = best_path(invoke_db, "val/loss", "--where", "hmean > 0.8", "--encoder", "resnet50")
     assert got.endswith("/a/1.ckpt")
-    got = best_path(invoke, "hmean", "--where", "val/loss < 0.03")
+    got = best_path(invoke_db, "hmean", "--where", "val/loss < 0.03")
     assert got.endswith("/b/1.ckpt")
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     "expr, position",
     [
@@ -425,8 +434,8 @@ def test_where_with_best_by_and_filters(invoke, where_tree) -> None:
         ("and hmean > 1", 0),
     ],
 )
-def test_malformed_where_exits_2_with_caret(outputs, invoke, where_tree, expr, position) -> None:
-    result = invoke("query", "--where", expr)
+def test_malformed_where_exits_2_with_caret(outputs, invoke_db, where_tree, expr, position) -> None:
+    result = invoke_db("query", "--where", expr)
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -438,14 +447,21 @@ def test_malformed_where_exits_2_with_caret(outputs, invoke, where_tree, expr, p
     assert f"position {position}" in result.stderr
 
 
-def _table_state(db_path: Path) -> tuple[int, int, list]:
-    with sqlite3.connect(db_path) as conn:
-        n = conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
-        m = conn.execute("SELECT count(*) FROM checkpoint_metrics").fetchone()[0]
-        objects = conn.execute("SELECT type, name FROM sqlite_master ORDER BY name").fetchall()
+def _table_state(db_url: str) -> tuple[int, int, list]:
+    """Row counts and the schema's tables and views, read around ckpt-index."""
+    engine = create_engine(db_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            n = conn.execute(text("SELECT count(*) FROM checkpoints")).scalar()
+            m = conn.execute(text("SELECT count(*) FROM checkpoint_metrics")).scalar()
+            insp = inspect(conn)
+            objects = sorted(insp.get_table_names() + insp.get_view_names())
+    finally:
+        engine.dispose()
     return n, m, objects
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     "expr",
     [
@@ -459,27 +475,27 @@ def _table_state(db_path: Path) -> tuple[int, int, list]:
         "encoder in ('x'') or (''1''=''1')",
     ],
 )
-def test_where_injection_selects_nothing(invoke, where_tree, db_path, expr) -> None:
-    before = _table_state(db_path)
-    result = invoke("query", "--where", expr)
+def test_where_injection_selects_nothing(invoke_db, where_tree, db_url, expr) -> None:
+    before = _table_state(db_url)
+    result = invoke_db("query", "--where", expr)
     assert result.exit_code == 1, result.output
     assert "no checkpoint matches" in result.stderr
-    assert _table_state(db_path) == before
+    assert _table_state(db_url) == before
     assert before[0] == len(where_tree)
 
 
-def test_where_injection_text_is_matched_literally(outputs, invoke, db_path) -> None:
+def test_where_injection_text_is_matched_literally(outputs, invoke_db, db_url) -> None:
     """Values and names that look like SQL select exactly the row that literally has them."""
     odd = ckpt(outputs, "odd/x.ckpt", encoder="x' or '1'='1",
                extra={"hmean; DROP TABLE checkpoints": 1.5})
     ckpt(outputs, "plain/x.ckpt", encoder="resnet50", extra={"val/loss": 0.1})
-    sync(invoke, outputs)
-    before = _table_state(db_path)
-    assert query_paths(invoke, "--where", "encoder = 'x'' or ''1''=''1'") == [str(odd)]
-    assert query_paths(invoke, "--where", '"hmean; DROP TABLE checkpoints" > 0') == [str(odd)]
-    assert query_paths(invoke, "--encoder", "x' or '1'='1") == [str(odd)]
-    assert best_path(invoke, "hmean; DROP TABLE checkpoints") == str(odd)
-    assert _table_state(db_path) == before == (2, before[1], before[2])
+    sync(invoke_db, outputs)
+    before = _table_state(db_url)
+    assert query_paths(invoke_db, "--where", "encoder = 'x'' or ''1''=''1'") == [str(odd)]
+    assert query_paths(invoke_db, "--where", '"hmean; DROP TABLE checkpoints" > 0') == [str(odd)]
+    assert query_paths(invoke_db, "--encoder", "x' or '1'='1") == [str(odd)]
+    assert best_path(invoke_db, "hmean; DROP TABLE checkpoints") == str(odd)
+    assert _table_state(db_url) == before == (2, before[1], before[2])
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,7 +503,7 @@ def test_where_injection_text_is_matched_literally(outputs, invoke, db_path) -> 
 
 
 @pytest.fixture
-def sort_tree(outputs: Path, invoke) -> list[dict[str, Any]]:
+def sort_tree(outputs: Path, invoke_db) -> list[dict[str, Any]]:
     rng = random.Random(7)
     rows = []
     for i in range(25):
@@ -498,7 +514,7 @@ def sort_tree(outputs: Path, invoke) -> list[dict[str, Any]]:
         path = ckpt(outputs, f"exp{i % 4}/c{i:02d}.ckpt", exp=f"exp{i % 4}", encoder=enc,
                     epoch=i % 7, step=i * 10, hmean=hmean, extra=extra)
         rows.append(dict(path=str(path), encoder=enc, epoch=i % 7, hmean=hmean, loss=loss))
-    sync(invoke, outputs)
+    sync(invoke_db, outputs)
     return rows
 
 
@@ -523,27 +539,28 @@ SORTS = [
 
 
 @pytest.mark.parametrize("args, key", SORTS, ids=[" ".join(a) or "default" for a, _ in SORTS])
-def test_sort(invoke, sort_tree, args, key) -> None:
+def test_sort(invoke_db, sort_tree, args, key) -> None:
     expected = [r["path"] for r in sorted(sort_tree, key=key)]
-    assert query_paths(invoke, *args) == expected
-    assert query_paths(invoke, *args, "--limit", "4") == expected[:4]
+    assert query_paths(invoke_db, *args) == expected
+    assert query_paths(invoke_db, *args, "--limit", "4") == expected[:4]
 
 
-def test_without_limit_every_match_is_printed(invoke, sort_tree) -> None:
-    assert len(query_json(invoke)) == 25
-    assert len(query_json(invoke, "--limit", "100")) == 25
+def test_without_limit_every_match_is_printed(invoke_db, sort_tree) -> None:
+    assert len(query_json(invoke_db)) == 25
+    assert len(query_json(invoke_db, "--limit", "100")) == 25
     # The table too, when stdout is not a terminal.
-    result = invoke("query")
+    result = invoke_db("query")
     assert result.exit_code == 0
     assert len(result.stdout.strip().splitlines()) == 1 + 25
     assert "more" not in result.stdout
 
 
+@sqlite_only
 @pytest.mark.parametrize("extra", [[], ["--best-by", "hmean"], ["--sort", "hmean:desc"],
                                    ["--best-by", "hmean", "--group-by", "exp_name"]])
-def test_limit_zero_prints_no_record(invoke, sort_tree, extra) -> None:
+def test_limit_zero_prints_no_record(invoke_db, sort_tree, extra) -> None:
     """--limit N is 'at most N results': --limit 0 prints none, whatever else is asked."""
-    result = invoke("query", *extra, "--limit", "0", "--format", "paths")
+    result = invoke_db("query", *extra, "--limit", "0", "--format", "paths")
     assert result.exit_code in (0, 1), result.output
     assert result.stdout.strip() == ""
 
@@ -553,7 +570,7 @@ def test_limit_zero_prints_no_record(invoke, sort_tree, extra) -> None:
 
 
 @pytest.fixture
-def format_tree(outputs: Path, invoke) -> list[Path]:
+def format_tree(outputs: Path, invoke_db) -> list[Path]:
     paths = [
         ckpt(outputs, "exp-one/checkpoints/epoch-03_step-000300.ckpt", exp="exp-one", epoch=3,
              step=300, hmean=0.81, extra={"val/loss": 0.021, "train/loss": 0.5}),
@@ -562,12 +579,12 @@ def format_tree(outputs: Path, invoke) -> list[Path]:
         ckpt(outputs, "exp,three/checkpoints/last.ckpt", exp='exp,"three"', epoch=9, step=900,
              hmean=None, extra={}),
     ]
-    sync(invoke, outputs)
+    sync(invoke_db, outputs)
     return paths
 
 
-def test_json_fields(invoke, format_tree) -> None:
-    rows = query_json(invoke)
+def test_json_fields(invoke_db, format_tree) -> None:
+    rows = query_json(invoke_db)
     assert [r["checkpoint_path"] for r in rows] == sorted(str(p) for p in format_tree)
     for row in rows:
         missing = [f for f in SPEC_FIELDS if f not in row]
@@ -602,20 +619,22 @@ def test_json_fields(invoke, format_tree) -> None:
     assert "hmean" not in three["metrics"]
 
 
+@sqlite_only
 @pytest.mark.parametrize("args", [[], ["--best-by", "hmean"], ["--sort", "epoch:desc"]])
-def test_jsonl_equals_json(invoke, format_tree, args) -> None:
-    rows = query_json(invoke, *args)
-    result = invoke("query", *args, "--format", "jsonl")
+def test_jsonl_equals_json(invoke_db, format_tree, args) -> None:
+    rows = query_json(invoke_db, *args)
+    result = invoke_db("query", *args, "--format", "jsonl")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert len(lines) == len(rows)
     assert [json.loads(line) for line in lines] == rows
 
 
+@sqlite_only
 @pytest.mark.parametrize("args", [[], ["--best-by", "hmean"], ["--sort", "epoch:desc"]])
-def test_paths_format(invoke, format_tree, args) -> None:
-    rows = query_json(invoke, *args)
-    result = invoke("query", *args, "--format", "paths")
+def test_paths_format(invoke_db, format_tree, args) -> None:
+    rows = query_json(invoke_db, *args)
+    result = invoke_db("query", *args, "--format", "paths")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines == [r["checkpoint_path"] for r in rows]
@@ -623,9 +642,9 @@ def test_paths_format(invoke, format_tree, args) -> None:
 
 
 @pytest.mark.parametrize("args", [[], ["--best-by", "hmean"]])
-def test_csv_format(invoke, format_tree, args) -> None:
-    rows = query_json(invoke, *args)
-    result = invoke("query", *args, "--format", "csv")
+def test_csv_format(invoke_db, format_tree, args) -> None:
+    rows = query_json(invoke_db, *args)
+    result = invoke_db("query", *args, "--format", "csv")
     assert result.exit_code == 0
     reader = csv.DictReader(io.StringIO(result.stdout))
     header = reader.fieldnames
@@ -647,9 +666,9 @@ def test_csv_format(invoke, format_tree, args) -> None:
             assert (float(rec[name]) if rec[name] else None) == value
 
 
-def test_table_format(invoke, format_tree) -> None:
-    rows = query_json(invoke)
-    result = invoke("query")
+def test_table_format(invoke_db, format_tree) -> None:
+    rows = query_json(invoke_db)
+    result = invoke_db("query")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert len(lines) == 1 + len(rows)
@@ -659,7 +678,7 @@ def test_table_format(invoke, format_tree) -> None:
         assert row["exp_name"] in line
         assert Path(row["checkpoint_path"]).name in line
     # --best-by a metric: the table shows that metric.
-    result = invoke("query", "--best-by", "val/loss")
+    result = invoke_db("query", "--best-by", "val/loss")
     assert result.exit_code == 0
     header, line = result.stdout.splitlines()
     assert "val/loss" in header.split()
@@ -670,23 +689,24 @@ def test_table_format(invoke, format_tree) -> None:
 # Exit statuses
 
 
-def test_nothing_matches_exits_1_with_message_on_stderr(outputs, invoke, format_tree) -> None:
+def test_nothing_matches_exits_1_with_message_on_stderr(outputs, invoke_db, format_tree) -> None:
     for args in (["--encoder", "nope"], ["--best-by", "hmean", "--min-epoch", "100"],
                  ["--where", "hmean > 2"], ["--exp", "zzz*"]):
         for fmt in ("table", "json", "jsonl", "csv", "paths"):
-            result = invoke("query", *args, "--format", fmt)
+            result = invoke_db("query", *args, "--format", fmt)
             assert result.exit_code == 1, (args, fmt, result.output)
             assert result.stdout == ""
             assert result.stderr.strip()
 
 
-def test_empty_index_exits_1(outputs, invoke) -> None:
-    sync(invoke, outputs)
-    result = invoke("query", "--best-by", "hmean")
+def test_empty_index_exits_1(outputs, invoke_db) -> None:
+    sync(invoke_db, outputs)
+    result = invoke_db("query", "--best-by", "hmean")
     assert result.exit_code == 1
     assert result.stderr.strip()
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     "args",
     [
@@ -703,8 +723,8 @@ def test_empty_index_exits_1(outputs, invoke) -> None:
         ["--no-such-option"],
     ],
 )
-def test_usage_errors_exit_2(outputs, invoke, format_tree, args) -> None:
-    result = invoke("query", *args)
+def test_usage_errors_exit_2(outputs, invoke_db, format_tree, args) -> None:
+    result = invoke_db("query", *args)
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     assert "Error" in result.stderr

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 import ckpt_index.sync as sync_module
 from ckpt_index import api
-from ckpt_index.db import open_engine
+from ckpt_index.db import is_sqlite, open_engine, resolve_db_url
 from ckpt_index.sidecar import dump_document, sidecar_path_for
 
 from conftest import SEED_SIDECARS, seed_document, write_checkpoint
@@ -37,30 +39,54 @@ def set_mtime(path: Path, mtime_ns: int) -> None:
     os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
-def raw_rows(db: Path) -> dict[str, dict[str, Any]]:
+def _engine(db: Path | str):
+    """A plain engine on the index (a path or a URL), read around ckpt-index."""
+    return create_engine(resolve_db_url(db), poolclass=NullPool)
+
+
+def raw_rows(db: Path | str) -> dict[str, dict[str, Any]]:
     """Every column of every ``checkpoints`` row, keyed by checkpoint path, with its metrics."""
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
+    engine = _engine(db)
     try:
-        rows = {r["checkpoint_path"]: dict(r) for r in conn.execute("SELECT * FROM checkpoints")}
-        for row in rows.values():
-            row["metrics"] = {}
-        for path, name, value in conn.execute(
-            "SELECT c.checkpoint_path, m.name, m.value FROM checkpoint_metrics m "
-            "JOIN checkpoints c ON c.id = m.checkpoint_id"
-        ):
-            rows[path]["metrics"][name] = value
-        dangling = conn.execute(
-            "SELECT count(*) FROM checkpoint_metrics WHERE checkpoint_id NOT IN "
-            "(SELECT id FROM checkpoints)"
-        ).fetchone()[0]
-        assert dangling == 0, f"{dangling} metric rows point at no checkpoint"
+        with engine.connect() as conn:
+            rows = {r["checkpoint_path"]: dict(r)
+                    for r in conn.execute(text("SELECT * FROM checkpoints")).mappings()}
+            for row in rows.values():
+                row["metrics"] = {}
+            for path, name, value in conn.execute(text(
+                "SELECT c.checkpoint_path, m.name, m.value FROM checkpoint_metrics m "
+                "JOIN checkpoints c ON c.id = m.checkpoint_id"
+            )):
+                rows[path]["metrics"][name] = value
+            dangling = conn.execute(text(
+                "SELECT count(*) FROM checkpoint_metrics WHERE checkpoint_id NOT IN "
+                "(SELECT id FROM checkpoints)"
+            )).scalar()
+            assert dangling == 0, f"{dangling} metric rows point at no checkpoint"
     finally:
-        conn.close()
+        engine.dispose()
     return rows
 
 
-def content(db: Path) -> dict[str, dict[str, Any]]:
+def wipe(db: Path | str) -> None:
+    """Delete the index: its SQLite files, or every table and view of its PostgreSQL schema."""
+    url = resolve_db_url(db)
+    if is_sqlite(url):
+        path = make_url(url).database
+        for suffix in ("", "-wal", "-shm"):
+            Path(path + suffix).unlink(missing_ok=True)
+        return
+    engine = _engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP VIEW checkpoint_metrics_flat"))
+            for table in inspect(conn).get_table_names():
+                conn.execute(text(f'DROP TABLE "{table}" CASCADE'))
+    finally:
+        engine.dispose()
+
+
+def content(db: Path | str) -> dict[str, dict[str, Any]]:
     """Rows without the columns that depend on when and from which file state they were built."""
     return {
         path: {k: v for k, v in row.items() if k not in NON_CONTENT}
@@ -68,13 +94,13 @@ def content(db: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def row(db: Path, ckpt: Path) -> dict[str, Any]:
+def row(db: Path | str, ckpt: Path) -> dict[str, Any]:
     rows = raw_rows(db)
     assert str(ckpt) in rows, f"no row for {ckpt}; rows: {sorted(rows)}"
     return rows[str(ckpt)]
 
 
-def sync(roots, db: Path, **kwargs: Any) -> sync_module.SyncSummary:
+def sync(roots, db: Path | str, **kwargs: Any) -> sync_module.SyncSummary:
     """One library sync; fallback inference (SPEC section 8) is tested elsewhere, so a checkpoint
     without a sidecar is indexed as ``missing`` here."""
     engine = open_engine(db)
@@ -127,9 +153,9 @@ def make_three(outputs: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------ first sync
-def test_first_sync_indexes_every_sidecar(outputs: Path, db_path: Path) -> None:
+def test_first_sync_indexes_every_sidecar(outputs: Path, db_url: Path) -> None:
     ckpts = make_three(outputs)
-    summary = api.sync(outputs, db=db_path)
+    summary = api.sync(outputs, db=db_url)
 
     assert summary.roots == [str(outputs)]
     assert (summary.checkpoints, summary.sidecars, summary.parsed, summary.added) == (3, 3, 3, 3)
@@ -137,7 +163,7 @@ def test_first_sync_indexes_every_sidecar(outputs: Path, db_path: Path) -> None:
     assert (summary.valid, summary.invalid, summary.without_metadata, summary.orphaned) == (3, 0, 0, 0)
     assert summary.invalid_files == []
 
-    rows = raw_rows(db_path)
+    rows = raw_rows(db_url)
     assert sorted(rows) == sorted(str(c) for c in ckpts)
     for ckpt in ckpts:
         sidecar = sidecar_path_for(ckpt)
@@ -204,37 +230,37 @@ def test_sync_accepts_several_roots_and_rejects_a_file(
 
 
 # ----------------------------------------------------------------------------- incremental
-def test_second_sync_reads_nothing(outputs: Path, db_path: Path, reads: list[str]) -> None:
+def test_second_sync_reads_nothing(outputs: Path, db_url: Path, reads: list[str]) -> None:
     ckpts = make_three(outputs)
     age(outputs)
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     assert len(reads) == 3
-    before = raw_rows(db_path)
+    before = raw_rows(db_url)
 
     reads.clear()
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert reads == []
     assert (summary.parsed, summary.unchanged, summary.added, summary.updated) == (0, 3, 0, 0)
     # The counts describe the tree even when nothing was read.
     assert (summary.checkpoints, summary.sidecars, summary.valid) == (3, 3, 3)
-    assert raw_rows(db_path) == before  # not even indexed_at moved
+    assert raw_rows(db_url) == before  # not even indexed_at moved
     for c in ckpts:
         assert before[str(c)]["sidecar_mtime_ns"] == sidecar_path_for(c).stat().st_mtime_ns
 
 
 def test_fresh_files_are_read_again_once_racy_window_passed(
-    outputs: Path, db_path: Path, reads: list[str], wide_racy_window: None
+    outputs: Path, db_url: Path, reads: list[str], wide_racy_window: None
 ) -> None:
     make_three(outputs)
-    sync(outputs, db=db_path)  # files written just now: inside the racy window
+    sync(outputs, db=db_url)  # files written just now: inside the racy window
     reads.clear()
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert summary.parsed == 3 and len(reads) == 3
     age(outputs)
     reads.clear()
-    sync(outputs, db=db_path)  # aged files: rows now carry the real mtimes
+    sync(outputs, db=db_url)  # aged files: rows now carry the real mtimes
     reads.clear()
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert summary.parsed == 0 and reads == []
 
 
@@ -249,11 +275,11 @@ def test_racy_window_zero_skips_fresh_files(
     assert summary.parsed == 0 and reads == [] and summary.unchanged == 3
 
 
-def test_changed_sidecar_is_the_only_one_read(outputs: Path, db_path: Path, reads: list[str]) -> None:
+def test_changed_sidecar_is_the_only_one_read(outputs: Path, db_url: Path, reads: list[str]) -> None:
     ckpts = make_three(outputs)
     age(outputs)
-    sync(outputs, db=db_path)
-    before = raw_rows(db_path)
+    sync(outputs, db=db_url)
+    before = raw_rows(db_url)
 
     target = ckpts[1]
     sidecar = sidecar_path_for(target)
@@ -264,10 +290,10 @@ def test_changed_sidecar_is_the_only_one_read(outputs: Path, db_path: Path, read
     age(sidecar, by_ns=HOUR_NS // 2)  # a different mtime, outside the racy window
 
     reads.clear()
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert reads == [str(sidecar)]
     assert (summary.parsed, summary.updated, summary.unchanged, summary.added) == (1, 1, 2, 0)
-    after = raw_rows(db_path)
+    after = raw_rows(db_url)
     assert after[str(target)]["hmean"] == 0.5
     assert after[str(target)]["epoch"] == 42
     assert after[str(target)]["metrics"]["hmean"] == 0.5
@@ -315,7 +341,7 @@ def test_same_size_same_mtime_change_inside_racy_window_is_read(
 
 
 def test_racy_rewrite_restored_to_epoch_zero_mtime_is_read(
-    outputs: Path, db_path: Path, reads: list[str], wide_racy_window: None
+    outputs: Path, db_url: Path, reads: list[str], wide_racy_window: None
 ) -> None:
     """The racy sentinel must not be a value a real file can have.
 
@@ -324,110 +350,112 @@ def test_racy_rewrite_restored_to_epoch_zero_mtime_is_read(
     """
     ckpt = write_checkpoint(outputs / "e" / "a.ckpt", **{"metrics.hmean": 0.8431})
     sidecar = sidecar_path_for(ckpt)
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     rewrite_same_size(sidecar, "hmean: 0.8431", "hmean: 0.8432")
     set_mtime(sidecar, 0)
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert summary.parsed == 1
-    assert row(db_path, ckpt)["hmean"] == 0.8432
+    assert row(db_url, ckpt)["hmean"] == 0.8432
 
 
 def test_checkpoint_file_change_updates_state_without_reading(
-    outputs: Path, db_path: Path, reads: list[str]
+    outputs: Path, db_url: Path, reads: list[str]
 ) -> None:
     ckpt = write_checkpoint(outputs / "e" / "a.ckpt")
     age(outputs)
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     ckpt.write_bytes(b"a bigger placeholder than before\n")
     reads.clear()
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert reads == [] and summary.parsed == 0 and summary.unchanged == 1
-    got = row(db_path, ckpt)
+    got = row(db_url, ckpt)
     st = ckpt.stat()
     assert (got["ckpt_size"], got["ckpt_mtime_ns"]) == (st.st_size, st.st_mtime_ns)
 
 
 # ----------------------------------------------------------------------------------- pruning
-def test_deleted_checkpoint_and_sidecar_are_pruned(outputs: Path, db_path: Path) -> None:
+def test_deleted_checkpoint_and_sidecar_are_pruned(outputs: Path, db_url: Path) -> None:
     ckpts = make_three(outputs)
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     gone = ckpts[0]
-    gone_id = row(db_path, gone)["id"]
+    gone_id = row(db_url, gone)["id"]
     gone.unlink()
     sidecar_path_for(gone).unlink()
 
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert summary.removed == 1 and summary.checkpoints == 2
-    rows = raw_rows(db_path)
+    rows = raw_rows(db_url)
     assert sorted(rows) == sorted(str(c) for c in ckpts[1:])
-    conn = sqlite3.connect(db_path)
+    engine = _engine(db_url)
     try:
-        assert conn.execute(
-            "SELECT count(*) FROM checkpoint_metrics WHERE checkpoint_id = ?", (gone_id,)
-        ).fetchone()[0] == 0
+        with engine.connect() as conn:
+            assert conn.execute(
+                text("SELECT count(*) FROM checkpoint_metrics WHERE checkpoint_id = :id"),
+                {"id": gone_id},
+            ).scalar() == 0
     finally:
-        conn.close()
+        engine.dispose()
 
 
-def test_deleted_missing_checkpoint_is_pruned(outputs: Path, db_path: Path) -> None:
+def test_deleted_missing_checkpoint_is_pruned(outputs: Path, db_url: Path) -> None:
     ckpt = write_checkpoint(outputs / "e" / "nometa.ckpt")
     keep = write_checkpoint(outputs / "e" / "meta.ckpt", seed_document())
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     ckpt.unlink()
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert summary.removed == 1
-    assert sorted(raw_rows(db_path)) == [str(keep)]
+    assert sorted(raw_rows(db_url)) == [str(keep)]
 
 
-def test_sync_of_one_root_leaves_other_roots_alone(tmp_path: Path, db_path: Path) -> None:
+def test_sync_of_one_root_leaves_other_roots_alone(tmp_path: Path, db_url: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     ka = write_checkpoint(a / "e" / "x.ckpt", seed_document())
     kb = write_checkpoint(b / "e" / "y.ckpt", seed_document())
-    sync(a, db=db_path)
-    sync(b, db=db_path)
+    sync(a, db=db_url)
+    sync(b, db=db_url)
     ka.unlink()
     sidecar_path_for(ka).unlink()
 
-    summary = sync(b, db=db_path)
+    summary = sync(b, db=db_url)
     assert summary.removed == 0
-    assert sorted(raw_rows(db_path)) == sorted([str(ka), str(kb)])  # a not synced: a's row stays
-    sync(a, db=db_path)
-    assert sorted(raw_rows(db_path)) == [str(kb)]
+    assert sorted(raw_rows(db_url)) == sorted([str(ka), str(kb)])  # a not synced: a's row stays
+    sync(a, db=db_url)
+    assert sorted(raw_rows(db_url)) == [str(kb)]
 
 
 @pytest.mark.parametrize("sibling", ["out2", "out0", "out-old", "out.bak", "outx", "out 2"])
 def test_root_that_prefixes_another_does_not_prune_it(
-    tmp_path: Path, db_path: Path, sibling: str
+    tmp_path: Path, db_url: Path, sibling: str
 ) -> None:
     out, other = tmp_path / "out", tmp_path / sibling
     k_out = write_checkpoint(out / "e" / "x.ckpt", seed_document())
     k_other = write_checkpoint(other / "e" / "x.ckpt", seed_document())
-    sync([out, other], db=db_path)
+    sync([out, other], db=db_url)
     k_out.unlink()
     sidecar_path_for(k_out).unlink()
 
-    summary = sync(out, db=db_path)
+    summary = sync(out, db=db_url)
     assert summary.removed == 1
-    assert sorted(raw_rows(db_path)) == [str(k_other)]
+    assert sorted(raw_rows(db_url)) == [str(k_other)]
     # Syncing an emptied sibling does not reach into ``out`` either, and vice versa.
     k_out2 = write_checkpoint(out / "e" / "z.ckpt", seed_document())
-    sync(out, db=db_path)
+    sync(out, db=db_url)
     k_other.unlink()
     sidecar_path_for(k_other).unlink()
-    sync(other, db=db_path)
-    assert sorted(raw_rows(db_path)) == [str(k_out2)]
+    sync(other, db=db_url)
+    assert sorted(raw_rows(db_url)) == [str(k_out2)]
 
 
-def test_syncing_a_subdirectory_prunes_only_below_it(outputs: Path, db_path: Path) -> None:
+def test_syncing_a_subdirectory_prunes_only_below_it(outputs: Path, db_url: Path) -> None:
     k1 = write_checkpoint(outputs / "a" / "x.ckpt", seed_document())
     k2 = write_checkpoint(outputs / "b" / "y.ckpt", seed_document())
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     k1.unlink()
     sidecar_path_for(k1).unlink()
-    sync(outputs / "b", db=db_path)
-    assert sorted(raw_rows(db_path)) == sorted([str(k1), str(k2)])
-    sync(str(outputs) + "/", db=db_path)  # trailing slash: the same root
-    assert sorted(raw_rows(db_path)) == [str(k2)]
+    sync(outputs / "b", db=db_url)
+    assert sorted(raw_rows(db_url)) == sorted([str(k1), str(k2)])
+    sync(str(outputs) + "/", db=db_url)  # trailing slash: the same root
+    assert sorted(raw_rows(db_url)) == [str(k2)]
 
 
 # ----------------------------------------------------------------------------------- orphans
@@ -439,66 +467,66 @@ def _query_paths(invoke, *extra: str) -> list[str]:
     return [r["checkpoint_path"] for r in json.loads(result.stdout)]
 
 
-def test_orphan_sidecar_is_kept_flagged_and_hidden(outputs: Path, db_path: Path, invoke) -> None:
+def test_orphan_sidecar_is_kept_flagged_and_hidden(outputs: Path, db_url: Path, invoke_db) -> None:
     keep = write_checkpoint(outputs / "e" / "keep.ckpt", seed_document())
     orphan = write_checkpoint(
         outputs / "e" / "orphan.ckpt", seed_document(), **{"metrics.hmean": 0.99}
     )
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     orphan.unlink()
 
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert summary.orphaned == 1 and summary.removed == 0
     assert summary.checkpoints == 1 and summary.sidecars == 2
-    got = row(db_path, orphan)
+    got = row(db_url, orphan)
     assert got["checkpoint_exists"] == 0
     assert got["status"] == "valid" and got["hmean"] == 0.99
     assert got["sidecar_path"] == str(sidecar_path_for(orphan))
 
-    assert _query_paths(invoke) == [str(keep)]
-    assert sorted(_query_paths(invoke, "--include-orphans")) == sorted([str(keep), str(orphan)])
-    best = invoke("query", "--best-by", "hmean", "--format", "paths")
+    assert _query_paths(invoke_db) == [str(keep)]
+    assert sorted(_query_paths(invoke_db, "--include-orphans")) == sorted([str(keep), str(orphan)])
+    best = invoke_db("query", "--best-by", "hmean", "--format", "paths")
     assert best.stdout.strip() == str(keep)  # the orphan's 0.99 is not offered
 
     write_checkpoint(orphan, None)  # the checkpoint comes back
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert summary.orphaned == 0
-    assert row(db_path, orphan)["checkpoint_exists"] == 1
-    assert sorted(_query_paths(invoke)) == sorted([str(keep), str(orphan)])
+    assert row(db_url, orphan)["checkpoint_exists"] == 1
+    assert sorted(_query_paths(invoke_db)) == sorted([str(keep), str(orphan)])
 
 
-def test_sidecar_only_from_the_start_is_an_orphan(outputs: Path, db_path: Path) -> None:
+def test_sidecar_only_from_the_start_is_an_orphan(outputs: Path, db_url: Path) -> None:
     orphan = write_checkpoint(outputs / "e" / "x.ckpt", seed_document(), ckpt_file=False)
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert (summary.checkpoints, summary.sidecars, summary.orphaned, summary.valid) == (0, 1, 1, 1)
-    assert row(db_path, orphan)["checkpoint_exists"] == 0
+    assert row(db_url, orphan)["checkpoint_exists"] == 0
     sidecar_path_for(orphan).unlink()
-    summary = sync(outputs, db=db_path)
-    assert summary.removed == 1 and raw_rows(db_path) == {}
+    summary = sync(outputs, db=db_url)
+    assert summary.removed == 1 and raw_rows(db_url) == {}
 
 
 # ------------------------------------------------------------------------ missing sidecars
-def test_checkpoint_without_sidecar_lifecycle(outputs: Path, db_path: Path) -> None:
+def test_checkpoint_without_sidecar_lifecycle(outputs: Path, db_url: Path) -> None:
     ckpt = write_checkpoint(outputs / "e" / "x.ckpt")
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     counts = (summary.checkpoints, summary.sidecars, summary.without_metadata, summary.valid)
     assert counts == (1, 0, 1, 0)
-    got = row(db_path, ckpt)
+    got = row(db_url, ckpt)
     assert (got["status"], got["source"], got["sidecar_path"]) == ("missing", "none", None)
     assert got["exp_name"] is None
     assert got["checkpoint_exists"] == 1 and got["error"] is None and got["metrics"] == {}
 
     write_checkpoint(ckpt, seed_document())
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert (summary.without_metadata, summary.valid, summary.updated) == (0, 1, 1)
-    got = row(db_path, ckpt)
+    got = row(db_url, ckpt)
     assert (got["status"], got["source"]) == ("valid", "sidecar")
     assert got["exp_name"] == seed_document()["exp_name"] and got["metrics"]
 
     sidecar_path_for(ckpt).unlink()
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert (summary.without_metadata, summary.valid, summary.removed) == (1, 0, 0)
-    got = row(db_path, ckpt)
+    got = row(db_url, ckpt)
     assert (got["status"], got["source"], got["sidecar_path"]) == ("missing", "none", None)
     from ckpt_index.records import METADATA_COLUMNS
 
@@ -528,43 +556,43 @@ INVALID = {
 
 @pytest.mark.parametrize("kind", sorted(INVALID))
 def test_invalid_sidecar_recorded_counted_and_fixable(
-    outputs: Path, db_path: Path, reads: list[str], kind: str
+    outputs: Path, db_url: Path, reads: list[str], kind: str
 ) -> None:
     text, fragment = INVALID[kind]
     good = write_checkpoint(outputs / "e" / "good.ckpt", seed_document())
     bad = write_checkpoint(outputs / "e" / "bad.ckpt", text())
     age(outputs)
 
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert (summary.valid, summary.invalid) == (1, 1)
     assert len(summary.invalid_files) == 1
     path, reason = summary.invalid_files[0]
     assert path == str(sidecar_path_for(bad)) and fragment in reason
-    got = row(db_path, bad)
+    got = row(db_url, bad)
     assert got["status"] == "invalid" and got["source"] == "none"
     assert got["error"] == reason and got["exp_name"] is None and got["metrics"] == {}
-    assert row(db_path, good)["status"] == "valid"
+    assert row(db_url, good)["status"] == "valid"
 
     # Unchanged and not read again, but still reported.
     reads.clear()
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert reads == [] and summary.parsed == 0
     assert summary.invalid == 1 and summary.invalid_files == [(path, reason)]
 
     write_checkpoint(bad, seed_document())
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert (summary.valid, summary.invalid, summary.invalid_files) == (2, 0, [])
-    got = row(db_path, bad)
+    got = row(db_url, bad)
     assert got["status"] == "valid" and got["error"] is None and got["metrics"]
 
 
-def test_valid_sidecar_becoming_invalid_loses_its_metadata(outputs: Path, db_path: Path) -> None:
+def test_valid_sidecar_becoming_invalid_loses_its_metadata(outputs: Path, db_url: Path) -> None:
     ckpt = write_checkpoint(outputs / "e" / "x.ckpt", seed_document())
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     write_checkpoint(ckpt, seed_document(), **{"metrics.hmean": -0.5})
-    summary = sync(outputs, db=db_path)
+    summary = sync(outputs, db=db_url)
     assert summary.invalid == 1
-    got = row(db_path, ckpt)
+    got = row(db_url, ckpt)
     assert got["status"] == "invalid" and got["hmean"] is None and got["metrics"] == {}
     assert "metrics.hmean" in got["error"]
 
@@ -593,13 +621,13 @@ def _write_undecodable(directory: Path) -> bytes:
     return b"caf\xe9"
 
 
-def test_undecodable_file_name_is_reported_and_does_not_abort(outputs: Path, db_path: Path) -> None:
+def test_undecodable_file_name_is_reported_and_does_not_abort(outputs: Path, db_url: Path) -> None:
     """A name SQLite cannot store is an invalid input: reported, never the end of the sync."""
     good = write_checkpoint(outputs / "e" / "ok.ckpt", seed_document())
     _write_undecodable(outputs / "e")
-    summary = sync(outputs, db_path)
-    assert str(good) in raw_rows(db_path)
-    assert row(db_path, good)["status"] == "valid"
+    summary = sync(outputs, db_url)
+    assert str(good) in raw_rows(db_url)
+    assert row(db_url, good)["status"] == "valid"
     reported = [(p, r) for p, r in summary.invalid_files if "caf" in p]
     assert reported, summary.invalid_files
     assert all(reason for _, reason in reported)
@@ -653,12 +681,12 @@ def test_cli_strict(outputs: Path, invoke, with_invalid: bool) -> None:
     assert invoke("sync", str(outputs)).exit_code == 0
 
 
-def test_cli_json_summary(outputs: Path, invoke) -> None:
+def test_cli_json_summary(outputs: Path, invoke_db) -> None:
     make_three(outputs)
     write_checkpoint(outputs / "e" / "bad.ckpt", "- a list\n")
     write_checkpoint(outputs / "e" / "nometa.ckpt")
     write_checkpoint(outputs / "e" / "orphan.ckpt", seed_document(), ckpt_file=False)
-    result = invoke("sync", str(outputs), "--format", "json", "--no-infer")
+    result = invoke_db("sync", str(outputs), "--format", "json", "--no-infer")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert data["roots"] == [str(outputs)]
@@ -673,8 +701,8 @@ def test_cli_json_summary(outputs: Path, invoke) -> None:
     assert item["path"] == str(outputs / "e" / "bad.metadata.yaml") and "mapping" in item["reason"]
 
     age(outputs)
-    invoke("sync", str(outputs), "--no-infer")
-    again = json.loads(invoke("sync", str(outputs), "--format", "json", "--no-infer").stdout)
+    invoke_db("sync", str(outputs), "--no-infer")
+    again = json.loads(invoke_db("sync", str(outputs), "--format", "json", "--no-infer").stdout)
     assert (again["parsed"], again["unchanged"], again["invalid"]) == (0, 6, 1)
     assert again["invalid_files"] == data["invalid_files"]
 
@@ -703,23 +731,23 @@ def test_cli_progress_on_stderr_only_when_asked(outputs: Path, invoke) -> None:
 
 
 def test_progress_callback_counts_up_to_total(
-    outputs: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch
+    outputs: Path, db_url: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sync_module, "BATCH_SIZE", 2)
     ckpts = [write_checkpoint(outputs / "e" / f"c{i}.ckpt", seed_document()) for i in range(7)]
     calls: list[tuple[int, int]] = []
-    sync(outputs, db=db_path, progress=lambda done, total: calls.append((done, total)))
+    sync(outputs, db=db_url, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(2, 7), (4, 7), (6, 7), (7, 7)]
 
     # Parsing, state-only updates and deletions all count towards the total.
     age(outputs)
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     write_checkpoint(ckpts[0], seed_document(), **{"metrics.hmean": 0.1})  # re-parse
     ckpts[1].write_bytes(b"bigger placeholder\n")  # checkpoint state only
     ckpts[2].unlink()
     sidecar_path_for(ckpts[2]).unlink()  # removal
     calls.clear()
-    sync(outputs, db=db_path, progress=lambda done, total: calls.append((done, total)))
+    sync(outputs, db=db_url, progress=lambda done, total: calls.append((done, total)))
     dones = [d for d, _ in calls]
     assert dones == sorted(set(dones)) and calls[-1] == (3, 3)
     assert {t for _, t in calls} == {3}
@@ -736,28 +764,27 @@ def test_no_progress_calls_when_nothing_to_do(outputs: Path, db_path: Path) -> N
 
 # ------------------------------------------------------------------------- rebuild from zero
 def test_deleting_the_database_and_syncing_again_gives_the_same_rows(
-    outputs: Path, db_path: Path
+    outputs: Path, db_url: Path
 ) -> None:
     ckpts = make_three(outputs)
     write_checkpoint(outputs / "e" / "nometa.ckpt")
     write_checkpoint(outputs / "e" / "bad.ckpt", seed_document(), **{"training.epoch": -1})
     orphan = write_checkpoint(outputs / "e" / "orphan.ckpt", seed_document())
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     # History: changes, orphaning, fixes, deletions, each followed by a sync.
     orphan.unlink()
     write_checkpoint(ckpts[0], seed_document(), **{"metrics.hmean": 0.4242, "training.epoch": 3})
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     sidecar_path_for(ckpts[1]).unlink()
     write_checkpoint(outputs / "e" / "late.ckpt", seed_document(), **{"metrics.validation_loss": 0.5})
     age(outputs)
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     ckpts[2].unlink()
     sidecar_path_for(ckpts[2]).unlink()
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
 
-    incremental = content(db_path)
+    incremental = content(db_url)
     assert len(incremental) == 6
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db_path) + suffix).unlink(missing_ok=True)
-    sync(outputs, db=db_path)
-    assert content(db_path) == incremental
+    wipe(db_url)
+    sync(outputs, db=db_url)
+    assert content(db_url) == incremental
