@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpt_index.metric_names import match_canonical
+from ckpt_index.metric_names import canonical_metrics, match_canonical
 from ckpt_index.naming import parse_checkpoint_name, parse_run_dir, run_dir_of
 
 log = logging.getLogger("ckpt_index.fallback")
@@ -106,7 +106,11 @@ def _from_checkpoint(path: Path, result: Inferred):
     result.set("epoch", _int(contents.epoch), "checkpoint")
     result.set("global_step", _int(contents.global_step), "checkpoint")
     if contents.cleval_metrics:
-        result.add_metrics(dict(contents.cleval_metrics), "checkpoint")
+        cleval = dict(contents.cleval_metrics)
+        result.add_metrics(cleval, "checkpoint")
+        # The seeds' most reliable figures: they fill the canonical slots before any logged name.
+        for slot, value in canonical_metrics(cleval).items():
+            result.set(slot, value, "checkpoint")
     for state in contents.checkpoint_callbacks or []:
         monitor, score = state.get("monitor"), state.get("current_score")
         if monitor and isinstance(score, (int, float)):

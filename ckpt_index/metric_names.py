@@ -3,6 +3,13 @@
 Lightning runs log names like ``val/hmean``, ``cleval/recall``, ``val_f1`` or ``val/loss``; the
 sidecar has one canonical slot for each. The same rules serve the training callback and the
 fallbacks, so a checkpoint gets the same canonical values whichever way it was indexed.
+
+``precision``, ``recall`` and ``hmean`` (also ``f1``, ``f1_score``, ``fscore``) match as the last
+part of a name; ``validation_loss`` is a ``loss`` in a validation namespace (``val/loss``,
+``val_loss``, ``validation_loss``). Validation names win over bare names, bare names over other
+namespaces, and training metrics never fill a slot. Lightning's ``_epoch`` suffix (a metric
+logged per step and per epoch) is understood; the unsuffixed name wins a tie. Ratios outside
+[0, 1] (a percentage, a count) stay out of the [0, 1] slots.
 """
 
 from __future__ import annotations
@@ -11,46 +18,60 @@ import math
 import re
 from collections.abc import Mapping
 
-# Tried in order; the first logged name that matches fills the slot. Validation-scoped names win
-# over training ones, and a bare "hmean" over a prefixed one.
-_PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
-    "precision": (
-        re.compile(r"^precision$"),
-        re.compile(r"^(val|valid|validation|cleval)[/_.-]precision$"),
-        re.compile(r"^(?!train)[\w./-]*[/_.-]precision$"),
-    ),
-    "recall": (
-        re.compile(r"^recall$"),
-        re.compile(r"^(val|valid|validation|cleval)[/_.-]recall$"),
-        re.compile(r"^(?!train)[\w./-]*[/_.-]recall$"),
-    ),
-    "hmean": (
-        re.compile(r"^(hmean|f1)$"),
-        re.compile(r"^(val|valid|validation|cleval)[/_.-](hmean|f1)$"),
-        re.compile(r"^(?!train)[\w./-]*[/_.-](hmean|f1)$"),
-    ),
-    "validation_loss": (
-        re.compile(r"^(validation_loss|val_loss)$"),
-        re.compile(r"^(val|valid|validation)[/_.-]loss$"),
-    ),
-}
+CANONICAL = ("precision", "recall", "hmean", "validation_loss")
 
-CANONICAL = tuple(_PATTERNS)
+_SEPARATORS = re.compile(r"[/_.\-]+")
+_VALIDATION = frozenset({"val", "valid", "validation", "eval", "evaluation", "cleval"})
+_TRAINING = frozenset({"train", "training"})
+_LEAVES = {
+    "precision": (("precision",),),
+    "recall": (("recall",),),
+    "hmean": (("hmean",), ("f1",), ("f1", "score"), ("f1score",), ("fscore",), ("f", "score")),
+}
+_EPOCH_SUFFIX = "_epoch"
+
+
+def _split(name: str) -> tuple[list[str], bool]:
+    """Lower-case tokens of a metric name, and whether it carried Lightning's ``_epoch`` suffix."""
+    lowered = name.lower()
+    suffixed = lowered.endswith(_EPOCH_SUFFIX) and len(lowered) > len(_EPOCH_SUFFIX)
+    if suffixed:
+        lowered = lowered[: -len(_EPOCH_SUFFIX)]
+    return [t for t in _SEPARATORS.split(lowered) if t], suffixed
+
+
+def _rank(name: str, slot: str) -> tuple[int, int, str] | None:
+    """Sort key of ``name`` as a candidate for ``slot`` (lower is better); ``None`` if no match."""
+    tokens, suffixed = _split(name)
+    if slot == "validation_loss":
+        if not tokens or tokens[-1] != "loss":
+            return None
+        return (0, int(suffixed), name) if set(tokens[:-1]) & _VALIDATION else None
+    width = next(
+        (len(leaf) for leaf in _LEAVES[slot] if tuple(tokens[-len(leaf):]) == leaf), 0
+    )
+    if not width:
+        return None
+    stage = set(tokens[:-width])
+    if stage & _TRAINING:
+        return None
+    if stage & _VALIDATION:
+        return (0, int(suffixed), name)
+    return (1 if not stage else 2, int(suffixed), name)
 
 
 def match_canonical(metrics: Mapping[str, float]) -> dict[str, str]:
     """slot -> the logged name that fills it (finite numbers only; ratios within [0, 1])."""
+    numbers = {
+        name: value for name, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
     matched: dict[str, str] = {}
-    names = [
-        n for n, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    ]
-    for slot, patterns in _PATTERNS.items():
-        for pattern in patterns:
-            name = next((n for n in names if pattern.match(n)), None)
-            if name is not None:
-                if slot == "validation_loss" or 0.0 <= metrics[name] <= 1.0:
-                    matched[slot] = name
+    for slot in CANONICAL:
+        candidates = sorted(key for name in numbers if (key := _rank(name, slot)) is not None)
+        for _, _, name in candidates:
+            if slot == "validation_loss" or 0.0 <= numbers[name] <= 1.0:
+                matched[slot] = name
                 break
     return matched
 
