@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from sqlalchemy.engine import make_url
 
 import ckpt_index
 from ckpt_index.cli import cli
@@ -140,14 +141,14 @@ def test_console_script(tmp_path, outputs) -> None:
 # show
 
 
-def test_show_prints_record_with_metadata(outputs, invoke, tmp_path) -> None:
+def test_show_prints_record_with_metadata(outputs, invoke_db, tmp_path) -> None:
     ckpt = write_checkpoint(outputs / "exp/checkpoints/epoch-10_step-005420.ckpt",
                             **{"metrics.hmean": 0.91, "metrics.additional_metrics": {"val/loss": 0.02},
                                "exp_name": "shown", "model.encoder.model_name": "resnet18"})
     write_checkpoint(outputs / "exp/checkpoints/other.ckpt")
-    assert invoke("sync", str(outputs)).exit_code == 0
+    assert invoke_db("sync", str(outputs)).exit_code == 0
     for arg in (str(ckpt), os.path.relpath(ckpt, tmp_path)):  # cwd is tmp_path
-        result = invoke("show", arg)
+        result = invoke_db("show", arg)
         assert result.exit_code == 0, result.output
         record = json.loads(result.stdout)
         assert record["checkpoint_path"] == str(ckpt)
@@ -163,19 +164,19 @@ def test_show_prints_record_with_metadata(outputs, invoke, tmp_path) -> None:
         assert meta["metrics"]["additional_metrics"] == {"val/loss": 0.02}
 
 
-def test_show_unknown_checkpoint_exits_1(outputs, invoke) -> None:
+def test_show_unknown_checkpoint_exits_1(outputs, invoke_db) -> None:
     write_checkpoint(outputs / "exp/a.ckpt")
-    assert invoke("sync", str(outputs)).exit_code == 0
-    result = invoke("show", str(outputs / "exp/missing.ckpt"))
+    assert invoke_db("sync", str(outputs)).exit_code == 0
+    result = invoke_db("show", str(outputs / "exp/missing.ckpt"))
     assert result.exit_code == 1
     assert result.stdout == ""
     assert "not in the index" in result.stderr
 
 
-def test_show_checkpoint_without_metadata(outputs, invoke) -> None:
+def test_show_checkpoint_without_metadata(outputs, invoke_db) -> None:
     ckpt = write_checkpoint(outputs / "exp/bare.ckpt")
-    assert invoke("sync", "--no-infer", str(outputs)).exit_code == 0
-    result = invoke("show", str(ckpt))
+    assert invoke_db("sync", "--no-infer", str(outputs)).exit_code == 0
+    result = invoke_db("show", str(ckpt))
     assert result.exit_code == 0
     record = json.loads(result.stdout)
     assert record["checkpoint_path"] == str(ckpt)
@@ -183,10 +184,10 @@ def test_show_checkpoint_without_metadata(outputs, invoke) -> None:
     assert record["status"] == "missing"
 
 
-def test_show_unreadable_checkpoint_says_why(outputs, invoke) -> None:
+def test_show_unreadable_checkpoint_says_why(outputs, invoke_db) -> None:
     ckpt = write_checkpoint(outputs / "exp/bare.ckpt")  # placeholder bytes, not a zip
-    assert invoke("sync", str(outputs)).exit_code == 0
-    record = json.loads(invoke("show", str(ckpt)).stdout)
+    assert invoke_db("sync", str(outputs)).exit_code == 0
+    record = json.loads(invoke_db("show", str(ckpt)).stdout)
     assert record["status"] == "unreadable"
     assert record["error"] and "zip" in record["error"].lower()
 
@@ -278,7 +279,7 @@ def test_validate_missing_root(invoke, tmp_path) -> None:
 
 
 @pytest.fixture
-def stats_tree(outputs: Path, invoke) -> None:
+def stats_tree(outputs: Path, invoke_db) -> None:
     def put(rel, **kw):
         changes = {"metrics.additional_metrics": {"val/loss": 0.05}}
         changes.update({{"hmean": "metrics.hmean", "exp": "exp_name",
@@ -291,11 +292,11 @@ def stats_tree(outputs: Path, invoke) -> None:
     put("e2/orphan.ckpt", exp="e2", encoder="resnet18", hmean=0.99, ckpt_file=False)
     put("e2/invalid.ckpt", hmean=1.5)
     write_checkpoint(outputs / "e3/bare.ckpt")
-    assert invoke("sync", "--no-infer", str(outputs)).exit_code == 0
+    assert invoke_db("sync", "--no-infer", str(outputs)).exit_code == 0
 
 
-def test_stats_json(invoke, stats_tree, db_path) -> None:
-    result = invoke("stats", "--format", "json")
+def test_stats_json(invoke_db, stats_tree, db_url) -> None:
+    result = invoke_db("stats", "--format", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["checkpoints"] == 6
@@ -310,11 +311,12 @@ def test_stats_json(invoke, stats_tree, db_path) -> None:
     assert data["encoders"] == {"resnet50": 2, "resnet18": 1}
     assert data["architectures"] == {"dbnet": 3}
     assert data["revision"]
-    assert str(db_path) in data["database"]
+    shown, expected = make_url(data["database"]), make_url(db_url)
+    assert (shown.get_backend_name(), shown.database) == (expected.get_backend_name(), expected.database)
 
 
-def test_stats_text(invoke, stats_tree) -> None:
-    result = invoke("stats")
+def test_stats_text(invoke_db, stats_tree) -> None:
+    result = invoke_db("stats")
     assert result.exit_code == 0
     values = {}
     for line in result.stdout.splitlines():
@@ -328,11 +330,11 @@ def test_stats_text(invoke, stats_tree) -> None:
     assert values["encoders"] == "resnet50 2, resnet18 1"
 
 
-def test_stats_follows_sync(outputs, invoke, stats_tree) -> None:
+def test_stats_follows_sync(outputs, invoke_db, stats_tree) -> None:
     (outputs / "e1/b.ckpt").unlink()
     (outputs / "e1/b.metadata.yaml").unlink()
-    assert invoke("sync", str(outputs)).exit_code == 0
-    data = json.loads(invoke("stats", "--format", "json").stdout)
+    assert invoke_db("sync", str(outputs)).exit_code == 0
+    data = json.loads(invoke_db("stats", "--format", "json").stdout)
     assert data["checkpoints"] == 5
     assert data["best_hmean"] == 0.7
     assert data["encoders"] == {"resnet18": 1, "resnet50": 1}
@@ -342,25 +344,25 @@ def test_stats_follows_sync(outputs, invoke, stats_tree) -> None:
 # demo
 
 
-def test_demo_then_sync_and_query(invoke, tmp_path) -> None:
+def test_demo_then_sync_and_query(invoke_db, tmp_path) -> None:
     demo = tmp_path / "demo_outputs"
-    result = invoke("demo", str(demo))
+    result = invoke_db("demo", str(demo))
     assert result.exit_code == 0, result.output
     ckpts = sorted(demo.rglob("*.ckpt"))
     assert len(ckpts) == 64
     assert f"wrote {len(ckpts)}" in result.stdout
-    sync = invoke("sync", str(demo), "--format", "json")
+    sync = invoke_db("sync", str(demo), "--format", "json")
     assert sync.exit_code == 0
     summary = json.loads(sync.stdout)
     # The sidecar-less checkpoint is filled from the checkpoint itself (a tiny real zip).
     assert (summary["invalid"], summary["inferred"], summary["unreadable"]) == (1, 1, 0)
-    rows = json.loads(invoke("query", "--format", "json").stdout)
+    rows = json.loads(invoke_db("query", "--format", "json").stdout)
     (inferred,) = [r for r in rows if r["status"] == "inferred"]
     assert inferred["source"] == "checkpoint" and inferred["hmean"] is not None
-    (best,) = json.loads(invoke("query", "--best-by", "hmean", "--format", "json").stdout)
+    (best,) = json.loads(invoke_db("query", "--best-by", "hmean", "--format", "json").stdout)
     assert best["hmean"] == max(r["hmean"] for r in rows if r["hmean"] is not None)
     assert Path(best["checkpoint_path"]).exists()
-    table = invoke("query", "--best-by", "hmean")
+    table = invoke_db("query", "--best-by", "hmean")
     assert table.exit_code == 0 and len(table.stdout.splitlines()) == 2
 
 
@@ -438,44 +440,44 @@ def test_api_fresh_process(tmp_path, outputs, db_path, api_tree) -> None:
     assert proc.stdout.split() == ["3", str(api_tree["b"])]
 
 
-def test_api_sync_and_query(outputs, db_path, api_tree, invoke) -> None:
-    summary = ckpt_index.sync_index(outputs, db=db_path)
+def test_api_sync_and_query(outputs, db_url, api_tree, invoke_db) -> None:
+    summary = ckpt_index.sync_index(outputs, db=db_url)
     assert (summary.checkpoints, summary.valid, summary.added) == (3, 3, 3)
-    again = ckpt_index.sync_index([outputs], db=str(db_path))  # a list of roots and a str db too
+    again = ckpt_index.sync_index([outputs], db=str(db_url))  # a list of roots and a str db too
     assert (again.checkpoints, again.added, again.removed) == (3, 0, 0)
-    (best,) = ckpt_index.query_index(db=db_path, best_by="hmean")
+    (best,) = ckpt_index.query_index(db=db_url, best_by="hmean")
     assert best["checkpoint_path"] == str(api_tree["b"])
 
 
-def test_api_query_spec_fields(outputs, db_path, api_tree, invoke) -> None:
+def test_api_query_spec_fields(outputs, db_url, api_tree, invoke_db) -> None:
     # Through ckpt_index.api, so that this runs whatever the package attributes are.
     from ckpt_index.api import query, sync
 
-    sync(outputs, db=db_path)
-    (best,) = query(db=db_path, best_by="hmean")
+    sync(outputs, db=db_url)
+    (best,) = query(db=db_url, best_by="hmean")
     assert best["checkpoint_path"] == str(api_tree["b"])
-    (best_loss,) = query(db=db_path, best_by="val/loss")
+    (best_loss,) = query(db=db_url, best_by="val/loss")
     assert best_loss["checkpoint_path"] == str(api_tree["c"])
-    rows = query(db=db_path, encoder="resnet18", sort=["epoch:desc"])
+    rows = query(db=db_url, encoder="resnet18", sort=["epoch:desc"])
     assert [r["checkpoint_path"] for r in rows] == [str(api_tree["c"]), str(api_tree["b"])]
-    grouped = query(db=db_path, best_by="hmean", group_by="exp_name")
+    grouped = query(db=db_url, best_by="hmean", group_by="exp_name")
     assert {r["exp_name"]: r["checkpoint_path"] for r in grouped} == {
         "exp_a": str(api_tree["a"]), "exp_b": str(api_tree["b"])}
     # The same records as the CLI prints.
-    cli_rows = json.loads(invoke("query", "--best-by", "hmean", "--format", "json").stdout)
+    cli_rows = json.loads(invoke_db("query", "--best-by", "hmean", "--format", "json").stdout)
     assert cli_rows == [best]
 
 
-def test_api_query_errors(outputs, db_path, api_tree) -> None:
+def test_api_query_errors(outputs, db_url, api_tree) -> None:
     from ckpt_index.api import query, sync
     from ckpt_index.query import QueryError, WhereError
 
-    sync(outputs, db=db_path)
+    sync(outputs, db=db_url)
     with pytest.raises(WhereError):
-        query(db=db_path, where="hmean >")
+        query(db=db_url, where="hmean >")
     with pytest.raises(QueryError):
-        query(db=db_path, group_by="exp_name")
-    assert query(db=db_path, encoder="nope") == []
+        query(db=db_url, group_by="exp_name")
+    assert query(db=db_url, encoder="nope") == []
 
 
 def test_api_connect_plain_sqlite3(outputs, db_path, api_tree, invoke) -> None:
@@ -496,23 +498,23 @@ def test_api_connect_plain_sqlite3(outputs, db_path, api_tree, invoke) -> None:
         conn.close()
 
 
-def test_api_connect_is_read_only(outputs, db_path, api_tree, invoke) -> None:
+def test_api_connect_is_read_only(outputs, db_url, api_tree, invoke_db) -> None:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    assert invoke("sync", str(outputs)).exit_code == 0
-    with ckpt_index.connect(db_path) as conn:
+    assert invoke_db("sync", str(outputs)).exit_code == 0
+    with ckpt_index.connect(db_url) as conn:
         assert conn.execute(text("SELECT count(*) FROM checkpoints")).scalar() == 3
         with pytest.raises(DBAPIError):
             conn.execute(text("DELETE FROM checkpoints"))
-    with sqlite3.connect(db_path) as plain:
-        assert plain.execute("SELECT count(*) FROM checkpoints").fetchone()[0] == 3
+    with ckpt_index.connect(db_url) as conn:  # the refused DELETE was rolled back
+        assert conn.execute(text("SELECT count(*) FROM checkpoints")).scalar() == 3
 
 
-def test_api_connect_with_pandas(outputs, db_path, api_tree, invoke) -> None:
+def test_api_connect_with_pandas(outputs, db_url, api_tree, invoke_db) -> None:
     pd = pytest.importorskip("pandas")
-    assert invoke("sync", str(outputs)).exit_code == 0
-    with ckpt_index.connect(db_path) as conn:
+    assert invoke_db("sync", str(outputs)).exit_code == 0
+    with ckpt_index.connect(db_url) as conn:
         frame = pd.read_sql(
             "SELECT exp_name, encoder, epoch, hmean FROM checkpoints ORDER BY hmean DESC", conn)
         assert list(frame.columns) == ["exp_name", "encoder", "epoch", "hmean"]
@@ -523,7 +525,7 @@ def test_api_connect_with_pandas(outputs, db_path, api_tree, invoke) -> None:
         assert {"hmean", "val/loss", "precision"} <= set(wide.columns)
         assert len(pd.read_sql_table("checkpoints", conn)) == 3
     # And on the read-only engine, as the README shows for notebooks.
-    engine = ckpt_index.read_only_engine(db_path)
+    engine = ckpt_index.read_only_engine(db_url)
     try:
         assert len(pd.read_sql("SELECT * FROM checkpoints", engine)) == 3
     finally:

@@ -14,12 +14,22 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from ckpt_index.db import is_sqlite
 
 from conftest import write_checkpoint
 
 
+#: Tests of what only SQLite has (pragmas, ATTACH, the database file's bytes) run on SQLite only;
+#: PostgreSQL's own refusals are in test_postgres.py.
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
-def synced(outputs: Path, invoke, db_path: Path) -> Path:
+def synced(outputs: Path, invoke_db, db_url: str) -> str:
     for i, (enc, hmean, loss) in enumerate(
         [("resnet50", 0.81, 0.03), ("resnet18", 0.92, 0.01), ("resnet50", 0.77, 0.05)]
     ):
@@ -28,16 +38,19 @@ def synced(outputs: Path, invoke, db_path: Path) -> Path:
             **{"exp_name": f"exp{i}", "metrics.hmean": hmean, "training.epoch": i,
                "model.encoder.model_name": enc, "metrics.additional_metrics": {"val/loss": loss}},
         )
-    assert invoke("sync", str(outputs)).exit_code == 0
-    return db_path
+    assert invoke_db("sync", str(outputs)).exit_code == 0
+    return db_url
 
 
 def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-def _state(db_path: Path) -> dict:
+def _state(db_url: str) -> dict:
     """Everything a write could change, read without going through ckpt-index."""
+    if not is_sqlite(db_url):
+        return _server_state(db_url)
+    db_path = Path(make_url(db_url).database)
     with sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True) as conn:
         state = {
             "checkpoints": conn.execute("SELECT * FROM checkpoints ORDER BY id").fetchall(),
@@ -54,12 +67,29 @@ def _state(db_path: Path) -> dict:
     return state
 
 
+def _server_state(db_url: str) -> dict:
+    engine = create_engine(db_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            insp = inspect(conn)
+            return {
+                "checkpoints": conn.execute(text("SELECT * FROM checkpoints ORDER BY id")).all(),
+                "metrics": conn.execute(text(
+                    "SELECT * FROM checkpoint_metrics ORDER BY checkpoint_id, name")).all(),
+                "tables": sorted(insp.get_table_names()), "views": sorted(insp.get_view_names()),
+                "columns": [c["name"] for c in insp.get_columns("checkpoints")],
+                "alembic": conn.execute(text("SELECT version_num FROM alembic_version")).all(),
+            }
+    finally:
+        engine.dispose()
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
 
 
-def test_select_table(invoke, synced) -> None:
-    result = invoke("sql", "SELECT exp_name, encoder, hmean FROM checkpoints ORDER BY hmean DESC")
+def test_select_table(invoke_db, synced) -> None:
+    result = invoke_db("sql", "SELECT exp_name, encoder, hmean FROM checkpoints ORDER BY hmean DESC")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["exp_name", "encoder", "hmean"]
@@ -67,8 +97,8 @@ def test_select_table(invoke, synced) -> None:
     assert "0.9200" in lines[1]
 
 
-def test_select_json(invoke, synced) -> None:
-    result = invoke("sql", "SELECT exp_name, hmean, epoch FROM checkpoints ORDER BY exp_name",
+def test_select_json(invoke_db, synced) -> None:
+    result = invoke_db("sql", "SELECT exp_name, hmean, epoch FROM checkpoints ORDER BY exp_name",
                     "--format", "json")
     assert result.exit_code == 0
     assert json.loads(result.stdout) == [
@@ -78,16 +108,16 @@ def test_select_json(invoke, synced) -> None:
     ]
 
 
-def test_select_csv_and_jsonl(invoke, synced) -> None:
+def test_select_csv_and_jsonl(invoke_db, synced) -> None:
     sql = ("SELECT c.exp_name, m.value AS val_loss, NULL AS empty FROM checkpoints c "
            "JOIN checkpoint_metrics m ON m.checkpoint_id = c.id AND m.name = 'val/loss' "
            "ORDER BY m.value")
-    result = invoke("sql", sql, "--format", "csv")
+    result = invoke_db("sql", sql, "--format", "csv")
     assert result.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(r["exp_name"], float(r["val_loss"]), r["empty"]) for r in rows] == [
         ("exp1", 0.01, ""), ("exp0", 0.03, ""), ("exp2", 0.05, "")]
-    result = invoke("sql", sql, "--format", "jsonl")
+    result = invoke_db("sql", sql, "--format", "jsonl")
     assert result.exit_code == 0
     assert [json.loads(line) for line in result.stdout.splitlines()] == [
         {"exp_name": "exp1", "val_loss": 0.01, "empty": None},
@@ -96,38 +126,48 @@ def test_select_csv_and_jsonl(invoke, synced) -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    "statement, check",
-    [
-        ("PRAGMA table_info(checkpoints)",
-         lambda rows: {"checkpoint_path", "hmean", "encoder", "epoch"} <= {r["name"] for r in rows}),
-        ("PRAGMA index_list(checkpoints)",
-         lambda rows: "ix_checkpoints_hmean" in {r["name"] for r in rows}),
-        ("SELECT metric, count(*) AS n FROM checkpoint_metrics_flat GROUP BY metric ORDER BY metric",
-         lambda rows: {r["metric"]: r["n"] for r in rows}["val/loss"] == 3),
-        ("SELECT checkpoint_path, value FROM checkpoint_metrics_flat WHERE metric = 'hmean' "
-         "ORDER BY value DESC LIMIT 1",
-         lambda rows: rows[0]["value"] == 0.92 and rows[0]["checkpoint_path"].endswith(".ckpt")),
-        ("SELECT count(*) AS n FROM checkpoints -- how many?", lambda rows: rows == [{"n": 3}]),
-        ("SELECT count(*) AS n FROM checkpoints; -- how many?", lambda rows: rows == [{"n": 3}]),
-        ("SELECT count(*) AS n FROM checkpoints;", lambda rows: rows == [{"n": 3}]),
-        ("  select 1 as one  ", lambda rows: rows == [{"one": 1}]),
-        ("SELECT ';' AS semi, 'DELETE FROM checkpoints' AS text",
-         lambda rows: rows == [{"semi": ";", "text": "DELETE FROM checkpoints"}]),
-        ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5) "
-         "SELECT sum(x) AS s FROM n", lambda rows: rows == [{"s": 15}]),
-        ("SELECT name FROM sqlite_master WHERE type = 'view'",
-         lambda rows: {"name": "checkpoint_metrics_flat"} in rows),
-        ("SELECT encoder, max(hmean) AS best FROM checkpoints GROUP BY encoder ORDER BY encoder",
-         lambda rows: rows == [{"encoder": "resnet18", "best": 0.92}, {"encoder": "resnet50", "best": 0.81}]),
-    ],
-)
-def test_allowed(invoke, synced, statement, check) -> None:
+ALLOWED = [
+    ("SELECT metric, count(*) AS n FROM checkpoint_metrics_flat GROUP BY metric ORDER BY metric",
+     lambda rows: {r["metric"]: r["n"] for r in rows}["val/loss"] == 3),
+    ("SELECT checkpoint_path, value FROM checkpoint_metrics_flat WHERE metric = 'hmean' "
+     "ORDER BY value DESC LIMIT 1",
+     lambda rows: rows[0]["value"] == 0.92 and rows[0]["checkpoint_path"].endswith(".ckpt")),
+    ("SELECT count(*) AS n FROM checkpoints -- how many?", lambda rows: rows == [{"n": 3}]),
+    ("SELECT count(*) AS n FROM checkpoints; -- how many?", lambda rows: rows == [{"n": 3}]),
+    ("SELECT count(*) AS n FROM checkpoints;", lambda rows: rows == [{"n": 3}]),
+    ("  select 1 as one  ", lambda rows: rows == [{"one": 1}]),
+    ("SELECT ';' AS semi, 'DELETE FROM checkpoints' AS text",
+     lambda rows: rows == [{"semi": ";", "text": "DELETE FROM checkpoints"}]),
+    ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5) "
+     "SELECT sum(x) AS s FROM n", lambda rows: rows == [{"s": 15}]),
+    ("SELECT encoder, max(hmean) AS best FROM checkpoints GROUP BY encoder ORDER BY encoder",
+     lambda rows: rows == [{"encoder": "resnet18", "best": 0.92}, {"encoder": "resnet50", "best": 0.81}]),
+    ("SELECT exp_name FROM checkpoints WHERE encoder LIKE 'resnet5%' ORDER BY exp_name",
+     lambda rows: rows == [{"exp_name": "exp0"}, {"exp_name": "exp2"}]),
+]
+ALLOWED_SQLITE = [
+    ("PRAGMA table_info(checkpoints)",
+     lambda rows: {"checkpoint_path", "hmean", "encoder", "epoch"} <= {r["name"] for r in rows}),
+    ("PRAGMA index_list(checkpoints)",
+     lambda rows: "ix_checkpoints_hmean" in {r["name"] for r in rows}),
+    ("SELECT name FROM sqlite_master WHERE type = 'view'",
+     lambda rows: {"name": "checkpoint_metrics_flat"} in rows),
+]
+
+
+@pytest.mark.parametrize("statement, check", ALLOWED, ids=[s for s, _ in ALLOWED])
+def test_allowed(invoke_db, synced, statement, check) -> None:
     before = _state(synced)
-    result = invoke("sql", statement, "--format", "json")
+    result = invoke_db("sql", statement, "--format", "json")
     assert result.exit_code == 0, result.output
     assert check(json.loads(result.stdout))
     assert _state(synced) == before
+
+
+@sqlite_only
+@pytest.mark.parametrize("statement, check", ALLOWED_SQLITE, ids=[s for s, _ in ALLOWED_SQLITE])
+def test_allowed_on_sqlite(invoke_db, synced, statement, check) -> None:
+    test_allowed(invoke_db, synced, statement, check)
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,14 +220,15 @@ REFUSED = [
 ]
 
 
+@sqlite_only
 @pytest.mark.parametrize("statement", REFUSED)
-def test_refused(invoke, synced, tmp_path, statement) -> None:
+def test_refused(invoke_db, synced, tmp_path, statement) -> None:
     attach = tmp_path / "attached.db"
     statement = statement.replace("{attach}", str(attach))
     before = _state(synced)
     assert before["checkpoints"] and before["metrics"]
     # A statement starting with "-" would be read as an option; "--" ends the options.
-    result = invoke("sql", "--db", str(synced), "--", statement)
+    result = invoke_db("sql", "--db", str(synced), "--", statement)
     assert result.exit_code == 1, result.output
     assert result.stdout == ""
     message = result.stderr.strip()
@@ -198,26 +239,28 @@ def test_refused(invoke, synced, tmp_path, statement) -> None:
     assert not attach.exists()
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     "statement",
     [s for s in REFUSED if s.strip() and not s.startswith("WITH x AS (DELETE")  # a syntax error on SQLite
      and not s.startswith(("--", "/*"))],
 )
-def test_refusal_says_why(invoke, synced, tmp_path, statement) -> None:
+def test_refusal_says_why(invoke_db, synced, tmp_path, statement) -> None:
     """The message says the statement was refused (read-only, one statement at a time),
     not an incidental error that invites the user to try again differently."""
-    result = invoke("sql", statement.replace("{attach}", str(tmp_path / "attached.db")))
+    result = invoke_db("sql", statement.replace("{attach}", str(tmp_path / "attached.db")))
     assert result.exit_code == 1
     message = result.stderr.lower()
     assert any(word in message for word in ("refused", "read-only", "readonly", "one statement",
                                              "not authorized", "only queries")), message
 
 
-def test_refused_on_literal_tmp_attach_path(invoke, synced) -> None:
+@sqlite_only
+def test_refused_on_literal_tmp_attach_path(invoke_db, synced) -> None:
     target = Path("/tmp/x.db")
     existed = target.exists()
     before = _state(synced)
-    result = invoke("sql", "ATTACH DATABASE '/tmp/x.db' AS x")
+    result = invoke_db("sql", "ATTACH DATABASE '/tmp/x.db' AS x")
     assert result.exit_code == 1
     assert _state(synced) == before
     if not existed:
@@ -233,20 +276,20 @@ def test_refused_statement_does_not_create_missing_database(invoke, db_path, tmp
         assert not list(tmp_path.glob("*.db*"))
 
 
-def test_reads_still_work_after_refusals(invoke, synced) -> None:
+def test_reads_still_work_after_refusals(invoke_db, synced, outputs) -> None:
     """A refused statement leaves no half-open transaction or state behind in the process."""
     for statement in ("DELETE FROM checkpoints", "PRAGMA query_only = OFF", "SELECT 1; DROP TABLE checkpoints"):
-        assert invoke("sql", statement).exit_code == 1
-    result = invoke("sql", "SELECT count(*) AS n FROM checkpoints", "--format", "json")
+        assert invoke_db("sql", statement).exit_code == 1
+    result = invoke_db("sql", "SELECT count(*) AS n FROM checkpoints", "--format", "json")
     assert json.loads(result.stdout) == [{"n": 3}]
     # And the index still takes writes through sync.
-    result = invoke("sync", str(synced.parent / "outputs"))
+    result = invoke_db("sync", str(outputs))
     assert result.exit_code == 0
 
 
-def test_writes_by_sync_are_not_blocked_by_sql_reads(outputs, invoke, synced) -> None:
+def test_writes_by_sync_are_not_blocked_by_sql_reads(outputs, invoke_db, synced) -> None:
     write_checkpoint(outputs / "exp9/checkpoints/new.ckpt", **{"metrics.hmean": 0.99})
-    assert invoke("sql", "SELECT 1").exit_code == 0
-    assert invoke("sync", str(outputs)).exit_code == 0
-    result = invoke("sql", "SELECT count(*) AS n FROM checkpoints", "--format", "json")
+    assert invoke_db("sql", "SELECT 1").exit_code == 0
+    assert invoke_db("sync", str(outputs)).exit_code == 0
+    result = invoke_db("sql", "SELECT count(*) AS n FROM checkpoints", "--format", "json")
     assert json.loads(result.stdout) == [{"n": 4}]

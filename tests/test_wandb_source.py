@@ -84,10 +84,36 @@ def offline_run(wandb_env: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     run.summary["val/hmean"] = 0.99
     run.summary.update({"val/loss": 0.01})
     run.finish()
+    _settle(run_dir)
     ckpt = run_dir / "checkpoints" / "epoch-01_step-000200.ckpt"
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"placeholder\n")
     return {"run_dir": run_dir, "run_id": run_id, "ckpt": ckpt}
+
+
+def _settle(root: Path, timeout: float = 60.0) -> None:
+    """Wait until wandb's service has written every run log under ``root`` completely.
+
+    finish() returns before the wandb-core process has flushed the transaction log; on a loaded
+    machine a read right after it can see a truncated final record (or no log yet).
+    """
+    import time
+
+    import wandb
+
+    wandb.teardown()  # stops the service process, which flushes what it holds
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = list(root.rglob("run-*.wandb"))
+        problems: list[str] = []
+        for log in logs:
+            for _ in ws._log_records(log, problems):
+                pass
+        if logs and not problems:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"wandb logs under {root} still incomplete: {problems or 'none'}")
+        time.sleep(0.2)
 
 
 def _wandb_run_dir(offline_run: dict) -> Path:
@@ -259,6 +285,7 @@ def lightning_run(wandb_env: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     run_id = wandb_logger.version
     wandb.finish()
+    _settle(save_dir)
     scores = {Path(p): float(s) for p, s in checkpoint.best_k_models.items()}
     return {"save_dir": save_dir, "run_id": run_id, "scores": scores}
 
