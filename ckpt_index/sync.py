@@ -314,12 +314,13 @@ def _build_records(
     uses every core; the parent keeps writing batches as results arrive.
     """
     workers = min(os.cpu_count() or 1, 8)
-    context = _fork_context()
+    context = _pool_context()
     if len(paths) < PARALLEL_MIN or workers < 2 or context is None or options.wandb_online:
         for path in paths:
             yield (path, *build_record(path, found[path], racy_after_ns, options))
         return
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     # The children never touch the database; drop pooled connections rather than fork them.
     engine.dispose()
@@ -328,11 +329,18 @@ def _build_records(
         [(path, found[path]) for path in paths[i : i + _CHUNK]]
         for i in range(0, len(paths), _CHUNK)
     ]
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        jobs = pool.map(_build_chunk, chunks, [racy_after_ns] * len(chunks),
-                        [worker_options] * len(chunks))
-        for results in jobs:
-            yield from results
+    done = 0
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            jobs = pool.map(_build_chunk, chunks, [racy_after_ns] * len(chunks),
+                            [worker_options] * len(chunks))
+            for results in jobs:
+                yield from results
+                done += 1
+    except BrokenProcessPool:
+        # A worker died (killed, out of memory): finish in-process rather than fail the sync.
+        for chunk in chunks[done:]:
+            yield from _build_chunk(chunk, racy_after_ns, options)
 
 
 def _build_chunk(
@@ -341,13 +349,19 @@ def _build_chunk(
     return [(path, *build_record(path, item, racy_after_ns, options)) for path, item in items]
 
 
-def _fork_context():
-    import multiprocessing
+def _pool_context():
+    """fork, when this process has a single thread; None (parse in-process) otherwise.
 
-    try:
-        return multiprocessing.get_context("fork")
-    except ValueError:  # no fork on this platform: parse in-process
+    A fork can inherit a lock another thread holds (a notebook kernel, a UI server), and spawn or
+    forkserver re-import the caller's __main__, which is not always importable; a sync that could
+    hang or fail that way is not worth its speed-up.
+    """
+    import multiprocessing
+    import threading
+
+    if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
         return None
+    return multiprocessing.get_context("fork")
 
 
 def _row_current(row, item: _Found, infer: bool) -> bool:
