@@ -12,23 +12,21 @@ import json
 import random
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.pool import NullPool
 
+from ckpt_index.cli import cli
 from ckpt_index.demo import make_tree
 from ckpt_index.query import QuerySpec, build_query
 from ckpt_index.sidecar import checkpoint_path_for, read_sidecar, sidecar_path_for
-from conftest import write_checkpoint
-
-#: Most tests run on both backends (``db_url``). Those whose subject never reaches the database
-#: (argument parsing, output formats) or that repeat a case already run on both stay on SQLite,
-#: to keep the suite fast.
-sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+from conftest import _pg_url_with_schema, write_checkpoint
 
 #: The fields every JSON object carries (SPEC section 7).
 SPEC_FIELDS = (
@@ -59,20 +57,20 @@ def ckpt(outputs: Path, rel: str, **values: Any) -> Path:
     return write_checkpoint(outputs / rel, **changes)
 
 
-def sync(invoke_db: Callable, outputs: Path) -> None:
-    result = invoke_db("sync", str(outputs))
+def sync(invoke: Callable, outputs: Path) -> None:
+    result = invoke("sync", str(outputs))
     assert result.exit_code == 0, result.output
 
 
-def query_json(invoke_db: Callable, *args: str) -> list[dict[str, Any]]:
-    result = invoke_db("query", *args, "--format", "json")
+def query_json(invoke: Callable, *args: str) -> list[dict[str, Any]]:
+    result = invoke("query", *args, "--format", "json")
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return json.loads(result.stdout)
 
 
-def query_paths(invoke_db: Callable, *args: str) -> list[str]:
+def query_paths(invoke: Callable, *args: str) -> list[str]:
     """Paths selected (empty when nothing matches; then the exit status must be 1)."""
-    result = invoke_db("query", *args, "--format", "json")
+    result = invoke("query", *args, "--format", "json")
     if result.exit_code == 1:
         assert "no checkpoint matches" in result.stderr
         assert result.stdout == ""
@@ -81,29 +79,88 @@ def query_paths(invoke_db: Callable, *args: str) -> list[str]:
     return [r["checkpoint_path"] for r in json.loads(result.stdout)]
 
 
-def best_path(invoke_db: Callable, *args: str) -> str:
-    rows = query_json(invoke_db, "--best-by", *args)
+def best_path(invoke: Callable, *args: str) -> str:
+    rows = query_json(invoke, "--best-by", *args)
     assert len(rows) == 1
     return rows[0]["checkpoint_path"]
+
+
+# --------------------------------------------------------------------------------------------
+# Every test runs on both backends. A tree that its tests only read is written and synced once per
+# module and backend (``shared_index``); a test that changes its tree has its own (``db_url``).
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shared_index(request, tmp_path_factory):
+    """Make empty indexes on one backend for read-only trees; dropped at the end of the module."""
+    admin = request.getfixturevalue("pg_admin_engine") if request.param == "postgresql" else None
+    schemas: list[str] = []
+
+    def make() -> str:
+        if admin is None:
+            return "sqlite:///" + str(tmp_path_factory.mktemp("index") / "index.db")
+        schema = f"ckpt_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        schemas.append(schema)
+        return _pg_url_with_schema(schema)
+
+    yield make
+    for schema in schemas:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def _invoker(url: str) -> Callable[..., Any]:
+    runner = CliRunner()
+
+    def run(*args: str):
+        argv = list(args)
+        if argv and argv[0] not in ("validate", "demo", "convert") and "--db" not in argv:
+            argv += ["--db", url]
+        return runner.invoke(cli, argv, catch_exceptions=False)
+
+    return run
+
+
+class Rows(list):
+    """What a read-only tree was made of, with ``invoke``: the CLI on its index (and ``url``)."""
+
+
+class Paths(dict):
+    """Like :class:`Rows`, keyed by name."""
+
+
+def shared_tree(make_index: Callable[[], str], tmp_path_factory, build: Callable[[Path], Any]):
+    outputs = tmp_path_factory.mktemp("tree") / "outputs"
+    outputs.mkdir()
+    made = build(outputs)
+    tree = Paths(made) if isinstance(made, dict) else Rows(made)
+    tree.url = make_index()
+    tree.invoke = _invoker(tree.url)
+    sync(tree.invoke, outputs)
+    return tree
 
 
 # --------------------------------------------------------------------------------------------
 # --best-by: direction
 
 
-@pytest.fixture
-def three(outputs: Path, invoke_db) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def three(shared_index, tmp_path_factory):
     """Three checkpoints with hmean, val/loss and a metric only in additional_metrics."""
-    paths = {
-        "low": ckpt(outputs, "e/low.ckpt", hmean=0.55, epoch=1,
-                    extra={"val/loss": 0.09, "cleval/custom": 0.3}),
-        "mid": ckpt(outputs, "e/mid.ckpt", hmean=0.75, epoch=2,
-                    extra={"val/loss": 0.02, "cleval/custom": 0.9}),
-        "high": ckpt(outputs, "e/high.ckpt", hmean=0.95, epoch=3,
-                     extra={"val/loss": 0.05, "cleval/custom": 0.1}),
-    }
-    sync(invoke_db, outputs)
-    return {k: str(v) for k, v in paths.items()}
+    def build(outputs: Path) -> dict[str, str]:
+        paths = {
+            "low": ckpt(outputs, "e/low.ckpt", hmean=0.55, epoch=1,
+                        extra={"val/loss": 0.09, "cleval/custom": 0.3}),
+            "mid": ckpt(outputs, "e/mid.ckpt", hmean=0.75, epoch=2,
+                        extra={"val/loss": 0.02, "cleval/custom": 0.9}),
+            "high": ckpt(outputs, "e/high.ckpt", hmean=0.95, epoch=3,
+                         extra={"val/loss": 0.05, "cleval/custom": 0.1}),
+        }
+        return {k: str(v) for k, v in paths.items()}
+
+    return shared_tree(shared_index, tmp_path_factory, build)
 
 
 @pytest.mark.parametrize(
@@ -122,18 +179,18 @@ def three(outputs: Path, invoke_db) -> dict[str, str]:
         ("epoch:min", "low"),
     ],
 )
-def test_best_by_direction(invoke_db, three, best_by: str, winner: str) -> None:
-    assert best_path(invoke_db, best_by) == three[winner]
+def test_best_by_direction(three, best_by: str, winner: str) -> None:
+    assert best_path(three.invoke, best_by) == three[winner]
 
 
-def test_best_by_unknown_metric_matches_nothing(invoke_db, three) -> None:
-    result = invoke_db("query", "--best-by", "no/such/metric")
+def test_best_by_unknown_metric_matches_nothing(three) -> None:
+    result = three.invoke("query", "--best-by", "no/such/metric")
     assert result.exit_code == 1
     assert "no checkpoint matches" in result.stderr
 
 
-def test_best_by_shows_metric_value_of_winner(invoke_db, three) -> None:
-    (row,) = query_json(invoke_db, "--best-by", "val/loss")
+def test_best_by_shows_metric_value_of_winner(three) -> None:
+    (row,) = query_json(three.invoke, "--best-by", "val/loss")
     assert row["metrics"]["val/loss"] == pytest.approx(0.02)
     assert row["hmean"] == pytest.approx(0.75)
 
@@ -275,16 +332,18 @@ FILTER_ROWS = [
 ]
 
 
-@pytest.fixture
-def filter_tree(outputs: Path, invoke_db) -> list[dict[str, Any]]:
-    rows = []
-    for rel, exp, arch, enc, phase, epoch, hmean in FILTER_ROWS:
-        path = ckpt(outputs, rel, exp=exp, arch=arch, encoder=enc, phase=phase, epoch=epoch,
-                    step=epoch * 100, hmean=hmean)
-        rows.append(dict(path=str(path), exp=exp, arch=arch, encoder=enc, phase=phase,
-                         epoch=epoch, hmean=hmean))
-    sync(invoke_db, outputs)
-    return rows
+@pytest.fixture(scope="module")
+def filter_tree(shared_index, tmp_path_factory):
+    def build(outputs: Path) -> list[dict[str, Any]]:
+        rows = []
+        for rel, exp, arch, enc, phase, epoch, hmean in FILTER_ROWS:
+            path = ckpt(outputs, rel, exp=exp, arch=arch, encoder=enc, phase=phase, epoch=epoch,
+                        step=epoch * 100, hmean=hmean)
+            rows.append(dict(path=str(path), exp=exp, arch=arch, encoder=enc, phase=phase,
+                             epoch=epoch, hmean=hmean))
+        return rows
+
+    return shared_tree(shared_index, tmp_path_factory, build)
 
 
 FILTERS = [
@@ -305,73 +364,73 @@ FILTERS = [
 
 
 @pytest.mark.parametrize("args, keep", FILTERS, ids=[" ".join(a) for a, _ in FILTERS])
-def test_filters(invoke_db, filter_tree, args, keep) -> None:
+def test_filters(filter_tree, args, keep) -> None:
     expected = sorted(r["path"] for r in filter_tree if keep(r))
-    assert sorted(query_paths(invoke_db, *args)) == expected
+    assert sorted(query_paths(filter_tree.invoke, *args)) == expected
 
 
-@sqlite_only
 @pytest.mark.parametrize("args, keep", FILTERS, ids=[" ".join(a) for a, _ in FILTERS])
 @pytest.mark.parametrize("best_by", ["hmean", "hmean:min"])
-def test_filters_with_best_by(invoke_db, filter_tree, args, keep, best_by) -> None:
+def test_filters_with_best_by(filter_tree, args, keep, best_by) -> None:
     kept = [r for r in filter_tree if keep(r)]
     sign = -1 if best_by == "hmean" else 1
     expected = [min(kept, key=lambda r: (sign * r["hmean"], -r["epoch"], r["path"]))["path"]] if kept else []
-    assert query_paths(invoke_db, "--best-by", best_by, *args) == expected
+    assert query_paths(filter_tree.invoke, "--best-by", best_by, *args) == expected
 
 
-@sqlite_only
 @pytest.mark.parametrize(
     "pattern",
     ["exp_a", "exp?a", "exp%b", "exp*b", "exp*", "*_*", "*%*", "*", "other_run", "exp_", "exp%",
      "?xp_a", "exp[_]a", "nomatch*", "exp\\_a"],
 )
-def test_exp_glob(invoke_db, filter_tree, pattern) -> None:
+def test_exp_glob(filter_tree, pattern) -> None:
     """``*`` and ``?`` are wildcards; ``_`` and ``%`` (and ``\\``) match only themselves."""
     names = {r["exp"] for r in filter_tree}
     expected_names = {n for n in names if fnmatch.fnmatchcase(n, pattern.replace("[", "[[]"))}
     expected = sorted(r["path"] for r in filter_tree if r["exp"] in expected_names)
-    assert sorted(query_paths(invoke_db, "--exp", pattern)) == expected
+    assert sorted(query_paths(filter_tree.invoke, "--exp", pattern)) == expected
 
 
-def test_exp_glob_literal_underscore_and_percent(invoke_db, filter_tree) -> None:
+def test_exp_glob_literal_underscore_and_percent(filter_tree) -> None:
     # Spelled out, in case the parametrised oracle above ever hid a mistake.
     by_exp = lambda paths: sorted({Path(p).parent.name for p in paths})  # noqa: E731
-    assert by_exp(query_paths(invoke_db, "--exp", "exp_a")) == ["exp_a"]
-    assert by_exp(query_paths(invoke_db, "--exp", "exp%b")) == ["exp%b"]
-    assert by_exp(query_paths(invoke_db, "--exp", "exp?a")) == ["expXa", "exp_a"]
-    assert by_exp(query_paths(invoke_db, "--exp", "exp*b")) == ["exp%b", "expZZb"]
+    assert by_exp(query_paths(filter_tree.invoke, "--exp", "exp_a")) == ["exp_a"]
+    assert by_exp(query_paths(filter_tree.invoke, "--exp", "exp%b")) == ["exp%b"]
+    assert by_exp(query_paths(filter_tree.invoke, "--exp", "exp?a")) == ["expXa", "exp_a"]
+    assert by_exp(query_paths(filter_tree.invoke, "--exp", "exp*b")) == ["exp%b", "expZZb"]
 
 
-def test_exp_glob_with_best_by(invoke_db, filter_tree) -> None:
-    assert Path(best_path(invoke_db, "hmean", "--exp", "exp*")).parent.name == "exp%b"
-    assert Path(best_path(invoke_db, "hmean", "--exp", "exp?a")).parent.name == "exp_a"
-    assert Path(best_path(invoke_db, "hmean:min", "--exp", "other*")).name == "c2.ckpt"
+def test_exp_glob_with_best_by(filter_tree) -> None:
+    assert Path(best_path(filter_tree.invoke, "hmean", "--exp", "exp*")).parent.name == "exp%b"
+    assert Path(best_path(filter_tree.invoke, "hmean", "--exp", "exp?a")).parent.name == "exp_a"
+    assert Path(best_path(filter_tree.invoke, "hmean:min", "--exp", "other*")).name == "c2.ckpt"
 
 
 # --------------------------------------------------------------------------------------------
 # --where
 
 
-@pytest.fixture
-def where_tree(outputs: Path, invoke_db) -> list[dict[str, Any]]:
-    specs = [
-        # rel, encoder, arch, phase, epoch, hmean, val/loss (None: not logged)
-        ("a/1.ckpt", "resnet50", "dbnet", "training", 1, 0.85, 0.025),
-        ("a/2.ckpt", "resnet50", "dbnet", "training", 6, 0.75, 0.040),
-        ("b/1.ckpt", "resnet18", "craft", "finetuning", 2, 0.90, 0.020),
-        ("b/2.ckpt", "mobilenetv3", "pan", "training", 9, 0.65, None),
-        ("c/1.ckpt", "resnet50", "pan", "validation", 4, 0.95, 0.031),
-    ]
-    rows = []
-    for rel, enc, arch, phase, epoch, hmean, loss in specs:
-        extra = {} if loss is None else {"val/loss": loss}
-        path = ckpt(outputs, rel, exp=f"exp-{rel[0]}", encoder=enc, arch=arch, phase=phase,
-                    epoch=epoch, hmean=hmean, extra=extra)
-        rows.append(dict(path=str(path), encoder=enc, arch=arch, phase=phase, epoch=epoch,
-                         hmean=hmean, loss=loss))
-    sync(invoke_db, outputs)
-    return rows
+@pytest.fixture(scope="module")
+def where_tree(shared_index, tmp_path_factory):
+    def build(outputs: Path) -> list[dict[str, Any]]:
+        specs = [
+            # rel, encoder, arch, phase, epoch, hmean, val/loss (None: not logged)
+            ("a/1.ckpt", "resnet50", "dbnet", "training", 1, 0.85, 0.025),
+            ("a/2.ckpt", "resnet50", "dbnet", "training", 6, 0.75, 0.040),
+            ("b/1.ckpt", "resnet18", "craft", "finetuning", 2, 0.90, 0.020),
+            ("b/2.ckpt", "mobilenetv3", "pan", "training", 9, 0.65, None),
+            ("c/1.ckpt", "resnet50", "pan", "validation", 4, 0.95, 0.031),
+        ]
+        rows = []
+        for rel, enc, arch, phase, epoch, hmean, loss in specs:
+            extra = {} if loss is None else {"val/loss": loss}
+            path = ckpt(outputs, rel, exp=f"exp-{rel[0]}", encoder=enc, arch=arch, phase=phase,
+                        epoch=epoch, hmean=hmean, extra=extra)
+            rows.append(dict(path=str(path), encoder=enc, arch=arch, phase=phase, epoch=epoch,
+                             hmean=hmean, loss=loss))
+        return rows
+
+    return shared_tree(shared_index, tmp_path_factory, build)
 
 
 def _lt(a, b) -> bool:
@@ -405,20 +464,19 @@ WHERE_CASES = [
 
 
 @pytest.mark.parametrize("expr, keep", WHERE_CASES, ids=[e for e, _ in WHERE_CASES])
-def test_where(invoke_db, where_tree, expr, keep) -> None:
+def test_where(where_tree, expr, keep) -> None:
     expected = sorted(r["path"] for r in where_tree if keep(r))
-    assert sorted(query_paths(invoke_db, "--where", expr)) == expected
+    assert sorted(query_paths(where_tree.invoke, "--where", expr)) == expected
 
 
-def test_where_with_best_by_and_filters(invoke_db, where_tree) -> None:
+def test_where_with_best_by_and_filters(where_tree) -> None:
     # Best val/loss among resnet50 with hmean > 0.8: a/1 (0.025) beats c/1 (0.031).
-    got = best_path(invoke_db, "val/loss", "--where", "hmean > 0.8", "--encoder", "resnet50")
+    got = best_path(where_tree.invoke, "val/loss", "--where", "hmean > 0.8", "--encoder", "resnet50")
     assert got.endswith("/a/1.ckpt")
-    got = best_path(invoke_db, "hmean", "--where", "val/loss < 0.03")
+    got = best_path(where_tree.invoke, "hmean", "--where", "val/loss < 0.03")
     assert got.endswith("/b/1.ckpt")
 
 
-@sqlite_only
 @pytest.mark.parametrize(
     "expr, position",
     [
@@ -434,8 +492,8 @@ def test_where_with_best_by_and_filters(invoke_db, where_tree) -> None:
         ("and hmean > 1", 0),
     ],
 )
-def test_malformed_where_exits_2_with_caret(outputs, invoke_db, where_tree, expr, position) -> None:
-    result = invoke_db("query", "--where", expr)
+def test_malformed_where_exits_2_with_caret(where_tree, expr, position) -> None:
+    result = where_tree.invoke("query", "--where", expr)
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -461,7 +519,6 @@ def _table_state(db_url: str) -> tuple[int, int, list]:
     return n, m, objects
 
 
-@sqlite_only
 @pytest.mark.parametrize(
     "expr",
     [
@@ -475,12 +532,12 @@ def _table_state(db_url: str) -> tuple[int, int, list]:
         "encoder in ('x'') or (''1''=''1')",
     ],
 )
-def test_where_injection_selects_nothing(invoke_db, where_tree, db_url, expr) -> None:
-    before = _table_state(db_url)
-    result = invoke_db("query", "--where", expr)
+def test_where_injection_selects_nothing(where_tree, expr) -> None:
+    before = _table_state(where_tree.url)
+    result = where_tree.invoke("query", "--where", expr)
     assert result.exit_code == 1, result.output
     assert "no checkpoint matches" in result.stderr
-    assert _table_state(db_url) == before
+    assert _table_state(where_tree.url) == before
     assert before[0] == len(where_tree)
 
 
@@ -502,20 +559,22 @@ def test_where_injection_text_is_matched_literally(outputs, invoke_db, db_url) -
 # --sort, --limit
 
 
-@pytest.fixture
-def sort_tree(outputs: Path, invoke_db) -> list[dict[str, Any]]:
-    rng = random.Random(7)
-    rows = []
-    for i in range(25):
-        enc = ("resnet50", "resnet18", "mobilenetv3")[i % 3]
-        hmean = round(rng.choice([0.5, 0.6, 0.7, 0.8]) + rng.choice([0, 0.01]), 4)  # many ties
-        loss = None if i % 5 == 0 else round(rng.uniform(0.01, 0.1), 4)
-        extra = {} if loss is None else {"val/loss": loss}
-        path = ckpt(outputs, f"exp{i % 4}/c{i:02d}.ckpt", exp=f"exp{i % 4}", encoder=enc,
-                    epoch=i % 7, step=i * 10, hmean=hmean, extra=extra)
-        rows.append(dict(path=str(path), encoder=enc, epoch=i % 7, hmean=hmean, loss=loss))
-    sync(invoke_db, outputs)
-    return rows
+@pytest.fixture(scope="module")
+def sort_tree(shared_index, tmp_path_factory):
+    def build(outputs: Path) -> list[dict[str, Any]]:
+        rng = random.Random(7)
+        rows = []
+        for i in range(25):
+            enc = ("resnet50", "resnet18", "mobilenetv3")[i % 3]
+            hmean = round(rng.choice([0.5, 0.6, 0.7, 0.8]) + rng.choice([0, 0.01]), 4)  # many ties
+            loss = None if i % 5 == 0 else round(rng.uniform(0.01, 0.1), 4)
+            extra = {} if loss is None else {"val/loss": loss}
+            path = ckpt(outputs, f"exp{i % 4}/c{i:02d}.ckpt", exp=f"exp{i % 4}", encoder=enc,
+                        epoch=i % 7, step=i * 10, hmean=hmean, extra=extra)
+            rows.append(dict(path=str(path), encoder=enc, epoch=i % 7, hmean=hmean, loss=loss))
+        return rows
+
+    return shared_tree(shared_index, tmp_path_factory, build)
 
 
 def _nulls_last(value, descending=False):
@@ -539,28 +598,27 @@ SORTS = [
 
 
 @pytest.mark.parametrize("args, key", SORTS, ids=[" ".join(a) or "default" for a, _ in SORTS])
-def test_sort(invoke_db, sort_tree, args, key) -> None:
+def test_sort(sort_tree, args, key) -> None:
     expected = [r["path"] for r in sorted(sort_tree, key=key)]
-    assert query_paths(invoke_db, *args) == expected
-    assert query_paths(invoke_db, *args, "--limit", "4") == expected[:4]
+    assert query_paths(sort_tree.invoke, *args) == expected
+    assert query_paths(sort_tree.invoke, *args, "--limit", "4") == expected[:4]
 
 
-def test_without_limit_every_match_is_printed(invoke_db, sort_tree) -> None:
-    assert len(query_json(invoke_db)) == 25
-    assert len(query_json(invoke_db, "--limit", "100")) == 25
+def test_without_limit_every_match_is_printed(sort_tree) -> None:
+    assert len(query_json(sort_tree.invoke)) == 25
+    assert len(query_json(sort_tree.invoke, "--limit", "100")) == 25
     # The table too, when stdout is not a terminal.
-    result = invoke_db("query")
+    result = sort_tree.invoke("query")
     assert result.exit_code == 0
     assert len(result.stdout.strip().splitlines()) == 1 + 25
     assert "more" not in result.stdout
 
 
-@sqlite_only
 @pytest.mark.parametrize("extra", [[], ["--best-by", "hmean"], ["--sort", "hmean:desc"],
                                    ["--best-by", "hmean", "--group-by", "exp_name"]])
-def test_limit_zero_prints_no_record(invoke_db, sort_tree, extra) -> None:
+def test_limit_zero_prints_no_record(sort_tree, extra) -> None:
     """--limit N is 'at most N results': --limit 0 prints none, whatever else is asked."""
-    result = invoke_db("query", *extra, "--limit", "0", "--format", "paths")
+    result = sort_tree.invoke("query", *extra, "--limit", "0", "--format", "paths")
     assert result.exit_code in (0, 1), result.output
     assert result.stdout.strip() == ""
 
@@ -569,22 +627,24 @@ def test_limit_zero_prints_no_record(invoke_db, sort_tree, extra) -> None:
 # Formats
 
 
-@pytest.fixture
-def format_tree(outputs: Path, invoke_db) -> list[Path]:
-    paths = [
-        ckpt(outputs, "exp-one/checkpoints/epoch-03_step-000300.ckpt", exp="exp-one", epoch=3,
-             step=300, hmean=0.81, extra={"val/loss": 0.021, "train/loss": 0.5}),
-        ckpt(outputs, "exp-two/checkpoints/epoch-07_step-000700.ckpt", exp="exp-two", epoch=7,
-             step=700, hmean=0.92, encoder="resnet18", extra={"val/loss": 0.011, "cleval/x": 0.3}),
-        ckpt(outputs, "exp,three/checkpoints/last.ckpt", exp='exp,"three"', epoch=9, step=900,
-             hmean=None, extra={}),
-    ]
-    sync(invoke_db, outputs)
-    return paths
+@pytest.fixture(scope="module")
+def format_tree(shared_index, tmp_path_factory):
+    def build(outputs: Path) -> list[Path]:
+        paths = [
+            ckpt(outputs, "exp-one/checkpoints/epoch-03_step-000300.ckpt", exp="exp-one", epoch=3,
+                 step=300, hmean=0.81, extra={"val/loss": 0.021, "train/loss": 0.5}),
+            ckpt(outputs, "exp-two/checkpoints/epoch-07_step-000700.ckpt", exp="exp-two", epoch=7,
+                 step=700, hmean=0.92, encoder="resnet18", extra={"val/loss": 0.011, "cleval/x": 0.3}),
+            ckpt(outputs, "exp,three/checkpoints/last.ckpt", exp='exp,"three"', epoch=9, step=900,
+                 hmean=None, extra={}),
+        ]
+        return paths
+
+    return shared_tree(shared_index, tmp_path_factory, build)
 
 
-def test_json_fields(invoke_db, format_tree) -> None:
-    rows = query_json(invoke_db)
+def test_json_fields(format_tree) -> None:
+    rows = query_json(format_tree.invoke)
     assert [r["checkpoint_path"] for r in rows] == sorted(str(p) for p in format_tree)
     for row in rows:
         missing = [f for f in SPEC_FIELDS if f not in row]
@@ -619,22 +679,20 @@ def test_json_fields(invoke_db, format_tree) -> None:
     assert "hmean" not in three["metrics"]
 
 
-@sqlite_only
 @pytest.mark.parametrize("args", [[], ["--best-by", "hmean"], ["--sort", "epoch:desc"]])
-def test_jsonl_equals_json(invoke_db, format_tree, args) -> None:
-    rows = query_json(invoke_db, *args)
-    result = invoke_db("query", *args, "--format", "jsonl")
+def test_jsonl_equals_json(format_tree, args) -> None:
+    rows = query_json(format_tree.invoke, *args)
+    result = format_tree.invoke("query", *args, "--format", "jsonl")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert len(lines) == len(rows)
     assert [json.loads(line) for line in lines] == rows
 
 
-@sqlite_only
 @pytest.mark.parametrize("args", [[], ["--best-by", "hmean"], ["--sort", "epoch:desc"]])
-def test_paths_format(invoke_db, format_tree, args) -> None:
-    rows = query_json(invoke_db, *args)
-    result = invoke_db("query", *args, "--format", "paths")
+def test_paths_format(format_tree, args) -> None:
+    rows = query_json(format_tree.invoke, *args)
+    result = format_tree.invoke("query", *args, "--format", "paths")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines == [r["checkpoint_path"] for r in rows]
@@ -642,9 +700,9 @@ def test_paths_format(invoke_db, format_tree, args) -> None:
 
 
 @pytest.mark.parametrize("args", [[], ["--best-by", "hmean"]])
-def test_csv_format(invoke_db, format_tree, args) -> None:
-    rows = query_json(invoke_db, *args)
-    result = invoke_db("query", *args, "--format", "csv")
+def test_csv_format(format_tree, args) -> None:
+    rows = query_json(format_tree.invoke, *args)
+    result = format_tree.invoke("query", *args, "--format", "csv")
     assert result.exit_code == 0
     reader = csv.DictReader(io.StringIO(result.stdout))
     header = reader.fieldnames
@@ -666,9 +724,9 @@ def test_csv_format(invoke_db, format_tree, args) -> None:
             assert (float(rec[name]) if rec[name] else None) == value
 
 
-def test_table_format(invoke_db, format_tree) -> None:
-    rows = query_json(invoke_db)
-    result = invoke_db("query")
+def test_table_format(format_tree) -> None:
+    rows = query_json(format_tree.invoke)
+    result = format_tree.invoke("query")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert len(lines) == 1 + len(rows)
@@ -678,7 +736,7 @@ def test_table_format(invoke_db, format_tree) -> None:
         assert row["exp_name"] in line
         assert Path(row["checkpoint_path"]).name in line
     # --best-by a metric: the table shows that metric.
-    result = invoke_db("query", "--best-by", "val/loss")
+    result = format_tree.invoke("query", "--best-by", "val/loss")
     assert result.exit_code == 0
     header, line = result.stdout.splitlines()
     assert "val/loss" in header.split()
@@ -689,11 +747,11 @@ def test_table_format(invoke_db, format_tree) -> None:
 # Exit statuses
 
 
-def test_nothing_matches_exits_1_with_message_on_stderr(outputs, invoke_db, format_tree) -> None:
+def test_nothing_matches_exits_1_with_message_on_stderr(format_tree) -> None:
     for args in (["--encoder", "nope"], ["--best-by", "hmean", "--min-epoch", "100"],
                  ["--where", "hmean > 2"], ["--exp", "zzz*"]):
         for fmt in ("table", "json", "jsonl", "csv", "paths"):
-            result = invoke_db("query", *args, "--format", fmt)
+            result = format_tree.invoke("query", *args, "--format", fmt)
             assert result.exit_code == 1, (args, fmt, result.output)
             assert result.stdout == ""
             assert result.stderr.strip()
@@ -706,7 +764,6 @@ def test_empty_index_exits_1(outputs, invoke_db) -> None:
     assert result.stderr.strip()
 
 
-@sqlite_only
 @pytest.mark.parametrize(
     "args",
     [
@@ -723,8 +780,8 @@ def test_empty_index_exits_1(outputs, invoke_db) -> None:
         ["--no-such-option"],
     ],
 )
-def test_usage_errors_exit_2(outputs, invoke_db, format_tree, args) -> None:
-    result = invoke_db("query", *args)
+def test_usage_errors_exit_2(format_tree, args) -> None:
+    result = format_tree.invoke("query", *args)
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     assert "Error" in result.stderr
