@@ -27,7 +27,7 @@ DEFAULT_DB = "ckpt_index.db"
 ENV_VAR = "CKPT_INDEX_DB"
 LOCATION_ENV_VAR = "CKPT_INDEX_LOCATION"
 #: The newest alembic revision this release ships (a test checks it against migrations/).
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 SQLITE_BUSY_TIMEOUT_S = 60.0
 _MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -113,7 +113,8 @@ def _filters(spec: QuerySpec) -> list[ColumnElement]:
 
 def _tie_break() -> list[ColumnElement]:
     c = checkpoints.c
-    return [c.epoch.desc(), c.global_step.desc(), c.checkpoint_path.asc()]
+    # NULLS LAST spelled out: PostgreSQL sorts NULL first in DESC, SQLite last.
+    return [c.epoch.desc().nulls_last(), c.global_step.desc().nulls_last(), c.checkpoint_path.asc()]
 
 
 def _ordering(sort: Sequence[str]) -> list[ColumnElement]:

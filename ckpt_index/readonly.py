@@ -60,6 +60,8 @@ def run_sql(engine: Engine, statement: str) -> tuple[list[str], list[tuple]]:
         raise ReadOnlyError("empty statement")
     if engine.dialect.name == "sqlite" and _more_than_one_statement(statement):
         raise ReadOnlyError("only one statement may be run at a time")
+    if engine.dialect.name == "postgresql":
+        return _run_sql_postgresql(engine, statement)
     try:
         with engine.connect() as conn:
             result = conn.exec_driver_sql(statement)
@@ -70,6 +72,32 @@ def run_sql(engine: Engine, statement: str) -> tuple[list[str], list[tuple]]:
             conn.rollback()
     except DBAPIError as exc:
         raise ReadOnlyError(_describe(exc)) from None
+    return columns, rows
+
+
+def _run_sql_postgresql(engine: Engine, statement: str) -> tuple[list[str], list[tuple]]:
+    """One statement in the READ ONLY transaction, on the driver itself.
+
+    Through SQLAlchemy, psycopg receives an empty parameter list: it then reads ``%`` as a
+    placeholder (``LIKE 'a%'`` fails, ``'%s'`` becomes ``$1``) yet still sends the text with the
+    simple protocol, which runs several statements: ``SELECT 1; COMMIT; DELETE ...`` ends the
+    READ ONLY transaction and deletes. Without parameters and with ``prepare=True`` the text is
+    sent as it is, as one prepared statement, and PostgreSQL refuses a second one in it.
+    """
+    with engine.connect() as conn:
+        dbapi = conn.dialect.dbapi
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.execute(statement, prepare=True)
+            if cursor.description is None:
+                raise ReadOnlyError("the statement returns no rows; only queries are allowed")
+            columns = [column.name for column in cursor.description]
+            rows = [tuple(row) for row in cursor.fetchall()]
+        except dbapi.Error as exc:
+            raise ReadOnlyError(_describe_message(str(exc))) from None
+        finally:
+            cursor.close()
+            conn.rollback()
     return columns, rows
 
 
@@ -84,11 +112,18 @@ def _more_than_one_statement(statement: str) -> bool:
 
 
 def _describe(exc: DBAPIError) -> str:
-    message = str(exc.orig).strip() if exc.orig is not None else str(exc)
+    return _describe_message(str(exc.orig) if exc.orig is not None else str(exc))
+
+
+def _describe_message(message: str) -> str:
+    message = message.strip()
+    if "multiple commands" in message:  # PostgreSQL, of a prepared statement
+        return "refused: only one statement may be run at a time"
     refusals = ("not authorized", "authorization denied", "readonly", "read-only",
-                "cannot VACUUM")  # VACUUM always writes; it fails on our BEGIN first
+                "cannot VACUUM",  # VACUUM always writes; it fails on our BEGIN first
+                "cannot run inside a transaction block")  # PostgreSQL's VACUUM and friends
     if any(text in message for text in refusals):
-        return f"refused: the index is read-only here ({message})"
+        return f"refused: the index is read-only here ({message.splitlines()[0]})"
     return message
 
 

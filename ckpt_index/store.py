@@ -25,12 +25,12 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
         yield items[start : start + size]
 
 
-def _upsert_statement(conn: Connection, columns: Iterable[str]):
-    return _build_upsert(conn.dialect.name, tuple(columns))
+def _upsert_statement(conn: Connection, columns: Iterable[str], overwrite: bool = True):
+    return _build_upsert(conn.dialect.name, tuple(columns), overwrite)
 
 
 @functools.lru_cache(maxsize=16)
-def _build_upsert(dialect_name: str, columns: tuple[str, ...]):
+def _build_upsert(dialect_name: str, columns: tuple[str, ...], overwrite: bool = True):
     # Cached: building the statement was half the cost of the callback's one-row upsert.
     if dialect_name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
@@ -40,6 +40,9 @@ def _build_upsert(dialect_name: str, columns: tuple[str, ...]):
         raise NotImplementedError(f"no upsert for {dialect_name}")
     stmt = dialect_insert(checkpoints)
     keys = ("location", "checkpoint_path")
+    returning = (checkpoints.c.id, checkpoints.c.checkpoint_path)
+    if not overwrite:
+        return stmt.on_conflict_do_nothing(index_elements=list(keys)).returning(*returning)
     updates = {name: stmt.excluded[name] for name in columns if name not in keys}
     # Returned rows are matched by path, so their order does not matter (asking for parameter
     # order makes SQLAlchemy send one INSERT per row on SQLite).
@@ -49,11 +52,13 @@ def _build_upsert(dialect_name: str, columns: tuple[str, ...]):
 
 
 def upsert_records(
-    conn: Connection, records: Sequence[Record], *, location: str | None = None
+    conn: Connection, records: Sequence[Record], *, location: str | None = None,
+    overwrite: bool = True,
 ) -> dict[str, int]:
     """Insert or replace the rows (and all metrics) of ``records``; return path -> row id.
 
-    Rows are keyed by (location, checkpoint_path); ``location`` defaults to this machine's.
+    Rows are keyed by (location, checkpoint_path); ``location`` defaults to this machine's. With
+    ``overwrite=False`` an existing row is left alone (and its path is not in the result).
     """
     if not records:
         return {}
@@ -63,7 +68,7 @@ def upsert_records(
     records = [by_path[path] for path in sorted(by_path)]
     # A row is replaced whole: a column a record does not set becomes NULL.
     keys = list(dict.fromkeys(k for r in records for k in r.columns))
-    stmt = _upsert_statement(conn, ["location", *keys])
+    stmt = _upsert_statement(conn, ["location", *keys], overwrite)
     ids: dict[str, int] = {}
     params = [{**dict.fromkeys(keys), **r.columns, "location": location} for r in records]
     for row_id, path in conn.execute(stmt, params):
@@ -72,7 +77,8 @@ def upsert_records(
     for chunk in _chunks(id_list):
         conn.execute(delete(checkpoint_metrics).where(checkpoint_metrics.c.checkpoint_id.in_(chunk)))
     metric_rows = [
-        (ids[r.checkpoint_path], name, value) for r in records for name, value in r.metrics.items()
+        (ids[r.checkpoint_path], name, value)
+        for r in records if r.checkpoint_path in ids for name, value in r.metrics.items()
     ]
     if metric_rows:
         # Plain driver executemany: SQLAlchemy's per-parameter processing of ~10 metrics per

@@ -283,7 +283,17 @@ def _sync_root(
                 summary.added += 1
             _count_status(summary, record.columns["status"], found[path], path,
                           record.columns["sidecar_path"], reason)
-        run_write(engine, lambda conn: store.upsert_records(conn, records, location=summary.location))
+        seen = [r for r in records if r.checkpoint_path in existing]
+        new = [r for r in records if r.checkpoint_path not in existing]
+
+        def write(conn, seen=seen, new=new) -> None:
+            store.upsert_records(conn, seen, location=summary.location)
+            # A row that appeared after this sync read the rows was written by someone who wrote
+            # the files first (the training callback): it is at least as new as what the scan
+            # saw, which may be a checkpoint whose sidecar was not written yet.
+            store.upsert_records(conn, new, location=summary.location, overwrite=False)
+
+        run_write(engine, write)
         done += len(batch)
         if progress:
             progress(done, total)

@@ -36,7 +36,9 @@ checkpoints = Table(
     Column("id", Integer, primary_key=True),
     # The machine (host name or CKPT_INDEX_LOCATION) whose filesystem holds checkpoint_path.
     Column("location", String, nullable=False, server_default=""),
-    Column("checkpoint_path", String, nullable=False),
+    # Bytewise on every backend: sync selects the rows under a root with a range on the path.
+    Column("checkpoint_path", String().with_variant(String(collation="C"), "postgresql"),
+           nullable=False),
     _text("sidecar_path"),
     _text("exp_name", index=True),
     _text("architecture", index=True),

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple, NoReturn, Union
 
-from sqlalchemy import String, and_, cast, literal, not_, or_
+from sqlalchemy import Boolean, Float, Integer, Numeric, String, and_, cast, literal, not_, or_
 from sqlalchemy.sql.elements import ColumnElement
 
 Value = Union[int, float, str, bool]
@@ -59,6 +59,17 @@ class WhereError(ValueError):
         line = "".join(" " if c.isspace() else c for c in line)
         caret = " " * (self.position - start) + "^"
         return f"{self.message} at position {self.position}\n  {line}\n  {caret}"
+
+
+class WhereTypeError(WhereError):
+    """A value of a type the field cannot be compared with (refused alike on every backend)."""
+
+    def __init__(self, message: str) -> None:
+        ValueError.__init__(self, message)
+        self.message, self.text, self.position = message, "", 0
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -347,7 +358,7 @@ def compile_where(node: Node, resolve: Callable[[str], ColumnElement[Any]]) -> C
         raise TypeError(f"not a where-expression node: {node!r}")
     column = resolve(node.name)
     if isinstance(node, Compare):
-        return _COMPARE[node.op](column, literal(node.value))
+        return _COMPARE[node.op](column, _bound(column, node.value, node.name))
     if isinstance(node, Like):
         # LIKE is a string operator (SQLAlchemy deprecates it on other types, PostgreSQL has no
         # real ~~ text), so numbers and dates are matched by their text form.
@@ -356,6 +367,33 @@ def compile_where(node: Node, resolve: Callable[[str], ColumnElement[Any]]) -> C
         pattern = literal(node.pattern)
         return column.not_like(pattern) if node.negated else column.like(pattern)
     if isinstance(node, In):
-        values = [literal(v) for v in node.values]
+        values = [_bound(column, v, node.name) for v in node.values]
         return column.not_in(values) if node.negated else column.in_(values)
     return column.is_not(None) if node.negated else column.is_(None)
+
+
+def _bound(column: ColumnElement[Any], value: Value, name: str) -> ColumnElement[Any]:
+    """``value`` as a parameter of the field's type, or a usage error when it cannot be one.
+
+    SQLite compares across types by its affinity rules; PostgreSQL has no operator for
+    ``integer = varchar`` and fails. Both now get the same answer: numbers compare with numbers
+    (true/false as 1/0), booleans with true/false or 1/0, text with text (a number is compared as
+    its text, as SQLite does), and anything else is refused before a query runs.
+    """
+    kind = column.type
+    if isinstance(kind, Boolean):
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return literal(bool(value))
+        expected = "true or false"
+    elif isinstance(kind, (Integer, Float, Numeric)):
+        if not isinstance(value, str):
+            return literal(int(value) if isinstance(value, bool) else value)
+        expected = "a number"
+    elif isinstance(kind, String):
+        if not isinstance(value, bool):
+            return literal(str(value))
+        expected = "a quoted string"
+    else:
+        return literal(value)
+    shown = f"'{value}'" if isinstance(value, str) else str(value).lower()
+    raise WhereTypeError(f"{name} takes {expected}, not {shown}")

@@ -225,10 +225,30 @@ def make_revision_0002_fixture(path: Path) -> None:
     _write_fixture(path, "0002", (*_COLUMNS_0001, "location"), rows, metrics)
 
 
+def make_revision_0003_fixture(path: Path) -> None:
+    """Revision 0003 (inferred_fields): the rows of 0002, plus an inferred checkpoint on
+    ``gpu-node-1`` whose fields came from fallbacks."""
+    columns = (*_COLUMNS_0001, "location", "inferred_fields")
+    rows = [(*row, "gpu-node-1", None) for row in _ROWS_0001]
+    twin = list(_ROWS_0001[0])
+    twin[0], twin[17] = 4, 0.85  # id, hmean
+    rows.append((*twin, "gpu-node-2", None))
+    inferred = list(_ROWS_0001[2])
+    inferred[0] = 5
+    inferred[1] = "/data/outputs/pan-mobilenet/checkpoints/epoch-02_step-000300.ckpt"
+    inferred[4], inferred[11], inferred[12] = "pan", 2, 300  # architecture, epoch, global_step
+    inferred[26], inferred[27] = "checkpoint", "inferred"  # source, status
+    rows.append((*inferred, "gpu-node-1",
+                 '{"architecture":"path","epoch":"checkpoint","global_step":"checkpoint"}'))
+    metrics = [*_METRICS_0001, (4, "hmean", 0.85)]
+    _write_fixture(path, "0003", columns, rows, metrics)
+
+
 #: revision -> function writing that revision's fixture database (add one per new revision).
 FIXTURE_GENERATORS: dict[str, Callable[[Path], None]] = {
     "0001": make_revision_0001_fixture,
     "0002": make_revision_0002_fixture,
+    "0003": make_revision_0003_fixture,
 }
 
 
