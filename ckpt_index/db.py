@@ -222,11 +222,28 @@ def _refuse_unknown(url: str, found: str | None) -> None:
 
 
 def _use_wal(engine: Engine, url: str) -> None:
-    """Put a SQLite file in WAL mode (a property of the file), once it is known to be ours."""
-    if is_sqlite(url) and _sqlite_file(url) is not None:
-        with engine.connect() as conn:
-            # On the DBAPI connection, outside any transaction (the pragma is refused inside one).
-            conn.connection.driver_connection.execute("PRAGMA journal_mode = WAL")
+    """Put a SQLite file in WAL mode (a property of the file), once it is known to be ours.
+
+    Switching the journal mode needs an exclusive lock, and SQLite may answer "database is
+    locked" at once instead of waiting on the busy timeout while other processes open the file
+    too: the switch is retried for as long as the busy timeout would have waited.
+    """
+    if not is_sqlite(url) or _sqlite_file(url) is None:
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    with engine.connect() as conn:
+        # On the DBAPI connection, outside any transaction (the pragma is refused inside one).
+        raw = conn.connection.driver_connection
+        while True:
+            try:
+                if raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                    return
+                raw.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02 + 0.05 * random.random())
 
 
 def ensure_schema(engine: Engine, url: str) -> str:
