@@ -207,12 +207,12 @@ def query(db: str | None, best_by: str | None, group_by: str | None, encoder: st
 
 def _index_exists(db: str | None) -> bool:
     """Read-only for an existing SQLite file; writable (creating it at head) otherwise."""
-    from ckpt_index.db import _sqlite_file, is_sqlite, resolve_db_url
+    from ckpt_index.db import sqlite_file, is_sqlite, resolve_db_url
 
     url = resolve_db_url(db)
     if not is_sqlite(url):
         return False
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     return path is not None and os.path.exists(path)
 
 

@@ -72,7 +72,7 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def _sqlite_file(url: str) -> str | None:
+def sqlite_file(url: str) -> str | None:
     database = make_url(url).database
     return None if database in (None, "", ":memory:") else database
 
@@ -89,7 +89,7 @@ def create_index_engine(
         if readonly:
             engine = engine.execution_options(postgresql_readonly=True)
         return engine
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if readonly:
         if path is None or not Path(path).exists():
             raise IndexMissingError(f"no index at {path or url}; run `ckpt-index sync ROOT` first")
@@ -228,7 +228,7 @@ def _use_wal(engine: Engine, url: str) -> None:
     locked" at once instead of waiting on the busy timeout while other processes open the file
     too: the switch is retried for as long as the busy timeout would have waited.
     """
-    if not is_sqlite(url) or _sqlite_file(url) is None:
+    if not is_sqlite(url) or sqlite_file(url) is None:
         return
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
     with engine.connect() as conn:
@@ -292,7 +292,7 @@ def open_engine(
     """An engine on the index at head: created or upgraded when writable, checked when read-only."""
     url = resolve_db_url(db)
     if not readonly and is_sqlite(url):
-        path = _sqlite_file(url)
+        path = sqlite_file(url)
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_index_engine(url, readonly=readonly, on_connect=on_connect)

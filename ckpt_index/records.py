@@ -57,11 +57,18 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _state_columns(ckpt: FileState | None, sidecar: FileState | None) -> dict[str, Any]:
+def checkpoint_state_columns(ckpt: FileState | None) -> dict[str, Any]:
+    """The columns describing the checkpoint file (a sync patches only these when it changes)."""
     return {
         "checkpoint_exists": ckpt is not None,
         "ckpt_size": ckpt.size if ckpt else None,
         "ckpt_mtime_ns": ckpt.mtime_ns if ckpt else None,
+    }
+
+
+def _state_columns(ckpt: FileState | None, sidecar: FileState | None) -> dict[str, Any]:
+    return {
+        **checkpoint_state_columns(ckpt),
         "sidecar_size": sidecar.size if sidecar else None,
         "sidecar_mtime_ns": sidecar.mtime_ns if sidecar else None,
     }

@@ -124,12 +124,12 @@ def _move(source: Path, target: Path) -> None:
 
 
 def _update_index(db: Any, moved: list[tuple[str, str, str | None]], removed: list[str]) -> None:
-    from ckpt_index.db import _sqlite_file, is_sqlite, open_engine, resolve_db_url, resolve_location, write_transaction
+    from ckpt_index.db import sqlite_file, is_sqlite, open_engine, resolve_db_url, resolve_location, write_transaction
     from ckpt_index.tables import checkpoints
     from ckpt_index.store import delete_paths
 
     url = resolve_db_url(db)
-    if is_sqlite(url) and not os.path.exists(_sqlite_file(url) or ""):
+    if is_sqlite(url) and not os.path.exists(sqlite_file(url) or ""):
         return  # no index to update; do not create one as a side effect of renaming
     engine = open_engine(url)
     location = resolve_location()

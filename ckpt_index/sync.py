@@ -21,6 +21,7 @@ from ckpt_index.db import resolve_location, run_write
 from ckpt_index.records import (
     FileState,
     Record,
+    checkpoint_state_columns,
     record_from_inferred,
     record_from_metadata,
     record_without_metadata,
@@ -143,14 +144,6 @@ def _same(state: FileState | None, size, mtime_ns) -> bool:
     return state is not None and state.size == size and state.mtime_ns == mtime_ns
 
 
-def _ckpt_columns(ckpt: FileState | None) -> dict:
-    return {
-        "checkpoint_exists": ckpt is not None,
-        "ckpt_size": ckpt.size if ckpt else None,
-        "ckpt_mtime_ns": ckpt.mtime_ns if ckpt else None,
-    }
-
-
 @dataclass
 class SyncOptions:
     #: Fill checkpoints without a sidecar from the fallbacks (checkpoint, Hydra, W&B, paths).
@@ -267,7 +260,7 @@ def _sync_root(
         summary.unchanged += 1
         _count_status(summary, row.status, item, path, row.sidecar_path, row.error)
         if not _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns):
-            state_updates.append((row.id, _ckpt_columns(item.ckpt)))
+            state_updates.append((row.id, checkpoint_state_columns(item.ckpt)))
     gone = [row.id for path, row in existing.items() if path not in found]
 
     done, total = 0, len(to_parse) + len(state_updates) + len(gone)
