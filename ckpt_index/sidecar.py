@@ -9,7 +9,6 @@ the composed node graph before anything is constructed. Every rejection is a
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ckpt_index.safe_io import UnsafeFileError, read_bounded
 from ckpt_index.schema import CheckpointMetadataV1, format_validation_error
 
 CKPT_SUFFIX = ".ckpt"
@@ -178,26 +178,9 @@ def read_sidecar(sidecar_path: Path | str) -> CheckpointMetadataV1:
     """Read and validate one sidecar file; raise :class:`SidecarError` with a reason."""
     path = Path(sidecar_path)
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer that never comes.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise SidecarError(path, f"cannot read: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = "is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            raise SidecarError(path, f"cannot read: {kind}")
-        if st.st_size > MAX_SIDECAR_BYTES:
-            raise SidecarError(
-                path, f"file is {st.st_size:,} bytes, over the {MAX_SIDECAR_BYTES:,}-byte limit"
-            )
-        with open(fd, "rb", closefd=False) as handle:
-            # One byte past the limit, in case the file grew since fstat.
-            data = handle.read(MAX_SIDECAR_BYTES + 1)
-    except OSError as exc:
-        raise SidecarError(path, f"cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+        data = read_bounded(path, MAX_SIDECAR_BYTES, what="sidecar")
+    except UnsafeFileError as exc:
+        raise SidecarError(path, exc.reason) from None
     return validate_document(parse_sidecar_bytes(data, path), path)
 
 
