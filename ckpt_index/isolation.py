@@ -1,0 +1,530 @@
+"""Untrusted parsing in worker processes, under a memory ceiling and a time budget per file.
+
+Checkpoint pickles, W&B logs and Hydra or W&B configs come from files anyone could have written.
+The parsers bound their own work, but a bug in them, in libyaml, or in CPython's C code (hashing
+a tuple nested a million deep recurses until the stack overflows) must cost one file, not the
+sync. So each file is parsed by a worker process:
+
+- a fresh interpreter (``python -m ckpt_index.isolation``), never a fork: a fork of a process
+  with other threads (a notebook, the training callback's writer) can inherit a held lock;
+- its address space capped (``RLIMIT_AS``: what it had at start plus :attr:`Limits.memory_bytes`)
+  and core dumps off;
+- watched by the parent with a wall-clock budget per file (:attr:`Limits.seconds`).
+
+A worker that crashes, is killed or exceeds a limit yields a one-line reason for the file it was
+reading (``reader crashed: SIGSEGV``, ``over the 512 MiB memory limit``, ``over the 10 s time
+limit``) and a fresh worker takes the rest. Nothing is retried in-process.
+
+Results come back pickled, but only plain data is accepted (:class:`_PlainUnpickler`), so a
+worker cannot hand the parent anything that runs code.
+
+Example::
+
+    with WorkerPool(workers=2) as pool:
+        for outcome in pool.map("infer", [(path,) for path in paths]):
+            print(outcome.value if outcome.ok else outcome.reason)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import select
+import selectors
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Environment overrides of the default limits (in MiB and seconds).
+MEMORY_ENV = "CKPT_INDEX_WORKER_MEMORY_MB"
+SECONDS_ENV = "CKPT_INDEX_WORKER_SECONDS"
+DEFAULT_MEMORY_MB = 512
+DEFAULT_SECONDS = 10.0
+#: Exit status of a worker that hit its memory ceiling (MemoryError was raised).
+_EXIT_MEMORY = 86
+#: No reply may exceed this (a worker's memory is capped anyway; this caps the parent's).
+_MAX_REPLY_BYTES = 256 << 20
+_HEADER = struct.Struct("<Q")
+#: A worker that has not started after this long never will (imports take ~0.2 s).
+_START_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one worker may use for one file."""
+
+    memory_bytes: int = DEFAULT_MEMORY_MB << 20
+    seconds: float = DEFAULT_SECONDS
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        """The defaults, overridden by ``CKPT_INDEX_WORKER_MEMORY_MB`` / ``_SECONDS`` when set."""
+        memory = os.environ.get(MEMORY_ENV)
+        seconds = os.environ.get(SECONDS_ENV)
+        try:
+            return cls(
+                memory_bytes=(int(memory) << 20) if memory else DEFAULT_MEMORY_MB << 20,
+                seconds=float(seconds) if seconds else DEFAULT_SECONDS,
+            )
+        except ValueError:
+            raise ValueError(f"{MEMORY_ENV} and {SECONDS_ENV} must be numbers") from None
+
+    def memory_text(self) -> str:
+        return f"{self.memory_bytes >> 20} MiB"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one job: ``value`` when ``ok``, else a one-line ``reason``.
+
+    ``contained`` is true when the worker itself failed (crash, limit): the file is unreadable.
+    """
+
+    ok: bool
+    value: Any = None
+    reason: str | None = None
+    contained: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+
+
+#: Fault injection for the tests of containment: a worker about to read a file whose path
+#: contains this text kills itself with the signal named by FAULT_SIGNAL_ENV (default SIGSEGV).
+FAULT_ENV = "CKPT_INDEX_WORKER_FAULT"
+FAULT_SIGNAL_ENV = "CKPT_INDEX_WORKER_FAULT_SIGNAL"
+
+
+def _inject_fault(path: str) -> None:
+    marker = os.environ.get(FAULT_ENV)
+    if marker and marker in path:
+        os.kill(os.getpid(), getattr(signal, os.environ.get(FAULT_SIGNAL_ENV, "SIGSEGV")))
+        time.sleep(60)
+
+
+def _task_build_record(path: str, item: Any, racy_after_ns: int, options: dict[str, Any]) -> Any:
+    from ckpt_index.sync import SyncOptions, build_record_safely, item_from_args
+
+    _inject_fault(path)
+    record, reason = build_record_safely(
+        path, item_from_args(*item), racy_after_ns, SyncOptions(**options)
+    )
+    return record.columns, record.metrics, reason
+
+
+def _task_infer(path: str, options: dict[str, Any]) -> Any:
+    import dataclasses
+
+    from ckpt_index.fallback import infer_metadata
+
+    _inject_fault(path)
+    return dataclasses.asdict(infer_metadata(path, **options))
+
+
+def _task_read_checkpoint(path: str) -> Any:
+    from ckpt_index._unpickle import ConversionLimit
+    from ckpt_index.checkpoint_reader import CheckpointReadError, read_checkpoint, to_plain
+
+    _inject_fault(path)
+    try:
+        contents = read_checkpoint(path)
+    except CheckpointReadError as exc:
+        return ("error", exc.reason)
+    fields = {k: v for k, v in vars(contents).items() if k not in ("raw", "path")}
+    fields.pop("state_dict_shapes", None)  # a cached_property lands in vars() once computed
+    try:
+        raw = to_plain(contents.raw)
+    except ConversionLimit as exc:
+        raw = {}
+        fields["warnings"] = [*fields.get("warnings", []), f"contents: {exc}"]
+    return ("ok", fields, raw, dict(contents.state_dict_shapes))
+
+
+def _task_sleep(seconds: float) -> Any:  # for the tests of the pool itself
+    time.sleep(seconds)
+    return seconds
+
+
+def _task_allocate(megabytes: int) -> Any:  # for the tests of the pool itself
+    return len(bytearray(megabytes << 20))
+
+
+def _task_crash(signal_number: int) -> Any:  # for the tests of the pool itself
+    os.kill(os.getpid(), signal_number)
+    time.sleep(10)
+
+
+_TASKS: dict[str, Callable[..., Any]] = {
+    "build_record": _task_build_record,
+    "infer": _task_infer,
+    "read_checkpoint": _task_read_checkpoint,
+    "_sleep": _task_sleep,
+    "_allocate": _task_allocate,
+    "_crash": _task_crash,
+}
+
+
+def _address_space() -> int:
+    """Bytes of address space this process has mapped now (VmSize)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _apply_limits(memory_bytes: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # What the interpreter and its imports already mapped, plus the budget for the file.
+    ceiling = _address_space() + memory_bytes
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        ceiling = min(ceiling, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling, hard))
+
+
+def _worker_main(memory_bytes: int) -> None:
+    requests = os.fdopen(0, "rb", buffering=0)
+    replies = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # a stray print from a library must not corrupt the replies
+    # Everything a job needs is imported before the ceiling, so the budget is the file's alone.
+    import ckpt_index.checkpoint_reader  # noqa: F401
+    import ckpt_index.fallback  # noqa: F401
+    import ckpt_index.sync  # noqa: F401
+
+    _apply_limits(memory_bytes)
+    replies.write(_frame(("ready", os.getpid())))
+    while True:
+        message = _recv(requests, _PlainUnpickler)
+        if message is None:
+            return
+        task, jobs = message
+        func = _TASKS[task]
+        for args in jobs:
+            try:
+                reply: tuple[Any, ...] = ("ok", func(*args))
+            except MemoryError:
+                replies.write(_frame(("memory", None)))
+                os._exit(_EXIT_MEMORY)  # state after a MemoryError is not worth trusting
+            except RecursionError:
+                reply = ("error", "nested too deeply to parse")
+            except Exception as exc:  # noqa: BLE001 - contained: this file's reason
+                reply = ("error", _one_line(f"{exc.__class__.__name__}: {exc}"))
+            try:
+                data = _frame(reply)
+            except MemoryError:
+                replies.write(_frame(("memory", None)))
+                os._exit(_EXIT_MEMORY)
+            except Exception as exc:  # noqa: BLE001 - a value that cannot be sent
+                data = _frame(("error", _one_line(f"result cannot be returned: {exc}")))
+            replies.write(data)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# The wire: length-prefixed pickles of plain data
+
+
+def _frame(obj: Any) -> bytes:
+    data = pickle.dumps(obj, protocol=5)
+    return _HEADER.pack(len(data)) + data
+
+
+def _recv(stream: io.RawIOBase, unpickler: type[pickle.Unpickler]) -> Any:
+    header = _read_exact(stream, _HEADER.size)
+    if header is None:
+        return None
+    (size,) = _HEADER.unpack(header)
+    data = _read_exact(stream, size)
+    if data is None:
+        return None
+    return unpickler(io.BytesIO(data)).load()
+
+
+def _read_exact(stream: io.RawIOBase, size: int) -> bytes | None:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Loads plain data only: containers and atoms, no class but a few pure-data builtins."""
+
+    _ALLOWED = {("builtins", "complex"), ("builtins", "set"), ("builtins", "frozenset"),
+                ("builtins", "bytearray"), ("builtins", "slice")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name} in a worker reply")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent side
+
+
+class _Worker:
+    def __init__(self, limits: Limits) -> None:
+        import ckpt_index
+
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_index.__file__)))
+        env = dict(os.environ)
+        # The worker must import this very ckpt_index, whatever sys.path the caller built.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ckpt_index.isolation", str(limits.memory_bytes)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=env, close_fds=True, start_new_session=True, bufsize=0,
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.fd = self.proc.stdout.fileno()
+        self.buffer = bytearray()
+        os.set_blocking(self.fd, False)
+        # The worker says when its imports are done and its limits set.
+        deadline = time.monotonic() + _START_SECONDS
+        ready: list[Any] = []
+        while not ready:
+            left = deadline - time.monotonic()
+            readable = left > 0 and select.select([self.fd], [], [], left)[0]
+            got = self.replies() if readable else None
+            if got is None:
+                self.kill()
+                raise WorkerStartError(
+                    f"a parsing worker ({sys.executable} -m ckpt_index.isolation) did not start "
+                    f"(exit status {self.proc.returncode}); run it by hand to see why"
+                )
+            ready.extend(got)
+        #: Job indices sent and not yet answered, in the order the worker runs them.
+        self.pending: deque[int] = deque()
+        self.deadline = 0.0
+
+    def send(self, task: str, jobs: list[tuple[int, tuple[Any, ...]]], seconds: float) -> None:
+        self.pending.extend(index for index, _ in jobs)
+        self.deadline = time.monotonic() + seconds
+        assert self.proc.stdin is not None
+        data = memoryview(_frame((task, [args for _, args in jobs])))
+        while data:
+            data = data[self.proc.stdin.write(data) or 0:]
+
+    def replies(self) -> Iterator[Any] | None:
+        """Complete replies read now; None when the worker closed its end (it died)."""
+        try:
+            chunk = os.read(self.fd, 1 << 20)
+        except BlockingIOError:
+            return iter(())
+        if not chunk:
+            return None
+        self.buffer += chunk
+        out = []
+        while len(self.buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self.buffer)
+            if size > _MAX_REPLY_BYTES:
+                raise _BadReply(f"worker reply of {size} bytes")
+            if len(self.buffer) < _HEADER.size + size:
+                break
+            data = bytes(self.buffer[_HEADER.size:_HEADER.size + size])
+            del self.buffer[:_HEADER.size + size]
+            try:
+                out.append(_PlainUnpickler(io.BytesIO(data)).load())
+            except Exception as exc:  # noqa: BLE001
+                raise _BadReply(f"unreadable worker reply: {exc}") from None
+        return iter(out)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+        self.reap()
+
+    def reap(self) -> int:
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        return self.proc.wait()
+
+    def close(self) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        else:
+            self.reap()
+
+
+class _BadReply(Exception):
+    pass
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process could not start: the environment is broken, not a file."""
+
+
+def _death_reason(status: int, limits: Limits) -> str:
+    if status == _EXIT_MEMORY:
+        return f"over the {limits.memory_text()} memory limit"
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        if name == "SIGKILL":  # the kernel's OOM killer, or someone's kill -9
+            return "reader killed (SIGKILL)"
+        return f"reader crashed: {name}"
+    return f"reader exited with status {status}"
+
+
+class WorkerPool:
+    """Worker processes that run named tasks on untrusted files, each job under :class:`Limits`.
+
+    Args:
+        workers: how many processes (default: the CPU count, at most 8).
+        limits: memory and time per job (default: :meth:`Limits.from_env`).
+        chunk: jobs sent to a worker at once (replies still come one by one, so a crash or a
+            time-out is charged to the exact job that caused it).
+    """
+
+    def __init__(self, workers: int | None = None, limits: Limits | None = None, *,
+                 chunk: int = 16) -> None:
+        if workers is not None and workers < 1:
+            raise ValueError(f"WorkerPool(workers={workers!r}): need at least one worker")
+        self.size = workers or min(os.cpu_count() or 1, 8)
+        self.limits = limits or Limits.from_env()
+        self.chunk = chunk
+        self._idle: list[_Worker] = []
+        self.crashes = 0
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for worker in self._idle:
+            worker.close()
+        self._idle.clear()
+
+    def _worker(self) -> _Worker:
+        return self._idle.pop() if self._idle else _Worker(self.limits)
+
+    def map(self, task: str, jobs: Iterable[tuple[Any, ...]]) -> Iterator[Outcome]:
+        """One :class:`Outcome` per job, in the order of ``jobs``."""
+        if task not in _TASKS:
+            raise ValueError(f"unknown task {task!r}")
+        jobs = list(jobs)
+        todo: deque[int] = deque(range(len(jobs)))
+        done: dict[int, Outcome] = {}
+        running: dict[int, _Worker] = {}
+        selector = selectors.DefaultSelector()
+        next_out = 0
+        seconds = self.limits.seconds
+
+        def start(worker: _Worker) -> None:
+            batch = [todo.popleft() for _ in range(min(self.chunk, len(todo)))]
+            worker.send(task, [(i, jobs[i]) for i in batch], seconds)
+            running[worker.fd] = worker
+            selector.register(worker.fd, selectors.EVENT_READ)
+
+        def retire(worker: _Worker, reason: str | None) -> None:
+            """Stop a worker that failed; charge ``reason`` to its current job, requeue the rest."""
+            selector.unregister(worker.fd)
+            del running[worker.fd]
+            worker.kill()
+            self.crashes += 1
+            if reason is not None and worker.pending:
+                culprit = worker.pending.popleft()
+                done[culprit] = Outcome(False, reason=reason, contained=True)
+            todo.extendleft(reversed(worker.pending))
+            worker.pending.clear()
+
+        try:
+            while next_out < len(jobs):
+                while todo and len(running) < self.size:
+                    start(self._worker())
+                now = time.monotonic()
+                timeout = max(0.0, min(w.deadline for w in running.values()) - now) if running else 0
+                for key, _ in selector.select(timeout):
+                    worker = running[key.fd]
+                    try:
+                        replies = worker.replies()
+                    except _BadReply as exc:
+                        retire(worker, _one_line(str(exc)))
+                        continue
+                    if replies is None:  # it died; the exit status says how
+                        retire(worker, _death_reason(worker.proc.wait(), self.limits))
+                        continue
+                    for reply in replies:
+                        done[worker.pending.popleft()] = _outcome(reply, self.limits)
+                        worker.deadline = time.monotonic() + seconds
+                        if reply[0] == "memory":  # it exits now; its other jobs go elsewhere
+                            retire(worker, None)
+                            break
+                    else:
+                        if not worker.pending:
+                            selector.unregister(worker.fd)
+                            del running[worker.fd]
+                            self._idle.append(worker)
+                now = time.monotonic()
+                for worker in [w for w in running.values() if w.deadline <= now]:
+                    retire(worker, f"over the {seconds:g} s time limit")
+                while next_out in done:
+                    paused = time.monotonic()
+                    yield done.pop(next_out)
+                    next_out += 1
+                    # The caller's time (writing a batch) is not the workers': while it ran,
+                    # they may have been blocked on a full pipe.
+                    spent = time.monotonic() - paused
+                    for worker in running.values():
+                        worker.deadline += spent
+        finally:
+            for worker in running.values():
+                worker.kill()
+            selector.close()
+
+
+def _outcome(reply: Any, limits: Limits) -> Outcome:
+    kind = reply[0]
+    if kind == "ok":
+        return Outcome(True, value=reply[1])
+    if kind == "memory":
+        return Outcome(False, reason=f"over the {limits.memory_text()} memory limit", contained=True)
+    return Outcome(False, reason=str(reply[1]))
+
+
+def run_isolated(task: str, args: Sequence[Any], limits: Limits | None = None) -> Outcome:
+    """One job in a fresh worker (the Python API's protected calls)."""
+    with WorkerPool(1, limits) as pool:
+        return next(pool.map(task, [tuple(args)]))
+
+
+if __name__ == "__main__":
+    _worker_main(int(sys.argv[1]))

@@ -1,0 +1,113 @@
+"""The worker pool that runs untrusted parsing: a crash, a hang or a memory bomb costs one job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from ckpt_index import isolation
+from ckpt_index.isolation import Limits, WorkerPool, run_isolated
+
+LIMITS = Limits(memory_bytes=128 << 20, seconds=3)
+
+
+def outcomes(task: str, args: list[tuple], workers: int = 2, limits: Limits = LIMITS, chunk: int = 4):
+    with WorkerPool(workers, limits, chunk=chunk) as pool:
+        return list(pool.map(task, args)), pool.crashes
+
+
+def test_results_come_back_in_order_across_workers() -> None:
+    delays = [(0.02 * (i % 3),) for i in range(20)]
+    results, crashes = outcomes("_sleep", delays)
+    assert [r.value for r in results] == [d[0] for d in delays]
+    assert all(r.ok for r in results) and crashes == 0
+
+
+@pytest.mark.parametrize("name", ["SIGSEGV", "SIGABRT", "SIGBUS", "SIGKILL"])
+def test_a_crash_is_charged_to_the_job_that_caused_it(name: str) -> None:
+    number = int(getattr(signal, name))
+    with WorkerPool(1, LIMITS, chunk=8) as pool:
+        before = list(pool.map("_sleep", [(0.0,)] * 3))
+        crashed = list(pool.map("_crash", [(number,)]))
+        after = list(pool.map("_sleep", [(0.01,)] * 3))
+    assert all(r.ok for r in before + after)
+    (outcome,) = crashed
+    assert not outcome.ok and outcome.contained
+    expected = "reader killed (SIGKILL)" if name == "SIGKILL" else f"reader crashed: {name}"
+    assert outcome.reason == expected
+
+
+def test_jobs_queued_behind_a_crash_are_run_by_a_fresh_worker() -> None:
+    # One worker, one chunk: the failure is in the middle of what was sent to it.
+    with WorkerPool(1, LIMITS, chunk=16) as pool:
+        mixed = list(pool.map("_allocate", [(1,), (1,), (4096,), (1,), (2,)]))
+    assert [r.ok for r in mixed] == [True, True, False, True, True]
+    assert mixed[2].reason == "over the 128 MiB memory limit" and mixed[2].contained
+    assert [r.value for r in mixed if r.ok] == [1 << 20, 1 << 20, 1 << 20, 2 << 20]
+
+
+def test_a_job_over_its_time_budget_is_killed_and_the_rest_go_on() -> None:
+    started = time.monotonic()
+    results, crashes = outcomes("_sleep", [(0.0,), (30.0,), (0.0,), (0.0,)], workers=1,
+                                limits=Limits(memory_bytes=128 << 20, seconds=1))
+    assert time.monotonic() - started < 15
+    assert [r.ok for r in results] == [True, False, True, True]
+    assert results[1].reason == "over the 1 s time limit" and crashes == 1
+
+
+def test_the_callers_time_between_results_is_not_charged_to_the_workers() -> None:
+    # A caller that writes a database batch between results must not make workers time out.
+    with WorkerPool(2, Limits(memory_bytes=128 << 20, seconds=1), chunk=2) as pool:
+        seen = []
+        for outcome in pool.map("_sleep", [(0.05,)] * 8):
+            seen.append(outcome.ok)
+            time.sleep(1.2)
+    assert seen == [True] * 8
+
+
+def test_memory_ceiling_is_relative_to_what_the_worker_started_with() -> None:
+    results, _ = outcomes("_allocate", [(64,), (400,)], workers=1)
+    assert results[0].ok and results[0].value == 64 << 20
+    assert not results[1].ok and "memory limit" in results[1].reason
+
+
+def test_a_task_error_is_a_reason_not_a_dead_worker() -> None:
+    results, crashes = outcomes("_allocate", [("not a number",), (1,)], workers=1)
+    assert not results[0].ok and not results[0].contained
+    assert results[0].reason.startswith("TypeError:") and results[1].ok and crashes == 0
+
+
+def test_replies_holding_code_are_refused() -> None:
+    import io
+    import pickle
+
+    payload = pickle.dumps(os.system)  # a global that is not plain data
+    with pytest.raises(pickle.UnpicklingError, match="refusing posix.system|refusing os.system"):
+        isolation._PlainUnpickler(io.BytesIO(payload)).load()
+    plain = {"a": (1, 2.5, None, "x", b"y", {3}, frozenset({4}), complex(1, 2), [True])}
+    assert isolation._PlainUnpickler(io.BytesIO(pickle.dumps(plain, protocol=5))).load() == plain
+
+
+def test_limits_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv(isolation.MEMORY_ENV, "300")
+    monkeypatch.setenv(isolation.SECONDS_ENV, "2.5")
+    assert Limits.from_env() == Limits(memory_bytes=300 << 20, seconds=2.5)
+    monkeypatch.setenv(isolation.SECONDS_ENV, "soon")
+    with pytest.raises(ValueError, match=isolation.SECONDS_ENV):
+        Limits.from_env()
+
+
+def test_run_isolated_and_unknown_tasks() -> None:
+    assert run_isolated("_sleep", [0.0]).value == 0.0
+    with pytest.raises(ValueError, match="unknown task"):
+        run_isolated("os.system", ["true"])
+
+
+def test_a_worker_that_cannot_start_is_an_error_of_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", "")
+    monkeypatch.setattr(isolation.sys, "executable", "/bin/false")
+    with pytest.raises(isolation.WorkerStartError, match="did not start"):
+        run_isolated("_sleep", [0.0])
