@@ -79,3 +79,91 @@ def test_scheme_names_round_trip() -> None:
 def test_run_dir_of() -> None:
     assert run_dir_of("/o/run/checkpoints/x.ckpt") == Path("/o/run")
     assert run_dir_of("/o/run/x.ckpt") == Path("/o/run")
+
+
+# ------------------------------------------------------------------- hostile names (issue 8)
+BIG = "9" * 5000  # beyond int()'s 4,300-digit limit: converting it raised ValueError
+
+
+@pytest.mark.parametrize(
+    ("name", "epoch", "step"),
+    [
+        ("epoch=99999999999999999999-step=1.ckpt", None, 1),  # once aborted every sync
+        ("epoch=9223372036854775807-step=9223372036854775808.ckpt", 2**63 - 1, None),
+        ("epoch-9223372036854775808_step-000001.ckpt", None, 1),
+        (f"epoch_{BIG}_step_{BIG}.ckpt", None, None),
+        (f"epoch_epoch_{BIG}_step_step_7.ckpt", None, 7),
+        (f"epoch={'0' * 5000}7-step={'0' * 5000}640.ckpt", 7, 640),
+        (f"epoch-{BIG}_step-{BIG}.ckpt", None, None),
+    ],
+)
+def test_epochs_and_steps_fit_64_bits_or_are_none(name, epoch, step) -> None:
+    parsed = parse_checkpoint_name(name)
+    assert (parsed.epoch, parsed.step) == (epoch, step)
+    assert parsed.format != "unknown"
+
+
+@pytest.mark.parametrize("name", ["epoch=\u0663-step=\u0661\u0660.ckpt",
+                                  "epoch-\uff17_step-\uff16\uff14\uff10.ckpt"])
+def test_only_ascii_digits_are_numbers(name: str) -> None:
+    # int() reads Arabic-Indic and full-width digits; a file name's digits are ASCII.
+    parsed = parse_checkpoint_name(name)
+    assert (parsed.format, parsed.epoch, parsed.step) == ("unknown", None, None)
+
+
+def test_best_names_give_only_storable_metrics() -> None:
+    assert parse_checkpoint_name("best-hmean-1e999.ckpt").metric_value is None  # inf
+    assert parse_checkpoint_name(f"best-hmean-{BIG}.ckpt").metric_value is None
+    # os.fsdecode turns an undecodable byte into a lone surrogate, which no index can store.
+    undecodable = parse_checkpoint_name("best-h\udcffmean-0.5.ckpt")
+    assert (undecodable.format, undecodable.metric, undecodable.metric_value) == ("best", None, 0.5)
+    assert parse_run_dir("ocr\udcff-dbnet_training_20251015_120000") is None
+
+
+HOSTILE_PARSE = r"""
+import resource, sys
+from ckpt_index.naming import parse_checkpoint_name, parse_run_dir
+N = 4096
+units = ["-epoch=1", "_epoch=1_", "-1", "-1.1", "-1e1", "a-", "b_", "a-b_", "-a_a", "12345678_",
+         "a-b_c_12345678_123456-", "epoch_", "_step_", "epoch-", "_step-", "best-", "-v1", "=", "9"]
+names = []
+for unit in units:
+    for head in ("", "best-", "last", "epoch=1", "epoch_1_step_", "epoch-1_step-", "a-b_c_"):
+        for tail in ("", ".ckpt", "!", "-v1.ckpt", "_20251015_120000", "-step=1"):
+            names.append((head + unit * (N // len(unit)))[:N] + tail)
+names += ["epoch=" + "9" * 5000, "epoch_" + "0" * 5000 + "1_step_2", "best-x-" + "1" * 5000,
+          "best-" + "1" * 5000 + "." + "1" * 5000 + "e" + "9" * 5000]
+for name in names:
+    parse_checkpoint_name(name)
+    parse_run_dir(name)
+print(len(names))
+"""
+
+
+def test_hostile_names_parse_in_bounded_time_and_memory() -> None:
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", HOSTILE_PARSE], capture_output=True, text=True,
+                          timeout=120)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout) > 700
+    assert elapsed < 20  # generous: about a second on a loaded machine
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 600 * 1024  # KiB
+
+
+def test_a_file_named_with_a_huge_epoch_does_not_stop_a_sync(outputs: Path, invoke) -> None:
+    from conftest import write_checkpoint
+
+    run = outputs / "ocr_v1-dbnet-resnet18_training_20251015_120000" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "epoch=99999999999999999999-step=1.ckpt").write_bytes(b"")
+    write_checkpoint(run / "epoch-01_step-000010.ckpt")
+    result = invoke("sync", str(outputs))
+    assert result.exit_code == 0, result.output
+    listed = invoke("query", "--format", "paths", "--include-orphans").stdout.split()
+    assert str(run / "epoch-01_step-000010.ckpt") in listed
