@@ -148,6 +148,20 @@ def _task_read_checkpoint(path: str) -> Any:
     return ("ok", fields, raw, dict(contents.state_dict_shapes))
 
 
+def _task_inspect_checkpoint(path: str) -> Any:
+    """(why the file is unusable or None, the globals torch.load(weights_only=True) would refuse)."""
+    from ckpt_index.checkpoint_reader import CheckpointReadError, check_integrity, read_checkpoint
+
+    _inject_fault(path)
+    broken = check_integrity(path)
+    if broken is not None:
+        return broken, None
+    try:
+        return None, list(read_checkpoint(path).unsafe_globals)
+    except CheckpointReadError as exc:
+        return exc.reason, None
+
+
 def _task_sleep(seconds: float) -> Any:  # for the tests of the pool itself
     time.sleep(seconds)
     return seconds
@@ -166,6 +180,7 @@ _TASKS: dict[str, Callable[..., Any]] = {
     "build_record": _task_build_record,
     "infer": _task_infer,
     "read_checkpoint": _task_read_checkpoint,
+    "inspect_checkpoint": _task_inspect_checkpoint,
     "_sleep": _task_sleep,
     "_allocate": _task_allocate,
     "_crash": _task_crash,

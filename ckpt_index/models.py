@@ -68,6 +68,9 @@ class Checkpoint(Base):
     metadata_json: Mapped[str | None]
     inferred_fields: Mapped[str | None]
     indexed_at: Mapped[str]
+    unsafe_globals: Mapped[str | None]
+    stale: Mapped[bool | None]
+    scan_error: Mapped[str | None]
 
 
 class CheckpointMetric(Base):

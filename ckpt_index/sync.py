@@ -14,14 +14,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
-from ckpt_index.db import resolve_location, run_write
+from ckpt_index.db import is_transient, resolve_location, run_write
+from ckpt_index.isolation import Limits
 from ckpt_index.records import (
     FileState,
     Record,
-    checkpoint_state_columns,
     record_from_inferred,
     record_from_metadata,
     record_without_metadata,
@@ -59,10 +60,15 @@ class SyncSummary:
     elapsed_s: float = 0.0
     #: (path, reason) of every invalid sidecar and unreadable checkpoint under the roots.
     invalid_files: list[tuple[str, str]] = field(default_factory=list)
+    #: (directory, reason) of directories that could not be listed; their rows were kept.
+    unlisted_dirs: list[tuple[str, str]] = field(default_factory=list)
+    #: Rows kept (flagged with ``scan_error``) because their directory could not be listed.
+    kept: int = 0
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["invalid_files"] = [{"path": p, "reason": r} for p, r in self.invalid_files]
+        data["unlisted_dirs"] = [{"path": p, "reason": r} for p, r in self.unlisted_dirs]
         return data
 
     def one_line(self) -> str:
@@ -72,6 +78,8 @@ class SyncSummary:
             f"{self.removed} removed, {self.unchanged} unchanged; {self.valid} valid, "
             f"{self.invalid} invalid, {self.inferred} inferred, {self.unreadable} unreadable, "
             f"{self.without_metadata} without metadata, {self.orphaned} orphaned sidecars"
+            + (f"; {len(self.unlisted_dirs)} directories could not be listed "
+               f"({self.kept} rows kept as they were)" if self.unlisted_dirs else "")
         )
 
 
@@ -95,10 +103,15 @@ def _storable(path: str) -> bool:
     return True
 
 
-def scan(root: str, rejected: list[tuple[str, str]] | None = None) -> dict[str, _Found]:
+def scan(
+    root: str, rejected: list[tuple[str, str]] | None = None,
+    unlisted: list[tuple[str, str]] | None = None,
+) -> dict[str, _Found]:
     """Checkpoints and sidecars below ``root``, keyed by absolute checkpoint path.
 
     Files whose names are not UTF-8 cannot be stored; they go to ``rejected`` with a reason.
+    Directories that exist but cannot be listed (permissions, I/O errors) go to ``unlisted``:
+    what is under them is unknown, which is not the same as gone.
     """
     found: dict[str, _Found] = {}
     pending = [root]
@@ -106,8 +119,12 @@ def scan(root: str, rejected: list[tuple[str, str]] | None = None) -> dict[str, 
         directory = pending.pop()
         try:
             entries = os.scandir(directory)
-        except OSError:
-            continue  # vanished or unreadable directory: nothing under it can be indexed
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # vanished since it was listed: nothing under it exists
+        except OSError as exc:
+            if unlisted is not None:
+                unlisted.append((directory, f"cannot list {directory}: {exc.strerror or exc}"))
+            continue
         with entries:
             for entry in entries:
                 name = entry.name
@@ -151,6 +168,16 @@ class SyncOptions:
     #: Ask the W&B API for runs not found on disk (cached in the index).
     wandb_online: bool = False
     engine: Engine | None = None
+    #: Re-read every file, even those whose size and mtime match their row.
+    full: bool = False
+    #: Memory and time per file for the parsing workers (default: ``Limits.from_env()``).
+    limits: Limits | None = None
+    #: The index's URL, for workers that cache W&B API answers in it (``wandb_online``).
+    db_url: str | None = None
+
+    def for_worker(self) -> dict[str, Any]:
+        """What a parsing worker needs (an engine does not cross a process boundary)."""
+        return {"infer": self.infer, "wandb_online": self.wandb_online, "db_url": self.db_url}
 
 
 def build_record(
@@ -171,7 +198,7 @@ def build_record(
             from ckpt_index.fallback import infer_metadata
 
             inferred = infer_metadata(
-                path, wandb_online=options.wandb_online, engine=options.engine
+                path, wandb_online=options.wandb_online, engine=_online_engine(options)
             )
             return record_from_inferred(inferred, ckpt=ckpt), inferred.unreadable
         record = record_without_metadata(
@@ -190,7 +217,59 @@ def build_record(
         meta, checkpoint_path=path, sidecar_path=item.sidecar_path, ckpt=item.ckpt,
         sidecar=sidecar, warnings=metadata_warnings(meta),
     )
+    if item.ckpt is not None:
+        # A valid sidecar does not make a truncated checkpoint loadable: the reader of a query's
+        # answer must never be handed one (Lightning #688 resumed from such files).
+        from ckpt_index.checkpoint_reader import check_integrity
+
+        broken = check_integrity(path)
+        if broken is not None:
+            record.columns.update(status="unreadable", error=broken)
+            return record, broken
     return record, None
+
+
+def build_record_safely(
+    path: str, item: _Found, racy_after_ns: int, options: SyncOptions | None = None
+) -> tuple[Record, str | None]:
+    """:func:`build_record`, with any failure turned into this file's status and reason."""
+    try:
+        return build_record(path, item, racy_after_ns, options)
+    except Exception as exc:  # noqa: BLE001 - one file's failure must not stop a sync
+        reason = _one_line(f"cannot read metadata: {exc.__class__.__name__}: {exc}")
+        return failed_record(path, item, reason), reason
+
+
+def failed_record(path: str, item: _Found, reason: str, *, checkpoint: bool = False) -> Record:
+    """The row of a file whose reading failed: ``unreadable`` when it was the checkpoint (or
+    ``checkpoint``: a worker reading it failed), else ``invalid`` (the sidecar)."""
+    record = record_without_metadata(
+        checkpoint_path=path, sidecar_path=item.sidecar_path, ckpt=item.ckpt,
+        sidecar=item.sidecar, error=reason,
+    )
+    if item.sidecar_path is None or (checkpoint and item.ckpt is not None):
+        record.columns["status"] = "unreadable"
+    return record
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_ONLINE_ENGINES: dict[str, Engine] = {}
+
+
+def _online_engine(options: SyncOptions) -> Engine | None:
+    """The engine W&B API answers are cached through; a worker opens its own from the URL."""
+    if not options.wandb_online or options.engine is not None or options.db_url is None:
+        return options.engine
+    engine = _ONLINE_ENGINES.get(options.db_url)
+    if engine is None:
+        from ckpt_index.db import open_engine
+
+        engine = _ONLINE_ENGINES[options.db_url] = open_engine(options.db_url)
+    return engine
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -212,14 +291,20 @@ def sync_roots(
     location: str | None = None,
     infer: bool = True,
     wandb_online: bool = False,
+    full: bool = False,
+    limits: Limits | None = None,
 ) -> SyncSummary:
     """Bring this location's rows under each root in line with its files; return what was done.
 
-    Rows of other locations (other machines sharing the index) are never touched.
+    Rows of other locations (other machines sharing the index) are never touched. ``full``
+    re-reads every file; ``limits`` bounds each parsing worker (see :mod:`ckpt_index.isolation`).
     """
     started = time.perf_counter()
     summary = SyncSummary(location=resolve_location(location))
-    options = SyncOptions(infer=infer, wandb_online=wandb_online, engine=engine)
+    options = SyncOptions(
+        infer=infer, wandb_online=wandb_online, engine=engine, full=full, limits=limits,
+        db_url=engine.url.render_as_string(hide_password=False) if wandb_online else None,
+    )
     for root in roots:
         # Resolved like Lightning resolves its dirpath, so that rows written by the training
         # callback and by a sync of the same tree share their paths even through a symlink.
@@ -230,6 +315,14 @@ def sync_roots(
         _sync_root(engine, root_path, summary, progress, options)
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def _under(path: str, directories: list[str]) -> str | None:
+    """The first of ``directories`` that ``path`` lies below, if any."""
+    for directory in directories:
+        if path.startswith(directory.rstrip("/") + "/"):
+            return directory
+    return None
 
 
 def _sync_root(
@@ -244,31 +337,47 @@ def _sync_root(
         existing = {row[1]: row for row in store.rows_under(conn, root, location=summary.location).all()}
         conn.rollback()
     rejected: list[tuple[str, str]] = []
-    found = scan(root, rejected)
+    unlisted: list[tuple[str, str]] = []
+    found = scan(root, rejected, unlisted)
     summary.invalid += len(rejected)
     summary.invalid_files.extend(rejected)
+    summary.unlisted_dirs.extend(unlisted)
 
     to_parse: list[str] = []
-    state_updates: list[tuple[int, dict]] = []
     for path, item in found.items():
         summary.checkpoints += item.ckpt is not None
         summary.sidecars += item.sidecar is not None
         row = existing.get(path)
-        if row is None or not _row_current(row, item, options.infer):
+        if options.full or row is None or not _row_current(row, item, options.infer):
             to_parse.append(path)
             continue
         summary.unchanged += 1
         _count_status(summary, row.status, item, path, row.sidecar_path, row.error)
-        if not _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns):
-            state_updates.append((row.id, checkpoint_state_columns(item.ckpt)))
-    gone = [row.id for path, row in existing.items() if path not in found]
+    # A row whose directory could not be listed is kept as it was, flagged, never pruned: a
+    # directory unreadable for a moment (an NFS hiccup, a chmod) must not lose its rows.
+    reasons = dict(unlisted)
+    unlisted_dirs = list(reasons)
+    gone: list[int] = []
+    flagged: list[tuple[int, dict[str, Any]]] = []
+    for path, row in existing.items():
+        if path in found:
+            continue
+        directory = _under(path, unlisted_dirs)
+        if directory is None:
+            gone.append(row.id)
+        else:
+            flagged.append((row.id, {"scan_error": reasons[directory]}))
+            summary.kept += 1
 
-    done, total = 0, len(to_parse) + len(state_updates) + len(gone)
-    built = _build_records(sorted(to_parse), found, racy_after_ns, options, engine)
+    done, total = 0, len(to_parse) + len(flagged) + len(gone)
+    built = _build_records(sorted(to_parse), found, racy_after_ns, options)
     for batch in _batches(built, BATCH_SIZE):
-        records = []
+        final = _write_batch(engine, [(path, record) for path, record, _ in batch], found,
+                             existing, summary.location)
         for path, record, reason in batch:
-            records.append(record)
+            if path in final:  # the database refused the row: it was stored as invalid
+                record = final[path]
+                reason = record.columns["error"]
             summary.parsed += found[path].sidecar is not None
             if path in existing:
                 summary.updated += 1
@@ -276,95 +385,121 @@ def _sync_root(
                 summary.added += 1
             _count_status(summary, record.columns["status"], found[path], path,
                           record.columns["sidecar_path"], reason)
-        seen = [r for r in records if r.checkpoint_path in existing]
-        new = [r for r in records if r.checkpoint_path not in existing]
-
-        def write(conn, seen=seen, new=new) -> None:
-            store.upsert_records(conn, seen, location=summary.location)
-            # A row that appeared after this sync read the rows was written by someone who wrote
-            # the files first (the training callback): it is at least as new as what the scan
-            # saw, which may be a checkpoint whose sidecar was not written yet.
-            store.upsert_records(conn, new, location=summary.location, overwrite=False)
-
-        run_write(engine, write)
         done += len(batch)
         if progress:
             progress(done, total)
-    if state_updates or gone:
+    if flagged or gone:
         def patch(conn) -> None:
-            store.update_columns(conn, state_updates)
+            store.update_columns(conn, flagged)
             store.delete_rows(conn, gone)
 
         run_write(engine, patch)
         summary.removed += len(gone)
-        done += len(state_updates) + len(gone)
+        done += len(flagged) + len(gone)
         if progress:
             progress(done, total)
 
 
-#: Below this many files to read, a process pool costs more than it saves.
+def _write_batch(
+    engine: Engine, batch: list[tuple[str, Record]], found: dict[str, _Found],
+    existing: dict[str, Any], location: str,
+) -> dict[str, Record]:
+    """Write ``batch``; return the rows that had to be replaced, by path.
+
+    A batch the database refuses is split in halves until the row it refuses is found; that row
+    is stored as invalid with the database's reason and the rest land. When even that minimal
+    row is refused, the fault is the database's, not the file's, and the error propagates.
+    """
+    records = [record for _, record in batch]
+    seen = [r for r in records if r.checkpoint_path in existing]
+    new = [r for r in records if r.checkpoint_path not in existing]
+
+    def write(conn) -> None:
+        store.upsert_records(conn, seen, location=location)
+        # A row that appeared after this sync read the rows was written by someone who wrote
+        # the files first (the training callback): it is at least as new as what the scan
+        # saw, which may be a checkpoint whose sidecar was not written yet.
+        store.upsert_records(conn, new, location=location, overwrite=False)
+
+    try:
+        run_write(engine, write)
+        return {}
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        if len(batch) > 1:
+            middle = len(batch) // 2
+            return {
+                **_write_batch(engine, batch[:middle], found, existing, location),
+                **_write_batch(engine, batch[middle:], found, existing, location),
+            }
+        path = batch[0][0]
+        replacement = failed_record(path, found[path], _one_line(f"cannot be stored: {exc}"))
+        try:
+            _write_batch_strict(engine, replacement, existing, location)
+        except Exception:
+            raise exc from None
+        return {path: replacement}
+
+
+def _write_batch_strict(engine: Engine, record: Record, existing: dict[str, Any], location: str) -> None:
+    overwrite = record.checkpoint_path in existing
+    run_write(engine, lambda conn: store.upsert_records(conn, [record], location=location,
+                                                        overwrite=overwrite))
+
+
+#: Below this many sidecars to read, starting worker processes costs more than it saves.
 PARALLEL_MIN = 256
-_CHUNK = 128
+#: Files sent to a worker at once (replies come one by one).
+_CHUNK = 32
+
+
+def _needs_isolation(item: _Found, options: SyncOptions) -> bool:
+    """Whether building the row parses untrusted binary or config files (not just a sidecar)."""
+    return item.sidecar_path is None and options.infer and item.ckpt is not None
+
+
+def _item_args(item: _Found) -> tuple[Any, ...]:
+    return (tuple(item.ckpt) if item.ckpt else None, item.sidecar_path,
+            tuple(item.sidecar) if item.sidecar else None)
+
+
+def item_from_args(ckpt: Any, sidecar_path: str | None, sidecar: Any) -> _Found:
+    item = _Found()
+    item.ckpt = FileState(*ckpt) if ckpt else None
+    item.sidecar_path = sidecar_path
+    item.sidecar = FileState(*sidecar) if sidecar else None
+    return item
 
 
 def _build_records(
     paths: list[str], found: dict[str, _Found], racy_after_ns: int, options: SyncOptions,
-    engine: Engine,
 ) -> Iterator[tuple[str, Record, str | None]]:
-    """(path, record, reason) for each path, in order; parsed by a process pool when it pays.
+    """(path, record, reason) for each path, in order.
 
-    Parsing YAML and validating it is CPU-bound Python, so a sync of thousands of new sidecars
-    uses every core; the parent keeps writing batches as results arrive.
+    Checkpoints without a sidecar are read by worker processes under limits (a crash or a limit
+    becomes that file's ``unreadable`` status); so are sidecars when there are enough of them
+    for the cores to pay off. A small sync of sidecars alone is parsed here: the sidecar reader
+    bounds its own work (size, depth, aliases) and runs no C code that recurses on input.
     """
-    workers = min(os.cpu_count() or 1, 8)
-    context = _pool_context()
-    if len(paths) < PARALLEL_MIN or workers < 2 or context is None or options.wandb_online:
+    isolated = sum(_needs_isolation(found[p], options) for p in paths)
+    if not isolated and len(paths) < PARALLEL_MIN:
         for path in paths:
-            yield (path, *build_record(path, found[path], racy_after_ns, options))
+            yield (path, *build_record_safely(path, found[path], racy_after_ns, options))
         return
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+    from ckpt_index.isolation import WorkerPool
 
-    # The children never touch the database; drop pooled connections rather than fork them.
-    engine.dispose()
-    worker_options = SyncOptions(infer=options.infer)
-    chunks = [
-        [(path, found[path]) for path in paths[i : i + _CHUNK]]
-        for i in range(0, len(paths), _CHUNK)
-    ]
-    done = 0
-    try:
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            jobs = pool.map(_build_chunk, chunks, [racy_after_ns] * len(chunks),
-                            [worker_options] * len(chunks))
-            for results in jobs:
-                yield from results
-                done += 1
-    except BrokenProcessPool:
-        # A worker died (killed, out of memory): finish in-process rather than fail the sync.
-        for chunk in chunks[done:]:
-            yield from _build_chunk(chunk, racy_after_ns, options)
-
-
-def _build_chunk(
-    items: list[tuple[str, _Found]], racy_after_ns: int, options: SyncOptions
-) -> list[tuple[str, Record, str | None]]:
-    return [(path, *build_record(path, item, racy_after_ns, options)) for path, item in items]
-
-
-def _pool_context():
-    """fork, when this process has a single thread; None (parse in-process) otherwise.
-
-    A fork can inherit a lock another thread holds (a notebook kernel, a UI server), and spawn or
-    forkserver re-import the caller's __main__, which is not always importable; a sync that could
-    hang or fail that way is not worth its speed-up.
-    """
-    import multiprocessing
-    import threading
-
-    if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return None
-    return multiprocessing.get_context("fork")
+    workers = max(1, min(os.cpu_count() or 1, 8, -(-len(paths) // _CHUNK)))
+    worker_options = options.for_worker()
+    jobs = [(path, _item_args(found[path]), racy_after_ns, worker_options) for path in paths]
+    with WorkerPool(workers, options.limits, chunk=_CHUNK) as pool:
+        for path, outcome in zip(paths, pool.map("build_record", jobs)):
+            if outcome.ok:
+                columns, metrics, reason = outcome.value
+                yield path, Record(columns, metrics), reason
+            else:
+                reason = outcome.reason or "reader failed"
+                yield path, failed_record(path, found[path], reason, checkpoint=True), reason
 
 
 def _row_current(row, item: _Found, infer: bool) -> bool:
@@ -373,7 +508,7 @@ def _row_current(row, item: _Found, infer: bool) -> bool:
     A sidecar'd row only needs the checkpoint's size/mtime patched when the checkpoint changes;
     an inferred row was read from the checkpoint, so a changed checkpoint is read again.
     """
-    if (row.checkpoint_exists) != (item.ckpt is not None):
+    if (row.checkpoint_exists) != (item.ckpt is not None) or row.scan_error is not None:
         return False
     if item.sidecar is None:
         if row.sidecar_path is not None:
@@ -383,10 +518,13 @@ def _row_current(row, item: _Found, infer: bool) -> bool:
         return row.status in ("inferred", "unreadable") and _same(
             item.ckpt, row.ckpt_size, row.ckpt_mtime_ns
         )
+    # The checkpoint beside a sidecar is checked too (integrity, staleness): a replaced or
+    # truncated checkpoint is read again.
     return (
-        row.status in ("valid", "invalid")
+        row.status in ("valid", "invalid", "unreadable")
         and row.sidecar_path == item.sidecar_path
         and _same(item.sidecar, row.sidecar_size, row.sidecar_mtime_ns)
+        and _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns)
     )
 
 

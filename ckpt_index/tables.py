@@ -80,6 +80,12 @@ checkpoints = Table(
     # For rows filled from fallbacks: JSON object field -> source it came from.
     Column("inferred_fields", Text),
     _text("indexed_at", nullable=False),
+    # JSON list of the pickle globals torch.load(weights_only=True) would refuse; NULL: not read.
+    Column("unsafe_globals", Text),
+    # The sidecar is older than the checkpoint beside it (the checkpoint was replaced after it).
+    Column("stale", Boolean),
+    # Why this row's directory could not be listed at the last sync (the row was kept, not pruned).
+    Column("scan_error", Text),
     # Unique indexes rather than UNIQUE constraints: a later revision can replace an index on
     # SQLite without rebuilding the table (which would cascade-delete the metrics).
     Index("ux_checkpoints_location_checkpoint_path", "location", "checkpoint_path", unique=True),

@@ -45,17 +45,34 @@ def seed_document(name: str = "seed_callback") -> dict[str, Any]:
     return yaml.safe_load((DATA / f"{name}.metadata.yaml").read_text())
 
 
+def tiny_checkpoint(tag: str = "") -> bytes:
+    """The bytes of a tiny but well-formed checkpoint (torch's zip layout, plain data only).
+
+    The sync checks that a checkpoint beside a sidecar is a complete archive, so stand-ins for
+    checkpoint files must be real ones; ``tag`` varies their content and size.
+    """
+    import io
+    import pickle
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"epoch": 0, "tag": tag}, protocol=2))
+        archive.writestr("archive/byteorder", "little")
+    return buffer.getvalue()
+
+
 def write_checkpoint(
     ckpt: Path, document: dict[str, Any] | str | None = None, *, ckpt_file: bool = True, **changes: Any
 ) -> Path:
-    """Write ``ckpt`` (a placeholder file) and its sidecar.
+    """Write ``ckpt`` (a tiny well-formed checkpoint) and its sidecar.
 
     ``document`` is a mapping (default: the seed callback example), raw YAML text, or None for
     no sidecar. ``changes`` set dotted keys, e.g. ``**{"metrics.hmean": 0.9}``.
     """
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     if ckpt_file:
-        ckpt.write_bytes(b"placeholder\n")
+        ckpt.write_bytes(tiny_checkpoint())
     if document is None and not changes:
         return ckpt
     if isinstance(document, str):
