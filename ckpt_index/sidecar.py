@@ -134,11 +134,23 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 def parse_sidecar_bytes(data: bytes, path: Path | str = "<sidecar>") -> dict[str, Any]:
     """Safely parse sidecar bytes into a mapping, or raise :class:`SidecarError`."""
+    return parse_yaml_bytes(data, path)
+
+
+def parse_yaml_bytes(
+    data: bytes, path: Path | str = "<yaml>", *, max_bytes: int = MAX_SIDECAR_BYTES,
+    scan_depth: bool = False,
+) -> dict[str, Any]:
+    """A YAML mapping from untrusted bytes, with the sidecar guards; raises :class:`SidecarError`.
+
+    ``scan_depth`` checks nesting on every document, not only those with many opening
+    characters: block mappings nest by indentation alone, and a config's consumers (OmegaConf,
+    ``copy.deepcopy``) recurse in Python once per level, so they need the bound that the C
+    composer alone does not.
+    """
     path = Path(path)
-    if len(data) > MAX_SIDECAR_BYTES:
-        raise SidecarError(
-            path, f"file is {len(data):,} bytes, over the {MAX_SIDECAR_BYTES:,}-byte limit"
-        )
+    if len(data) > max_bytes:
+        raise SidecarError(path, f"file is {len(data):,} bytes, over the {max_bytes:,}-byte limit")
     if b"\x00" in data:
         raise SidecarError(path, "binary data, not YAML text (NUL byte)")
     try:
@@ -148,8 +160,8 @@ def parse_sidecar_bytes(data: bytes, path: Path | str = "<sidecar>") -> dict[str
     # The two guards below walk the document in Python, which costs more than parsing it. They are
     # only needed when the bytes could trigger them: nesting takes an opening character per level
     # ('[', '{', '-' or '?'; block mappings need ever-longer indentation, so 1 MiB holds too few
-    # of those to matter), and expansion needs an alias ('*').
-    if sum(data.count(c) for c in (b"[", b"{", b"-", b"?")) > _DEPTH_SCAN_AFTER:
+    # of those to crash the composer), and expansion needs an alias ('*').
+    if scan_depth or sum(data.count(c) for c in (b"[", b"{", b"-", b"?")) > _DEPTH_SCAN_AFTER:
         _check_depth(text, path)
     loader = _Loader(text)
     try:
@@ -163,7 +175,7 @@ def parse_sidecar_bytes(data: bytes, path: Path | str = "<sidecar>") -> dict[str
         raise SidecarError(path, f"YAML error: {_yaml_reason(exc)}") from None
     except (RecursionError, MemoryError):
         raise SidecarError(path, "YAML too deeply nested or too large") from None
-    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+    except (ValueError, TypeError, AttributeError, OverflowError, KeyError, IndexError) as exc:
         # PyYAML's constructors raise plain errors for values such as 2025-02-30 or a
         # 5,000-digit integer; they are still just a bad file.
         raise SidecarError(path, f"YAML value error: {' '.join(str(exc).split())}") from None

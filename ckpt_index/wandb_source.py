@@ -22,6 +22,16 @@ precede a checkpoint saved at ``global_step`` N are logged with ``trainer/global
 ``define_metric("*", step_metric="trainer/global_step")``; :meth:`WandbRun.history_at_step` is the
 plain lookup by logged step.
 
+Every local file is untrusted: it is opened without blocking through :mod:`ckpt_index.safe_io`
+(a FIFO named ``run-x.wandb`` is refused at once), refused by size before it is read, and parsed
+under limits: ``files/config.yaml`` with the sidecars' guarded YAML loader, JSON files capped at
+:data:`MAX_FILE_BYTES`, transaction logs at :data:`MAX_LOG_BYTES` with bounded records
+(:data:`MAX_RECORD_BYTES`, :data:`MAX_LOG_RECORDS`, :data:`MAX_LOG_ITEMS`) and bounded stored
+values (:data:`MAX_HISTORY_VALUES`, :data:`MAX_UPDATE_KEYS`). Values come back as plain JSON-able
+data no deeper than :data:`~ckpt_index.sidecar.MAX_DEPTH` levels. :func:`find_run`,
+:func:`read_run` and :func:`model_fields_from_config` do not raise for any file content: what
+cannot be read becomes an entry of :attr:`WandbRun.warnings`.
+
 wandb is imported only inside the functions that need it; importing this module stays cheap.
 """
 
@@ -34,6 +44,7 @@ import math
 import netrc
 import os
 import re
+import stat
 import struct
 import threading
 import time
@@ -45,9 +56,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import urlparse
 
-import yaml
-
+from ckpt_index.hydra_config import is_name, parse_config_bytes, plain_data
 from ckpt_index.naming import run_dir_of
+from ckpt_index.safe_io import UnsafeFileError, open_regular, read_bounded
+from ckpt_index.sidecar import MAX_DEPTH, SidecarError
 
 logger = logging.getLogger("ckpt_index.wandb")
 
@@ -63,6 +75,25 @@ _warned: set[str] = set()
 _online_unavailable: str | None = None
 _read_cache: OrderedDict[tuple, WandbRun] = OrderedDict()
 _READ_CACHE_SIZE = 16
+
+#: ``files/config.yaml``, ``wandb-summary.json`` and ``wandb-metadata.json`` are a few KB to a
+#: few hundred KB; a summary holding large tables may reach a few MB.
+MAX_FILE_BYTES = 16 << 20
+#: A transaction log grows by a few KB per logged row: an offline log of a long run is tens to a
+#: few hundred MB. A larger (or sparse) file is refused by its size before a byte is read.
+MAX_LOG_BYTES = 512 << 20
+#: One record (a logged row, a config) larger than this is skipped; wandb's own are far smaller.
+MAX_RECORD_BYTES = 16 << 20
+#: Records and record items (history values, config and summary updates) read from one log at
+#: most; the rest of a log past either is ignored with a warning. They bound the reader's time
+#: where the byte cap alone would not: about 3 us per item on a CI core, so some 30 s at worst.
+#: A real log holds 20-50 bytes per item: one of 200 MB or more is read only in part.
+MAX_LOG_RECORDS = 2_000_000
+MAX_LOG_ITEMS = 10_000_000
+#: Step x metric values kept from one log's history (about 100 bytes each in memory) ...
+MAX_HISTORY_VALUES = 2_000_000
+#: ... and distinct config or summary keys.
+MAX_UPDATE_KEYS = 100_000
 
 
 def _warn_once(key: str, message: str, *args: Any) -> None:
@@ -101,9 +132,11 @@ def _run_path(entity: str | None, project: str | None, run_id: str) -> str | Non
     return "/".join(p for p in (entity, project, run_id) if p)
 
 
-def _parse_hint(hint: str) -> tuple[str, str | None, str | None] | None:
-    """A run id or run path from hparams/Hydra -> (run_id, project, entity)."""
-    parts = [p for p in str(hint).strip().split("/") if p]
+def _parse_hint(hint: Any) -> tuple[str, str | None, str | None] | None:
+    """A run id or run path from hparams/Hydra -> (run_id, project, entity); None if not one."""
+    if not is_name(hint):  # hparams may hold anything under "wandb_run_id"
+        return None
+    parts = [p for p in hint.strip().split("/") if p]
     if not parts or len(parts) > 3 or any(re.search(r"\s", p) for p in parts):
         return None
     run_id = parts[-1]
@@ -112,12 +145,20 @@ def _parse_hint(hint: str) -> tuple[str, str | None, str | None] | None:
     return run_id, project, entity
 
 
+def _is_dir(path: Path) -> bool:
+    # Path.is_dir() raises on EACCES and ELOOP handling differs; a folder we cannot see is no run.
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def _wandb_dirs(bases: Iterable[Path]) -> list[Path]:
     found = []
     for base in bases:
         for name in ("wandb", ".wandb"):
             candidate = base / name
-            if candidate.is_dir():
+            if _is_dir(candidate):
                 found.append(candidate)
     return found
 
@@ -132,10 +173,13 @@ def _run_dirs(wandb_dirs: Iterable[Path]) -> dict[Path, tuple[str, float | None]
             continue
         for entry in entries:
             match = _RUN_DIR.match(entry.name)
-            if not match or not entry.is_dir():
+            if not match or not _is_dir(Path(entry.path)) or not is_name(match["id"]):
                 continue
             # latest-run does not match the pattern, but a hand-made symlink to a run might.
-            resolved = Path(entry.path).resolve()
+            try:
+                resolved = Path(entry.path).resolve()
+            except (OSError, RuntimeError):  # a symlink loop
+                continue
             if resolved in runs:
                 continue
             try:
@@ -179,7 +223,7 @@ def find_run(ckpt_path: str | os.PathLike[str], run_id_hints: Iterable[str] = ()
         wider = [save_dir, *list(save_dir.parents)[:2]]
         known.append((run_dir.name, run_dir.parent.name, None, "lightning_layout"))
     for hint in run_id_hints or ():
-        parsed = _parse_hint(hint) if hint else None
+        parsed = _parse_hint(hint)
         if parsed:
             known.append((*parsed, "hint"))
 
@@ -293,22 +337,40 @@ class _HistoryIndex:
     def __init__(self) -> None:
         self.by_global_step: dict[int, dict[str, float]] = {}
         self.by_step: dict[int, dict[str, float]] = {}
+        #: Each metric name is stored once, however many rows repeat it.
+        self._names: dict[str, str] = {}
+        self.values = 0
+        self.full = False
 
     def add(self, row: dict[str, Any]) -> None:
+        if self.full:
+            return
+        names = self._names
         metrics = {}
         for key, value in row.items():
-            if key in _NOT_METRICS or key.startswith("_"):
+            if not isinstance(key, str) or key in _NOT_METRICS or key.startswith("_"):
                 continue
             number = _number(value)
             if number is not None:
-                metrics[key] = number
+                metrics[names.setdefault(key, key)] = number
         global_step = _step_value(row.get(GLOBAL_STEP_KEY))
         if global_step is not None:
-            self.by_global_step.setdefault(global_step, {}).update(metrics)
+            index, step = self.by_global_step, global_step
         elif not self.by_global_step:
-            step = _step_value(row.get("_step"))
-            if step is not None:
-                self.by_step.setdefault(step, {}).update(metrics)
+            index, step = self.by_step, _step_value(row.get("_step"))
+            if step is None:
+                return
+        else:
+            return
+        target = index.get(step)
+        if target is None:
+            target = index[step] = {}
+            self.values += 1  # a step costs about as much as a value
+        before = len(target)
+        target.update(metrics)
+        self.values += len(target) - before
+        if self.values > MAX_HISTORY_VALUES:
+            self.full = True
 
     def result(self) -> dict[int, dict[str, float]]:
         return self.by_global_step if self.by_global_step else self.by_step
@@ -334,16 +396,9 @@ def _uses_lightning_steps(metric_defs: Any) -> bool:
 # Reading local files
 
 
-def _safe_load_yaml(text: str) -> Any:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
-
-
 def _read_config_yaml(path: Path) -> tuple[dict[str, Any], Any]:
-    """``files/config.yaml`` -> (config, the ``_wandb`` value)."""
-    data = _safe_load_yaml(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError("not a mapping")
+    """``files/config.yaml`` -> (config, the ``_wandb`` value); raises SidecarError or UnsafeFileError."""
+    data = parse_config_bytes(read_bounded(path, MAX_FILE_BYTES, what="W&B config"), path)
     config: dict[str, Any] = {}
     internal = None
     for key, entry in data.items():
@@ -357,30 +412,51 @@ def _read_config_yaml(path: Path) -> tuple[dict[str, Any], Any]:
     return config, internal
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object file as plain data; raises ValueError or UnsafeFileError."""
+    try:
+        data = json.loads(read_bounded(path, MAX_FILE_BYTES, what=what))
+    except RecursionError:
+        raise ValueError(f"JSON nests deeper than {MAX_DEPTH} levels") from None
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
-    return data
+    return plain_data(data)
+
+
+def _log_files(run_dir: Path) -> list[Path]:
+    try:
+        return sorted(run_dir / e.name for e in os.scandir(run_dir) if e.name.endswith(".wandb"))
+    except OSError:
+        return []
 
 
 def _log_file(run_dir: Path, run_id: str) -> Path | None:
+    # Only names and lstat here: whatever the file is, reading it goes through safe_io, which
+    # refuses a FIFO without blocking and says so in the run's warnings.
     exact = run_dir / f"run-{run_id}.wandb"
-    if exact.is_file():
+    if os.path.lexists(exact):
         return exact
-    others = sorted(run_dir.glob("*.wandb"))
+    others = _log_files(run_dir)
     return others[0] if others else None
+
+
+#: The files :func:`read_run` reads; a change to any of them invalidates its cache.
+_RUN_FILES = ("files/config.yaml", "files/wandb-summary.json", "files/wandb-metadata.json")
 
 
 def _signature(run_dir: Path) -> tuple:
     parts = []
-    for path in sorted([*run_dir.glob("*.wandb"), *(run_dir / "files").glob("*")]):
+    for path in [*_log_files(run_dir), *(run_dir / name for name in _RUN_FILES)]:
         try:
-            st = path.stat()
-        except OSError:
+            st = os.stat(path)
+        except (OSError, ValueError):
             continue
-        parts.append((path.name, st.st_size, st.st_mtime_ns))
+        parts.append((path.name, st.st_ino, st.st_size, st.st_mtime_ns))
     return (str(run_dir),) + tuple(parts)
+
+
+def _clean_name(value: Any) -> str | None:
+    return value if is_name(value) else None
 
 
 def read_run(location: RunLocation) -> WandbRun | None:
@@ -399,7 +475,7 @@ def read_run(location: RunLocation) -> WandbRun | None:
         run.config["model"]["architecture"], run.checkpoint_metrics(640)
         # a Lightning-logged run: the rows at trainer/global_step 639, not the summary
     """
-    if location.run_dir is None or not location.run_dir.is_dir():
+    if location.run_dir is None or not _is_dir(location.run_dir):
         return None
     run = WandbRun(location.run_id, run_dir=location.run_dir)
     key = _signature(location.run_dir)
@@ -417,31 +493,36 @@ def read_run(location: RunLocation) -> WandbRun | None:
 
     files = location.run_dir / "files"
     config_yaml = files / "config.yaml"
-    if config_yaml.is_file():
+    if os.path.lexists(config_yaml):
         try:
             file_config, internal = _read_config_yaml(config_yaml)
             sources.insert(0, "files")
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            run.warnings.append(f"{config_yaml}: unreadable ({exc})")
+        except (SidecarError, UnsafeFileError) as exc:
+            run.warnings.append(f"{config_yaml}: unreadable ({exc.reason})")
     # The files are the final snapshot of what the log records step by step.
     run.config.update(file_config)
     if isinstance(internal, dict) and _uses_lightning_steps(internal.get("m")):
         run.lightning_steps = True
-    for name, target in (("wandb-summary.json", run.summary), ("wandb-metadata.json", run.metadata)):
+    for name, target, what in (
+        ("wandb-summary.json", run.summary, "W&B summary"),
+        ("wandb-metadata.json", run.metadata, "W&B metadata"),
+    ):
         path = files / name
-        if not path.is_file():
+        if not os.path.lexists(path):
             continue
         try:
-            target.update(_read_json(path))
+            target.update(_read_json(path, what))
             if "files" not in sources:
                 sources.insert(0, "files")
-        except (OSError, ValueError) as exc:
-            run.warnings.append(f"{path}: unreadable ({exc})")
+        except UnsafeFileError as exc:
+            run.warnings.append(f"{path}: unreadable ({exc.reason})")
+        except ValueError as exc:
+            run.warnings.append(f"{path}: unreadable ({' '.join(str(exc).split())})")
     run.summary.pop("_wandb", None)
     run.config.pop("_wandb", None)
     # What the run recorded beats what the location guessed from paths.
-    run.project = run.project or run.metadata.get("project") or location.project or None
-    run.entity = run.entity or run.metadata.get("entity") or location.entity or None
+    run.project = run.project or _clean_name(run.metadata.get("project")) or location.project or None
+    run.entity = run.entity or _clean_name(run.metadata.get("entity")) or location.entity or None
     run.source = "+".join(sources) or "none"
 
     _read_cache[key] = run
@@ -486,56 +567,86 @@ _TRUNCATED = "truncated final record"  # a run still writing, or killed mid-writ
 
 
 def _log_records(path: Path, problems: list[str]) -> Iterator[bytes]:
-    """The record payloads of a ``.wandb`` log; damage is noted in ``problems`` and skipped."""
-    with open(path, "rb") as f:
-        header = f.read(_FILE_HEADER.size)
-        if len(header) < _FILE_HEADER.size:
-            problems.append("empty or truncated header")
-            return
-        ident, magic, version = _FILE_HEADER.unpack(header)
-        if ident != _IDENT or magic != _MAGIC:
-            problems.append("not a W&B transaction log")
-            return
-        if version != 0:
-            problems.append(f"log format version {version} (read as version 0)")
-        block = header + f.read(_BLOCK - _FILE_HEADER.size)
-        pos = _FILE_HEADER.size
-        pending: bytearray | None = None
-        while True:
-            while pos + _CHUNK_HEADER.size <= len(block):
-                crc, length, kind = _CHUNK_HEADER.unpack_from(block, pos)
-                start, end = pos + _CHUNK_HEADER.size, pos + _CHUNK_HEADER.size + length
-                if kind == 0 and length == 0:
-                    break  # zero padding
-                if end > len(block):
-                    if len(block) == _BLOCK:
-                        problems.append(f"chunk overruns its block at offset {f.tell() - len(block) + pos}")
-                    else:
-                        problems.append(_TRUNCATED)
-                    pending = None
-                    break
-                data = block[start:end]
-                pos = end
-                if kind not in _TYPE_CRC or zlib.crc32(data, _TYPE_CRC[kind]) != crc:
-                    problems.append(f"bad checksum at offset {f.tell() - len(block) + start}")
-                    pending = None
-                    break  # resynchronise at the next block
-                if kind == _FULL:
-                    pending = None
-                    yield data
-                elif kind == _FIRST:
-                    pending = bytearray(data)
-                elif pending is not None:
-                    pending += data
-                    if kind == _LAST:
-                        yield bytes(pending)
-                        pending = None
-            block = f.read(_BLOCK)
-            pos = 0
-            if not block:
-                if pending is not None:
+    """The record payloads of a ``.wandb`` log; damage is noted in ``problems`` and skipped.
+
+    Work is linear in the bytes present: every chunk header advances by at least its own size,
+    a chunk's length field is 16 bits, and a record assembled from chunks is dropped once it
+    passes :data:`MAX_RECORD_BYTES`.
+    """
+    try:
+        with open_regular(path, MAX_LOG_BYTES) as (f, _):
+            yield from _chunked_records(f, problems)
+    except UnsafeFileError as exc:
+        problems.append(exc.reason)
+
+
+def _read_full(f: Any, n: int) -> bytes:
+    data = f.read(n)
+    while data and len(data) < n:  # an unbuffered read may return less than asked
+        more = f.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _chunked_records(f: Any, problems: list[str]) -> Iterator[bytes]:
+    header = _read_full(f, _FILE_HEADER.size)
+    if len(header) < _FILE_HEADER.size:
+        problems.append("empty or truncated header")
+        return
+    ident, magic, version = _FILE_HEADER.unpack(header)
+    if ident != _IDENT or magic != _MAGIC:
+        problems.append("not a W&B transaction log")
+        return
+    if version != 0:
+        problems.append(f"log format version {version} (read as version 0)")
+    block = header + _read_full(f, _BLOCK - _FILE_HEADER.size)
+    offset = 0  # of the block in the file
+    pos = _FILE_HEADER.size
+    pending: bytearray | None = None
+    while True:
+        while pos + _CHUNK_HEADER.size <= len(block):
+            crc, length, kind = _CHUNK_HEADER.unpack_from(block, pos)
+            start, end = pos + _CHUNK_HEADER.size, pos + _CHUNK_HEADER.size + length
+            if kind == 0 and length == 0:
+                break  # zero padding
+            if end > len(block):
+                if len(block) == _BLOCK:
+                    problems.append(f"chunk overruns its block at offset {offset + pos}")
+                else:
                     problems.append(_TRUNCATED)
-                return
+                pending = None
+                break
+            data = block[start:end]
+            pos = end
+            if kind not in _TYPE_CRC or zlib.crc32(data, _TYPE_CRC[kind]) != crc:
+                problems.append(f"bad checksum at offset {offset + start}")
+                pending = None
+                break  # resynchronise at the next block
+            if kind == _FULL:
+                pending = None
+                yield data
+            elif kind == _FIRST:
+                pending = bytearray(data)
+            elif pending is not None:
+                if len(pending) + len(data) > MAX_RECORD_BYTES:
+                    problems.append(
+                        f"record over {MAX_RECORD_BYTES:,} bytes skipped at offset {offset + start}"
+                    )
+                    pending = None  # its remaining chunks are orphans and skipped
+                    continue
+                pending += data
+                if kind == _LAST:
+                    yield bytes(pending)
+                    pending = None
+        offset += len(block)
+        block = _read_full(f, _BLOCK)
+        pos = 0
+        if not block:
+            if pending is not None:
+                problems.append(_TRUNCATED)
+            return
 
 
 def _record_class():
@@ -571,6 +682,7 @@ def _history_number(item: Any) -> float | None:
 
 
 def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    # Callers bound len(path) and the value's depth, so the result nests at most MAX_DEPTH levels.
     for key in path[:-1]:
         child = target.get(key)
         if not isinstance(child, dict):
@@ -600,30 +712,44 @@ class _Updates:
 
     def __init__(self) -> None:
         self.last: dict[tuple[str, ...], Any] = {}
+        self.dropped = 0
+
+    def _put(self, path: tuple[str, ...], value: Any) -> None:
+        last = self.last
+        if last.pop(path, None) is None and len(last) >= MAX_UPDATE_KEYS:
+            self.dropped += 1
+            return
+        last[path] = value
 
     def add(self, record: Any) -> None:
-        last = self.last
+        put = self._put
         for item in record.update:  # hot: one summary record per logged row
             key = item.key
-            path = (key,) if key else tuple(item.nested_key)
-            last.pop(path, None)
-            last[path] = item.value_json
+            put((key,) if key else tuple(item.nested_key), item.value_json)
         for item in record.remove:
-            path = _item_path(item)
-            self.last.pop(path, None)
-            self.last[path] = _REMOVED
+            put(_item_path(item), _REMOVED)
 
-    def apply(self, target: dict[str, Any], problems: list[str]) -> None:
+    def apply(self, target: dict[str, Any], problems: list[str], what: str) -> None:
+        if self.dropped:
+            problems.append(f"{what}: {self.dropped:,} update(s) past {MAX_UPDATE_KEYS:,} keys ignored")
         for path, value_json in self.last.items():
             if not path:
+                continue
+            if len(path) > MAX_DEPTH // 2:
+                problems.append(f"{what} key nested {len(path)} levels ignored")
                 continue
             if value_json is _REMOVED:
                 _remove_path(target, path)
                 continue
             try:
-                _set_path(target, path, json.loads(value_json))
+                value = plain_data(json.loads(value_json), max_depth=MAX_DEPTH - len(path))
+            except RecursionError:
+                problems.append(f"undecodable value for {'.'.join(path)}: nested too deep")
+                continue
             except ValueError as exc:
                 problems.append(f"undecodable value for {'.'.join(path)}: {exc}")
+                continue
+            _set_path(target, path, value)
 
 
 def _read_log(path: Path, run: WandbRun) -> bool:
@@ -637,39 +763,56 @@ def _read_log(path: Path, run: WandbRun) -> bool:
     problems: list[str] = []
     history = _HistoryIndex()
     config, summary = _Updates(), _Updates()
-    count = 0
+    count = items = 0
+    records = _log_records(path, problems)
     try:
-        for payload in _log_records(path, problems):
+        for payload in records:
+            if count >= MAX_LOG_RECORDS or items >= MAX_LOG_ITEMS:
+                problems.append(
+                    f"stopped after {count:,} records and {items:,} items (the reader's limits)"
+                )
+                break
             record = Record()
             try:
                 record.ParseFromString(payload)
             except DecodeError as exc:
                 problems.append(f"undecodable record: {exc}")
                 continue
+            except (RecursionError, ValueError, TypeError) as exc:  # not known to happen; cheap
+                problems.append(f"undecodable record: {type(exc).__name__}")
+                continue
             count += 1
             kind = record.WhichOneof("record_type")
             if kind == "history":
                 # W&B shows a nested logged dict as dotted keys ("a.b") in the history.
-                items = record.history.item
-                history.add({i.key or ".".join(i.nested_key): _history_number(i) for i in items})
+                hitems = record.history.item
+                items += len(hitems)
+                history.add({i.key or ".".join(i.nested_key): _history_number(i) for i in hitems})
             elif kind == "summary":
+                items += len(record.summary.update) + len(record.summary.remove)
                 summary.add(record.summary)
             elif kind == "config":
+                items += len(record.config.update) + len(record.config.remove)
                 config.add(record.config)
             elif kind == "metric":
                 if record.metric.step_metric == GLOBAL_STEP_KEY:
                     run.lightning_steps = True
             elif kind == "run":
                 r = record.run
-                run.run_id = r.run_id or run.run_id
-                run.project = r.project or run.project
-                run.entity = r.entity or run.entity
+                items += len(r.config.update) + len(r.summary.update)
+                run.run_id = _clean_name(r.run_id) or run.run_id
+                run.project = _clean_name(r.project) or run.project
+                run.entity = _clean_name(r.entity) or run.entity
                 config.add(r.config)
                 summary.add(r.summary)
     except OSError as exc:
         problems.append(str(exc))
-    config.apply(run.config, problems)
-    summary.apply(run.summary, problems)
+    finally:
+        records.close()
+    config.apply(run.config, problems, "config")
+    summary.apply(run.summary, problems, "summary")
+    if history.full:
+        problems.append(f"history past {MAX_HISTORY_VALUES:,} values: later rows ignored")
     run.history = history.result()
     for problem in problems[:5]:
         run.warnings.append(f"{path.name}: {problem}")
@@ -734,7 +877,7 @@ def model_fields_from_config(config: dict[str, Any]) -> dict[str, str]:
     for name, paths in _FIELD_PATHS.items():
         for path in paths:
             value = _lookup(config, path.split("."))
-            if isinstance(value, str) and value.strip() and "${" not in value:
+            if is_name(value) and value.strip() and "${" not in value:
                 fields[name] = value.strip()
                 break
     return fields
@@ -829,7 +972,7 @@ def _from_cache(row: Any, run_path: str) -> WandbRun | None:
         history = {int(k): v for k, v in json.loads(row.history_json or "{}").items()}
         config, summary = json.loads(row.config_json or "{}"), json.loads(row.summary_json or "{}")
         return _run_from_api_data(run_path, config, summary, history, "cache")
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         logger.debug("ignoring a damaged cache row for %s: %s", run_path, exc)
         return None
 

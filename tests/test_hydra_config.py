@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 from ckpt_index.hydra_config import find_hydra_config, load_config, model_fields
 from ckpt_index.sidecar import SidecarError
+from child_limits import run_child
 
 SEED_STYLE = {
     "exp_name": "ocr_v1",
@@ -103,3 +105,126 @@ def test_unusable_configs_raise_sidecar_error(tmp_path: Path, text: str) -> None
     path.write_text(text)
     with pytest.raises(SidecarError):
         load_config(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile and odd configs: one-line SidecarError or plain data, bounded time and memory
+
+
+def test_a_date_is_an_ordinary_value(run: Path) -> None:
+    path = run.parent.parent / ".hydra" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text(
+        "created: 2024-01-01\nstarted: 2024-01-01 12:30:00\n2: two\nnull: n\n"
+        "model:\n  architecture: dbnet\n  tags: !!set {a: null}\n"
+    )
+    config = load_config(path)
+    assert config["created"] == "2024-01-01"
+    assert config["started"] == "2024-01-01T12:30:00"
+    assert config["2"] == "two" and config["null"] == "n"
+    assert config["model"]["tags"] == ["a"]
+    assert json.loads(json.dumps(config, allow_nan=False)) == config
+    assert model_fields(config) == {"architecture": "dbnet"}
+
+
+def test_json_config_values_are_plain(tmp_path: Path) -> None:
+    path = tmp_path / "x.resolved.config.json"
+    path.write_text('{"exp_name": "a\\ud800b", "model": {"architecture": "dbnet"}}')
+    config = load_config(path)
+    assert config["exp_name"] == "a\ufffdb"
+    config["exp_name"].encode("utf-8")
+
+
+@pytest.mark.parametrize("value", [
+    "5", "[dbnet]", "{x: 1}", "null", "true", '"a\\0b"', '"line\\nbreak"',
+    '"${arch}"', '"<ocr.models.Net>"', "x" * 600,
+])
+def test_odd_values_are_not_names(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"exp_name: {value}\nmodel:\n  architecture: {value}\n  encoder: {value}\n"
+        f"  decoder: {{_target_: {value}}}\nwandb_run_id: {value}\n"
+    )
+    assert model_fields(load_config(path)) == {}
+
+
+def test_model_fields_of_any_shape_does_not_raise() -> None:
+    for config in [{"model": 5}, {"model": [1]}, {"model": {"architecture": {"name": 3}}},
+                   {"encoder": {"model_name": None, "_target_": 7}}, {1: 2}, [], None, "x",
+                   {"exp_name": "a\x00b", "wandb_run_id": "\ud800"}]:
+        assert model_fields(config) == {}  # type: ignore[arg-type]
+
+
+def test_an_unresolved_architecture_falls_back_to_the_flat_name() -> None:
+    config = {"model": {"architecture": "${architecture_name}"}, "architecture_name": "craft"}
+    assert model_fields(config) == {"architecture": "craft"}
+
+
+def test_a_fifo_is_passed_over_by_the_lookup(run: Path) -> None:
+    fifo = run.parent / ".hydra" / "config.yaml"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    real = write_yaml(run.parent.parent / ".hydra" / "config.yaml", SEED_STYLE)
+    assert find_hydra_config(run) == real
+
+
+LOAD_IN_CHILD = """
+import sys
+from ckpt_index.hydra_config import load_config
+from ckpt_index.sidecar import SidecarError
+try:
+    load_config(sys.argv[1])
+    print("LOADED")
+except SidecarError as exc:
+    print("REASON", exc.reason)
+"""
+
+
+def _deep_flow(depth: int) -> str:
+    return "a: " + "[" * depth + "]" * depth + "\n"
+
+
+def _deep_block(depth: int) -> str:
+    return "".join(" " * i + f"k{i}:\n" for i in range(depth)) + " " * depth + "v: 1\n"
+
+
+def _sparse(size: int):
+    def make(path: Path) -> None:
+        with open(path, "wb") as handle:
+            handle.truncate(size)
+    return make
+
+
+HOSTILE_CONFIGS = [
+    # (id, make the file, a word of the reason)
+    ("sparse-4gib", _sparse(4 << 30), "limit"),
+    ("fifo", os.mkfifo, "FIFO"),
+    ("deep-flow-990", lambda p: p.write_text(_deep_flow(990)), "nests deeper"),
+    ("deep-block-990", lambda p: p.write_text(_deep_block(990)), "nests deeper"),
+    ("deep-block-1400", lambda p: p.write_text(_deep_block(1400)), "nests deeper"),
+    ("deep-flow-500k", lambda p: p.write_text(_deep_flow(500_000)), "nest"),
+    ("alias-bomb", lambda p: p.write_text(
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+                  for i in range(8))), "alias bomb"),
+    ("deep-json", None, "nests deeper"),
+]
+
+
+@pytest.mark.parametrize("make, word", [c[1:] for c in HOSTILE_CONFIGS],
+                         ids=[c[0] for c in HOSTILE_CONFIGS])
+def test_hostile_config_is_refused_in_bounded_time_and_memory(
+    tmp_path: Path, make, word: str
+) -> None:
+    if make is None:
+        path = tmp_path / "x.resolved.config.json"
+        path.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    else:
+        path = tmp_path / ".hydra" / "config.yaml"
+        path.parent.mkdir()
+        make(path)
+    result = run_child(LOAD_IN_CHILD, str(path))
+    result.assert_bounded()
+    assert result.stdout.startswith("REASON "), result.stdout
+    assert len(result.stdout.strip().splitlines()) == 1
+    assert word.lower() in result.stdout.lower(), result.stdout

@@ -476,7 +476,7 @@ def test_unreadable_file_is_rejected(shared_dir: Path) -> None:
     result = run_python(READ_IN_CHILD, str(path), "--drop")
     assert result.returncode == 0, result.stderr
     assert "CONTROL denied" in result.stdout, "the setup failed: the child could read the file"
-    assert "REASON cannot read: Permission denied" in result.stdout, result.stdout
+    assert "REASON sidecar cannot open: Permission denied" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize("depth", [30_000, 500_000])
@@ -607,7 +607,7 @@ def test_sync_survives_a_sidecar_that_could_crash_or_hang_it(
 
 def test_sync_records_an_unreadable_sidecar(shared_dir: Path) -> None:
     root, warmup = shared_dir / "outputs", shared_dir / "warmup"
-    warmup.mkdir()
+    plant_good(warmup)  # the warm-up reads a checkpoint too: every lazy import (a zip codec) loads
     plant_good(root)
     sidecar = plant(root, "case", seed_yaml().encode())
     sidecar.chmod(0)
@@ -617,4 +617,4 @@ def test_sync_records_an_unreadable_sidecar(shared_dir: Path) -> None:
     summary = json.loads(result.stdout)
     assert (summary["valid"], summary["invalid"]) == (1, 1)
     assert summary["invalid_files"] == [
-        {"path": str(sidecar), "reason": "cannot read: Permission denied"}]
+        {"path": str(sidecar), "reason": "sidecar cannot open: Permission denied"}]

@@ -20,6 +20,8 @@ from ckpt_index import wandb_source as ws
 from ckpt_index.db import open_engine
 from ckpt_index.models import WandbRunCache
 from ckpt_index.naming import parse_checkpoint_name
+from child_limits import run_child
+from wandb_log import record, write_log
 
 CONFIG = {
     "model": {"architecture": "dbnet", "component_overrides": {"encoder": {"model_name": "resnet50"}}},
@@ -748,3 +750,194 @@ def test_without_wandb_reads_files_and_skips_the_log(offline_run: dict, online_r
     warnings = [line for line in result.stderr.splitlines() if line.startswith("ckpt_index.wandb WARNING")]
     assert len(warnings) == 1 and "wandb is not importable" in warnings[0]
 
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile run folders: nothing blocks, nothing is read whole, nothing raises
+
+
+READ_IN_CHILD = """
+import json, sys
+from ckpt_index import wandb_source as ws
+location = ws.find_run(sys.argv[1])
+run = ws.read_run(location)
+print(json.dumps({"run_id": location.run_id, "source": run.source, "warnings": run.warnings,
+                  "config": run.config}))
+"""
+
+
+def _hostile_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A run directory with a wandb run folder (to be filled) and a checkpoint."""
+    run_dir = tmp_path / "outputs" / "r1"
+    wandb_run = _fake_run(run_dir / "wandb", "20250101_000000", "abcd1234")
+    ckpt = run_dir / "checkpoints" / "epoch=1-step=2.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x")
+    return wandb_run, ckpt
+
+
+def _sparse(path: Path, size: int, head: bytes = b"") -> None:
+    with open(path, "wb") as handle:
+        handle.write(head)
+        handle.truncate(size)
+
+
+def _fifo_log(run: Path) -> None:
+    os.mkfifo(run / "run-abcd1234.wandb")
+
+
+def _fifo_other_log(run: Path) -> None:
+    os.mkfifo(run / "zz-other.wandb")
+
+
+def _fifo_files(run: Path) -> None:
+    (run / "files").mkdir()
+    for name in ("config.yaml", "wandb-summary.json", "wandb-metadata.json"):
+        os.mkfifo(run / "files" / name)
+
+
+def _sparse_log(run: Path) -> None:
+    # A valid header, then 64 GiB of holes: reading it would walk two million empty blocks.
+    _sparse(run / "run-abcd1234.wandb", 64 << 30, b":W&B\xe1\xbe\x00")
+
+
+def _sparse_files(run: Path) -> None:
+    (run / "files").mkdir()
+    for name in ("config.yaml", "wandb-summary.json", "wandb-metadata.json"):
+        _sparse(run / "files" / name, 4 << 30)
+
+
+def _deep_files(run: Path) -> None:
+    (run / "files").mkdir()
+    (run / "files" / "config.yaml").write_text(
+        "a:\n  value: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    (run / "files" / "wandb-summary.json").write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    (run / "files" / "wandb-metadata.json").write_text(
+        '{"project": ' + "[" * 900 + "]" * 900 + ', "entity": 5}')
+
+
+HOSTILE_RUNS = [
+    ("fifo-log", _fifo_log, "FIFO"),
+    ("fifo-other-log", _fifo_other_log, "FIFO"),
+    ("fifo-files", _fifo_files, "FIFO"),
+    ("sparse-64gib-log", _sparse_log, "limit"),
+    ("sparse-4gib-files", _sparse_files, "limit"),
+    ("deep-files", _deep_files, "nest"),
+]
+
+
+@pytest.mark.parametrize("make, word", [c[1:] for c in HOSTILE_RUNS], ids=[c[0] for c in HOSTILE_RUNS])
+def test_hostile_run_folder_is_read_in_bounded_time_and_memory(tmp_path: Path, make, word: str) -> None:
+    wandb_run, ckpt = _hostile_run(tmp_path)
+    make(wandb_run)
+    result = run_child(READ_IN_CHILD, str(ckpt))
+    result.assert_bounded()
+    out = json.loads(result.stdout)
+    assert out["run_id"] == "abcd1234"
+    assert out["warnings"], out
+    assert all(word.lower() in w.lower() for w in out["warnings"]), out["warnings"]
+    assert all("\n" not in w for w in out["warnings"])
+
+
+def test_config_yaml_values_are_plain(online_run_dir: Path) -> None:
+    (online_run_dir / "files" / "config.yaml").write_text(
+        "created:\n  value: 2024-01-01\nmodel:\n  value: {architecture: 5, encoder: [resnet]}\n"
+        "exp_name:\n  value: \"a\\0b\"\n3:\n  value: three\n")
+    run = ws.read_run(ws.RunLocation("onl1ne00", online_run_dir))
+    assert run.config == {"created": "2024-01-01", "model": {"architecture": 5, "encoder": ["resnet"]},
+                          "exp_name": "a\x00b", "3": "three"}
+    json.dumps(run.config, allow_nan=False)
+    assert ws.model_fields_from_config(run.config) == {}
+
+
+def test_a_yaml_alias_bomb_in_config_is_refused(online_run_dir: Path) -> None:
+    levels = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9))
+    (online_run_dir / "files" / "config.yaml").write_text("l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + levels)
+    run = ws.read_run(ws.RunLocation("onl1ne00", online_run_dir))
+    assert run.config == {}
+    assert any("alias bomb" in w for w in run.warnings)
+
+
+@pytest.mark.parametrize("config", [
+    {"model": 5}, {"model": [1, 2]}, {"model": {"architecture": ["a"]}},
+    {"model.architecture": {"x": 1}}, {"model/architecture": 7}, {"exp_name": "\ud800"},
+    {"exp_name": "a\x00b"}, {"exp_name": "x" * 10_000}, {5: "x", None: "y"},
+    {"model": {5: 1, None: 2}}, {"encoder": {"model_name": 3.5}}, {"encoder": None},
+    {"model": {"component_overrides": "x"}}, [], None, "model", 5,
+])
+def test_model_fields_from_config_of_any_shape(config) -> None:
+    assert ws.model_fields_from_config(config) == {}
+
+
+@pytest.mark.parametrize("hint", [5, ["abc"], {"id": "x"}, "a\x00b", "\ud800", "x" * 10_000, "", None])
+def test_find_run_ignores_hints_that_are_not_names(tmp_path: Path, hint) -> None:
+    ckpt = tmp_path / "outputs" / "run" / "epoch=1.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    assert ws.find_run(ckpt, run_id_hints=(hint,)) is None
+
+
+# The transaction log reader's own limits, on the real offline log and on records wandb would
+# not write around real ones.
+
+
+def _copy_run(offline_run: dict, tmp_path: Path) -> tuple[Path, Path]:
+    source = _wandb_run_dir(offline_run)
+    copy = tmp_path / "wandb" / source.name
+    shutil.copytree(source, copy, symlinks=True)
+    return copy, copy / f"run-{offline_run['run_id']}.wandb"
+
+
+def test_a_record_over_the_size_limit_is_skipped(offline_run: dict, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(ws, "MAX_RECORD_BYTES", 60_000)  # the 100 KB "notes" row is over it
+    run_dir, _ = _copy_run(offline_run, tmp_path)
+    run = ws.read_run(ws.RunLocation(offline_run["run_id"], run_dir))
+    assert run.config == CONFIG
+    assert any("record over" in w for w in run.warnings)
+    assert 150 not in run.steps and 149 in run.steps and 151 in run.steps
+
+
+@pytest.mark.parametrize("limit, word", [("MAX_LOG_RECORDS", "stopped after"),
+                                         ("MAX_LOG_ITEMS", "stopped after"),
+                                         ("MAX_HISTORY_VALUES", "later rows ignored")])
+def test_the_reader_stops_at_its_limits(
+    offline_run: dict, tmp_path: Path, monkeypatch, limit: str, word: str
+) -> None:
+    monkeypatch.setattr(ws, limit, 50)
+    run_dir, _ = _copy_run(offline_run, tmp_path)
+    run = ws.read_run(ws.RunLocation(offline_run["run_id"], run_dir))
+    assert any(word in w for w in run.warnings), run.warnings
+    assert 0 < len(run.steps) < len(FILLER_STEPS)
+
+
+def test_update_keys_are_capped(offline_run: dict, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(ws, "MAX_UPDATE_KEYS", 1)
+    run_dir, _ = _copy_run(offline_run, tmp_path)
+    run = ws.read_run(ws.RunLocation(offline_run["run_id"], run_dir))
+    assert len(run.config) <= 1 and len(run.summary) <= 1
+    assert any("keys ignored" in w for w in run.warnings)
+
+
+def test_hostile_records_beside_real_ones(offline_run: dict, tmp_path: Path) -> None:
+    run_dir, log = _copy_run(offline_run, tmp_path)
+    real = list(ws._log_records(log, []))
+    deep_value = "[" * 200_000 + "]" * 200_000
+    hostile = [
+        record(config={"update": [{"key": "deep", "valueJson": deep_value}]}),
+        record(config={"update": [{"nestedKey": [f"k{i}" for i in range(5_000)], "valueJson": "1"}]}),
+        record(config={"update": [{"key": "big", "valueJson": "9" * 10_000}]}),
+        record(summary={"update": [{"key": "s", "valueJson": '"\\ud800\\u0000"'}]}),
+        record(history={"item": [{"key": "trainer/global_step", "valueJson": "1e400"},
+                                 {"key": "m", "valueJson": "NaN"}]}),
+        record(history={"item": [{"key": "_step", "valueJson": "-5"}, {"key": "m", "valueJson": "1"}]}),
+        record(run={"runId": "bad\u0000id", "project": "\n", "entity": "x" * 10_000}),
+        b"\xff" * 50,  # not a Record
+    ]
+    write_log(log, real + hostile)
+    run = ws.read_run(ws.RunLocation(offline_run["run_id"], run_dir))
+    assert run.config == CONFIG
+    assert run.summary["s"] == "\ufffd\x00"
+    assert (run.run_id, run.project, run.entity) == (offline_run["run_id"], "p", None)
+    assert run.history_at_step(200)["val/hmean"] == 0.6
+    assert any("nested too deep" in w or "nests deeper" in w for w in run.warnings), run.warnings
+    assert ws.read_run(ws.RunLocation(offline_run["run_id"], run_dir)).config == CONFIG
