@@ -173,7 +173,8 @@ class StorageRef:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * ELEMENT_SIZE.get(self.dtype, 1)
+        # numel is checked to be below 2**63 where the reference is made; keep it so here too.
+        return min(self.numel, MAX_DIM) * ELEMENT_SIZE.get(self.dtype, 1)
 
 
 @dataclass
@@ -198,10 +199,8 @@ class TensorDescriptor:
 
     @property
     def numel(self) -> int:
-        total = 1
-        for dim in self.shape:
-            total *= dim
-        return total
+        """The element count, or -1 when it exceeds :data:`MAX_NUMEL` (no real tensor does)."""
+        return bounded_product(self.shape, MAX_NUMEL)
 
     def __repr__(self) -> str:
         return f"<{self.kind} {self.dtype} {list(self.shape)}>"
@@ -226,8 +225,28 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+#: Bounds on shapes and strides from a pickle, checked before any product is taken: a shape of a
+#: million dims of 2**63 costs minutes of bigint multiplication.
+MAX_NDIM = 64
+MAX_DIM = 1 << 63
+MAX_NUMEL = 1 << 63
+
+
+def bounded_product(dims: Any, cap: int) -> int:
+    """The product of ``dims`` (ints in ``[0, MAX_DIM)``), or -1 once it would exceed ``cap``."""
+    total = 1
+    for dim in dims:
+        if not 0 <= dim < MAX_DIM:
+            return -1
+        total *= dim
+        if total > cap:
+            return -1
+    return total
+
+
 def _int_tuple(value: Any) -> tuple[int, ...]:
-    if isinstance(value, (tuple, list)) and all(_is_int(v) for v in value):
+    if (isinstance(value, (tuple, list)) and len(value) <= MAX_NDIM
+            and all(_is_int(v) and -MAX_DIM <= v < MAX_DIM for v in value)):
         return tuple(value)
     raise _Refuse
 
@@ -299,7 +318,7 @@ def _torch_device(*args: Any) -> str:
 
 def _tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
             dtype: str | None = None) -> TensorDescriptor:
-    if not isinstance(storage, StorageRef) or not _is_int(offset):
+    if not isinstance(storage, StorageRef) or not _is_int(offset) or not 0 <= offset < MAX_DIM:
         raise _Refuse
     return TensorDescriptor(
         dtype=dtype or storage.dtype,
@@ -469,60 +488,151 @@ def resolve_global(module: str, name: str) -> Any:
     return placeholder_type(module, name)
 
 
+#: Objects the pickle may create (each opcode that pushes onto the stack counts, references
+#: included). A Lightning checkpoint of 100k tensors with Adam state pushes about 9 million.
+MAX_PICKLE_OBJECTS = 20_000_000
+#: Containers (lists, dicts, sets, tuples, called globals) among them; that checkpoint has 2.3 million.
+MAX_PICKLE_CONTAINERS = 6_000_000
+#: Tuples and frozensets nested deeper than this are refused: CPython hashes a tuple by recursing
+#: in C without a depth check, so a dict key nested a million deep crashes the process.
+MAX_TUPLE_NESTING = 100
+
+# What each opcode does to the stack, for scan_pickle's model of it.
+(_ATOM, _CONTAINER, _TUPLE_N, _TUPLE_MARK, _LIST_MARK, _POP_N, _POP_N_PUSH, _POP_MARK_ONLY,
+ _GET, _PUT, _MEMOIZE, _DUP, _MARK, _POP, _PERSID, _KEEP, _NOTHING, _STOP, _SETITEM) = range(19)
+
+
 @functools.cache
-def _argument_sizes() -> tuple[int | None, ...]:
-    """Opcode byte -> size of its argument (pickletools' convention: < 0 for variable), None if unknown."""
+def _opcode_table() -> tuple[tuple[int | None, int, int] | None, ...]:
+    """Opcode byte -> (argument size, effect, count), None if unknown.
+
+    The argument size follows pickletools' convention (< 0 for variable); ``count`` is how many
+    items the effect pops, where it pops a fixed number.
+    """
     import pickletools
 
-    sizes: list[int | None] = [None] * 256
+    effects: dict[str, tuple[int, int]] = {
+        "EMPTY_LIST": (_CONTAINER, 0), "EMPTY_DICT": (_CONTAINER, 0), "EMPTY_SET": (_CONTAINER, 0),
+        "BYTEARRAY8": (_CONTAINER, 0), "TUPLE1": (_TUPLE_N, 1),
+        "TUPLE2": (_TUPLE_N, 2), "TUPLE3": (_TUPLE_N, 3), "TUPLE": (_TUPLE_MARK, 0),
+        "FROZENSET": (_TUPLE_MARK, 0), "LIST": (_LIST_MARK, 0), "DICT": (_LIST_MARK, 0),
+        "INST": (_LIST_MARK, 0), "OBJ": (_LIST_MARK, 0),
+        "APPEND": (_POP_N, 1), "SETITEM": (_SETITEM, 2),
+        "APPENDS": (_POP_MARK_ONLY, 0), "SETITEMS": (_POP_MARK_ONLY, 0),
+        "ADDITEMS": (_POP_MARK_ONLY, 0), "POP_MARK": (_POP_MARK_ONLY, 0),
+        "REDUCE": (_POP_N_PUSH, 2), "NEWOBJ": (_POP_N_PUSH, 2), "NEWOBJ_EX": (_POP_N_PUSH, 3),
+        "STACK_GLOBAL": (_POP_N_PUSH, 2), "BUILD": (_POP_N, 1),
+        "GET": (_GET, 0), "BINGET": (_GET, 0), "LONG_BINGET": (_GET, 0),
+        "PUT": (_PUT, 0), "BINPUT": (_PUT, 0), "LONG_BINPUT": (_PUT, 0), "MEMOIZE": (_MEMOIZE, 0),
+        "DUP": (_DUP, 0), "MARK": (_MARK, 0), "POP": (_POP, 0),
+        # The legacy format's ("module", cls, source) persistent id yields one of its items.
+        "BINPERSID": (_PERSID, 1), "READONLY_BUFFER": (_KEEP, 1), "READWRITE_BUFFER": (_KEEP, 1),
+        "PROTO": (_NOTHING, 0), "FRAME": (_NOTHING, 0), "STOP": (_STOP, 0),
+    }
+    table: list[tuple[int | None, int, int] | None] = [None] * 256
     for op in pickletools.opcodes:
-        sizes[ord(op.code)] = op.arg.n if op.arg is not None else 0
-    for code in (b"c", b"i"):  # GLOBAL and INST take two newline-terminated lines
-        sizes[code[0]] = _TWO_LINES
-    return tuple(sizes)
+        size = op.arg.n if op.arg is not None else 0
+        if op.code in "ci":  # GLOBAL and INST take two newline-terminated lines
+            size = _TWO_LINES
+        effect, count = effects.get(op.name, (_ATOM, 0))  # the rest push one new atom
+        table[ord(op.code)] = (size, effect, count)
+    return tuple(table)
 
 
 _TWO_LINES = -100
-_STOP, _PUT, _LONG_BINPUT = ord("."), ord("p"), ord("r")
 _LENGTH_WIDTHS = {-2: 1, -3: 4, -4: 4, -5: 8}  # pickletools' TAKEN_FROM_ARGUMENT{1,4,4U,8U}
 
 
 def scan_pickle(data: bytes, start: int = 0) -> int:
     """Check the opcodes of the pickle at ``data[start:]`` without running any; return where it ends.
 
-    CPython's C unpickler grows its memo array to the largest index a PUT names, so a five-byte
-    ``LONG_BINPUT 2**30`` makes it allocate and zero 16 GiB. A pickler numbers memo entries in
-    order, so an index beyond the count of opcodes so far is refused here, before unpickling.
-    Raises :class:`pickle.UnpicklingError` (the message says "truncated" when the data ends first).
+    A model of the unpickler's stack finds, before anything is built:
+
+    - memo indexes beyond the count of opcodes so far (CPython's C unpickler grows its memo to the
+      largest index a PUT names: a five-byte ``LONG_BINPUT 2**30`` allocates 16 GiB);
+    - more than :data:`MAX_PICKLE_OBJECTS` objects or :data:`MAX_PICKLE_CONTAINERS` containers (a
+      few hundred compressed bytes of ``EMPTY_LIST`` would become gigabytes of lists);
+    - tuples or frozensets nested deeper than :data:`MAX_TUPLE_NESTING` (exact: they are immutable,
+      so the depth of every stack and memo slot is known).
+
+    Raises :class:`pickle.UnpicklingError` with a one-line reason (it says "truncated" when the
+    data ends first).
     """
-    sizes = _argument_sizes()
+    table, fast_atoms = _opcode_table(), _fast_atoms()
     find, end = data.find, len(data)
-    pos, ops = start, 0
+    pos = start
+    # Per stack slot, the tuple nesting of what it holds (0 for anything but a tuple or frozenset);
+    # memo slots likewise, only the non-zero ones kept. A memo index cannot exceed the number of
+    # opcodes so far, which ``pos`` bounds (an opcode is at least a byte).
+    stack: list[int] = []
+    push = stack.append
+    marks: list[int] = []
+    memo: dict[int, int] = {}
+    memo_len = pushes = containers = 0
+    fence = 0  # the unpickler never pops below the last mark
     while pos < end:
         code = data[pos]
-        size = sizes[code]
+        # Fast paths, most frequent first, for what real checkpoints are mostly made of.
+        size = fast_atoms[code]
+        if size >= 0:  # an atom with a fixed-size argument (BININT1, NEWFALSE, EMPTY_TUPLE, ...)
+            pos += size + 1
+            pushes += 1
+            if pushes > MAX_PICKLE_OBJECTS:
+                break
+            push(0)
+            continue
+        if code == _LONG_BINPUT or code == _BINPUT:
+            at = pos
+            pos += 5 if code == _LONG_BINPUT else 2
+            if pos > end:
+                break
+            index = int.from_bytes(data[at + 1:pos], "little")
+            if index > at:
+                raise pickle.UnpicklingError(f"memo index out of range at byte {at}")
+            if len(stack) <= fence:
+                raise pickle.UnpicklingError(f"PUT on an empty stack at byte {at}")
+            if stack[-1]:
+                memo[index] = stack[-1]
+            elif memo:
+                memo.pop(index, None)
+            continue
+        if code == _BINGET or code == _LONG_BINGET:
+            at = pos
+            pos += 2 if code == _BINGET else 5
+            pushes += 1
+            if pushes > MAX_PICKLE_OBJECTS:
+                break
+            push(memo.get(int.from_bytes(data[at + 1:pos], "little"), 0) if memo else 0)
+            continue
+        if code == _BINUNICODE:
+            pos += 5 + int.from_bytes(data[pos + 1:pos + 5], "little")
+            pushes += 1
+            if pushes > MAX_PICKLE_OBJECTS:
+                break
+            push(0)
+            continue
+        if code == _MARK_CODE:
+            pos += 1
+            fence = len(stack)
+            marks.append(fence)
+            pushes += 1
+            if pushes > MAX_PICKLE_OBJECTS:
+                break
+            continue
+        entry = table[code]
+        if entry is None:
+            raise pickle.UnpicklingError(f"invalid opcode {bytes([code])!r} at byte {pos}")
+        at = pos
         pos += 1
-        ops += 1
+        size, effect, count = entry
         if size == 0:
-            if code == _STOP:
-                return pos
-        elif size is None:
-            raise pickle.UnpicklingError(f"invalid opcode {bytes([code])!r} at byte {pos - 1}")
+            pass
         elif size > 0:
-            if code == _LONG_BINPUT and int.from_bytes(data[pos:pos + 4], "little") > ops:
-                raise pickle.UnpicklingError(f"memo index out of range at byte {pos - 1}")
             pos += size
         elif size == -1:  # up to a newline
             line_end = find(b"\n", pos)
             if line_end < 0:
                 break
-            if code == _PUT:
-                try:
-                    index = int(data[pos:line_end])
-                except ValueError:
-                    raise pickle.UnpicklingError(f"invalid PUT argument at byte {pos - 1}") from None
-                if index > ops:
-                    raise pickle.UnpicklingError(f"memo index out of range at byte {pos - 1}")
             pos = line_end + 1
         elif size == _TWO_LINES:
             first = find(b"\n", pos)
@@ -534,24 +644,208 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
             width = _LENGTH_WIDTHS[size]
             length = int.from_bytes(data[pos:pos + width], "little", signed=size == -3)
             if length < 0:
-                raise pickle.UnpicklingError(f"negative length at byte {pos - 1}")
+                raise pickle.UnpicklingError(f"negative length at byte {at}")
             pos += width + length
+        if pos > end:
+            break
+        if effect == _ATOM:
+            push(0)
+            pushes += 1
+        elif effect == _TUPLE_N or effect == _TUPLE_MARK:
+            if effect == _TUPLE_MARK:
+                if not marks:
+                    raise pickle.UnpicklingError(f"no MARK before byte {at}")
+                count = len(stack) - marks.pop()
+            elif len(stack) - count < fence:
+                raise pickle.UnpicklingError(f"stack underflow at byte {at}")
+            depth = 1
+            if count:
+                depth += max(stack[-count:])
+                del stack[-count:]
+                if depth > MAX_TUPLE_NESTING:
+                    raise pickle.UnpicklingError(
+                        f"a tuple or frozenset nested deeper than {MAX_TUPLE_NESTING} levels at byte {at}")
+            fence = marks[-1] if marks else 0
+            push(depth)
+            pushes += 1
+            containers += 1
+        elif effect == _POP_N_PUSH or effect == _PERSID or effect == _KEEP:
+            if len(stack) - count < fence:
+                raise pickle.UnpicklingError(f"stack underflow at byte {at}")
+            # A call never returns a nested tuple (every callable is a stand-in or a placeholder
+            # type); a legacy persistent id yields one of its own items.
+            depth = stack[-1] if effect != _POP_N_PUSH else 0
+            del stack[-count:]
+            push(depth)
+            pushes += 1
+            containers += effect == _POP_N_PUSH
+        elif effect == _POP_N or effect == _SETITEM:
+            if len(stack) - count - 1 < fence:
+                raise pickle.UnpicklingError(f"stack underflow at byte {at}")
+            del stack[-count:]
+        elif effect == _CONTAINER:
+            push(0)
+            pushes += 1
+            containers += 1
+        elif effect == _LIST_MARK or effect == _POP_MARK_ONLY:
+            if not marks:
+                raise pickle.UnpicklingError(f"no MARK before byte {at}")
+            del stack[marks.pop():]
+            fence = marks[-1] if marks else 0
+            if effect == _LIST_MARK:
+                push(0)
+                pushes += 1
+                containers += 1
+            elif code != _POP_MARK and not stack:  # APPENDS, SETITEMS, ADDITEMS need their target
+                raise pickle.UnpicklingError(f"stack underflow at byte {at}")
+        elif effect == _PUT or effect == _GET:
+            index = _memo_index(code, data, at, pos)
+            if effect == _GET:
+                push(memo.get(index, 0))
+                pushes += 1
+            elif index > at:
+                raise pickle.UnpicklingError(f"memo index out of range at byte {at}")
+            elif len(stack) <= fence:
+                raise pickle.UnpicklingError(f"PUT on an empty stack at byte {at}")
+            elif stack[-1]:
+                memo[index] = stack[-1]
+            else:
+                memo.pop(index, None)
+        elif effect == _MEMOIZE:
+            if len(stack) <= fence:
+                raise pickle.UnpicklingError(f"MEMOIZE on an empty stack at byte {at}")
+            if stack[-1]:
+                memo[memo_len] = stack[-1]
+            memo_len += 1
+        elif effect == _DUP:
+            if len(stack) <= fence:
+                raise pickle.UnpicklingError(f"stack underflow at byte {at}")
+            push(stack[-1])
+            pushes += 1
+        elif effect == _POP:
+            if marks and marks[-1] == len(stack):
+                marks.pop()
+                fence = marks[-1] if marks else 0
+            elif len(stack) <= fence:
+                raise pickle.UnpicklingError(f"stack underflow at byte {at}")
+            else:
+                stack.pop()
+        elif effect == _STOP:
+            return pos
+        if pushes > MAX_PICKLE_OBJECTS:
+            break
+        if containers > MAX_PICKLE_CONTAINERS:
+            raise pickle.UnpicklingError(f"creates more than {MAX_PICKLE_CONTAINERS:,} containers")
+    if pushes > MAX_PICKLE_OBJECTS:
+        raise pickle.UnpicklingError(f"creates more than {MAX_PICKLE_OBJECTS:,} objects")
     raise pickle.UnpicklingError("pickle data was truncated")
+
+
+def _memo_index(code: int, data: bytes, at: int, after: int) -> int:
+    """The memo index of the GET or PUT at ``data[at:after]``."""
+    if code in _LINE_MEMO_OPS:  # a decimal line, newline included
+        line = data[at + 1:after - 1]
+        try:
+            if len(line) > 24:
+                raise ValueError
+            return int(line)
+        except ValueError:
+            raise pickle.UnpicklingError(f"invalid memo index at byte {at}") from None
+    return int.from_bytes(data[at + 1:after], "little")
+
+
+_LINE_MEMO_OPS = frozenset(b"gp")
+_BINUNICODE, _BINPUT, _LONG_BINPUT, _BINGET, _LONG_BINGET, _MARK_CODE, _POP_MARK = b"Xqrhj(1"
+
+
+@functools.cache
+def _fast_atoms() -> tuple[int, ...]:
+    """Opcode byte -> size of its fixed argument if it pushes one new atom, else -1."""
+    sizes = [-1] * 256
+    for code, entry in enumerate(_opcode_table()):
+        if entry is not None and entry[1] == _ATOM and entry[0] is not None and entry[0] >= 0:
+            sizes[code] = entry[0]
+    return tuple(sizes)
+
+
+#: What ``torch.load(weights_only=True)`` allows by default (torch 2.13, after ``import torch``):
+#: ``torch/_weights_only_unpickler.py:_get_allowed_globals`` plus what torch registers itself with
+#: ``add_safe_globals`` on import. Replicated so that telling whether a file needs
+#: ``weights_only=False`` never imports torch.
+WEIGHTS_ONLY_ALLOWED = frozenset({
+    "_codecs.encode", "builtins.bytearray", "builtins.complex", "builtins.set",
+    "collections.Counter", "collections.OrderedDict",
+    "torch.Size", "torch.Tensor", "torch.device", "torch.nn.parameter.Parameter",
+    "torch.serialization._get_layout", "torch._tensor._rebuild_from_type_v2",
+    "torch.storage.TypedStorage", "torch.storage.UntypedStorage",
+    "torch.per_channel_affine", "torch.per_channel_affine_float_qparams", "torch.per_channel_symmetric",
+    "torch.per_tensor_affine", "torch.per_tensor_symmetric",
+    *(f"torch._utils.{f}" for f in (
+        "_rebuild_device_tensor_from_cpu_tensor", "_rebuild_device_tensor_from_numpy",
+        "_rebuild_meta_tensor_no_storage", "_rebuild_nested_tensor", "_rebuild_parameter",
+        "_rebuild_parameter_with_state", "_rebuild_qtensor", "_rebuild_sparse_tensor",
+        "_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_wrapper_subclass")),
+    *(f"torch.{t}" for t in (
+        "bfloat16", "bits16", "bits1x8", "bits2x4", "bits4x2", "bits8", "bool", "complex128",
+        "complex32", "complex64", "float16", "float32", "float4_e2m1fn_x2", "float64",
+        "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+        "qint32", "qint8", "quint2x4", "quint4x2", "quint8",
+        *(f"int{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64)),
+        *(f"uint{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64)))),
+    *(f"{module}.{kind}Storage" for module in ("torch", "torch.cuda") for kind in (
+        "BFloat16", "Bool", "Byte", "Char", "ComplexDouble", "ComplexFloat", "Double", "Float",
+        "Half", "Int", "Long", "Short")),
+    *(f"torch.{kind}Storage" for kind in ("QInt32", "QInt8", "QUInt2x4", "QUInt4x2", "QUInt8")),
+    *(f"{module}.{kind}Tensor" for module in ("torch", "torch.cuda", "torch.sparse", "torch.cuda.sparse")
+      for kind in ("BFloat16", "Byte", "Char", "Double", "Float", "Half", "Int", "Long", "Short")),
+    *(f"{module}.{kind}Tensor" for module in ("torch", "torch.cuda") for kind in ("Bool",)),
+    "torch.distributed._mesh_layout._FlatLayout", "torch.distributed._mesh_layout._MeshLayout",
+    "torch.nested._internal.nested_tensor.NestedTensor",
+    "torch.nested._internal.nested_tensor._rebuild_njt",
+})
+# torch.load's own renaming of Python 2 names (torch._utils), smaller than pickle's.
+_TORCH_IMPORT_MAPPING = {
+    "__builtin__": "builtins", "copy_reg": "copyreg", "Queue": "queue", "repr": "reprlib",
+    "_abcoll": "collections.abc", "UserDict": "collections", "UserList": "collections",
+    "UserString": "collections", "whichdb": "dbm", "StringIO": "io", "cStringIO": "io",
+}
+_TORCH_NAME_MAPPING = {
+    key: value for key, value in _compat_pickle.NAME_MAPPING.items()
+    if key[0] in ("__builtin__", "itertools", "UserDict", "UserList", "UserString", "exceptions")
+    and key[1] in ("xrange", "reduce", "intern", "unichr", "unicode", "long", "izip", "imap", "ifilter",
+                   "ifilterfalse", "izip_longest", "IterableUserDict", "UserList", "UserString",
+                   "basestring", "StandardError", "UserDict")
+}
+#: Globals remembered per pickle at most (each costs a few bytes of pickle).
+MAX_GLOBALS_RECORDED = 10_000
+
+
+def weights_only_name(module: str, name: str) -> str:
+    """``module.name`` as ``torch.load(weights_only=True)`` spells the global it checks."""
+    if (module, name) in _TORCH_NAME_MAPPING:
+        module, name = _TORCH_NAME_MAPPING[(module, name)]
+    else:
+        module = _TORCH_IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}"
 
 
 class SafeUnpickler(pickle.Unpickler):
     """Unpickles a checkpoint's pickle into placeholders, descriptors and plain data.
 
-    ``storages`` collects every storage the pickle references, by key.
+    ``storages`` collects every storage the pickle references, by key; ``globals`` every global it
+    names (``module.name`` as torch.load spells them; at most :data:`MAX_GLOBALS_RECORDED`).
     """
 
     def __init__(self, file: Any) -> None:
         super().__init__(file)
         self.storages: dict[str, StorageRef] = {}
+        self.globals: set[str] = set()
 
     def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
             raise pickle.UnpicklingError("global names must be strings")
+        if len(self.globals) < MAX_GLOBALS_RECORDED:
+            self.globals.add(weights_only_name(module, name))
         return resolve_global(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
@@ -564,13 +858,15 @@ class SafeUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"unsupported persistent id {_short(pid)}")
         storage_type, key, location, numel = pid[1:5]
         key, location = _ascii(key), _ascii(location)
-        if not isinstance(storage_type, StorageType) or not isinstance(key, str) or not _is_int(numel):
+        if (not isinstance(storage_type, StorageType) or not isinstance(key, str) or not _is_int(numel)
+                or not 0 <= numel < MAX_DIM):
             raise pickle.UnpicklingError(f"unsupported storage reference {_short(pid)}")
         ref = StorageRef(key, storage_type.dtype, location if isinstance(location, str) else "?", numel)
         self.storages.setdefault(key, ref)
         view = pid[5] if len(pid) == 6 else None
         if view is not None:  # legacy storage view: (view_key, offset, size) into the root storage
-            if not (isinstance(view, tuple) and len(view) == 3 and _is_int(view[1]) and _is_int(view[2])):
+            if not (isinstance(view, tuple) and len(view) == 3 and _is_int(view[1]) and _is_int(view[2])
+                    and 0 <= view[1] < MAX_DIM and 0 <= view[2] < MAX_DIM):
                 raise pickle.UnpicklingError(f"unsupported storage view {_short(pid)}")
             ref = replace(ref, numel=view[2], offset=view[1])
         return ref
@@ -696,13 +992,11 @@ def _numpy_array(state: Any) -> Any:
     code = numpy_dtype_code(dtype)
     if code is None or fortran or not isinstance(raw, bytes) or not isinstance(shape, tuple):
         return None
-    if not all(_is_int(d) and d >= 0 for d in shape):
+    if len(shape) > MAX_NDIM or not all(_is_int(d) for d in shape):
         return None
-    count = 1
-    for dim in shape:
-        count *= dim
+    count = bounded_product(shape, _MAX_ARRAY_ELEMENTS)
     size = ELEMENT_SIZE[code[0]]
-    if count > _MAX_ARRAY_ELEMENTS or len(raw) != count * size:
+    if count < 0 or len(raw) != count * size:
         return None
     flat = [decode_scalar(code[0], raw[i * size:(i + 1) * size], code[1]) for i in range(count)]
     if not shape:

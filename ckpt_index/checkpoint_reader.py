@@ -32,8 +32,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ckpt_index import safe_io
 from ckpt_index._unpickle import (
     ELEMENT_SIZE,
+    WEIGHTS_ONLY_ALLOWED,
     ConversionLimit,
     Placeholder,
     SafeUnpickler,
@@ -51,6 +53,7 @@ __all__ = [
     "Placeholder",
     "StorageRef",
     "TensorDescriptor",
+    "check_integrity",
     "read_checkpoint",
     "to_plain",
 ]
@@ -63,11 +66,19 @@ MAX_READ_BYTES = 64 << 20
 MAX_SCALAR_STORAGE_BYTES = 64
 #: 0-d tensors decoded per checkpoint at most (each is one or two small reads).
 MAX_SCALAR_READS = 1024
+#: A compressed ``data.pkl`` (torch.save stores it uncompressed) that expands more than this many
+#: times, to more than MIN_RATIO_CHECK_BYTES, is refused before it is decompressed: a few hundred
+#: bytes of bzip2 become 256 MiB of opcodes.
+MAX_COMPRESSION_RATIO = 1000
+MIN_RATIO_CHECK_BYTES = 16 << 20
+#: Counters such as epoch and global_step are refused outside [0, 2**63).
+_MAX_COUNTER = (1 << 63) - 1
 #: Top-level keys whose 0-d tensors (BatchNorm counters, optimizer steps) are left undecoded.
 _WEIGHT_KEYS = frozenset({"state_dict", "optimizer_states", "lr_schedulers"})
 
-#: What a format loader returns: the top-level dict, a reader of scalar bytes, the format name.
-_Loaded = tuple[dict[Any, Any], "_ScalarSource | None", str]
+#: What a format loader returns: the top-level dict, a reader of scalar bytes, the format name,
+#: the globals its pickles name.
+_Loaded = tuple[dict[Any, Any], "_ScalarSource | None", str, set[str]]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -107,8 +118,13 @@ class CheckpointContents:
     hyper_parameters: dict[Any, Any] | None = None
     cleval_metrics: dict[str, float] | None = None
     checkpoint_callbacks: list[dict[str, Any]] = field(default_factory=list)
-    #: Parts of the checkpoint that could not be converted (too deep, too large), one line each.
+    #: Parts of the checkpoint that could not be converted (too deep, too large, out of range),
+    #: one line each.
     warnings: list[str] = field(default_factory=list)
+    #: The globals the pickle names that ``torch.load(weights_only=True)`` refuses by default,
+    #: sorted ``module.name``: empty when the file loads with ``weights_only=True``, else what to
+    #: pass to ``torch.serialization.add_safe_globals`` (or a reason to use ``weights_only=False``).
+    unsafe_globals: list[str] = field(default_factory=list)
 
     @cached_property
     def state_dict_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -117,7 +133,7 @@ class CheckpointContents:
         if not isinstance(state, dict):
             bare = bool(self.raw) and all(isinstance(v, TensorDescriptor) for v in self.raw.values())
             state = self.raw if bare else {}
-        return {str(k): v.shape for k, v in state.items() if isinstance(v, TensorDescriptor)}
+        return {_text(k): v.shape for k, v in state.items() if isinstance(v, TensorDescriptor)}
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointContents:
@@ -129,27 +145,177 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointContents:
     """
     path = Path(path)
     try:
-        file = _CountingFile(path)
-    except OSError as exc:
-        raise CheckpointReadError(path, f"cannot open: {exc.strerror or exc}") from None
-    with file:
+        fd, _ = safe_io.open_fd(path, max_size=None)
+    except safe_io.UnsafeFileError as exc:
+        raise CheckpointReadError(path, exc.reason) from None
+    with _CountingFile(fd, "rb", closefd=True) as file:
         try:
-            raw, scalars, fmt = _load(file, path)
+            raw, scalars, fmt, names = _load(file, path)
             try:
                 _decode_scalars(raw, scalars)
             finally:
                 if scalars is not None:
                     scalars.close()
+            contents = CheckpointContents(path=path, raw=raw, bytes_read=0, format=fmt,
+                                          unsafe_globals=sorted(names - WEIGHTS_ONLY_ALLOWED))
+            _summarize(contents)
+        except CheckpointReadError:
+            raise
         except _TooLarge as exc:
             raise CheckpointReadError(path, str(exc)) from None
         except OSError as exc:
             if exc.errno == errno.EINVAL:  # a seek to a negative offset read from a damaged header
                 raise CheckpointReadError(path, "corrupt file: an offset in it points outside it") from None
             raise CheckpointReadError(path, f"read error: {exc.strerror or exc}") from None
-        contents = CheckpointContents(path=path, raw=raw, bytes_read=0, format=fmt)
-        _summarize(contents)
+        except MemoryError:
+            raise CheckpointReadError(path, "out of memory while reading it") from None
+        except Exception as exc:  # noqa: BLE001 - the contract: only CheckpointReadError escapes
+            # A bug for the fuzzer to find (it refuses this reason), never a crash of the caller.
+            reason = f"{_UNEXPECTED} {type(exc).__name__}: {_describe(exc)}"
+            raise CheckpointReadError(path, reason) from None
         contents.bytes_read = file.bytes_read
     return contents
+
+
+_UNEXPECTED = "unexpected error while reading:"
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity without reading the file
+
+_EOCD = struct.Struct("<4s4H2LH")  # zipfile's structEndArchive
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")  # zipfile's structCentralDir
+_MAX_COMMENT = 0xFFFF
+#: A central directory larger than this is not read (a checkpoint of 100k tensors has ~10 MiB).
+MAX_CENTRAL_DIRECTORY_BYTES = MAX_READ_BYTES
+
+
+def check_integrity(path: str | os.PathLike[str]) -> str | None:
+    """None if the checkpoint at ``path`` looks whole, else a one-line reason.
+
+    For a zip (torch >= 1.6) only its end is read: the end-of-central-directory records, the
+    central directory (its size grows with the number of tensors, never with their bytes) and the
+    local header of the last member. The directory must lie within the file, name exactly one
+    ``<prefix>/data.pkl``, and every member's data must end before the directory starts. A
+    truncated copy (Lightning #688) fails the first check. A legacy torch file passes if its magic
+    number is there; anything else is "not a PyTorch checkpoint".
+    """
+    try:
+        with safe_io.open_regular(path, max_size=None) as (handle, st):
+            return _check_integrity(handle, st.st_size)
+    except safe_io.UnsafeFileError as exc:
+        return exc.reason
+    except OSError as exc:
+        return f"read error: {exc.strerror or exc}"
+    except (ValueError, OverflowError, struct.error) as exc:  # numbers from a damaged directory
+        return f"corrupt zip archive: {_describe(exc)}"
+
+
+def _check_integrity(handle: io.FileIO, size: int) -> str | None:
+    if size == 0:
+        return "empty file"
+    head = _pread(handle, 0, 512)
+    tail_start = max(0, size - (_EOCD.size + _MAX_COMMENT))
+    tail = _pread(handle, tail_start, size - tail_start)
+    found = tail.rfind(b"PK\x05\x06")
+    while found >= 0 and found + _EOCD.size > len(tail):
+        found = tail.rfind(b"PK\x05\x06", 0, found)
+    if found < 0:
+        if head.startswith(b"PK"):
+            return "truncated zip archive: no end of central directory record"
+        if _is_legacy(head):
+            return None
+        return "not a PyTorch checkpoint: neither a zip archive nor the legacy torch format"
+    eocd_at = tail_start + found
+    (_, disk, _, _, entries, cd_size, cd_offset, _) = _EOCD.unpack_from(tail, found)
+    cd_end_limit = eocd_at
+    if eocd_at >= _EOCD64_LOCATOR.size:
+        locator = _pread(handle, eocd_at - _EOCD64_LOCATOR.size, _EOCD64_LOCATOR.size)
+        if locator[:4] == b"PK\x06\x07":
+            # Right before its locator, as zipfile reads it (the locator's offset ignores any
+            # bytes before the archive).
+            eocd64_at = eocd_at - _EOCD64_LOCATOR.size - _EOCD64.size
+            record = _pread(handle, eocd64_at, _EOCD64.size)
+            if len(record) != _EOCD64.size or record[:4] != b"PK\x06\x06":
+                return "corrupt zip archive: ZIP64 end record missing"
+            _, _, _, _, disk, _, _, entries, cd_size, cd_offset = _EOCD64.unpack(record)
+            cd_end_limit = eocd64_at
+    if disk:
+        return "unsupported zip archive: spans several disks"
+    # Bytes before the archive (a zip appended to something) shift every offset, as zipfile allows.
+    shift = cd_end_limit - cd_size - cd_offset
+    if shift < 0:
+        return f"truncated zip archive: its central directory would end at byte {cd_offset + cd_size}, " \
+               f"the file has {size}"
+    if cd_size > MAX_CENTRAL_DIRECTORY_BYTES:
+        return f"zip central directory of {cd_size} bytes, over the {MAX_CENTRAL_DIRECTORY_BYTES} byte limit"
+    directory = _pread(handle, cd_offset + shift, cd_size)
+    if len(directory) != cd_size:
+        return "truncated zip archive: its central directory is cut short"
+    pickles: list[str] = []
+    last_name, last_offset, last_size = "", -1, 0
+    pos = count = 0
+    while pos + _CENTRAL.size <= cd_size:
+        fields = _CENTRAL.unpack_from(directory, pos)
+        if fields[0] != b"PK\x01\x02":
+            return f"corrupt zip archive: central directory entry {count} is damaged"
+        name_len, extra_len, comment_len = fields[12], fields[13], fields[14]
+        raw_name = directory[pos + _CENTRAL.size:pos + _CENTRAL.size + name_len]
+        compress_size, offset = fields[10], fields[18]
+        if compress_size == 0xFFFFFFFF or offset == 0xFFFFFFFF:
+            extra = directory[pos + _CENTRAL.size + name_len:pos + _CENTRAL.size + name_len + extra_len]
+            compress_size, offset = _zip64_sizes(extra, fields[11], compress_size, offset)
+        name = raw_name.decode("utf-8" if fields[6] & 0x800 else "cp437", "replace")
+        data_end = shift + offset + 30 + name_len + compress_size
+        if data_end > cd_offset + shift:
+            return f"truncated or corrupt zip archive: member {name[:80]} would end past the central directory"
+        if name.endswith("/data.pkl") and name.count("/") == 1:
+            pickles.append(name)
+        if offset > last_offset:
+            last_name, last_offset, last_size = name, offset, compress_size
+        pos += _CENTRAL.size + name_len + extra_len + comment_len
+        count += 1
+    if count != entries:
+        return f"corrupt zip archive: {count} central directory entries, its end record says {entries}"
+    if not pickles:
+        return "zip archive has no <prefix>/data.pkl: not a torch.save checkpoint"
+    if len(pickles) > 1:
+        return f"zip archive has several data.pkl members: {', '.join(sorted(pickles)[:4])}"
+    if last_offset >= 0:  # the local header's extra field (torch pads to 64 bytes) is only there
+        header = _pread(handle, shift + last_offset, _LOCAL_HEADER.size)
+        if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+            return f"corrupt zip archive: no local header for member {last_name[:80]}"
+        fields = _LOCAL_HEADER.unpack(header)
+        end = shift + last_offset + _LOCAL_HEADER.size + fields[10] + fields[11] + last_size
+        if end > cd_offset + shift:
+            return f"truncated or corrupt zip archive: member {last_name[:80]} ends past the central directory"
+    return None
+
+
+def _zip64_sizes(extra: bytes, file_size: int, compress_size: int, offset: int) -> tuple[int, int]:
+    """Compressed size and header offset from a ZIP64 extra field, as zipfile reads them."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<2H", extra, pos)
+        if tag == 1:
+            values = list(struct.unpack_from(f"<{min(length, len(extra) - pos - 4) // 8}Q", extra, pos + 4))
+            if file_size == 0xFFFFFFFF and values:
+                values.pop(0)
+            if compress_size == 0xFFFFFFFF and values:
+                compress_size = values.pop(0)
+            if offset == 0xFFFFFFFF and values:
+                offset = values.pop(0)
+            break
+        pos += 4 + length
+    return compress_size, offset
+
+
+def _pread(handle: io.FileIO, offset: int, size: int) -> bytes:
+    if not 0 <= offset < 1 << 62 or size <= 0:  # offsets come from the file: anything goes
+        return b""
+    return os.pread(handle.fileno(), size, offset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,14 +397,14 @@ def _load_zip(file: _CountingFile, path: Path) -> _Loaded:
     except _ZIP_ERRORS as exc:  # names that are not UTF-8 raise ValueError, odd versions NotImplementedError
         raise CheckpointReadError(path, f"truncated or corrupt zip archive: {_describe(exc)}") from None
     try:
-        raw, prefix, byteorder = _read_zip_pickle(archive, path)
+        raw, prefix, byteorder, names = _read_zip_pickle(archive, path)
     except BaseException:
         archive.close()
         raise
-    return raw, _ZipScalars(archive, file, prefix, byteorder), "zip"
+    return raw, _ZipScalars(archive, file, prefix, byteorder), "zip", names
 
 
-def _read_zip_pickle(archive: zipfile.ZipFile, path: Path) -> tuple[dict[Any, Any], str, str]:
+def _read_zip_pickle(archive: zipfile.ZipFile, path: Path) -> tuple[dict[Any, Any], str, str, set[str]]:
     pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if not pickles:
         raise CheckpointReadError(path, "zip archive has no <prefix>/data.pkl: not a torch.save checkpoint")
@@ -254,8 +420,8 @@ def _read_zip_pickle(archive: zipfile.ZipFile, path: Path) -> tuple[dict[Any, An
         if order not in (b"little", b"big"):
             raise CheckpointReadError(path, f"{prefix}/byteorder is {order[:16]!r}, not little or big")
         byteorder = order.decode()
-    obj, _, _ = _unpickle(data, path, name)
-    return _top_level(obj, path, name), prefix, byteorder
+    obj, unpickler, _ = _unpickle(data, path, name)
+    return _top_level(obj, path, name), prefix, byteorder, unpickler.globals
 
 
 #: What zipfile raises on damaged archives and members (zlib.error included).
@@ -267,6 +433,10 @@ def _read_member(archive: zipfile.ZipFile, name: str, limit: int, path: Path) ->
     info = archive.getinfo(name)
     if info.file_size > limit or info.compress_size > limit:
         raise CheckpointReadError(path, f"{name} is {info.file_size} bytes, more than the {limit} byte limit")
+    if (info.compress_type != zipfile.ZIP_STORED and info.file_size > MIN_RATIO_CHECK_BYTES
+            and info.file_size > MAX_COMPRESSION_RATIO * info.compress_size):
+        raise CheckpointReadError(
+            path, f"{name} expands from {info.compress_size} to {info.file_size} bytes: a compression bomb")
     try:
         with archive.open(info) as member:  # in chunks: each read of the file stays small
             chunks = list(iter(lambda: member.read(16 << 20), b""))
@@ -376,13 +546,14 @@ def _parse_legacy(buffer: bytes, file: _CountingFile, path: Path) -> _Loaded:
             raise
         return obj, unpickler
 
-    load("legacy magic number")
-    version, _ = load("legacy protocol version")
+    _, first = load("legacy magic number")
+    version, second = load("legacy protocol version")
     if version != _LEGACY_PROTOCOL:
         raise CheckpointReadError(path, f"unsupported legacy torch format: protocol version {version!r}")
-    sys_info, _ = load("legacy sys_info")
+    sys_info, third = load("legacy sys_info")
     obj, unpickler = load("legacy checkpoint pickle")
-    keys, _ = load("legacy storage keys")
+    keys, last = load("legacy storage keys")
+    names = set().union(*(u.globals for u in (first, second, third, unpickler, last)))
     raw = _top_level(obj, path, "the legacy checkpoint pickle")
     little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
     scalars = None
@@ -392,7 +563,7 @@ def _parse_legacy(buffer: bytes, file: _CountingFile, path: Path) -> _Loaded:
         if scalars.end is not None and scalars.end > size:
             reason = f"truncated legacy torch file: its storages end at byte {scalars.end}, the file has {size}"
             raise CheckpointReadError(path, reason)
-    return raw, scalars, "legacy"
+    return raw, scalars, "legacy", names
 
 
 class _LegacyScalars(_ScalarSource):
@@ -475,8 +646,8 @@ def _read_scalar(tensor: TensorDescriptor, source: _ScalarSource) -> Any:
 
 def _summarize(contents: CheckpointContents) -> None:
     raw = contents.raw
-    contents.epoch = _int(raw.get("epoch"))
-    contents.global_step = _int(raw.get("global_step"))
+    contents.epoch = _counter(contents, "epoch")
+    contents.global_step = _counter(contents, "global_step")
     version = raw.get("pytorch-lightning_version")
     contents.lightning_version = version if isinstance(version, str) else None
     hparams = raw.get("hyper_parameters", raw.get("hparams"))
@@ -487,7 +658,7 @@ def _summarize(contents: CheckpointContents) -> None:
         plain = _convert(contents, "cleval_metrics", raw["cleval_metrics"])
         if isinstance(plain, dict):
             contents.cleval_metrics = {
-                str(k): float(v) for k, v in plain.items() if _number(v) is not None
+                _text(k): float(v) for k, v in plain.items() if _number(v) is not None
             }
     callbacks = raw.get("callbacks")
     if isinstance(callbacks, dict):
@@ -495,7 +666,7 @@ def _summarize(contents: CheckpointContents) -> None:
             try:
                 state = _model_checkpoint(key, value)
             except ConversionLimit as exc:
-                contents.warnings.append(f"callbacks[{str(key)[:80]!r}]: {exc}")
+                contents.warnings.append(f"callbacks[{_text(key)[:80]!r}]: {exc}")
                 continue
             if state is not None:
                 contents.checkpoint_callbacks.append(state)
@@ -508,6 +679,26 @@ def _convert(contents: CheckpointContents, name: str, value: Any) -> Any:
     except ConversionLimit as exc:
         contents.warnings.append(f"{name}: {exc}")
         return None
+
+
+def _counter(contents: CheckpointContents, key: str) -> int | None:
+    """``raw[key]`` if it is an int in [0, 2**63), else None (with a warning when it is an int)."""
+    value = _int(contents.raw.get(key))
+    if value is not None and not 0 <= value <= _MAX_COUNTER:
+        text = str(value) if value.bit_length() < 200 else f"a {value.bit_length()}-bit integer"
+        contents.warnings.append(f"{key}: {text} is outside the range of a counter")
+        return None
+    return value
+
+
+def _text(value: Any) -> str:
+    """``str(value)``, or a stand-in when it cannot print (str() refuses ints past 4300 digits)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except (ValueError, RecursionError):
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _int(value: Any) -> int | None:
@@ -558,7 +749,7 @@ def _model_checkpoint(key: Any, state: Any) -> dict[str, Any] | None:
         "current_score": _number(plain.get("current_score")),
         "best_model_score": _number(plain.get("best_model_score")),
         "best_model_path": plain.get("best_model_path"),
-        "best_k_models": {str(k): _number(v) for k, v in best_k.items()} if isinstance(best_k, dict) else {},
+        "best_k_models": {_text(k): _number(v) for k, v in best_k.items()} if isinstance(best_k, dict) else {},
         "kth_best_model_path": plain.get("kth_best_model_path"),
         "last_model_path": plain.get("last_model_path"),
         "dirpath": plain.get("dirpath"),

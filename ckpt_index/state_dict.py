@@ -24,21 +24,37 @@ _RESNETS = {
 }
 
 
-def _prefixes(keys: list[str], suffix: str) -> list[str]:
-    return [k[: -len(suffix)] for k in keys if k.endswith(suffix)]
+#: Candidate prefixes examined per family at most (a real state dict has one or two); the work is
+#: linear in the keys whatever their number, this bounds the memory of hostile ones.
+MAX_CANDIDATES = 10_000
+_RESNET_BLOCK = re.compile(r"layer([1-4])\.(\d{1,9})\.")
+_FEATURES_BLOCK = re.compile(r"features\.(\d{1,9})\.0\.weight$")
+
+
+def _prefixes(keys: list[str], suffix: str, also: str = "", shapes: Mapping[str, Shape] = {}) -> list[str]:
+    """Prefixes of the keys ending in ``suffix`` (and having ``prefix + also`` in ``shapes``)."""
+    found = [key[: -len(suffix)] for key in keys if key.endswith(suffix)]
+    if also:
+        found = [prefix for prefix in found if prefix + also in shapes]
+    return found[:MAX_CANDIDATES]
 
 
 def _resnet(shapes: Mapping[str, Shape], keys: list[str]) -> str | None:
-    for prefix in _prefixes(keys, "layer1.0.conv1.weight"):
-        if prefix + "conv1.weight" not in shapes:
-            continue
-        blocks = []
-        for stage in range(1, 5):
-            pattern = re.compile(re.escape(f"{prefix}layer{stage}.") + r"(\d+)\.")
-            indices = {int(m.group(1)) for k in keys if (m := pattern.match(k))}
-            blocks.append(len(indices))
+    candidates = _prefixes(keys, "layer1.0.conv1.weight", "conv1.weight", shapes)
+    if not candidates:
+        return None
+    # One pass over the keys: prefix -> stage -> block indices (linear in the keys, whatever
+    # the number of candidates).
+    blocks: dict[str, list[set[int]]] = {p: [set(), set(), set(), set()] for p in candidates}
+    for key in keys:
+        for match in _RESNET_BLOCK.finditer(key):
+            stages = blocks.get(key[: match.start()])
+            if stages is not None:
+                stages[int(match[1]) - 1].add(int(match[2]))
+    for prefix in candidates:
+        counts = tuple(len(indices) for indices in blocks[prefix])
         bottleneck = prefix + "layer1.0.conv3.weight" in shapes
-        name = _RESNETS.get((tuple(blocks), bottleneck))
+        name = _RESNETS.get((counts, bottleneck))
         if name:
             return name
     return None
@@ -48,6 +64,12 @@ def _out(shape: Shape | None) -> int | None:
     return int(shape[0]) if shape else None
 
 
+def _dims(shape: Shape | None) -> tuple[int, int]:
+    """(out, in) channels of a weight's shape, 0 where it has fewer dims."""
+    shape = tuple(shape or ())
+    return (int(shape[0]) if shape else 0, int(shape[1]) if len(shape) > 1 else 0)
+
+
 def _mobile(shapes: Mapping[str, Shape], keys: list[str]) -> str | None:
     # timm: conv_stem -> blocks -> conv_head (1x1 conv after pooling).
     for prefix in _prefixes(keys, "conv_stem.weight"):
@@ -55,7 +77,7 @@ def _mobile(shapes: Mapping[str, Shape], keys: list[str]) -> str | None:
         head = shapes.get(prefix + "conv_head.weight")
         if stem is None or head is None:
             continue
-        head_out, head_in = int(head[0]), int(head[1])
+        head_out, head_in = _dims(head)
         if stem == 32 and head_in == 320 and head_out == 1280:
             return "efficientnet_b0"
         if stem == 16 and head_out == 1024:
@@ -63,14 +85,21 @@ def _mobile(shapes: Mapping[str, Shape], keys: list[str]) -> str | None:
         if stem == 16 and head_out == 1280:
             return "mobilenetv3_large"
     # torchvision: features.0.0 is the stem; the last features.N.0 is the widest 1x1 conv.
-    for prefix in _prefixes(keys, "features.0.0.weight"):
+    candidates = _prefixes(keys, "features.0.0.weight", "features.0.0.weight", shapes)
+    if not candidates:
+        return None
+    last: dict[str, tuple[int, str]] = {}  # prefix -> (N, key) of its highest features.N.0.weight
+    wanted = set(candidates)
+    for key in keys:
+        if key.endswith(".0.weight") and (match := _FEATURES_BLOCK.search(key)):
+            prefix, index = key[: match.start()], int(match[1])
+            if prefix in wanted and index >= last.get(prefix, (-1, ""))[0]:
+                last[prefix] = (index, key)
+    for prefix in candidates:
         stem = _out(shapes.get(prefix + "features.0.0.weight"))
-        pattern = re.compile(re.escape(prefix + "features.") + r"(\d+)\.0\.weight$")
-        last = max((int(m.group(1)) for k in keys if (m := pattern.match(k))), default=None)
-        if stem is None or last is None:
+        if stem is None or prefix not in last:
             continue
-        last_shape = shapes[f"{prefix}features.{last}.0.weight"]
-        width, width_in = int(last_shape[0]), int(last_shape[1]) if len(last_shape) > 1 else 0
+        width, width_in = _dims(shapes[last[prefix][1]])
         if stem == 32 and width == 1280 and width_in == 320:
             return "efficientnet_b0"
         if stem == 16 and width == 576:
@@ -81,6 +110,9 @@ def _mobile(shapes: Mapping[str, Shape], keys: list[str]) -> str | None:
 
 
 def infer_encoder(shapes: Mapping[str, Shape]) -> str | None:
-    """The encoder family member a state dict holds, or None when it is not recognised."""
-    keys = list(shapes)
+    """The encoder family member a state dict holds, or None when it is not recognised.
+
+    Linear in the number of keys: each family's key patterns are matched in one pass.
+    """
+    keys = [key for key in shapes if isinstance(key, str)]
     return _resnet(shapes, keys) or _mobile(shapes, keys)

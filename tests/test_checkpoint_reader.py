@@ -17,6 +17,7 @@ import pathlib
 import pickle
 import posix
 import random
+import struct
 import subprocess
 import sys
 import tarfile
@@ -823,7 +824,7 @@ def test_corrupt_data_pkl_bytes(lightning_checkpoints: Any, tmp_path: Path) -> N
     ("random", ("not a PyTorch checkpoint",)),
     ("text", ("not a PyTorch checkpoint",)),
     ("missing", ("cannot open", "No such file")),
-    ("directory", ("cannot open",)),
+    ("directory", ("is a directory",)),
     ("zip without data.pkl", ("no <prefix>/data.pkl",)),
     ("data.pkl at the root", ("no <prefix>/data.pkl",)),
     ("two data.pkl", ("several data.pkl", "a/data.pkl, b/data.pkl")),
@@ -922,3 +923,281 @@ def test_size_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     many = tmp_path / "many.ckpt"
     zip_checkpoint(many, pickle.dumps({}), members={f"data/{i}": b"" for i in range(20)})
     expect_unreadable(many, "refusing to read", "bytes at once")
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits of the pre-scan: nesting, object counts, shapes (issue 8)
+
+
+def _scan_error(data: bytes) -> str | None:
+    from ckpt_index._unpickle import scan_pickle
+
+    try:
+        scan_pickle(data)
+    except pickle.UnpicklingError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("data", [
+    b"\x80\x02}N" + b"\x85" * 101 + b"Ns.",  # TUPLE1 chain as a dict key
+    b"\x80\x02(N" + b"\x86" * 0 + b"\x85" * 60 + b"q\x01\x85" * 1 + b"0h\x01" + b"\x85" * 41 + b".",  # via the memo
+    b"\x80\x02N" + b"\x85" * 60 + b"2\x86" + b"\x85" * 41 + b".",  # via DUP
+    b"\x80\x04(N" + b"\x85" * 50 + b"\x91" + b"(" + b"\x85" * 0 + b"0" + b"\x85" * 51 + b".",  # frozenset then tuples
+    b"\x80\x02N" + b"\x85" * 60 + b"p7\n0g7\n" + b"\x85" * 41 + b".",  # protocol 0 PUT/GET lines
+    b"\x80\x02(" + b"(" * 101 + b"N" + b"t" * 101 + b"t.",  # TUPLE with marks
+], ids=["TUPLE1", "memo", "DUP", "frozenset", "PUT-GET", "TUPLE"])
+def test_tuples_nested_past_the_limit_are_refused_before_unpickling(data: bytes) -> None:
+    assert "nested deeper than 100" in (_scan_error(data) or "")
+
+
+def test_tuples_nested_within_the_limit_pass() -> None:
+    value: Any = None
+    for _ in range(100):
+        value = (value,)
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert _scan_error(pickle.dumps({value: [value]}, protocol)) is None
+        assert _scan_error(pickle.dumps({(value,): 1}, protocol)) is not None
+
+
+def test_object_and_container_counts_are_refused_before_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckpt_index import _unpickle
+
+    monkeypatch.setattr(_unpickle, "MAX_PICKLE_OBJECTS", 1000)
+    monkeypatch.setattr(_unpickle, "MAX_PICKLE_CONTAINERS", 100)
+    assert "more than 100 containers" in _scan_error(b"\x80\x02" + b"]" * 101 + b".")
+    for atom in (b"N", b"K\x01", b"X\x00\x00\x00\x00", b"h\x00", b"("):
+        data = b"\x80\x02]q\x00" + atom * 1001 + b"."
+        assert "more than 1,000 objects" in _scan_error(data), atom
+    assert _scan_error(b"\x80\x02" + b"]" * 99 + b".") is None
+    assert _scan_error(pickle.dumps(list(range(900)), 2)) is None
+
+
+def test_empty_list_bomb_is_refused_by_the_object_count() -> None:
+    from ckpt_index._unpickle import MAX_PICKLE_CONTAINERS, MAX_PICKLE_OBJECTS
+
+    assert "containers" in _scan_error(b"\x80\x02" + b"]" * (MAX_PICKLE_CONTAINERS + 1) + b".")
+    assert "objects" in _scan_error(b"\x80\x02" + b"N" * (MAX_PICKLE_OBJECTS + 1) + b".")
+
+
+def test_compressed_data_pkl_bomb_is_refused_before_decompressing(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.ckpt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02" + b"]" * (32 << 20) + b".")
+    expect_unreadable(path, "compression bomb")
+
+
+def test_shapes_are_bounded_before_any_product() -> None:
+    from ckpt_index._unpickle import StorageRef, _numpy_array, _StandIn, bounded_product, resolve_global
+
+    huge = (1 << 63) - 1
+    assert bounded_product((huge,) * 1_000_000, 1 << 63) == -1  # stops at the second dim
+    assert bounded_product((2, -1), 10) == -1 and bounded_product((3, 4), 12) == 12
+    dtype = resolve_global("numpy", "dtype")("f8", False, True)
+    dtype.__setstate__((3, "<", None, None, None, -1, -1, 0))
+    assert _numpy_array((1, (huge,) * 1_000_000, dtype, False, b"")) is None
+    assert _numpy_array((1, (2,) * 65, dtype, False, b"")) is None
+    assert _numpy_array((1, (2,), dtype, False, struct.pack("<2d", 1.5, 2.5))) == [1.5, 2.5]
+    rebuild = resolve_global("torch._utils", "_rebuild_tensor_v2")
+    assert isinstance(rebuild, _StandIn)
+    storage = StorageRef("0", "float32", "cpu", 4)
+    assert isinstance(rebuild(storage, 0, (2, 2), (2, 1)), TensorDescriptor)
+    for shape in [(1 << 63,), (2,) * 65, (1 << 200,)]:
+        assert isinstance(rebuild(storage, 0, shape, None), Placeholder)
+    assert TensorDescriptor("float32", ((1 << 62),) * 3).numel == -1
+
+
+def test_pickled_counters_out_of_range_are_none_with_a_warning(tmp_path: Path) -> None:
+    path = zip_checkpoint(tmp_path / "e.ckpt", pickle.dumps({"epoch": 2**64, "global_step": -1}, 2))
+    contents = read_checkpoint(path)
+    assert contents.epoch is None and contents.global_step is None
+    assert contents.warnings == ["epoch: 18446744073709551616 is outside the range of a counter",
+                                 "global_step: -1 is outside the range of a counter"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_special_files_are_refused_without_blocking(kind: str, tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "x.ckpt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+    script = "import sys; from ckpt_index.checkpoint_reader import *\n" \
+             "try: read_checkpoint(sys.argv[1])\nexcept CheckpointReadError as e: print(e.reason)\n" \
+             "print(check_integrity(sys.argv[1]))"
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                            timeout=30, cwd=REPO)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and lines[0] == lines[1] != "None", result
+    # Opening a socket fails with ENXIO before fstat could say what it is.
+    assert lines[0] in ("is a FIFO, not a regular file" if kind == "fifo" else "cannot open: No such device or address")
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity: the end of the zip only
+
+
+def _count_preads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from ckpt_index import checkpoint_reader
+
+    sizes: list[int] = []
+    real = checkpoint_reader._pread
+
+    def counting(handle: Any, offset: int, size: int) -> bytes:
+        data = real(handle, offset, size)
+        sizes.append(len(data))
+        return data
+
+    monkeypatch.setattr(checkpoint_reader, "_pread", counting)
+    return sizes
+
+
+def test_integrity_of_real_checkpoints_reads_only_their_end(lightning_checkpoints: Any, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from ckpt_index.checkpoint_reader import check_integrity
+
+    for paths in lightning_checkpoints.values():
+        for path in paths:
+            assert check_integrity(path) is None, path
+    big = tmp_path / "big.ckpt"
+    torch.save({"epoch": 1, "state_dict": {"w": torch.zeros(8 << 20)}}, big)  # 32 MiB of weights
+    sizes = _count_preads(monkeypatch)
+    assert check_integrity(big) is None
+    assert sum(sizes) < 80_000
+    zip64 = tmp_path / "zip64.ckpt"
+    with zipfile.ZipFile(big) as old, zipfile.ZipFile(zip64, "w") as new:
+        for info in old.infolist():
+            with new.open(info.filename, "w", force_zip64=True) as member:
+                member.write(old.read(info))
+    assert check_integrity(zip64) is None
+    prefixed = tmp_path / "prefixed.ckpt"
+    prefixed.write_bytes(b"junk" * 100 + lightning_checkpoints[("dict", True)][0].read_bytes())
+    assert check_integrity(prefixed) is None
+
+
+def test_integrity_finds_truncation_and_missing_data_pkl(lightning_checkpoints: Any, tmp_path: Path) -> None:
+    from ckpt_index.checkpoint_reader import check_integrity
+
+    data = lightning_checkpoints[("dict", True)][0].read_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        directory_start = min(i.header_offset for i in archive.infolist())
+        last = max(archive.infolist(), key=lambda i: i.header_offset)
+    cut = tmp_path / "cut.ckpt"
+    for size in sorted({1, 200, directory_start + 10, last.header_offset + 40, len(data) // 2, len(data) - 1}):
+        cut.write_bytes(data[:size])
+        reason = check_integrity(cut)
+        assert reason is not None and "\n" not in reason, size
+    # A member whose data runs past the directory (bytes cut from the middle of the file).
+    middle = len(data) // 2
+    spliced = tmp_path / "spliced.ckpt"
+    spliced.write_bytes(data[:middle - 512] + data[middle:])
+    assert check_integrity(spliced) is not None
+    no_pickle = tmp_path / "no_pickle.ckpt"
+    with zipfile.ZipFile(no_pickle, "w") as archive:
+        archive.writestr("archive/byteorder", b"little")
+    assert "no <prefix>/data.pkl" in check_integrity(no_pickle)
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    assert check_integrity(empty) == "empty file"
+    text = tmp_path / "text.ckpt"
+    text.write_text("hello")
+    assert "not a PyTorch checkpoint" in check_integrity(text)
+    assert "cannot open" in check_integrity(tmp_path / "missing.ckpt")
+
+
+def test_integrity_of_legacy_files(tmp_path: Path) -> None:
+    import torch
+
+    from ckpt_index.checkpoint_reader import check_integrity
+
+    path = tmp_path / "legacy.ckpt"
+    torch.save({"epoch": 1}, path, _use_new_zipfile_serialization=False)
+    assert check_integrity(path) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# unsafe_globals against the real torch.load(weights_only=True)
+
+
+class CustomConfig:
+    def __init__(self) -> None:
+        self.depth = 3
+
+
+def test_weights_only_allow_list_is_torchs() -> None:
+    from ckpt_index._unpickle import WEIGHTS_ONLY_ALLOWED
+
+    # In a fresh process: importing lightning (as this one has) registers DTensor classes too.
+    script = textwrap.dedent("""
+        import json, torch
+        from torch._weights_only_unpickler import _get_allowed_globals
+        names = set(_get_allowed_globals())
+        names |= {f"{f.__module__}.{f.__qualname__}" for f in torch.serialization.get_safe_globals()}
+        print(json.dumps(sorted(names)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert WEIGHTS_ONLY_ALLOWED == set(json.loads(out.stdout))
+
+
+def _weights_only_verdict(path: Path) -> str | None:
+    """None if torch.load(weights_only=True) loads the file, else its error message (in a child,
+    so the globals torch registers or imports in this process change nothing)."""
+    script = ("import sys, torch\ntry: torch.load(sys.argv[1], weights_only=True)\n"
+              "except Exception as e: print(' '.join(str(e).split()))\nelse: print('OK')")
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                         timeout=120, cwd=REPO).stdout.strip().splitlines()[-1]
+    return None if out == "OK" else out
+
+
+def _unsafe_cases() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    return {
+        "plain": {"epoch": 1, "state_dict": collections.OrderedDict(w=torch.ones(2)), "n": collections.Counter("ab"),
+                  "b": bytearray(b"x"), "s": {1, 2}, "c": 1j, "d": torch.device("cpu"), "dt": torch.float16},
+        "parameter": {"p": torch.nn.Parameter(torch.ones(2))},
+        "namespace": {"hyper_parameters": argparse.Namespace(lr=0.1)},
+        "custom class": {"hyper_parameters": {"cfg": CustomConfig()}},
+        "pathlib": {"hyper_parameters": {"root": pathlib.PosixPath("/data")}},
+        "numpy scalar": {"cleval_metrics": {"hmean": np.float64(0.5)}},
+        "numpy array": {"a": np.arange(3)},
+        "enum": {"color": Color.RED},
+        "frozenset": {"f": frozenset({1})},
+        "slice": {"s": slice(1, 2)},
+    }
+
+
+@pytest.mark.parametrize("case", ["plain", "parameter", "namespace", "custom class", "pathlib", "numpy scalar",
+                                  "numpy array", "enum", "frozenset", "slice"])
+def test_unsafe_globals_are_what_weights_only_refuses(case: str, tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "c.ckpt"
+    torch.save(_unsafe_cases()[case], path)
+    unsafe = read_checkpoint(path).unsafe_globals
+    verdict = _weights_only_verdict(path)
+    assert (unsafe == []) == (verdict is None), (unsafe, verdict)
+    if verdict is not None:
+        named = [g for g in unsafe if f"GLOBAL {g.removeprefix('builtins.')} " in verdict]
+        assert named, (unsafe, verdict)
+    assert unsafe == sorted(unsafe)
+
+
+def test_unsafe_globals_of_real_lightning_checkpoints(lightning_checkpoints: Any) -> None:
+    for variant, paths in lightning_checkpoints.items():
+        path = paths[0]
+        unsafe = read_checkpoint(path).unsafe_globals
+        verdict = _weights_only_verdict(path)
+        assert (unsafe == []) == (verdict is None), (variant, unsafe, verdict)
+        if verdict is not None:
+            assert any(f"GLOBAL {g.removeprefix('builtins.')} " in verdict for g in unsafe), (variant, unsafe, verdict)
+        if variant[0] == "dictconfig":
+            assert "omegaconf.dictconfig.DictConfig" in unsafe
+        else:
+            assert "pathlib.PosixPath" in unsafe

@@ -150,3 +150,24 @@ def test_unrecognised_state_dicts_give_none(module: nn.Module) -> None:
 
 def test_empty_state_dict() -> None:
     assert infer_encoder({}) is None
+
+
+def test_decoy_prefixes_cost_one_pass_and_hide_nothing() -> None:
+    # Keys that each start a ResNet probe used to cost a pass over every key per prefix (70 s for
+    # 20k); the real encoder among them is still found (up to MAX_CANDIDATES prefixes).
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i in range(9_000):
+        shapes[f"decoy{i}.layer1.0.conv1.weight"] = (1,)
+        shapes[f"decoy{i}.conv1.weight"] = (1,)
+        shapes[f"decoy{i}.features.0.0.weight"] = (16, 3)
+    assert infer_encoder(shapes) is None
+    shapes.update({f"model.{k}": v for k, v in shapes_of(ENCODERS["resnet50"]()).items()})
+    assert infer_encoder(shapes) == "resnet50"
+
+
+def test_odd_shapes_and_key_spellings_never_raise() -> None:
+    assert infer_encoder({"conv_stem.weight": (16, 3, 3, 3), "conv_head.weight": (1280,)}) == "mobilenetv3_large"
+    assert infer_encoder({"conv_stem.weight": (), "conv_head.weight": ()}) is None
+    assert infer_encoder({"features.0.0.weight": (16, 3), "features.012.0.weight": (576,)}) == "mobilenetv3_small"
+    assert infer_encoder({"layer1.0.conv1.weight": (1,), "conv1.weight": (1,),
+                          "layer1." + "9" * 5000 + ".x": (1,), 7: (1,)}) is None  # type: ignore[dict-item]
