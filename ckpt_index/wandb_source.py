@@ -82,14 +82,19 @@ MAX_FILE_BYTES = 16 << 20
 #: A transaction log grows by a few KB per logged row: an offline log of a long run is tens to a
 #: few hundred MB. A larger (or sparse) file is refused by its size before a byte is read.
 MAX_LOG_BYTES = 512 << 20
-#: One record (a logged row, a config) larger than this is skipped; wandb's own are far smaller.
-MAX_RECORD_BYTES = 16 << 20
+#: One record (a logged row, a config) larger than this is skipped; wandb's own are far smaller,
+#: and decoding one costs up to 20 times its size in memory.
+MAX_RECORD_BYTES = 4 << 20
 #: Records and record items (history values, config and summary updates) read from one log at
 #: most; the rest of a log past either is ignored with a warning. They bound the reader's time
-#: where the byte cap alone would not: about 3 us per item on a CI core, so some 30 s at worst.
-#: A real log holds 20-50 bytes per item: one of 200 MB or more is read only in part.
-MAX_LOG_RECORDS = 2_000_000
-MAX_LOG_ITEMS = 10_000_000
+#: where the byte cap alone would not: about 7 us per record and 3-5 us per item on a CI core,
+#: some 15 s at worst. A real log holds about 20 bytes per item (a logged row of 20 metrics makes
+#: some 45 items in 1 KB): one of more than about 60 MB is read only in part.
+MAX_LOG_RECORDS = 1_000_000
+MAX_LOG_ITEMS = 3_000_000
+#: A record with more items (a row of 100,000 metrics) is skipped: its decoding alone would need
+#: hundreds of MB.
+MAX_RECORD_ITEMS = 100_000
 #: Step x metric values kept from one log's history (about 100 bytes each in memory) ...
 MAX_HISTORY_VALUES = 2_000_000
 #: ... and distinct config or summary keys.
@@ -787,6 +792,9 @@ def _read_log(path: Path, run: WandbRun) -> bool:
                 # W&B shows a nested logged dict as dotted keys ("a.b") in the history.
                 hitems = record.history.item
                 items += len(hitems)
+                if len(hitems) > MAX_RECORD_ITEMS:
+                    problems.append(f"history row of {len(hitems):,} items skipped")
+                    continue
                 history.add({i.key or ".".join(i.nested_key): _history_number(i) for i in hitems})
             elif kind == "summary":
                 items += len(record.summary.update) + len(record.summary.remove)

@@ -897,13 +897,16 @@ def test_a_record_over_the_size_limit_is_skipped(offline_run: dict, tmp_path: Pa
     assert 150 not in run.steps and 149 in run.steps and 151 in run.steps
 
 
-@pytest.mark.parametrize("limit, word", [("MAX_LOG_RECORDS", "stopped after"),
-                                         ("MAX_LOG_ITEMS", "stopped after"),
-                                         ("MAX_HISTORY_VALUES", "later rows ignored")])
+@pytest.mark.parametrize("limit, value, word", [
+    ("MAX_LOG_RECORDS", 50, "stopped after"),
+    ("MAX_LOG_ITEMS", 50, "stopped after"),
+    ("MAX_HISTORY_VALUES", 50, "later rows ignored"),
+    ("MAX_RECORD_ITEMS", 7, "items skipped"),  # rows with val/* metrics are over it
+])
 def test_the_reader_stops_at_its_limits(
-    offline_run: dict, tmp_path: Path, monkeypatch, limit: str, word: str
+    offline_run: dict, tmp_path: Path, monkeypatch, limit: str, value: int, word: str
 ) -> None:
-    monkeypatch.setattr(ws, limit, 50)
+    monkeypatch.setattr(ws, limit, value)
     run_dir, _ = _copy_run(offline_run, tmp_path)
     run = ws.read_run(ws.RunLocation(offline_run["run_id"], run_dir))
     assert any(word in w for w in run.warnings), run.warnings
