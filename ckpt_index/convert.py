@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from ckpt_index.fallback import Inferred, created_at_of, infer_metadata
-from ckpt_index.schema import CheckpointMetadataV1
-from ckpt_index.sidecar import CKPT_SUFFIX, save_metadata, sidecar_path_for
+from ckpt_index.schema import CheckpointMetadataV1, format_validation_error
+from ckpt_index.sidecar import (
+    CKPT_SUFFIX, SidecarError, dump_metadata, parse_sidecar_bytes, save_metadata, sidecar_path_for,
+    validate_document,
+)
+from ckpt_index.storable import MAX_METRIC_NAME, clean_text, finite_float
 
 log = logging.getLogger("ckpt_index.convert")
 UNKNOWN = "unknown"
@@ -51,20 +57,37 @@ def find_checkpoints(directory: str | os.PathLike[str], *, recursive: bool = Tru
     return sorted(p for p in root.glob(pattern) if p.is_file())
 
 
+def infer_checkpoint(path: Path, *, wandb_online: bool = False) -> Inferred:
+    """What the fallbacks say about one checkpoint: the one place ``convert`` reads a file.
+
+    Reading a checkpoint parses untrusted data; a caller that isolates it (a worker process under
+    limits) replaces this function, or passes its own to :func:`convert_checkpoints`.
+    """
+    return infer_metadata(path, wandb_online=wandb_online)
+
+
 def metadata_from_inferred(inferred: Inferred, ckpt_path: str | os.PathLike[str]) -> CheckpointMetadataV1:
-    """A sidecar model from fallback results; ConversionError when epoch or step is unknown."""
+    """A sidecar model from fallback results that the sidecar reader accepts.
+
+    Raises:
+        ConversionError: epoch or step unknown, the checkpoint unreadable, or (a bug guard) a
+            document the schema would reject.
+    """
     f = inferred.fields
     if inferred.unreadable:  # a sidecar must not vouch for a file that cannot be loaded
         raise ConversionError(inferred.unreadable)
     if f.get("epoch") is None or f.get("global_step") is None:
-        reason = inferred.unreadable or "no source gives the epoch and global step"
-        raise ConversionError(reason)
-    metrics = dict(inferred.metrics)
+        raise ConversionError("no source gives the epoch and global step")
+    # Only what the index would keep: a metric it would drop is not worth vouching for.
+    metrics = {
+        name: value for name, value in inferred.metrics.items()
+        if len(name) <= MAX_METRIC_NAME and finite_float(value) is not None
+    }
     document: dict = {
         "schema_version": "1.0",
         "checkpoint_path": str(ckpt_path),
         "exp_name": f.get("exp_name") or UNKNOWN,
-        "created_at": created_at_of(ckpt_path),
+        "created_at": f.get("created_at") or created_at_of(ckpt_path),
         "training": {
             "epoch": f["epoch"], "global_step": f["global_step"],
             "training_phase": f.get("training_phase") or "training",
@@ -84,19 +107,36 @@ def metadata_from_inferred(inferred: Inferred, ckpt_path: str | os.PathLike[str]
         # Provenance, an extra key the schema keeps: which source gave each field.
         "inferred_fields": dict(sorted(inferred.sources.items())),
     }
-    if f.get("monitor"):
+    if isinstance(f.get("monitor"), str) and f["monitor"]:
+        mode = f.get("mode")
         document["checkpointing"] = {
-            "monitor": f["monitor"], "mode": f.get("mode") or "max",
+            "monitor": f["monitor"], "mode": mode if mode in ("min", "max") else "max",
             **{k: f[k] for k in ("save_top_k", "save_last") if f.get(k) is not None},
         }
-    return CheckpointMetadataV1.model_validate(document)
+    try:
+        return CheckpointMetadataV1.model_validate(document)
+    except ValidationError as exc:
+        raise ConversionError(f"metadata fails the schema: {format_validation_error(exc)}") from None
+
+
+def check_round_trip(meta: CheckpointMetadataV1, target: Path) -> None:
+    """Raise ConversionError unless the sidecar reader accepts ``meta`` as it would be written."""
+    try:
+        validate_document(parse_sidecar_bytes(dump_metadata(meta).encode("utf-8"), target), target)
+    except SidecarError as exc:
+        raise ConversionError(f"the sidecar would not read back: {exc.reason}") from None
 
 
 def convert_checkpoints(
     paths: Iterable[str | os.PathLike[str]], *, force: bool = False, dry_run: bool = False,
-    wandb_online: bool = False,
+    wandb_online: bool = False, infer: Callable[..., Inferred] | None = None,
 ) -> ConvertSummary:
-    """Write a sidecar for each checkpoint (existing sidecars are skipped unless ``force``)."""
+    """Write a sidecar for each checkpoint (existing sidecars are skipped unless ``force``).
+
+    ``infer(path, wandb_online=...)`` reads one checkpoint (default :func:`infer_checkpoint`).
+    One file's failure, of any kind, is that file's entry in ``failures``.
+    """
+    infer = infer or infer_checkpoint
     summary = ConvertSummary()
     for path in paths:
         path = Path(path)
@@ -107,11 +147,13 @@ def convert_checkpoints(
             summary.skipped += 1
             continue
         try:
-            meta = metadata_from_inferred(infer_metadata(path, wandb_online=wandb_online), path)
+            meta = metadata_from_inferred(infer(path, wandb_online=wandb_online), path)
+            check_round_trip(meta, target)
             if not dry_run:
                 save_metadata(meta, path, force=force)
-        except (ConversionError, OSError, ValueError) as exc:
-            reason = str(exc) or exc.__class__.__name__
+        except Exception as exc:  # noqa: BLE001 - one file never stops a conversion
+            reason = _one_line(str(exc) if isinstance(exc, ConversionError) else
+                               f"{exc.__class__.__name__}: {exc}") or exc.__class__.__name__
             log.error("failed: %s: %s", path, reason)
             summary.failed += 1
             summary.failures.append((str(path), reason))
@@ -120,3 +162,7 @@ def convert_checkpoints(
         summary.written.append(str(target))
         log.info("%s: %s -> %s", "would convert" if dry_run else "converted", path.name, target.name)
     return summary
+
+
+def _one_line(text: str) -> str:
+    return clean_text(" ".join(text.split()))

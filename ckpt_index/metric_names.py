@@ -14,9 +14,10 @@ logged per step and per epoch) is understood; the unsuffixed name wins a tie. Ra
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
+
+from ckpt_index.storable import finite_float
 
 CANONICAL = ("precision", "recall", "hmean", "validation_loss")
 
@@ -61,10 +62,14 @@ def _rank(name: str, slot: str) -> tuple[int, int, str] | None:
 
 
 def match_canonical(metrics: Mapping[str, float]) -> dict[str, str]:
-    """slot -> the logged name that fills it (finite numbers only; ratios within [0, 1])."""
+    """slot -> the logged name that fills it (finite numbers only; ratios within [0, 1]).
+
+    Any mapping is safe: names that are not text and values that are not finite numbers (NaN,
+    an int beyond float range, a string) are passed over, never raised on.
+    """
     numbers = {
-        name: value for name, value in metrics.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        name: number for name, value in metrics.items()
+        if isinstance(name, str) and (number := finite_float(value)) is not None
     }
     matched: dict[str, str] = {}
     for slot in CANONICAL:
@@ -79,3 +84,4 @@ def match_canonical(metrics: Mapping[str, float]) -> dict[str, str]:
 def canonical_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     """The canonical slots filled from logged ``metrics``."""
     return {slot: float(metrics[name]) for slot, name in match_canonical(metrics).items()}
+

@@ -1,7 +1,9 @@
 """The sidecar metadata schema, ``schema_version: "1.0"`` (SPEC section 3).
 
 Unknown extra keys are kept (``extra="allow"``) so that a sidecar written by a newer minor release
-round-trips; only a different *major* version is refused.
+round-trips; only a different *major* version is refused. Values must be storable in the index
+(``ckpt_index.storable``): integers within their column's range, and no text anywhere in the
+document, keys included, with a NUL or a lone surrogate.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import datetime as _dt
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ckpt_index.storable import (
+    MAX_EPOCH, MAX_GLOBAL_STEP, MAX_METRIC_NAME, MAX_SAVE_TOP_K, show, text_problem,
+)
 
 SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR = "1"
 
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
 Channels = int | list[int] | None
 
 
@@ -25,10 +30,10 @@ class _Section(BaseModel):
 
 
 class TrainingInfo(_Section):
-    epoch: NonNegativeInt
-    global_step: NonNegativeInt
+    epoch: Annotated[int, Field(ge=0, le=MAX_EPOCH)]
+    global_step: Annotated[int, Field(ge=0, le=MAX_GLOBAL_STEP)]
     training_phase: Literal["training", "validation", "finetuning"] = "training"
-    max_epochs: Annotated[int, Field(ge=-1)] | None = None
+    max_epochs: Annotated[int, Field(ge=-1, le=MAX_EPOCH)] | None = None
 
 
 class EncoderInfo(_Section):
@@ -75,7 +80,7 @@ class MetricsInfo(_Section):
 class CheckpointingConfig(_Section):
     monitor: str | None = None
     mode: Literal["min", "max"] = "max"
-    save_top_k: Annotated[int, Field(ge=-1)] = 1
+    save_top_k: Annotated[int, Field(ge=-1, le=MAX_SAVE_TOP_K)] = 1
     save_last: bool = False
 
 
@@ -92,6 +97,16 @@ class CheckpointMetadataV1(_Section):
     checkpointing: CheckpointingConfig | None = None
     hydra_config_path: str | None = None
     wandb_run_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        # One walk over the whole document (extra keys and params included): pydantic accepts a
+        # lone surrogate in a str field, and the row would then fail to serialise or to insert.
+        problem = find_bad_text(data)
+        if problem is not None:
+            raise TextError(problem)
+        return data
 
     @field_validator("schema_version", mode="before")
     @classmethod
@@ -129,6 +144,74 @@ class CheckpointMetadataV1(_Section):
         return value
 
 
+class TextError(ValueError):
+    """A string of the document that the index cannot store; the message names where it is."""
+
+
+def find_bad_text(document: Any, limit: int = 100_000) -> str | None:
+    """``"<path>: <problem>"`` for a key or string holding a NUL or a lone surrogate, or None.
+
+    Iterative (a sidecar's nesting is bounded by the loader, but this must not recurse anyway);
+    ``limit`` bounds the containers visited. Paths are only built once a problem is known: the
+    plain walk is what every sidecar of a sync pays.
+    """
+    stack = [document]
+    visited = 0
+    while stack and visited < limit:
+        value = stack.pop()
+        visited += 1
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if type(key) is str and ("\x00" in key or not key.isascii()) and text_problem(key):
+                    return _locate(document, limit)
+                if type(item) is str:
+                    if ("\x00" in item or not item.isascii()) and text_problem(item):
+                        return _locate(document, limit)
+                elif isinstance(item, (dict, list, tuple, str)):
+                    stack.append(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if type(item) is str:
+                    if ("\x00" in item or not item.isascii()) and text_problem(item):
+                        return _locate(document, limit)
+                elif isinstance(item, (dict, list, tuple, str)):
+                    stack.append(item)
+        elif isinstance(value, str) and text_problem(value):
+            return _locate(document, limit)
+    return None
+
+
+def _locate(document: Any, limit: int) -> str | None:
+    """The path and problem of a bad string in ``document`` (the slow walk, once)."""
+    stack: list[tuple[str, Any]] = [("", document)]
+    visited = 0
+    while stack and visited < limit:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem:
+                return f"{_shorten(where) or '(document)'}: {problem}"
+        elif isinstance(value, dict):
+            visited += 1
+            for key, item in value.items():
+                if isinstance(key, str):
+                    problem = text_problem(key)
+                    if problem:
+                        return f"{_shorten(where) or '(document)'}: key {show(key)} {problem}"
+                    name = key
+                else:
+                    name = show(key)
+                stack.append((f"{where}.{name}" if where else name, item))
+        elif isinstance(value, (list, tuple)):
+            visited += 1
+            stack.extend((f"{where}.{i}", item) for i, item in enumerate(value))
+    return None
+
+
+def _shorten(where: str, limit: int = 120) -> str:
+    return where if len(where) <= limit else "..." + where[-(limit - 3):]
+
+
 def format_validation_error(error: ValidationError) -> str:
     """One readable line per error: ``field.path: message (got value)``, joined with ``; ``."""
     parts = []
@@ -137,6 +220,9 @@ def format_validation_error(error: ValidationError) -> str:
         message = item["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
+        if isinstance(item.get("ctx", {}).get("error"), TextError):
+            parts.append(message)  # it names its own field
+            continue
         if item["type"] != "missing" and "input" in item and not isinstance(item["input"], dict):
             shown = _short_repr(item["input"])
             message = f"{message} (got {shown})"
@@ -159,6 +245,9 @@ def metadata_warnings(meta: CheckpointMetadataV1) -> list[str]:
     if meta.metrics.hmean is None:
         warnings.append("metrics.hmean is missing")
     for name, value in meta.metrics.additional_metrics.items():
-        if not math.isfinite(value):
+        if len(name) > MAX_METRIC_NAME:
+            warnings.append(f"metrics.additional_metrics: a name longer than {MAX_METRIC_NAME} "
+                            f"characters ({show(name, 40)}); not indexed")
+        elif not math.isfinite(value):
             warnings.append(f"metrics.additional_metrics.{name} is {value}; not indexed")
     return warnings

@@ -325,3 +325,85 @@ def test_every_written_sidecar_passes_validate(tree: dict[str, Path], outputs: P
             read_sidecar(path)
         except SidecarError as exc:  # pragma: no cover - the assertion message
             pytest.fail(str(exc))
+
+
+# ------------------------------------------------------------------ hostile values (issue 8)
+def crafted(path: Path, contents: dict[str, Any]) -> Path:
+    """A real torch checkpoint whose fields a hostile or buggy writer chose."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"layer.weight": torch.zeros(1, 2)}, **contents}, path)
+    return path
+
+
+def model_checkpoint(monitor: Any, mode: Any = "max") -> dict[str, Any]:
+    return {f"ModelCheckpoint{{'monitor': {monitor!r}, 'mode': {mode!r}}}":
+            {"monitor": monitor, "mode": mode, "current_score": 0.5, "best_model_path": ""}}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_convert_never_crashes_nor_writes_a_sidecar_the_reader_rejects(tool: str, outputs: Path) -> None:
+    big = crafted(outputs / "big" / "model.ckpt", {"epoch": 2**64, "global_step": 2**64})
+    big_named = crafted(outputs / "big" / "epoch=3-step=30.ckpt", {"epoch": 2**64, "global_step": 2**64})
+    monitors = [crafted(outputs / "monitor" / f"{i}.ckpt", {"epoch": 1, "global_step": 2,
+                                                           "callbacks": model_checkpoint(m, mode)})
+                for i, (m, mode) in enumerate([(5, "max"), (["a"], "min"), ({"a": 1}, "max"),
+                                               ("val/hmean", "sideways")])]
+    texts = crafted(outputs / "texts" / "model.ckpt", {
+        "epoch": 1, "global_step": 2,
+        "hyper_parameters": {"exp_name": "a\udc80b", "architecture": "db\x00net",
+                             "decoder": {"name": "u\x00net"}, "wandb_run_id": "\ud800"},
+        "cleval_metrics": {"hmean": 0.5, "recall": 10**400, "precision": float("nan"), "x" * 300: 0.1},
+    })
+
+    result = convert(tool, "--outputs-dir", outputs)
+
+    assert "Traceback" not in result.stderr
+    assert result.summary() == {"found": 7, "converted": 6, "skipped": 0, "failed": 1}
+    assert re.search(rf"failed: {re.escape(str(big))}: no source gives the epoch", result.stderr)
+    for written in sidecars(outputs):
+        read_sidecar(written)  # raises SidecarError if the reader would reject it
+    assert read_sidecar(sidecar_path_for(big_named)).training.epoch == 3  # from the name, not 2**64
+    for ckpt in monitors[:3]:
+        assert read_sidecar(sidecar_path_for(ckpt)).checkpointing is None
+    assert read_sidecar(sidecar_path_for(monitors[3])).checkpointing.monitor == "val/hmean"
+    meta = read_sidecar(sidecar_path_for(texts))
+    # Each name is cleaned (NUL dropped, lone surrogates U+FFFD), or refused as no name at all.
+    assert meta.exp_name in ("a\ufffdb", "unknown") and meta.model.architecture in ("dbnet", "unknown")
+    assert meta.model.decoder is None or meta.model.decoder.name == "unet"
+    assert meta.wandb_run_id in ("\ufffd", None)
+    assert meta.metrics.additional_metrics == {"hmean": 0.5}
+
+
+def test_metadata_from_inferred_refuses_values_the_schema_would_reject(tmp_path: Path) -> None:
+    """A guard against any source that bypasses ``Inferred.set``: the reason, never a crash."""
+    from ckpt_index.convert import ConversionError, metadata_from_inferred
+    from ckpt_index.fallback import Inferred
+
+    found = Inferred(str(tmp_path / "x.ckpt"))
+    found.fields.update(epoch=2**64, global_step=1, created_at="2025-01-01T00:00:00")
+
+    with pytest.raises(ConversionError, match=r"training\.epoch: .*less than or equal"):
+        metadata_from_inferred(found, tmp_path / "x.ckpt")
+
+
+def test_convert_reads_each_checkpoint_through_one_replaceable_function(outputs: Path) -> None:
+    from ckpt_index.convert import convert_checkpoints
+
+    ok = crafted(outputs / "a" / "epoch=1-step=2.ckpt", {"epoch": 1, "global_step": 2})
+    boom = crafted(outputs / "b" / "epoch=1-step=2.ckpt", {"epoch": 1, "global_step": 2})
+    seen = []
+
+    def infer(path: Path, *, wandb_online: bool = False):
+        from ckpt_index.convert import infer_checkpoint
+
+        seen.append(path)
+        if path == boom:
+            raise RuntimeError("worker died\nwith SIGSEGV")
+        return infer_checkpoint(path, wandb_online=wandb_online)
+
+    summary = convert_checkpoints([ok, boom], infer=infer)
+
+    assert seen == [ok, boom]
+    assert (summary.converted, summary.failed) == (1, 1)
+    assert summary.failures == [(str(boom), "RuntimeError: worker died with SIGSEGV")]
+    assert sidecar_path_for(ok).exists() and not sidecar_path_for(boom).exists()

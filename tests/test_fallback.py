@@ -770,3 +770,193 @@ def test_wandb_online_without_credentials_is_skipped_cleanly(
         got = row(db_path, ckpt)
         assert got["status"] == "inferred" and got["encoder"] == "enchparams"
         assert got["validation_loss"] is None  # no history to take it from
+
+
+# ------------------------------------------------------------- values at the boundary (issue 8)
+def crafted(path: Path, contents: dict[str, Any]) -> Path:
+    """A real torch checkpoint (``torch.save``) whose fields a hostile writer chose."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"layer.weight": torch.zeros(1, 2)}, **contents}, path)
+    return path
+
+
+def checkpoint_callback(monitor: Any, mode: Any = "max") -> dict[str, Any]:
+    return {f"ModelCheckpoint{{'monitor': {monitor!r}, 'mode': {mode!r}}}":
+            {"monitor": monitor, "mode": mode, "current_score": 0.5, "best_model_path": ""}}
+
+
+def test_out_of_range_pickle_integers_are_dropped_with_a_warning(tmp_path: Path) -> None:
+    from ckpt_index.fallback import infer_metadata
+
+    ckpt = crafted(tmp_path / "run" / "model.ckpt", {"epoch": 2**64, "global_step": 2**64})
+
+    found = infer_metadata(ckpt)
+
+    assert "epoch" not in found.fields and "global_step" not in found.fields
+    assert not found.unreadable
+    # The reader may drop the value itself (its warning is forwarded) or leave it to the fallback.
+    for field in ("epoch", "global_step"):
+        assert any(w.startswith((f"{field} from checkpoint:", f"checkpoint: {field}:")) and "range" in w
+                   for w in found.warnings), found.warnings
+
+
+def test_a_huge_epoch_in_a_file_name_is_dropped_and_the_row_stays_unreadable(tmp_path: Path) -> None:
+    from ckpt_index.fallback import infer_metadata
+
+    empty = tmp_path / "epoch=99999999999999999999-step=1.ckpt"
+    empty.write_bytes(b"")
+
+    found = infer_metadata(empty)
+
+    assert found.unreadable
+    assert "epoch" not in found.fields and found.fields.get("global_step") == 1
+
+
+@pytest.mark.parametrize("hparams, field, kept, word", [
+    ({"exp_name": "a\udc80b"}, "exp_name", "a\ufffdb", "lone surrogate"),
+    ({"exp_name": "a\x00b"}, "exp_name", "ab", "NUL"),
+    ({"architecture": "db\x00net"}, "architecture", "dbnet", "NUL"),
+    ({"encoder": "\ud800resnet"}, "encoder", "\ufffdresnet", "lone surrogate"),
+    ({"wandb_run_id": "abc\x00"}, "wandb_run_id", "abc", "NUL"),
+])
+def test_bad_text_from_hparams_is_never_stored_raw(
+    tmp_path: Path, hparams: dict, field: str, kept: str, word: str
+) -> None:
+    from ckpt_index.fallback import infer_metadata
+
+    ckpt = crafted(tmp_path / "run" / "model.ckpt", {"epoch": 1, "global_step": 2,
+                                                     "hyper_parameters": hparams})
+    found = infer_metadata(ckpt)
+
+    # Cleaned with a warning here, or refused as no name by the config reader: never stored raw.
+    if field in found.fields:
+        assert found.fields[field] == kept
+        assert any(w.startswith(f"{field} from checkpoint: ") and word in w for w in found.warnings)
+    assert found.fields.get("epoch") == 1
+
+
+@pytest.mark.parametrize("value, kept, problem", [
+    ("a\udc80b", "a\ufffdb", "contains a lone surrogate"),
+    ("a\x00b", "ab", "contains a NUL character"),
+    ("\ud800\udc00", "\ufffd\ufffd", "contains a lone surrogate"),  # a pair is two code points here
+])
+@pytest.mark.parametrize("field", ["exp_name", "architecture", "encoder", "monitor", "hydra_config_path",
+                                   "wandb_run_id", "created_at"])
+def test_every_text_field_is_cleaned_with_a_warning(field: str, value: str, kept: str, problem: str) -> None:
+    from ckpt_index.fallback import Inferred
+
+    found = Inferred("/x.ckpt")
+    found.set(field, value, "wandb")
+
+    assert found.fields[field] == kept
+    assert found.warnings == [f"{field} from wandb: {problem}; cleaned"]
+
+
+@pytest.mark.parametrize("monitor", [5, ["val/hmean"], {"val/hmean": 1}], ids=["int", "list", "dict"])
+def test_a_monitor_that_is_not_a_name_is_ignored_with_its_mode(tmp_path: Path, monitor: Any) -> None:
+    from ckpt_index.fallback import infer_metadata
+
+    ckpt = crafted(tmp_path / "run" / "model.ckpt",
+                   {"epoch": 1, "global_step": 2, "callbacks": checkpoint_callback(monitor, "min")})
+    found = infer_metadata(ckpt)
+
+    assert "monitor" not in found.fields and "mode" not in found.fields
+    assert found.fields["epoch"] == 1
+    assert any("ModelCheckpoint monitor" in w and "ignored" in w for w in found.warnings)
+
+
+@pytest.mark.parametrize("mode", ["sideways", 5, ["max"]])
+def test_a_mode_other_than_min_or_max_is_ignored(tmp_path: Path, mode: Any) -> None:
+    from ckpt_index.fallback import infer_metadata
+
+    ckpt = crafted(tmp_path / "run" / "model.ckpt",
+                   {"epoch": 1, "global_step": 2, "callbacks": checkpoint_callback("val/hmean", mode)})
+    found = infer_metadata(ckpt)
+
+    assert found.fields["monitor"] == "val/hmean" and "mode" not in found.fields
+    assert any("ModelCheckpoint mode" in w for w in found.warnings)
+
+
+def test_odd_metric_values_and_names_never_raise(tmp_path: Path) -> None:
+    from ckpt_index.fallback import infer_metadata
+
+    ckpt = crafted(tmp_path / "run" / "model.ckpt", {
+        "epoch": 1, "global_step": 2,
+        "cleval_metrics": {"hmean": 0.5, "precision": float("nan"), "recall": 10**400, "x" * 300: 0.1,
+                           "name\x00": 0.25},
+        "callbacks": checkpoint_callback("val/hmean"),
+    })
+    found = infer_metadata(ckpt)
+
+    assert found.metrics == {"hmean": 0.5, "name": 0.25, "val/hmean": 0.5}
+    assert found.fields["hmean"] == 0.5 and "precision" not in found.fields
+    assert any("longer than 256" in w for w in found.warnings)
+
+
+def test_inferred_set_checks_every_kind_of_field() -> None:
+    from ckpt_index.fallback import Inferred
+
+    found = Inferred("/x.ckpt")
+    for name, value in {"epoch": True, "global_step": -1, "max_epochs": 2**31, "hmean": float("inf"),
+                        "precision": "0.9", "save_last": 1, "training_phase": "test",
+                        "exp_name": 5, "decoder": ["unet"]}.items():
+        found.set(name, value, "hydra")
+    assert found.fields == {} and len(found.warnings) == 9
+    found.set("recall", 1, "hydra")  # an int is a number
+    assert found.fields == {"recall": 1.0}
+
+
+def _raise(exc: BaseException):
+    def fail(*_: Any, **__: Any) -> Any:
+        raise exc
+    return fail
+
+
+STEP_FAILURES = [
+    ("ckpt_index.hydra_config.load_config", RuntimeError("config parser bug"), "hydra config failed"),
+    ("ckpt_index.hydra_config.model_fields", RecursionError("deep"), "failed: RecursionError"),
+    ("ckpt_index.wandb_source.find_run", MemoryError(), "W&B run unusable: MemoryError"),
+    ("ckpt_index.fallback.parse_checkpoint_name", OverflowError("int too large"), "path patterns failed"),
+    ("ckpt_index.fallback.created_at_of", OverflowError("timestamp out of range"), "file time failed"),
+    ("ckpt_index.state_dict.infer_encoder", ValueError("shape"), "state dict inference failed"),
+    ("ckpt_index.fallback.match_canonical", TypeError("odd"), "canonical metrics failed"),
+    ("ckpt_index.fallback.canonical_metrics", KeyError("x"), "reading the checkpoint's fields failed"),
+]
+
+
+@pytest.mark.parametrize("target, exc, warning", STEP_FAILURES, ids=[t.rsplit(".", 1)[1] for t, *_ in STEP_FAILURES])
+def test_infer_metadata_is_total_a_failing_step_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, exc: BaseException, warning: str
+) -> None:
+    from omegaconf import OmegaConf
+
+    from ckpt_index.fallback import infer_metadata
+
+    run = tmp_path / "run"  # no encoder in its name nor its config: the state dict step runs too
+    (run / ".hydra").mkdir(parents=True)
+    config = {"exp_name": "exphydra", "model": {"architecture": "archhydra"}}
+    OmegaConf.save(OmegaConf.create(config), run / ".hydra" / "config.yaml")
+    ckpt = crafted(run / "checkpoints" / "epoch=3-step=30.ckpt",
+                   {"epoch": 3, "global_step": 30, "cleval_metrics": {"hmean": 0.5}})
+    monkeypatch.setattr(target, _raise(exc))
+
+    found = infer_metadata(ckpt)
+
+    assert not found.unreadable
+    assert any(warning in w for w in found.warnings), found.warnings
+    assert all("\n" not in w for w in found.warnings)
+    assert found.fields["global_step"] == 30  # the other steps still ran
+
+
+def test_a_reader_that_raises_anything_makes_the_file_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckpt_index.fallback import infer_metadata
+
+    ckpt = crafted(tmp_path / "run" / "epoch=3-step=30.ckpt", {"epoch": 3, "global_step": 30})
+    monkeypatch.setattr(checkpoint_reader, "read_checkpoint", _raise(RecursionError("deep\npickle")))
+
+    found = infer_metadata(ckpt)
+
+    assert found.unreadable == "RecursionError: deep pickle"
+    assert (found.fields["epoch"], found.fields["global_step"]) == (3, 30)  # from the name

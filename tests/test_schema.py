@@ -166,6 +166,27 @@ BAD_VALUES = [
     ("model.architecture", 42, "valid string"),
     ("exp_name", ["a", "b"], "valid string"),
     ("training", "epoch 10", "valid dictionary"),
+    # Integers the index cannot hold (issue 8): one aborted every sync of its tree.
+    ("training.epoch", 2**64, "less than or equal to 2147483647"),
+    ("training.epoch", 2**31, "less than or equal to 2147483647"),  # PostgreSQL's integer column
+    ("training.global_step", 2**64, "less than or equal to 9223372036854775807"),
+    ("training.global_step", 2**63, "less than or equal to 9223372036854775807"),
+    ("training.max_epochs", 2**64, "less than or equal to 2147483647"),
+    ("checkpointing.save_top_k", 2**64, "less than or equal to 2147483647"),
+    ("checkpointing.monitor", 5, "valid string"),
+    ("checkpointing.monitor", ["val/hmean"], "valid string"),
+    ("checkpointing.monitor", {"name": "val/hmean"}, "valid string"),
+    # Text the index cannot hold: PostgreSQL refuses NUL, no UTF-8 encoder takes a lone surrogate.
+    ("exp_name", "ocr\x00v1", "contains a NUL character"),
+    ("exp_name", "ocr\udc80", "contains a lone surrogate"),
+    ("model.architecture", "db\x00net", "contains a NUL character"),
+    ("model.encoder.model_name", "\ud800", "contains a lone surrogate"),
+    ("model.decoder.params.note", "b\udcff", "contains a lone surrogate"),
+    ("checkpointing.monitor", "val/\x00hmean", "contains a NUL character"),
+    ("hydra_config_path", "/a\x00", "contains a NUL character"),
+    ("wandb_run_id", "\udc80", "contains a lone surrogate"),
+    ("created_at", "2025-10-18\x00", "contains a NUL character"),
+    ("training.exp_note", "extra\x00", "contains a NUL character"),  # extra keys too
 ]
 
 
@@ -177,6 +198,54 @@ def test_bad_value_is_rejected_naming_the_field(field: str, value: Any, message:
     assert reason.startswith(f"{field}: "), reason
     assert ";" not in reason, f"only {field} is wrong, yet: {reason}"
     assert message in reason
+
+
+@pytest.mark.parametrize("where, key", [
+    ("model.decoder.params", "bad\x00key"), ("", "extra\udc80"), ("metrics.additional_metrics", "f1\x00"),
+])
+def test_a_key_with_bad_text_is_rejected_naming_where(where: str, key: str) -> None:
+    doc = seed_document()
+    target = doc
+    for part in filter(None, where.split(".")):
+        target = target[part]
+    target[key] = 0.5
+
+    reason = rejection(doc)
+
+    assert reason.startswith(f"{where or '(document)'}: key "), reason
+    assert "\n" not in reason and key not in reason  # the key is shown escaped
+    assert ascii(key)[1:-1] in reason
+
+
+@pytest.mark.parametrize("field, value", [
+    ("training.epoch", 2**31 - 1), ("training.global_step", 2**63 - 1),
+    ("training.max_epochs", 2**31 - 1), ("checkpointing.save_top_k", 2**31 - 1),
+    ("exp_name", "ocr \u00e9\U0001f600"),  # non-ASCII text is fine; only NUL and lone surrogates are not
+])
+def test_largest_storable_values_are_accepted(field: str, value: Any) -> None:
+    CheckpointMetadataV1.model_validate(with_change(field, value))
+
+
+def test_the_bounds_are_the_columns_bounds() -> None:
+    from ckpt_index import storable
+
+    assert storable.MAX_EPOCH == storable.INT32_MAX == 2**31 - 1
+    assert storable.MAX_GLOBAL_STEP == storable.INT64_MAX == 2**63 - 1
+
+
+def test_an_escaped_nul_in_a_sidecar_file_is_invalid_with_its_field(tmp_path: Path) -> None:
+    path = tmp_path / "x.metadata.yaml"
+    path.write_text(dump_document(seed_document()).replace("exp_name: ", 'exp_name: "a\\0b" #', 1))
+
+    with pytest.raises(SidecarError) as info:
+        read_sidecar(path)
+
+    assert info.value.reason == "exp_name: contains a NUL character"
+
+
+def test_an_overlong_metric_name_is_a_warning_not_an_error() -> None:
+    meta = validate_document(with_change("metrics.additional_metrics", {"x" * 300: 0.5}), "x")
+    assert any("longer than 256" in w for w in metadata_warnings(meta))
 
 
 @pytest.mark.parametrize("version", ["2.0", "3", "0.1"])
