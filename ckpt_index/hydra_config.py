@@ -31,8 +31,9 @@ from ckpt_index.sidecar import CKPT_SUFFIX, MAX_DEPTH, SidecarError, parse_yaml_
 MAX_PARENT_LEVELS = 6
 #: A Hydra config is a few KB; a composed one with large lists inlined stays far below this.
 MAX_CONFIG_BYTES = 2 << 20
-#: Containers :func:`plain_data` builds at most (a YAML alias DAG is already bounded by the loader).
-MAX_NODES = 1_000_000
+#: Values (scalars and containers) :func:`plain_data` takes at most: a config or a W&B summary
+#: holds hundreds to thousands; this bounds the cost of any later copy of the result.
+MAX_VALUES = 500_000
 #: The longest string taken for a name (architecture, encoder, run id, ...).
 MAX_NAME_CHARS = 512
 
@@ -107,7 +108,9 @@ def parse_config_bytes(data: bytes, path: str | Path = "<config>") -> dict[str, 
         if not isinstance(document, dict):
             raise SidecarError(path, "expected a mapping at the top level")
     else:
-        document = parse_yaml_bytes(data, path, max_bytes=MAX_CONFIG_BYTES, scan_depth=True)
+        document = parse_yaml_bytes(
+            data, path, max_bytes=MAX_CONFIG_BYTES, scan_depth=True, max_nodes=MAX_VALUES
+        )
     try:
         return plain_data(document)
     except ValueError as exc:
@@ -149,33 +152,42 @@ def plain_data(value: Any, *, max_depth: int = MAX_DEPTH) -> Any:
     Dates and times become ISO 8601 strings (``created: 2024-01-01`` is an ordinary config
     value), sets sorted lists, lone surrogates U+FFFD, anything else a ``<type>`` text. Iterative,
     so any depth costs no Python recursion; raises ValueError past ``max_depth`` levels of
-    containers or :data:`MAX_NODES` containers, which also ends any cycle.
+    containers or :data:`MAX_VALUES` values in all, which also ends any cycle.
     """
     root: list[Any] = [None]
     stack: list[tuple[Any, Any, Any, int]] = [(value, root, 0, 0)]
-    containers = 0
+    count = 0
     while stack:
         item, parent, slot, depth = stack.pop()
+        if depth >= max_depth:
+            raise ValueError(f"nests deeper than {max_depth} levels")
         if isinstance(item, (dict, list, tuple, set, frozenset)):
-            containers += 1
-            if depth >= max_depth:
-                raise ValueError(f"nests deeper than {max_depth} levels")
-            if containers > MAX_NODES:
-                raise ValueError(f"holds more than {MAX_NODES:,} lists and mappings")
+            count += len(item)
+            if count > MAX_VALUES:
+                raise ValueError(f"holds more than {MAX_VALUES:,} values")
         if isinstance(item, dict):
             out: Any = {}
             for key, child in item.items():
                 plain_key = _plain_key(key)
-                out[plain_key] = None  # keeps the source's key order
-                stack.append((child, out, plain_key, depth + 1))
+                if type(child) in _PLAIN:  # most values: no trip through the stack
+                    out[plain_key] = child
+                else:
+                    out[plain_key] = None  # keeps the source's key order
+                    stack.append((child, out, plain_key, depth + 1))
         elif isinstance(item, (list, tuple, set, frozenset)):
             children = sorted(item, key=repr) if isinstance(item, (set, frozenset)) else item
-            out = [None] * len(children)
-            stack.extend((child, out, i, depth + 1) for i, child in enumerate(children))
+            out = list(children)
+            for i, child in enumerate(out):
+                if type(child) not in _PLAIN:
+                    stack.append((child, out, i, depth + 1))
         else:
             out = _plain_scalar(item)
         parent[slot] = out
     return root[0]
+
+
+#: Types :func:`plain_data` keeps as they are (a str is checked for surrogates by ``_plain_scalar``).
+_PLAIN = frozenset({int, float, bool, type(None)})
 
 
 def get_path(data: Any, dotted: str) -> Any:

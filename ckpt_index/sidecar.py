@@ -101,17 +101,23 @@ def _check_expansion(root: yaml.Node, path: Path) -> None:
                 stack.append((child, depth + 1, False))
 
 
-def _check_depth(text: str, path: Path) -> None:
+def _check_depth(text: str, path: Path, max_nodes: int | None = None) -> None:
     """Refuse deep nesting from the event stream, before libyaml's recursive composer sees it.
 
     The C composer recurses once per level without a depth guard: some 30,000 ``[`` crash the
-    interpreter (SIGSEGV). The parser itself is iterative, so counting events is safe.
+    interpreter (SIGSEGV). The parser itself is iterative, so counting events is safe. With
+    ``max_nodes``, a document of more nodes is refused before any is built.
     """
     loader = _Loader(text)
     depth = 0
+    events = 0
+    limit = None if max_nodes is None else 2 * max_nodes + 4  # start and end events per node
     try:
         while loader.check_event():
             event = loader.get_event()
+            events += 1
+            if limit is not None and events > limit:
+                raise SidecarError(path, f"YAML holds more than {max_nodes:,} values")
             if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
                 depth += 1
                 if depth > MAX_DEPTH:
@@ -139,14 +145,15 @@ def parse_sidecar_bytes(data: bytes, path: Path | str = "<sidecar>") -> dict[str
 
 def parse_yaml_bytes(
     data: bytes, path: Path | str = "<yaml>", *, max_bytes: int = MAX_SIDECAR_BYTES,
-    scan_depth: bool = False,
+    scan_depth: bool = False, max_nodes: int | None = None,
 ) -> dict[str, Any]:
     """A YAML mapping from untrusted bytes, with the sidecar guards; raises :class:`SidecarError`.
 
     ``scan_depth`` checks nesting on every document, not only those with many opening
     characters: block mappings nest by indentation alone, and a config's consumers (OmegaConf,
     ``copy.deepcopy``) recurse in Python once per level, so they need the bound that the C
-    composer alone does not.
+    composer alone does not. ``max_nodes`` (with ``scan_depth``) refuses documents of more nodes
+    before they are composed.
     """
     path = Path(path)
     if len(data) > max_bytes:
@@ -162,7 +169,7 @@ def parse_yaml_bytes(
     # ('[', '{', '-' or '?'; block mappings need ever-longer indentation, so 1 MiB holds too few
     # of those to crash the composer), and expansion needs an alias ('*').
     if scan_depth or sum(data.count(c) for c in (b"[", b"{", b"-", b"?")) > _DEPTH_SCAN_AFTER:
-        _check_depth(text, path)
+        _check_depth(text, path, max_nodes if scan_depth else None)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()

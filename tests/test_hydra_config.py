@@ -207,6 +207,8 @@ HOSTILE_CONFIGS = [
         "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
         + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
                   for i in range(8))), "alias bomb"),
+    ("wide-2mib", lambda p: p.write_text("a: [" + ",".join(["0"] * ((2 << 20) // 2 - 8)) + "]\n"),
+     "values"),
     ("deep-json", None, "nests deeper"),
 ]
 

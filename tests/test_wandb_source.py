@@ -816,7 +816,16 @@ def _deep_files(run: Path) -> None:
         '{"project": ' + "[" * 900 + "]" * 900 + ', "entity": 5}')
 
 
+def _wide_files(run: Path) -> None:
+    # Millions of values within the size caps: refused by count, before they are copied around.
+    (run / "files").mkdir()
+    zeros = ",".join(["0"] * (ws.MAX_FILE_BYTES // 2 - 16))
+    (run / "files" / "wandb-summary.json").write_text('{"a": [' + zeros + "]}")
+    (run / "files" / "config.yaml").write_text("a:\n  value: [" + zeros[: (2 << 20) - 32] + "]\n")
+
+
 HOSTILE_RUNS = [
+    ("wide-files", _wide_files, "values"),
     ("fifo-log", _fifo_log, "FIFO"),
     ("fifo-other-log", _fifo_other_log, "FIFO"),
     ("fifo-files", _fifo_files, "FIFO"),
