@@ -1,8 +1,9 @@
 """Fuzzing the untrusted readers other than the checkpoint reader (issue 8, item 9).
 
 Targets: the sidecar loader (``parse_sidecar_bytes`` + validation), the W&B transaction-log
-reader (``read_run`` on mutations of a real offline log written by the wandb SDK) and the Hydra
-config reader (``load_config`` on mutated and generated YAML). Each may let only its documented
+reader (``read_run`` on mutations of a real offline log written by the wandb SDK), a W&B run's
+``files/`` (mutated ``config.yaml`` and ``wandb-summary.json``) and the Hydra config reader
+(``load_config`` on mutated and generated YAML). Each may let only its documented
 error escape: ``SidecarError`` for the first and the last, nothing at all for ``read_run``.
 
 ``CKPT_INDEX_FUZZ_EXAMPLES`` sets the examples per target (default 200). Every input that once
@@ -229,6 +230,53 @@ def test_fuzz_wandb_log_records(real_log: bytes, rng: random.Random, data: st.Da
         else:
             payloads[i] = data.draw(st.binary(max_size=64))
     read_log_bytes(frame(payloads))
+
+
+WANDB_CONFIG_YAML = b"""\
+wandb_version: 1
+_wandb:
+  desc: null
+  value:
+    m:
+    - {1: trainer/global_step, 6: [3]}
+    - {1: val/hmean, 5: 1, 6: [1, 3]}
+model:
+  desc: null
+  value: {architecture: dbnet, component_overrides: {encoder: {model_name: resnet18}}}
+exp_name: {value: ocr_v1}
+created: {value: 2024-01-01}
+"""
+WANDB_SUMMARY = b'{"val/hmean": 0.91, "_step": 40, "_wandb": {"runtime": 12}, "trainer/global_step": 399}'
+
+
+def read_run_files(config: bytes, summary: bytes) -> ws.WandbRun:
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "wandb" / "run-20250101_000000-fuzz0002"
+        (run_dir / "files").mkdir(parents=True)
+        (run_dir / "files" / "config.yaml").write_bytes(config)
+        (run_dir / "files" / "wandb-summary.json").write_bytes(summary)
+        ws._read_cache.clear()
+        return ws.read_run(ws.RunLocation("fuzz0002", run_dir))
+
+
+def test_the_seed_run_files_read() -> None:
+    run = read_run_files(WANDB_CONFIG_YAML, WANDB_SUMMARY)
+    assert (run.source, run.warnings, run.lightning_steps) == ("files", [], True)
+    assert run.config["created"] == "2024-01-01"
+    assert ws.model_fields_from_config(run.config) == {
+        "architecture": "dbnet", "encoder": "resnet18", "exp_name": "ocr_v1"}
+
+
+@FUZZ
+@given(rng=st.randoms(use_true_random=False))
+def test_fuzz_wandb_run_files(rng: random.Random) -> None:
+    run = read_run_files(
+        mutate(WANDB_CONFIG_YAML, rng),
+        mutate(WANDB_SUMMARY, rng, [b"[", b"{", b'"\\ud800"', b"1e999", b"9" * 5000, b","]),
+    )
+    _assert_plain(run.config)
+    _assert_plain(run.summary)
+    ws.model_fields_from_config(run.config)
 
 
 # --------------------------------------------------------------------------------------------
