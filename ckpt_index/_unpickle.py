@@ -619,6 +619,32 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
             if pushes > MAX_PICKLE_OBJECTS:
                 break
             continue
+        if code == _REDUCE and len(stack) - 2 >= fence:  # a call's result is never a nested tuple
+            pos += 1
+            del stack[-1]
+            stack[-1] = 0
+            pushes += 1
+            containers += 1
+            if containers > MAX_PICKLE_CONTAINERS:
+                break
+            continue
+        if code == _TUPLE_CODE and marks:
+            pos += 1
+            mark = marks.pop()
+            fence = marks[-1] if marks else 0
+            depth = 1
+            if len(stack) > mark:
+                depth += max(stack[mark:])
+                del stack[mark:]
+            if depth > MAX_TUPLE_NESTING:
+                raise pickle.UnpicklingError(
+                    f"a tuple or frozenset nested deeper than {MAX_TUPLE_NESTING} levels at byte {pos - 1}")
+            push(depth)
+            pushes += 1
+            containers += 1
+            if containers > MAX_PICKLE_CONTAINERS:
+                break
+            continue
         entry = table[code]
         if entry is None:
             raise pickle.UnpicklingError(f"invalid opcode {bytes([code])!r} at byte {pos}")
@@ -732,12 +758,13 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
                 stack.pop()
         elif effect == _STOP:
             return pos
-        if pushes > MAX_PICKLE_OBJECTS:
+        if pushes > MAX_PICKLE_OBJECTS or containers > MAX_PICKLE_CONTAINERS:
             break
-        if containers > MAX_PICKLE_CONTAINERS:
-            raise pickle.UnpicklingError(f"creates more than {MAX_PICKLE_CONTAINERS:,} containers")
+    # Every fast path that counts breaks out of the loop when a count is over its limit.
     if pushes > MAX_PICKLE_OBJECTS:
         raise pickle.UnpicklingError(f"creates more than {MAX_PICKLE_OBJECTS:,} objects")
+    if containers > MAX_PICKLE_CONTAINERS:
+        raise pickle.UnpicklingError(f"creates more than {MAX_PICKLE_CONTAINERS:,} containers")
     raise pickle.UnpicklingError("pickle data was truncated")
 
 
@@ -755,7 +782,7 @@ def _memo_index(code: int, data: bytes, at: int, after: int) -> int:
 
 
 _LINE_MEMO_OPS = frozenset(b"gp")
-_BINUNICODE, _BINPUT, _LONG_BINPUT, _BINGET, _LONG_BINGET, _MARK_CODE, _POP_MARK = b"Xqrhj(1"
+_BINUNICODE, _BINPUT, _LONG_BINPUT, _BINGET, _LONG_BINGET, _MARK_CODE, _POP_MARK, _REDUCE, _TUPLE_CODE = b"Xqrhj(1Rt"
 
 
 @functools.cache
