@@ -125,8 +125,7 @@ def bench_many_tensors(n: int, workdir: Path) -> None:
             return best
 
         read_s, scan_s = cpu(lambda: read_checkpoint(path)), cpu(lambda: scan_pickle(data))
-        print(f"
-{n} tensors with Adam state: data.pkl {len(data) / 1e6:.1f} MB; read_checkpoint "
+        print(f"\n{n} tensors with Adam state: data.pkl {len(data) / 1e6:.1f} MB; read_checkpoint "
               f"{read_s:.2f} s CPU, of which scan_pickle {scan_s:.2f} s (best of 3)")
     finally:
         path.unlink(missing_ok=True)
