@@ -30,7 +30,7 @@ import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpt_index import safe_io
 from ckpt_index._unpickle import (
@@ -47,6 +47,9 @@ from ckpt_index._unpickle import (
     to_plain,
 )
 
+if TYPE_CHECKING:
+    from ckpt_index.isolation import Limits
+
 __all__ = [
     "CheckpointContents",
     "CheckpointReadError",
@@ -55,6 +58,7 @@ __all__ = [
     "TensorDescriptor",
     "check_integrity",
     "read_checkpoint",
+    "read_checkpoint_isolated",
     "to_plain",
 ]
 
@@ -137,7 +141,11 @@ class CheckpointContents:
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointContents:
-    """Read the metadata of the checkpoint at ``path`` safely; see the module docstring.
+    """Read the metadata of the checkpoint at ``path`` safely, in this process; see the module docstring.
+
+    The reader bounds its own work, but for files you do not trust use
+    :func:`ckpt_index.read_checkpoint` (or :func:`read_checkpoint_isolated`): it runs this in a
+    worker process under a memory ceiling and a time budget, so a crash costs only the read.
 
     Raises:
         CheckpointReadError: the file is missing, empty, truncated, not a torch checkpoint, or its
@@ -178,6 +186,29 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointContents:
 
 
 _UNEXPECTED = "unexpected error while reading:"
+
+
+def read_checkpoint_isolated(
+    path: str | os.PathLike[str], limits: Limits | None = None
+) -> CheckpointContents:
+    """:func:`read_checkpoint` in a worker process under ``limits`` (:mod:`ckpt_index.isolation`).
+
+    A file that crashes the reader or exceeds a limit raises :class:`CheckpointReadError` naming
+    why. The contents come back as plain data: ``raw`` is what :func:`to_plain` makes of the
+    pickle (placeholders as ``"<module.name>"`` text, tensors as their descriptions).
+    """
+    from ckpt_index.isolation import run_isolated
+
+    path = Path(path)
+    outcome = run_isolated("read_checkpoint", [str(path)], limits)
+    if not outcome.ok:
+        raise CheckpointReadError(path, outcome.reason or "reader failed")
+    if outcome.value[0] == "error":
+        raise CheckpointReadError(path, outcome.value[1])
+    _, fields, raw, shapes = outcome.value
+    contents = CheckpointContents(path=path, raw=raw, **fields)
+    contents.__dict__["state_dict_shapes"] = shapes  # the worker computed it from the descriptors
+    return contents
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +286,7 @@ def _check_integrity(handle: io.FileIO, size: int) -> str | None:
     if len(directory) != cd_size:
         return "truncated zip archive: its central directory is cut short"
     pickles: list[str] = []
-    last_name, last_offset, last_size = "", -1, 0
+    last_name, last_offset, last_size = b"", -1, 0
     pos = count = 0
     while pos + _CENTRAL.size <= cd_size:
         fields = _CENTRAL.unpack_from(directory, pos)
@@ -267,14 +298,13 @@ def _check_integrity(handle: io.FileIO, size: int) -> str | None:
         if compress_size == 0xFFFFFFFF or offset == 0xFFFFFFFF:
             extra = directory[pos + _CENTRAL.size + name_len:pos + _CENTRAL.size + name_len + extra_len]
             compress_size, offset = _zip64_sizes(extra, fields[11], compress_size, offset)
-        name = raw_name.decode("utf-8" if fields[6] & 0x800 else "cp437", "replace")
-        data_end = shift + offset + 30 + name_len + compress_size
-        if data_end > cd_offset + shift:
+        if offset + 30 + name_len + compress_size > cd_offset:
+            name = _member_name(raw_name, fields[6])
             return f"truncated or corrupt zip archive: member {name[:80]} would end past the central directory"
-        if name.endswith("/data.pkl") and name.count("/") == 1:
-            pickles.append(name)
+        if raw_name.endswith(b"/data.pkl") and raw_name.count(b"/") == 1:
+            pickles.append(_member_name(raw_name, fields[6]))
         if offset > last_offset:
-            last_name, last_offset, last_size = name, offset, compress_size
+            last_name, last_offset, last_size = raw_name, offset, compress_size
         pos += _CENTRAL.size + name_len + extra_len + comment_len
         count += 1
     if count != entries:
@@ -284,6 +314,7 @@ def _check_integrity(handle: io.FileIO, size: int) -> str | None:
     if len(pickles) > 1:
         return f"zip archive has several data.pkl members: {', '.join(sorted(pickles)[:4])}"
     if last_offset >= 0:  # the local header's extra field (torch pads to 64 bytes) is only there
+        last_name = _member_name(last_name, 0x800)
         header = _pread(handle, shift + last_offset, _LOCAL_HEADER.size)
         if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
             return f"corrupt zip archive: no local header for member {last_name[:80]}"
@@ -292,6 +323,10 @@ def _check_integrity(handle: io.FileIO, size: int) -> str | None:
         if end > cd_offset + shift:
             return f"truncated or corrupt zip archive: member {last_name[:80]} ends past the central directory"
     return None
+
+
+def _member_name(raw: bytes, flags: int) -> str:
+    return raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
 
 
 def _zip64_sizes(extra: bytes, file_size: int, compress_size: int, offset: int) -> tuple[int, int]:
