@@ -46,6 +46,8 @@ class Inferred:
     #: Why the checkpoint itself could not be read, if it could not.
     unreadable: str | None = None
     warnings: list[str] = field(default_factory=list)
+    #: The pickle globals ``torch.load(weights_only=True)`` would refuse (None: not read).
+    unsafe_globals: list[str] | None = None
 
     def set(self, name: str, value: Any, source: str) -> None:
         """Fill ``name`` unless a more specific source already did.
@@ -150,7 +152,10 @@ def _read_checkpoint(path: Path, result: Inferred):
     from ckpt_index.checkpoint_reader import CheckpointReadError, read_checkpoint
 
     try:
-        return read_checkpoint(path)
+        # In this process: infer_metadata runs inside an isolated worker (ckpt_index.isolation).
+        contents = read_checkpoint(path)
+        result.unsafe_globals = list(contents.unsafe_globals)
+        return contents
     except CheckpointReadError as exc:
         result.unreadable = clean_text(" ".join(str(exc.reason).split()))
     except Exception as exc:  # noqa: BLE001 - a reader bug must not stop a sync

@@ -46,7 +46,7 @@ from typing import Any
 MEMORY_ENV = "CKPT_INDEX_WORKER_MEMORY_MB"
 SECONDS_ENV = "CKPT_INDEX_WORKER_SECONDS"
 DEFAULT_MEMORY_MB = 512
-DEFAULT_SECONDS = 10.0
+DEFAULT_SECONDS = 30.0
 #: Exit status of a worker that hit its memory ceiling (MemoryError was raised).
 _EXIT_MEMORY = 86
 #: No reply may exceed this (a worker's memory is capped anyway; this caps the parent's).
@@ -91,6 +91,8 @@ class Outcome:
     value: Any = None
     reason: str | None = None
     contained: bool = False
+    #: (logger name, level, message) of the warnings the job logged in its worker.
+    logs: tuple[tuple[str, int, str], ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +173,12 @@ def _task_allocate(megabytes: int) -> Any:  # for the tests of the pool itself
     return len(bytearray(megabytes << 20))
 
 
+def _task_warn(message: str) -> Any:  # for the tests of the pool itself
+    import logging
+
+    logging.getLogger("ckpt_index.test").warning("%s", message)
+
+
 def _task_crash(signal_number: int) -> Any:  # for the tests of the pool itself
     os.kill(os.getpid(), signal_number)
     time.sleep(10)
@@ -184,6 +192,7 @@ _TASKS: dict[str, Callable[..., Any]] = {
     "_sleep": _task_sleep,
     "_allocate": _task_allocate,
     "_crash": _task_crash,
+    "_warn": _task_warn,
 }
 
 
@@ -217,6 +226,7 @@ def _worker_main(memory_bytes: int) -> None:
     import ckpt_index.fallback  # noqa: F401
     import ckpt_index.sync  # noqa: F401
 
+    logs = _collect_logs()
     _apply_limits(memory_bytes)
     replies.write(_frame(("ready", os.getpid())))
     while True:
@@ -235,6 +245,9 @@ def _worker_main(memory_bytes: int) -> None:
                 reply = ("error", "nested too deeply to parse")
             except Exception as exc:  # noqa: BLE001 - contained: this file's reason
                 reply = ("error", _one_line(f"{exc.__class__.__name__}: {exc}"))
+            if logs:
+                reply = (*reply, logs[:_MAX_LOGS])
+                logs.clear()
             try:
                 data = _frame(reply)
             except MemoryError:
@@ -243,6 +256,27 @@ def _worker_main(memory_bytes: int) -> None:
             except Exception as exc:  # noqa: BLE001 - a value that cannot be sent
                 data = _frame(("error", _one_line(f"result cannot be returned: {exc}")))
             replies.write(data)
+
+
+#: Log records a job may send back (a file that makes a parser warn a million times is one file).
+_MAX_LOGS = 20
+
+
+def _collect_logs() -> list[tuple[str, int, str]]:
+    """The package's warnings, kept to be re-logged by the parent (a worker has no one to tell)."""
+    import logging
+
+    records: list[tuple[str, int, str]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if len(records) < _MAX_LOGS:
+                records.append((record.name, record.levelno, _one_line(record.getMessage(), 1000)))
+
+    logger = logging.getLogger("ckpt_index")
+    logger.addHandler(Collect(logging.WARNING))
+    logger.propagate = False
+    return records
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -462,6 +496,7 @@ class WorkerPool:
         selector = selectors.DefaultSelector()
         next_out = 0
         seconds = self.limits.seconds
+        relogged: set[tuple[str, str]] = set()
 
         def start(worker: _Worker) -> None:
             batch = [todo.popleft() for _ in range(min(self.chunk, len(todo)))]
@@ -513,7 +548,9 @@ class WorkerPool:
                     retire(worker, f"over the {seconds:g} s time limit")
                 while next_out in done:
                     paused = time.monotonic()
-                    yield done.pop(next_out)
+                    outcome = done.pop(next_out)
+                    _relog(outcome.logs, relogged)
+                    yield outcome
                     next_out += 1
                     # The caller's time (writing a batch) is not the workers': while it ran,
                     # they may have been blocked on a full pipe.
@@ -528,11 +565,22 @@ class WorkerPool:
 
 def _outcome(reply: Any, limits: Limits) -> Outcome:
     kind = reply[0]
+    logs = tuple(reply[2]) if len(reply) > 2 else ()
     if kind == "ok":
-        return Outcome(True, value=reply[1])
+        return Outcome(True, value=reply[1], logs=logs)
     if kind == "memory":
         return Outcome(False, reason=f"over the {limits.memory_text()} memory limit", contained=True)
-    return Outcome(False, reason=str(reply[1]))
+    return Outcome(False, reason=str(reply[1]), logs=logs)
+
+
+def _relog(logs: Sequence[tuple[str, int, str]], seen: set[tuple[str, str]]) -> None:
+    """Log here what a worker logged, each message once per map (workers do not share state)."""
+    import logging
+
+    for name, level, message in logs:
+        if (name, message) not in seen and isinstance(name, str) and name.startswith("ckpt_index"):
+            seen.add((name, message))
+            logging.getLogger(name).log(level, "%s", message)
 
 
 def run_isolated(task: str, args: Sequence[Any], limits: Limits | None = None) -> Outcome:

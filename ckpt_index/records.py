@@ -71,11 +71,26 @@ def checkpoint_state_columns(ckpt: FileState | None) -> dict[str, Any]:
     }
 
 
+#: A checkpoint modified this long after its sidecar was replaced after the sidecar was written
+#: (the callback writes a sidecar milliseconds after its checkpoint; copies may reorder a little).
+STALE_AFTER_NS = 2_000_000_000
+
+
+def is_stale(ckpt: FileState | None, sidecar: FileState | None) -> bool:
+    """Whether the sidecar is older than the checkpoint beside it (the checkpoint was replaced)."""
+    if ckpt is None or sidecar is None or ckpt.mtime_ns is None or sidecar.mtime_ns is None:
+        return False
+    return ckpt.mtime_ns > sidecar.mtime_ns + STALE_AFTER_NS
+
+
 def _state_columns(ckpt: FileState | None, sidecar: FileState | None) -> dict[str, Any]:
     return {
         **checkpoint_state_columns(ckpt),
         "sidecar_size": sidecar.size if sidecar else None,
         "sidecar_mtime_ns": sidecar.mtime_ns if sidecar else None,
+        "stale": is_stale(ckpt, sidecar),
+        # Set by a sync that could not list the row's directory; any rebuilt row clears it.
+        "scan_error": None,
     }
 
 
@@ -202,10 +217,13 @@ def record_from_inferred(inferred, *, ckpt: FileState | None) -> Record:
         error=inferred.unreadable,
         warnings="; ".join(inferred.warnings) or None,
         inferred_fields=json.dumps(inferred.sources, sort_keys=True, separators=(",", ":")),
+        unsafe_globals=(json.dumps(inferred.unsafe_globals)
+                        if getattr(inferred, "unsafe_globals", None) is not None else None),
         indexed_at=now_iso(),
         **_state_columns(ckpt, None),
     )
     return Record(columns, metrics)
+
 
 # --------------------------------------------------------------------------------------------
 # The boundary: every row is checked before it is written, whatever produced it.

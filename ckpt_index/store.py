@@ -132,7 +132,7 @@ STATE_COLUMNS = (
     checkpoints.c.id, checkpoints.c.checkpoint_path, checkpoints.c.sidecar_path,
     checkpoints.c.status, checkpoints.c.checkpoint_exists, checkpoints.c.ckpt_size,
     checkpoints.c.ckpt_mtime_ns, checkpoints.c.sidecar_size, checkpoints.c.sidecar_mtime_ns,
-    checkpoints.c.error, checkpoints.c.scan_error,
+    checkpoints.c.error, checkpoints.c.scan_error, checkpoints.c.unsafe_globals,
 )
 
 

@@ -23,6 +23,9 @@ from ckpt_index.isolation import Limits
 from ckpt_index.records import (
     FileState,
     Record,
+    UnstorableRecord,
+    check_record,
+    checkpoint_state_columns,
     record_from_inferred,
     record_from_metadata,
     record_without_metadata,
@@ -174,10 +177,14 @@ class SyncOptions:
     limits: Limits | None = None
     #: The index's URL, for workers that cache W&B API answers in it (``wandb_online``).
     db_url: str | None = None
+    #: Read the pickle of checkpoints that have a sidecar too, to record ``unsafe_globals``
+    #: (checkpoints without one are always read). Costs a worker read per checkpoint.
+    inspect: bool = False
 
     def for_worker(self) -> dict[str, Any]:
         """What a parsing worker needs (an engine does not cross a process boundary)."""
-        return {"infer": self.infer, "wandb_online": self.wandb_online, "db_url": self.db_url}
+        return {"infer": self.infer, "wandb_online": self.wandb_online, "db_url": self.db_url,
+                "inspect": self.inspect}
 
 
 def build_record(
@@ -223,10 +230,26 @@ def build_record(
         from ckpt_index.checkpoint_reader import check_integrity
 
         broken = check_integrity(path)
+        if broken is None and options.inspect:
+            broken, unsafe = _inspect(path)
+            record.columns["unsafe_globals"] = unsafe
         if broken is not None:
             record.columns.update(status="unreadable", error=broken)
             return record, broken
     return record, None
+
+
+def _inspect(path: str) -> tuple[str | None, str | None]:
+    """(why the checkpoint cannot be read, or None; its ``unsafe_globals`` as JSON)."""
+    import json
+
+    from ckpt_index.checkpoint_reader import CheckpointReadError, read_checkpoint
+
+    try:
+        contents = read_checkpoint(path)
+    except CheckpointReadError as exc:
+        return exc.reason, None
+    return None, json.dumps(contents.unsafe_globals)
 
 
 def build_record_safely(
@@ -292,17 +315,20 @@ def sync_roots(
     infer: bool = True,
     wandb_online: bool = False,
     full: bool = False,
+    inspect: bool = False,
     limits: Limits | None = None,
 ) -> SyncSummary:
     """Bring this location's rows under each root in line with its files; return what was done.
 
     Rows of other locations (other machines sharing the index) are never touched. ``full``
-    re-reads every file; ``limits`` bounds each parsing worker (see :mod:`ckpt_index.isolation`).
+    re-reads every file; ``inspect`` reads the pickle of checkpoints that have a sidecar too
+    (``unsafe_globals``); ``limits`` bounds each parsing worker (:mod:`ckpt_index.isolation`).
     """
     started = time.perf_counter()
     summary = SyncSummary(location=resolve_location(location))
     options = SyncOptions(
-        infer=infer, wandb_online=wandb_online, engine=engine, full=full, limits=limits,
+        infer=infer, wandb_online=wandb_online, engine=engine, full=full, inspect=inspect,
+        limits=limits,
         db_url=engine.url.render_as_string(hide_password=False) if wandb_online else None,
     )
     for root in roots:
@@ -344,21 +370,24 @@ def _sync_root(
     summary.unlisted_dirs.extend(unlisted)
 
     to_parse: list[str] = []
+    flagged: list[tuple[int, dict[str, Any]]] = []  # rows to patch without reading their files
     for path, item in found.items():
         summary.checkpoints += item.ckpt is not None
         summary.sidecars += item.sidecar is not None
         row = existing.get(path)
-        if options.full or row is None or not _row_current(row, item, options.infer):
+        if options.full or row is None or not _row_current(row, item, options):
             to_parse.append(path)
             continue
         summary.unchanged += 1
         _count_status(summary, row.status, item, path, row.sidecar_path, row.error)
+        if not _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns):
+            # Only a row that never read its checkpoint (--no-infer) gets here: patch its state.
+            flagged.append((row.id, checkpoint_state_columns(item.ckpt)))
     # A row whose directory could not be listed is kept as it was, flagged, never pruned: a
     # directory unreadable for a moment (an NFS hiccup, a chmod) must not lose its rows.
     reasons = dict(unlisted)
     unlisted_dirs = list(reasons)
     gone: list[int] = []
-    flagged: list[tuple[int, dict[str, Any]]] = []
     for path, row in existing.items():
         if path in found:
             continue
@@ -370,7 +399,7 @@ def _sync_root(
             summary.kept += 1
 
     done, total = 0, len(to_parse) + len(flagged) + len(gone)
-    built = _build_records(sorted(to_parse), found, racy_after_ns, options)
+    built = _checked(_build_records(sorted(to_parse), found, racy_after_ns, options), found)
     for batch in _batches(built, BATCH_SIZE):
         final = _write_batch(engine, [(path, record) for path, record, _ in batch], found,
                              existing, summary.location)
@@ -398,6 +427,20 @@ def _sync_root(
         done += len(flagged) + len(gone)
         if progress:
             progress(done, total)
+
+
+def _checked(
+    built: Iterable[tuple[str, Record, str | None]], found: dict[str, _Found],
+) -> Iterator[tuple[str, Record, str | None]]:
+    """Each row through the boundary check (the same row on every backend); see check_record."""
+    for path, record, reason in built:
+        try:
+            checked = check_record(record)
+        except UnstorableRecord as exc:  # unreachable for scanned paths; contained regardless
+            checked = failed_record(path, found[path], _one_line(str(exc)))
+        if checked.columns["status"] != record.columns["status"]:
+            reason = checked.columns["error"]
+        yield path, checked, reason
 
 
 def _write_batch(
@@ -456,7 +499,9 @@ _CHUNK = 32
 
 def _needs_isolation(item: _Found, options: SyncOptions) -> bool:
     """Whether building the row parses untrusted binary or config files (not just a sidecar)."""
-    return item.sidecar_path is None and options.infer and item.ckpt is not None
+    if item.ckpt is None:
+        return False
+    return options.inspect if item.sidecar_path is not None else options.infer
 
 
 def _item_args(item: _Found) -> tuple[Any, ...]:
@@ -502,7 +547,7 @@ def _build_records(
                 yield path, failed_record(path, found[path], reason, checkpoint=True), reason
 
 
-def _row_current(row, item: _Found, infer: bool) -> bool:
+def _row_current(row, item: _Found, options: SyncOptions) -> bool:
     """Whether a row still describes the files, up to what is cheap to patch.
 
     A sidecar'd row only needs the checkpoint's size/mtime patched when the checkpoint changes;
@@ -513,7 +558,7 @@ def _row_current(row, item: _Found, infer: bool) -> bool:
     if item.sidecar is None:
         if row.sidecar_path is not None:
             return False
-        if not infer:
+        if not options.infer:
             return row.status == "missing"
         return row.status in ("inferred", "unreadable") and _same(
             item.ckpt, row.ckpt_size, row.ckpt_mtime_ns
@@ -524,7 +569,10 @@ def _row_current(row, item: _Found, infer: bool) -> bool:
         row.status in ("valid", "invalid", "unreadable")
         and row.sidecar_path == item.sidecar_path
         and _same(item.sidecar, row.sidecar_size, row.sidecar_mtime_ns)
-        and _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns)
+        and (item.ckpt is None or _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns))
+        # --inspect reads the checkpoints of rows that were indexed without it.
+        and not (options.inspect and row.status == "valid" and item.ckpt is not None
+                 and row.unsafe_globals is None)
     )
 
 

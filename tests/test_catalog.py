@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 
 import ckpt_index
-import ckpt_index.checkpoint_reader as checkpoint_reader
 import ckpt_index.sync as sync_module
 from ckpt_index.catalog import CheckpointCatalog
 from ckpt_index.sidecar import dump_document, sidecar_path_for
 
-from conftest import seed_document
+from conftest import seed_document, tiny_checkpoint
 
 HOUR_NS = 3600 * 10**9
 SEED_DISPLAY = "dbnet · resnet50 · exp_name (ep10 • hmean 0.843 • prec 0.854 • rec 0.832 • 20251018_1432)"
@@ -63,7 +62,7 @@ def lightning_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def write(ckpt: Path, document: dict[str, Any] | None) -> Path:
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.write_bytes(b"placeholder\n")
+    ckpt.write_bytes(tiny_checkpoint())
     if document is not None:
         sidecar_path_for(ckpt).write_text(dump_document(document))
     return ckpt
@@ -112,18 +111,22 @@ def tree(outputs: Path, lightning_checkpoint: Path) -> dict[str, Path]:
 def parses(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     """Sidecars parsed and checkpoints opened by the syncs under test."""
     seen: dict[str, list[str]] = {"sidecars": [], "checkpoints": []}
-    read_sidecar, read_checkpoint = sync_module.read_sidecar, checkpoint_reader.read_checkpoint
+    read_sidecar = sync_module.read_sidecar
 
     def sidecar(path: Any) -> Any:
         seen["sidecars"].append(str(path))
         return read_sidecar(path)
 
-    def checkpoint(path: Any) -> Any:
-        seen["checkpoints"].append(str(path))
-        return read_checkpoint(path)
+    def build(paths, found, racy_after_ns, options):
+        # Checkpoints are read in worker processes: count what is handed to them.
+        seen["checkpoints"].extend(p for p in paths if sync_module._needs_isolation(found[p], options))
+        if any(sync_module._needs_isolation(found[p], options) for p in paths):
+            seen["sidecars"].extend(found[p].sidecar_path for p in paths if found[p].sidecar_path)
+        return build_records(paths, found, racy_after_ns, options)
 
+    build_records = sync_module._build_records
     monkeypatch.setattr(sync_module, "read_sidecar", sidecar)
-    monkeypatch.setattr(checkpoint_reader, "read_checkpoint", checkpoint)
+    monkeypatch.setattr(sync_module, "_build_records", build)
     return seen
 
 

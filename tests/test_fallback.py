@@ -31,6 +31,7 @@ nn = torch.nn
 
 import ckpt_index.checkpoint_reader as checkpoint_reader  # noqa: E402
 from ckpt_index import api  # noqa: E402
+from ckpt_index import sync as sync_module  # noqa: E402
 from ckpt_index import wandb_source  # noqa: E402
 from ckpt_index.fallback import created_at_of  # noqa: E402
 from ckpt_index.sidecar import dump_document, sidecar_path_for  # noqa: E402
@@ -298,15 +299,15 @@ def content(db: Path) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Paths the fallbacks open with the checkpoint reader, in order."""
+    """Checkpoints a sync hands to its reader workers, in order (the reading is in the workers)."""
     calls: list[str] = []
-    real = checkpoint_reader.read_checkpoint
+    real = sync_module._build_records
 
-    def counting(path: Any) -> Any:
-        calls.append(str(path))
-        return real(path)
+    def counting(paths, found, racy_after_ns, options):
+        calls.extend(p for p in paths if sync_module._needs_isolation(found[p], options))
+        return real(paths, found, racy_after_ns, options)
 
-    monkeypatch.setattr(checkpoint_reader, "read_checkpoint", counting)
+    monkeypatch.setattr(sync_module, "_build_records", counting)
     return calls
 
 

@@ -111,3 +111,11 @@ def test_a_worker_that_cannot_start_is_an_error_of_the_environment(monkeypatch) 
     monkeypatch.setattr(isolation.sys, "executable", "/bin/false")
     with pytest.raises(isolation.WorkerStartError, match="did not start"):
         run_isolated("_sleep", [0.0])
+
+
+def test_warnings_logged_in_a_worker_reach_the_parent_once(caplog) -> None:
+    with caplog.at_level("WARNING", logger="ckpt_index"):
+        results, _ = outcomes("_warn", [("W&B look-ups skipped",)] * 6, workers=2, chunk=1)
+    assert all(r.ok for r in results)
+    messages = [r.getMessage() for r in caplog.records if r.name == "ckpt_index.test"]
+    assert messages == ["W&B look-ups skipped"]

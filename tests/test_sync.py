@@ -18,7 +18,7 @@ from ckpt_index import api
 from ckpt_index.db import is_sqlite, open_engine, resolve_db_url
 from ckpt_index.sidecar import dump_document, sidecar_path_for
 
-from conftest import SEED_SIDECARS, seed_document, write_checkpoint
+from conftest import SEED_SIDECARS, seed_document, tiny_checkpoint, write_checkpoint
 
 #: Columns that describe when/how a row was built rather than what it says.
 NON_CONTENT = {"id", "indexed_at", "ckpt_size", "ckpt_mtime_ns", "sidecar_size", "sidecar_mtime_ns"}
@@ -371,6 +371,25 @@ def test_checkpoint_file_change_updates_state_without_reading(
     got = row(db_url, ckpt)
     st = ckpt.stat()
     assert (got["ckpt_size"], got["ckpt_mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+
+
+def test_checkpoint_file_change_rebuilds_only_its_row(
+    outputs: Path, db_url: str, reads: list[str]
+) -> None:
+    # A replaced checkpoint is checked again (integrity, staleness), with its sidecar.
+    ckpt = write_checkpoint(outputs / "e" / "a.ckpt", seed_document())
+    other = write_checkpoint(outputs / "e" / "b.ckpt", seed_document())
+    age(outputs)
+    sync(outputs, db=db_url)
+    ckpt.write_bytes(tiny_checkpoint("a bigger checkpoint than before"))
+    age(ckpt)
+    reads.clear()
+    summary = sync(outputs, db=db_url)
+    assert reads == [str(sidecar_path_for(ckpt))] and summary.parsed == 1 and summary.unchanged == 1
+    got = row(db_url, ckpt)
+    st = ckpt.stat()
+    assert (got["ckpt_size"], got["ckpt_mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+    assert got["status"] == "valid" and row(db_url, other)["status"] == "valid"
 
 
 # ----------------------------------------------------------------------------------- pruning

@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
+
+from conftest import tiny_checkpoint
 from pathlib import Path
 from typing import Any, Callable
 from unittest import mock
@@ -291,7 +293,7 @@ class _World:
     def write_ckpt(self, slot: int, bigger: bool = False) -> None:
         path = self.ckpt(slot)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"placeholder\n" * (3 if bigger else 1))
+        path.write_bytes(tiny_checkpoint("bigger" if bigger else ""))
         os.utime(path, ns=(self.clock.now_ns, self.clock.now_ns))
 
     def write_sidecar(self, slot: int, body: Content, mtime_mode: str = "now") -> None:

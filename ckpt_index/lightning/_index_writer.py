@@ -18,7 +18,7 @@ from typing import Any, Callable
 from sqlalchemy import Connection, Engine
 
 from ckpt_index.db import open_engine, resolve_db_url, run_write
-from ckpt_index.records import FileState, record_from_metadata
+from ckpt_index.records import FileState, check_record, record_from_metadata
 from ckpt_index.schema import CheckpointMetadataV1, metadata_warnings
 from ckpt_index.store import delete_paths, upsert_records
 
@@ -149,4 +149,5 @@ def _apply_run(conn: Connection, run: list[Upsert | Delete]) -> None:
         )
         for op in run
     ]
-    upsert_records(conn, records)
+    # The same boundary as a sync's: a row either backend would refuse is made storable.
+    upsert_records(conn, [check_record(r) for r in records])
