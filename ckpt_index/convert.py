@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from ckpt_index.fallback import Inferred, created_at_of, infer_metadata
+from ckpt_index.isolation import Limits
 from ckpt_index.schema import CheckpointMetadataV1, format_validation_error
 from ckpt_index.sidecar import (
     CKPT_SUFFIX, SidecarError, dump_metadata, parse_sidecar_bytes, save_metadata, sidecar_path_for,
@@ -58,12 +59,28 @@ def find_checkpoints(directory: str | os.PathLike[str], *, recursive: bool = Tru
 
 
 def infer_checkpoint(path: Path, *, wandb_online: bool = False) -> Inferred:
-    """What the fallbacks say about one checkpoint: the one place ``convert`` reads a file.
-
-    Reading a checkpoint parses untrusted data; a caller that isolates it (a worker process under
-    limits) replaces this function, or passes its own to :func:`convert_checkpoints`.
-    """
+    """What the fallbacks say about one checkpoint, read in this process (no isolation)."""
     return infer_metadata(path, wandb_online=wandb_online)
+
+
+def infer_isolated(
+    paths: list[Path], *, wandb_online: bool = False, limits: Limits | None = None,
+) -> Iterator[tuple[Path, Inferred | None, str | None]]:
+    """(path, what the fallbacks found, None) per path, in order, or (path, None, reason) when
+    reading it crashed or exceeded a limit: each checkpoint is read by a worker process under
+    ``limits`` (:mod:`ckpt_index.isolation`), as a sync reads them."""
+    from ckpt_index.isolation import WorkerPool
+
+    if not paths:
+        return
+    workers = max(1, min(os.cpu_count() or 1, 8, len(paths) // 16 + 1))
+    jobs = [(str(path), {"wandb_online": wandb_online}) for path in paths]
+    with WorkerPool(workers, limits, chunk=16) as pool:
+        for path, outcome in zip(paths, pool.map("infer", jobs)):
+            if outcome.ok:
+                yield path, Inferred(**outcome.value), None
+            else:
+                yield path, None, outcome.reason or "reader failed"
 
 
 def metadata_from_inferred(inferred: Inferred, ckpt_path: str | os.PathLike[str]) -> CheckpointMetadataV1:
@@ -130,24 +147,35 @@ def check_round_trip(meta: CheckpointMetadataV1, target: Path) -> None:
 def convert_checkpoints(
     paths: Iterable[str | os.PathLike[str]], *, force: bool = False, dry_run: bool = False,
     wandb_online: bool = False, infer: Callable[..., Inferred] | None = None,
+    limits: Limits | None = None,
 ) -> ConvertSummary:
     """Write a sidecar for each checkpoint (existing sidecars are skipped unless ``force``).
 
-    ``infer(path, wandb_online=...)`` reads one checkpoint (default :func:`infer_checkpoint`).
-    One file's failure, of any kind, is that file's entry in ``failures``.
+    Checkpoints are read by worker processes under ``limits`` (a crash or a limit fails that
+    file only); ``infer(path, wandb_online=...)`` replaces that with a reader of the caller's,
+    run in this process. One file's failure, of any kind, is that file's entry in ``failures``.
     """
-    infer = infer or infer_checkpoint
     summary = ConvertSummary()
-    for path in paths:
-        path = Path(path)
+    todo: list[Path] = []
+    for path in map(Path, paths):
         summary.found += 1
         target = sidecar_path_for(path)
         if target.exists() and not force:
             log.debug("metadata exists (skipping): %s", target)
             summary.skipped += 1
             continue
+        todo.append(path)
+    if infer is None:
+        results = infer_isolated(todo, wandb_online=wandb_online, limits=limits)
+    else:
+        results = _infer_here(todo, infer, wandb_online)
+    for path, inferred, failure in results:
+        target = sidecar_path_for(path)
         try:
-            meta = metadata_from_inferred(infer(path, wandb_online=wandb_online), path)
+            if failure is not None:
+                raise ConversionError(f"cannot read the checkpoint: {failure}")
+            assert inferred is not None
+            meta = metadata_from_inferred(inferred, path)
             check_round_trip(meta, target)
             if not dry_run:
                 save_metadata(meta, path, force=force)
@@ -162,6 +190,16 @@ def convert_checkpoints(
         summary.written.append(str(target))
         log.info("%s: %s -> %s", "would convert" if dry_run else "converted", path.name, target.name)
     return summary
+
+
+def _infer_here(
+    paths: list[Path], infer: Callable[..., Inferred], wandb_online: bool,
+) -> Iterator[tuple[Path, Inferred | None, str | None]]:
+    for path in paths:
+        try:
+            yield path, infer(path, wandb_online=wandb_online), None
+        except Exception as exc:  # noqa: BLE001 - reported as the file's failure
+            yield path, None, f"{exc.__class__.__name__}: {exc}"
 
 
 def _one_line(text: str) -> str:

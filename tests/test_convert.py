@@ -405,5 +405,21 @@ def test_convert_reads_each_checkpoint_through_one_replaceable_function(outputs:
 
     assert seen == [ok, boom]
     assert (summary.converted, summary.failed) == (1, 1)
-    assert summary.failures == [(str(boom), "RuntimeError: worker died with SIGSEGV")]
+    assert summary.failures == [(str(boom), "cannot read the checkpoint: RuntimeError: worker died with SIGSEGV")]
     assert sidecar_path_for(ok).exists() and not sidecar_path_for(boom).exists()
+
+
+@pytest.mark.parametrize("fault", ["SIGSEGV", "SIGKILL"])
+def test_convert_reads_checkpoints_in_isolated_workers(outputs: Path, monkeypatch, fault: str) -> None:
+    from ckpt_index import isolation
+    from ckpt_index.convert import convert_checkpoints
+
+    paths = [crafted(outputs / f"r{i}" / "epoch=1-step=2.ckpt", {"epoch": 1, "global_step": 2})
+             for i in range(5)]
+    monkeypatch.setenv(isolation.FAULT_ENV, str(paths[2]))
+    monkeypatch.setenv(isolation.FAULT_SIGNAL_ENV, fault)
+    summary = convert_checkpoints(paths)
+    expected = "reader crashed: SIGSEGV" if fault == "SIGSEGV" else "reader killed (SIGKILL)"
+    assert summary.failures == [(str(paths[2]), f"cannot read the checkpoint: {expected}")]
+    assert (summary.converted, summary.failed) == (4, 1)
+    assert [sidecar_path_for(p).exists() for p in paths] == [True, True, False, True, True]
