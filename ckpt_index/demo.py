@@ -97,9 +97,10 @@ def checkpoint_bytes(document: dict[str, Any]) -> bytes:
     }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr("archive/data.pkl", pickle.dumps(contents, protocol=2))
-        archive.writestr("archive/byteorder", "little")
-        archive.writestr("archive/version", "3\n")
+        # Fixed member times: the same document gives the same bytes (writestr(name) uses now).
+        for name, data in (("data.pkl", pickle.dumps(contents, protocol=2)),
+                           ("byteorder", b"little"), ("version", b"3\n")):
+            archive.writestr(zipfile.ZipInfo(f"archive/{name}", (2025, 1, 1, 0, 0, 0)), data)
     return buffer.getvalue()
 
 

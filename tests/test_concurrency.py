@@ -45,6 +45,13 @@ try:
     from ckpt_index.sidecar import save_metadata
     from ckpt_index.store import upsert_records
 
+    def tiny_checkpoint(tag):  # conftest.tiny_checkpoint: a sync checks checkpoints are archives
+        import io, pickle, zipfile
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("archive/data.pkl", pickle.dumps({"epoch": 0, "tag": tag}, protocol=2))
+        return buffer.getvalue()
+
     k, n = args["k"], args["n"]
     document = yaml.safe_load(Path(args["seed"]).read_text())
     busy_ms = int(args["busy_timeout"] * 1000)
@@ -58,7 +65,7 @@ try:
         pending = []
         for j in range(done, min(n, done + next(sizes))):
             ckpt = folder / f"epoch-{j:04d}_step-{j * 10:06d}.ckpt"
-            ckpt.write_bytes(b"placeholder %d %d\n" % (k, j))  # the checkpoint first, as Lightning
+            ckpt.write_bytes(tiny_checkpoint(f"{k} {j}"))  # the checkpoint first, as Lightning
             document.update(checkpoint_path=str(ckpt), exp_name=f"writer{k}")
             document["training"].update(epoch=j, global_step=j * 10)
             document["metrics"].update(

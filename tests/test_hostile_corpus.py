@@ -22,6 +22,8 @@ from ckpt_index import demo
 from ckpt_index.demo import checkpoint_bytes
 from ckpt_index.sidecar import dump_document, sidecar_path_for
 
+from test_sync import age
+
 #: Generous: a shared CI machine; the point is "bounded", not "fast".
 MAX_SECONDS = 90
 #: Peak RSS of the sync process and of the largest worker (KiB, as getrusage reports).
@@ -98,7 +100,7 @@ def _numpy_shape(root: Path):
     class Array:
         def __reduce__(self):
             shape = tuple([2**64 - 1] * 50_000)
-            return (numpy.core.multiarray._reconstruct, (numpy.ndarray, (0,), b"b"),
+            return (numpy._core.multiarray._reconstruct, (numpy.ndarray, (0,), b"b"),
                     (1, shape, numpy.dtype("f8"), False, b""))
 
     data = pickle.dumps(checkpoint_dict(hyper_parameters={"mean": Array()}), protocol=2)
@@ -334,14 +336,17 @@ def test_malicious_pickles_run_nothing_and_the_sync_completes(outputs: Path, db_
     for path, row in got.items():
         if "/evil/" in path:
             assert row["status"] in ("inferred", "unreadable"), row
-            if path.endswith("-hp.ckpt"):
+            if row["status"] == "inferred" and path.endswith("-hp.ckpt"):
                 assert json.loads(row["unsafe_globals"]), row  # it names what loading would run
+    readable = [r for p, r in got.items() if p.endswith("-hp.ckpt") and r["status"] == "inferred"]
+    assert len(readable) >= count // 2, "payloads are read as placeholders, not just refused"
 
 
 @pytest.mark.slow
 def test_the_whole_corpus_in_one_tree(outputs: Path, db_url: str) -> None:
     outcomes = {name: builder(outputs / f"case{i}") for i, (name, builder) in enumerate(CASES.items())}
     ordinary = ordinary_files(outputs)
+    age(outputs)  # out of the racy window: an unchanged file is then never read again
     result = measured_sync(outputs, db_url)
     assert result["rc"] == 0, result["stderr"]
     assert result["seconds"] < MAX_SECONDS and result["maxrss_kib"] < MAX_RSS_KIB, result
