@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ckpt_index.db import open_engine
+from ckpt_index.db import check_unlocked_read, is_sqlite, open_engine, resolve_db_url
 from ckpt_index.query import QuerySpec, run_query
-from ckpt_index.readonly import read_only_engine
+from ckpt_index.readonly import install_read_guard, read_only_engine
 from ckpt_index.sync import Progress, SyncSummary, sync_roots
 
 PathLike = str | os.PathLike[str]
@@ -33,11 +33,18 @@ def sync_index(roots: PathLike | Iterable[PathLike], db: PathLike | None = None,
 
 
 def query_index(db: PathLike | None = None, **spec: Any) -> list[dict[str, Any]]:
-    """Query records: ``query_index(best_by="hmean", encoder="resnet50")`` (QuerySpec's fields)."""
-    engine = read_only_engine(db)
+    """Query records: ``query_index(best_by="hmean", encoder="resnet50")`` (QuerySpec's fields).
+
+    Never writes: an index at an older revision raises
+    :class:`~ckpt_index.db.IndexOutdatedError` (run ``ckpt-index db upgrade``).
+    """
+    guard = install_read_guard if is_sqlite(resolve_db_url(db)) else None
+    engine = open_engine(db, readonly=True, on_connect=guard)
     try:
         with engine.connect() as conn:
-            return run_query(conn, QuerySpec(**spec))
+            records = run_query(conn, QuerySpec(**spec))
+        check_unlocked_read(engine)
+        return records
     finally:
         engine.dispose()
 

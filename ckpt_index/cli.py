@@ -28,17 +28,26 @@ def db_option(func: Callable) -> Callable:
     )(func)
 
 
+class NeedsSetup(click.ClickException):
+    """No index there, or one a reading command cannot use before ``db upgrade`` (exit 2)."""
+
+    exit_code = 2
+
+
 def friendly_errors(func: Callable) -> Callable:
-    """Turn the library's domain errors into one-line CLI errors (exit 1)."""
+    """Turn the library's domain errors into one-line CLI errors (exit 1; 2 for an index that
+    is missing or needs ``db upgrade``)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from ckpt_index.db import IndexError_
+        from ckpt_index.db import IndexError_, IndexMissingError, IndexOutdatedError
 
         try:
             return func(*args, **kwargs)
+        except (IndexMissingError, IndexOutdatedError) as exc:
+            raise NeedsSetup(str(exc)) from None
         except (IndexError_, NotADirectoryError, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from None
         except SQLAlchemyError as exc:
@@ -159,61 +168,85 @@ class _ProgressBar:
 @click.option("--limit", type=click.IntRange(min=0), help="At most N results.")
 @click.option("--include-orphans", is_flag=True,
               help="Also rows whose checkpoint file is gone (sidecar only).")
+@click.option("--include-unreadable", is_flag=True,
+              help="Also checkpoints that could not be read (truncated, not a checkpoint): "
+                   "skipped by default, even under a valid sidecar.")
 @click.option("--location", help="Only rows indexed at this location (host name or "
               "$CKPT_INDEX_LOCATION of the machine that synced them).")
 @click.option("--format", "fmt", type=FORMAT_CHOICES, default="table", show_default=True)
+@click.option("-0", "--null", "null", is_flag=True,
+              help="With --format paths: end each path with a NUL instead of a newline (for "
+                   "xargs -0). Without it, a path holding a newline is an error.")
 @friendly_errors
 def query(db: str | None, best_by: str | None, group_by: str | None, encoder: str | None,
           architecture: str | None, exp: str | None, phase: str | None, min_epoch: int | None,
           max_epoch: int | None, where: str | None, sort: tuple[str, ...], limit: int | None,
-          include_orphans: bool, location: str | None, fmt: str) -> None:
+          include_orphans: bool, include_unreadable: bool, location: str | None, fmt: str,
+          null: bool) -> None:
     """Select checkpoints from the index.
 
-    Exit status 1 when nothing matches, 2 for a usage error (a malformed --where included).
+    Exit status 1 when nothing matches, 2 for a usage error (a malformed --where included) or
+    an index that is missing or needs `ckpt-index db upgrade` (a query never writes).
 
     Example:
 
         ckpt-index query --best-by hmean --encoder resnet50
         ckpt-index query --best-by val/loss --group-by exp_name --format json
         ckpt-index query --where "hmean > 0.8 and epoch >= 10" --sort hmean:desc --limit 5
+        ckpt-index query --exp 'old_*' --format paths -0 | xargs -0 ls -l
     """
-    from ckpt_index.db import open_engine
-    from ckpt_index.formatting import render_records
+    from ckpt_index.formatting import PathsFormatError, render_paths, render_records
     from ckpt_index.query import QueryError, QuerySpec, WhereError, parse_direction, run_query
 
+    if null and fmt != "paths":
+        raise click.UsageError("-0/--null goes with --format paths")
     spec = QuerySpec(
         best_by=best_by, group_by=group_by, encoder=encoder, architecture=architecture, exp=exp,
         phase=phase, min_epoch=min_epoch, max_epoch=max_epoch, where=where, sort=sort,
-        limit=limit, include_orphans=include_orphans, location=location,
+        limit=limit, include_orphans=include_orphans, include_unreadable=include_unreadable,
+        location=location,
     )
-    engine = open_engine(db, readonly=_index_exists(db))
     try:
-        with engine.connect() as conn:
-            records = run_query(conn, spec)
+        records = _read_index(db, lambda conn: run_query(conn, spec))
     except (WhereError, QueryError) as exc:
         raise click.UsageError(str(exc)) from None
-    finally:
-        engine.dispose()
     if not records:
         click.echo("no checkpoint matches", err=True)
         sys.exit(1)
+    if fmt == "paths":
+        try:
+            text = render_paths(records, null=null)
+        except PathsFormatError as exc:
+            raise click.ClickException(str(exc)) from None
+        _write_data(text if null else text + "\n")
+        return
     options: dict[str, Any] = {}
     if fmt == "table":
         options["metric"] = parse_direction(best_by)[0] if best_by else None
         if limit is None and sys.stdout.isatty():
             options["max_rows"] = max(10, shutil.get_terminal_size().lines - 4)
-    click.echo(render_records(records, fmt, **options))
+    _write_data(render_records(records, fmt, **options) + "\n")
 
 
-def _index_exists(db: str | None) -> bool:
-    """Read-only for an existing SQLite file; writable (creating it at head) otherwise."""
-    from ckpt_index.db import sqlite_file, is_sqlite, resolve_db_url
+def _write_data(text: str) -> None:
+    """Write output as it is: click.echo strips ANSI sequences when stdout is not a terminal,
+    which would change a path or a CSV value (the table escapes them before this)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
-    url = resolve_db_url(db)
-    if not is_sqlite(url):
-        return False
-    path = sqlite_file(url)
-    return path is not None and os.path.exists(path)
+
+def _read_index(db: str | None, read: Callable[[Any], Any]) -> Any:
+    """``read(conn)`` on the index opened read-only at head: nothing is created or migrated."""
+    from ckpt_index.db import check_unlocked_read, open_engine
+
+    engine = open_engine(db, readonly=True)
+    try:
+        with engine.connect() as conn:
+            result = read(conn)
+        check_unlocked_read(engine)
+        return result
+    finally:
+        engine.dispose()
 
 
 # --------------------------------------------------------------------------------------- show
@@ -222,21 +255,16 @@ def _index_exists(db: str | None) -> bool:
 @db_option
 @friendly_errors
 def show(checkpoint: str, db: str | None) -> None:
-    """Print everything the index knows about one checkpoint, as JSON.
+    """Print everything the index knows about one checkpoint, as JSON, whatever its status
+    (an unreadable checkpoint shows why in "error").
 
     Example:
 
         ckpt-index show outputs/exp/checkpoints/epoch-10_step-005420.ckpt
     """
-    from ckpt_index.db import open_engine
     from ckpt_index.query import find_checkpoint
 
-    engine = open_engine(db, readonly=_index_exists(db))
-    try:
-        with engine.connect() as conn:
-            record = find_checkpoint(conn, _index_path(checkpoint))
-    finally:
-        engine.dispose()
+    record = _read_index(db, lambda conn: find_checkpoint(conn, _index_path(checkpoint)))
     if record is None:
         click.echo(f"{_index_path(checkpoint)}: not in the index (run ckpt-index sync)", err=True)
         sys.exit(1)
@@ -298,22 +326,18 @@ def stats(db: str | None, fmt: str) -> None:
 
         ckpt-index stats --format json
     """
-    from ckpt_index.db import open_engine, resolve_db_url
+    from ckpt_index.db import resolve_db_url
+    from ckpt_index.formatting import escape_control
     from ckpt_index.stats import index_stats
 
-    engine = open_engine(db, readonly=_index_exists(db))
-    try:
-        with engine.connect() as conn:
-            data = {"database": _safe_url(resolve_db_url(db)), **index_stats(conn)}
-    finally:
-        engine.dispose()
+    data = {"database": _safe_url(resolve_db_url(db)), **_read_index(db, index_stats)}
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
         return
     for key, value in data.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
-        click.echo(f"{key + ':':<20}{value}")
+        click.echo(f"{key + ':':<20}{escape_control(str(value))}")
 
 
 def _safe_url(url: str) -> str:
@@ -328,28 +352,47 @@ def _safe_url(url: str) -> str:
 @db_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "csv"]),
               default="table", show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              metavar="SECONDS", help="Stop the statement after this long (0: no limit).")
+@click.option("--allow-write-role", is_flag=True,
+              help="PostgreSQL: run even as a superuser or a role that can write to the index "
+                   "(refused by default: a READ ONLY transaction does not stop COPY ... TO "
+                   "PROGRAM or dblink_exec).")
 @friendly_errors
-def sql(statement: str, db: str | None, fmt: str) -> None:
+def sql(statement: str, db: str | None, fmt: str, timeout: float, allow_write_role: bool) -> None:
     """Run one read-only SQL statement against the index; writes are refused.
 
     Tables: checkpoints, checkpoint_metrics (checkpoint_id, name, value); view
-    checkpoint_metrics_flat.
+    checkpoint_metrics_flat. An index at an older revision is read as it is (never migrated).
+    Rows are printed as they arrive. Exit status 1 when the statement is refused, fails or runs
+    past --timeout; 2 when there is no index.
 
     Example:
 
         ckpt-index sql "SELECT encoder, max(hmean) FROM checkpoints GROUP BY encoder"
+        ckpt-index sql --timeout 300 --format csv "SELECT * FROM checkpoint_metrics_flat"
+        ckpt-index sql --allow-write-role --db postgresql+psycopg://admin@db/ckpt "SELECT 1"
     """
-    from ckpt_index.formatting import render_rows
-    from ckpt_index.readonly import ReadOnlyError, read_only_engine, run_sql
+    from ckpt_index.db import check_unlocked_read
+    from ckpt_index.formatting import stream_rows
+    from ckpt_index.readonly import ReadOnlyError, read_only_engine, stream_sql
 
     engine = read_only_engine(db)
     try:
-        columns, rows = run_sql(engine, statement)
+        with stream_sql(engine, statement, timeout=timeout,
+                        allow_write_role=allow_write_role) as result:
+            for piece in stream_rows(result.columns, result.batches, fmt):
+                sys.stdout.write(piece)
+        check_unlocked_read(engine)
+        _write_data("\n")
     except ReadOnlyError as exc:
         raise click.ClickException(str(exc)) from None
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, and keep Python's exit flush from failing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     finally:
         engine.dispose()
-    click.echo(render_rows(columns, rows, fmt))
 
 
 # ----------------------------------------------------------------------------------------- db

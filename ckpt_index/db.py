@@ -16,6 +16,7 @@ import random
 import socket
 import sqlite3
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -27,7 +28,7 @@ DEFAULT_DB = "ckpt_index.db"
 ENV_VAR = "CKPT_INDEX_DB"
 LOCATION_ENV_VAR = "CKPT_INDEX_LOCATION"
 #: The newest alembic revision this release ships (a test checks it against migrations/).
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 SQLITE_BUSY_TIMEOUT_S = 60.0
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -47,7 +48,24 @@ class SchemaTooNewError(IndexError_):
 
 
 class IndexMissingError(IndexError_):
-    pass
+    """No index where one was expected (a reading command creates none)."""
+
+
+class IndexOutdatedError(IndexError_):
+    """An index at an older revision, opened by a command that needs head and only reads."""
+
+    def __init__(self, url: str, found: str, head: str) -> None:
+        super().__init__(
+            f"the index {url} is at schema revision {found}, older than this release's head "
+            f"{head}; run `ckpt-index db upgrade` (with write access) first; reading commands "
+            "never migrate (nothing was written)"
+        )
+        self.found = found
+        self.head = head
+
+
+class IndexChangedError(IndexError_):
+    """A lock-free read (see :func:`_idle_wal_identity`) overlapped a write to the file."""
 
 
 def resolve_db_url(db: str | os.PathLike[str] | None = None) -> str:
@@ -90,16 +108,22 @@ def create_index_engine(
             engine = engine.execution_options(postgresql_readonly=True)
         return engine
     path = sqlite_file(url)
+    snapshot = None
     if readonly:
-        if path is None or not Path(path).exists():
+        if path is None or not Path(path).is_file():
             raise IndexMissingError(f"no index at {path or url}; run `ckpt-index sync ROOT` first")
         uri = Path(path).absolute().as_uri() + "?mode=ro"
+        snapshot = _idle_wal_identity(path)
+        if snapshot is not None:
+            uri += "&immutable=1"
         engine = create_engine(
             "sqlite://",
             creator=lambda: sqlite3.connect(
                 uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False
             ),
         )
+        if snapshot is not None:
+            _UNLOCKED_READS[engine] = (path, snapshot)
     else:
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
@@ -133,6 +157,59 @@ def create_index_engine(
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+#: Engines reading without locks (immutable), with the file's identity when they were made.
+_UNLOCKED_READS: "weakref.WeakKeyDictionary[Engine, tuple[str, tuple[int, int, int]]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _file_identity(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _idle_wal_identity(path: str) -> tuple[int, int, int] | None:
+    """The file's identity if it is a WAL database no writer has open (no ``-wal`` file).
+
+    A ``mode=ro`` reader of such a file creates ``-wal`` and ``-shm``, owned by its uid with the
+    database's mode, and cannot remove them at close (that needs a write lock). Left by another
+    user they block the owner's next sync ("attempt to write a readonly database"); SQLite hands
+    them to the owner only when the reader is root. So a reader of an idle WAL database reads
+    the file without locks (``immutable``) and creates nothing: with no ``-wal``, the last
+    writer checkpointed every transaction into the file. A sync that starts meanwhile writes to
+    its WAL first and only checkpoints into the file later; :func:`check_unlocked_read` compares
+    the file's identity after the read and refuses a read that overlapped such a checkpoint.
+    """
+    try:
+        if os.path.exists(path + "-wal"):
+            return None
+        with open(path, "rb") as handle:
+            header = handle.read(20)
+            st = os.fstat(handle.fileno())
+    except OSError:
+        return None
+    if len(header) < 20 or header[18:20] != b"\x02\x02":  # read/write versions 2: WAL mode
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def check_unlocked_read(engine: Engine) -> None:
+    """Raise :class:`IndexChangedError` if a lock-free read may have seen a write half-done."""
+    entry = _UNLOCKED_READS.get(engine)
+    if entry is None:
+        return
+    path, before = entry
+    try:
+        after = _file_identity(path)
+    except OSError:
+        after = None
+    if after != before:
+        raise IndexChangedError(
+            f"the index {path} was written while it was read (an idle index is read without "
+            "locks, so that reading leaves no files behind); run the command again"
+        )
 
 
 @contextmanager
@@ -288,8 +365,15 @@ def open_engine(
     *,
     readonly: bool = False,
     on_connect: Callable[[Any], None] | None = None,
+    allow_older: bool = False,
 ) -> Engine:
-    """An engine on the index at head: created or upgraded when writable, checked when read-only."""
+    """An engine on the index: created or upgraded to head when writable, only checked when
+    read-only.
+
+    A read-only open never writes: a missing index raises :class:`IndexMissingError`, one from a
+    newer release :class:`SchemaTooNewError`, and one at an older revision
+    :class:`IndexOutdatedError` unless ``allow_older`` (raw SQL reads the tables as they are).
+    """
     url = resolve_db_url(db)
     if not readonly and is_sqlite(url):
         path = sqlite_file(url)
@@ -300,25 +384,14 @@ def open_engine(
         if readonly:
             with engine.connect() as conn:
                 found = current_revision(conn)
+                conn.rollback()
             if found is None:
                 raise IndexMissingError(f"{url} holds no ckpt-index schema; run `ckpt-index sync` first")
             if found != HEAD_REVISION:
                 if found not in known_revisions():
                     raise SchemaTooNewError(url, found, HEAD_REVISION)
-                # An older index is upgraded when opened, also by readers; the read-only engine
-                # then sees the new schema on its next connection.
-                writer = create_index_engine(url)
-                try:
-                    ensure_schema(writer, url)
-                except Exception as exc:
-                    raise IndexError_(
-                        f"the index {url} is at revision {found}, older than {HEAD_REVISION}, "
-                        f"and could not be upgraded ({exc.__class__.__name__}: {exc}); run "
-                        "`ckpt-index db upgrade` with write access"
-                    ) from exc
-                finally:
-                    writer.dispose()
-                engine.dispose()
+                if not allow_older:
+                    raise IndexOutdatedError(url, found, HEAD_REVISION)
         else:
             ensure_schema(engine, url)
     except BaseException:

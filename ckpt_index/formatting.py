@@ -1,4 +1,10 @@
-"""Rendering query results: table, json, jsonl, csv and paths."""
+"""Rendering query results: table, json, jsonl, csv and paths.
+
+Values come from files anyone may name: the table, meant for a terminal, shows control characters
+(C0, DEL, C1) and bidirectional overrides escaped (``\\x1b``, ``\\u202e``) so that a name cannot
+move the cursor, retitle the window or reorder what is shown. JSON escapes them itself; CSV and
+paths are data and keep the bytes, except that a paths line never holds a newline (``-0`` does).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,31 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 FORMATS = ("table", "json", "jsonl", "csv", "paths")
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+class PathsFormatError(ValueError):
+    """A path that one-per-line output would split (it holds a newline)."""
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every character that could steer a terminal written as an escape."""
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _SHORT:
+        return _SHORT[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _display_path(path: str) -> str:
@@ -25,7 +52,7 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value)
+    return escape_control(str(value))
 
 
 def render_table(
@@ -37,14 +64,15 @@ def render_table(
     headers = ["hmean", "epoch", "step", "exp_name", "arch", "encoder", "phase", "path"]
     if metric and metric != "hmean":
         columns.insert(0, metric)
-        headers.insert(0, metric)
+        headers.insert(0, escape_control(metric))
     shown = records if max_rows is None else records[:max_rows]
     rows = []
     for record in shown:
         row = []
         for col in columns:
             value = record.get(col) if col in record else record["metrics"].get(col)
-            row.append(_display_path(value) if col == "checkpoint_path" else _cell(value))
+            shown = escape_control(_display_path(value)) if col == "checkpoint_path" else _cell(value)
+            row.append(shown)
         rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
@@ -64,7 +92,7 @@ def render_records(records: Sequence[dict[str, Any]], fmt: str, **table_options:
     if fmt == "jsonl":
         return "\n".join(json.dumps(r, separators=(",", ":")) for r in records)
     if fmt == "paths":
-        return "\n".join(r["checkpoint_path"] for r in records)
+        return render_paths(records)
     if fmt == "csv":
         return render_csv(records)
     raise ValueError(f"unknown format {fmt!r}")
@@ -74,35 +102,112 @@ def render_csv(records: Sequence[dict[str, Any]]) -> str:
     """One column per field, then one per metric name (those that are not also fields)."""
     fields = [k for k in records[0] if k != "metrics"] if records else []
     metric_names = sorted({n for r in records for n in r["metrics"] if n not in fields})
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(fields + metric_names)
-    for r in records:
-        writer.writerow(
-            [_csv_value(r[f]) for f in fields] + [_csv_value(r["metrics"].get(n)) for n in metric_names]
-        )
-    return out.getvalue().rstrip("\n")
+    rows = [fields + metric_names]
+    rows += [[_csv_value(r[f]) for f in fields] + [_csv_value(r["metrics"].get(n)) for n in metric_names]
+             for r in records]
+    return _csv_lines(rows).rstrip("\n")
 
 
 def _csv_value(value: Any) -> Any:
     return "" if value is None else value
 
 
+def _csv_lines(rows: Iterable[Sequence[Any]]) -> str:
+    """CSV rows ended by "\n", with any field holding "\r" or "\n" quoted.
+
+    The csv module quotes only the characters of its line terminator: with "\n" a bare "\r"
+    in a name would go out unquoted and break every reader. So rows are written with "\r\n"
+    (both quoted) and the terminator is then shortened.
+    """
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    lines = []
+    for row in rows:
+        writer.writerow(row)
+        lines.append(out.getvalue()[:-2] + "\n")
+        out.seek(0)
+        out.truncate()
+    return "".join(lines)
+
+
+def render_paths(records: Sequence[dict[str, Any]], *, null: bool = False) -> str:
+    """One path per line, or each path ended by a NUL (``null``, like ``find -print0``).
+
+    A path holding a newline would read as two paths: it is refused rather than escaped, since
+    an escaped path names no file.
+    """
+    paths = [r["checkpoint_path"] for r in records]
+    if null:
+        return "".join(path + "\0" for path in paths)
+    for path in paths:
+        if "\n" in path or "\r" in path:
+            raise PathsFormatError(
+                f"the path '{escape_control(path)}' contains a line break, so one path per line "
+                "would split it: use --format paths -0 (NUL-separated, for xargs -0) or "
+                "--format json"
+            )
+    return "\n".join(paths)
+
+
 def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
-    """Plain result sets (``ckpt-index sql``)."""
+    """Plain result sets (``ckpt-index sql``) held whole."""
+    return "".join(stream_rows(columns, [rows], fmt))
+
+
+def stream_rows(columns: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]],
+                fmt: str) -> Iterator[str]:
+    """Render rows batch by batch, so that memory does not grow with the result.
+
+    The pieces joined are the whole text, without a final newline. The table's column widths
+    come from the rows seen so far: a later, wider value widens the columns from there on.
+    """
     if fmt == "json":
-        return json.dumps([dict(zip(columns, row)) for row in rows], indent=2, default=str)
-    if fmt == "jsonl":
-        return "\n".join(json.dumps(dict(zip(columns, r)), default=str) for r in rows)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([[_csv_value(v) for v in row] for row in rows])
-        return out.getvalue().rstrip("\n")
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c)
-              for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    return "\n".join(lines)
+        yield from _stream_json(columns, batches)
+    elif fmt == "jsonl":
+        first = True
+        for batch in batches:
+            text = "\n".join(json.dumps(dict(zip(columns, r)), default=str) for r in batch)
+            if text:
+                yield text if first else "\n" + text
+                first = False
+    elif fmt == "csv":
+        pending = _csv_lines([columns])
+        for batch in batches:
+            text = _csv_lines([_csv_value(v) for v in r] for r in batch)
+            yield pending
+            pending = text
+        yield pending.rstrip("\n")
+    elif fmt == "table":
+        yield from _stream_table(columns, batches)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+
+
+def _stream_json(columns: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]]) -> Iterator[str]:
+    # The same text as json.dumps(list_of_rows, indent=2), one row at a time.
+    first = True
+    for batch in batches:
+        pieces = []
+        for row in batch:
+            item = json.dumps(dict(zip(columns, row)), indent=2, default=str)
+            pieces.append(("[\n" if first else ",\n") + "\n".join("  " + line for line in item.splitlines()))
+            first = False
+        yield "".join(pieces)
+    yield "[]" if first else "\n]"
+
+
+def _stream_table(columns: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]]) -> Iterator[str]:
+    headers = [escape_control(str(c)) for c in columns]
+    widths = [len(h) for h in headers]
+    header_done = False
+    for batch in batches:
+        cells = [[_cell(v) for v in row] for row in batch]
+        for row in cells:
+            widths = [max(w, len(v)) for w, v in zip(widths, row)]
+        lines = [] if header_done else ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+        if lines:
+            yield ("\n" if header_done else "") + "\n".join(lines)
+            header_done = True
+    if not header_done:
+        yield "  ".join(headers).rstrip()

@@ -49,6 +49,9 @@ class QuerySpec:
     sort: Sequence[str] = field(default_factory=tuple)
     limit: int | None = None
     include_orphans: bool = False
+    #: Checkpoints whose file could not be read (truncated, not a zip) are never an answer
+    #: unless asked for, even under a valid sidecar.
+    include_unreadable: bool = False
     location: str | None = None
 
 
@@ -92,6 +95,8 @@ def _filters(spec: QuerySpec) -> list[ColumnElement]:
     conditions: list[ColumnElement] = []
     if not spec.include_orphans:
         conditions.append(c.checkpoint_exists.is_(True))
+    if not spec.include_unreadable:
+        conditions.append(c.status != literal("unreadable"))
     if spec.location is not None:
         conditions.append(c.location == spec.location)
     if spec.encoder is not None:

@@ -35,7 +35,9 @@ def index_stats(conn: Connection) -> dict[str, Any]:
         "orphaned_sidecars": orphaned,
         "experiments": conn.scalar(select(func.count(c.exp_name.distinct()))),
         "metric_names": conn.scalar(select(func.count(checkpoint_metrics.c.name.distinct()))),
-        "best_hmean": conn.scalar(select(func.max(c.hmean)).where(c.checkpoint_exists.is_(True))),
+        # As in queries, an unreadable checkpoint is never the best one.
+        "best_hmean": conn.scalar(select(func.max(c.hmean)).where(
+            c.checkpoint_exists.is_(True), c.status != "unreadable")),
         "architectures": top(c.architecture),
         "encoders": top(c.encoder),
     }

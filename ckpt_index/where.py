@@ -17,6 +17,7 @@ Grammar (keywords are case-insensitive)::
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from dataclasses import dataclass
@@ -56,7 +57,9 @@ class WhereError(ValueError):
         start = self.text.rfind("\n", 0, self.position) + 1
         end = self.text.find("\n", self.position)
         line = self.text[start : None if end < 0 else end]
-        line = "".join(" " if c.isspace() else c for c in line)
+        # One column per character keeps the caret in place; what a terminal would act on (or
+        # cannot encode) is shown as "?".
+        line = "".join(" " if c.isspace() else c if c.isprintable() else "?" for c in line)
         caret = " " * (self.position - start) + "^"
         return f"{self.message} at position {self.position}\n  {line}\n  {caret}"
 
@@ -142,15 +145,30 @@ def _quoted(text: str, start: int, what: str) -> tuple[str, int]:
 def _number(text: str, start: int, end: int) -> int | float:
     literal_text = text[start:end]
     if any(c in literal_text for c in ".eE"):
-        return float(literal_text)
-    value = int(literal_text)
+        value = float(literal_text)
+        if not math.isfinite(value):
+            raise WhereError("number out of range (beyond a 64-bit float)", text, start)
+        return value
+    # Count digits before converting: int() of thousands of digits is refused by Python itself
+    # (and costs quadratic time below that limit).
+    negative, digits = literal_text.startswith("-"), literal_text.lstrip("-").lstrip("0") or "0"
+    if len(digits) > len(str(_INT64)):
+        raise WhereError("integer out of range (beyond 64 bits)", text, start)
+    value = -int(digits) if negative else int(digits)
     if abs(value) > _INT64:
-        raise WhereError("integer out of range", text, start)
+        raise WhereError("integer out of range (beyond 64 bits)", text, start)
     return value
+
+
+#: NUL (PostgreSQL refuses it in text) and lone surrogates (from undecodable bytes in argv; no
+#: driver can encode them): refused up front rather than failing in the database driver.
+_UNENCODABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _tokenize(text: str) -> Iterator[_Token]:
     """Yield tokens lazily, so the first error reported is the leftmost one."""
+    if bad := _UNENCODABLE.search(text):
+        raise WhereError(f"character {bad.group()!r} is not allowed", text, bad.start())
     i, n = 0, len(text)
     while i < n:
         c = text[i]

@@ -902,3 +902,64 @@ def test_plan_best_by_answers_match_python(big_engine) -> None:
     assert best_l.checkpoint_path == expected_l
     # The group-by plan is printed for reference (a window over every row is expected).
     _plan(big_engine, QuerySpec(best_by="hmean", group_by="exp_name", limit=5))
+
+
+# --------------------------------------------------------------------------------------------
+# Unreadable checkpoints are never an answer unless asked for (issue 8, item 6; Lightning #688)
+
+
+def _truncated_checkpoint(path: Path) -> Path:
+    """A real torch.save file cut in half, as a job killed mid-save leaves it."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"w": torch.zeros(64, 64)}, "epoch": 5}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _mark_unreadable(db_url: str, path: Path) -> None:
+    """What the sync's integrity check records for a truncated checkpoint under a valid sidecar
+    (done here only if this sync does not check yet)."""
+    engine = create_engine(db_url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE checkpoints SET status = 'unreadable', "
+                              "error = 'truncated zip: no end of central directory' "
+                              "WHERE checkpoint_path = :p AND status <> 'unreadable'"),
+                         {"p": str(path)})
+    finally:
+        engine.dispose()
+
+
+def test_unreadable_checkpoints_are_skipped_unless_asked(outputs: Path, invoke_db, db_url) -> None:
+    good = ckpt(outputs, "exp/checkpoints/epoch-01_step-000100.ckpt", hmean=0.8, epoch=1)
+    truncated = _truncated_checkpoint(outputs / "exp/checkpoints/epoch-05_step-000500.ckpt")
+    write_checkpoint(truncated, **{"metrics.hmean": 0.95, "training.epoch": 5,
+                                   "metrics.additional_metrics": {}})
+    bare = outputs / "exp/checkpoints/epoch-06_step-000600.ckpt"
+    bare.write_bytes(b"not a checkpoint\n")  # no sidecar: the sync reads it and fails
+    sync(invoke_db, outputs)
+    _mark_unreadable(db_url, truncated)
+
+    assert query_paths(invoke_db) == [str(good)]
+    assert query_paths(invoke_db, "--best-by", "hmean") == [str(good)]  # not the 0.95 one
+    assert query_paths(invoke_db, "--best-by", "hmean", "--group-by", "exp_name") == [str(good)]
+    assert query_paths(invoke_db, "--where", "hmean > 0.9") == []
+    assert sorted(query_paths(invoke_db, "--include-unreadable")) == sorted(
+        [str(good), str(truncated), str(bare)])
+    assert query_paths(invoke_db, "--best-by", "hmean", "--include-unreadable") == [str(truncated)]
+    # show still shows such a row, with its reason.
+    for path in (truncated, bare):
+        result = invoke_db("show", str(path))
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.stdout)
+        assert record["status"] == "unreadable" and record["error"], record
+    stats = json.loads(invoke_db("stats", "--format", "json").stdout)
+    assert stats["unreadable"] == 2 and stats["best_hmean"] == 0.8
+
+
+def test_include_unreadable_is_documented(invoke) -> None:
+    help_text = invoke("query", "--help", db=False).output
+    assert "--include-unreadable" in help_text and "-0, --null" in help_text

@@ -12,20 +12,49 @@ import io
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from ckpt_index.cli import cli
 from ckpt_index.db import is_sqlite
 
 from conftest import write_checkpoint
+from pg_roles import login_role
 
 
 #: Tests of what only SQLite has (pragmas, ATTACH, the database file's bytes) run on SQLite only;
 #: PostgreSQL's own refusals are in test_postgres.py.
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def invoke_db(db_url: str, request) -> Callable[..., Any]:
+    """Like conftest's, but ``sql`` on PostgreSQL runs as a read-only role (the superuser the
+    other commands use is refused by ``sql``), created when first needed (after the sync made
+    the tables)."""
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None):
+        argv = list(args)
+        if argv and "--db" not in argv:
+            use = db_url
+            if argv[0] == "sql" and not is_sqlite(db_url):
+                use = request.getfixturevalue("reader_url")
+            argv += ["--db", use]
+        return runner.invoke(cli, argv, input=input, catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+def reader_url(pg_admin_engine, db_url: str) -> Iterator[str]:
+    with login_role(pg_admin_engine, db_url) as url:
+        yield url
 
 
 @pytest.fixture
@@ -270,7 +299,7 @@ def test_refused_on_literal_tmp_attach_path(invoke_db, synced) -> None:
 def test_refused_statement_does_not_create_missing_database(invoke, db_path, tmp_path) -> None:
     for statement in ("SELECT 1", "CREATE TABLE t (x)"):
         result = invoke("sql", statement)
-        assert result.exit_code == 1
+        assert result.exit_code == 2  # no index: as for every reading command
         assert result.stderr.strip()
         assert not db_path.exists()
         assert not list(tmp_path.glob("*.db*"))
