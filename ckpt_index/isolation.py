@@ -113,7 +113,7 @@ def _inject_fault(path: str) -> None:
 
 
 def _task_build_record(path: str, item: Any, racy_after_ns: int, options: dict[str, Any]) -> Any:
-    from ckpt_index.sync import SyncOptions, build_record_safely, item_from_args
+    from ckpt_index.record_builder import SyncOptions, build_record_safely, item_from_args
 
     _inject_fault(path)
     record, reason = build_record_safely(
@@ -224,7 +224,7 @@ def _worker_main(memory_bytes: int) -> None:
     # Everything a job needs is imported before the ceiling, so the budget is the file's alone.
     import ckpt_index.checkpoint_reader  # noqa: F401
     import ckpt_index.fallback  # noqa: F401
-    import ckpt_index.sync  # noqa: F401
+    import ckpt_index.record_builder  # noqa: F401
 
     logs = _collect_logs()
     _apply_limits(memory_bytes)
@@ -348,7 +348,15 @@ class _Worker:
         self.fd = self.proc.stdout.fileno()
         self.buffer = bytearray()
         os.set_blocking(self.fd, False)
-        # The worker says when its imports are done and its limits set.
+        #: Job indices sent and not yet answered, in the order the worker runs them.
+        self.pending: deque[int] = deque()
+        self.deadline = 0.0
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        """Wait until the worker says its imports are done and its limits set."""
+        if self.ready:
+            return
         deadline = time.monotonic() + _START_SECONDS
         ready: list[Any] = []
         while not ready:
@@ -362,9 +370,7 @@ class _Worker:
                     f"(exit status {self.proc.returncode}); run it by hand to see why"
                 )
             ready.extend(got)
-        #: Job indices sent and not yet answered, in the order the worker runs them.
-        self.pending: deque[int] = deque()
-        self.deadline = 0.0
+        self.ready = True
 
     def send(self, task: str, jobs: list[tuple[int, tuple[Any, ...]]], seconds: float) -> None:
         self.pending.extend(index for index, _ in jobs)
@@ -416,17 +422,17 @@ class _Worker:
         return self.proc.wait()
 
     def close(self) -> None:
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        else:
-            self.reap()
+        """Let an idle worker go: it exits when it reads the end of its input.
+
+        Not waited for (an interpreter's shutdown costs ~50 ms per worker); subprocess reaps
+        finished children when it next starts one, and the parent's exit does otherwise.
+        """
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
 
 
 class _BadReply(Exception):
@@ -482,8 +488,18 @@ class WorkerPool:
             worker.close()
         self._idle.clear()
 
-    def _worker(self) -> _Worker:
-        return self._idle.pop() if self._idle else _Worker(self.limits)
+    def _workers(self, count: int) -> list[_Worker]:
+        """``count`` ready workers: idle ones first, the rest started side by side."""
+        workers = [self._idle.pop() for _ in range(min(count, len(self._idle)))]
+        fresh = [_Worker(self.limits) for _ in range(count - len(workers))]
+        try:
+            for worker in fresh:
+                worker.wait_ready()
+        except BaseException:
+            for worker in fresh:
+                worker.kill()
+            raise
+        return workers + fresh
 
     def map(self, task: str, jobs: Iterable[tuple[Any, ...]]) -> Iterator[Outcome]:
         """One :class:`Outcome` per job, in the order of ``jobs``."""
@@ -518,8 +534,10 @@ class WorkerPool:
 
         try:
             while next_out < len(jobs):
-                while todo and len(running) < self.size:
-                    start(self._worker())
+                wanted = min(self.size - len(running), -(-len(todo) // self.chunk))
+                if wanted > 0:
+                    for worker in self._workers(wanted):
+                        start(worker)
                 now = time.monotonic()
                 timeout = max(0.0, min(w.deadline for w in running.values()) - now) if running else 0
                 for key, _ in selector.select(timeout):

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
 
 from ckpt_index.safe_io import UnsafeFileError, read_bounded
-from ckpt_index.schema import CheckpointMetadataV1, format_validation_error
+
+if TYPE_CHECKING:  # pydantic is imported when a sidecar is validated: parsing workers start faster
+    from ckpt_index.schema import CheckpointMetadataV1
 
 CKPT_SUFFIX = ".ckpt"
 SIDECAR_SUFFIX = ".metadata.yaml"
@@ -204,6 +205,10 @@ def read_sidecar(sidecar_path: Path | str) -> CheckpointMetadataV1:
 
 
 def validate_document(document: dict[str, Any], path: Path | str) -> CheckpointMetadataV1:
+    from pydantic import ValidationError
+
+    from ckpt_index.schema import CheckpointMetadataV1, format_validation_error
+
     try:
         return CheckpointMetadataV1.model_validate(document)
     except ValidationError as exc:

@@ -20,18 +20,21 @@ from sqlalchemy import Engine
 
 from ckpt_index.db import is_transient, resolve_location, run_write
 from ckpt_index.isolation import Limits
+from ckpt_index.record_builder import (
+    SyncOptions,
+    one_line,
+    build_record_safely,
+    failed_record,
+    item_args,
+)
 from ckpt_index.records import (
     FileState,
     Record,
     UnstorableRecord,
     check_record,
     checkpoint_state_columns,
-    record_from_inferred,
-    record_from_metadata,
-    record_without_metadata,
 )
-from ckpt_index.schema import metadata_warnings
-from ckpt_index.sidecar import CKPT_SUFFIX, SIDECAR_SUFFIX, SidecarError, read_sidecar
+from ckpt_index.scan import Found, scan
 from ckpt_index import store
 
 BATCH_SIZE = 1000
@@ -86,213 +89,8 @@ class SyncSummary:
         )
 
 
-class _Found:
-    """The files of one checkpoint path (slotted: a large tree makes hundreds of thousands)."""
-
-    __slots__ = ("ckpt", "sidecar_path", "sidecar")
-
-    def __init__(self) -> None:
-        self.ckpt: FileState | None = None
-        self.sidecar_path: str | None = None
-        self.sidecar: FileState | None = None
-
-
-def _storable(path: str) -> bool:
-    """Whether the index can hold ``path``: os.scandir hands out undecodable bytes as surrogates."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def scan(
-    root: str, rejected: list[tuple[str, str]] | None = None,
-    unlisted: list[tuple[str, str]] | None = None,
-) -> dict[str, _Found]:
-    """Checkpoints and sidecars below ``root``, keyed by absolute checkpoint path.
-
-    Files whose names are not UTF-8 cannot be stored; they go to ``rejected`` with a reason.
-    Directories that exist but cannot be listed (permissions, I/O errors) go to ``unlisted``:
-    what is under them is unknown, which is not the same as gone.
-    """
-    found: dict[str, _Found] = {}
-    pending = [root]
-    while pending:
-        directory = pending.pop()
-        try:
-            entries = os.scandir(directory)
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # vanished since it was listed: nothing under it exists
-        except OSError as exc:
-            if unlisted is not None:
-                unlisted.append((directory, f"cannot list {directory}: {exc.strerror or exc}"))
-            continue
-        with entries:
-            for entry in entries:
-                name = entry.name
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
-                        if not name.endswith(SIDECAR_SUFFIX):
-                            continue
-                        # A directory where a sidecar belongs is recorded as one, so that it is
-                        # reported invalid ("is a directory") rather than silently ignored.
-                    indexable = name.endswith(CKPT_SUFFIX) or name.endswith(SIDECAR_SUFFIX)
-                    if indexable and not _storable(entry.path):
-                        if rejected is not None:
-                            shown = entry.path.encode("utf-8", "backslashreplace").decode()
-                            rejected.append((shown, "file name is not UTF-8; rename it to index it"))
-                        continue
-                    if name.endswith(CKPT_SUFFIX):
-                        st = entry.stat()
-                        found.setdefault(entry.path, _Found()).ckpt = FileState(
-                            st.st_size, st.st_mtime_ns
-                        )
-                    elif name.endswith(SIDECAR_SUFFIX):
-                        st = entry.stat()
-                        key = entry.path[: -len(SIDECAR_SUFFIX)] + CKPT_SUFFIX
-                        slot = found.setdefault(key, _Found())
-                        slot.sidecar_path = entry.path
-                        slot.sidecar = FileState(st.st_size, st.st_mtime_ns)
-                except OSError:
-                    continue  # a dangling link or a file deleted mid-scan
-    return found
-
-
 def _same(state: FileState | None, size, mtime_ns) -> bool:
     return state is not None and state.size == size and state.mtime_ns == mtime_ns
-
-
-@dataclass
-class SyncOptions:
-    #: Fill checkpoints without a sidecar from the fallbacks (checkpoint, Hydra, W&B, paths).
-    infer: bool = True
-    #: Ask the W&B API for runs not found on disk (cached in the index).
-    wandb_online: bool = False
-    engine: Engine | None = None
-    #: Re-read every file, even those whose size and mtime match their row.
-    full: bool = False
-    #: Memory and time per file for the parsing workers (default: ``Limits.from_env()``).
-    limits: Limits | None = None
-    #: The index's URL, for workers that cache W&B API answers in it (``wandb_online``).
-    db_url: str | None = None
-    #: Read the pickle of checkpoints that have a sidecar too, to record ``unsafe_globals``
-    #: (checkpoints without one are always read). Costs a worker read per checkpoint.
-    inspect: bool = False
-
-    def for_worker(self) -> dict[str, Any]:
-        """What a parsing worker needs (an engine does not cross a process boundary)."""
-        return {"infer": self.infer, "wandb_online": self.wandb_online, "db_url": self.db_url,
-                "inspect": self.inspect}
-
-
-def build_record(
-    path: str, item: _Found, racy_after_ns: int, options: SyncOptions | None = None
-) -> tuple[Record, str | None]:
-    """The row for one checkpoint from its files; also why its sidecar or checkpoint is unusable."""
-    options = options or SyncOptions()
-    sidecar = item.sidecar
-    # A NULL mtime matches no file, so a row built from a file still inside the racy window is
-    # always read again (0 would match a file whose mtime was set to the epoch).
-    if sidecar is not None and sidecar.mtime_ns >= racy_after_ns:
-        sidecar = FileState(sidecar.size, None)
-    ckpt = item.ckpt
-    if ckpt is not None and ckpt.mtime_ns >= racy_after_ns:
-        ckpt = FileState(ckpt.size, None)
-    if item.sidecar_path is None:
-        if options.infer and item.ckpt is not None:
-            from ckpt_index.fallback import infer_metadata
-
-            inferred = infer_metadata(
-                path, wandb_online=options.wandb_online, engine=_online_engine(options)
-            )
-            return record_from_inferred(inferred, ckpt=ckpt), inferred.unreadable
-        record = record_without_metadata(
-            checkpoint_path=path, sidecar_path=None, ckpt=item.ckpt, sidecar=None, error=None
-        )
-        return record, None
-    try:
-        meta = read_sidecar(item.sidecar_path)
-    except SidecarError as exc:
-        record = record_without_metadata(
-            checkpoint_path=path, sidecar_path=item.sidecar_path, ckpt=item.ckpt,
-            sidecar=sidecar, error=exc.reason,
-        )
-        return record, exc.reason
-    record = record_from_metadata(
-        meta, checkpoint_path=path, sidecar_path=item.sidecar_path, ckpt=item.ckpt,
-        sidecar=sidecar, warnings=metadata_warnings(meta),
-    )
-    if item.ckpt is not None:
-        # A valid sidecar does not make a truncated checkpoint loadable: the reader of a query's
-        # answer must never be handed one (Lightning #688 resumed from such files).
-        from ckpt_index.checkpoint_reader import check_integrity
-
-        broken = check_integrity(path)
-        if broken is None and options.inspect:
-            broken, unsafe = _inspect(path)
-            record.columns["unsafe_globals"] = unsafe
-        if broken is not None:
-            record.columns.update(status="unreadable", error=broken)
-            return record, broken
-    return record, None
-
-
-def _inspect(path: str) -> tuple[str | None, str | None]:
-    """(why the checkpoint cannot be read, or None; its ``unsafe_globals`` as JSON)."""
-    import json
-
-    from ckpt_index.checkpoint_reader import CheckpointReadError, read_checkpoint
-
-    try:
-        contents = read_checkpoint(path)
-    except CheckpointReadError as exc:
-        return exc.reason, None
-    return None, json.dumps(contents.unsafe_globals)
-
-
-def build_record_safely(
-    path: str, item: _Found, racy_after_ns: int, options: SyncOptions | None = None
-) -> tuple[Record, str | None]:
-    """:func:`build_record`, with any failure turned into this file's status and reason."""
-    try:
-        return build_record(path, item, racy_after_ns, options)
-    except Exception as exc:  # noqa: BLE001 - one file's failure must not stop a sync
-        reason = _one_line(f"cannot read metadata: {exc.__class__.__name__}: {exc}")
-        return failed_record(path, item, reason), reason
-
-
-def failed_record(path: str, item: _Found, reason: str, *, checkpoint: bool = False) -> Record:
-    """The row of a file whose reading failed: ``unreadable`` when it was the checkpoint (or
-    ``checkpoint``: a worker reading it failed), else ``invalid`` (the sidecar)."""
-    record = record_without_metadata(
-        checkpoint_path=path, sidecar_path=item.sidecar_path, ckpt=item.ckpt,
-        sidecar=item.sidecar, error=reason,
-    )
-    if item.sidecar_path is None or (checkpoint and item.ckpt is not None):
-        record.columns["status"] = "unreadable"
-    return record
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_ONLINE_ENGINES: dict[str, Engine] = {}
-
-
-def _online_engine(options: SyncOptions) -> Engine | None:
-    """The engine W&B API answers are cached through; a worker opens its own from the URL."""
-    if not options.wandb_online or options.engine is not None or options.db_url is None:
-        return options.engine
-    engine = _ONLINE_ENGINES.get(options.db_url)
-    if engine is None:
-        from ckpt_index.db import open_engine
-
-        engine = _ONLINE_ENGINES[options.db_url] = open_engine(options.db_url)
-    return engine
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -430,21 +228,21 @@ def _sync_root(
 
 
 def _checked(
-    built: Iterable[tuple[str, Record, str | None]], found: dict[str, _Found],
+    built: Iterable[tuple[str, Record, str | None]], found: dict[str, Found],
 ) -> Iterator[tuple[str, Record, str | None]]:
     """Each row through the boundary check (the same row on every backend); see check_record."""
     for path, record, reason in built:
         try:
             checked = check_record(record)
         except UnstorableRecord as exc:  # unreachable for scanned paths; contained regardless
-            checked = failed_record(path, found[path], _one_line(str(exc)))
+            checked = failed_record(path, found[path], one_line(str(exc)))
         if checked.columns["status"] != record.columns["status"]:
             reason = checked.columns["error"]
         yield path, checked, reason
 
 
 def _write_batch(
-    engine: Engine, batch: list[tuple[str, Record]], found: dict[str, _Found],
+    engine: Engine, batch: list[tuple[str, Record]], found: dict[str, Found],
     existing: dict[str, Any], location: str,
 ) -> dict[str, Record]:
     """Write ``batch``; return the rows that had to be replaced, by path.
@@ -477,7 +275,7 @@ def _write_batch(
                 **_write_batch(engine, batch[middle:], found, existing, location),
             }
         path = batch[0][0]
-        replacement = failed_record(path, found[path], _one_line(f"cannot be stored: {exc}"))
+        replacement = failed_record(path, found[path], one_line(f"cannot be stored: {exc}"))
         try:
             _write_batch_strict(engine, replacement, existing, location)
         except Exception:
@@ -497,28 +295,15 @@ PARALLEL_MIN = 256
 _CHUNK = 32
 
 
-def _needs_isolation(item: _Found, options: SyncOptions) -> bool:
+def _needs_isolation(item: Found, options: SyncOptions) -> bool:
     """Whether building the row parses untrusted binary or config files (not just a sidecar)."""
     if item.ckpt is None:
         return False
     return options.inspect if item.sidecar_path is not None else options.infer
 
 
-def _item_args(item: _Found) -> tuple[Any, ...]:
-    return (tuple(item.ckpt) if item.ckpt else None, item.sidecar_path,
-            tuple(item.sidecar) if item.sidecar else None)
-
-
-def item_from_args(ckpt: Any, sidecar_path: str | None, sidecar: Any) -> _Found:
-    item = _Found()
-    item.ckpt = FileState(*ckpt) if ckpt else None
-    item.sidecar_path = sidecar_path
-    item.sidecar = FileState(*sidecar) if sidecar else None
-    return item
-
-
 def _build_records(
-    paths: list[str], found: dict[str, _Found], racy_after_ns: int, options: SyncOptions,
+    paths: list[str], found: dict[str, Found], racy_after_ns: int, options: SyncOptions,
 ) -> Iterator[tuple[str, Record, str | None]]:
     """(path, record, reason) for each path, in order.
 
@@ -536,7 +321,7 @@ def _build_records(
 
     workers = max(1, min(os.cpu_count() or 1, 8, -(-len(paths) // _CHUNK)))
     worker_options = options.for_worker()
-    jobs = [(path, _item_args(found[path]), racy_after_ns, worker_options) for path in paths]
+    jobs = [(path, item_args(found[path]), racy_after_ns, worker_options) for path in paths]
     with WorkerPool(workers, options.limits, chunk=_CHUNK) as pool:
         for path, outcome in zip(paths, pool.map("build_record", jobs)):
             if outcome.ok:
@@ -547,7 +332,7 @@ def _build_records(
                 yield path, failed_record(path, found[path], reason, checkpoint=True), reason
 
 
-def _row_current(row, item: _Found, options: SyncOptions) -> bool:
+def _row_current(row, item: Found, options: SyncOptions) -> bool:
     """Whether a row still describes the files, up to what is cheap to patch.
 
     A sidecar'd row only needs the checkpoint's size/mtime patched when the checkpoint changes;
@@ -577,7 +362,7 @@ def _row_current(row, item: _Found, options: SyncOptions) -> bool:
 
 
 def _count_status(
-    summary: SyncSummary, status: str, item: _Found, item_path: str, sidecar_path: str | None,
+    summary: SyncSummary, status: str, item: Found, item_path: str, sidecar_path: str | None,
     reason: str | None,
 ) -> None:
     if status == "valid":

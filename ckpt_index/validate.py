@@ -14,7 +14,7 @@ from ckpt_index.isolation import Limits
 from ckpt_index.records import is_stale
 from ckpt_index.schema import metadata_warnings
 from ckpt_index.sidecar import SidecarError, read_sidecar
-from ckpt_index.sync import scan
+from ckpt_index.scan import scan
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import ckpt_index
+import ckpt_index.record_builder as record_builder
 import ckpt_index.sync as sync_module
 from ckpt_index.catalog import CheckpointCatalog
 from ckpt_index.sidecar import dump_document, sidecar_path_for
@@ -111,7 +112,7 @@ def tree(outputs: Path, lightning_checkpoint: Path) -> dict[str, Path]:
 def parses(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     """Sidecars parsed and checkpoints opened by the syncs under test."""
     seen: dict[str, list[str]] = {"sidecars": [], "checkpoints": []}
-    read_sidecar = sync_module.read_sidecar
+    read_sidecar = record_builder.read_sidecar
 
     def sidecar(path: Any) -> Any:
         seen["sidecars"].append(str(path))
@@ -125,7 +126,7 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
         return build_records(paths, found, racy_after_ns, options)
 
     build_records = sync_module._build_records
-    monkeypatch.setattr(sync_module, "read_sidecar", sidecar)
+    monkeypatch.setattr(record_builder, "read_sidecar", sidecar)
     monkeypatch.setattr(sync_module, "_build_records", build)
     return seen
 

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+import ckpt_index.record_builder as record_builder
 import ckpt_index.sync as sync_module
 from ckpt_index import api
 from ckpt_index.db import is_sqlite, open_engine, resolve_db_url
@@ -121,13 +122,13 @@ def wide_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The sidecar paths the sync engine reads, in order."""
     calls: list[str] = []
-    real = sync_module.read_sidecar
+    real = record_builder.read_sidecar
 
     def counting(path):
         calls.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(sync_module, "read_sidecar", counting)
+    monkeypatch.setattr(record_builder, "read_sidecar", counting)
     return calls
 
 
