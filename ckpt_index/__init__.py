@@ -24,6 +24,7 @@ _EXPORTS = {
     "connect": "ckpt_index.api",
     "sync_index": "ckpt_index.api",
     "query_index": "ckpt_index.api",
+    "read_checkpoint": "ckpt_index.api",
     "QuerySpec": "ckpt_index.query",
     "validate_tree": "ckpt_index.validate",
     "build_catalog": "ckpt_index.catalog",

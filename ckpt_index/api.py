@@ -61,3 +61,19 @@ def connect(db: PathLike | None = None) -> Connection:
 # on the package they would be shadowed by the submodules ckpt_index.sync and ckpt_index.query.
 sync = sync_index
 query = query_index
+
+
+def read_checkpoint(path: PathLike, *, isolated: bool = True, limits: Any = None) -> Any:
+    """What a checkpoint holds besides its weights (epoch, hparams, callback states, ...).
+
+    Nothing in the file is executed and no tensor is read. By default the file is read by a
+    worker process under a memory ceiling and a time budget (``limits``: an
+    :class:`ckpt_index.isolation.Limits`), so a hostile file costs only this call, which raises
+    :class:`~ckpt_index.checkpoint_reader.CheckpointReadError` with the reason; ``raw`` is then
+    plain data. ``isolated=False`` reads in this process (faster; for files you trust).
+    """
+    from ckpt_index import checkpoint_reader
+
+    if isolated:
+        return checkpoint_reader.read_checkpoint_isolated(path, limits)
+    return checkpoint_reader.read_checkpoint(path)

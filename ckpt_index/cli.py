@@ -88,17 +88,26 @@ def cli() -> None:
                    "Hydra config, W&B run, path names); index them as 'missing'.")
 @click.option("--wandb-online", is_flag=True,
               help="Ask the W&B API for runs not found on disk (with a timeout; cached).")
+@click.option("--full", is_flag=True,
+              help="Read every file again, even those whose size and mtime are unchanged.")
+@click.option("--inspect", is_flag=True,
+              help="Also read the pickle of checkpoints that have a sidecar, to record the "
+                   "globals torch.load(weights_only=True) would refuse (unsafe_globals).")
 @friendly_errors
 def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
-         progress: bool | None, no_infer: bool, wandb_online: bool) -> None:
+         progress: bool | None, no_infer: bool, wandb_online: bool, full: bool,
+         inspect: bool) -> None:
     """Bring the index in line with the checkpoints and sidecars under ROOTS.
 
     Unchanged sidecars (same size and mtime) are not read again; rows whose files are gone are
-    removed; invalid sidecars are recorded with their reason and never stop the sync.
+    removed; invalid sidecars and unreadable checkpoints are recorded with their reason and
+    never stop the sync. Checkpoints are read by worker processes under a memory and time
+    limit ($CKPT_INDEX_WORKER_MEMORY_MB, default 512; $CKPT_INDEX_WORKER_SECONDS, default 30).
 
     Example:
 
         ckpt-index sync outputs/ --format json
+        ckpt-index sync outputs/ --full --inspect
     """
     from ckpt_index.db import open_engine
     from ckpt_index.sync import sync_roots
@@ -108,7 +117,7 @@ def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
     bar = _ProgressBar() if show_bar else None
     try:
         summary = sync_roots(engine, roots, progress=bar, infer=not no_infer,
-                             wandb_online=wandb_online)
+                             wandb_online=wandb_online, full=full, inspect=inspect)
     finally:
         if bar:
             bar.close()
@@ -116,8 +125,12 @@ def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
     if fmt == "json":
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:
+        from ckpt_index.formatting import escape_control
+
         for path, reason in summary.invalid_files[:20]:
-            click.echo(f"invalid: {path}: {reason}", err=True)
+            click.echo(escape_control(f"invalid: {path}: {reason}"), err=True)
+        for path, reason in summary.unlisted_dirs[:20]:
+            click.echo(escape_control(f"not listed: {reason} (its rows were kept)"), err=True)
         if len(summary.invalid_files) > 20:
             click.echo(f"... {len(summary.invalid_files) - 20} more invalid inputs "
                        "(ckpt-index validate ROOT lists all)", err=True)
@@ -256,7 +269,9 @@ def _read_index(db: str | None, read: Callable[[Any], Any]) -> Any:
 @friendly_errors
 def show(checkpoint: str, db: str | None) -> None:
     """Print everything the index knows about one checkpoint, as JSON, whatever its status
-    (an unreadable checkpoint shows why in "error").
+    (an unreadable checkpoint shows why in "error"). "unsafe_globals" lists the pickle globals
+    torch.load(weights_only=True) would refuse; the file is read now (isolated) when the index
+    does not know them.
 
     Example:
 
@@ -268,7 +283,17 @@ def show(checkpoint: str, db: str | None) -> None:
     if record is None:
         click.echo(f"{_index_path(checkpoint)}: not in the index (run ckpt-index sync)", err=True)
         sys.exit(1)
+    if record["unsafe_globals"] is None and record["checkpoint_exists"] and record["status"] != "unreadable":
+        record["unsafe_globals"] = _inspect_now(record["checkpoint_path"])
     click.echo(json.dumps(record, indent=2))
+
+
+def _inspect_now(path: str) -> list[str] | None:
+    """What loading ``path`` would run, read now in an isolated worker (the index is not written)."""
+    from ckpt_index.isolation import run_isolated
+
+    outcome = run_isolated("inspect_checkpoint", [path])
+    return outcome.value[1] if outcome.ok else None
 
 
 def _index_path(path: str) -> str:
@@ -282,32 +307,50 @@ def _index_path(path: str) -> str:
 @click.argument("root", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
+@click.option("--checkpoints/--no-checkpoints", default=True, show_default=True,
+              help="Read each checkpoint (integrity, unsafe globals) as well as the sidecars.")
 @friendly_errors
-def validate(root: str, fmt: str) -> None:
-    """Check every sidecar under ROOT (the index is not touched). Exit 1 if any is invalid.
+def validate(root: str, fmt: str, checkpoints: bool) -> None:
+    """Check every sidecar and checkpoint under ROOT (the index is not touched).
+
+    Lists invalid sidecars and unreadable checkpoints (truncated, not a checkpoint) with their
+    reasons, stale sidecars (older than their checkpoint), checkpoints without metadata, and the
+    pickle globals torch.load(weights_only=True) would refuse in each checkpoint. Checkpoints
+    are read by isolated workers. Exit 1 if anything is invalid or unreadable.
 
     Example:
 
         ckpt-index validate outputs/ --format json
+        ckpt-index validate outputs/ --no-checkpoints
     """
     from ckpt_index.validate import validate_tree
 
-    report = validate_tree(root)
+    report = validate_tree(root, checkpoints=checkpoints)
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
+        from ckpt_index.formatting import escape_control
+
+        def line(text: str) -> None:  # names come from the tree: never raw to a terminal
+            click.echo(escape_control(text))
+
         for path, reason in report.invalid:
-            click.echo(f"invalid: {path}: {reason}")
+            line(f"invalid: {path}: {reason}")
         for path, warning in report.warnings:
-            click.echo(f"warning: {path}: {warning}")
+            line(f"warning: {path}: {warning}")
         for path in report.without_metadata:
-            click.echo(f"no metadata: {path}")
+            line(f"no metadata: {path}")
         for path in report.orphaned:
-            click.echo(f"orphaned sidecar (no checkpoint): {path}")
+            line(f"orphaned sidecar (no checkpoint): {path}")
+        for path, reason in report.unreadable:
+            line(f"unreadable: {path}: {reason}")
+        for path, names in report.unsafe_globals.items():
+            line(f"needs weights_only=False: {path}: {', '.join(names)}")
         click.echo(
             f"{len(report.valid)} valid, {len(report.invalid)} invalid, "
             f"{len(report.without_metadata)} checkpoints without metadata, "
-            f"{len(report.orphaned)} orphaned sidecars"
+            f"{len(report.orphaned)} orphaned sidecars, {len(report.unreadable)} unreadable, "
+            f"{len(report.stale)} stale, {len(report.unsafe_globals)} with unsafe globals"
         )
     if not report.ok:
         sys.exit(1)

@@ -234,6 +234,11 @@ def find_checkpoint(
     data = dict(row._mapping)
     record = output_record(data, fetch_metrics(conn, [data["id"]])[data["id"]])
     record["warnings"] = data["warnings"]
+    # What loading it would run (None: its pickle was not read; `show` reads it then), whether
+    # its sidecar is older than it, and whether its folder could be listed at the last sync.
+    record["unsafe_globals"] = json.loads(data["unsafe_globals"]) if data["unsafe_globals"] else None
+    record["stale"] = None if data["stale"] is None else bool(data["stale"])
+    record["scan_error"] = data["scan_error"]
     record["metadata"] = json.loads(data["metadata_json"]) if data["metadata_json"] else None
     return record
 

@@ -185,7 +185,8 @@ def test_show_checkpoint_without_metadata(outputs, invoke_db) -> None:
 
 
 def test_show_unreadable_checkpoint_says_why(outputs, invoke_db) -> None:
-    ckpt = write_checkpoint(outputs / "exp/bare.ckpt")  # placeholder bytes, not a zip
+    ckpt = write_checkpoint(outputs / "exp/bare.ckpt")
+    ckpt.write_bytes(b"placeholder\n")  # not a zip
     assert invoke_db("sync", str(outputs)).exit_code == 0
     record = json.loads(invoke_db("show", str(ckpt)).stdout)
     assert record["status"] == "unreadable"
@@ -250,8 +251,51 @@ def test_validate_json(outputs, invoke, mixed_tree, tmp_path, db_path) -> None:
     assert all(reason and "\n" not in reason for reason in invalid.values())
     assert report["without_metadata"] == [str(mixed_tree["bare"])]
     assert report["orphaned"] == [str(mixed_tree["orphan"])]
-    assert report["counts"] == {"valid": 2, "invalid": 2, "without_metadata": 1, "orphaned": 1}
+    assert report["counts"] == {"valid": 2, "invalid": 2, "without_metadata": 1, "orphaned": 1,
+                                "unreadable": 0, "stale": 0, "unsafe_globals": 0}
     _no_database_created(tmp_path, db_path)
+
+
+def test_validate_reads_checkpoints_in_workers(outputs, invoke, tmp_path, db_path) -> None:
+    import os
+    import zipfile
+
+    good = write_checkpoint(outputs / "a/good.ckpt", seed_document())
+    truncated = write_checkpoint(outputs / "a/truncated.ckpt", seed_document())
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) - 30])
+    stale = write_checkpoint(outputs / "a/stale.ckpt", seed_document())
+    sidecar = stale.with_name("stale.metadata.yaml")
+    os.utime(sidecar, (1_600_000_000, 1_600_000_000))  # written long before its checkpoint
+    unsafe = outputs / "b/unsafe.ckpt"
+    unsafe.parent.mkdir(parents=True)
+    with zipfile.ZipFile(unsafe, "w") as archive:  # hparams = argparse.Namespace(), by hand
+        payload = b"\x80\x02}q\x00X\x10\x00\x00\x00hyper_parametersq\x01cargparse\nNamespace\nq\x02)\x81q\x03s."
+        archive.writestr("archive/data.pkl", payload)
+
+    result = invoke("validate", str(outputs), "--format", "json")
+    assert result.exit_code == 1  # the truncated checkpoint
+    report = json.loads(result.stdout)
+    assert [item["path"] for item in report["unreadable"]] == [str(truncated)]
+    assert report["stale"] == [str(sidecar)]
+    assert report["unsafe_globals"] == {str(unsafe): ["argparse.Namespace"]}
+    assert str(good) not in report["unsafe_globals"]
+    text = invoke("validate", str(outputs)).stdout
+    assert f"unreadable: {truncated}: " in text
+    assert f"needs weights_only=False: {unsafe}: argparse.Namespace" in text
+    assert "1 unreadable, 1 stale, 1 with unsafe globals" in text
+    quick = json.loads(invoke("validate", str(outputs), "--no-checkpoints", "--format", "json").stdout)
+    assert quick["unreadable"] == [] and quick["unsafe_globals"] == {} and quick["stale"] == [str(sidecar)]
+    _no_database_created(tmp_path, db_path)
+
+
+def test_show_reads_unsafe_globals_when_the_index_does_not_know_them(outputs, invoke_db) -> None:
+    ckpt = write_checkpoint(outputs / "exp/a.ckpt", seed_document())
+    assert invoke_db("sync", str(outputs)).exit_code == 0
+    record = json.loads(invoke_db("show", str(ckpt)).stdout)
+    assert record["unsafe_globals"] == [] and record["stale"] is False and record["scan_error"] is None
+    assert invoke_db("sync", str(outputs), "--inspect").exit_code == 0
+    assert json.loads(invoke_db("show", str(ckpt)).stdout)["unsafe_globals"] == []
 
 
 def test_validate_all_valid_exits_0(outputs, invoke, tmp_path, db_path) -> None:

@@ -119,3 +119,17 @@ def test_warnings_logged_in_a_worker_reach_the_parent_once(caplog) -> None:
     assert all(r.ok for r in results)
     messages = [r.getMessage() for r in caplog.records if r.name == "ckpt_index.test"]
     assert messages == ["W&B look-ups skipped"]
+
+
+def test_the_public_read_checkpoint_is_isolated(tmp_path, monkeypatch) -> None:
+    import ckpt_index
+    from ckpt_index.checkpoint_reader import CheckpointReadError
+    from ckpt_index.demo import make_tree
+
+    (path,) = make_tree(tmp_path, 1)
+    contents = ckpt_index.read_checkpoint(path)
+    assert contents.epoch == ckpt_index.read_checkpoint(path, isolated=False).epoch
+    assert contents.unsafe_globals == [] and isinstance(contents.raw["hyper_parameters"], dict)
+    monkeypatch.setenv(isolation.FAULT_ENV, str(path))
+    with pytest.raises(CheckpointReadError, match="reader crashed: SIGSEGV"):
+        ckpt_index.read_checkpoint(path)
