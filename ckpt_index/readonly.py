@@ -183,6 +183,12 @@ def _stream_postgresql(engine: Engine, statement: str, timeout: float | None,
                                    [f"{max(1, int(timeout * 1000))}ms"])
                 rows = cursor.stream(statement, size=_chunk_size())
                 first = next(rows, None)
+            except dbapi.ProgrammingError as exc:
+                if "didn't produce a result" in str(exc):  # SET, ANALYZE, LOCK, ...
+                    raise ReadOnlyError(
+                        "refused: the statement returns no rows; only queries are allowed"
+                    ) from None
+                raise ReadOnlyError(_describe_postgresql(exc, timeout)) from None
             except dbapi.Error as exc:
                 raise ReadOnlyError(_describe_postgresql(exc, timeout)) from None
             if cursor.description is None:

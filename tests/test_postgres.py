@@ -281,12 +281,6 @@ def _cli_sync(url: str, outputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 0, result.output
 
 
-def _cli_query(url: str, outputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    result = run("query", "--best-by", "hmean", "--format", "json", "--db", url)
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)[0]["checkpoint_path"] == _ROWS_0001[0]["checkpoint_path"]
-
-
 def _cli_db_upgrade(url: str, outputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = run("db", "upgrade", "--db", url)
     assert result.exit_code == 0, result.output
@@ -302,22 +296,16 @@ def _read_only_engine(url: str, outputs: Path, monkeypatch: pytest.MonkeyPatch) 
         engine.dispose()
 
 
-def _env_cli_stats(url: str, outputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    result = run("stats", "--format", "json", env={"CKPT_INDEX_DB": url})
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["checkpoints"] == 3
-
-
 def _env_api_sync(url: str, outputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CKPT_INDEX_DB", url)
     api.sync(outputs)
 
 
 UPGRADERS: dict[str, Callable[[str, Path, pytest.MonkeyPatch], None]] = {
-    "open_engine": _open_engine, "cli_sync": _cli_sync, "cli_query": _cli_query,
-    "cli_db_upgrade": _cli_db_upgrade, "read_only_engine": _read_only_engine,
-    "env_cli_stats": _env_cli_stats, "env_api_sync": _env_api_sync,
+    "open_engine": _open_engine, "cli_sync": _cli_sync, "cli_db_upgrade": _cli_db_upgrade,
+    "env_api_sync": _env_api_sync,
 }
+
 
 
 @pytest.mark.parametrize("opener", sorted(UPGRADERS))
@@ -425,7 +413,7 @@ def test_callback_leaves_a_too_new_index_alone(too_new: str, tmp_path: Path, cap
 
 def test_empty_schema_is_not_created_by_readers(pg_url: str) -> None:
     result = run("sql", "SELECT 1", "--db", pg_url)
-    assert result.exit_code == 1 and "sync" in result.stderr, result.output
+    assert result.exit_code == 2 and "sync" in result.stderr, result.output
     assert snapshot(pg_url)["objects"] == []
     result = run("db", "current", "--db", pg_url)
     assert result.exit_code == 0 and result.stdout.startswith("base"), result.output
@@ -486,7 +474,7 @@ def test_every_command_through_the_environment_variable(
     stats = cli_json("stats")
     assert stats["checkpoints"] == 3 and stats["revision"] == HEAD_REVISION
     assert make_url(stats["database"]).get_backend_name() == "postgresql"
-    assert cli_json("sql", "SELECT count(*) AS n FROM checkpoint_metrics_flat "
+    assert cli_json("sql", "--allow-write-role", "SELECT count(*) AS n FROM checkpoint_metrics_flat "
                            "WHERE metric = 'val/loss'") == [{"n": 3}]
     current = runner.invoke(cli, ["db", "current"])
     assert current.stdout.startswith(HEAD_REVISION) and "up to date" in current.stdout
@@ -526,6 +514,19 @@ def test_convert_then_sync_on_postgres_gives_sidecar_rows(pg_url: str, outputs: 
     assert len(rows) == 6
     assert {row["source"] for row in rows.values()} == {"sidecar"}
     assert {row["status"] for row in rows.values()} == {"valid"}
+
+
+def test_readers_leave_an_old_revision_as_it_is(pg_url: str) -> None:
+    make_revision_0001(pg_url)
+    before = snapshot(pg_url)
+    for argv in (["query", "--best-by", "hmean"], ["stats"], ["show", "/x.ckpt"]):
+        result = run(*argv, "--db", pg_url)
+        assert result.exit_code == 2 and "ckpt-index db upgrade" in result.stderr, (argv, result.output)
+    result = run("sql", "--allow-write-role", "--format", "json", "SELECT count(*) AS n FROM checkpoints",
+                 "--db", pg_url)
+    assert result.exit_code == 0 and json.loads(result.stdout) == [{"n": 3}], result.output
+    _read_only_engine(pg_url, Path("."), pytest.MonkeyPatch())
+    assert revision_of(pg_url) == "0001" and snapshot(pg_url) == before
 
 
 # --------------------------------------------------------------------------------------------
@@ -611,7 +612,8 @@ PG_REFUSED = [
 @pytest.mark.parametrize("statement", PG_REFUSED)
 def test_sql_refuses_writes_on_postgres(sql_state, statement: str) -> None:
     url, before, now = sql_state
-    result = run("sql", "--db", url, "--", statement)
+    # As the superuser on purpose (--allow-write-role): the READ ONLY transaction alone must hold.
+    result = run("sql", "--db", url, "--allow-write-role", "--", statement)
     assert now() == before, "the index was modified"
     assert result.exit_code == 1, result.output
     assert result.stdout == ""
@@ -619,7 +621,7 @@ def test_sql_refuses_writes_on_postgres(sql_state, statement: str) -> None:
     assert message.startswith("Error: ") and "Traceback" not in message
     if statement.strip() and not statement.startswith("--"):
         assert any(word in message.lower() for word in (
-            "refused", "read-only", "one statement", "only queries")), message
+            "refused", "read-only", "read-write mode", "one statement", "only queries")), message
 
 
 PG_ALLOWED = [
@@ -647,7 +649,7 @@ PG_ALLOWED = [
 @pytest.mark.parametrize("statement, expected", PG_ALLOWED, ids=[s for s, _ in PG_ALLOWED])
 def test_sql_reads_on_postgres(sql_state, statement: str, expected) -> None:
     url, before, now = sql_state
-    result = run("sql", "--db", url, "--format", "json", statement)
+    result = run("sql", "--db", url, "--allow-write-role", "--format", "json", statement)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == expected
     assert now() == before
