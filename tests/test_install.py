@@ -151,7 +151,7 @@ def test_installed_cli_downgrades_and_upgrades(installed: Installed, workdir: Pa
 
 
 @pytest.mark.parametrize("fixture", sorted(OLD_REVISIONS.glob("*.db")), ids=lambda p: p.stem)
-@pytest.mark.parametrize("how", ["db upgrade", "query"])
+@pytest.mark.parametrize("how", ["db upgrade", "sync"])
 def test_installed_cli_upgrades_an_old_database(
     installed: Installed, workdir: Path, fixture: Path, how: str
 ) -> None:
@@ -160,8 +160,10 @@ def test_installed_cli_upgrades_an_old_database(
     rows, metrics = _count(db, "checkpoints"), _count(db, "checkpoint_metrics")
     if how == "db upgrade":
         installed("db", "upgrade", "--db", db, cwd=workdir)
-    else:
-        out = installed("query", "--include-orphans", "--format", "jsonl", "--db", db, cwd=workdir)
-        assert len(out.stdout.strip().splitlines()) == rows
+    else:  # opening for writing upgrades; an empty root prunes none of the fixture's rows
+        (workdir / "empty").mkdir()
+        installed("sync", workdir / "empty", "--db", db, cwd=workdir)
     assert _revision(db) == HEAD_REVISION
+    out = installed("query", "--include-orphans", "--format", "jsonl", "--db", db, cwd=workdir)
+    assert len(out.stdout.strip().splitlines()) == rows
     assert (_count(db, "checkpoints"), _count(db, "checkpoint_metrics")) == (rows, metrics)

@@ -345,5 +345,8 @@ def test_upgrade_by_opening_gives_old_rows_the_openers_location(
     api.sync(outputs, db=db_url)
     _to_revision_0001(db_url)
     at(monkeypatch, "notebook-host")
+    from ckpt_index.db import open_engine
+
+    open_engine(db_url).dispose()  # opening for writing upgrades; reading never does (issue 8)
     assert [r["location"] for r in api.query(db=db_url)] == ["notebook-host"] * 2
     assert set(rows(db_url)) == {("notebook-host", str(c)) for c in ckpts}
