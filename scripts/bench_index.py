@@ -196,11 +196,11 @@ def fresh_db(url: str, *, owned: bool, wipe: bool) -> None:
     """Make ``url`` an empty index: delete an SQLite file, or every row on another backend."""
     from sqlalchemy import delete, func, select
 
-    from ckpt_index.db import _sqlite_file, is_sqlite, open_engine, write_transaction
+    from ckpt_index.db import sqlite_file, is_sqlite, open_engine, write_transaction
     from ckpt_index.models import checkpoint_metrics, checkpoints
 
     if is_sqlite(url):
-        path = _sqlite_file(url)
+        path = sqlite_file(url)
         if path is None:
             raise SystemExit("--db: an in-memory SQLite database cannot be shared with child processes")
         files = [Path(path + suffix) for suffix in ("", "-wal", "-shm", "-journal")]

@@ -22,8 +22,6 @@ from ckpt_index import demo
 from ckpt_index.demo import checkpoint_bytes
 from ckpt_index.sidecar import dump_document, sidecar_path_for
 
-from test_sync import age
-
 #: Generous: a shared CI machine; the point is "bounded", not "fast".
 MAX_SECONDS = 90
 #: Peak RSS of the sync process and of the largest worker (KiB, as getrusage reports).
@@ -252,19 +250,24 @@ def ordinary_files(root: Path) -> dict[str, str]:
 _MEASURE = """
 import json, resource, subprocess, sys, time
 started = time.monotonic()
-proc = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout={timeout})
-print(json.dumps({{"rc": proc.returncode, "seconds": time.monotonic() - started,
+try:
+    proc = subprocess.run(sys.argv[2:], capture_output=True, text=True, timeout=float(sys.argv[1]))
+    rc, out, err = proc.returncode, proc.stdout, proc.stderr
+except subprocess.TimeoutExpired:
+    rc, out, err = None, "", "killed: still running after the timeout"
+print(json.dumps({"rc": rc, "seconds": time.monotonic() - started,
                   "maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-                  "stdout": proc.stdout, "stderr": proc.stderr}}))
+                  "stdout": out, "stderr": err}))
 """
 
 
-def measured_sync(root: Path, db_url: str, *extra: str) -> dict:
-    """Run `python -m ckpt_index sync` in a child; its exit, time and the tree's peak RSS."""
+def measured_sync(root: Path, db_url: str, *extra: str, timeout: float = MAX_SECONDS * 2) -> dict:
+    """Run `python -m ckpt_index sync` in a child; its exit, time and the tree's peak RSS
+    (``rc`` None: killed after ``timeout``)."""
     argv = [sys.executable, "-m", "ckpt_index", "sync", str(root), "--db", db_url,
             "--format", "json", *extra]
-    wrapper = [sys.executable, "-c", _MEASURE.format(timeout=MAX_SECONDS * 2), *argv]
-    out = subprocess.run(wrapper, capture_output=True, text=True, timeout=MAX_SECONDS * 3)
+    wrapper = [sys.executable, "-c", _MEASURE, str(timeout), *argv]
+    out = subprocess.run(wrapper, capture_output=True, text=True, timeout=timeout + 60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -344,6 +347,8 @@ def test_malicious_pickles_run_nothing_and_the_sync_completes(outputs: Path, db_
 
 @pytest.mark.slow
 def test_the_whole_corpus_in_one_tree(outputs: Path, db_url: str) -> None:
+    from test_sync import age
+
     outcomes = {name: builder(outputs / f"case{i}") for i, (name, builder) in enumerate(CASES.items())}
     ordinary = ordinary_files(outputs)
     age(outputs)  # out of the racy window: an unchanged file is then never read again
@@ -361,3 +366,35 @@ def test_the_whole_corpus_in_one_tree(outputs: Path, db_url: str) -> None:
     # --strict turns the reasons into an error exit, still having indexed everything.
     strict = measured_sync(outputs, db_url, "--strict")
     assert strict["rc"] == 1, strict
+
+
+def main() -> None:
+    """Print, per case, what one `ckpt-index sync` of it (beside two ordinary files) costs and
+    says: `python tests/test_hostile_corpus.py [TIMEOUT_S]` (with PYTHONPATH at another checkout,
+    the same table for that version)."""
+    import tempfile
+
+    timeout = float(sys.argv[1]) if len(sys.argv) > 1 else 120.0
+    print(f"{'case':<55} {'exit':>4} {'time s':>7} {'peak MB':>8}  status: reason")
+    for name, builder in CASES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "outputs"
+            root.mkdir()
+            target, _, _ = builder(root)
+            ordinary = ordinary_files(root)
+            db_url = f"sqlite:///{tmp}/index.db"
+            result = measured_sync(root, db_url, timeout=timeout)
+            outcome = result["stderr"].strip().splitlines()[-1:] or [""]
+            if result["rc"] == 0:
+                got = rows(db_url)
+                row = got.get(str(target), {})
+                indexed = sum(got.get(p, {}).get("status") == s for p, s in ordinary.items())
+                outcome = [f"{row.get('status')}: {(row.get('error') or row.get('warnings') or '')[:70]}"
+                           f" (ordinary files indexed: {indexed}/2)"]
+            print(f"{name[:55]:<55} {str(result['rc']):>4} {result['seconds']:>7.2f} "
+                  f"{result['maxrss_kib'] / 1024:>8.0f}  {outcome[0][:110]}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
