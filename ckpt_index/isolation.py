@@ -52,6 +52,8 @@ _EXIT_MEMORY = 86
 #: No reply may exceed this (a worker's memory is capped anyway; this caps the parent's).
 _MAX_REPLY_BYTES = 256 << 20
 _HEADER = struct.Struct("<Q")
+#: Pipe size asked for (Linux's default cap for unprivileged processes, /proc/sys/fs/pipe-max-size).
+_PIPE_BYTES = 1 << 20
 #: A worker that has not started after this long never will (imports take ~0.2 s).
 _START_SECONDS = 60.0
 
@@ -113,11 +115,14 @@ def _inject_fault(path: str) -> None:
 
 
 def _task_build_record(path: str, item: Any, racy_after_ns: int, options: dict[str, Any]) -> Any:
-    from ckpt_index.record_builder import SyncOptions, build_record_safely, item_from_args
+    from ckpt_index.record_builder import (
+        SyncOptions, build_record_safely, checked_record, item_from_args,
+    )
 
     _inject_fault(path)
-    record, reason = build_record_safely(
-        path, item_from_args(*item), racy_after_ns, SyncOptions(**options)
+    item = item_from_args(*item)
+    record, reason = checked_record(
+        path, item, *build_record_safely(path, item, racy_after_ns, SyncOptions(**options))
     )
     return record.columns, record.metrics, reason
 
@@ -348,6 +353,7 @@ class _Worker:
         self.fd = self.proc.stdout.fileno()
         self.buffer = bytearray()
         os.set_blocking(self.fd, False)
+        _widen_pipe(self.fd)
         #: Job indices sent and not yet answered, in the order the worker runs them.
         self.pending: deque[int] = deque()
         self.deadline = 0.0
@@ -373,8 +379,9 @@ class _Worker:
         self.ready = True
 
     def send(self, task: str, jobs: list[tuple[int, tuple[Any, ...]]], seconds: float) -> None:
+        if not self.pending:  # else the job it is on keeps its deadline
+            self.deadline = time.monotonic() + seconds
         self.pending.extend(index for index, _ in jobs)
-        self.deadline = time.monotonic() + seconds
         assert self.proc.stdin is not None
         data = memoryview(_frame((task, [args for _, args in jobs])))
         while data:
@@ -390,18 +397,23 @@ class _Worker:
             return None
         self.buffer += chunk
         out = []
-        while len(self.buffer) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self.buffer)
-            if size > _MAX_REPLY_BYTES:
-                raise _BadReply(f"worker reply of {size} bytes")
-            if len(self.buffer) < _HEADER.size + size:
-                break
-            data = bytes(self.buffer[_HEADER.size:_HEADER.size + size])
-            del self.buffer[:_HEADER.size + size]
-            try:
-                out.append(_PlainUnpickler(io.BytesIO(data)).load())
-            except Exception as exc:  # noqa: BLE001
-                raise _BadReply(f"unreadable worker reply: {exc}") from None
+        view, start = memoryview(self.buffer), 0
+        try:
+            while len(view) - start >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(view, start)
+                if size > _MAX_REPLY_BYTES:
+                    raise _BadReply(f"worker reply of {size} bytes")
+                end = start + _HEADER.size + size
+                if len(view) < end:
+                    break
+                try:
+                    out.append(_PlainUnpickler(io.BytesIO(view[start + _HEADER.size:end])).load())
+                except Exception as exc:  # noqa: BLE001
+                    raise _BadReply(f"unreadable worker reply: {exc}") from None
+                start = end
+        finally:
+            view.release()
+        del self.buffer[:start]  # once per read: not a memmove of the buffer per reply
         return iter(out)
 
     def kill(self) -> None:
@@ -433,6 +445,17 @@ class _Worker:
                     stream.close()
             except OSError:
                 pass
+
+
+def _widen_pipe(fd: int) -> None:
+    """Room for hundreds of replies in the pipe, so that workers go on parsing while the caller
+    writes a batch to the database instead of blocking on a full 64 KiB pipe (Linux only)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
+    except (OSError, ImportError):
+        pass  # an unprivileged process may be capped lower: the default size still works
 
 
 class _BadReply(Exception):
@@ -502,17 +525,64 @@ class WorkerPool:
         return workers + fresh
 
     def map(self, task: str, jobs: Iterable[tuple[Any, ...]]) -> Iterator[Outcome]:
-        """One :class:`Outcome` per job, in the order of ``jobs``."""
+        """One :class:`Outcome` per job, in the order of ``jobs``.
+
+        A dispatcher thread keeps the workers busy and collects their replies while the caller
+        works on earlier outcomes (a sync writes a batch to the database meanwhile); it runs at
+        most :attr:`ahead` outcomes ahead of the caller.
+        """
         if task not in _TASKS:
             raise ValueError(f"unknown task {task!r}")
-        jobs = list(jobs)
+        import threading
+
+        state = _MapState(list(jobs))
+        dispatcher = threading.Thread(target=self._dispatch, args=(task, state),
+                                      name="ckpt-index-workers", daemon=True)
+        dispatcher.start()
+        relogged: set[tuple[str, str]] = set()
+        try:
+            for index in range(len(state.jobs)):
+                with state.changed:
+                    while index not in state.done and state.error is None:
+                        state.changed.wait()
+                    if index not in state.done:
+                        raise state.error  # type: ignore[misc]
+                    outcome = state.done.pop(index)
+                    state.consumed = index + 1
+                    state.changed.notify_all()
+                _relog(outcome.logs, relogged)
+                yield outcome
+        finally:
+            with state.changed:
+                state.stop = True
+                state.changed.notify_all()
+            dispatcher.join()
+
+    #: Outcomes the dispatcher may hold that the caller has not taken yet (bounds memory).
+    ahead = 4096
+
+    def _dispatch(self, task: str, state: _MapState) -> None:
+        try:
+            self._run(task, state)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            with state.changed:
+                state.error = exc
+                state.changed.notify_all()
+
+    def _run(self, task: str, state: _MapState) -> None:
+        jobs = state.jobs
         todo: deque[int] = deque(range(len(jobs)))
-        done: dict[int, Outcome] = {}
         running: dict[int, _Worker] = {}
         selector = selectors.DefaultSelector()
-        next_out = 0
         seconds = self.limits.seconds
-        relogged: set[tuple[str, str]] = set()
+        finished = 0
+
+        def publish(index: int, outcome: Outcome) -> None:
+            nonlocal finished
+            with state.changed:
+                state.done[index] = outcome
+                state.changed.notify_all()
+            finished += 1
 
         def start(worker: _Worker) -> None:
             batch = [todo.popleft() for _ in range(min(self.chunk, len(todo)))]
@@ -527,20 +597,26 @@ class WorkerPool:
             worker.kill()
             self.crashes += 1
             if reason is not None and worker.pending:
-                culprit = worker.pending.popleft()
-                done[culprit] = Outcome(False, reason=reason, contained=True)
+                publish(worker.pending.popleft(), Outcome(False, reason=reason, contained=True))
             todo.extendleft(reversed(worker.pending))
             worker.pending.clear()
 
         try:
-            while next_out < len(jobs):
-                wanted = min(self.size - len(running), -(-len(todo) // self.chunk))
-                if wanted > 0:
-                    for worker in self._workers(wanted):
+            while finished < len(jobs) and not state.stop:
+                in_flight = sum(len(w.pending) for w in running.values())
+                if todo and finished - state.consumed + in_flight < self.ahead:
+                    wanted = min(self.size - len(running), -(-len(todo) // self.chunk))
+                    for worker in self._workers(wanted) if wanted > 0 else ():
                         start(worker)
+                    # A worker on its last chunk gets the next one now: it never waits for us.
+                    for worker in list(running.values()):
+                        if todo and len(worker.pending) <= self.chunk:
+                            batch = [todo.popleft() for _ in range(min(self.chunk, len(todo)))]
+                            worker.send(task, [(i, jobs[i]) for i in batch], seconds)
                 now = time.monotonic()
-                timeout = max(0.0, min(w.deadline for w in running.values()) - now) if running else 0
-                for key, _ in selector.select(timeout):
+                # Wake at the next deadline, and now and then to see the caller catch up or stop.
+                timeout = min([w.deadline - now for w in running.values()] + [0.05])
+                for key, _ in selector.select(max(0.0, timeout)):
                     worker = running[key.fd]
                     try:
                         replies = worker.replies()
@@ -551,7 +627,7 @@ class WorkerPool:
                         retire(worker, _death_reason(worker.proc.wait(), self.limits))
                         continue
                     for reply in replies:
-                        done[worker.pending.popleft()] = _outcome(reply, self.limits)
+                        publish(worker.pending.popleft(), _outcome(reply, self.limits))
                         worker.deadline = time.monotonic() + seconds
                         if reply[0] == "memory":  # it exits now; its other jobs go elsewhere
                             retire(worker, None)
@@ -564,21 +640,24 @@ class WorkerPool:
                 now = time.monotonic()
                 for worker in [w for w in running.values() if w.deadline <= now]:
                     retire(worker, f"over the {seconds:g} s time limit")
-                while next_out in done:
-                    paused = time.monotonic()
-                    outcome = done.pop(next_out)
-                    _relog(outcome.logs, relogged)
-                    yield outcome
-                    next_out += 1
-                    # The caller's time (writing a batch) is not the workers': while it ran,
-                    # they may have been blocked on a full pipe.
-                    spent = time.monotonic() - paused
-                    for worker in running.values():
-                        worker.deadline += spent
         finally:
             for worker in running.values():
                 worker.kill()
             selector.close()
+
+
+class _MapState:
+    """What the dispatcher thread and the caller of :meth:`WorkerPool.map` share."""
+
+    def __init__(self, jobs: list[tuple[Any, ...]]) -> None:
+        import threading
+
+        self.jobs = jobs
+        self.changed = threading.Condition()
+        self.done: dict[int, Outcome] = {}
+        self.consumed = 0
+        self.stop = False
+        self.error: BaseException | None = None
 
 
 def _outcome(reply: Any, limits: Limits) -> Outcome:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from ckpt_index.records import (
     FileState,
     Record,
+    UnstorableRecord,
+    check_record,
     record_from_inferred,
     record_from_metadata,
     record_without_metadata,
@@ -169,3 +171,15 @@ def item_from_args(ckpt: Any, sidecar_path: str | None, sidecar: Any) -> Found:
     item.sidecar_path = sidecar_path
     item.sidecar = FileState(*sidecar) if sidecar else None
     return item
+
+
+def checked_record(path: str, item: Found, record: Record, reason: str | None) -> tuple[Record, str | None]:
+    """``record`` through the boundary check (:func:`~ckpt_index.records.check_record`): the
+    same row on every backend; a row it turns invalid carries its reason."""
+    try:
+        checked = check_record(record)
+    except UnstorableRecord as exc:  # unreachable for scanned paths; contained regardless
+        checked = failed_record(path, item, one_line(str(exc)))
+    if checked.columns["status"] != record.columns["status"]:
+        reason = checked.columns["error"]
+    return checked, reason

@@ -112,9 +112,10 @@ def _read_upto(handle: io.FileIO, n: int) -> bytes:
     chunks: list[bytes] = []
     remaining = n
     while remaining > 0:
-        chunk = handle.read(min(remaining, 16 << 20))
-        if not chunk:
-            break
+        want = min(remaining, 16 << 20)
+        chunk = handle.read(want)
         chunks.append(chunk)
         remaining -= len(chunk)
+        if len(chunk) < want:  # a regular file's short read is its end: no extra read call
+            break
     return b"".join(chunks)

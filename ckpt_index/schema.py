@@ -12,7 +12,9 @@ import datetime as _dt
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 
 from ckpt_index.storable import (
     MAX_EPOCH, MAX_GLOBAL_STEP, MAX_METRIC_NAME, MAX_SAVE_TOP_K, show, text_problem,
@@ -100,9 +102,13 @@ class CheckpointMetadataV1(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _storable_text(cls, data: Any) -> Any:
+    def _storable_text(cls, data: Any, info: ValidationInfo) -> Any:
         # One walk over the whole document (extra keys and params included): pydantic accepts a
         # lone surrogate in a str field, and the row would then fail to serialise or to insert.
+        # Text decoded from UTF-8 without a NUL can only hold one through a YAML escape: a
+        # sidecar without a backslash is known clean (context "plain_text") and skips the walk.
+        if info.context and info.context.get("plain_text"):
+            return data
         problem = find_bad_text(data)
         if problem is not None:
             raise TextError(problem)

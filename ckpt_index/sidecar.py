@@ -201,16 +201,21 @@ def read_sidecar(sidecar_path: Path | str) -> CheckpointMetadataV1:
         data = read_bounded(path, MAX_SIDECAR_BYTES, what="sidecar")
     except UnsafeFileError as exc:
         raise SidecarError(path, exc.reason) from None
-    return validate_document(parse_sidecar_bytes(data, path), path)
+    # parse_sidecar_bytes refused NUL bytes and non-UTF-8: only an escape can make bad text.
+    return validate_document(parse_sidecar_bytes(data, path), path, plain_text=b"\\" not in data)
 
 
-def validate_document(document: dict[str, Any], path: Path | str) -> CheckpointMetadataV1:
+def validate_document(
+    document: dict[str, Any], path: Path | str, *, plain_text: bool = False
+) -> CheckpointMetadataV1:
+    """The sidecar model of a parsed document; ``plain_text``: its YAML held no escape, so no
+    string in it can hold a NUL or a lone surrogate (the walk that looks for them is skipped)."""
     from pydantic import ValidationError
 
     from ckpt_index.schema import CheckpointMetadataV1, format_validation_error
 
     try:
-        return CheckpointMetadataV1.model_validate(document)
+        return CheckpointMetadataV1.model_validate(document, context={"plain_text": plain_text})
     except ValidationError as exc:
         raise SidecarError(path, format_validation_error(exc)) from None
 

@@ -22,16 +22,15 @@ from ckpt_index.db import is_transient, resolve_location, run_write
 from ckpt_index.isolation import Limits
 from ckpt_index.record_builder import (
     SyncOptions,
-    one_line,
     build_record_safely,
+    checked_record,
     failed_record,
     item_args,
+    one_line,
 )
 from ckpt_index.records import (
     FileState,
     Record,
-    UnstorableRecord,
-    check_record,
     checkpoint_state_columns,
 )
 from ckpt_index.scan import Found, scan
@@ -197,7 +196,7 @@ def _sync_root(
             summary.kept += 1
 
     done, total = 0, len(to_parse) + len(flagged) + len(gone)
-    built = _checked(_build_records(sorted(to_parse), found, racy_after_ns, options), found)
+    built = _build_records(sorted(to_parse), found, racy_after_ns, options)
     for batch in _batches(built, BATCH_SIZE):
         final = _write_batch(engine, [(path, record) for path, record, _ in batch], found,
                              existing, summary.location)
@@ -225,20 +224,6 @@ def _sync_root(
         done += len(flagged) + len(gone)
         if progress:
             progress(done, total)
-
-
-def _checked(
-    built: Iterable[tuple[str, Record, str | None]], found: dict[str, Found],
-) -> Iterator[tuple[str, Record, str | None]]:
-    """Each row through the boundary check (the same row on every backend); see check_record."""
-    for path, record, reason in built:
-        try:
-            checked = check_record(record)
-        except UnstorableRecord as exc:  # unreachable for scanned paths; contained regardless
-            checked = failed_record(path, found[path], one_line(str(exc)))
-        if checked.columns["status"] != record.columns["status"]:
-            reason = checked.columns["error"]
-        yield path, checked, reason
 
 
 def _write_batch(
@@ -275,7 +260,8 @@ def _write_batch(
                 **_write_batch(engine, batch[middle:], found, existing, location),
             }
         path = batch[0][0]
-        replacement = failed_record(path, found[path], one_line(f"cannot be stored: {exc}"))
+        replacement, _ = checked_record(path, found[path], failed_record(
+            path, found[path], one_line(f"cannot be stored: {exc}")), None)
         try:
             _write_batch_strict(engine, replacement, existing, location)
         except Exception:
@@ -315,7 +301,8 @@ def _build_records(
     isolated = sum(_needs_isolation(found[p], options) for p in paths)
     if not isolated and len(paths) < PARALLEL_MIN:
         for path in paths:
-            yield (path, *build_record_safely(path, found[path], racy_after_ns, options))
+            record, reason = build_record_safely(path, found[path], racy_after_ns, options)
+            yield (path, *checked_record(path, found[path], record, reason))
         return
     from ckpt_index.isolation import WorkerPool
 
@@ -324,12 +311,13 @@ def _build_records(
     jobs = [(path, item_args(found[path]), racy_after_ns, worker_options) for path in paths]
     with WorkerPool(workers, options.limits, chunk=_CHUNK) as pool:
         for path, outcome in zip(paths, pool.map("build_record", jobs)):
-            if outcome.ok:
+            if outcome.ok:  # checked by the worker (checked_record)
                 columns, metrics, reason = outcome.value
                 yield path, Record(columns, metrics), reason
             else:
                 reason = outcome.reason or "reader failed"
-                yield path, failed_record(path, found[path], reason, checkpoint=True), reason
+                yield path, *checked_record(
+                    path, found[path], failed_record(path, found[path], reason, checkpoint=True), reason)
 
 
 def _row_current(row, item: Found, options: SyncOptions) -> bool:
