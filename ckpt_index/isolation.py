@@ -425,12 +425,7 @@ class _Worker:
         self.reap()
 
     def reap(self) -> int:
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
+        self.close()
         return self.proc.wait()
 
     def close(self) -> None:

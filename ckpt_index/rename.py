@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_index.naming import parse_checkpoint_name, scheme_checkpoint_name
+from ckpt_index.scan import storable
 from ckpt_index.sidecar import CKPT_SUFFIX, SIDECAR_SUFFIX, checkpoint_path_for, sidecar_path_for
 
 log = logging.getLogger("ckpt_index.rename")
@@ -432,7 +433,7 @@ def _update_index(root: str | os.PathLike[str], moved: list[tuple[str, str, str 
                                    if m is not None and m[0] not in pending]
             for old, new, new_sidecar in moved:
                 old, new = os.path.abspath(old), os.path.abspath(new)
-                if not _storable(old):
+                if not storable(old):
                     continue  # sync never indexes a name that is not text: there is no row
                 row = conn.scalar(select(c.id).where(c.location == location, c.checkpoint_path == old))
                 if row is None:
@@ -449,14 +450,6 @@ def _update_index(root: str | os.PathLike[str], moved: list[tuple[str, str, str 
             delete_paths(conn, [os.path.abspath(p) for p in removed], location=location)
     finally:
         engine.dispose()
-
-
-def _storable(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _moved_by_an_earlier_run(indexed: str) -> tuple[str, str, str | None] | None:

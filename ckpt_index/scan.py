@@ -19,7 +19,7 @@ class Found:
         self.sidecar: FileState | None = None
 
 
-def _storable(path: str) -> bool:
+def storable(path: str) -> bool:
     """Whether the index can hold ``path``: os.scandir hands out undecodable bytes as surrogates."""
     try:
         path.encode("utf-8")
@@ -61,7 +61,7 @@ def scan(
                         # A directory where a sidecar belongs is recorded as one, so that it is
                         # reported invalid ("is a directory") rather than silently ignored.
                     indexable = name.endswith(CKPT_SUFFIX) or name.endswith(SIDECAR_SUFFIX)
-                    if indexable and not _storable(entry.path):
+                    if indexable and not storable(entry.path):
                         if rejected is not None:
                             shown = entry.path.encode("utf-8", "backslashreplace").decode()
                             rejected.append((shown, "file name is not UTF-8; rename it to index it"))
