@@ -263,13 +263,13 @@ def _write_batch(
         replacement, _ = checked_record(path, found[path], failed_record(
             path, found[path], one_line(f"cannot be stored: {exc}")), None)
         try:
-            _write_batch_strict(engine, replacement, existing, location)
+            _write_one(engine, replacement, existing, location)
         except Exception:
             raise exc from None
         return {path: replacement}
 
 
-def _write_batch_strict(engine: Engine, record: Record, existing: dict[str, Any], location: str) -> None:
+def _write_one(engine: Engine, record: Record, existing: dict[str, Any], location: str) -> None:
     overwrite = record.checkpoint_path in existing
     run_write(engine, lambda conn: store.upsert_records(conn, [record], location=location,
                                                         overwrite=overwrite))
