@@ -536,17 +536,21 @@ class WorkerPool:
         dispatcher.start()
         relogged: set[tuple[str, str]] = set()
         try:
-            for index in range(len(state.jobs)):
-                with state.changed:
+            index = 0
+            while index < len(state.jobs):
+                with state.changed:  # take every outcome that is ready, in one hand-over
                     while index not in state.done and state.error is None:
                         state.changed.wait()
                     if index not in state.done:
                         raise state.error  # type: ignore[misc]
-                    outcome = state.done.pop(index)
-                    state.consumed = index + 1
-                    state.changed.notify_all()
-                _relog(outcome.logs, relogged)
-                yield outcome
+                    ready = []
+                    while index in state.done:
+                        ready.append(state.done.pop(index))
+                        index += 1
+                    state.consumed = index
+                for outcome in ready:
+                    _relog(outcome.logs, relogged)
+                    yield outcome
         finally:
             with state.changed:
                 state.stop = True
@@ -572,12 +576,12 @@ class WorkerPool:
         seconds = self.limits.seconds
         finished = 0
 
-        def publish(index: int, outcome: Outcome) -> None:
+        def publish(*outcomes: tuple[int, Outcome]) -> None:
             nonlocal finished
             with state.changed:
-                state.done[index] = outcome
-                state.changed.notify_all()
-            finished += 1
+                state.done.update(outcomes)
+                state.changed.notify()
+            finished += len(outcomes)
 
         def start(worker: _Worker) -> None:
             batch = [todo.popleft() for _ in range(min(self.chunk, len(todo)))]
@@ -592,7 +596,7 @@ class WorkerPool:
             worker.kill()
             self.crashes += 1
             if reason is not None and worker.pending:
-                publish(worker.pending.popleft(), Outcome(False, reason=reason, contained=True))
+                publish((worker.pending.popleft(), Outcome(False, reason=reason, contained=True)))
             todo.extendleft(reversed(worker.pending))
             worker.pending.clear()
 
@@ -621,17 +625,21 @@ class WorkerPool:
                     if replies is None:  # it died; the exit status says how
                         retire(worker, _death_reason(worker.proc.wait(), self.limits))
                         continue
+                    answered, memory = [], False
                     for reply in replies:
-                        publish(worker.pending.popleft(), _outcome(reply, self.limits))
-                        worker.deadline = time.monotonic() + seconds
+                        answered.append((worker.pending.popleft(), _outcome(reply, self.limits)))
                         if reply[0] == "memory":  # it exits now; its other jobs go elsewhere
-                            retire(worker, None)
+                            memory = True
                             break
-                    else:
-                        if not worker.pending:
-                            selector.unregister(worker.fd)
-                            del running[worker.fd]
-                            self._idle.append(worker)
+                    if answered:
+                        publish(*answered)
+                        worker.deadline = time.monotonic() + seconds
+                    if memory:
+                        retire(worker, None)
+                    elif not worker.pending:
+                        selector.unregister(worker.fd)
+                        del running[worker.fd]
+                        self._idle.append(worker)
                 now = time.monotonic()
                 for worker in [w for w in running.values() if w.deadline <= now]:
                     retire(worker, f"over the {seconds:g} s time limit")
