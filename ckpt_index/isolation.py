@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 #: Environment overrides of the default limits (in MiB and seconds).
 MEMORY_ENV = "CKPT_INDEX_WORKER_MEMORY_MB"
@@ -54,6 +54,8 @@ _MAX_REPLY_BYTES = 256 << 20
 _HEADER = struct.Struct("<Q")
 #: Pipe size asked for (Linux's default cap for unprivileged processes, /proc/sys/fs/pipe-max-size).
 _PIPE_BYTES = 1 << 20
+#: The longest a finished job's reply waits in its worker to be sent with others.
+_FLUSH_SECONDS = 0.02
 #: A worker that has not started after this long never will (imports take ~0.2 s).
 _START_SECONDS = 60.0
 
@@ -184,9 +186,11 @@ def _task_warn(message: str) -> Any:  # for the tests of the pool itself
     logging.getLogger("ckpt_index.test").warning("%s", message)
 
 
-def _task_crash(signal_number: int) -> Any:  # for the tests of the pool itself
-    os.kill(os.getpid(), signal_number)
-    time.sleep(10)
+def _task_crash(signal_number: int) -> Any:  # for the tests of the pool itself (0: no crash)
+    if signal_number:
+        os.kill(os.getpid(), signal_number)
+        time.sleep(10)
+    return signal_number
 
 
 _TASKS: dict[str, Callable[..., Any]] = {
@@ -233,7 +237,9 @@ def _worker_main(memory_bytes: int) -> None:
 
     logs = _collect_logs()
     _apply_limits(memory_bytes)
-    replies.write(_frame(("ready", os.getpid())))
+    out = _Replies(replies)
+    out.send(_frame(("ready", os.getpid())))
+    out.flush()
     while True:
         message = _recv(requests, _PlainUnpickler)
         if message is None:
@@ -244,8 +250,7 @@ def _worker_main(memory_bytes: int) -> None:
             try:
                 reply: tuple[Any, ...] = ("ok", func(*args))
             except MemoryError:
-                replies.write(_frame(("memory", None)))
-                os._exit(_EXIT_MEMORY)  # state after a MemoryError is not worth trusting
+                out.exit_out_of_memory()
             except RecursionError:
                 reply = ("error", "nested too deeply to parse")
             except Exception as exc:  # noqa: BLE001 - contained: this file's reason
@@ -256,12 +261,42 @@ def _worker_main(memory_bytes: int) -> None:
             try:
                 data = _frame(reply)
             except MemoryError:
-                replies.write(_frame(("memory", None)))
-                os._exit(_EXIT_MEMORY)
+                out.exit_out_of_memory()
             except Exception as exc:  # noqa: BLE001 - a value that cannot be sent
                 data = _frame(("error", _one_line(f"result cannot be returned: {exc}")))
-            replies.write(data)
+            out.send(data)
+        out.flush()  # the end of a chunk: the parent sends the next one as replies arrive
 
+
+class _Replies:
+    """A worker's replies, written a few at a time (a system call per job cost as much as the
+    boundary checks): when 64 KiB or :data:`_FLUSH_SECONDS` of them have gathered, and at the end
+    of each chunk. A worker that dies or hangs with some unsent is no problem: the parent runs
+    each of its unanswered jobs again alone (:meth:`WorkerPool._run`) to find the culprit."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.frames, self.size, self.since = stream, [], 0, 0.0
+
+    def send(self, data: bytes) -> None:
+        if not self.frames:
+            self.since = time.monotonic()
+        self.frames.append(data)
+        self.size += len(data)
+        if self.size >= 1 << 16 or time.monotonic() - self.since >= _FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        data = memoryview(b"".join(self.frames))
+        while data:
+            data = data[self.stream.write(data):]
+        self.frames.clear()
+        self.size = 0
+
+    def exit_out_of_memory(self) -> NoReturn:
+        # The replies before, then this job's: the parent charges the limit to the right job.
+        self.frames.append(_frame(("memory", None)))
+        self.flush()
+        os._exit(_EXIT_MEMORY)  # state after a MemoryError is not worth trusting
 
 #: Log records a job may send back (a file that makes a parser warn a million times is one file).
 _MAX_LOGS = 20
@@ -358,6 +393,8 @@ class _Worker:
         self.pending: deque[int] = deque()
         self.deadline = 0.0
         self.ready = False
+        #: Running one job alone (a suspect of an earlier failure): it gets no other job meanwhile.
+        self.alone = False
 
     def wait_ready(self) -> None:
         """Wait until the worker says its imports are done and its limits set."""
@@ -583,35 +620,54 @@ class WorkerPool:
                 state.changed.notify()
             finished += len(outcomes)
 
+        #: Jobs that were unanswered when a worker with several of them failed: each runs again
+        #: alone, so that a failure is charged to the job that causes it, never to a neighbour.
+        suspects: deque[int] = deque()
+
+        def feed(worker: _Worker) -> None:
+            if suspects:
+                worker.send(task, [(suspects[0], jobs[suspects.popleft()])], seconds)
+                worker.alone = True
+            else:
+                batch = [todo.popleft() for _ in range(min(self.chunk, len(todo)))]
+                worker.send(task, [(i, jobs[i]) for i in batch], seconds)
+                worker.alone = False
+
         def start(worker: _Worker) -> None:
-            batch = [todo.popleft() for _ in range(min(self.chunk, len(todo)))]
-            worker.send(task, [(i, jobs[i]) for i in batch], seconds)
+            feed(worker)
             running[worker.fd] = worker
             selector.register(worker.fd, selectors.EVENT_READ)
 
-        def retire(worker: _Worker, reason: str | None) -> None:
-            """Stop a worker that failed; charge ``reason`` to its current job, requeue the rest."""
+        def retire(worker: _Worker, reason: str | None, *, exact: bool = False) -> None:
+            """Stop a worker that failed. ``reason`` is charged to its current job when that is
+            certain (``exact``, or it had one job); otherwise its unanswered jobs run again alone."""
             selector.unregister(worker.fd)
             del running[worker.fd]
             worker.kill()
             self.crashes += 1
-            if reason is not None and worker.pending:
+            if reason is not None and worker.pending and (exact or len(worker.pending) == 1):
                 publish((worker.pending.popleft(), Outcome(False, reason=reason, contained=True)))
-            todo.extendleft(reversed(worker.pending))
+                todo.extendleft(reversed(worker.pending))
+            elif reason is not None:
+                suspects.extend(worker.pending)
+            else:
+                todo.extendleft(reversed(worker.pending))
             worker.pending.clear()
 
         try:
             while finished < len(jobs) and not state.stop:
                 in_flight = sum(len(w.pending) for w in running.values())
-                if todo and finished - state.consumed + in_flight < self.ahead:
+                if suspects:
+                    for worker in self._workers(min(self.size - len(running), len(suspects))):
+                        start(worker)
+                elif todo and finished - state.consumed + in_flight < self.ahead:
                     wanted = min(self.size - len(running), -(-len(todo) // self.chunk))
                     for worker in self._workers(wanted) if wanted > 0 else ():
                         start(worker)
                     # A worker on its last chunk gets the next one now: it never waits for us.
                     for worker in list(running.values()):
-                        if todo and len(worker.pending) <= self.chunk:
-                            batch = [todo.popleft() for _ in range(min(self.chunk, len(todo)))]
-                            worker.send(task, [(i, jobs[i]) for i in batch], seconds)
+                        if todo and not worker.alone and len(worker.pending) <= self.chunk:
+                            feed(worker)
                 now = time.monotonic()
                 # Wake at the next deadline, and now and then to see the caller catch up or stop.
                 timeout = min([w.deadline - now for w in running.values()] + [0.05])
@@ -619,8 +675,8 @@ class WorkerPool:
                     worker = running[key.fd]
                     try:
                         replies = worker.replies()
-                    except _BadReply as exc:
-                        retire(worker, _one_line(str(exc)))
+                    except _BadReply as exc:  # the next unanswered job's reply: certain
+                        retire(worker, _one_line(str(exc)), exact=True)
                         continue
                     if replies is None:  # it died; the exit status says how
                         retire(worker, _death_reason(worker.proc.wait(), self.limits))

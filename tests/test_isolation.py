@@ -55,7 +55,9 @@ def test_a_job_over_its_time_budget_is_killed_and_the_rest_go_on() -> None:
                                 limits=Limits(memory_bytes=128 << 20, seconds=1))
     assert time.monotonic() - started < 15
     assert [r.ok for r in results] == [True, False, True, True]
-    assert results[1].reason == "over the 1 s time limit" and crashes == 1
+    # Its neighbours' replies may still have been in the worker: they all ran again alone, and
+    # the hang a second time (so two workers were stopped), to charge it to the right job.
+    assert results[1].reason == "over the 1 s time limit" and crashes == 2
 
 
 def test_the_callers_time_between_results_is_not_charged_to_the_workers() -> None:
@@ -133,3 +135,20 @@ def test_the_public_read_checkpoint_is_isolated(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(isolation.FAULT_ENV, str(path))
     with pytest.raises(CheckpointReadError, match="reader crashed: SIGSEGV"):
         ckpt_index.read_checkpoint(path)
+
+
+def test_a_crash_among_batched_replies_is_charged_to_its_job_only() -> None:
+    # Replies are sent a few at a time: a worker may die with several jobs unanswered. Each of
+    # those runs again alone, so the crash is charged to the job that causes it.
+    with WorkerPool(1, LIMITS, chunk=16) as pool:
+        results = list(pool.map("_crash", [(0,), (0,), (int(signal.SIGSEGV),), (0,), (0,)]))
+    assert [r.ok for r in results] == [True, True, False, True, True]
+    assert results[2].reason == "reader crashed: SIGSEGV"
+
+
+def test_a_hang_among_batched_replies_is_charged_to_its_job_only() -> None:
+    limits = Limits(memory_bytes=128 << 20, seconds=1)
+    with WorkerPool(1, limits, chunk=16) as pool:
+        results = list(pool.map("_sleep", [(0.0,), (0.0,), (30.0,), (0.0,)]))
+    assert [r.ok for r in results] == [True, True, False, True]
+    assert results[2].reason == "over the 1 s time limit"
