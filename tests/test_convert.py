@@ -328,16 +328,7 @@ def test_every_written_sidecar_passes_validate(tree: dict[str, Path], outputs: P
 
 
 # ------------------------------------------------------------------ hostile values (issue 8)
-def crafted(path: Path, contents: dict[str, Any]) -> Path:
-    """A real torch checkpoint whose fields a hostile or buggy writer chose."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {"layer.weight": torch.zeros(1, 2)}, **contents}, path)
-    return path
-
-
-def model_checkpoint(monitor: Any, mode: Any = "max") -> dict[str, Any]:
-    return {f"ModelCheckpoint{{'monitor': {monitor!r}, 'mode': {mode!r}}}":
-            {"monitor": monitor, "mode": mode, "current_score": 0.5, "best_model_path": ""}}
+from test_fallback import checkpoint_callback as model_checkpoint, crafted  # noqa: E402
 
 
 @pytest.mark.parametrize("tool", TOOLS)
