@@ -221,15 +221,22 @@ def _move_step(action: Action, source: Path, target: Path, tree: _Tree,
     return step
 
 
+def _scheme_path(path: Path) -> Path | None:
+    """Where a rename moves ``path``: the scheme name beside it, or None for a name it leaves."""
+    if is_kept_name(path.name):
+        return None
+    name = parse_checkpoint_name(path.name)
+    if name.format not in OLD_FORMATS or name.epoch is None or name.step is None:
+        return None
+    return path.with_name(scheme_checkpoint_name(name.epoch, name.step))
+
+
 def _plan_orphan_sidecar(sidecar: Path, claimed: set[str]) -> _Step | None:
     """A sidecar whose checkpoint an earlier, interrupted rename already moved to its scheme name."""
     ckpt = checkpoint_path_for(sidecar)
-    if is_kept_name(ckpt.name):
+    target = _scheme_path(ckpt)
+    if target is None:
         return None
-    name = parse_checkpoint_name(ckpt.name)
-    if name.format not in OLD_FORMATS or name.epoch is None or name.step is None:
-        return None
-    target = ckpt.with_name(scheme_checkpoint_name(name.epoch, name.step))
     new_sidecar = sidecar_path_for(target)
     try:
         if not stat.S_ISREG(os.lstat(target).st_mode) or str(target) in claimed:
@@ -250,15 +257,12 @@ def _plan_dangling_link(link: Path, tree: _Tree) -> _Step | None:
     """A link an earlier rename left pointing at an old name whose scheme name now exists."""
     content = os.readlink(link)
     pointed = link.parent / content
-    if os.path.lexists(pointed) or is_kept_name(pointed.name):
+    if os.path.lexists(pointed):
         return None
     if not Path(os.path.realpath(pointed.parent)).is_relative_to(tree.root):
         return None  # what lies outside root is not ours to guess about
-    name = parse_checkpoint_name(pointed.name)
-    if name.format not in OLD_FORMATS or name.epoch is None or name.step is None:
-        return None
-    target = pointed.with_name(scheme_checkpoint_name(name.epoch, name.step))
-    if not os.path.isfile(target):
+    target = _scheme_path(pointed)
+    if target is None or not os.path.isfile(target):
         return None
     new = os.path.join(os.path.dirname(content), target.name)
     return _Step(Action("relink", str(link), new, f"pointed at the old name {content}"),
@@ -454,15 +458,8 @@ def _update_index(root: str | os.PathLike[str], moved: list[tuple[str, str, str 
 
 def _moved_by_an_earlier_run(indexed: str) -> tuple[str, str, str | None] | None:
     path = Path(indexed)
-    if is_kept_name(path.name):
-        return None
-    name = parse_checkpoint_name(path.name)
-    if name.format not in OLD_FORMATS or name.epoch is None or name.step is None:
-        return None
-    if os.path.lexists(path):
-        return None
-    target = path.with_name(scheme_checkpoint_name(name.epoch, name.step))
-    if not os.path.isfile(target):
+    target = _scheme_path(path)
+    if target is None or os.path.lexists(path) or not os.path.isfile(target):
         return None
     sidecar = sidecar_path_for(target)
     return indexed, str(target), str(sidecar) if os.path.isfile(sidecar) else None
