@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from ckpt_index import wandb_source as ws
 from ckpt_index.hydra_config import load_config, model_fields
-from ckpt_index.sidecar import SidecarError, parse_sidecar_bytes, validate_document
+from ckpt_index.sidecar import SidecarError, parse_sidecar_bytes, parse_yaml_bytes, validate_document
 from conftest import SEED_SIDECARS
 from wandb_log import frame
 
@@ -108,6 +108,40 @@ def _load_sidecar(data: bytes) -> None:
         assert exc.reason and "\n" not in exc.reason
         return
     meta.model_dump(mode="json")  # what a valid sidecar becomes must be writable as a row
+
+
+def _same_as_pyyaml(data: bytes) -> None:
+    """The sidecar loader builds what PyYAML's safe loader builds, or refuses with a reason."""
+    try:
+        ours = parse_yaml_bytes(data, "fuzz.yaml")
+    except SidecarError:
+        return  # refused (a guard or a YAML error): the other properties cover the reason
+    expected = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    assert ours == expected or (ours != ours and repr(ours) == repr(expected))  # NaN != NaN
+
+
+@FUZZ
+@given(value=st.dictionaries(KEYS, DOCUMENTS, max_size=6), flow=st.booleans())
+def test_fuzz_plain_constructor_matches_pyyaml(value: dict, flow: bool) -> None:
+    data = _dump(value) if not flow else yaml.safe_dump(value, default_flow_style=True).encode(
+        "utf-8", "surrogatepass")
+    if data is not None:
+        _same_as_pyyaml(data)
+
+
+@FUZZ
+@given(seed=st.sampled_from(SEED_SIDECARS), rng=st.randoms(use_true_random=False))
+def test_fuzz_plain_constructor_matches_pyyaml_on_mutations(seed: Path, rng: random.Random) -> None:
+    _same_as_pyyaml(mutate(seed.read_bytes(), rng))
+
+
+@pytest.mark.parametrize("text", [
+    "<<: {a: 1}\nb: 2\n", "a: &x [1]\nb: *x\n", "a: !!str 1\n", "=: 3\n", "2024-01-01: x\n",
+    "1: a\n1.5: b\nnull: c\ntrue: d\n", "a: !!set {x, y}\n", "a: !!omap [{b: 1}]\n",
+    "a: !!binary aGk=\n", "a: [1, {b: [2, {c: .nan}]}]\n", "'1': x\n'true': y\n",
+])
+def test_plain_constructor_matches_pyyaml_on_yaml_corners(text: str) -> None:
+    _same_as_pyyaml(text.encode())
 
 
 @FUZZ
