@@ -13,22 +13,22 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CheckpointMetadataV1": "ckpt_index.schema",
-    "SidecarError": "ckpt_index.sidecar",
-    "load_metadata": "ckpt_index.sidecar",
-    "save_metadata": "ckpt_index.sidecar",
-    "sidecar_path_for": "ckpt_index.sidecar",
-    "resolve_db_url": "ckpt_index.db",
-    "open_engine": "ckpt_index.db",
-    "read_only_engine": "ckpt_index.readonly",
+    "CheckpointMetadataV1": "ckpt_index.sidecar.schema",
+    "SidecarError": "ckpt_index.sidecar.files",
+    "load_metadata": "ckpt_index.sidecar.files",
+    "save_metadata": "ckpt_index.sidecar.files",
+    "sidecar_path_for": "ckpt_index.sidecar.files",
+    "resolve_db_url": "ckpt_index.index.engine",
+    "open_engine": "ckpt_index.index.engine",
+    "read_only_engine": "ckpt_index.index.readonly",
     "connect": "ckpt_index.api",
     "sync_index": "ckpt_index.api",
     "query_index": "ckpt_index.api",
     "read_checkpoint": "ckpt_index.api",
-    "QuerySpec": "ckpt_index.query",
-    "validate_tree": "ckpt_index.validate",
-    "build_catalog": "ckpt_index.catalog",
-    "CheckpointCatalog": "ckpt_index.catalog",
+    "QuerySpec": "ckpt_index.query.spec",
+    "validate_tree": "ckpt_index.tools.validate",
+    "build_catalog": "ckpt_index.tools.catalog",
+    "CheckpointCatalog": "ckpt_index.tools.catalog",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

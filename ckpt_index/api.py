@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ckpt_index.db import check_unlocked_read, is_sqlite, open_engine, resolve_db_url
-from ckpt_index.query import QuerySpec, run_query
-from ckpt_index.readonly import install_read_guard, read_only_engine
-from ckpt_index.sync import Progress, SyncSummary, sync_roots
+from ckpt_index.index.engine import check_unlocked_read, is_sqlite, open_engine, resolve_db_url
+from ckpt_index.query.spec import QuerySpec, run_query
+from ckpt_index.index.readonly import install_read_guard, read_only_engine
+from ckpt_index.sync.roots import Progress, SyncSummary, sync_roots
 
 PathLike = str | os.PathLike[str]
 
@@ -20,8 +20,8 @@ def sync_index(roots: PathLike | Iterable[PathLike], db: PathLike | None = None,
                progress: Progress | None = None, **options: Any) -> SyncSummary:
     """Sync the index with the files under ``roots`` (one path or several).
 
-    ``options`` go to :func:`ckpt_index.sync.sync_roots` (``infer``, ``wandb_online``, ``location``).
-    The name is not ``sync``: that is the module ``ckpt_index.sync``.
+    ``options`` go to :func:`ckpt_index.sync.roots.sync_roots` (``infer``, ``wandb_online``, ``location``).
+    The name is not ``sync``: that is the module ``ckpt_index.sync.roots``.
     """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
@@ -36,7 +36,7 @@ def query_index(db: PathLike | None = None, **spec: Any) -> list[dict[str, Any]]
     """Query records: ``query_index(best_by="hmean", encoder="resnet50")`` (QuerySpec's fields).
 
     Never writes: an index at an older revision raises
-    :class:`~ckpt_index.db.IndexOutdatedError` (run ``ckpt-index db upgrade``).
+    :class:`~ckpt_index.index.engine.IndexOutdatedError` (run ``ckpt-index db upgrade``).
     """
     guard = install_read_guard if is_sqlite(resolve_db_url(db)) else None
     engine = open_engine(db, readonly=True, on_connect=guard)
@@ -68,11 +68,11 @@ def read_checkpoint(path: PathLike, *, isolated: bool = True, limits: Any = None
 
     Nothing in the file is executed and no tensor is read. By default the file is read by a
     worker process under a memory ceiling and a time budget (``limits``: an
-    :class:`ckpt_index.isolation.Limits`), so a hostile file costs only this call, which raises
-    :class:`~ckpt_index.checkpoint_reader.CheckpointReadError` with the reason; ``raw`` is then
+    :class:`ckpt_index.isolation.pool.Limits`), so a hostile file costs only this call, which raises
+    :class:`~ckpt_index.sources.checkpoint.reader.CheckpointReadError` with the reason; ``raw`` is then
     plain data. ``isolated=False`` reads in this process (faster; for files you trust).
     """
-    from ckpt_index import checkpoint_reader
+    from ckpt_index.sources.checkpoint import reader as checkpoint_reader
 
     if isolated:
         return checkpoint_reader.read_checkpoint_isolated(path, limits)

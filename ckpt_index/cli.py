@@ -42,7 +42,7 @@ def friendly_errors(func: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from ckpt_index.db import IndexError_, IndexMissingError, IndexOutdatedError
+        from ckpt_index.index.engine import IndexError_, IndexMissingError, IndexOutdatedError
 
         try:
             return func(*args, **kwargs)
@@ -109,8 +109,8 @@ def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
         ckpt-index sync outputs/ --format json
         ckpt-index sync outputs/ --full --inspect
     """
-    from ckpt_index.db import open_engine
-    from ckpt_index.sync import sync_roots
+    from ckpt_index.index.engine import open_engine
+    from ckpt_index.sync.roots import sync_roots
 
     engine = open_engine(db)
     show_bar = sys.stderr.isatty() if progress is None else progress
@@ -125,7 +125,7 @@ def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
     if fmt == "json":
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:
-        from ckpt_index.formatting import escape_control
+        from ckpt_index.query.render import escape_control
 
         for path, reason in summary.invalid_files[:20]:
             click.echo(escape_control(f"invalid: {path}: {reason}"), err=True)
@@ -208,8 +208,8 @@ def query(db: str | None, best_by: str | None, group_by: str | None, encoder: st
         ckpt-index query --where "hmean > 0.8 and epoch >= 10" --sort hmean:desc --limit 5
         ckpt-index query --exp 'old_*' --format paths -0 | xargs -0 ls -l
     """
-    from ckpt_index.formatting import PathsFormatError, render_paths, render_records
-    from ckpt_index.query import QueryError, QuerySpec, WhereError, parse_direction, run_query
+    from ckpt_index.query.render import PathsFormatError, render_paths, render_records
+    from ckpt_index.query.spec import QueryError, QuerySpec, WhereError, parse_direction, run_query
 
     if null and fmt != "paths":
         raise click.UsageError("-0/--null goes with --format paths")
@@ -250,7 +250,7 @@ def _write_data(text: str) -> None:
 
 def _read_index(db: str | None, read: Callable[[Any], Any]) -> Any:
     """``read(conn)`` on the index opened read-only at head: nothing is created or migrated."""
-    from ckpt_index.db import check_unlocked_read, open_engine
+    from ckpt_index.index.engine import check_unlocked_read, open_engine
 
     engine = open_engine(db, readonly=True)
     try:
@@ -277,7 +277,7 @@ def show(checkpoint: str, db: str | None) -> None:
 
         ckpt-index show outputs/exp/checkpoints/epoch-10_step-005420.ckpt
     """
-    from ckpt_index.query import find_checkpoint
+    from ckpt_index.query.spec import find_checkpoint
 
     record = _read_index(db, lambda conn: find_checkpoint(conn, _index_path(checkpoint)))
     if record is None:
@@ -290,7 +290,7 @@ def show(checkpoint: str, db: str | None) -> None:
 
 def _inspect_now(path: str) -> list[str] | None:
     """What loading ``path`` would run, read now in an isolated worker (the index is not written)."""
-    from ckpt_index.isolation import run_isolated
+    from ckpt_index.isolation.pool import run_isolated
 
     outcome = run_isolated("inspect_checkpoint", [path])
     return outcome.value[1] if outcome.ok else None
@@ -323,13 +323,13 @@ def validate(root: str, fmt: str, checkpoints: bool) -> None:
         ckpt-index validate outputs/ --format json
         ckpt-index validate outputs/ --no-checkpoints
     """
-    from ckpt_index.validate import validate_tree
+    from ckpt_index.tools.validate import validate_tree
 
     report = validate_tree(root, checkpoints=checkpoints)
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        from ckpt_index.formatting import escape_control
+        from ckpt_index.query.render import escape_control
 
         def line(text: str) -> None:  # names come from the tree: never raw to a terminal
             click.echo(escape_control(text))
@@ -369,9 +369,9 @@ def stats(db: str | None, fmt: str) -> None:
 
         ckpt-index stats --format json
     """
-    from ckpt_index.db import resolve_db_url
-    from ckpt_index.formatting import escape_control
-    from ckpt_index.stats import index_stats
+    from ckpt_index.index.engine import resolve_db_url
+    from ckpt_index.query.render import escape_control
+    from ckpt_index.query.stats import index_stats
 
     data = {"database": _safe_url(resolve_db_url(db)), **_read_index(db, index_stats)}
     if fmt == "json":
@@ -416,9 +416,9 @@ def sql(statement: str, db: str | None, fmt: str, timeout: float, allow_write_ro
         ckpt-index sql --timeout 300 --format csv "SELECT * FROM checkpoint_metrics_flat"
         ckpt-index sql --allow-write-role --db postgresql+psycopg://admin@db/ckpt "SELECT 1"
     """
-    from ckpt_index.db import check_unlocked_read
-    from ckpt_index.formatting import stream_rows
-    from ckpt_index.readonly import ReadOnlyError, read_only_engine, stream_sql
+    from ckpt_index.index.engine import check_unlocked_read
+    from ckpt_index.query.render import stream_rows
+    from ckpt_index.index.readonly import ReadOnlyError, read_only_engine, stream_sql
 
     engine = read_only_engine(db)
     try:
@@ -460,7 +460,7 @@ def db_upgrade(revision: str, db: str | None) -> None:
 
         ckpt-index db upgrade --db team.db
     """
-    from ckpt_index.db import (
+    from ckpt_index.index.engine import (
         HEAD_REVISION, SchemaTooNewError, create_index_engine, current_revision,
         known_revisions, resolve_db_url, upgrade,
     )
@@ -490,7 +490,7 @@ def db_downgrade(revision: str, db: str | None) -> None:
 
         ckpt-index db downgrade base
     """
-    from ckpt_index.db import create_index_engine, current_revision, downgrade, resolve_db_url
+    from ckpt_index.index.engine import create_index_engine, current_revision, downgrade, resolve_db_url
 
     url = resolve_db_url(db)
     engine = create_index_engine(url)
@@ -512,7 +512,7 @@ def db_current(db: str | None) -> None:
 
         ckpt-index db current
     """
-    from ckpt_index.db import HEAD_REVISION, create_index_engine, current_revision, resolve_db_url
+    from ckpt_index.index.engine import HEAD_REVISION, create_index_engine, current_revision, resolve_db_url
 
     url = resolve_db_url(db)
     engine = create_index_engine(url, readonly=True)  # looking must not create a database
@@ -535,7 +535,7 @@ def db_history() -> None:
     """
     from alembic.script import ScriptDirectory
 
-    from ckpt_index.db import _MIGRATIONS
+    from ckpt_index.index.engine import _MIGRATIONS
 
     for rev in ScriptDirectory(str(_MIGRATIONS)).walk_revisions():
         click.echo(f"{rev.down_revision or 'base'} -> {rev.revision}: {rev.doc}")
@@ -568,7 +568,7 @@ def convert(checkpoint: str | None, exp_dir: str | None, outputs_dir: str | None
     """
     import logging
 
-    from ckpt_index.convert import convert_checkpoints, find_checkpoints
+    from ckpt_index.tools.convert import convert_checkpoints, find_checkpoints
 
     chosen = [x for x in (checkpoint, exp_dir, outputs_dir) if x]
     if len(chosen) != 1:
@@ -615,7 +615,7 @@ def rename(root: str, db: str | None, dry_run: bool, delete_old: bool,
     """
     import logging
 
-    from ckpt_index.rename import rename_checkpoints
+    from ckpt_index.tools.rename import rename_checkpoints
 
     if delete_old and keep_from_epoch is None:
         raise click.UsageError("--delete-old needs --keep-from-epoch N")
@@ -647,7 +647,7 @@ def demo(directory: str, seed: int) -> None:
 
         ckpt-index demo demo_outputs && ckpt-index sync demo_outputs
     """
-    from ckpt_index.demo import make_demo_tree
+    from ckpt_index.tools.demo import make_demo_tree
 
     if os.path.exists(directory) and os.listdir(directory):
         raise click.ClickException(f"{directory} exists and is not empty")

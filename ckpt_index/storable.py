@@ -5,7 +5,7 @@ column (``Integer`` is 32-bit on PostgreSQL, ``BigInteger`` 64-bit; SQLite takes
 sane range, floats that are finite, text without NUL (PostgreSQL refuses it in ``text``) or lone
 surrogates (no UTF-8 encoder accepts them; Python makes them from undecodable bytes and from
 escapes such as ``"\\udc80"`` in YAML or JSON). The schema, the fallbacks and
-:func:`ckpt_index.records.check_record` all use these definitions.
+:func:`ckpt_index.index.records.check_record` all use these definitions.
 
 Nothing heavy is imported here: the query path imports this module through ``records``.
 """

@@ -107,8 +107,8 @@ def bench_many_tensors(n: int, workdir: Path) -> None:
 
     import torch
 
-    from ckpt_index._unpickle import scan_pickle
-    from ckpt_index.checkpoint_reader import read_checkpoint
+    from ckpt_index.sources.checkpoint.unpickler import scan_pickle
+    from ckpt_index.sources.checkpoint.reader import read_checkpoint
 
     path = workdir / f"many-{n}.ckpt"
     try:
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ckpt_index.checkpoint_reader import read_checkpoint
+    from ckpt_index.sources.checkpoint.reader import read_checkpoint
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-ckpt-", dir=args.dir))
     path = workdir / "epoch-19_step-004100.ckpt"

@@ -162,8 +162,8 @@ def make_tree(outputs: Path, source: Path, wandb_run: Path | None, count: int, p
 
 def timed_sync(outputs: Path, db: Path) -> tuple[float, float, Any]:
     """(seconds including opening the index, seconds in sync_roots, summary)."""
-    from ckpt_index.db import open_engine
-    from ckpt_index.sync import sync_roots
+    from ckpt_index.index.engine import open_engine
+    from ckpt_index.sync.roots import sync_roots
 
     started = time.perf_counter()
     engine = open_engine(db)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark ckpt-index against its performance targets on synthetic outputs trees.
 
-For each N it writes N seed-shaped sidecar'd checkpoints (``ckpt_index.demo.make_tree``), then
+For each N it writes N seed-shaped sidecar'd checkpoints (``ckpt_index.tools.demo.make_tree``), then
 measures: a cold sync, a no-change re-sync and a one-sidecar-changed re-sync (each in a child
 process that reports its peak RSS), ``--best-by`` in-process, the whole ``ckpt-index query``
 process, and the seeds' way (parse every sidecar, sort) against the index answer. It prints the
@@ -75,8 +75,8 @@ def peak_rss_kb():
     return kb, kb
 
 args = json.loads(sys.argv[1])
-from ckpt_index.db import open_engine
-from ckpt_index.sync import sync_roots
+from ckpt_index.index.engine import open_engine
+from ckpt_index.sync.roots import sync_roots
 t_imported = time.perf_counter()
 rss_imports_kb, _ = peak_rss_kb()
 profiler = None
@@ -196,8 +196,8 @@ def fresh_db(url: str, *, owned: bool, wipe: bool) -> None:
     """Make ``url`` an empty index: delete an SQLite file, or every row on another backend."""
     from sqlalchemy import delete, func, select
 
-    from ckpt_index.db import sqlite_file, is_sqlite, open_engine, write_transaction
-    from ckpt_index.models import checkpoint_metrics, checkpoints
+    from ckpt_index.index.engine import sqlite_file, is_sqlite, open_engine, write_transaction
+    from ckpt_index.index.models import checkpoint_metrics, checkpoints
 
     if is_sqlite(url):
         path = sqlite_file(url)
@@ -257,7 +257,7 @@ def change_one_sidecar(ckpt: Path, new_mtime_s: float) -> dict[str, Any]:
     """Rewrite one sidecar with a different hmean (and its hmean metrics); date it ``new_mtime``."""
     import yaml
 
-    from ckpt_index.sidecar import dump_document, sidecar_path_for
+    from ckpt_index.sidecar.files import dump_document, sidecar_path_for
 
     path = sidecar_path_for(ckpt)
     before = path.stat()
@@ -279,7 +279,7 @@ def change_one_sidecar(ckpt: Path, new_mtime_s: float) -> dict[str, Any]:
 
 def naive_best(root: str) -> tuple[str | None, int, int]:
     """The seeds' catalog: walk, parse every sidecar, sort; return (best checkpoint, parsed, bad)."""
-    from ckpt_index.sidecar import SIDECAR_SUFFIX, SidecarError, checkpoint_path_for, read_sidecar
+    from ckpt_index.sidecar.files import SIDECAR_SUFFIX, SidecarError, checkpoint_path_for, read_sidecar
 
     entries = []
     bad = 0
@@ -303,7 +303,7 @@ def naive_best(root: str) -> tuple[str | None, int, int]:
 
 
 def time_query(conn, spec, repeat: int) -> tuple[list[float], list[float], list[dict[str, Any]]]:
-    from ckpt_index.query import run_query
+    from ckpt_index.query.spec import run_query
 
     records = run_query(conn, spec)  # warm-up (statement compilation cache, page cache)
     samples, cpu = [], []
@@ -316,9 +316,9 @@ def time_query(conn, spec, repeat: int) -> tuple[list[float], list[float], list[
 
 
 def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, Any]:
-    from ckpt_index.db import is_sqlite, open_engine
-    from ckpt_index.demo import make_tree
-    from ckpt_index.query import QuerySpec, build_query
+    from ckpt_index.index.engine import is_sqlite, open_engine
+    from ckpt_index.tools.demo import make_tree
+    from ckpt_index.query.spec import QuerySpec, build_query
 
     res: dict[str, Any] = {"n": n}
     nd = base / f"n{n}"
@@ -434,7 +434,7 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
             # The changed row must carry its new hmean.
             from sqlalchemy import select
 
-            from ckpt_index.tables import checkpoints
+            from ckpt_index.index.tables import checkpoints
 
             stored = conn.execute(select(checkpoints.c.hmean).where(
                 checkpoints.c.checkpoint_path == os.path.abspath(victim))).scalar()
@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     if args.db is not None and "://" not in args.db:
-        from ckpt_index.db import resolve_db_url
+        from ckpt_index.index.engine import resolve_db_url
 
         args.db = resolve_db_url(args.db)
     if args.db is not None:

@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from ckpt_index.cli import cli
-from ckpt_index.sidecar import dump_document, sidecar_path_for
+from ckpt_index.sidecar.files import dump_document, sidecar_path_for
 
 DATA = Path(__file__).parent / "data"
 SEED_SIDECARS = sorted(DATA.glob("seed_*.metadata.yaml"))

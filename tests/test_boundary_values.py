@@ -19,18 +19,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Integer, BigInteger, Boolean, Float, String, select
 
-from ckpt_index import api, tables
-from ckpt_index.db import open_engine, write_transaction
-from ckpt_index.fallback import Inferred
-from ckpt_index.metric_names import canonical_metrics, match_canonical
-from ckpt_index.records import (
+from ckpt_index import api
+from ckpt_index.index import tables
+from ckpt_index.index.engine import open_engine, write_transaction
+from ckpt_index.sources.merge import Inferred
+from ckpt_index.vocabulary import canonical_metrics, match_canonical
+from ckpt_index.index.records import (
     COLUMN_KINDS, METADATA_COLUMNS, FileState, Record, UnstorableRecord, check_record,
     record_from_inferred, record_from_metadata,
 )
-from ckpt_index.schema import CheckpointMetadataV1, metadata_warnings
-from ckpt_index.sidecar import dump_document, sidecar_path_for
+from ckpt_index.sidecar.schema import CheckpointMetadataV1, metadata_warnings
+from ckpt_index.sidecar.files import dump_document, sidecar_path_for
 from ckpt_index.storable import INT32_MAX, INT64_MAX, MAX_METRIC_NAME
-from ckpt_index.store import upsert_records
+from ckpt_index.index.store import upsert_records
 
 from conftest import seed_document
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 import ckpt_index
-import ckpt_index.record_builder as record_builder
-import ckpt_index.sync as sync_module
-from ckpt_index.catalog import CheckpointCatalog
-from ckpt_index.sidecar import dump_document, sidecar_path_for
+import ckpt_index.sync.build as record_builder
+import ckpt_index.sync.roots as sync_module
+from ckpt_index.tools.catalog import CheckpointCatalog
+from ckpt_index.sidecar.files import dump_document, sidecar_path_for
 
 from conftest import seed_document, tiny_checkpoint
 

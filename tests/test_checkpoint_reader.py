@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from ckpt_index.checkpoint_reader import (
+from ckpt_index.sources.checkpoint.reader import (
     CheckpointReadError,
     Placeholder,
     TensorDescriptor,
@@ -347,7 +347,7 @@ def test_memo_index_bomb_is_refused_before_allocating(put: bytes, tmp_path: Path
     path = zip_checkpoint(tmp_path / "memo.ckpt", b"\x80\x02}" + put + b".")
     script = textwrap.dedent("""
         import resource, sys
-        from ckpt_index.checkpoint_reader import CheckpointReadError, read_checkpoint
+        from ckpt_index.sources.checkpoint.reader import CheckpointReadError, read_checkpoint
         try:
             read_checkpoint(sys.argv[1])
         except CheckpointReadError as exc:
@@ -364,7 +364,7 @@ def test_memo_index_bomb_is_refused_before_allocating(put: bytes, tmp_path: Path
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_scan_pickle_walks_every_opcode_of_real_pickles(protocol: int) -> None:
-    from ckpt_index._unpickle import scan_pickle
+    from ckpt_index.sources.checkpoint.unpickler import scan_pickle
 
     shared: dict[str, Any] = {}
     obj = {
@@ -386,7 +386,7 @@ def test_scan_pickle_walks_every_opcode_of_real_pickles(protocol: int) -> None:
 def test_scan_pickle_agrees_with_pickle_on_generated_data() -> None:
     hypothesis = pytest.importorskip("hypothesis")
     st = pytest.importorskip("hypothesis.strategies")
-    from ckpt_index._unpickle import scan_pickle
+    from ckpt_index.sources.checkpoint.unpickler import scan_pickle
 
     atoms = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.binary()
     values = st.recursive(atoms, lambda inner: st.lists(inner) | st.tuples(inner, inner)
@@ -606,7 +606,7 @@ def _member_data_ranges(path: Path) -> dict[str, range]:
 
 def test_weights_are_never_read(lightning_checkpoints: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
-    import ckpt_index.checkpoint_reader as reader
+    import ckpt_index.sources.checkpoint.reader as reader
 
     path = tmp_path / "weights.ckpt"
     checkpoint = torch.load(lightning_checkpoints[("dict", True)][-1], weights_only=False)
@@ -705,7 +705,7 @@ def test_reader_needs_neither_torch_nor_omegaconf(blocked: bool, lightning_check
         if sys.argv[2] == "blocked":
             for name in HEAVY:
                 sys.modules[name] = None  # any import of these now raises ImportError
-        from ckpt_index.checkpoint_reader import read_checkpoint
+        from ckpt_index.sources.checkpoint.reader import read_checkpoint
         c = read_checkpoint(sys.argv[1])
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY and sys.modules[m] is not None)
         print(json.dumps({"epoch": c.epoch, "global_step": c.global_step, "hparams": c.hyper_parameters,
@@ -908,7 +908,7 @@ def test_damaged_files_fail_cleanly(tmp_path: Path) -> None:
 
 
 def test_size_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ckpt_index.checkpoint_reader as reader
+    import ckpt_index.sources.checkpoint.reader as reader
 
     monkeypatch.setattr(reader, "MAX_PICKLE_BYTES", 1000)
     path = zip_checkpoint(tmp_path / "big.ckpt", pickle.dumps({"x": "y" * 2000}, protocol=2))
@@ -930,7 +930,7 @@ def test_size_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _scan_error(data: bytes) -> str | None:
-    from ckpt_index._unpickle import scan_pickle
+    from ckpt_index.sources.checkpoint.unpickler import scan_pickle
 
     try:
         scan_pickle(data)
@@ -961,7 +961,7 @@ def test_tuples_nested_within_the_limit_pass() -> None:
 
 
 def test_object_and_container_counts_are_refused_before_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ckpt_index import _unpickle
+    from ckpt_index.sources.checkpoint import unpickler as _unpickle
 
     monkeypatch.setattr(_unpickle, "MAX_PICKLE_OBJECTS", 1000)
     monkeypatch.setattr(_unpickle, "MAX_PICKLE_CONTAINERS", 100)
@@ -974,7 +974,7 @@ def test_object_and_container_counts_are_refused_before_unpickling(monkeypatch: 
 
 
 def test_empty_list_bomb_is_refused_by_the_object_count() -> None:
-    from ckpt_index._unpickle import MAX_PICKLE_CONTAINERS, MAX_PICKLE_OBJECTS
+    from ckpt_index.sources.checkpoint.unpickler import MAX_PICKLE_CONTAINERS, MAX_PICKLE_OBJECTS
 
     assert "containers" in _scan_error(b"\x80\x02" + b"]" * (MAX_PICKLE_CONTAINERS + 1) + b".")
     assert "objects" in _scan_error(b"\x80\x02" + b"N" * (MAX_PICKLE_OBJECTS + 1) + b".")
@@ -988,7 +988,7 @@ def test_compressed_data_pkl_bomb_is_refused_before_decompressing(tmp_path: Path
 
 
 def test_shapes_are_bounded_before_any_product() -> None:
-    from ckpt_index._unpickle import StorageRef, _numpy_array, _StandIn, bounded_product, resolve_global
+    from ckpt_index.sources.checkpoint.unpickler import StorageRef, _numpy_array, _StandIn, bounded_product, resolve_global
 
     huge = (1 << 63) - 1
     assert bounded_product((huge,) * 1_000_000, 1 << 63) == -1  # stops at the second dim
@@ -1025,7 +1025,7 @@ def test_special_files_are_refused_without_blocking(kind: str, tmp_path: Path) -
     else:
         server = socket.socket(socket.AF_UNIX)
         server.bind(str(path))
-    script = "import sys; from ckpt_index.checkpoint_reader import *\n" \
+    script = "import sys; from ckpt_index.sources.checkpoint.reader import *\n" \
              "try: read_checkpoint(sys.argv[1])\nexcept CheckpointReadError as e: print(e.reason)\n" \
              "print(check_integrity(sys.argv[1]))"
     result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
@@ -1041,7 +1041,7 @@ def test_special_files_are_refused_without_blocking(kind: str, tmp_path: Path) -
 
 
 def _count_preads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    from ckpt_index import checkpoint_reader
+    from ckpt_index.sources.checkpoint import reader as checkpoint_reader
 
     sizes: list[int] = []
     real = checkpoint_reader._pread
@@ -1059,7 +1059,7 @@ def test_integrity_of_real_checkpoints_reads_only_their_end(lightning_checkpoint
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from ckpt_index.checkpoint_reader import check_integrity
+    from ckpt_index.sources.checkpoint.reader import check_integrity
 
     for paths in lightning_checkpoints.values():
         for path in paths:
@@ -1081,7 +1081,7 @@ def test_integrity_of_real_checkpoints_reads_only_their_end(lightning_checkpoint
 
 
 def test_integrity_finds_truncation_and_missing_data_pkl(lightning_checkpoints: Any, tmp_path: Path) -> None:
-    from ckpt_index.checkpoint_reader import check_integrity
+    from ckpt_index.sources.checkpoint.reader import check_integrity
 
     data = lightning_checkpoints[("dict", True)][0].read_bytes()
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -1113,7 +1113,7 @@ def test_integrity_finds_truncation_and_missing_data_pkl(lightning_checkpoints: 
 def test_integrity_of_legacy_files(tmp_path: Path) -> None:
     import torch
 
-    from ckpt_index.checkpoint_reader import check_integrity
+    from ckpt_index.sources.checkpoint.reader import check_integrity
 
     path = tmp_path / "legacy.ckpt"
     torch.save({"epoch": 1}, path, _use_new_zipfile_serialization=False)
@@ -1130,7 +1130,7 @@ class CustomConfig:
 
 
 def test_weights_only_allow_list_is_torchs() -> None:
-    from ckpt_index._unpickle import WEIGHTS_ONLY_ALLOWED
+    from ckpt_index.sources.checkpoint.unpickler import WEIGHTS_ONLY_ALLOWED
 
     # In a fresh process: importing lightning (as this one has) registers DTensor classes too.
     script = textwrap.dedent("""

@@ -463,8 +463,8 @@ def test_api_names_are_the_functions(tmp_path) -> None:
     the submodules ckpt_index.sync and ckpt_index.query have been imported (as the CLI does)."""
     proc = _run_python("""
         import ckpt_index
-        from ckpt_index.query import QuerySpec   # binds the submodule on the package
-        import ckpt_index.sync
+        from ckpt_index.query.spec import QuerySpec   # binds the submodule on the package
+        import ckpt_index.sync.roots
         print(callable(ckpt_index.sync_index), callable(ckpt_index.query_index))
     """, tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -514,7 +514,7 @@ def test_api_query_spec_fields(outputs, db_url, api_tree, invoke_db) -> None:
 
 def test_api_query_errors(outputs, db_url, api_tree) -> None:
     from ckpt_index.api import query, sync
-    from ckpt_index.query import QueryError, WhereError
+    from ckpt_index.query.spec import QueryError, WhereError
 
     sync(outputs, db=db_url)
     with pytest.raises(WhereError):

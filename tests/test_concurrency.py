@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
-from ckpt_index.tables import checkpoint_metrics, checkpoints
+from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 
 from conftest import DATA, seed_document, write_checkpoint
 
@@ -39,11 +39,11 @@ args = json.loads(sys.argv[1])
 errors, transactions = [], 0
 try:
     import yaml
-    from ckpt_index.db import open_engine, run_write
-    from ckpt_index.records import FileState, record_from_metadata
-    from ckpt_index.schema import CheckpointMetadataV1, metadata_warnings
-    from ckpt_index.sidecar import save_metadata
-    from ckpt_index.store import upsert_records
+    from ckpt_index.index.engine import open_engine, run_write
+    from ckpt_index.index.records import FileState, record_from_metadata
+    from ckpt_index.sidecar.schema import CheckpointMetadataV1, metadata_warnings
+    from ckpt_index.sidecar.files import save_metadata
+    from ckpt_index.index.store import upsert_records
 
     def tiny_checkpoint(tag):  # conftest.tiny_checkpoint: a sync checks checkpoints are archives
         import io, pickle, zipfile
@@ -162,7 +162,7 @@ def run_concurrently(db_url: str, tmp_path: Path, processes: int, per_process: i
     existing = existing_tree(root)
     rendezvous = tmp_path / "rendezvous"
     rendezvous.mkdir()
-    from ckpt_index.db import open_engine
+    from ckpt_index.index.engine import open_engine
 
     open_engine(db_url).dispose()  # created up front: this test is about writing, not migrating
 

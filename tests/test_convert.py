@@ -23,10 +23,10 @@ torch = pytest.importorskip("torch")
 L = pytest.importorskip("lightning")
 nn = torch.nn
 
-import ckpt_index.checkpoint_reader as checkpoint_reader  # noqa: E402
+import ckpt_index.sources.checkpoint.reader as checkpoint_reader  # noqa: E402
 from ckpt_index import api  # noqa: E402
 from ckpt_index.cli import cli  # noqa: E402
-from ckpt_index.sidecar import SidecarError, dump_document, read_sidecar, sidecar_path_for  # noqa: E402
+from ckpt_index.sidecar.files import SidecarError, dump_document, read_sidecar, sidecar_path_for  # noqa: E402
 
 from conftest import seed_document  # noqa: E402
 
@@ -367,8 +367,8 @@ def test_convert_never_crashes_nor_writes_a_sidecar_the_reader_rejects(tool: str
 
 def test_metadata_from_inferred_refuses_values_the_schema_would_reject(tmp_path: Path) -> None:
     """A guard against any source that bypasses ``Inferred.set``: the reason, never a crash."""
-    from ckpt_index.convert import ConversionError, metadata_from_inferred
-    from ckpt_index.fallback import Inferred
+    from ckpt_index.tools.convert import ConversionError, metadata_from_inferred
+    from ckpt_index.sources.merge import Inferred
 
     found = Inferred(str(tmp_path / "x.ckpt"))
     found.fields.update(epoch=2**64, global_step=1, created_at="2025-01-01T00:00:00")
@@ -378,14 +378,14 @@ def test_metadata_from_inferred_refuses_values_the_schema_would_reject(tmp_path:
 
 
 def test_convert_reads_each_checkpoint_through_one_replaceable_function(outputs: Path) -> None:
-    from ckpt_index.convert import convert_checkpoints
+    from ckpt_index.tools.convert import convert_checkpoints
 
     ok = crafted(outputs / "a" / "epoch=1-step=2.ckpt", {"epoch": 1, "global_step": 2})
     boom = crafted(outputs / "b" / "epoch=1-step=2.ckpt", {"epoch": 1, "global_step": 2})
     seen = []
 
     def infer(path: Path, *, wandb_online: bool = False):
-        from ckpt_index.convert import infer_checkpoint
+        from ckpt_index.tools.convert import infer_checkpoint
 
         seen.append(path)
         if path == boom:
@@ -402,8 +402,8 @@ def test_convert_reads_each_checkpoint_through_one_replaceable_function(outputs:
 
 @pytest.mark.parametrize("fault", ["SIGSEGV", "SIGKILL"])
 def test_convert_reads_checkpoints_in_isolated_workers(outputs: Path, monkeypatch, fault: str) -> None:
-    from ckpt_index import isolation
-    from ckpt_index.convert import convert_checkpoints
+    from ckpt_index.isolation import pool as isolation
+    from ckpt_index.tools.convert import convert_checkpoints
 
     paths = [crafted(outputs / f"r{i}" / "epoch=1-step=2.ckpt", {"epoch": 1, "global_step": 2})
              for i in range(5)]

@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("lightning.pytorch")
 pytest.importorskip("hydra")
 
-from ckpt_index.naming import parse_run_dir  # noqa: E402
-from ckpt_index.sidecar import read_sidecar, sidecar_path_for  # noqa: E402
+from ckpt_index.sources.naming import parse_run_dir  # noqa: E402
+from ckpt_index.sidecar.files import read_sidecar, sidecar_path_for  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train.py"
 

@@ -29,12 +29,12 @@ L = pytest.importorskip("lightning")
 pytest.importorskip("wandb")
 nn = torch.nn
 
-import ckpt_index.checkpoint_reader as checkpoint_reader  # noqa: E402
+import ckpt_index.sources.checkpoint.reader as checkpoint_reader  # noqa: E402
 from ckpt_index import api  # noqa: E402
-from ckpt_index import sync as sync_module  # noqa: E402
-from ckpt_index import wandb_source  # noqa: E402
-from ckpt_index.fallback import created_at_of  # noqa: E402
-from ckpt_index.sidecar import dump_document, sidecar_path_for  # noqa: E402
+from ckpt_index.sync import roots as sync_module  # noqa: E402
+from ckpt_index.sources.wandb import source as wandb_source  # noqa: E402
+from ckpt_index.sources.merge import created_at_of  # noqa: E402
+from ckpt_index.sidecar.files import dump_document, sidecar_path_for  # noqa: E402
 
 from conftest import seed_document  # noqa: E402
 
@@ -643,7 +643,7 @@ def test_no_infer_records_missing_and_switching_modes_redoes_rows(
     ckpts = [make_run(outputs, src, run_name=f"{SCHEME_RUN[:-1]}{i}", hydra=HYDRA_CONFIG)
              for i, src in enumerate(hinted["ckpts"])]
     age(outputs)
-    from ckpt_index.records import METADATA_COLUMNS
+    from ckpt_index.index.records import METADATA_COLUMNS
 
     def assert_missing() -> None:
         for ckpt in ckpts:
@@ -787,7 +787,7 @@ def checkpoint_callback(monitor: Any, mode: Any = "max") -> dict[str, Any]:
 
 
 def test_out_of_range_pickle_integers_are_dropped_with_a_warning(tmp_path: Path) -> None:
-    from ckpt_index.fallback import infer_metadata
+    from ckpt_index.sources.merge import infer_metadata
 
     ckpt = crafted(tmp_path / "run" / "model.ckpt", {"epoch": 2**64, "global_step": 2**64})
 
@@ -802,7 +802,7 @@ def test_out_of_range_pickle_integers_are_dropped_with_a_warning(tmp_path: Path)
 
 
 def test_a_huge_epoch_in_a_file_name_is_dropped_and_the_row_stays_unreadable(tmp_path: Path) -> None:
-    from ckpt_index.fallback import infer_metadata
+    from ckpt_index.sources.merge import infer_metadata
 
     empty = tmp_path / "epoch=99999999999999999999-step=1.ckpt"
     empty.write_bytes(b"")
@@ -823,7 +823,7 @@ def test_a_huge_epoch_in_a_file_name_is_dropped_and_the_row_stays_unreadable(tmp
 def test_bad_text_from_hparams_is_never_stored_raw(
     tmp_path: Path, hparams: dict, field: str, kept: str, word: str
 ) -> None:
-    from ckpt_index.fallback import infer_metadata
+    from ckpt_index.sources.merge import infer_metadata
 
     ckpt = crafted(tmp_path / "run" / "model.ckpt", {"epoch": 1, "global_step": 2,
                                                      "hyper_parameters": hparams})
@@ -844,7 +844,7 @@ def test_bad_text_from_hparams_is_never_stored_raw(
 @pytest.mark.parametrize("field", ["exp_name", "architecture", "encoder", "monitor", "hydra_config_path",
                                    "wandb_run_id", "created_at"])
 def test_every_text_field_is_cleaned_with_a_warning(field: str, value: str, kept: str, problem: str) -> None:
-    from ckpt_index.fallback import Inferred
+    from ckpt_index.sources.merge import Inferred
 
     found = Inferred("/x.ckpt")
     found.set(field, value, "wandb")
@@ -855,7 +855,7 @@ def test_every_text_field_is_cleaned_with_a_warning(field: str, value: str, kept
 
 @pytest.mark.parametrize("monitor", [5, ["val/hmean"], {"val/hmean": 1}], ids=["int", "list", "dict"])
 def test_a_monitor_that_is_not_a_name_is_ignored_with_its_mode(tmp_path: Path, monitor: Any) -> None:
-    from ckpt_index.fallback import infer_metadata
+    from ckpt_index.sources.merge import infer_metadata
 
     ckpt = crafted(tmp_path / "run" / "model.ckpt",
                    {"epoch": 1, "global_step": 2, "callbacks": checkpoint_callback(monitor, "min")})
@@ -868,7 +868,7 @@ def test_a_monitor_that_is_not_a_name_is_ignored_with_its_mode(tmp_path: Path, m
 
 @pytest.mark.parametrize("mode", ["sideways", 5, ["max"]])
 def test_a_mode_other_than_min_or_max_is_ignored(tmp_path: Path, mode: Any) -> None:
-    from ckpt_index.fallback import infer_metadata
+    from ckpt_index.sources.merge import infer_metadata
 
     ckpt = crafted(tmp_path / "run" / "model.ckpt",
                    {"epoch": 1, "global_step": 2, "callbacks": checkpoint_callback("val/hmean", mode)})
@@ -879,7 +879,7 @@ def test_a_mode_other_than_min_or_max_is_ignored(tmp_path: Path, mode: Any) -> N
 
 
 def test_odd_metric_values_and_names_never_raise(tmp_path: Path) -> None:
-    from ckpt_index.fallback import infer_metadata
+    from ckpt_index.sources.merge import infer_metadata
 
     ckpt = crafted(tmp_path / "run" / "model.ckpt", {
         "epoch": 1, "global_step": 2,
@@ -895,7 +895,7 @@ def test_odd_metric_values_and_names_never_raise(tmp_path: Path) -> None:
 
 
 def test_inferred_set_checks_every_kind_of_field() -> None:
-    from ckpt_index.fallback import Inferred
+    from ckpt_index.sources.merge import Inferred
 
     found = Inferred("/x.ckpt")
     for name, value in {"epoch": True, "global_step": -1, "max_epochs": 2**31, "hmean": float("inf"),
@@ -914,14 +914,14 @@ def _raise(exc: BaseException):
 
 
 STEP_FAILURES = [
-    ("ckpt_index.hydra_config.load_config", RuntimeError("config parser bug"), "hydra config failed"),
-    ("ckpt_index.hydra_config.model_fields", RecursionError("deep"), "failed: RecursionError"),
-    ("ckpt_index.wandb_source.find_run", MemoryError(), "W&B run unusable: MemoryError"),
-    ("ckpt_index.fallback.parse_checkpoint_name", OverflowError("int too large"), "path patterns failed"),
-    ("ckpt_index.fallback.created_at_of", OverflowError("timestamp out of range"), "file time failed"),
-    ("ckpt_index.state_dict.infer_encoder", ValueError("shape"), "state dict inference failed"),
-    ("ckpt_index.fallback.match_canonical", TypeError("odd"), "canonical metrics failed"),
-    ("ckpt_index.fallback.canonical_metrics", KeyError("x"), "reading the checkpoint's fields failed"),
+    ("ckpt_index.sources.hydra.load_config", RuntimeError("config parser bug"), "hydra config failed"),
+    ("ckpt_index.sources.hydra.model_fields", RecursionError("deep"), "failed: RecursionError"),
+    ("ckpt_index.sources.wandb.source.find_run", MemoryError(), "W&B run unusable: MemoryError"),
+    ("ckpt_index.sources.merge.parse_checkpoint_name", OverflowError("int too large"), "path patterns failed"),
+    ("ckpt_index.sources.merge.created_at_of", OverflowError("timestamp out of range"), "file time failed"),
+    ("ckpt_index.sources.state_dict.infer_encoder", ValueError("shape"), "state dict inference failed"),
+    ("ckpt_index.sources.merge.match_canonical", TypeError("odd"), "canonical metrics failed"),
+    ("ckpt_index.sources.merge.canonical_metrics", KeyError("x"), "reading the checkpoint's fields failed"),
 ]
 
 
@@ -931,7 +931,7 @@ def test_infer_metadata_is_total_a_failing_step_is_a_warning(
 ) -> None:
     from omegaconf import OmegaConf
 
-    from ckpt_index.fallback import infer_metadata
+    from ckpt_index.sources.merge import infer_metadata
 
     run = tmp_path / "run"  # no encoder in its name nor its config: the state dict step runs too
     (run / ".hydra").mkdir(parents=True)
@@ -952,7 +952,7 @@ def test_infer_metadata_is_total_a_failing_step_is_a_warning(
 def test_a_reader_that_raises_anything_makes_the_file_unreadable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ckpt_index.fallback import infer_metadata
+    from ckpt_index.sources.merge import infer_metadata
 
     ckpt = crafted(tmp_path / "run" / "epoch=3-step=30.ckpt", {"epoch": 3, "global_step": 30})
     monkeypatch.setattr(checkpoint_reader, "read_checkpoint", _raise(RecursionError("deep\npickle")))

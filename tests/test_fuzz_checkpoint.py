@@ -25,13 +25,13 @@ hypothesis = pytest.importorskip("hypothesis")
 st = pytest.importorskip("hypothesis.strategies")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from ckpt_index.checkpoint_reader import (  # noqa: E402
+from ckpt_index.sources.checkpoint.reader import (  # noqa: E402
     _UNEXPECTED,
     CheckpointReadError,
     check_integrity,
     read_checkpoint,
 )
-from ckpt_index.state_dict import infer_encoder  # noqa: E402
+from ckpt_index.sources.state_dict import infer_encoder  # noqa: E402
 
 EXAMPLES = int(os.environ.get("CKPT_INDEX_FUZZ_EXAMPLES", "200"))
 REGRESSIONS = Path(__file__).parent / "data" / "fuzz_checkpoint"

@@ -25,9 +25,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckpt_index import wandb_source as ws
-from ckpt_index.hydra_config import load_config, model_fields
-from ckpt_index.sidecar import SidecarError, parse_sidecar_bytes, parse_yaml_bytes, validate_document
+from ckpt_index.sources.wandb import source as ws
+from ckpt_index.sources.hydra import load_config, model_fields
+from ckpt_index.sidecar.files import SidecarError, parse_sidecar_bytes, parse_yaml_bytes, validate_document
 from conftest import SEED_SIDECARS
 from wandb_log import frame
 

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ckpt_index.query import FIELDS, resolve
-from ckpt_index.tables import checkpoints, metadata
-from ckpt_index.where import (
+from ckpt_index.query.spec import FIELDS, resolve
+from ckpt_index.index.tables import checkpoints, metadata
+from ckpt_index.query.where import (
     And, Compare, In, IsNull, Like, Not, Or, WhereError, compile_where, parse_where,
 )
 

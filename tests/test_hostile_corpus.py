@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_index import demo
-from ckpt_index.demo import checkpoint_bytes
-from ckpt_index.sidecar import dump_document, sidecar_path_for
+from ckpt_index.tools import demo
+from ckpt_index.tools.demo import checkpoint_bytes
+from ckpt_index.sidecar.files import dump_document, sidecar_path_for
 
 #: Generous: a shared CI machine; the point is "bounded", not "fast".
 MAX_SECONDS = 90
@@ -275,8 +275,8 @@ def measured_sync(root: Path, db_url: str, *extra: str, timeout: float = MAX_SEC
 def rows(db_url: str) -> dict[str, dict]:
     from sqlalchemy import select
 
-    from ckpt_index.readonly import read_only_engine
-    from ckpt_index.tables import checkpoints
+    from ckpt_index.index.readonly import read_only_engine
+    from ckpt_index.index.tables import checkpoints
 
     engine = read_only_engine(db_url)
     try:

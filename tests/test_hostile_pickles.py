@@ -152,8 +152,8 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
 
 CHILD = """
 import json, sys
-from ckpt_index.checkpoint_reader import CheckpointReadError, read_checkpoint
-from ckpt_index.state_dict import infer_encoder
+from ckpt_index.sources.checkpoint.reader import CheckpointReadError, read_checkpoint
+from ckpt_index.sources.state_dict import infer_encoder
 try:
     contents = read_checkpoint(sys.argv[1])
 except CheckpointReadError as exc:

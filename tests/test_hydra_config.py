@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ckpt_index.hydra_config import find_hydra_config, load_config, model_fields
-from ckpt_index.sidecar import SidecarError
+from ckpt_index.sources.hydra import find_hydra_config, load_config, model_fields
+from ckpt_index.sidecar.files import SidecarError
 from child_limits import run_child
 
 SEED_STYLE = {
@@ -170,8 +170,8 @@ def test_a_fifo_is_passed_over_by_the_lookup(run: Path) -> None:
 
 LOAD_IN_CHILD = """
 import sys
-from ckpt_index.hydra_config import load_config
-from ckpt_index.sidecar import SidecarError
+from ckpt_index.sources.hydra import load_config
+from ckpt_index.sidecar.files import SidecarError
 try:
     load_config(sys.argv[1])
     print("LOADED")

@@ -27,8 +27,8 @@ from sqlalchemy.exc import DBAPIError
 
 import ckpt_index
 from ckpt_index import api
-from ckpt_index import db as db_module
-from ckpt_index.db import (
+from ckpt_index.index import engine as db_module
+from ckpt_index.index.engine import (
     ENV_VAR,
     HEAD_REVISION,
     IndexError_,
@@ -42,9 +42,9 @@ from ckpt_index.db import (
     upgrade,
     write_transaction,
 )
-from ckpt_index.models import Base
-from ckpt_index.records import record_without_metadata
-from ckpt_index.store import upsert_records
+from ckpt_index.index.models import Base
+from ckpt_index.index.records import record_without_metadata
+from ckpt_index.index.store import upsert_records
 from conftest import write_checkpoint
 
 MIGRATIONS = Path(db_module.__file__).parent / "migrations"
@@ -701,9 +701,9 @@ import sys, time
 from pathlib import Path
 
 db, rendezvous, n = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-from ckpt_index.db import current_revision, open_engine, write_transaction
-from ckpt_index.records import record_without_metadata
-from ckpt_index.store import upsert_records
+from ckpt_index.index.engine import current_revision, open_engine, write_transaction
+from ckpt_index.index.records import record_without_metadata
+from ckpt_index.index.store import upsert_records
 import alembic.command, alembic.script  # imported before the start line, not raced on
 
 (rendezvous / f"ready-{n}").touch()

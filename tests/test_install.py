@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_index.db import HEAD_REVISION, known_revisions
+from ckpt_index.index.engine import HEAD_REVISION, known_revisions
 
 pytestmark = pytest.mark.slow
 
@@ -93,11 +93,11 @@ def _count(db: Path, table: str) -> int:
 
 def test_wheel_ships_the_migrations(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
-    assert "ckpt_index/migrations/env.py" in names
-    assert "ckpt_index/migrations/script.py.mako" in names
-    assert "ckpt_index/migrations/versions/0001_initial.py" in names
-    shipped = {Path(n).name for n in names if n.startswith("ckpt_index/migrations/versions/")}
-    in_checkout = {p.name for p in (REPO / "ckpt_index" / "migrations" / "versions").glob("*.py")}
+    assert "ckpt_index/index/migrations/env.py" in names
+    assert "ckpt_index/index/migrations/script.py.mako" in names
+    assert "ckpt_index/index/migrations/versions/0001_initial.py" in names
+    shipped = {Path(n).name for n in names if n.startswith("ckpt_index/index/migrations/versions/")}
+    in_checkout = {p.name for p in (REPO / "ckpt_index" / "index" / "migrations" / "versions").glob("*.py")}
     assert in_checkout <= shipped, f"revisions missing from the wheel: {in_checkout - shipped}"
     assert not any(n.startswith(("tests/", "migrations/")) for n in names)
 
@@ -105,7 +105,7 @@ def test_wheel_ships_the_migrations(installed: Installed) -> None:
 def test_the_installed_package_is_imported(installed: Installed, workdir: Path) -> None:
     out = _run(
         [installed.python, "-c",
-         "import sys, ckpt_index, ckpt_index.db as db; "
+         "import sys, ckpt_index, ckpt_index.index.engine as db; "
          "print(ckpt_index.__file__); print(db._MIGRATIONS); print(sys.flags.no_user_site, sys.path)"],
         cwd=workdir,
     ).stdout.splitlines()

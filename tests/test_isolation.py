@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from ckpt_index import isolation
-from ckpt_index.isolation import Limits, WorkerPool, run_isolated
+from ckpt_index.isolation import pool as isolation
+from ckpt_index.isolation.pool import Limits, WorkerPool, run_isolated
 
 LIMITS = Limits(memory_bytes=128 << 20, seconds=3)
 
@@ -125,8 +125,8 @@ def test_warnings_logged_in_a_worker_reach_the_parent_once(caplog) -> None:
 
 def test_the_public_read_checkpoint_is_isolated(tmp_path, monkeypatch) -> None:
     import ckpt_index
-    from ckpt_index.checkpoint_reader import CheckpointReadError
-    from ckpt_index.demo import make_tree
+    from ckpt_index.sources.checkpoint.reader import CheckpointReadError
+    from ckpt_index.tools.demo import make_tree
 
     (path,) = make_tree(tmp_path, 1)
     contents = ckpt_index.read_checkpoint(path)

@@ -21,11 +21,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from ckpt_index.db import open_engine  # noqa: E402
+from ckpt_index.index.engine import open_engine  # noqa: E402
 from ckpt_index.lightning import MetadataCallback  # noqa: E402
 from ckpt_index.lightning._hparams import model_section  # noqa: E402
 from ckpt_index.lightning._metrics import metrics_section  # noqa: E402
-from ckpt_index.sidecar import read_sidecar, sidecar_path_for  # noqa: E402
+from ckpt_index.sidecar.files import read_sidecar, sidecar_path_for  # noqa: E402
 
 #: val/hmean by epoch: rises, falls, rises again; with save_top_k=2 epochs 2 and 4 survive.
 SCHEDULE = (0.2, 0.5, 0.9, 0.4, 0.7, 0.3)

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
 from ckpt_index import api
-from ckpt_index.db import (
+from ckpt_index.index.engine import (
     HEAD_REVISION,
     create_index_engine,
     current_revision,
@@ -28,9 +28,9 @@ from ckpt_index.db import (
     open_engine,
     run_write,
 )
-from ckpt_index.records import FileState, record_without_metadata
-from ckpt_index.sidecar import sidecar_path_for
-from ckpt_index.store import upsert_records
+from ckpt_index.index.records import FileState, record_without_metadata
+from ckpt_index.sidecar.files import sidecar_path_for
+from ckpt_index.index.store import upsert_records
 
 from conftest import seed_document, write_checkpoint
 
@@ -345,7 +345,7 @@ def test_upgrade_by_opening_gives_old_rows_the_openers_location(
     api.sync(outputs, db=db_url)
     _to_revision_0001(db_url)
     at(monkeypatch, "notebook-host")
-    from ckpt_index.db import open_engine
+    from ckpt_index.index.engine import open_engine
 
     open_engine(db_url).dispose()  # opening for writing upgrades; reading never does (issue 8)
     assert [r["location"] for r in api.query(db=db_url)] == ["notebook-host"] * 2

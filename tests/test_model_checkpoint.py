@@ -18,8 +18,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from ckpt_index.lightning import MetadataCallback, UniqueModelCheckpoint  # noqa: E402
-from ckpt_index.naming import parse_checkpoint_name, parse_run_dir  # noqa: E402
-from ckpt_index.sidecar import read_sidecar, sidecar_path_for  # noqa: E402
+from ckpt_index.sources.naming import parse_checkpoint_name, parse_run_dir  # noqa: E402
+from ckpt_index.sidecar.files import read_sidecar, sidecar_path_for  # noqa: E402
 
 SCHEDULE = (0.2, 0.5, 0.9, 0.4, 0.95, 0.3)
 STAMP = "20251015_120000"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_index.naming import (
+from ckpt_index.sources.naming import (
     best_checkpoint_name,
     parse_checkpoint_name,
     parse_run_dir,
@@ -122,7 +122,7 @@ def test_best_names_give_only_storable_metrics() -> None:
 
 HOSTILE_PARSE = r"""
 import resource, sys
-from ckpt_index.naming import parse_checkpoint_name, parse_run_dir
+from ckpt_index.sources.naming import parse_checkpoint_name, parse_run_dir
 N = 4096
 units = ["-epoch=1", "_epoch=1_", "-1", "-1.1", "-1e1", "a-", "b_", "a-b_", "-a_a", "12345678_",
          "a-b_c_12345678_123456-", "epoch_", "_step_", "epoch-", "_step-", "best-", "-v1", "=", "9"]

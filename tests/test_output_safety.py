@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from ckpt_index.cli import cli
-from ckpt_index.db import is_sqlite
-from ckpt_index.formatting import escape_control
-from ckpt_index.where import WhereError, parse_where
+from ckpt_index.index.engine import is_sqlite
+from ckpt_index.query.render import escape_control
+from ckpt_index.query.where import WhereError, parse_where
 
 from conftest import write_checkpoint
 

@@ -26,7 +26,7 @@ from sqlalchemy.pool import NullPool
 import ckpt_index
 from ckpt_index import api
 from ckpt_index.cli import cli
-from ckpt_index.db import (
+from ckpt_index.index.engine import (
     HEAD_REVISION,
     SchemaTooNewError,
     create_index_engine,
@@ -36,15 +36,15 @@ from ckpt_index.db import (
     run_write,
     upgrade,
 )
-from ckpt_index.models import Base
-from ckpt_index.records import FileState, record_without_metadata
-from ckpt_index.sidecar import sidecar_path_for
-from ckpt_index.store import upsert_records
+from ckpt_index.index.models import Base
+from ckpt_index.index.records import FileState, record_without_metadata
+from ckpt_index.sidecar.files import sidecar_path_for
+from ckpt_index.index.store import upsert_records
 
 from conftest import PG_ADMIN_URL, _pg_url_with_schema, seed_document, write_checkpoint
 
 TOO_NEW = "9999_from_the_future"
-MIGRATIONS = Path(ckpt_index.__file__).parent / "migrations"
+MIGRATIONS = Path(ckpt_index.__file__).parent / "index" / "migrations"
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -178,7 +178,7 @@ def test_models_and_migrations_agree_on_postgres(pg_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from ckpt_index import db as db_module
+    from ckpt_index.index import engine as db_module
 
     open_engine(pg_url).dispose()
     engine = create_index_engine(pg_url)
@@ -495,7 +495,7 @@ def test_every_command_through_the_environment_variable(
 
 
 def test_convert_then_sync_on_postgres_gives_sidecar_rows(pg_url: str, outputs: Path) -> None:
-    from ckpt_index.demo import make_tree as demo_tree
+    from ckpt_index.tools.demo import make_tree as demo_tree
 
     paths = demo_tree(outputs, 6, per_experiment=3, without_sidecar=2)
     bare = [p for p in paths if not sidecar_path_for(p).exists()]

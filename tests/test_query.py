@@ -23,9 +23,9 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.pool import NullPool
 
 from ckpt_index.cli import cli
-from ckpt_index.demo import make_tree
-from ckpt_index.query import QuerySpec, build_query
-from ckpt_index.sidecar import checkpoint_path_for, read_sidecar, sidecar_path_for
+from ckpt_index.tools.demo import make_tree
+from ckpt_index.query.spec import QuerySpec, build_query
+from ckpt_index.sidecar.files import checkpoint_path_for, read_sidecar, sidecar_path_for
 from conftest import _pg_url_with_schema, write_checkpoint
 
 #: The fields every JSON object carries (SPEC section 7).
@@ -818,9 +818,9 @@ def test_seed_way_equals_best_by(tmp_path, invoke, seed) -> None:
 
 @pytest.fixture(scope="module")
 def big_engine(tmp_path_factory):
-    from ckpt_index.db import open_engine, write_transaction
-    from ckpt_index.records import METADATA_COLUMNS, Record
-    from ckpt_index.store import upsert_records
+    from ckpt_index.index.engine import open_engine, write_transaction
+    from ckpt_index.index.records import METADATA_COLUMNS, Record
+    from ckpt_index.index.store import upsert_records
 
     engine = open_engine(tmp_path_factory.mktemp("big") / "big.db")
     rng = random.Random(0)

@@ -30,7 +30,7 @@ from sqlalchemy.pool import NullPool
 import ckpt_index
 from ckpt_index import api
 from ckpt_index.cli import cli
-from ckpt_index.db import (
+from ckpt_index.index.engine import (
     HEAD_REVISION,
     IndexChangedError,
     IndexOutdatedError,

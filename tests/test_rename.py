@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import seed_document, write_checkpoint
-from ckpt_index.sidecar import read_sidecar, sidecar_path_for
+from ckpt_index.sidecar.files import read_sidecar, sidecar_path_for
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,8 +30,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from ckpt_index.lightning import MetadataCallback, UniqueModelCheckpoint  # noqa: E402
-from ckpt_index.rename import rename_checkpoints  # noqa: E402
-from ckpt_index.sidecar import sidecar_path_for  # noqa: E402
+from ckpt_index.tools.rename import rename_checkpoints  # noqa: E402
+from ckpt_index.sidecar.files import sidecar_path_for  # noqa: E402
 
 STAMP = "20251015_120000"
 RUN = f"ocr_v1-dbnet-resnet18_training_{STAMP}"
@@ -337,7 +337,7 @@ def test_a_failure_at_any_step_completes_on_rerun(trained, tmp_path, monkeypatch
 
 KILLER = """
 import os, signal, sys
-from ckpt_index.rename import rename_checkpoints
+from ckpt_index.tools.rename import rename_checkpoints
 calls = [0]
 for name in {mutating!r}:
     real = getattr(os, name)

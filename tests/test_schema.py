@@ -17,8 +17,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from ckpt_index.schema import CheckpointMetadataV1, format_validation_error, metadata_warnings
-from ckpt_index.sidecar import (
+from ckpt_index.sidecar.schema import CheckpointMetadataV1, format_validation_error, metadata_warnings
+from ckpt_index.sidecar.files import (
     SidecarError,
     dump_document,
     load_metadata,

@@ -30,8 +30,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ckpt_index import api
-from ckpt_index.schema import CheckpointMetadataV1
-from ckpt_index.sidecar import (
+from ckpt_index.sidecar.schema import CheckpointMetadataV1
+from ckpt_index.sidecar.files import (
     MAX_SIDECAR_BYTES,
     SidecarError,
     checkpoint_path_for,
@@ -113,7 +113,7 @@ def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.Comple
 CHILD_PRELUDE = """
     import json, os, sys
     from ckpt_index import api
-    from ckpt_index.sidecar import SidecarError, read_sidecar
+    from ckpt_index.sidecar.files import SidecarError, read_sidecar
     sync = getattr(api, "sync_index", None) or api.sync
 
     def drop_privileges():

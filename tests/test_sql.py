@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from ckpt_index.cli import cli
-from ckpt_index.db import is_sqlite
+from ckpt_index.index.engine import is_sqlite
 
 from conftest import write_checkpoint
 from pg_roles import login_role

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from ckpt_index.state_dict import infer_encoder  # noqa: E402
+from ckpt_index.sources.state_dict import infer_encoder  # noqa: E402
 
 
 class BasicBlock(nn.Module):

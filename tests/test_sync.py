@@ -13,11 +13,11 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-import ckpt_index.record_builder as record_builder
-import ckpt_index.sync as sync_module
+import ckpt_index.sync.build as record_builder
+import ckpt_index.sync.roots as sync_module
 from ckpt_index import api
-from ckpt_index.db import is_sqlite, open_engine, resolve_db_url
-from ckpt_index.sidecar import dump_document, sidecar_path_for
+from ckpt_index.index.engine import is_sqlite, open_engine, resolve_db_url
+from ckpt_index.sidecar.files import dump_document, sidecar_path_for
 
 from conftest import SEED_SIDECARS, seed_document, tiny_checkpoint, write_checkpoint
 
@@ -548,7 +548,7 @@ def test_checkpoint_without_sidecar_lifecycle(outputs: Path, db_url: str) -> Non
     assert (summary.without_metadata, summary.valid, summary.removed) == (1, 0, 0)
     got = row(db_url, ckpt)
     assert (got["status"], got["source"], got["sidecar_path"]) == ("missing", "none", None)
-    from ckpt_index.records import METADATA_COLUMNS
+    from ckpt_index.index.records import METADATA_COLUMNS
 
     assert {k: got[k] for k in METADATA_COLUMNS} == dict.fromkeys(METADATA_COLUMNS)
     assert got["sidecar_size"] is None and got["sidecar_mtime_ns"] is None

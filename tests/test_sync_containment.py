@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import ckpt_index.sync as sync_module
-from ckpt_index import store
+import ckpt_index.sync.roots as sync_module
+from ckpt_index.index import store
 
 from conftest import seed_document, tiny_checkpoint, write_checkpoint
 from test_sync import age, raw_rows, sync

@@ -27,9 +27,9 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-import ckpt_index.sync as sync_module
-from ckpt_index.db import open_engine
-from ckpt_index.demo import make_tree
+import ckpt_index.sync.roots as sync_module
+from ckpt_index.index.engine import open_engine
+from ckpt_index.tools.demo import make_tree
 
 NON_CONTENT = {"id", "indexed_at", "ckpt_size", "ckpt_mtime_ns", "sidecar_size", "sidecar_mtime_ns"}
 
@@ -363,7 +363,7 @@ def _sync(engine, root: Path):
 
 
 def _clear(engine) -> None:
-    from ckpt_index.db import write_transaction
+    from ckpt_index.index.engine import write_transaction
 
     with write_transaction(engine) as conn:
         conn.exec_driver_sql("DELETE FROM checkpoint_metrics")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ckpt_index import isolation
-from ckpt_index import sync as sync_module
-from ckpt_index.db import open_engine
-from ckpt_index.demo import make_tree
-from ckpt_index.tables import checkpoint_metrics, checkpoints
+from ckpt_index.isolation import pool as isolation
+from ckpt_index.sync import roots as sync_module
+from ckpt_index.index.engine import open_engine
+from ckpt_index.tools.demo import make_tree
+from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 
 from test_sync import age
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert
 
-from ckpt_index import wandb_source as ws
-from ckpt_index.db import open_engine
-from ckpt_index.models import WandbRunCache
-from ckpt_index.naming import parse_checkpoint_name
+from ckpt_index.sources.wandb import source as ws
+from ckpt_index.index.engine import open_engine
+from ckpt_index.index.models import WandbRunCache
+from ckpt_index.sources.naming import parse_checkpoint_name
 from child_limits import run_child
 from wandb_log import record, write_log
 
@@ -716,7 +716,7 @@ def test_import_does_not_import_wandb() -> None:
     result = _run_python(
         """
         import sys
-        import ckpt_index.wandb_source
+        import ckpt_index.sources.wandb.source
         print(sorted(m for m in ("wandb", "google.protobuf", "torch", "lightning") if m in sys.modules))
         """
     )
@@ -732,7 +732,7 @@ def test_without_wandb_reads_files_and_skips_the_log(offline_run: dict, online_r
         import json, logging, sys
         sys.modules["wandb"] = None
         logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
-        from ckpt_index import wandb_source as ws
+        from ckpt_index.sources.wandb import source as ws
         online = ws.read_run(ws.RunLocation("onl1ne00", ws.Path({str(online_run_dir)!r})))
         offline = ws.read_run(ws.find_run({str(offline_run["ckpt"])!r}))
         print(json.dumps({{
@@ -758,7 +758,7 @@ def test_without_wandb_reads_files_and_skips_the_log(offline_run: dict, online_r
 
 READ_IN_CHILD = """
 import json, sys
-from ckpt_index import wandb_source as ws
+from ckpt_index.sources.wandb import source as ws
 location = ws.find_run(sys.argv[1])
 run = ws.read_run(location)
 print(json.dumps({"run_id": location.run_id, "source": run.source, "warnings": run.warnings,

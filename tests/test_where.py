@@ -17,8 +17,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ckpt_index import where
-from ckpt_index.where import (
+from ckpt_index.query import where
+from ckpt_index.query.where import (
     WhereTypeError,
     And, Compare, In, IsNull, Like, Not, Or, WhereError, compile_where, names_in, parse_where,
 )

@@ -1,7 +1,7 @@
 """Writing W&B transaction logs in wandb's datastore framing, for tests that need records wandb
 itself would not write (damaged, huge, hostile) around real ones.
 
-The framing is LevelDB's log format as ``ckpt_index.wandb_source`` documents it: a 7-byte file
+The framing is LevelDB's log format as ``ckpt_index.sources.wandb.source`` documents it: a 7-byte file
 header, 32 KiB blocks, 7-byte chunk headers (CRC-32 of type byte and data, 16-bit length, type).
 """
 

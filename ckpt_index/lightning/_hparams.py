@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ckpt_index.schema import DecoderInfo, EncoderInfo, HeadInfo, LossInfo
+from ckpt_index.sidecar.schema import DecoderInfo, EncoderInfo, HeadInfo, LossInfo
 
 UNKNOWN = "unknown"
 _MAX_DEPTH = 8

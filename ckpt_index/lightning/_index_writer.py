@@ -17,10 +17,10 @@ from typing import Any, Callable
 
 from sqlalchemy import Connection, Engine
 
-from ckpt_index.db import open_engine, resolve_db_url, run_write
-from ckpt_index.records import FileState, check_record, record_from_metadata
-from ckpt_index.schema import CheckpointMetadataV1, metadata_warnings
-from ckpt_index.store import delete_paths, upsert_records
+from ckpt_index.index.engine import open_engine, resolve_db_url, run_write
+from ckpt_index.index.records import FileState, check_record, record_from_metadata
+from ckpt_index.sidecar.schema import CheckpointMetadataV1, metadata_warnings
+from ckpt_index.index.store import delete_paths, upsert_records
 
 _STOP = object()
 

@@ -1,6 +1,6 @@
 """The ``metrics`` section of a sidecar from Lightning's ``trainer.callback_metrics``.
 
-Canonical fields are matched by the shared rules of :mod:`ckpt_index.metric_names` (the fallbacks
+Canonical fields are matched by the shared rules of :mod:`ckpt_index.vocabulary` (the fallbacks
 use the same). Every scalar metric is kept under ``additional_metrics`` by its logged name.
 Nothing here imports torch.
 """
@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ckpt_index.metric_names import canonical_metrics
+from ckpt_index.vocabulary import canonical_metrics
 
 
 def scalar(value: Any) -> float | None:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ckpt_index.naming import run_dir_of
+from ckpt_index.sources.naming import run_dir_of
 
 
 def hydra_config_path(ckpt_path: str) -> str | None:

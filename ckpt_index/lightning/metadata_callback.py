@@ -18,9 +18,9 @@ from ckpt_index.lightning._hparams import model_section
 from ckpt_index.lightning._index_writer import Delete, IndexWriter, Upsert
 from ckpt_index.lightning._metrics import metrics_section
 from ckpt_index.lightning._run_info import default_exp_name, hydra_config_path, wandb_run_id
-from ckpt_index.records import FileState
-from ckpt_index.schema import SCHEMA_VERSION, CheckpointMetadataV1
-from ckpt_index.sidecar import load_metadata, save_metadata, sidecar_path_for
+from ckpt_index.index.records import FileState
+from ckpt_index.sidecar.schema import SCHEMA_VERSION, CheckpointMetadataV1
+from ckpt_index.sidecar.files import load_metadata, save_metadata, sidecar_path_for
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from ckpt_index.lightning._hparams import model_slug, slug
-from ckpt_index.naming import TIMESTAMP_FORMAT, best_checkpoint_name, parse_run_dir, run_dir_name
+from ckpt_index.sources.naming import TIMESTAMP_FORMAT, best_checkpoint_name, parse_run_dir, run_dir_name
 
 TAG_ENV_VAR = "EXPERIMENT_TAG"
 _TIMESTAMP = re.compile(r"^\d{8}_\d{6}$")

@@ -1,0 +1,120 @@
+"""The index tables as SQLAlchemy Core (SPEC section 5). Column names are interface.
+
+``checkpoints`` holds one row per checkpoint (or orphan sidecar) with flat columns named like the
+JSON fields of ``ckpt-index query --format json``; ``checkpoint_metrics`` holds every metric by
+name. Alembic owns the schema: change a table only together with a new revision (a test compares
+these tables with the migrations).
+
+Core tables rather than ORM classes on the hot paths: importing the ORM costs a query process
+a third of its time. ``ckpt_index.index.models`` maps typed ORM classes onto these tables.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _text(name: str, **kw) -> Column:
+    return Column(name, String, nullable=kw.pop("nullable", True), **kw)
+
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # The machine (host name or CKPT_INDEX_LOCATION) whose filesystem holds checkpoint_path.
+    Column("location", String, nullable=False, server_default=""),
+    # Bytewise on every backend: sync selects the rows under a root with a range on the path.
+    Column("checkpoint_path", String().with_variant(String(collation="C"), "postgresql"),
+           nullable=False),
+    _text("sidecar_path"),
+    _text("exp_name", index=True),
+    _text("architecture", index=True),
+    _text("encoder", index=True),
+    Column("encoder_pretrained", Boolean),
+    Column("encoder_frozen", Boolean),
+    _text("decoder"),
+    _text("head"),
+    _text("loss"),
+    Column("epoch", Integer, index=True),
+    Column("global_step", BigInteger),
+    _text("training_phase"),
+    Column("max_epochs", Integer),
+    Column("precision", Float),
+    Column("recall", Float),
+    Column("hmean", Float, index=True),
+    Column("validation_loss", Float),
+    _text("monitor"),
+    _text("mode"),
+    Column("save_top_k", Integer),
+    Column("save_last", Boolean),
+    _text("created_at"),
+    _text("hydra_config_path"),
+    _text("wandb_run_id"),
+    # Where the row came from: sidecar, checkpoint, hydra, wandb, path, state_dict, or none.
+    _text("source", nullable=False),
+    # valid | invalid (sidecar rejected) | inferred (fallbacks) | unreadable | missing
+    _text("status", nullable=False, index=True),
+    Column("error", Text),
+    Column("warnings", Text),
+    Column("checkpoint_exists", Boolean, nullable=False),
+    # File state the row was built from; an unchanged size and mtime means nothing to re-read.
+    Column("ckpt_size", BigInteger),
+    Column("ckpt_mtime_ns", BigInteger),
+    Column("sidecar_size", BigInteger),
+    Column("sidecar_mtime_ns", BigInteger),
+    # The whole validated sidecar as JSON, for `show` and for fields without a column.
+    Column("metadata_json", Text),
+    # For rows filled from fallbacks: JSON object field -> source it came from.
+    Column("inferred_fields", Text),
+    _text("indexed_at", nullable=False),
+    # JSON list of the pickle globals torch.load(weights_only=True) would refuse; NULL: not read.
+    Column("unsafe_globals", Text),
+    # The sidecar is older than the checkpoint beside it (the checkpoint was replaced after it).
+    Column("stale", Boolean),
+    # Why this row's directory could not be listed at the last sync (the row was kept, not pruned).
+    Column("scan_error", Text),
+    # Unique indexes rather than UNIQUE constraints: a later revision can replace an index on
+    # SQLite without rebuilding the table (which would cascade-delete the metrics).
+    Index("ux_checkpoints_location_checkpoint_path", "location", "checkpoint_path", unique=True),
+    Index("ix_checkpoints_checkpoint_path", "checkpoint_path"),
+)
+
+checkpoint_metrics = Table(
+    "checkpoint_metrics",
+    metadata,
+    Column("checkpoint_id", Integer, ForeignKey("checkpoints.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("name", String, primary_key=True),
+    Column("value", Float, nullable=False),
+    Index("ix_checkpoint_metrics_name_value", "name", "value"),
+)
+
+# Answers of the W&B API (--wandb-online), so a run is fetched once, not per sync.
+wandb_run_cache = Table(
+    "wandb_run_cache",
+    metadata,
+    Column("run_path", String, primary_key=True),  # entity/project/run_id
+    _text("fetched_at", nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("error", Text),
+    Column("config_json", Text),
+    Column("summary_json", Text),
+    # JSON object: global step (as text) -> {metric: value} of the history rows at that step.
+    Column("history_json", Text),
+)
+
+#: Flat view for notebooks: one row per (existing checkpoint, metric), long format.
+METRICS_VIEW = "checkpoint_metrics_flat"

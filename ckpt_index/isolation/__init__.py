@@ -1,0 +1,1 @@
+"""Untrusted parsing in worker processes under memory and time limits (:mod:`.pool`)."""

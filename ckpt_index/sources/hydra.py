@@ -1,0 +1,264 @@
+"""Hydra run configs as a metadata source (SPEC section 8).
+
+Looked up in this order: configs saved beside the checkpoint (``X.config.yaml``,
+``X.resolved.config.json``), then ``.hydra/config.yaml`` in the checkpoint's folder and up to two
+levels above it (a run directory holds ``checkpoints/`` and ``.hydra/``), then in further parent
+folders. Interpolations are not resolved, so ``${hydra:runtime.output_dir}`` or ``${now:...}``
+stay text instead of failing.
+
+A config is untrusted input like any file under a synced root: it is opened without blocking,
+refused by size before it is read (:data:`MAX_CONFIG_BYTES`), parsed with the sidecars' guarded
+YAML loader, refused when it nests deeper than :data:`MAX_DEPTH` levels, and handed back as plain
+JSON-able data (:func:`plain_data`: dates as ISO strings, string keys). Every failure is a
+:class:`~ckpt_index.sidecar.files.SidecarError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import stat
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from ckpt_index.safe_io import UnsafeFileError, read_bounded
+from ckpt_index.sidecar.files import CKPT_SUFFIX, MAX_DEPTH, SidecarError, parse_yaml_bytes
+
+#: Parent folders searched beyond the first two levels (an outputs tree is rarely deeper).
+MAX_PARENT_LEVELS = 6
+#: A Hydra config is a few KB; a composed one with large lists inlined stays far below this.
+MAX_CONFIG_BYTES = 2 << 20
+#: Values (scalars and containers) :func:`plain_data` takes at most: a config or a W&B summary
+#: holds hundreds to thousands; this bounds the cost of any later copy of the result.
+MAX_VALUES = 500_000
+#: The longest string taken for a name (architecture, encoder, run id, ...).
+MAX_NAME_CHARS = 512
+
+
+def candidate_paths(ckpt_path: str | Path) -> list[Path]:
+    ckpt = Path(ckpt_path)
+    stem = ckpt.name[: -len(CKPT_SUFFIX)] if ckpt.name.endswith(CKPT_SUFFIX) else ckpt.stem
+    paths = [ckpt.with_name(stem + ".config.yaml"), ckpt.with_name(stem + ".resolved.config.json")]
+    folder = ckpt.parent
+    for directory in [folder, *list(folder.parents)[: 2 + MAX_PARENT_LEVELS]]:
+        paths.append(directory / ".hydra" / "config.yaml")
+    return paths
+
+
+def _is_regular(path: Path) -> bool:
+    # stat never blocks, even on a FIFO; Path.is_file() raises on EACCES, which must not stop a sync.
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def find_hydra_config(ckpt_path: str | Path) -> Path | None:
+    """The config file that describes the run of ``ckpt_path``, or None.
+
+    Only regular files count: a FIFO or a directory named ``config.yaml`` is passed over.
+    """
+    return next((p for p in candidate_paths(ckpt_path) if _is_regular(p)), None)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """A config as plain JSON-able data, interpolations left unresolved.
+
+    Raises :class:`SidecarError` (and nothing else) when the file is unusable. The checkpoints of
+    a run share its config: it is parsed once per (path, inode, size, mtime).
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise SidecarError(path, f"Hydra config cannot be read: {reason}") from None
+    key = (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return copy.deepcopy(_load_config(*key))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_config(name: str, _dev: int, _ino: int, _size: int, _mtime_ns: int) -> dict[str, Any]:
+    path = Path(name)
+    try:
+        data = read_bounded(path, MAX_CONFIG_BYTES, what="Hydra config")
+    except UnsafeFileError as exc:
+        raise SidecarError(path, exc.reason) from None
+    return parse_config_bytes(data, path)
+
+
+def parse_config_bytes(data: bytes, path: str | Path = "<config>") -> dict[str, Any]:
+    """A Hydra (or W&B) config from untrusted bytes as plain data; raises :class:`SidecarError`.
+
+    ``*.json`` paths are read as JSON, anything else as YAML.
+    """
+    path = Path(path)
+    if path.suffix == ".json":
+        if len(data) > MAX_CONFIG_BYTES:
+            raise SidecarError(path, f"file is {len(data):,} bytes, over the {MAX_CONFIG_BYTES:,}-byte limit")
+        try:
+            document = json.loads(data)
+        except ValueError as exc:  # also UnicodeDecodeError and 5,000-digit integers
+            raise SidecarError(path, f"JSON error: {' '.join(str(exc).split())}") from None
+        except RecursionError:
+            raise SidecarError(path, f"JSON nests deeper than {MAX_DEPTH} levels") from None
+        if not isinstance(document, dict):
+            raise SidecarError(path, "expected a mapping at the top level")
+    else:
+        document = parse_yaml_bytes(
+            data, path, max_bytes=MAX_CONFIG_BYTES, scan_depth=True, max_nodes=MAX_VALUES
+        )
+    try:
+        return plain_data(document)
+    except ValueError as exc:
+        raise SidecarError(path, str(exc)) from None
+
+
+def _plain_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (a JSON "\ud800") cannot be stored or printed; keep the rest of the text.
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+    return text
+
+
+def _plain_scalar(value: Any) -> Any:
+    if isinstance(value, str):
+        return _plain_text(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, (date, datetime, time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value):,} bytes>"
+    return f"<{type(value).__name__}>"
+
+
+def _plain_key(key: Any) -> str:
+    if isinstance(key, str):
+        return _plain_text(key)
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)  # what a JSON encoder makes of such a key: "null", "true", "1"
+    return str(_plain_scalar(key))
+
+
+def plain_data(value: Any, *, max_depth: int = MAX_DEPTH) -> Any:
+    """``value`` as plain JSON-able data: dicts with string keys, lists, str, int, float, bool, None.
+
+    Dates and times become ISO 8601 strings (``created: 2024-01-01`` is an ordinary config
+    value), sets sorted lists, lone surrogates U+FFFD, anything else a ``<type>`` text. Iterative,
+    so any depth costs no Python recursion; raises ValueError past ``max_depth`` levels of
+    containers or :data:`MAX_VALUES` values in all, which also ends any cycle.
+    """
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any, int]] = [(value, root, 0, 0)]
+    count = 0
+    while stack:
+        item, parent, slot, depth = stack.pop()
+        if depth >= max_depth:
+            raise ValueError(f"nests deeper than {max_depth} levels")
+        if isinstance(item, (dict, list, tuple, set, frozenset)):
+            count += len(item)
+            if count > MAX_VALUES:
+                raise ValueError(f"holds more than {MAX_VALUES:,} values")
+        if isinstance(item, dict):
+            out: Any = {}
+            for key, child in item.items():
+                plain_key = _plain_key(key)
+                if type(child) in _PLAIN:  # most values: no trip through the stack
+                    out[plain_key] = child
+                else:
+                    out[plain_key] = None  # keeps the source's key order
+                    stack.append((child, out, plain_key, depth + 1))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            children = sorted(item, key=repr) if isinstance(item, (set, frozenset)) else item
+            out = list(children)
+            for i, child in enumerate(out):
+                if type(child) not in _PLAIN:
+                    stack.append((child, out, i, depth + 1))
+        else:
+            out = _plain_scalar(item)
+        parent[slot] = out
+    return root[0]
+
+
+#: Types :func:`plain_data` keeps as they are (a str is checked for surrogates by ``_plain_scalar``).
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
+def get_path(data: Any, dotted: str) -> Any:
+    """``get_path(cfg, "model.encoder.model_name")``, None where any part is missing."""
+    for key in dotted.split("."):
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def is_name(value: Any) -> bool:
+    """Whether ``value`` can be a name: a short one-line string without control characters."""
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
+        return False
+    if not value.isprintable():  # NUL, newlines, escapes, lone surrogates
+        return False
+    return True
+
+
+def _text(value: str) -> str | None:
+    # "${...}" is an unresolved interpolation; "<module.name>" is how the checkpoint reader renders
+    # an object it did not build (a class, a callable, a payload): neither is a name.
+    if value.startswith("${") or (value.startswith("<") and value.endswith(">")):
+        return None
+    return value if is_name(value) else None
+
+
+def _name(value: Any) -> str | None:
+    """A component name from a string, or a mapping's name/model_name/_target_."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        for key in ("model_name", "name"):
+            if isinstance(value.get(key), str) and _text(value[key]):
+                return value[key]
+        target = value.get("_target_")
+        if isinstance(target, str) and _text(target):
+            return _text(target.rsplit(".", 1)[-1])
+    return None
+
+
+def model_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """architecture, encoder, decoder, head, loss, exp_name and wandb_run_id a config gives.
+
+    Understands the seeds' layout (``model.architecture``, ``model.component_overrides.*``) and
+    flatter ones (``architecture_name``, ``encoder: {model_name: ...}``) as stored in hparams.
+    Values of any other shape are passed over; only names (:func:`is_name`) are returned.
+    """
+    fields: dict[str, Any] = {}
+    if not isinstance(config, dict):
+        return fields
+    for dotted in ("model.architecture", "architecture_name", "architecture", "model.architecture_name"):
+        name = _name(get_path(config, dotted))
+        if name:
+            fields["architecture"] = name
+            break
+    for part in ("encoder", "decoder", "head", "loss"):
+        for dotted in (f"model.component_overrides.{part}", f"model.{part}", part):
+            name = _name(get_path(config, dotted))
+            if name:
+                fields[part] = name
+                break
+    for dotted in ("exp_name", "experiment.name"):
+        exp_name = get_path(config, dotted)
+        if isinstance(exp_name, str) and _text(exp_name):
+            fields["exp_name"] = exp_name
+            break
+    for dotted in ("wandb_run_id", "logger.wandb.id", "wandb.id", "wandb.run_id"):
+        run_id = get_path(config, dotted)
+        if isinstance(run_id, str) and _text(run_id):
+            fields["wandb_run_id"] = run_id
+            break
+    return fields

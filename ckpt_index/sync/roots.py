@@ -1,0 +1,371 @@
+"""The sync engine: walk roots for checkpoints and sidecars, bring the index in line (SPEC section 6).
+
+A sync is a diff between the files under each root and the rows under it. Sidecars whose size and
+mtime match their row are not read again; everything else is parsed and written in batches, one
+transaction per batch. Each row is always the image of some state of its files, so a sync killed
+at any point leaves a consistent index, and the next sync (which sees the stale file states)
+finishes the job.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from ckpt_index.index.engine import is_transient, resolve_location, run_write
+from ckpt_index.isolation.pool import Limits
+from ckpt_index.sync.build import (
+    SyncOptions,
+    build_record_safely,
+    checked_record,
+    failed_record,
+    item_args,
+    one_line,
+)
+from ckpt_index.index.records import (
+    FileState,
+    Record,
+    checkpoint_state_columns,
+)
+from ckpt_index.sync.scan import Found, scan
+from ckpt_index.index import store
+
+BATCH_SIZE = 1000
+#: Files modified this close to the scan may change again within the same mtime tick; their rows
+#: are stored with a sentinel mtime so that the next sync re-reads them (git's "racy clean" rule).
+RACY_WINDOW_NS = 2_000_000_000
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class SyncSummary:
+    location: str = ""
+    roots: list[str] = field(default_factory=list)
+    checkpoints: int = 0
+    sidecars: int = 0
+    parsed: int = 0
+    unchanged: int = 0
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    valid: int = 0
+    invalid: int = 0
+    orphaned: int = 0
+    #: Checkpoints without a sidecar: filled from fallbacks, unreadable, or left empty (--no-infer).
+    inferred: int = 0
+    unreadable: int = 0
+    without_metadata: int = 0
+    elapsed_s: float = 0.0
+    #: (path, reason) of every invalid sidecar and unreadable checkpoint under the roots.
+    invalid_files: list[tuple[str, str]] = field(default_factory=list)
+    #: (directory, reason) of directories that could not be listed; their rows were kept.
+    unlisted_dirs: list[tuple[str, str]] = field(default_factory=list)
+    #: Rows kept (flagged with ``scan_error``) because their directory could not be listed.
+    kept: int = 0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["invalid_files"] = [{"path": p, "reason": r} for p, r in self.invalid_files]
+        data["unlisted_dirs"] = [{"path": p, "reason": r} for p, r in self.unlisted_dirs]
+        return data
+
+    def one_line(self) -> str:
+        return (
+            f"synced {self.checkpoints} checkpoints, {self.sidecars} sidecars in "
+            f"{self.elapsed_s:.2f}s: {self.added} added, {self.updated} updated, "
+            f"{self.removed} removed, {self.unchanged} unchanged; {self.valid} valid, "
+            f"{self.invalid} invalid, {self.inferred} inferred, {self.unreadable} unreadable, "
+            f"{self.without_metadata} without metadata, {self.orphaned} orphaned sidecars"
+            + (f"; {len(self.unlisted_dirs)} directories could not be listed "
+               f"({self.kept} rows kept as they were)" if self.unlisted_dirs else "")
+        )
+
+
+def _same(state: FileState | None, size, mtime_ns) -> bool:
+    return state is not None and state.size == size and state.mtime_ns == mtime_ns
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def sync_roots(
+    engine: Engine,
+    roots: Iterable[str | os.PathLike[str]],
+    *,
+    progress: Progress | None = None,
+    location: str | None = None,
+    infer: bool = True,
+    wandb_online: bool = False,
+    full: bool = False,
+    inspect: bool = False,
+    limits: Limits | None = None,
+) -> SyncSummary:
+    """Bring this location's rows under each root in line with its files; return what was done.
+
+    Rows of other locations (other machines sharing the index) are never touched. ``full``
+    re-reads every file; ``inspect`` reads the pickle of checkpoints that have a sidecar too
+    (``unsafe_globals``); ``limits`` bounds each parsing worker (:mod:`ckpt_index.isolation.pool`).
+    """
+    started = time.perf_counter()
+    summary = SyncSummary(location=resolve_location(location))
+    options = SyncOptions(
+        infer=infer, wandb_online=wandb_online, engine=engine, full=full, inspect=inspect,
+        limits=limits,
+        db_url=engine.url.render_as_string(hide_password=False) if wandb_online else None,
+    )
+    for root in roots:
+        # Resolved like Lightning resolves its dirpath, so that rows written by the training
+        # callback and by a sync of the same tree share their paths even through a symlink.
+        root_path = os.path.realpath(os.fspath(root))
+        if not Path(root_path).is_dir():
+            raise NotADirectoryError(f"{root_path}: not a directory")
+        summary.roots.append(root_path)
+        _sync_root(engine, root_path, summary, progress, options)
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def _under(path: str, directories: list[str]) -> str | None:
+    """The first of ``directories`` that ``path`` lies below, if any."""
+    for directory in directories:
+        if path.startswith(directory.rstrip("/") + "/"):
+            return directory
+    return None
+
+
+def _sync_root(
+    engine: Engine, root: str, summary: SyncSummary, progress: Progress | None,
+    options: SyncOptions,
+) -> None:
+    racy_after_ns = time.time_ns() - RACY_WINDOW_NS
+    # Rows are read before the files are listed: a row a training callback adds meanwhile is then
+    # never mistaken for one whose file is gone (its file may not have been listed yet).
+    with engine.connect() as conn:
+        # fetchall() in one go: at 100k rows, fetching Row objects one by one costs a second.
+        existing = {row[1]: row for row in store.rows_under(conn, root, location=summary.location).all()}
+        conn.rollback()
+    rejected: list[tuple[str, str]] = []
+    unlisted: list[tuple[str, str]] = []
+    found = scan(root, rejected, unlisted)
+    summary.invalid += len(rejected)
+    summary.invalid_files.extend(rejected)
+    summary.unlisted_dirs.extend(unlisted)
+
+    to_parse: list[str] = []
+    flagged: list[tuple[int, dict[str, Any]]] = []  # rows to patch without reading their files
+    for path, item in found.items():
+        summary.checkpoints += item.ckpt is not None
+        summary.sidecars += item.sidecar is not None
+        row = existing.get(path)
+        if options.full or row is None or not _row_current(row, item, options):
+            to_parse.append(path)
+            continue
+        summary.unchanged += 1
+        _count_status(summary, row.status, item, path, row.sidecar_path, row.error)
+        if not _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns):
+            # Only a row that never read its checkpoint (--no-infer) gets here: patch its state.
+            flagged.append((row.id, checkpoint_state_columns(item.ckpt)))
+    # A row whose directory could not be listed is kept as it was, flagged, never pruned: a
+    # directory unreadable for a moment (an NFS hiccup, a chmod) must not lose its rows.
+    reasons = dict(unlisted)
+    unlisted_dirs = list(reasons)
+    gone: list[int] = []
+    for path, row in existing.items():
+        if path in found:
+            continue
+        directory = _under(path, unlisted_dirs)
+        if directory is None:
+            gone.append(row.id)
+        else:
+            flagged.append((row.id, {"scan_error": reasons[directory]}))
+            summary.kept += 1
+
+    done, total = 0, len(to_parse) + len(flagged) + len(gone)
+    built = _build_records(sorted(to_parse), found, racy_after_ns, options)
+    for batch in _batches(built, BATCH_SIZE):
+        final = _write_batch(engine, [(path, record) for path, record, _ in batch], found,
+                             existing, summary.location)
+        for path, record, reason in batch:
+            if path in final:  # the database refused the row: it was stored as invalid
+                record = final[path]
+                reason = record.columns["error"]
+            summary.parsed += found[path].sidecar is not None
+            if path in existing:
+                summary.updated += 1
+            else:
+                summary.added += 1
+            _count_status(summary, record.columns["status"], found[path], path,
+                          record.columns["sidecar_path"], reason)
+        done += len(batch)
+        if progress:
+            progress(done, total)
+    if flagged or gone:
+        def patch(conn) -> None:
+            store.update_columns(conn, flagged)
+            store.delete_rows(conn, gone)
+
+        run_write(engine, patch)
+        summary.removed += len(gone)
+        done += len(flagged) + len(gone)
+        if progress:
+            progress(done, total)
+
+
+def _write_batch(
+    engine: Engine, batch: list[tuple[str, Record]], found: dict[str, Found],
+    existing: dict[str, Any], location: str,
+) -> dict[str, Record]:
+    """Write ``batch``; return the rows that had to be replaced, by path.
+
+    A batch the database refuses is split in halves until the row it refuses is found; that row
+    is stored as invalid with the database's reason and the rest land. When even that minimal
+    row is refused, the fault is the database's, not the file's, and the error propagates.
+    """
+    records = [record for _, record in batch]
+    seen = [r for r in records if r.checkpoint_path in existing]
+    new = [r for r in records if r.checkpoint_path not in existing]
+
+    def write(conn) -> None:
+        store.upsert_records(conn, seen, location=location)
+        # A row that appeared after this sync read the rows was written by someone who wrote
+        # the files first (the training callback): it is at least as new as what the scan
+        # saw, which may be a checkpoint whose sidecar was not written yet.
+        store.upsert_records(conn, new, location=location, overwrite=False)
+
+    try:
+        run_write(engine, write)
+        return {}
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        if len(batch) > 1:
+            middle = len(batch) // 2
+            return {
+                **_write_batch(engine, batch[:middle], found, existing, location),
+                **_write_batch(engine, batch[middle:], found, existing, location),
+            }
+        path = batch[0][0]
+        replacement, _ = checked_record(path, found[path], failed_record(
+            path, found[path], one_line(f"cannot be stored: {exc}")), None)
+        try:
+            _write_one(engine, replacement, existing, location)
+        except Exception:
+            raise exc from None
+        return {path: replacement}
+
+
+def _write_one(engine: Engine, record: Record, existing: dict[str, Any], location: str) -> None:
+    overwrite = record.checkpoint_path in existing
+    run_write(engine, lambda conn: store.upsert_records(conn, [record], location=location,
+                                                        overwrite=overwrite))
+
+
+#: Below this many sidecars to read, starting worker processes costs more than it saves.
+PARALLEL_MIN = 256
+#: Files sent to a worker at once: about 60 ms of work, for sidecars (~0.5 ms each) and for
+#: checkpoints read by the fallbacks (~2 ms each). Replies come a few at a time.
+_CHUNK_SIDECARS, _CHUNK_CHECKPOINTS = 128, 32
+
+
+def _needs_isolation(item: Found, options: SyncOptions) -> bool:
+    """Whether building the row parses untrusted binary or config files (not just a sidecar)."""
+    if item.ckpt is None:
+        return False
+    return options.inspect if item.sidecar_path is not None else options.infer
+
+
+def _build_records(
+    paths: list[str], found: dict[str, Found], racy_after_ns: int, options: SyncOptions,
+) -> Iterator[tuple[str, Record, str | None]]:
+    """(path, record, reason) for each path, in order.
+
+    Checkpoints without a sidecar are read by worker processes under limits (a crash or a limit
+    becomes that file's ``unreadable`` status); so are sidecars when there are enough of them
+    for the cores to pay off. A small sync of sidecars alone is parsed here: the sidecar reader
+    bounds its own work (size, depth, aliases) and runs no C code that recurses on input.
+    """
+    isolated = sum(_needs_isolation(found[p], options) for p in paths)
+    if not isolated and len(paths) < PARALLEL_MIN:
+        for path in paths:
+            record, reason = build_record_safely(path, found[path], racy_after_ns, options)
+            yield (path, *checked_record(path, found[path], record, reason))
+        return
+    from ckpt_index.isolation.pool import WorkerPool
+
+    chunk = _CHUNK_CHECKPOINTS if isolated * 4 >= len(paths) else _CHUNK_SIDECARS
+    workers = max(1, min(os.cpu_count() or 1, 8, -(-len(paths) // chunk)))
+    worker_options = options.for_worker()
+    jobs = [(path, item_args(found[path]), racy_after_ns, worker_options) for path in paths]
+    with WorkerPool(workers, options.limits, chunk=chunk) as pool:
+        for path, outcome in zip(paths, pool.map("build_record", jobs)):
+            if outcome.ok:  # checked by the worker (checked_record)
+                columns, metrics, reason = outcome.value
+                yield path, Record(columns, metrics), reason
+            else:
+                reason = outcome.reason or "reader failed"
+                yield path, *checked_record(
+                    path, found[path], failed_record(path, found[path], reason, checkpoint=True), reason)
+
+
+def _row_current(row, item: Found, options: SyncOptions) -> bool:
+    """Whether a row still describes the files, up to what is cheap to patch.
+
+    A sidecar'd row only needs the checkpoint's size/mtime patched when the checkpoint changes;
+    an inferred row was read from the checkpoint, so a changed checkpoint is read again.
+    """
+    if (row.checkpoint_exists) != (item.ckpt is not None) or row.scan_error is not None:
+        return False
+    if item.sidecar is None:
+        if row.sidecar_path is not None:
+            return False
+        if not options.infer:
+            return row.status == "missing"
+        return row.status in ("inferred", "unreadable") and _same(
+            item.ckpt, row.ckpt_size, row.ckpt_mtime_ns
+        )
+    # The checkpoint beside a sidecar is checked too (integrity, staleness): a replaced or
+    # truncated checkpoint is read again.
+    return (
+        row.status in ("valid", "invalid", "unreadable")
+        and row.sidecar_path == item.sidecar_path
+        and _same(item.sidecar, row.sidecar_size, row.sidecar_mtime_ns)
+        and (item.ckpt is None or _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns))
+        # --inspect reads the checkpoints of rows that were indexed without it.
+        and not (options.inspect and row.status == "valid" and item.ckpt is not None
+                 and row.unsafe_globals is None)
+    )
+
+
+def _count_status(
+    summary: SyncSummary, status: str, item: Found, item_path: str, sidecar_path: str | None,
+    reason: str | None,
+) -> None:
+    if status == "valid":
+        summary.valid += 1
+    elif status == "invalid":
+        summary.invalid += 1
+        summary.invalid_files.append((sidecar_path or "", reason or ""))
+    elif status == "inferred":
+        summary.inferred += 1
+    elif status == "unreadable":
+        summary.unreadable += 1
+        summary.invalid_files.append((item_path, reason or ""))
+    else:
+        summary.without_metadata += 1
+    if item.sidecar is not None and item.ckpt is None:
+        summary.orphaned += 1

@@ -1,0 +1,206 @@
+"""``ckpt-index convert``: write sidecars for checkpoints that have none, from the fallbacks.
+
+A required name no source gives is written as ``unknown`` (the seeds' convention, so their readers
+accept the file); the index shows it as empty. Epoch and global step are never guessed: a
+checkpoint whose epoch no source gives is reported as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ckpt_index.sources.merge import Inferred, created_at_of, infer_metadata
+from ckpt_index.isolation.pool import Limits
+from ckpt_index.sidecar.schema import CheckpointMetadataV1, format_validation_error
+from ckpt_index.sidecar.files import (
+    CKPT_SUFFIX, SidecarError, dump_metadata, parse_sidecar_bytes, save_metadata, sidecar_path_for,
+    validate_document,
+)
+from ckpt_index.storable import MAX_METRIC_NAME, clean_text, finite_float
+
+log = logging.getLogger("ckpt_index.tools.convert")
+UNKNOWN = "unknown"
+
+
+class ConversionError(Exception):
+    pass
+
+
+@dataclass
+class ConvertSummary:
+    found: int = 0
+    converted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    #: sidecars written (or that would be, in a dry run)
+    written: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "found": self.found, "converted": self.converted, "skipped": self.skipped,
+            "failed": self.failed, "written": self.written,
+            "failures": [{"path": p, "reason": r} for p, r in self.failures],
+        }
+
+
+def find_checkpoints(directory: str | os.PathLike[str], *, recursive: bool = True) -> list[Path]:
+    root = Path(directory)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory")
+    pattern = f"**/*{CKPT_SUFFIX}" if recursive else f"*{CKPT_SUFFIX}"
+    return sorted(p for p in root.glob(pattern) if p.is_file())
+
+
+def infer_checkpoint(path: Path, *, wandb_online: bool = False) -> Inferred:
+    """What the fallbacks say about one checkpoint, read in this process (no isolation)."""
+    return infer_metadata(path, wandb_online=wandb_online)
+
+
+def infer_isolated(
+    paths: list[Path], *, wandb_online: bool = False, limits: Limits | None = None,
+) -> Iterator[tuple[Path, Inferred | None, str | None]]:
+    """(path, what the fallbacks found, None) per path, in order, or (path, None, reason) when
+    reading it crashed or exceeded a limit: each checkpoint is read by a worker process under
+    ``limits`` (:mod:`ckpt_index.isolation.pool`), as a sync reads them."""
+    from ckpt_index.isolation.pool import WorkerPool
+
+    if not paths:
+        return
+    workers = max(1, min(os.cpu_count() or 1, 8, len(paths) // 16 + 1))
+    jobs = [(str(path), {"wandb_online": wandb_online}) for path in paths]
+    with WorkerPool(workers, limits, chunk=16) as pool:
+        for path, outcome in zip(paths, pool.map("infer", jobs)):
+            if outcome.ok:
+                yield path, Inferred(**outcome.value), None
+            else:
+                yield path, None, outcome.reason or "reader failed"
+
+
+def metadata_from_inferred(inferred: Inferred, ckpt_path: str | os.PathLike[str]) -> CheckpointMetadataV1:
+    """A sidecar model from fallback results that the sidecar reader accepts.
+
+    Raises:
+        ConversionError: epoch or step unknown, the checkpoint unreadable, or (a bug guard) a
+            document the schema would reject.
+    """
+    f = inferred.fields
+    if inferred.unreadable:  # a sidecar must not vouch for a file that cannot be loaded
+        raise ConversionError(inferred.unreadable)
+    if f.get("epoch") is None or f.get("global_step") is None:
+        raise ConversionError("no source gives the epoch and global step")
+    # Only what the index would keep: a metric it would drop is not worth vouching for.
+    metrics = {
+        name: value for name, value in inferred.metrics.items()
+        if len(name) <= MAX_METRIC_NAME and finite_float(value) is not None
+    }
+    document: dict = {
+        "schema_version": "1.0",
+        "checkpoint_path": str(ckpt_path),
+        "exp_name": f.get("exp_name") or UNKNOWN,
+        "created_at": f.get("created_at") or created_at_of(ckpt_path),
+        "training": {
+            "epoch": f["epoch"], "global_step": f["global_step"],
+            "training_phase": f.get("training_phase") or "training",
+        },
+        "model": {
+            "architecture": f.get("architecture") or UNKNOWN,
+            "encoder": {"model_name": f.get("encoder") or UNKNOWN},
+            **{part: {"name": f[part]} for part in ("decoder", "head", "loss") if f.get(part)},
+        },
+        "metrics": {
+            **{k: f[k] for k in ("precision", "recall", "hmean", "validation_loss")
+               if f.get(k) is not None},
+            "additional_metrics": metrics,
+        },
+        "hydra_config_path": f.get("hydra_config_path"),
+        "wandb_run_id": f.get("wandb_run_id"),
+        # Provenance, an extra key the schema keeps: which source gave each field.
+        "inferred_fields": dict(sorted(inferred.sources.items())),
+    }
+    if isinstance(f.get("monitor"), str) and f["monitor"]:
+        mode = f.get("mode")
+        document["checkpointing"] = {
+            "monitor": f["monitor"], "mode": mode if mode in ("min", "max") else "max",
+            **{k: f[k] for k in ("save_top_k", "save_last") if f.get(k) is not None},
+        }
+    try:
+        return CheckpointMetadataV1.model_validate(document)
+    except ValidationError as exc:
+        raise ConversionError(f"metadata fails the schema: {format_validation_error(exc)}") from None
+
+
+def check_round_trip(meta: CheckpointMetadataV1, target: Path) -> None:
+    """Raise ConversionError unless the sidecar reader accepts ``meta`` as it would be written."""
+    try:
+        validate_document(parse_sidecar_bytes(dump_metadata(meta).encode("utf-8"), target), target)
+    except SidecarError as exc:
+        raise ConversionError(f"the sidecar would not read back: {exc.reason}") from None
+
+
+def convert_checkpoints(
+    paths: Iterable[str | os.PathLike[str]], *, force: bool = False, dry_run: bool = False,
+    wandb_online: bool = False, infer: Callable[..., Inferred] | None = None,
+    limits: Limits | None = None,
+) -> ConvertSummary:
+    """Write a sidecar for each checkpoint (existing sidecars are skipped unless ``force``).
+
+    Checkpoints are read by worker processes under ``limits`` (a crash or a limit fails that
+    file only); ``infer(path, wandb_online=...)`` replaces that with a reader of the caller's,
+    run in this process. One file's failure, of any kind, is that file's entry in ``failures``.
+    """
+    summary = ConvertSummary()
+    todo: list[Path] = []
+    for path in map(Path, paths):
+        summary.found += 1
+        target = sidecar_path_for(path)
+        if target.exists() and not force:
+            log.debug("metadata exists (skipping): %s", target)
+            summary.skipped += 1
+            continue
+        todo.append(path)
+    if infer is None:
+        results = infer_isolated(todo, wandb_online=wandb_online, limits=limits)
+    else:
+        results = _infer_here(todo, infer, wandb_online)
+    for path, inferred, failure in results:
+        target = sidecar_path_for(path)
+        try:
+            if failure is not None:
+                raise ConversionError(f"cannot read the checkpoint: {failure}")
+            assert inferred is not None
+            meta = metadata_from_inferred(inferred, path)
+            check_round_trip(meta, target)
+            if not dry_run:
+                save_metadata(meta, path, force=force)
+        except Exception as exc:  # noqa: BLE001 - one file never stops a conversion
+            reason = _one_line(str(exc) if isinstance(exc, ConversionError) else
+                               f"{exc.__class__.__name__}: {exc}") or exc.__class__.__name__
+            log.error("failed: %s: %s", path, reason)
+            summary.failed += 1
+            summary.failures.append((str(path), reason))
+            continue
+        summary.converted += 1
+        summary.written.append(str(target))
+        log.info("%s: %s -> %s", "would convert" if dry_run else "converted", path.name, target.name)
+    return summary
+
+
+def _infer_here(
+    paths: list[Path], infer: Callable[..., Inferred], wandb_online: bool,
+) -> Iterator[tuple[Path, Inferred | None, str | None]]:
+    for path in paths:
+        try:
+            yield path, infer(path, wandb_online=wandb_online), None
+        except Exception as exc:  # noqa: BLE001 - reported as the file's failure
+            yield path, None, f"{exc.__class__.__name__}: {exc}"
+
+
+def _one_line(text: str) -> str:
+    return clean_text(" ".join(text.split()))

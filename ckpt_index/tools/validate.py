@@ -1,0 +1,102 @@
+"""``ckpt-index validate ROOT``: check every sidecar and checkpoint under a tree, index untouched.
+
+Sidecars are read here (their reader bounds its own work); checkpoints are inspected by worker
+processes under limits (:mod:`ckpt_index.isolation.pool`): whether each is a complete archive, and
+which pickle globals ``torch.load(weights_only=True)`` would refuse in it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ckpt_index.isolation.pool import Limits
+from ckpt_index.index.records import is_stale
+from ckpt_index.sidecar.schema import metadata_warnings
+from ckpt_index.sidecar.files import SidecarError, read_sidecar
+from ckpt_index.sync.scan import scan
+
+
+@dataclass
+class ValidationReport:
+    root: str
+    valid: list[str] = field(default_factory=list)
+    #: (sidecar path, reason)
+    invalid: list[tuple[str, str]] = field(default_factory=list)
+    #: (sidecar path, warning) for valid sidecars with something worth knowing
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    without_metadata: list[str] = field(default_factory=list)
+    orphaned: list[str] = field(default_factory=list)
+    #: (checkpoint path, reason) of checkpoints that cannot be loaded (truncated, not a checkpoint)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    #: Sidecars older than the checkpoint beside them (the checkpoint was replaced after).
+    stale: list[str] = field(default_factory=list)
+    #: checkpoint path -> the globals torch.load(weights_only=True) would refuse (non-empty only)
+    unsafe_globals: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.invalid and not self.unreadable
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root,
+            "valid": self.valid,
+            "invalid": [{"path": p, "reason": r} for p, r in self.invalid],
+            "warnings": [{"path": p, "warning": w} for p, w in self.warnings],
+            "without_metadata": self.without_metadata,
+            "orphaned": self.orphaned,
+            "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
+            "stale": self.stale,
+            "unsafe_globals": self.unsafe_globals,
+            "counts": {
+                "valid": len(self.valid), "invalid": len(self.invalid),
+                "without_metadata": len(self.without_metadata), "orphaned": len(self.orphaned),
+                "unreadable": len(self.unreadable), "stale": len(self.stale),
+                "unsafe_globals": len(self.unsafe_globals),
+            },
+        }
+
+
+def validate_tree(
+    root: str | os.PathLike[str], *, checkpoints: bool = True, limits: Limits | None = None,
+) -> ValidationReport:
+    """Check every sidecar and checkpoint below ``root``; ``checkpoints=False`` skips the latter."""
+    root_path = os.path.abspath(os.fspath(root))
+    if not os.path.isdir(root_path):
+        raise NotADirectoryError(f"{root_path}: not a directory")
+    report = ValidationReport(root_path)
+    found = sorted(scan(root_path, report.invalid).items())
+    for ckpt_path, item in found:
+        if item.sidecar_path is None:
+            report.without_metadata.append(ckpt_path)
+            continue
+        if item.ckpt is None:
+            report.orphaned.append(item.sidecar_path)
+        try:
+            meta = read_sidecar(item.sidecar_path)
+        except SidecarError as exc:
+            report.invalid.append((item.sidecar_path, exc.reason))
+            continue
+        report.valid.append(item.sidecar_path)
+        report.warnings.extend((item.sidecar_path, w) for w in metadata_warnings(meta))
+        if is_stale(item.ckpt, item.sidecar):
+            report.stale.append(item.sidecar_path)
+            report.warnings.append((item.sidecar_path, "stale: the checkpoint is newer than its sidecar"))
+    paths = [path for path, item in found if item.ckpt is not None]
+    if checkpoints and paths:
+        _inspect(paths, report, limits)
+    return report
+
+
+def _inspect(paths: list[str], report: ValidationReport, limits: Limits | None) -> None:
+    from ckpt_index.isolation.pool import WorkerPool
+
+    workers = max(1, min(os.cpu_count() or 1, 8, len(paths) // 32 + 1))
+    with WorkerPool(workers, limits, chunk=32) as pool:
+        for path, outcome in zip(paths, pool.map("inspect_checkpoint", [(p,) for p in paths])):
+            broken, unsafe = outcome.value if outcome.ok else (outcome.reason, None)
+            if broken is not None:
+                report.unreadable.append((path, broken))
+            elif unsafe:
+                report.unsafe_globals[path] = unsafe
