@@ -9,19 +9,23 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ckpt_index.index.engine import check_unlocked_read, is_sqlite, open_engine, resolve_db_url
-from ckpt_index.query.spec import QuerySpec, run_query
 from ckpt_index.index.readonly import install_read_guard, read_only_engine
+from ckpt_index.query.spec import QuerySpec, run_query
 from ckpt_index.sync.roots import Progress, SyncSummary, sync_roots
 
 PathLike = str | os.PathLike[str]
 
 
-def sync_index(roots: PathLike | Iterable[PathLike], db: PathLike | None = None,
-               progress: Progress | None = None, **options: Any) -> SyncSummary:
+def sync_index(
+    roots: PathLike | Iterable[PathLike],
+    db: PathLike | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> SyncSummary:
     """Sync the index with the files under ``roots`` (one path or several).
 
     ``options`` go to :func:`ckpt_index.sync.roots.sync_roots` (``infer``, ``wandb_online``, ``location``).
-    The name is not ``sync``: that is the module ``ckpt_index.sync.roots``.
+    The name is not ``sync``: that is the package ``ckpt_index.sync``.
     """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]

@@ -10,21 +10,25 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from functools import wraps
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from ckpt_index import __version__
+from ckpt_index.vocabulary import GROUPABLE, PHASES, REPORT_FORMATS, RESULT_FORMATS
 
-FORMAT_CHOICES = click.Choice(["table", "json", "jsonl", "csv", "paths"])
+FORMAT_CHOICES = click.Choice(RESULT_FORMATS)
 
 
 def db_option(func: Callable) -> Callable:
     return click.option(
-        "--db", metavar="PATH|URL", default=None,
+        "--db",
+        metavar="PATH|URL",
+        default=None,
         help="Index database: a file path or SQLAlchemy URL "
-             "[default: $CKPT_INDEX_DB, else ./ckpt_index.db].",
+        "[default: $CKPT_INDEX_DB, else ./ckpt_index.db].",
     )(func)
 
 
@@ -79,24 +83,53 @@ def cli() -> None:
 @click.argument("roots", nargs=-1, required=True, type=click.Path(file_okay=False))
 @db_option
 @click.option("--strict", is_flag=True, help="Exit 1 when any sidecar is invalid.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="Summary format.")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress bar on stderr [default: when stderr is a terminal].")
-@click.option("--no-infer", is_flag=True,
-              help="Do not fill checkpoints without a sidecar from the fallbacks (checkpoint, "
-                   "Hydra config, W&B run, path names); index them as 'missing'.")
-@click.option("--wandb-online", is_flag=True,
-              help="Ask the W&B API for runs not found on disk (with a timeout; cached).")
-@click.option("--full", is_flag=True,
-              help="Read every file again, even those whose size and mtime are unchanged.")
-@click.option("--inspect", is_flag=True,
-              help="Also read the pickle of checkpoints that have a sidecar, to record the "
-                   "globals torch.load(weights_only=True) would refuse (unsafe_globals).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(REPORT_FORMATS),
+    default="text",
+    show_default=True,
+    help="Summary format.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr [default: when stderr is a terminal].",
+)
+@click.option(
+    "--no-infer",
+    is_flag=True,
+    help="Do not fill checkpoints without a sidecar from the fallbacks (checkpoint, "
+    "Hydra config, W&B run, path names); index them as 'missing'.",
+)
+@click.option(
+    "--wandb-online",
+    is_flag=True,
+    help="Ask the W&B API for runs not found on disk (with a timeout; cached).",
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Read every file again, even those whose size and mtime are unchanged.",
+)
+@click.option(
+    "--inspect",
+    is_flag=True,
+    help="Also read the pickle of checkpoints that have a sidecar, to record the "
+    "globals torch.load(weights_only=True) would refuse (unsafe_globals).",
+)
 @friendly_errors
-def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
-         progress: bool | None, no_infer: bool, wandb_online: bool, full: bool,
-         inspect: bool) -> None:
+def sync(
+    roots: tuple[str, ...],
+    db: str | None,
+    strict: bool,
+    fmt: str,
+    progress: bool | None,
+    no_infer: bool,
+    wandb_online: bool,
+    full: bool,
+    inspect: bool,
+) -> None:
     """Bring the index in line with the checkpoints and sidecars under ROOTS.
 
     Unchanged sidecars (same size and mtime) are not read again; rows whose files are gone are
@@ -116,8 +149,15 @@ def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
     show_bar = sys.stderr.isatty() if progress is None else progress
     bar = _ProgressBar() if show_bar else None
     try:
-        summary = sync_roots(engine, roots, progress=bar, infer=not no_infer,
-                             wandb_online=wandb_online, full=full, inspect=inspect)
+        summary = sync_roots(
+            engine,
+            roots,
+            progress=bar,
+            infer=not no_infer,
+            wandb_online=wandb_online,
+            full=full,
+            inspect=inspect,
+        )
     finally:
         if bar:
             bar.close()
@@ -132,8 +172,11 @@ def sync(roots: tuple[str, ...], db: str | None, strict: bool, fmt: str,
         for path, reason in summary.unlisted_dirs[:20]:
             click.echo(escape_control(f"not listed: {reason} (its rows were kept)"), err=True)
         if len(summary.invalid_files) > 20:
-            click.echo(f"... {len(summary.invalid_files) - 20} more invalid inputs "
-                       "(ckpt-index validate ROOT lists all)", err=True)
+            click.echo(
+                f"... {len(summary.invalid_files) - 20} more invalid inputs "
+                "(ckpt-index validate ROOT lists all)",
+                err=True,
+            )
         click.echo(summary.one_line())
     if strict and (summary.invalid or summary.unreadable):
         raise click.ClickException(
@@ -164,38 +207,76 @@ class _ProgressBar:
 # -------------------------------------------------------------------------------------- query
 @cli.command()
 @db_option
-@click.option("--best-by", metavar="METRIC[:max|min]",
-              help="Only the best checkpoint by METRIC (a field or any logged metric). Direction "
-                   "defaults to max, or min for names containing 'loss'.")
-@click.option("--group-by", type=click.Choice(["exp_name", "architecture", "encoder", "training_phase"]),
-              help="With --best-by: the best checkpoint per group.")
+@click.option(
+    "--best-by",
+    metavar="METRIC[:max|min]",
+    help="Only the best checkpoint by METRIC (a field or any logged metric). Direction "
+    "defaults to max, or min for names containing 'loss'.",
+)
+@click.option(
+    "--group-by",
+    type=click.Choice(GROUPABLE),
+    help="With --best-by: the best checkpoint per group.",
+)
 @click.option("--encoder", help="Only this encoder (e.g. resnet50).")
 @click.option("--architecture", help="Only this architecture (e.g. dbnet).")
 @click.option("--exp", metavar="GLOB", help="Experiment name glob, e.g. 'ocr_*resnet50*'.")
-@click.option("--phase", type=click.Choice(["training", "validation", "finetuning"]))
+@click.option("--phase", type=click.Choice(PHASES))
 @click.option("--min-epoch", type=int)
 @click.option("--max-epoch", type=int)
-@click.option("--where", "where", metavar="EXPR",
-              help="Filter expression: hmean > 0.8 and encoder = 'resnet50' or val/loss < 0.03.")
+@click.option(
+    "--where",
+    "where",
+    metavar="EXPR",
+    help="Filter expression: hmean > 0.8 and encoder = 'resnet50' or val/loss < 0.03.",
+)
 @click.option("--sort", multiple=True, metavar="FIELD[:asc|desc]", help="Sort key (repeatable).")
 @click.option("--limit", type=click.IntRange(min=0), help="At most N results.")
-@click.option("--include-orphans", is_flag=True,
-              help="Also rows whose checkpoint file is gone (sidecar only).")
-@click.option("--include-unreadable", is_flag=True,
-              help="Also checkpoints that could not be read (truncated, not a checkpoint): "
-                   "skipped by default, even under a valid sidecar.")
-@click.option("--location", help="Only rows indexed at this location (host name or "
-              "$CKPT_INDEX_LOCATION of the machine that synced them).")
+@click.option(
+    "--include-orphans",
+    is_flag=True,
+    help="Also rows whose checkpoint file is gone (sidecar only).",
+)
+@click.option(
+    "--include-unreadable",
+    is_flag=True,
+    help="Also checkpoints that could not be read (truncated, not a checkpoint): "
+    "skipped by default, even under a valid sidecar.",
+)
+@click.option(
+    "--location",
+    help="Only rows indexed at this location (host name or "
+    "$CKPT_INDEX_LOCATION of the machine that synced them).",
+)
 @click.option("--format", "fmt", type=FORMAT_CHOICES, default="table", show_default=True)
-@click.option("-0", "--null", "null", is_flag=True,
-              help="With --format paths: end each path with a NUL instead of a newline (for "
-                   "xargs -0). Without it, a path holding a newline is an error.")
+@click.option(
+    "-0",
+    "--null",
+    "null",
+    is_flag=True,
+    help="With --format paths: end each path with a NUL instead of a newline (for "
+    "xargs -0). Without it, a path holding a newline is an error.",
+)
 @friendly_errors
-def query(db: str | None, best_by: str | None, group_by: str | None, encoder: str | None,
-          architecture: str | None, exp: str | None, phase: str | None, min_epoch: int | None,
-          max_epoch: int | None, where: str | None, sort: tuple[str, ...], limit: int | None,
-          include_orphans: bool, include_unreadable: bool, location: str | None, fmt: str,
-          null: bool) -> None:
+def query(
+    db: str | None,
+    best_by: str | None,
+    group_by: str | None,
+    encoder: str | None,
+    architecture: str | None,
+    exp: str | None,
+    phase: str | None,
+    min_epoch: int | None,
+    max_epoch: int | None,
+    where: str | None,
+    sort: tuple[str, ...],
+    limit: int | None,
+    include_orphans: bool,
+    include_unreadable: bool,
+    location: str | None,
+    fmt: str,
+    null: bool,
+) -> None:
     """Select checkpoints from the index.
 
     Exit status 1 when nothing matches, 2 for a usage error (a malformed --where included) or
@@ -214,9 +295,19 @@ def query(db: str | None, best_by: str | None, group_by: str | None, encoder: st
     if null and fmt != "paths":
         raise click.UsageError("-0/--null goes with --format paths")
     spec = QuerySpec(
-        best_by=best_by, group_by=group_by, encoder=encoder, architecture=architecture, exp=exp,
-        phase=phase, min_epoch=min_epoch, max_epoch=max_epoch, where=where, sort=sort,
-        limit=limit, include_orphans=include_orphans, include_unreadable=include_unreadable,
+        best_by=best_by,
+        group_by=group_by,
+        encoder=encoder,
+        architecture=architecture,
+        exp=exp,
+        phase=phase,
+        min_epoch=min_epoch,
+        max_epoch=max_epoch,
+        where=where,
+        sort=sort,
+        limit=limit,
+        include_orphans=include_orphans,
+        include_unreadable=include_unreadable,
         location=location,
     )
     try:
@@ -283,7 +374,11 @@ def show(checkpoint: str, db: str | None) -> None:
     if record is None:
         click.echo(f"{_index_path(checkpoint)}: not in the index (run ckpt-index sync)", err=True)
         sys.exit(1)
-    if record["unsafe_globals"] is None and record["checkpoint_exists"] and record["status"] != "unreadable":
+    if (
+        record["unsafe_globals"] is None
+        and record["checkpoint_exists"]
+        and record["status"] != "unreadable"
+    ):
         record["unsafe_globals"] = _inspect_now(record["checkpoint_path"])
     click.echo(json.dumps(record, indent=2))
 
@@ -305,10 +400,15 @@ def _index_path(path: str) -> str:
 # ----------------------------------------------------------------------------------- validate
 @cli.command()
 @click.argument("root", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
-@click.option("--checkpoints/--no-checkpoints", default=True, show_default=True,
-              help="Read each checkpoint (integrity, unsafe globals) as well as the sidecars.")
+@click.option(
+    "--format", "fmt", type=click.Choice(REPORT_FORMATS), default="text", show_default=True
+)
+@click.option(
+    "--checkpoints/--no-checkpoints",
+    default=True,
+    show_default=True,
+    help="Read each checkpoint (integrity, unsafe globals) as well as the sidecars.",
+)
 @friendly_errors
 def validate(root: str, fmt: str, checkpoints: bool) -> None:
     """Check every sidecar and checkpoint under ROOT (the index is not touched).
@@ -359,8 +459,9 @@ def validate(root: str, fmt: str, checkpoints: bool) -> None:
 # -------------------------------------------------------------------------------------- stats
 @cli.command()
 @db_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(REPORT_FORMATS), default="text", show_default=True
+)
 @friendly_errors
 def stats(db: str | None, fmt: str) -> None:
     """Counts of what the index holds.
@@ -393,14 +494,28 @@ def _safe_url(url: str) -> str:
 @cli.command()
 @click.argument("statement")
 @db_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "csv"]),
-              default="table", show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              metavar="SECONDS", help="Stop the statement after this long (0: no limit).")
-@click.option("--allow-write-role", is_flag=True,
-              help="PostgreSQL: run even as a superuser or a role that can write to the index "
-                   "(refused by default: a READ ONLY transaction does not stop COPY ... TO "
-                   "PROGRAM or dblink_exec).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(RESULT_FORMATS[:-1]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Stop the statement after this long (0: no limit).",
+)
+@click.option(
+    "--allow-write-role",
+    is_flag=True,
+    help="PostgreSQL: run even as a superuser or a role that can write to the index "
+    "(refused by default: a READ ONLY transaction does not stop COPY ... TO "
+    "PROGRAM or dblink_exec).",
+)
 @friendly_errors
 def sql(statement: str, db: str | None, fmt: str, timeout: float, allow_write_role: bool) -> None:
     """Run one read-only SQL statement against the index; writes are refused.
@@ -417,13 +532,14 @@ def sql(statement: str, db: str | None, fmt: str, timeout: float, allow_write_ro
         ckpt-index sql --allow-write-role --db postgresql+psycopg://admin@db/ckpt "SELECT 1"
     """
     from ckpt_index.index.engine import check_unlocked_read
-    from ckpt_index.query.render import stream_rows
     from ckpt_index.index.readonly import ReadOnlyError, read_only_engine, stream_sql
+    from ckpt_index.query.render import stream_rows
 
     engine = read_only_engine(db)
     try:
-        with stream_sql(engine, statement, timeout=timeout,
-                        allow_write_role=allow_write_role) as result:
+        with stream_sql(
+            engine, statement, timeout=timeout, allow_write_role=allow_write_role
+        ) as result:
             for piece in stream_rows(result.columns, result.batches, fmt):
                 sys.stdout.write(piece)
         check_unlocked_read(engine)
@@ -461,8 +577,13 @@ def db_upgrade(revision: str, db: str | None) -> None:
         ckpt-index db upgrade --db team.db
     """
     from ckpt_index.index.engine import (
-        HEAD_REVISION, SchemaTooNewError, create_index_engine, current_revision,
-        known_revisions, resolve_db_url, upgrade,
+        HEAD_REVISION,
+        SchemaTooNewError,
+        create_index_engine,
+        current_revision,
+        known_revisions,
+        resolve_db_url,
+        upgrade,
     )
 
     url = resolve_db_url(db)
@@ -490,7 +611,12 @@ def db_downgrade(revision: str, db: str | None) -> None:
 
         ckpt-index db downgrade base
     """
-    from ckpt_index.index.engine import create_index_engine, current_revision, downgrade, resolve_db_url
+    from ckpt_index.index.engine import (
+        create_index_engine,
+        current_revision,
+        downgrade,
+        resolve_db_url,
+    )
 
     url = resolve_db_url(db)
     engine = create_index_engine(url)
@@ -512,7 +638,12 @@ def db_current(db: str | None) -> None:
 
         ckpt-index db current
     """
-    from ckpt_index.index.engine import HEAD_REVISION, create_index_engine, current_revision, resolve_db_url
+    from ckpt_index.index.engine import (
+        HEAD_REVISION,
+        create_index_engine,
+        current_revision,
+        resolve_db_url,
+    )
 
     url = resolve_db_url(db)
     engine = create_index_engine(url, readonly=True)  # looking must not create a database
@@ -543,22 +674,41 @@ def db_history() -> None:
 
 # ------------------------------------------------------------------------------------ convert
 @cli.command()
-@click.option("--checkpoint", "checkpoint", type=click.Path(dir_okay=False, exists=True),
-              help="Convert one checkpoint.")
-@click.option("--exp-dir", type=click.Path(file_okay=False, exists=True),
-              help="Convert the checkpoints of one experiment directory.")
-@click.option("--outputs-dir", type=click.Path(file_okay=False, exists=True),
-              help="Convert every checkpoint under an outputs directory.")
+@click.option(
+    "--checkpoint",
+    "checkpoint",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Convert one checkpoint.",
+)
+@click.option(
+    "--exp-dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="Convert the checkpoints of one experiment directory.",
+)
+@click.option(
+    "--outputs-dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="Convert every checkpoint under an outputs directory.",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing sidecars.")
 @click.option("--dry-run", is_flag=True, help="Show what would be converted; write nothing.")
 @click.option("--no-recursive", is_flag=True, help="Only checkpoints directly in the directory.")
 @click.option("--wandb-online", is_flag=True, help="Ask the W&B API for runs not on disk.")
 @click.option("-v", "--verbose", is_flag=True, help="Log each checkpoint (DEBUG level).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
-def convert(checkpoint: str | None, exp_dir: str | None, outputs_dir: str | None, force: bool,
-            dry_run: bool, no_recursive: bool, wandb_online: bool, verbose: bool,
-            fmt: str) -> None:
+@click.option(
+    "--format", "fmt", type=click.Choice(REPORT_FORMATS), default="text", show_default=True
+)
+def convert(
+    checkpoint: str | None,
+    exp_dir: str | None,
+    outputs_dir: str | None,
+    force: bool,
+    dry_run: bool,
+    no_recursive: bool,
+    wandb_online: bool,
+    verbose: bool,
+    fmt: str,
+) -> None:
     """Write sidecars for checkpoints without one, from the checkpoint (read safely), its Hydra
     config, its W&B run and its path. Existing sidecars are kept unless --force.
 
@@ -573,8 +723,11 @@ def convert(checkpoint: str | None, exp_dir: str | None, outputs_dir: str | None
     chosen = [x for x in (checkpoint, exp_dir, outputs_dir) if x]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --checkpoint, --exp-dir, --outputs-dir")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     paths = [checkpoint] if checkpoint else find_checkpoints(chosen[0], recursive=not no_recursive)
     summary = convert_checkpoints(paths, force=force, dry_run=dry_run, wandb_online=wandb_online)
     if fmt == "json":
@@ -596,15 +749,30 @@ def convert(checkpoint: str | None, exp_dir: str | None, outputs_dir: str | None
 @click.argument("root", type=click.Path(file_okay=False, exists=True))
 @db_option
 @click.option("--dry-run", is_flag=True, help="Show what would be done; change nothing.")
-@click.option("--delete-old", is_flag=True,
-              help="Delete checkpoints of epochs before --keep-from-epoch (never best*/last*).")
-@click.option("--keep-from-epoch", type=click.IntRange(min=0), metavar="N",
-              help="With --delete-old: keep epochs >= N.")
+@click.option(
+    "--delete-old",
+    is_flag=True,
+    help="Delete checkpoints of epochs before --keep-from-epoch (never best*/last*).",
+)
+@click.option(
+    "--keep-from-epoch",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="With --delete-old: keep epochs >= N.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every action.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
-def rename(root: str, db: str | None, dry_run: bool, delete_old: bool,
-           keep_from_epoch: int | None, verbose: bool, fmt: str) -> None:
+@click.option(
+    "--format", "fmt", type=click.Choice(REPORT_FORMATS), default="text", show_default=True
+)
+def rename(
+    root: str,
+    db: str | None,
+    dry_run: bool,
+    delete_old: bool,
+    keep_from_epoch: int | None,
+    verbose: bool,
+    fmt: str,
+) -> None:
     """Rename checkpoints from older formats to the naming scheme (epoch-XX_step-XXXXXX.ckpt),
     moving their sidecars and updating the index. Existing files are never overwritten.
 
@@ -619,10 +787,12 @@ def rename(root: str, db: str | None, dry_run: bool, delete_old: bool,
 
     if delete_old and keep_from_epoch is None:
         raise click.UsageError("--delete-old needs --keep-from-epoch N")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(message)s", stream=sys.stderr)
-    summary = rename_checkpoints(root, dry_run=dry_run, delete_old=delete_old,
-                                 keep_from_epoch=keep_from_epoch, db=db)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr
+    )
+    summary = rename_checkpoints(
+        root, dry_run=dry_run, delete_old=delete_old, keep_from_epoch=keep_from_epoch, db=db
+    )
     if fmt == "json":
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:
@@ -630,8 +800,10 @@ def rename(root: str, db: str | None, dry_run: bool, delete_old: bool,
             if action.kind in ("skip", "error"):
                 click.echo(f"{action.kind}: {action.path}: {action.reason}", err=True)
         prefix = "dry run: " if dry_run else ""
-        click.echo(f"{prefix}processed {summary.processed}, renamed {summary.renamed}, deleted "
-                   f"{summary.deleted}, skipped {summary.skipped}, errors {summary.errors}")
+        click.echo(
+            f"{prefix}processed {summary.processed}, renamed {summary.renamed}, deleted "
+            f"{summary.deleted}, skipped {summary.skipped}, errors {summary.errors}"
+        )
     if summary.errors:
         sys.exit(1)
 

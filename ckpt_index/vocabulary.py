@@ -1,4 +1,6 @@
-"""Which logged metric is precision, recall, hmean or the validation loss.
+"""The product's words, defined once: training phases, the placeholder for an unknown name,
+output formats, the fields results group by, and which logged metric is precision, recall,
+hmean or the validation loss.
 
 Lightning runs log names like ``val/hmean``, ``cleval/recall``, ``val_f1`` or ``val/loss``; the
 sidecar has one canonical slot for each. The same rules serve the training callback and the
@@ -16,8 +18,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Literal, get_args
 
 from ckpt_index.storable import finite_float
+
+#: The phase of training a checkpoint comes from (the sidecar's ``training_phase``).
+Phase = Literal["training", "validation", "finetuning"]
+PHASES: tuple[str, ...] = get_args(Phase)
+#: What the seeds wrote for a name no source gave; the index shows it as empty.
+UNKNOWN = "unknown"
+#: Result formats of ``query``, and the reports of the other commands.
+RESULT_FORMATS = ("table", "json", "jsonl", "csv", "paths")
+REPORT_FORMATS = ("text", "json")
+#: Columns results can be grouped by (``--group-by``).
+GROUPABLE = ("exp_name", "architecture", "encoder", "training_phase")
+#: The directions of a ranking (a checkpoint's monitored ``mode``).
+MODES = ("min", "max")
 
 CANONICAL = ("precision", "recall", "hmean", "validation_loss")
 
@@ -48,9 +64,7 @@ def _rank(name: str, slot: str) -> tuple[int, int, str] | None:
         if not tokens or tokens[-1] != "loss":
             return None
         return (0, int(suffixed), name) if set(tokens[:-1]) & _VALIDATION else None
-    width = next(
-        (len(leaf) for leaf in _LEAVES[slot] if tuple(tokens[-len(leaf):]) == leaf), 0
-    )
+    width = next((len(leaf) for leaf in _LEAVES[slot] if tuple(tokens[-len(leaf) :]) == leaf), 0)
     if not width:
         return None
     stage = set(tokens[:-width])
@@ -68,7 +82,8 @@ def match_canonical(metrics: Mapping[str, float]) -> dict[str, str]:
     an int beyond float range, a string) are passed over, never raised on.
     """
     numbers = {
-        name: number for name, value in metrics.items()
+        name: number
+        for name, value in metrics.items()
         if isinstance(name, str) and (number := finite_float(value)) is not None
     }
     matched: dict[str, str] = {}
@@ -84,4 +99,3 @@ def match_canonical(metrics: Mapping[str, float]) -> dict[str, str]:
 def canonical_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     """The canonical slots filled from logged ``metrics``."""
     return {slot: float(metrics[name]) for slot, name in match_canonical(metrics).items()}
-

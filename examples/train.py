@@ -25,8 +25,16 @@ from torch.utils.data import DataLoader, TensorDataset
 class TinyNet(pl.LightningModule):
     """encoder (MLP) -> decoder (linear) -> head (one logit); logs precision, recall, hmean."""
 
-    def __init__(self, architecture_name: str, encoder: dict, decoder: dict, head: dict,
-                 loss: dict, features: int, lr: float) -> None:
+    def __init__(
+        self,
+        architecture_name: str,
+        encoder: dict,
+        decoder: dict,
+        head: dict,
+        loss: dict,
+        features: int,
+        lr: float,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()  # the metadata callback reads the model fields from these
         width = decoder["in_channels"][0]
@@ -52,10 +60,14 @@ class TinyNet(pl.LightningModule):
         precision = tp / predicted.sum().clamp(min=1)
         recall = tp / y.sum().clamp(min=1)
         hmean = 2 * precision * recall / (precision + recall).clamp(min=1e-8)
-        self.log_dict({
-            "val/loss": self.loss_fn(logits, y), "val/precision": precision,
-            "val/recall": recall, "val/hmean": hmean,
-        })
+        self.log_dict(
+            {
+                "val/loss": self.loss_fn(logits, y),
+                "val/precision": precision,
+                "val/recall": recall,
+                "val/hmean": hmean,
+            }
+        )
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
@@ -83,7 +95,9 @@ def main(cfg: DictConfig) -> None:
     trainer = pl.Trainer(**cfg.trainer, callbacks=callbacks)
     trainer.fit(model, train, val)
     best = trainer.checkpoint_callback
-    print(f"best checkpoint: {best.best_model_path} ({best.monitor}={float(best.best_model_score):.4f})")
+    print(
+        f"best checkpoint: {best.best_model_path} ({best.monitor}={float(best.best_model_score):.4f})"
+    )
 
 
 if __name__ == "__main__":

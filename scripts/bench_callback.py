@@ -34,8 +34,14 @@ from typing import Any
 
 def _quiet() -> None:
     warnings.simplefilter("ignore")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "alembic",
-                 "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in (
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+        "alembic",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -45,8 +51,11 @@ def _ms(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
     return {
-        "n": len(values), "median_ms": statistics.median(values) * 1e3, "p95_ms": p95 * 1e3,
-        "max_ms": ordered[-1] * 1e3, "mean_ms": statistics.fmean(values) * 1e3,
+        "n": len(values),
+        "median_ms": statistics.median(values) * 1e3,
+        "p95_ms": p95 * 1e3,
+        "max_ms": ordered[-1] * 1e3,
+        "mean_ms": statistics.fmean(values) * 1e3,
     }
 
 
@@ -64,14 +73,23 @@ def run(saves: int, top_k: int, root: Path, mode: str) -> dict[str, Any]:
     class Model(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.save_hyperparameters({"architecture_name": "dbnet", "encoder": {"model_name": "resnet18"}})
+            self.save_hyperparameters(
+                {"architecture_name": "dbnet", "encoder": {"model_name": "resnet18"}}
+            )
             self.layer = nn.Linear(16, 1)
 
         def training_step(self, batch, batch_idx):
             x, y = batch
             loss = nn.functional.mse_loss(self.layer(x), y)
-            self.log_dict({"train/loss": loss, "val/hmean": torch.rand(()), "val/precision": torch.rand(()),
-                           "val/recall": torch.rand(()), "val/loss": loss})
+            self.log_dict(
+                {
+                    "train/loss": loss,
+                    "val/hmean": torch.rand(()),
+                    "val/precision": torch.rand(()),
+                    "val/recall": torch.rand(()),
+                    "val/loss": loss,
+                }
+            )
             return loss
 
         def configure_optimizers(self):
@@ -117,13 +135,23 @@ def run(saves: int, top_k: int, root: Path, mode: str) -> dict[str, Any]:
         def _index(self):
             if self._writer is None:
                 cls = SynchronousWriter if mode == "synchronous" else IndexWriter
-                self._writer = cls(self.db, busy_timeout=self.busy_timeout, report=self._failures.report)
+                self._writer = cls(
+                    self.db, busy_timeout=self.busy_timeout, report=self._failures.report
+                )
                 self.writers.append(self._writer)
             return self._writer
 
-    data = DataLoader(TensorDataset(torch.randn(saves * 4, 16), torch.randn(saves * 4, 1)), batch_size=4)
-    checkpoint = TimedCheckpoint(dirpath=root / mode / "checkpoints", monitor="val/hmean", mode="max",
-                                 save_top_k=top_k, every_n_train_steps=1, save_last=True)
+    data = DataLoader(
+        TensorDataset(torch.randn(saves * 4, 16), torch.randn(saves * 4, 1)), batch_size=4
+    )
+    checkpoint = TimedCheckpoint(
+        dirpath=root / mode / "checkpoints",
+        monitor="val/hmean",
+        mode="max",
+        save_top_k=top_k,
+        every_n_train_steps=1,
+        save_last=True,
+    )
     checkpoint.lightning_save = []
     callbacks: list[Any] = [checkpoint]
     meta = None
@@ -131,8 +159,15 @@ def run(saves: int, top_k: int, root: Path, mode: str) -> dict[str, Any]:
         meta = TimedCallback(db=root / f"{mode}.db")
         callbacks.append(meta)
     trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=saves, limit_val_batches=0, logger=False, accelerator="cpu",
-        devices=1, enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+        max_epochs=1,
+        limit_train_batches=saves,
+        limit_val_batches=0,
+        logger=False,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
         callbacks=callbacks,
     )
     started = time.perf_counter()
@@ -159,8 +194,12 @@ def run(saves: int, top_k: int, root: Path, mode: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--saves", type=int, default=200, help="checkpoint saves per fit (one per step)")
-    parser.add_argument("--top-k", type=int, default=3, help="ModelCheckpoint save_top_k (deletions count too)")
+    parser.add_argument(
+        "--saves", type=int, default=200, help="checkpoint saves per fit (one per step)"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=3, help="ModelCheckpoint save_top_k (deletions count too)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--target-ms", type=float, default=5.0)
     args = parser.parse_args(argv)
@@ -168,12 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_callback_") as tmp:
         root = Path(tmp)
         run(10, args.top_k, root / "warmup", "background")  # imports, first-use costs
-        figures = {mode: run(args.saves, args.top_k, root, mode) for mode in ("none", "background", "synchronous")}
+        figures = {
+            mode: run(args.saves, args.top_k, root, mode)
+            for mode in ("none", "background", "synchronous")
+        }
     background, synchronous = figures["background"], figures["synchronous"]
     added = background["callback_on_training_thread"]["median_ms"]
     sync_total = synchronous["callback_on_training_thread"]["median_ms"]
     summary = {
-        "saves": args.saves, "save_top_k": args.top_k,
+        "saves": args.saves,
+        "save_top_k": args.top_k,
         "median_added_per_save_ms": added,
         "median_sidecar_plus_synchronous_upsert_ms": sync_total,
         "target_ms": args.target_ms,
@@ -184,30 +227,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+
         def line(label: str, stats: dict[str, Any]) -> None:
             if stats.get("n"):
-                print(f"  {label:<46} median {stats['median_ms']:7.2f} ms   p95 {stats['p95_ms']:7.2f} ms"
-                      f"   max {stats['max_ms']:7.2f} ms   (n={stats['n']})")
+                print(
+                    f"  {label:<46} median {stats['median_ms']:7.2f} ms   p95 {stats['p95_ms']:7.2f} ms"
+                    f"   max {stats['max_ms']:7.2f} ms   (n={stats['n']})"
+                )
 
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"MetadataCallback overhead: {args.saves} saves, save_top_k={args.top_k}, save_last=True, CPU; "
-              f"{os.cpu_count()} cores, load average {load:.1f}")
+        print(
+            f"MetadataCallback overhead: {args.saves} saves, save_top_k={args.top_k}, save_last=True, CPU; "
+            f"{os.cpu_count()} cores, load average {load:.1f}"
+        )
         line("Lightning's own save (for scale)", background["lightning_save"])
         line("added on the training thread (default)", background["callback_on_training_thread"])
-        line("  CPU time of it (excludes waiting on I/O)", background["callback_cpu_on_training_thread"])
+        line(
+            "  CPU time of it (excludes waiting on I/O)",
+            background["callback_cpu_on_training_thread"],
+        )
         line("index upsert, background thread, per batch", background["background_batches"])
         if background.get("background_per_op_ms") is not None:
-            print(f"  {'index upsert, background thread, per checkpoint':<46} mean   {background['background_per_op_ms']:7.2f} ms"
-                  f"   ({background['background_ops']} ops in {background['background_batches']['n']} batches)")
+            print(
+                f"  {'index upsert, background thread, per checkpoint':<46} mean   {background['background_per_op_ms']:7.2f} ms"
+                f"   ({background['background_ops']} ops in {background['background_batches']['n']} batches)"
+            )
         line("sidecar + synchronous upsert (no thread)", synchronous["callback_on_training_thread"])
         line("  of which the upsert transaction", synchronous["upsert_synchronous"])
-        print(f"  first save (opens the index; background: off-thread)   {background['first_save_ms']:.1f} ms"
-              f" / synchronous {synchronous['first_save_ms']:.1f} ms")
-        print(f"  fit wall time: without callback {figures['none']['fit_s']:.2f} s, with "
-              f"{background['fit_s']:.2f} s (background), {synchronous['fit_s']:.2f} s (synchronous)")
+        print(
+            f"  first save (opens the index; background: off-thread)   {background['first_save_ms']:.1f} ms"
+            f" / synchronous {synchronous['first_save_ms']:.1f} ms"
+        )
+        print(
+            f"  fit wall time: without callback {figures['none']['fit_s']:.2f} s, with "
+            f"{background['fit_s']:.2f} s (background), {synchronous['fit_s']:.2f} s (synchronous)"
+        )
         verdict = "within" if summary["within_target"] else "OVER"
-        print(f"median added per save {added:.2f} ms; sidecar + upsert {sync_total:.2f} ms: "
-              f"{verdict} the {args.target_ms:g} ms target")
+        print(
+            f"median added per save {added:.2f} ms; sidecar + upsert {sync_total:.2f} ms: "
+            f"{verdict} the {args.target_ms:g} ms target"
+        )
     return 0 if summary["within_target"] else 1
 
 

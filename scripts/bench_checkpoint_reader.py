@@ -33,8 +33,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 TARGET_MS = 20.0
 
@@ -53,8 +54,10 @@ def make_checkpoint(size_gb: float) -> dict[str, Any]:
             state_dict[f"{prefix}.bn.{name}"] = torch.rand(channels)
         state_dict[f"{prefix}.bn.num_batches_tracked"] = torch.tensor(1234)
     state_dict["model.head.weight"] = torch.randn(2, channels)
-    key = ("ModelCheckpoint{'monitor': 'val/hmean', 'mode': 'max', 'every_n_train_steps': 0, "
-           "'every_n_epochs': 1, 'train_time_interval': None}")
+    key = (
+        "ModelCheckpoint{'monitor': 'val/hmean', 'mode': 'max', 'every_n_train_steps': 0, "
+        "'every_n_epochs': 1, 'train_time_interval': None}"
+    )
     paths = [f"outputs/run/checkpoints/epoch-{e:02d}_step-{e * 205:06d}.ckpt" for e in (17, 18, 19)]
     return {
         "epoch": 19,
@@ -62,24 +65,34 @@ def make_checkpoint(size_gb: float) -> dict[str, Any]:
         "pytorch-lightning_version": "2.6.6",
         "state_dict": state_dict,
         "loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 20, "completed": 19}}}},
-        "callbacks": {key: {
-            "monitor": "val/hmean",
-            "best_model_score": torch.tensor(0.8431),
-            "best_model_path": paths[1],
-            "current_score": torch.tensor(0.8402),
-            "dirpath": "outputs/run/checkpoints",
-            "best_k_models": {p: torch.tensor(s) for p, s in zip(paths, (0.8399, 0.8431, 0.8402))},
-            "kth_best_model_path": paths[0],
-            "kth_value": torch.tensor(0.8399),
-            "last_model_path": "outputs/run/checkpoints/last.ckpt",
-        }},
-        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-3, "params": list(range(len(state_dict)))}]}],
+        "callbacks": {
+            key: {
+                "monitor": "val/hmean",
+                "best_model_score": torch.tensor(0.8431),
+                "best_model_path": paths[1],
+                "current_score": torch.tensor(0.8402),
+                "dirpath": "outputs/run/checkpoints",
+                "best_k_models": {
+                    p: torch.tensor(s) for p, s in zip(paths, (0.8399, 0.8431, 0.8402))
+                },
+                "kth_best_model_path": paths[0],
+                "kth_value": torch.tensor(0.8399),
+                "last_model_path": "outputs/run/checkpoints/last.ckpt",
+            }
+        },
+        "optimizer_states": [
+            {"state": {}, "param_groups": [{"lr": 1e-3, "params": list(range(len(state_dict)))}]}
+        ],
         "lr_schedulers": [],
         "hparams_name": "kwargs",
         "hyper_parameters": {
             "architecture_name": "dbnet",
             "encoder": {"model_name": "resnet50", "pretrained": True, "frozen": False},
-            "decoder": {"name": "unet", "in_channels": [256, 512, 1024, 2048], "inner_channels": 256},
+            "decoder": {
+                "name": "unet",
+                "in_channels": [256, 512, 1024, 2048],
+                "inner_channels": 256,
+            },
             "head": {"name": "db_head", "in_channels": 256, "params": {"k": 50}},
             "loss": {"name": "db_loss", "params": {"negative_ratio": 3.0}},
         },
@@ -96,9 +109,15 @@ def many_tensors_checkpoint(n: int) -> dict[str, Any]:
         param.grad = torch.ones(2)
     optimizer.step()
     return {
-        "epoch": 3, "global_step": 100, "pytorch-lightning_version": "2.5.0",
-        "state_dict": {f"model.block{i // 100}.layer{i % 100}.weight": p.data for i, p in enumerate(params)},
-        "optimizer_states": [optimizer.state_dict()], "lr_schedulers": [], "hyper_parameters": {"lr": 1e-3},
+        "epoch": 3,
+        "global_step": 100,
+        "pytorch-lightning_version": "2.5.0",
+        "state_dict": {
+            f"model.block{i // 100}.layer{i % 100}.weight": p.data for i, p in enumerate(params)
+        },
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [],
+        "hyper_parameters": {"lr": 1e-3},
     }
 
 
@@ -107,14 +126,16 @@ def bench_many_tensors(n: int, workdir: Path) -> None:
 
     import torch
 
-    from ckpt_index.sources.checkpoint.unpickler import scan_pickle
     from ckpt_index.sources.checkpoint.reader import read_checkpoint
+    from ckpt_index.sources.checkpoint.unpickler import scan_pickle
 
     path = workdir / f"many-{n}.ckpt"
     try:
         torch.save(many_tensors_checkpoint(n), path)
         with zipfile.ZipFile(path) as archive:
-            data = archive.read(next(name for name in archive.namelist() if name.endswith("/data.pkl")))
+            data = archive.read(
+                next(name for name in archive.namelist() if name.endswith("/data.pkl"))
+            )
 
         def cpu(func: Callable[[], Any]) -> float:
             best = float("inf")
@@ -125,8 +146,10 @@ def bench_many_tensors(n: int, workdir: Path) -> None:
             return best
 
         read_s, scan_s = cpu(lambda: read_checkpoint(path)), cpu(lambda: scan_pickle(data))
-        print(f"\n{n} tensors with Adam state: data.pkl {len(data) / 1e6:.1f} MB; read_checkpoint "
-              f"{read_s:.2f} s CPU, of which scan_pickle {scan_s:.2f} s (best of 3)")
+        print(
+            f"\n{n} tensors with Adam state: data.pkl {len(data) / 1e6:.1f} MB; read_checkpoint "
+            f"{read_s:.2f} s CPU, of which scan_pickle {scan_s:.2f} s (best of 3)"
+        )
     finally:
         path.unlink(missing_ok=True)
 
@@ -155,8 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="where to write the checkpoint")
     parser.add_argument("--repeat", type=int, default=3, help="torch.load repetitions (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint file")
-    parser.add_argument("--many-tensors", type=int, default=0, metavar="N",
-                        help="also time a checkpoint of N tiny tensors with Adam state")
+    parser.add_argument(
+        "--many-tensors",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time a checkpoint of N tiny tensors with Adam state",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -173,11 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         del checkpoint
         write_s = time.perf_counter() - start
         size = path.stat().st_size
-        print(f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
-              f"{os.cpu_count()} CPUs")
+        print(
+            f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
+            f"{os.cpu_count()} CPUs"
+        )
         print(f"checkpoint: {path}")
-        print(f"  size {size / 1e9:.3f} GB ({size} bytes), {n_tensors} state_dict tensors, "
-              f"written in {write_s:.1f} s")
+        print(
+            f"  size {size / 1e9:.3f} GB ({size} bytes), {n_tensors} state_dict tensors, "
+            f"written in {write_s:.1f} s"
+        )
 
         dropped = drop_from_page_cache(path)
         cold_times, _ = timed(lambda: read_checkpoint(path), 1)
@@ -186,32 +218,46 @@ def main(argv: list[str] | None = None) -> int:
         reader_ms = statistics.median(warm_times) * 1e3
         callback = contents.checkpoint_callbacks[0]
         print("\nread_checkpoint (no torch involved):")
-        print(f"  first read, {'file dropped from page cache' if dropped else 'page cache not dropped'}: "
-              f"{cold_times[0] * 1e3:.2f} ms")
-        print(f"  warm: median {reader_ms:.2f} ms of 5 (min {min(warm_times) * 1e3:.2f}, "
-              f"max {max(warm_times) * 1e3:.2f})")
-        print(f"  bytes read: {contents.bytes_read} ({contents.bytes_read / size * 100:.5f}% of the file)")
-        print(f"  epoch {contents.epoch}, global_step {contents.global_step}, "
-              f"encoder {contents.hyper_parameters['encoder']['model_name']}, "
-              f"{callback['monitor']} current {callback['current_score']:.4f} best {callback['best_model_score']:.4f}, "
-              f"{len(contents.state_dict_shapes)} shapes")
+        print(
+            f"  first read, {'file dropped from page cache' if dropped else 'page cache not dropped'}: "
+            f"{cold_times[0] * 1e3:.2f} ms"
+        )
+        print(
+            f"  warm: median {reader_ms:.2f} ms of 5 (min {min(warm_times) * 1e3:.2f}, "
+            f"max {max(warm_times) * 1e3:.2f})"
+        )
+        print(
+            f"  bytes read: {contents.bytes_read} ({contents.bytes_read / size * 100:.5f}% of the file)"
+        )
+        print(
+            f"  epoch {contents.epoch}, global_step {contents.global_step}, "
+            f"encoder {contents.hyper_parameters['encoder']['model_name']}, "
+            f"{callback['monitor']} current {callback['current_score']:.4f} best {callback['best_model_score']:.4f}, "
+            f"{len(contents.state_dict_shapes)} shapes"
+        )
 
         load_times, _ = timed(lambda: torch.load(path, weights_only=False), args.repeat)
         mmap_times, _ = timed(lambda: torch.load(path, mmap=True, weights_only=False), args.repeat)
         load_ms = statistics.median(load_times) * 1e3
         mmap_ms = statistics.median(mmap_times) * 1e3
-        print(f"\ntorch.load(weights_only=False):            median {load_ms:9.1f} ms of {args.repeat} "
-              f"-> {load_ms / reader_ms:8.0f}x the reader")
-        print(f"torch.load(mmap=True, weights_only=False): median {mmap_ms:9.1f} ms of {args.repeat} "
-              f"-> {mmap_ms / reader_ms:8.0f}x the reader")
+        print(
+            f"\ntorch.load(weights_only=False):            median {load_ms:9.1f} ms of {args.repeat} "
+            f"-> {load_ms / reader_ms:8.0f}x the reader"
+        )
+        print(
+            f"torch.load(mmap=True, weights_only=False): median {mmap_ms:9.1f} ms of {args.repeat} "
+            f"-> {mmap_ms / reader_ms:8.0f}x the reader"
+        )
 
         if args.many_tensors:
             bench_many_tensors(args.many_tensors, workdir)
 
         verdict = "PASS" if size >= 1e9 and reader_ms <= TARGET_MS else "FAIL"
-        print(f"\ntarget: metadata of a >= 1 GB checkpoint in <= {TARGET_MS:.0f} ms: {verdict} "
-              f"({reader_ms:.2f} ms warm median, {cold_times[0] * 1e3:.2f} ms first read, "
-              f"{size / 1e9:.2f} GB)")
+        print(
+            f"\ntarget: metadata of a >= 1 GB checkpoint in <= {TARGET_MS:.0f} ms: {verdict} "
+            f"({reader_ms:.2f} ms warm median, {cold_times[0] * 1e3:.2f} ms first read, "
+            f"{size / 1e9:.2f} GB)"
+        )
         return 0 if verdict == "PASS" else 1
     finally:
         if args.keep:

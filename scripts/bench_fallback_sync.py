@@ -47,9 +47,14 @@ def isolate_wandb(base: Path) -> None:
     """Offline W&B with every directory it writes under ``base``, and no credentials."""
     for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_RUN_ID"):
         os.environ.pop(var, None)
-    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONSOLE="off",
-                      WANDB_DISABLE_GIT="true", WANDB_DISABLE_CODE="true",
-                      NETRC=str(base / "no-netrc"))
+    os.environ.update(
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        WANDB_CONSOLE="off",
+        WANDB_DISABLE_GIT="true",
+        WANDB_DISABLE_CODE="true",
+        NETRC=str(base / "no-netrc"),
+    )
     for name in ("DIR", "CACHE_DIR", "CONFIG_DIR", "DATA_DIR"):
         path = base / name.lower()
         path.mkdir(parents=True, exist_ok=True)
@@ -66,9 +71,17 @@ def train(work: Path, with_wandb: bool) -> tuple[Path, Path | None, float]:
     class Module(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.save_hyperparameters({"architecture_name": "dbnet", "encoder": {"model_name": "resnet18"},
-                                       "decoder": {"name": "unet"}, "lr": 0.1})
-            self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+            self.save_hyperparameters(
+                {
+                    "architecture_name": "dbnet",
+                    "encoder": {"model_name": "resnet18"},
+                    "decoder": {"name": "unet"},
+                    "lr": 0.1,
+                }
+            )
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)
+            )
 
         def training_step(self, batch: Any, _: int) -> Any:
             x, y = batch
@@ -96,11 +109,22 @@ def train(work: Path, with_wandb: bool) -> tuple[Path, Path | None, float]:
         logger = WandbLogger(save_dir=str(work / "train"), project="bench", offline=True)
     torch.manual_seed(0)
     data = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randn(32, 1)), batch_size=8)
-    checkpointing = ModelCheckpoint(dirpath=work / "train" / "ckpts", monitor="val/hmean", mode="max")
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=logger,
-                        callbacks=[checkpointing], enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1)
+        torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randn(32, 1)), batch_size=8
+    )
+    checkpointing = ModelCheckpoint(
+        dirpath=work / "train" / "ckpts", monitor="val/hmean", mode="max"
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=logger,
+        callbacks=[checkpointing],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(Module(), data, data)
@@ -146,7 +170,9 @@ def make_tree(outputs: Path, source: Path, wandb_run: Path | None, count: int, p
         run_dir = outputs / f"{tag}-dbnet-{encoder}_training_20251{r % 10}15_{r % 24:02d}0000"
         (run_dir / "checkpoints").mkdir(parents=True)
         (run_dir / ".hydra").mkdir()
-        OmegaConf.save(OmegaConf.create(hydra_config(tag, encoder)), run_dir / ".hydra" / "config.yaml")
+        OmegaConf.save(
+            OmegaConf.create(hydra_config(tag, encoder)), run_dir / ".hydra" / "config.yaml"
+        )
         if wandb_run is not None:
             shutil.copytree(wandb_run, run_dir / "wandb" / wandb_run.name, symlinks=True)
         for i in range(min(per_run, count - r * per_run)):
@@ -177,10 +203,18 @@ def timed_sync(outputs: Path, db: Path) -> tuple[float, float, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1000, help="checkpoints to sync [1000]")
-    parser.add_argument("--per-run", type=int, default=20, help="checkpoints per run directory [20]")
-    parser.add_argument("--repeat", type=int, default=3, help="cold syncs, each into a new index [3]")
-    parser.add_argument("--wandb", action="store_true", help="put an offline W&B run in every run directory")
-    parser.add_argument("--dir", type=Path, default=None, help="where to build the tree [a temp dir]")
+    parser.add_argument(
+        "--per-run", type=int, default=20, help="checkpoints per run directory [20]"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="cold syncs, each into a new index [3]"
+    )
+    parser.add_argument(
+        "--wandb", action="store_true", help="put an offline W&B run in every run directory"
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where to build the tree [a temp dir]"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the tree and the index")
     args = parser.parse_args(argv)
 
@@ -192,39 +226,56 @@ def main(argv: list[str] | None = None) -> int:
         size = make_tree(outputs, source, wandb_run, args.count, args.per_run)
         tree_s = time.perf_counter() - started
 
-        import ckpt_index
         import lightning
         import torch
 
-        print(f"python {platform.python_version()}, torch {torch.__version__}, lightning "
-              f"{lightning.__version__}, ckpt-index {ckpt_index.__version__}, {os.cpu_count()} CPUs")
-        print(f"trained one checkpoint in {train_s:.1f} s ({source.stat().st_size / 1024:.1f} KiB: "
-              f"{source.name})")
-        print(f"tree: {args.count} copies in {(args.count + args.per_run - 1) // args.per_run} run "
-              f"directories with .hydra/config.yaml{' and a W&B offline run' if wandb_run else ''}, "
-              f"{size / 1e6:.1f} MB, built in {tree_s:.1f} s")
+        import ckpt_index
+
+        print(
+            f"python {platform.python_version()}, torch {torch.__version__}, lightning "
+            f"{lightning.__version__}, ckpt-index {ckpt_index.__version__}, {os.cpu_count()} CPUs"
+        )
+        print(
+            f"trained one checkpoint in {train_s:.1f} s ({source.stat().st_size / 1024:.1f} KiB: "
+            f"{source.name})"
+        )
+        print(
+            f"tree: {args.count} copies in {(args.count + args.per_run - 1) // args.per_run} run "
+            f"directories with .hydra/config.yaml{' and a W&B offline run' if wandb_run else ''}, "
+            f"{size / 1e6:.1f} MB, built in {tree_s:.1f} s"
+        )
 
         cold, warm = [], []
         for i in range(args.repeat):
             db = work / f"index-{i}.db"
             total_s, sync_s, summary = timed_sync(outputs, db)
             assert summary.inferred == args.count, summary.one_line()
-            print(f"cold sync #{i + 1} (fresh index, inference on): {total_s:.2f} s total, "
-                  f"{sync_s:.2f} s in sync_roots, {1e3 * sync_s / args.count:.2f} ms per checkpoint")
+            print(
+                f"cold sync #{i + 1} (fresh index, inference on): {total_s:.2f} s total, "
+                f"{sync_s:.2f} s in sync_roots, {1e3 * sync_s / args.count:.2f} ms per checkpoint"
+            )
             total2_s, sync2_s, summary2 = timed_sync(outputs, db)
-            assert summary2.unchanged == args.count and summary2.inferred == args.count, summary2.one_line()
-            print(f"  re-sync, nothing changed: {total2_s:.2f} s total, {sync2_s:.2f} s in sync_roots")
+            assert summary2.unchanged == args.count and summary2.inferred == args.count, (
+                summary2.one_line()
+            )
+            print(
+                f"  re-sync, nothing changed: {total2_s:.2f} s total, {sync2_s:.2f} s in sync_roots"
+            )
             cold.append(sync_s)
             warm.append(sync2_s)
         print(f"  last cold: {summary.one_line()}")
         print(f"  last re-sync: {summary2.one_line()}")
 
         median = statistics.median(cold)
-        print(f"cold sync median {median:.2f} s (min {min(cold):.2f}); re-sync median "
-              f"{statistics.median(warm):.3f} s")
+        print(
+            f"cold sync median {median:.2f} s (min {min(cold):.2f}); re-sync median "
+            f"{statistics.median(warm):.3f} s"
+        )
         verdict = "PASS" if median <= TARGET_S else "FAIL"
-        print(f"target: cold sync of {args.count} sidecar-less checkpoints <= {TARGET_S:.0f} s: "
-              f"{verdict} (median {median:.2f} s)")
+        print(
+            f"target: cold sync of {args.count} sidecar-less checkpoints <= {TARGET_S:.0f} s: "
+            f"{verdict} (median {median:.2f} s)"
+        )
         if args.keep:
             print(f"kept: {work}")
         return 0 if verdict == "PASS" else 1

@@ -46,8 +46,12 @@ TARGETS: dict[int, list[tuple[str, str, str, float, str]]] = {
 }
 
 #: The CPU-time figure shown beside each wall-time target (less sensitive to a busy machine).
-CPU_KEYS = {"cold_sync_s": "cold_sync_cpu_s", "nochange_sync_s": "nochange_sync_cpu_s",
-            "best_by_ms": "best_by_cpu_ms", "query_process_s": "query_process_cpu_s"}
+CPU_KEYS = {
+    "cold_sync_s": "cold_sync_cpu_s",
+    "nochange_sync_s": "nochange_sync_cpu_s",
+    "best_by_ms": "best_by_cpu_ms",
+    "query_process_s": "query_process_cpu_s",
+}
 
 #: Sync-related target keys: with ``--profile auto`` a miss on one of these triggers profiling.
 SYNC_KEYS = {"cold_sync_s", "nochange_sync_s", "peak_rss_mb"}
@@ -158,7 +162,9 @@ def median_min(samples: list[float]) -> tuple[float, float]:
     return statistics.median(samples), min(samples)
 
 
-def timed_process(argv: list[str], *, env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def timed_process(
+    argv: list[str], *, env: dict[str, str] | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
     """Wall time of one child process; its CPU time (user + sys) is left in ``proc.cpu_s``."""
     import resource
 
@@ -196,13 +202,15 @@ def fresh_db(url: str, *, owned: bool, wipe: bool) -> None:
     """Make ``url`` an empty index: delete an SQLite file, or every row on another backend."""
     from sqlalchemy import delete, func, select
 
-    from ckpt_index.index.engine import sqlite_file, is_sqlite, open_engine, write_transaction
+    from ckpt_index.index.engine import is_sqlite, open_engine, sqlite_file, write_transaction
     from ckpt_index.index.models import checkpoint_metrics, checkpoints
 
     if is_sqlite(url):
         path = sqlite_file(url)
         if path is None:
-            raise SystemExit("--db: an in-memory SQLite database cannot be shared with child processes")
+            raise SystemExit(
+                "--db: an in-memory SQLite database cannot be shared with child processes"
+            )
         files = [Path(path + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
         if any(f.exists() for f in files) and not (owned or wipe):
             raise SystemExit(f"--db {url} exists; pass --wipe-db to let the benchmark delete it")
@@ -215,8 +223,10 @@ def fresh_db(url: str, *, owned: bool, wipe: bool) -> None:
             count = conn.execute(select(func.count()).select_from(checkpoints)).scalar_one()
             conn.rollback()
         if count and not wipe:
-            raise SystemExit(f"--db {url} holds {count:,} rows; pass --wipe-db to let the "
-                             "benchmark delete every row before each N")
+            raise SystemExit(
+                f"--db {url} holds {count:,} rows; pass --wipe-db to let the "
+                "benchmark delete every row before each N"
+            )
         with write_transaction(engine) as conn:
             conn.execute(delete(checkpoint_metrics))
             conn.execute(delete(checkpoints))
@@ -273,13 +283,24 @@ def change_one_sidecar(ckpt: Path, new_mtime_s: float) -> dict[str, Any]:
     os.utime(path, (new_mtime_s, new_mtime_s))
     after = path.stat()
     assert after.st_mtime_ns != before.st_mtime_ns, "changed sidecar kept its mtime"
-    return {"sidecar": str(path), "checkpoint": str(ckpt), "old_hmean": old, "new_hmean": new,
-            "size_before": before.st_size, "size_after": after.st_size}
+    return {
+        "sidecar": str(path),
+        "checkpoint": str(ckpt),
+        "old_hmean": old,
+        "new_hmean": new,
+        "size_before": before.st_size,
+        "size_after": after.st_size,
+    }
 
 
 def naive_best(root: str) -> tuple[str | None, int, int]:
     """The seeds' catalog: walk, parse every sidecar, sort; return (best checkpoint, parsed, bad)."""
-    from ckpt_index.sidecar.files import SIDECAR_SUFFIX, SidecarError, checkpoint_path_for, read_sidecar
+    from ckpt_index.sidecar.files import (
+        SIDECAR_SUFFIX,
+        SidecarError,
+        checkpoint_path_for,
+        read_sidecar,
+    )
 
     entries = []
     bad = 0
@@ -296,7 +317,9 @@ def naive_best(root: str) -> tuple[str | None, int, int]:
             ckpt = str(checkpoint_path_for(sidecar))
             if meta.metrics.hmean is None or not os.path.exists(ckpt):
                 continue
-            entries.append((meta.metrics.hmean, meta.training.epoch, meta.training.global_step, ckpt))
+            entries.append(
+                (meta.metrics.hmean, meta.training.epoch, meta.training.global_step, ckpt)
+            )
     # Highest hmean, then higher epoch, then higher global_step, then path (the index's order).
     entries.sort(key=lambda e: (-e[0], -e[1], -e[2], e[3]))
     return (entries[0][3] if entries else None), len(entries) + bad, bad
@@ -317,8 +340,8 @@ def time_query(conn, spec, repeat: int) -> tuple[list[float], list[float], list[
 
 def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, Any]:
     from ckpt_index.index.engine import is_sqlite, open_engine
-    from ckpt_index.tools.demo import make_tree
     from ckpt_index.query.spec import QuerySpec, build_query
+    from ckpt_index.tools.demo import make_tree
 
     res: dict[str, Any] = {"n": n}
     nd = base / f"n{n}"
@@ -330,8 +353,10 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     db_url = args.db or "sqlite:///" + str((nd / "ckpt_index.db").absolute())
     res["db"] = db_url
 
-    log(f"\n{'=' * 100}\nN = {n:,} checkpoints   (tree {root_s}; db {db_url}; load avg "
-        f"{os.getloadavg()[0]:.1f})\n{'=' * 100}")
+    log(
+        f"\n{'=' * 100}\nN = {n:,} checkpoints   (tree {root_s}; db {db_url}; load avg "
+        f"{os.getloadavg()[0]:.1f})\n{'=' * 100}"
+    )
 
     # 1. generate --------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -345,14 +370,22 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
             os.utime(os.path.join(dirpath, name), (stamp, stamp))
             n_files += 1
     utime_s = time.perf_counter() - t0
-    res.update(generate_s=gen_s, utime_s=utime_s, files=n_files,
-               experiments=len({p.parent.parent for p in paths}))
-    log(f"[1] generate  {len(paths):,} checkpoints + sidecars ({n_files:,} files, "
+    res.update(
+        generate_s=gen_s,
+        utime_s=utime_s,
+        files=n_files,
+        experiments=len({p.parent.parent for p in paths}),
+    )
+    log(
+        f"[1] generate  {len(paths):,} checkpoints + sidecars ({n_files:,} files, "
         f"{res['experiments']:,} experiments of {args.per_experiment}, seed {args.seed}) in "
-        f"{fmt_s(gen_s)}  [not a target]")
-    log(f"    every file's mtime set {MTIME_AGE_S} s in the past with os.utime ({fmt_s(utime_s)}), "
+        f"{fmt_s(gen_s)}  [not a target]"
+    )
+    log(
+        f"    every file's mtime set {MTIME_AGE_S} s in the past with os.utime ({fmt_s(utime_s)}), "
         "so the sync's racy-clean rule (sidecars modified within 2 s of a sync are re-read)\n"
-        "    does not distort the no-change figure.")
+        "    does not distort the no-change figure."
+    )
     # I/O floor, and it warms the page cache so that sync and naive figures start alike.
     t0 = time.perf_counter()
     read_bytes = 0
@@ -363,8 +396,10 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
                     read_bytes += len(handle.read())
     io_s = time.perf_counter() - t0
     res.update(io_floor_s=io_s, sidecar_bytes=read_bytes)
-    log(f"    I/O floor: walk + read every sidecar's bytes ({read_bytes / 2**20:,.1f} MiB) in "
-        f"{fmt_s(io_s)} (also warms the page cache)")
+    log(
+        f"    I/O floor: walk + read every sidecar's bytes ({read_bytes / 2**20:,.1f} MiB) in "
+        f"{fmt_s(io_s)} (also warms the page cache)"
+    )
 
     # 2. cold sync -------------------------------------------------------------------------
     fresh_db(db_url, owned=True, wipe=True)  # --db was checked once in main()
@@ -375,13 +410,15 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     res["cold_sync_cpu_s"] = cold["cpu_s"]
     rate = n / cold["open_sync_s"]
     res["cold_rate_per_s"] = rate
-    log(f"[2] cold sync (fresh DB, child process)\n"
+    log(
+        f"[2] cold sync (fresh DB, child process)\n"
         f"    open+sync {fmt_s(cold['open_sync_s'])} = {rate:,.0f} checkpoints/s, CPU {fmt_s(cold['cpu_s'])}  "
         f"(schema creation {fmt_s(cold['open_s'])}, sync_roots {fmt_s(cold['sync_s'])}; "
         f"imports {fmt_s(cold['import_s'])}; whole process {fmt_s(cold['process_wall_s'])})\n"
         f"    peak RSS {cold['peak_rss_mb']:.1f} MB (after imports {cold['rss_after_imports_mb']:.1f} MB; "
         f"ru_maxrss {cold['ru_maxrss_mb']:.1f} MB, see note);"
-        f" parsed {s['parsed']:,}, added {s['added']:,}, valid {s['valid']:,}, invalid {s['invalid']:,}")
+        f" parsed {s['parsed']:,}, added {s['added']:,}, valid {s['valid']:,}, invalid {s['invalid']:,}"
+    )
     if s["added"] != n or s["valid"] != n:
         log(f"    !! expected {n:,} added and valid rows")
 
@@ -392,12 +429,14 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     res["nochange_sync_s"] = nochange["open_sync_s"]
     res["nochange_sync_cpu_s"] = nochange["cpu_s"]
     res["nochange_parsed_ok"] = s["parsed"] == 0
-    log(f"[3] no-change re-sync (child process)\n"
+    log(
+        f"[3] no-change re-sync (child process)\n"
         f"    open+sync {fmt_s(nochange['open_sync_s'])}, CPU {fmt_s(nochange['cpu_s'])} (open {fmt_s(nochange['open_s'])}, "
         f"sync_roots {fmt_s(nochange['sync_s'])}; whole process {fmt_s(nochange['process_wall_s'])});"
         f" peak RSS {nochange['peak_rss_mb']:.1f} MB\n"
         f"    parsed {s['parsed']} ({'OK, == 0' if s['parsed'] == 0 else 'UNEXPECTED, want 0'}), "
-        f"unchanged {s['unchanged']:,}, updated {s['updated']}, removed {s['removed']}")
+        f"unchanged {s['unchanged']:,}, updated {s['updated']}, removed {s['removed']}"
+    )
 
     # 4. one sidecar changed ---------------------------------------------------------------
     victim = paths[len(paths) // 2]
@@ -408,13 +447,15 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     res["one_change_sync_s"] = one["open_sync_s"]
     res["one_change_parsed_ok"] = s["parsed"] == 1
     res["changed"] = change
-    log(f"[4] re-sync after changing one sidecar ({Path(change['sidecar']).relative_to(root_s)}: "
+    log(
+        f"[4] re-sync after changing one sidecar ({Path(change['sidecar']).relative_to(root_s)}: "
         f"hmean {change['old_hmean']} -> {change['new_hmean']}, size {change['size_before']} -> "
         f"{change['size_after']} B, mtime +1 s)\n"
         f"    open+sync {fmt_s(one['open_sync_s'])}, CPU {fmt_s(one['cpu_s'])} (sync_roots {fmt_s(one['sync_s'])}; whole process "
         f"{fmt_s(one['process_wall_s'])}); peak RSS {one['peak_rss_mb']:.1f} MB\n"
         f"    parsed {s['parsed']} ({'OK, == 1' if s['parsed'] == 1 else 'UNEXPECTED, want 1'}), "
-        f"updated {s['updated']}, unchanged {s['unchanged']:,}")
+        f"updated {s['updated']}, unchanged {s['unchanged']:,}"
+    )
     res["peak_rss_mb"] = max(cold["peak_rss_mb"], nochange["peak_rss_mb"], one["peak_rss_mb"])
 
     # 5. in-process queries ----------------------------------------------------------------
@@ -424,8 +465,11 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     specs = [
         ("best_by_hmean", QuerySpec(best_by="hmean"), "--best-by hmean (column)"),
         ("best_by_val_loss", QuerySpec(best_by="val/loss"), "--best-by val/loss (metrics table)"),
-        ("best_by_hmean_group", QuerySpec(best_by="hmean", group_by="exp_name"),
-         "--best-by hmean --group-by exp_name"),
+        (
+            "best_by_hmean_group",
+            QuerySpec(best_by="hmean", group_by="exp_name"),
+            "--best-by hmean --group-by exp_name",
+        ),
     ]
     index_best = None
     plans: dict[str, list[str]] = {}
@@ -436,25 +480,38 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
 
             from ckpt_index.index.tables import checkpoints
 
-            stored = conn.execute(select(checkpoints.c.hmean).where(
-                checkpoints.c.checkpoint_path == os.path.abspath(victim))).scalar()
-            res["changed_row_hmean_ok"] = stored is not None and abs(stored - change["new_hmean"]) < 1e-12
-            log(f"[5] in-process queries (read-only engine opened once in {fmt_s(open_ro_s)}, one "
+            stored = conn.execute(
+                select(checkpoints.c.hmean).where(
+                    checkpoints.c.checkpoint_path == os.path.abspath(victim)
+                )
+            ).scalar()
+            res["changed_row_hmean_ok"] = (
+                stored is not None and abs(stored - change["new_hmean"]) < 1e-12
+            )
+            log(
+                f"[5] in-process queries (read-only engine opened once in {fmt_s(open_ro_s)}, one "
                 f"warm-up, then {args.repeat} timed run_query calls)\n"
                 f"    changed row now has hmean {stored} "
-                f"({'OK' if res['changed_row_hmean_ok'] else 'UNEXPECTED'})")
+                f"({'OK' if res['changed_row_hmean_ok'] else 'UNEXPECTED'})"
+            )
             for key, spec, label in specs:
                 samples, cpu, records = time_query(conn, spec, args.repeat)
                 med, low = median_min(samples)
-                res[key] = {"median_ms": med * 1000, "min_ms": low * 1000,
-                            "cpu_median_ms": statistics.median(cpu) * 1000,
-                            "samples_ms": [x * 1000 for x in samples], "rows": len(records)}
+                res[key] = {
+                    "median_ms": med * 1000,
+                    "min_ms": low * 1000,
+                    "cpu_median_ms": statistics.median(cpu) * 1000,
+                    "samples_ms": [x * 1000 for x in samples],
+                    "rows": len(records),
+                }
                 extra = ""
                 if key == "best_by_hmean" and records:
                     index_best = records[0]["checkpoint_path"]
                     extra = f"  -> hmean {records[0]['hmean']} epoch {records[0]['epoch']}"
-                log(f"    {label:<40} median {med * 1000:8.2f} ms   min {low * 1000:8.2f} ms   "
-                    f"(CPU {statistics.median(cpu) * 1000:.2f} ms)   rows {len(records):,}{extra}")
+                log(
+                    f"    {label:<40} median {med * 1000:8.2f} ms   min {low * 1000:8.2f} ms   "
+                    f"(CPU {statistics.median(cpu) * 1000:.2f} ms)   rows {len(records):,}{extra}"
+                )
             res["best_by_ms"] = res["best_by_hmean"]["median_ms"]
             res["best_by_cpu_ms"] = res["best_by_hmean"]["cpu_median_ms"]
             res["index_best"] = index_best
@@ -478,21 +535,30 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         else:
             walls.append(wall)
             cpus.append(proc.cpu_s)
-    imports = [timed_process([sys.executable, "-c", "import ckpt_index.cli"])[0] for _ in range(args.repeat)]
+    imports = [
+        timed_process([sys.executable, "-c", "import ckpt_index.cli"])[0]
+        for _ in range(args.repeat)
+    ]
     bare = [timed_process([sys.executable, "-c", "pass"])[0] for _ in range(args.repeat)]
     med, low = median_min(walls)
     res["query_process_s"] = med
     res["query_process_cpu_s"] = statistics.median(cpus)
-    res["query_process"] = {"median_s": med, "min_s": low, "samples_s": walls,
-                            "import_cli_median_s": statistics.median(imports),
-                            "python_bare_median_s": statistics.median(bare),
-                            "same_answer": cli_best == index_best}
-    log(f"[6] whole process `{' '.join(['ckpt-index', *argv[len(exe):]])}`\n"
+    res["query_process"] = {
+        "median_s": med,
+        "min_s": low,
+        "samples_s": walls,
+        "import_cli_median_s": statistics.median(imports),
+        "python_bare_median_s": statistics.median(bare),
+        "same_answer": cli_best == index_best,
+    }
+    log(
+        f"[6] whole process `{' '.join(['ckpt-index', *argv[len(exe) :]])}`\n"
         f"    median {fmt_s(med)}   min {fmt_s(low)}   (CPU {fmt_s(statistics.median(cpus))}; of "
         f"{args.repeat}, after one untimed run); "
         f"answer {'matches' if cli_best == index_best else 'DIFFERS from'} the in-process one\n"
-        f"    context: `python -c \"import ckpt_index.cli\"` median {fmt_s(statistics.median(imports))}, "
-        f"`python -c pass` median {fmt_s(statistics.median(bare))}")
+        f'    context: `python -c "import ckpt_index.cli"` median {fmt_s(statistics.median(imports))}, '
+        f"`python -c pass` median {fmt_s(statistics.median(bare))}"
+    )
 
     # 7. the seeds' way ----------------------------------------------------------------------
     if n <= args.skip_naive_above:
@@ -500,20 +566,28 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         naive, parsed, bad = naive_best(root_s)
         naive_s = time.perf_counter() - t0
         ratio = naive_s * 1000 / res["best_by_ms"]
-        res.update(naive_s=naive_s, naive_best=naive, naive_ratio=ratio,
-                   naive_same_answer=naive == index_best)
-        log(f"[7] the seeds' way: walk + read_sidecar on every sidecar ({parsed:,} parsed, {bad} invalid) "
+        res.update(
+            naive_s=naive_s,
+            naive_best=naive,
+            naive_ratio=ratio,
+            naive_same_answer=naive == index_best,
+        )
+        log(
+            f"[7] the seeds' way: walk + read_sidecar on every sidecar ({parsed:,} parsed, {bad} invalid) "
             f"+ sort: {fmt_s(naive_s)} ({parsed / naive_s:,.0f} sidecars/s)\n"
             f"    best: {Path(naive).relative_to(root_s) if naive else None}  -> "
             f"{'SAME as the index answer' if naive == index_best else 'DIFFERENT from the index answer ' + str(index_best)}\n"
-            f"    naive / in-process best-by (median) = {ratio:,.0f}x")
+            f"    naive / in-process best-by (median) = {ratio:,.0f}x"
+        )
     else:
         res.update(naive_s=None, naive_ratio=None)
         log(f"[7] the seeds' way: skipped (N > --skip-naive-above {args.skip_naive_above:,})")
 
     # 8. plans -----------------------------------------------------------------------------
-    log(f"[8] query plans at N = {n:,} ({'EXPLAIN QUERY PLAN' if is_sqlite(db_url) else 'EXPLAIN ANALYZE'}, "
-        "bound parameters as run_query sends them):")
+    log(
+        f"[8] query plans at N = {n:,} ({'EXPLAIN QUERY PLAN' if is_sqlite(db_url) else 'EXPLAIN ANALYZE'}, "
+        "bound parameters as run_query sends them):"
+    )
     for label, lines in plans.items():
         log(f"    {label}:")
         for line in lines:
@@ -521,17 +595,25 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     res["plans"] = plans
 
     # Profiling (extra child runs on a scratch DB, so the figures above are unaffected).
-    misses = [k for k, _l, op, bound, _u in TARGETS.get(n, []) if k in SYNC_KEYS
-              and not check(res.get(k), op, bound)]
+    misses = [
+        k
+        for k, _l, op, bound, _u in TARGETS.get(n, [])
+        if k in SYNC_KEYS and not check(res.get(k), op, bound)
+    ]
     if args.profile == "always" or (args.profile == "auto" and misses):
         prof_db = "sqlite:///" + str((nd / "profile.db").absolute())
         fresh_db(prof_db, owned=True, wipe=True)
         why = f" (missed: {', '.join(misses)})" if misses else ""
-        for label, key in (("cold sync", "profile_cold"), ("no-change re-sync", "profile_nochange")):
+        for label, key in (
+            ("cold sync", "profile_cold"),
+            ("no-change re-sync", "profile_nochange"),
+        ):
             prof = run_sync_child(prof_db, root_s, profile=True)
             res[key] = {k: prof[k] for k in ("profile_cumulative", "profile_tottime")}
-            log(f"[profile] {label} under cProfile{why}: open+sync {fmt_s(prof['open_sync_s'])} "
-                "(cProfile overhead included)")
+            log(
+                f"[profile] {label} under cProfile{why}: open+sync {fmt_s(prof['open_sync_s'])} "
+                "(cProfile overhead included)"
+            )
             log(_indent(_trim_profile(prof["profile_cumulative"]), 4))
             log(_indent(_trim_profile(prof["profile_tottime"]), 4))
     return res
@@ -560,19 +642,40 @@ def summary_table(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[s
         for key, label, op, bound, unit in TARGETS.get(n, []):
             value = res.get(key)
             cpu = res.get(CPU_KEYS.get(key, ""))
-            rows.append({"n": n, "figure": key, "label": label, "value": value, "target": f"{op} {bound:g} {unit}",
-                         "pass": check(value, op, bound), "cpu": cpu,
-                         "cpu_pass": None if cpu is None else check(cpu, op, bound)})
+            rows.append(
+                {
+                    "n": n,
+                    "figure": key,
+                    "label": label,
+                    "value": value,
+                    "target": f"{op} {bound:g} {unit}",
+                    "pass": check(value, op, bound),
+                    "cpu": cpu,
+                    "cpu_pass": None if cpu is None else check(cpu, op, bound),
+                }
+            )
         # Correctness checks ride along in the table: they must hold at every N.
-        for key, label in (("nochange_parsed_ok", "no-change re-sync parsed == 0"),
-                           ("one_change_parsed_ok", "one-change re-sync parsed == 1"),
-                           ("changed_row_hmean_ok", "changed row carries the new hmean"),
-                           ("naive_same_answer", "naive answer == index answer")):
+        for key, label in (
+            ("nochange_parsed_ok", "no-change re-sync parsed == 0"),
+            ("one_change_parsed_ok", "one-change re-sync parsed == 1"),
+            ("changed_row_hmean_ok", "changed row carries the new hmean"),
+            ("naive_same_answer", "naive answer == index answer"),
+        ):
             if key in res:
-                rows.append({"n": n, "figure": key, "label": label, "value": res[key],
-                             "target": "true", "pass": bool(res[key])})
-    lines = [f"{'N':>9}  {'figure':<44} {'value':>12}  {'CPU time':>10}  {'target':<12} result",
-             "-" * 100]
+                rows.append(
+                    {
+                        "n": n,
+                        "figure": key,
+                        "label": label,
+                        "value": res[key],
+                        "target": "true",
+                        "pass": bool(res[key]),
+                    }
+                )
+    lines = [
+        f"{'N':>9}  {'figure':<44} {'value':>12}  {'CPU time':>10}  {'target':<12} result",
+        "-" * 100,
+    ]
     for row in rows:
         unit = row["target"].split()[-1]
         value = row["value"]
@@ -581,33 +684,61 @@ def summary_table(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[s
         verdict = "PASS" if row["pass"] else "FAIL"
         if not row["pass"] and row.get("cpu_pass"):
             verdict += " (CPU time within target: contention?)"
-        lines.append(f"{row['n']:>9,}  {row['label']:<44} {shown:>12}  {cpu:>10}  {row['target']:<12} "
-                     f"{verdict}")
+        lines.append(
+            f"{row['n']:>9,}  {row['label']:<44} {shown:>12}  {cpu:>10}  {row['target']:<12} "
+            f"{verdict}"
+        )
     if not rows:
-        lines.append("(no targets are defined for these N; targets exist for N = 10,000 and 100,000)")
+        lines.append(
+            "(no targets are defined for these N; targets exist for N = 10,000 and 100,000)"
+        )
     return lines, rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", action="append", metavar="N[,N...]",
-                        help="checkpoints to generate (repeatable or comma list) [default: 10000]")
-    parser.add_argument("--workdir", help="where trees and the default SQLite DB go "
-                        "[default: a temporary directory, removed at the end unless --keep]")
-    parser.add_argument("--keep", action="store_true", help="keep the generated trees and databases")
-    parser.add_argument("--db", help="SQLAlchemy URL of another backend to benchmark "
-                        "[default: a SQLite file per N in the workdir]; it is emptied before each N")
-    parser.add_argument("--wipe-db", action="store_true",
-                        help="allow emptying a --db that already holds data")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--n",
+        action="append",
+        metavar="N[,N...]",
+        help="checkpoints to generate (repeatable or comma list) [default: 10000]",
+    )
+    parser.add_argument(
+        "--workdir",
+        help="where trees and the default SQLite DB go "
+        "[default: a temporary directory, removed at the end unless --keep]",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the generated trees and databases"
+    )
+    parser.add_argument(
+        "--db",
+        help="SQLAlchemy URL of another backend to benchmark "
+        "[default: a SQLite file per N in the workdir]; it is emptied before each N",
+    )
+    parser.add_argument(
+        "--wipe-db", action="store_true", help="allow emptying a --db that already holds data"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per query [default: 5]")
     parser.add_argument("--seed", type=int, default=0, help="make_tree seed [default: 0]")
-    parser.add_argument("--per-experiment", type=int, default=20,
-                        help="checkpoints per experiment [default: 20]")
-    parser.add_argument("--skip-naive-above", type=int, default=100_000, metavar="N",
-                        help="skip the parse-every-sidecar baseline above N [default: 100000, i.e. run it]")
-    parser.add_argument("--profile", choices=("never", "auto", "always"), default="never",
-                        help="cProfile an extra cold and no-change sync (auto: when a sync target fails)")
+    parser.add_argument(
+        "--per-experiment", type=int, default=20, help="checkpoints per experiment [default: 20]"
+    )
+    parser.add_argument(
+        "--skip-naive-above",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="skip the parse-every-sidecar baseline above N [default: 100000, i.e. run it]",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("never", "auto", "always"),
+        default="never",
+        help="cProfile an extra cold and no-change sync (auto: when a sync target fails)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     args = parser.parse_args(argv)
     try:
@@ -620,9 +751,9 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str = "") -> None:
         print(text, flush=True)
 
-    import sqlalchemy
     import sqlite3
 
+    import sqlalchemy
     import yaml
 
     if args.db is not None and "://" not in args.db:
@@ -634,23 +765,34 @@ def main(argv: list[str] | None = None) -> int:
         # between N values the benchmark empties its own rows without asking.
         fresh_db(args.db, owned=False, wipe=args.wipe_db)
     created = args.workdir is None
-    base = Path(tempfile.mkdtemp(prefix="ckpt-index-bench-") if created else args.workdir).absolute()
+    base = Path(
+        tempfile.mkdtemp(prefix="ckpt-index-bench-") if created else args.workdir
+    ).absolute()
     base.mkdir(parents=True, exist_ok=True)
     env = {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpus": os.cpu_count(), "sqlalchemy": sqlalchemy.__version__,
-        "sqlite": sqlite3.sqlite_version, "yaml_c_loader": hasattr(yaml, "CSafeLoader"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "sqlalchemy": sqlalchemy.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "yaml_c_loader": hasattr(yaml, "CSafeLoader"),
         "loadavg": os.getloadavg(),
     }
-    log(f"ckpt-index benchmark: N = {', '.join(f'{n:,}' for n in ns)}; repeat {args.repeat}; workdir {base}")
-    log(f"python {env['python']} on {env['platform']}, {env['cpus']} CPUs (load avg "
+    log(
+        f"ckpt-index benchmark: N = {', '.join(f'{n:,}' for n in ns)}; repeat {args.repeat}; workdir {base}"
+    )
+    log(
+        f"python {env['python']} on {env['platform']}, {env['cpus']} CPUs (load avg "
         f"{', '.join(f'{x:.2f}' for x in env['loadavg'])}); SQLAlchemy {env['sqlalchemy']}; "
-        f"SQLite {env['sqlite']}; libyaml C loader: {env['yaml_c_loader']}")
-    log("Sync figures are measured in a child interpreter: 'open+sync' = open_engine (schema "
+        f"SQLite {env['sqlite']}; libyaml C loader: {env['yaml_c_loader']}"
+    )
+    log(
+        "Sync figures are measured in a child interpreter: 'open+sync' = open_engine (schema "
         "creation/check) + sync_roots, without interpreter start-up and imports (shown separately);\n"
         "peak RSS is the child's VmHWM from /proc/self/status (imports included). The child's "
         "getrusage ru_maxrss is shown too but is\nnot used: Linux carries the pre-exec peak into it, "
-        "and subprocess spawns via vfork, so it reports at least this benchmark process's own RSS.")
+        "and subprocess spawns via vfork, so it reports at least this benchmark process's own RSS."
+    )
 
     results: list[dict[str, Any]] = []
     try:
@@ -663,17 +805,25 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(base / f"n{n}", ignore_errors=True)
 
         lines, rows = summary_table(results)
-        log(f"\n{'=' * 100}\nSUMMARY (timings noisy: shared {env['cpus']}-CPU machine; load avg at "
-            f"start {env['loadavg'][0]:.1f}, at end {os.getloadavg()[0]:.1f})\n{'=' * 100}")
+        log(
+            f"\n{'=' * 100}\nSUMMARY (timings noisy: shared {env['cpus']}-CPU machine; load avg at "
+            f"start {env['loadavg'][0]:.1f}, at end {os.getloadavg()[0]:.1f})\n{'=' * 100}"
+        )
         for line in lines:
             log(line)
         failed = [r for r in rows if not r["pass"]]
         failures = ", ".join(f"N={r['n']:,} {r['label']}" for r in failed)
-        log(f"\n{len(rows) - len(failed)} of {len(rows)} checks pass"
-            + (f"; FAIL: {failures}" if failed else ""))
+        log(
+            f"\n{len(rows) - len(failed)} of {len(rows)} checks pass"
+            + (f"; FAIL: {failures}" if failed else "")
+        )
         if args.json:
-            Path(args.json).write_text(json.dumps({"env": env, "results": results, "summary": rows},
-                                                  indent=2, default=str), encoding="utf-8")
+            Path(args.json).write_text(
+                json.dumps(
+                    {"env": env, "results": results, "summary": rows}, indent=2, default=str
+                ),
+                encoding="utf-8",
+            )
             log(f"figures written to {args.json}")
     finally:
         if args.keep:

@@ -53,7 +53,9 @@ def run_child(code: str, *args: str, timeout: float = 60.0) -> ChildResult:
     """Run ``code`` (with ``args`` as ``sys.argv[1:]``) in a measured grandchild."""
     wrapper = subprocess.run(
         [sys.executable, "-c", _WRAPPER, code, str(timeout), *args],
-        capture_output=True, text=True, timeout=timeout + 60,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
     )
     assert wrapper.returncode == 0, wrapper.stderr
     return ChildResult(**json.loads(wrapper.stdout))

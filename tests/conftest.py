@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -63,7 +63,11 @@ def tiny_checkpoint(tag: str = "") -> bytes:
 
 
 def write_checkpoint(
-    ckpt: Path, document: dict[str, Any] | str | None = None, *, ckpt_file: bool = True, **changes: Any
+    ckpt: Path,
+    document: dict[str, Any] | str | None = None,
+    *,
+    ckpt_file: bool = True,
+    **changes: Any,
 ) -> Path:
     """Write ``ckpt`` (a tiny well-formed checkpoint) and its sidecar.
 

@@ -4,8 +4,8 @@ every role from 127.0.0.1, so a role needs no password)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url

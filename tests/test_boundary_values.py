@@ -15,25 +15,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import seed_document
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Integer, BigInteger, Boolean, Float, String, select
+from sqlalchemy import BigInteger, Boolean, Float, Integer, String, select
 
 from ckpt_index import api
 from ckpt_index.index import tables
 from ckpt_index.index.engine import open_engine, write_transaction
-from ckpt_index.sources.merge import Inferred
-from ckpt_index.vocabulary import canonical_metrics, match_canonical
 from ckpt_index.index.records import (
-    COLUMN_KINDS, METADATA_COLUMNS, FileState, Record, UnstorableRecord, check_record,
-    record_from_inferred, record_from_metadata,
+    COLUMN_KINDS,
+    METADATA_COLUMNS,
+    FileState,
+    Record,
+    UnstorableRecord,
+    check_record,
+    record_from_inferred,
+    record_from_metadata,
 )
-from ckpt_index.sidecar.schema import CheckpointMetadataV1, metadata_warnings
-from ckpt_index.sidecar.files import dump_document, sidecar_path_for
-from ckpt_index.storable import INT32_MAX, INT64_MAX, MAX_METRIC_NAME
 from ckpt_index.index.store import upsert_records
-
-from conftest import seed_document
+from ckpt_index.sidecar.files import dump_document, sidecar_path_for
+from ckpt_index.sidecar.schema import CheckpointMetadataV1, metadata_warnings
+from ckpt_index.sources.merge import Inferred
+from ckpt_index.storable import INT32_MAX, INT64_MAX, MAX_METRIC_NAME
+from ckpt_index.vocabulary import canonical_metrics, match_canonical
 
 NAN, INF = float("nan"), float("inf")
 HOUR_NS = 3600 * 10**9
@@ -94,8 +99,15 @@ HOSTILE_METRICS = [
 def inferred_record(path: str = "/runs/r/checkpoints/epoch=3-step=30.ckpt") -> Record:
     """A row as the fallbacks make it (status ``inferred``)."""
     found = Inferred(path)
-    for name, value in {"epoch": 3, "global_step": 30, "exp_name": "exp", "architecture": "dbnet",
-                        "encoder": "resnet18", "monitor": "val/hmean", "mode": "max"}.items():
+    for name, value in {
+        "epoch": 3,
+        "global_step": 30,
+        "exp_name": "exp",
+        "architecture": "dbnet",
+        "encoder": "resnet18",
+        "monitor": "val/hmean",
+        "mode": "max",
+    }.items():
         found.set(name, value, "checkpoint")
     found.add_metrics({"val/hmean": 0.5, "val/loss": 0.25}, "checkpoint")
     return record_from_inferred(found, ckpt=FileState(1234, 1_700_000_000 * 10**9))
@@ -105,8 +117,11 @@ def sidecar_record(path: str = "/runs/r/checkpoints/epoch=10.ckpt") -> Record:
     """A row as a sync makes it from a valid sidecar (status ``valid``)."""
     meta = CheckpointMetadataV1.model_validate(seed_document())
     return record_from_metadata(
-        meta, checkpoint_path=path, sidecar_path=path[:-5] + ".metadata.yaml",
-        ckpt=FileState(1234, 1_700_000_000 * 10**9), sidecar=FileState(99, 1_700_000_000 * 10**9),
+        meta,
+        checkpoint_path=path,
+        sidecar_path=path[:-5] + ".metadata.yaml",
+        ckpt=FileState(1234, 1_700_000_000 * 10**9),
+        sidecar=FileState(99, 1_700_000_000 * 10**9),
         warnings=metadata_warnings(meta),
     )
 
@@ -127,7 +142,9 @@ def test_a_clean_record_is_returned_unchanged() -> None:
 
 
 @pytest.mark.parametrize("column, value, kept, word", HOSTILE_COLUMNS, ids=HOSTILE_IDS)
-def test_an_inferred_row_is_repaired_with_a_warning(column: str, value: Any, kept: Any, word: str) -> None:
+def test_an_inferred_row_is_repaired_with_a_warning(
+    column: str, value: Any, kept: Any, word: str
+) -> None:
     record = with_column(inferred_record(), column, value)
 
     checked = check_record(record)
@@ -143,7 +160,9 @@ def test_an_inferred_row_is_repaired_with_a_warning(column: str, value: Any, kep
 
 
 @pytest.mark.parametrize("column, value, kept, word", HOSTILE_COLUMNS, ids=HOSTILE_IDS)
-def test_a_sidecar_row_with_a_bad_value_becomes_invalid(column: str, value: Any, kept: Any, word: str) -> None:
+def test_a_sidecar_row_with_a_bad_value_becomes_invalid(
+    column: str, value: Any, kept: Any, word: str
+) -> None:
     record = with_column(sidecar_record(), column, value)
 
     checked = check_record(record)
@@ -153,17 +172,28 @@ def test_a_sidecar_row_with_a_bad_value_becomes_invalid(column: str, value: Any,
     assert "\n" not in checked.columns["error"]
     assert all(checked.columns[name] is None for name in METADATA_COLUMNS if name != "error")
     assert checked.metrics == {}
-    for name in ("checkpoint_path", "sidecar_path", "ckpt_size", "ckpt_mtime_ns", "sidecar_size",
-                 "sidecar_mtime_ns", "checkpoint_exists"):
+    for name in (
+        "checkpoint_path",
+        "sidecar_path",
+        "ckpt_size",
+        "ckpt_mtime_ns",
+        "sidecar_size",
+        "sidecar_mtime_ns",
+        "checkpoint_exists",
+    ):
         assert checked.columns[name] == record.columns[name]
     assert_storable(checked)
 
 
-@pytest.mark.parametrize("name, value, kept, word", HOSTILE_METRICS,
-                         ids=[f"{n!r}={v!r}"[:40] for n, v, *_ in HOSTILE_METRICS])
+@pytest.mark.parametrize(
+    "name, value, kept, word",
+    HOSTILE_METRICS,
+    ids=[f"{n!r}={v!r}"[:40] for n, v, *_ in HOSTILE_METRICS],
+)
 @pytest.mark.parametrize("make", [inferred_record, sidecar_record], ids=["inferred", "sidecar"])
-def test_bad_metrics_are_dropped_or_cleaned_in_any_row(make, name: Any, value: Any, kept: dict,
-                                                      word: str | None) -> None:
+def test_bad_metrics_are_dropped_or_cleaned_in_any_row(
+    make, name: Any, value: Any, kept: dict, word: str | None
+) -> None:
     record = make()
     record.metrics[name] = value
 
@@ -194,8 +224,12 @@ def test_a_checkpoint_path_that_cannot_be_stored_is_refused(path: Any) -> None:
 
 
 def test_every_column_of_the_table_has_a_kind_matching_its_type() -> None:
-    expected = {Integer: ("int", INT32_MAX), BigInteger: ("int", INT64_MAX), Float: ("float", None),
-                Boolean: ("bool", None)}
+    expected = {
+        Integer: ("int", INT32_MAX),
+        BigInteger: ("int", INT64_MAX),
+        Float: ("float", None),
+        Boolean: ("bool", None),
+    }
     from ckpt_index.storable import INT_RANGES
 
     for column in tables.checkpoints.columns:
@@ -213,19 +247,33 @@ def test_every_column_of_the_table_has_a_kind_matching_its_type() -> None:
 
 
 _HOSTILE_ANY = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=2**62, max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(), st.sampled_from(
-        ["\x00", "\udc80", "a\ud800b", "min", "max", "training", 10**400, -(2**63) - 1]),
-    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=2**62, max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(),
+    st.sampled_from(
+        ["\x00", "\udc80", "a\ud800b", "min", "max", "training", 10**400, -(2**63) - 1]
+    ),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     status=st.sampled_from(["valid", "inferred", "unreadable", "invalid", "missing"]),
-    values=st.dictionaries(st.sampled_from(sorted(set(COLUMN_KINDS) - {"checkpoint_path", "location"})
-                                           + ["some_new_column"]), _HOSTILE_ANY, max_size=12),
-    metrics=st.dictionaries(st.one_of(st.text(max_size=300), st.integers()), _HOSTILE_ANY, max_size=5),
+    values=st.dictionaries(
+        st.sampled_from(
+            sorted(set(COLUMN_KINDS) - {"checkpoint_path", "location"}) + ["some_new_column"]
+        ),
+        _HOSTILE_ANY,
+        max_size=12,
+    ),
+    metrics=st.dictionaries(
+        st.one_of(st.text(max_size=300), st.integers()), _HOSTILE_ANY, max_size=5
+    ),
 )
 def test_any_values_become_a_storable_row(status: str, values: dict, metrics: dict) -> None:
     record = Record({**inferred_record().columns, **values, "status": status}, dict(metrics))
@@ -243,7 +291,10 @@ def _stored(db_url: str, records: list[Record]) -> tuple[dict[str, dict], dict[s
         with write_transaction(engine) as conn:
             upsert_records(conn, records)
         with engine.connect() as conn:
-            rows = {r.checkpoint_path: dict(r._mapping) for r in conn.execute(select(tables.checkpoints))}
+            rows = {
+                r.checkpoint_path: dict(r._mapping)
+                for r in conn.execute(select(tables.checkpoints))
+            }
             metrics: dict[str, dict] = {path: {} for path in rows}
             by_id = {row["id"]: path for path, row in rows.items()}
             for row_id, name, value in conn.execute(select(tables.checkpoint_metrics)):
@@ -256,8 +307,12 @@ def _stored(db_url: str, records: list[Record]) -> tuple[dict[str, dict], dict[s
 def test_checked_rows_are_stored_as_they_are_on_both_backends(db_url: str) -> None:
     records = []
     for i, (column, value, _, _) in enumerate(HOSTILE_COLUMNS):
-        records.append(check_record(with_column(inferred_record(f"/runs/inferred/{i}.ckpt"), column, value)))
-        records.append(check_record(with_column(sidecar_record(f"/runs/sidecar/{i}.ckpt"), column, value)))
+        records.append(
+            check_record(with_column(inferred_record(f"/runs/inferred/{i}.ckpt"), column, value))
+        )
+        records.append(
+            check_record(with_column(sidecar_record(f"/runs/sidecar/{i}.ckpt"), column, value))
+        )
     hostile_metrics = inferred_record("/runs/metrics.ckpt")
     for name, value, _, _ in HOSTILE_METRICS:
         hostile_metrics.metrics[name] = value
@@ -276,8 +331,12 @@ def test_unchecked_hostile_rows_are_what_broke_the_batch(db_url: str) -> None:
     """The premise: without the check, these rows fail to insert on one backend or both."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    hostile = [("epoch", 2**31), ("global_step", 2**64), ("exp_name", "a\x00b"),
-               ("architecture", "x\udc80")]
+    hostile = [
+        ("epoch", 2**31),
+        ("global_step", 2**64),
+        ("exp_name", "a\x00b"),
+        ("architecture", "x\udc80"),
+    ]
     failures = 0
     for column, value in hostile:
         try:
@@ -288,13 +347,16 @@ def test_unchecked_hostile_rows_are_what_broke_the_batch(db_url: str) -> None:
 
 
 # --------------------------------------------------------------------------------- metric names
-@pytest.mark.parametrize("metrics", [
-    {"val/hmean": 10**400, "hmean": 0.5},
-    {"val/hmean": NAN, "hmean": 0.5},
-    {5: 0.9, ("val", "hmean"): 0.9, "hmean": 0.5},
-    {"val/hmean": "0.9", "hmean": 0.5},
-    {"val/hmean": True, "hmean": 0.5},
-])
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {"val/hmean": 10**400, "hmean": 0.5},
+        {"val/hmean": NAN, "hmean": 0.5},
+        {5: 0.9, ("val", "hmean"): 0.9, "hmean": 0.5},
+        {"val/hmean": "0.9", "hmean": 0.5},
+        {"val/hmean": True, "hmean": 0.5},
+    ],
+)
 def test_canonical_matching_never_raises_on_odd_metrics(metrics: dict) -> None:
     assert match_canonical(metrics) == {"hmean": "hmean"}
     assert canonical_metrics(metrics) == {"hmean": 0.5}
@@ -337,7 +399,9 @@ def test_hostile_values_never_stop_a_sync_and_rows_agree_on_both_backends(
     db_url: str, outputs: Path
 ) -> None:
     pytest.importorskip("torch")
-    ok = _torch_checkpoint(outputs / "good" / "epoch=1-step=10.ckpt", {"epoch": 1, "global_step": 10})
+    ok = _torch_checkpoint(
+        outputs / "good" / "epoch=1-step=10.ckpt", {"epoch": 1, "global_step": 10}
+    )
     big_epoch = outputs / "sidecar" / "big_epoch.ckpt"
     _sidecar(big_epoch, _seed_with("training.epoch", 2**64))
     for field in ("training.global_step", "training.max_epochs", "checkpointing.save_top_k"):
@@ -345,17 +409,37 @@ def test_hostile_values_never_stop_a_sync_and_rows_agree_on_both_backends(
     nul = outputs / "sidecar" / "nul.ckpt"
     _sidecar(nul, dump_document(seed_document()).replace("exp_name: ", 'exp_name: "a\\0b" #', 1))
     surrogate = outputs / "sidecar" / "surrogate.ckpt"
-    _sidecar(surrogate, dump_document(seed_document()).replace("exp_name: ", 'exp_name: "a\\udc80" #', 1))
-    pickled = _torch_checkpoint(outputs / "pickle" / "big.ckpt", {"epoch": 2**64, "global_step": 2**64})
-    texts = _torch_checkpoint(outputs / "pickle" / "texts.ckpt", {
-        "epoch": 1, "global_step": 2,
-        "hyper_parameters": {"exp_name": "a\udc80b", "architecture": "x\x00y", "encoder": {"model_name": 5}},
-        "cleval_metrics": {"hmean": 0.5, "big": 10**400, "nan": NAN, "x" * 300: 0.1},
-    })
-    monitors = {kind: _torch_checkpoint(outputs / "monitor" / f"{kind}.ckpt", {
-        "epoch": 1, "global_step": 2, "callbacks": _model_checkpoint_state(value, mode)})
-        for kind, value, mode in (("int", 5, "max"), ("list", ["a"], "min"), ("dict", {"a": 1}, "max"),
-                                  ("mode", "val/hmean", "sideways"))}
+    _sidecar(
+        surrogate, dump_document(seed_document()).replace("exp_name: ", 'exp_name: "a\\udc80" #', 1)
+    )
+    pickled = _torch_checkpoint(
+        outputs / "pickle" / "big.ckpt", {"epoch": 2**64, "global_step": 2**64}
+    )
+    texts = _torch_checkpoint(
+        outputs / "pickle" / "texts.ckpt",
+        {
+            "epoch": 1,
+            "global_step": 2,
+            "hyper_parameters": {
+                "exp_name": "a\udc80b",
+                "architecture": "x\x00y",
+                "encoder": {"model_name": 5},
+            },
+            "cleval_metrics": {"hmean": 0.5, "big": 10**400, "nan": NAN, "x" * 300: 0.1},
+        },
+    )
+    monitors = {
+        kind: _torch_checkpoint(
+            outputs / "monitor" / f"{kind}.ckpt",
+            {"epoch": 1, "global_step": 2, "callbacks": _model_checkpoint_state(value, mode)},
+        )
+        for kind, value, mode in (
+            ("int", 5, "max"),
+            ("list", ["a"], "min"),
+            ("dict", {"a": 1}, "max"),
+            ("mode", "val/hmean", "sideways"),
+        )
+    }
     empty = outputs / "names" / "epoch=99999999999999999999-step=1.ckpt"
     empty.parent.mkdir(parents=True)
     empty.write_bytes(b"")
@@ -377,8 +461,14 @@ def test_hostile_values_never_stop_a_sync_and_rows_agree_on_both_backends(
     assert rows[str(surrogate)]["status"] == "invalid"
     big = rows[str(pickled)]
     assert big["status"] == "inferred" and (big["epoch"], big["global_step"]) == (None, None)
-    for field in ("epoch", "global_step"):  # dropped by the reader or by the fallback, said either way
-        assert f"{field} from checkpoint: " in big["warnings"] or f"checkpoint: {field}: " in big["warnings"]
+    for field in (
+        "epoch",
+        "global_step",
+    ):  # dropped by the reader or by the fallback, said either way
+        assert (
+            f"{field} from checkpoint: " in big["warnings"]
+            or f"checkpoint: {field}: " in big["warnings"]
+        )
     row = rows[str(texts)]
     # Cleaned with a warning, or refused as no name by the config reader: never stored raw.
     assert row["status"] == "inferred" and row["encoder"] is None
@@ -391,7 +481,9 @@ def test_hostile_values_never_stop_a_sync_and_rows_agree_on_both_backends(
         assert (row["status"], row["monitor"], row["mode"]) == ("inferred", None, None), kind
         assert "ModelCheckpoint monitor" in row["warnings"], kind
     row = rows[str(monitors["mode"])]
-    assert (row["monitor"], row["mode"]) == ("val/hmean", None) and "mode 'sideways'" in row["warnings"]
+    assert (row["monitor"], row["mode"]) == ("val/hmean", None) and "mode 'sideways'" in row[
+        "warnings"
+    ]
     assert rows[str(empty)]["status"] == "unreadable" and rows[str(empty)]["epoch"] is None
     # Nothing is left to retry: every row was written, and a re-sync reads nothing again.
     again = api.sync_index(outputs, db=db_url, infer=True)

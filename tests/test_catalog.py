@@ -9,17 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import seed_document, tiny_checkpoint
 
 import ckpt_index
 import ckpt_index.sync.build as record_builder
 import ckpt_index.sync.roots as sync_module
-from ckpt_index.tools.catalog import CheckpointCatalog
 from ckpt_index.sidecar.files import dump_document, sidecar_path_for
-
-from conftest import seed_document, tiny_checkpoint
+from ckpt_index.tools.catalog import CheckpointCatalog
 
 HOUR_NS = 3600 * 10**9
-SEED_DISPLAY = "dbnet · resnet50 · exp_name (ep10 • hmean 0.843 • prec 0.854 • rec 0.832 • 20251018_1432)"
+SEED_DISPLAY = (
+    "dbnet · resnet50 · exp_name (ep10 • hmean 0.843 • prec 0.854 • rec 0.832 • 20251018_1432)"
+)
 LIGHTNING_RUN = "ocr_v2-craft-mobilenetv3_large_training_20251020_090000"
 
 
@@ -33,7 +34,9 @@ def lightning_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     class Module(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.save_hyperparameters({"architecture_name": "craft", "encoder": {"model_name": "mobilenetv3_large"}})
+            self.save_hyperparameters(
+                {"architecture_name": "craft", "encoder": {"model_name": "mobilenetv3_large"}}
+            )
             self.layer = torch.nn.Linear(2, 1)
 
         def training_step(self, batch: Any, _: int) -> Any:
@@ -49,10 +52,18 @@ def lightning_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("catalog_ckpt")
     torch.manual_seed(0)
     data = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), batch_size=2)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False,
-                        callbacks=[ModelCheckpoint(dirpath=root, monitor="val/loss", mode="min")],
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        torch.utils.data.TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), batch_size=2
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        callbacks=[ModelCheckpoint(dirpath=root, monitor="val/loss", mode="min")],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(Module(), data, data)
@@ -94,11 +105,21 @@ def tree(outputs: Path, lightning_checkpoint: Path) -> dict[str, Path]:
     """Three checkpoints with sidecars (hmean 0.9, 0.843, 0.773) and one real one without."""
     paths = {
         "design": write(outputs / "exp_a" / "checkpoints" / "epoch-10_step-005420.ckpt", design()),
-        "better": write(outputs / "exp_b" / "checkpoints" / "epoch-12_step-006000.ckpt", design(**{
-            "exp_name": "exp_b", "training.epoch": 12, "metrics.hmean": 0.9,
-            "metrics.precision": 0.91, "metrics.recall": 0.89})),
-        "converted": write(outputs / "my_experiment" / "checkpoints" / "best.ckpt",
-                           seed_document("seed_converted")),
+        "better": write(
+            outputs / "exp_b" / "checkpoints" / "epoch-12_step-006000.ckpt",
+            design(
+                **{
+                    "exp_name": "exp_b",
+                    "training.epoch": 12,
+                    "metrics.hmean": 0.9,
+                    "metrics.precision": 0.91,
+                    "metrics.recall": 0.89,
+                }
+            ),
+        ),
+        "converted": write(
+            outputs / "my_experiment" / "checkpoints" / "best.ckpt", seed_document("seed_converted")
+        ),
     }
     bare = outputs / LIGHTNING_RUN / "checkpoints" / lightning_checkpoint.name
     bare.parent.mkdir(parents=True)
@@ -120,7 +141,9 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
 
     def build(paths, found, racy_after_ns, options):
         # Checkpoints are read in worker processes: count what is handed to them.
-        seen["checkpoints"].extend(p for p in paths if sync_module._needs_isolation(found[p], options))
+        seen["checkpoints"].extend(
+            p for p in paths if sync_module._needs_isolation(found[p], options)
+        )
         if any(sync_module._needs_isolation(found[p], options) for p in paths):
             seen["sidecars"].extend(found[p].sidecar_path for p in paths if found[p].sidecar_path)
         return build_records(paths, found, racy_after_ns, options)
@@ -131,7 +154,9 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     return seen
 
 
-def test_catalog_counts_coverage_and_best_hmean_first(tree: dict[str, Path], outputs: Path, db_path: Path) -> None:
+def test_catalog_counts_coverage_and_best_hmean_first(
+    tree: dict[str, Path], outputs: Path, db_path: Path
+) -> None:
     catalog = ckpt_index.build_catalog(outputs, db=db_path)
 
     assert isinstance(catalog, CheckpointCatalog)
@@ -145,7 +170,9 @@ def test_catalog_counts_coverage_and_best_hmean_first(tree: dict[str, Path], out
     assert [e.hmean for e in catalog.entries] == [0.9, 0.843, pytest.approx(0.773013), None]
 
 
-def test_display_option_matches_the_seed_format(tree: dict[str, Path], outputs: Path, db_path: Path) -> None:
+def test_display_option_matches_the_seed_format(
+    tree: dict[str, Path], outputs: Path, db_path: Path
+) -> None:
     entries = {e.checkpoint_path: e for e in ckpt_index.build_catalog(outputs, db=db_path).entries}
 
     assert entries[str(tree["design"])].to_display_option() == SEED_DISPLAY
@@ -153,8 +180,14 @@ def test_display_option_matches_the_seed_format(tree: dict[str, Path], outputs: 
         "dbnet · resnet50 · exp_b (ep12 • hmean 0.900 • prec 0.910 • rec 0.890 • 20251018_1432)"
     )
     converted = entries[str(tree["converted"])]
-    assert (converted.architecture, converted.encoder, converted.epoch) == ("dbnet", "mobilenetv3_small_050", 0)
-    assert converted.to_display_option().startswith("dbnet · mobilenetv3_small_050 · my_experiment (ep0 • hmean 0.773")
+    assert (converted.architecture, converted.encoder, converted.epoch) == (
+        "dbnet",
+        "mobilenetv3_small_050",
+        0,
+    )
+    assert converted.to_display_option().startswith(
+        "dbnet · mobilenetv3_small_050 · my_experiment (ep0 • hmean 0.773"
+    )
     assert converted.to_display_option().endswith(" • 20251017_2200)")
 
 
@@ -165,7 +198,11 @@ def test_checkpoints_without_a_sidecar_are_listed_from_the_fallbacks(
 
     bare = entries[str(tree["bare"])]
     assert (bare.status, bare.source) == ("inferred", "checkpoint")
-    assert (bare.architecture, bare.encoder, bare.exp_name) == ("craft", "mobilenetv3_large", LIGHTNING_RUN)
+    assert (bare.architecture, bare.encoder, bare.exp_name) == (
+        "craft",
+        "mobilenetv3_large",
+        LIGHTNING_RUN,
+    )
     assert (bare.epoch, bare.global_step, bare.hmean) == (0, 4, None)
     assert bare.metrics == {"val/loss": 0.25, "validation_loss": 0.25}
     assert bare.to_display_option().startswith(f"craft · mobilenetv3_large · {LIGHTNING_RUN} (ep0")
@@ -175,13 +212,17 @@ def test_second_build_parses_nothing_new(
     tree: dict[str, Path], outputs: Path, db_path: Path, parses: dict[str, list[str]]
 ) -> None:
     first = ckpt_index.build_catalog(outputs, db=db_path)
-    assert sorted(parses["sidecars"]) == sorted(str(sidecar_path_for(tree[k])) for k in ("design", "better", "converted"))
+    assert sorted(parses["sidecars"]) == sorted(
+        str(sidecar_path_for(tree[k])) for k in ("design", "better", "converted")
+    )
 
     parses["sidecars"].clear()
     parses["checkpoints"].clear()
     second = ckpt_index.build_catalog(outputs, db=db_path)
     assert parses == {"sidecars": [], "checkpoints": []}
-    assert [e.to_display_option() for e in second.entries] == [e.to_display_option() for e in first.entries]
+    assert [e.to_display_option() for e in second.entries] == [
+        e.to_display_option() for e in first.entries
+    ]
     assert second.metadata_coverage_percent == first.metadata_coverage_percent
 
     # A changed sidecar is the only one parsed again, and the new value shows.
@@ -189,10 +230,15 @@ def test_second_build_parses_nothing_new(
     sidecar.write_text(dump_document(design(**{"exp_name": "exp_c", "metrics.hmean": 0.95})))
     third = ckpt_index.build_catalog(outputs, db=db_path)
     assert parses["sidecars"] == [str(sidecar)] and parses["checkpoints"] == []
-    assert third.entries[0].checkpoint_path == str(tree["converted"]) and third.entries[0].hmean == 0.95
+    assert (
+        third.entries[0].checkpoint_path == str(tree["converted"])
+        and third.entries[0].hmean == 0.95
+    )
 
 
-def test_catalog_follows_deleted_checkpoints(tree: dict[str, Path], outputs: Path, db_path: Path) -> None:
+def test_catalog_follows_deleted_checkpoints(
+    tree: dict[str, Path], outputs: Path, db_path: Path
+) -> None:
     ckpt_index.build_catalog(outputs, db=db_path)
     tree["better"].unlink()  # its sidecar stays: an orphan, not offered
 
@@ -203,8 +249,9 @@ def test_catalog_follows_deleted_checkpoints(tree: dict[str, Path], outputs: Pat
     assert catalog.metadata_coverage_percent == pytest.approx(200 / 3)
 
 
-def test_catalog_uses_the_default_database(tree: dict[str, Path], outputs: Path, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_catalog_uses_the_default_database(
+    tree: dict[str, Path], outputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     catalog = ckpt_index.build_catalog(outputs)  # cwd is tmp_path (conftest): ./ckpt_index.db
     assert catalog.total_count == 4
     assert (tmp_path / "ckpt_index.db").is_file()

@@ -15,11 +15,11 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from conftest import seed_document, write_checkpoint
 from sqlalchemy.engine import make_url
 
 import ckpt_index
 from ckpt_index.cli import cli
-from conftest import seed_document, write_checkpoint
 
 HEAVY = ("torch", "lightning", "wandb", "pandas")
 VENV_BIN = Path(sys.executable).parent
@@ -39,12 +39,27 @@ COMMANDS = list(_commands(cli))
 
 def test_every_expected_command_exists() -> None:
     names = {" ".join(path) for path, _ in COMMANDS}
-    expected = {"", "sync", "query", "show", "validate", "sql", "stats", "db", "db upgrade",
-                "db downgrade", "db current", "db history", "demo"}
+    expected = {
+        "",
+        "sync",
+        "query",
+        "show",
+        "validate",
+        "sql",
+        "stats",
+        "db",
+        "db upgrade",
+        "db downgrade",
+        "db current",
+        "db history",
+        "demo",
+    }
     assert expected <= names
 
 
-@pytest.mark.parametrize("path, command", COMMANDS, ids=[" ".join(p) or "ckpt-index" for p, _ in COMMANDS])
+@pytest.mark.parametrize(
+    "path, command", COMMANDS, ids=[" ".join(p) or "ckpt-index" for p, _ in COMMANDS]
+)
 def test_help_has_example(path, command) -> None:
     assert command.help and "Example:" in command.help
     result = CliRunner().invoke(cli, [*path, "--help"], catch_exceptions=False)
@@ -59,18 +74,29 @@ def test_help_has_example(path, command) -> None:
 
 def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "CKPT_INDEX_DB"}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("statement", ["import ckpt_index", "import ckpt_index.cli",
-                                       "from ckpt_index.cli import cli, main"])
+@pytest.mark.parametrize(
+    "statement",
+    ["import ckpt_index", "import ckpt_index.cli", "from ckpt_index.cli import cli, main"],
+)
 def test_import_leaves_heavy_modules_out(tmp_path, statement) -> None:
-    proc = _run_python(f"""
+    proc = _run_python(
+        f"""
         import sys
         {statement}
         print(sorted(m for m in {HEAVY!r} if m in sys.modules))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
@@ -79,7 +105,8 @@ def test_commands_leave_heavy_modules_out(tmp_path, outputs, db_path) -> None:
     """Not only the import: running the everyday commands loads none of them either."""
     write_checkpoint(outputs / "e/a.ckpt", **{"metrics.hmean": 0.9})
     write_checkpoint(outputs / "e/b.ckpt", **{"metrics.hmean": 0.8})
-    proc = _run_python(f"""
+    proc = _run_python(
+        f"""
         import sys
         from click.testing import CliRunner
         from ckpt_index.cli import cli
@@ -96,18 +123,30 @@ def test_commands_leave_heavy_modules_out(tmp_path, outputs, db_path) -> None:
             result = runner.invoke(cli, args)
             assert result.exit_code == 0, (args, result.output, result.exception)
         print(sorted(m for m in {HEAVY!r} if m in sys.modules))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_python_m_ckpt_index(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ckpt_index", "--help"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckpt_index", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Usage:" in proc.stdout and "query" in proc.stdout and "Example:" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "ckpt_index", "--version"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckpt_index", "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0
     assert ckpt_index.__version__ in proc.stdout
 
@@ -115,24 +154,40 @@ def test_python_m_ckpt_index(tmp_path) -> None:
 def test_console_script(tmp_path, outputs) -> None:
     script = VENV_BIN / "ckpt-index"
     assert script.exists(), "the ckpt-index console script is not installed"
-    proc = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Usage: ckpt-index")
     # And a real round trip through the installed script.
-    ckpt = write_checkpoint(outputs / "exp/checkpoints/epoch-01_step-000010.ckpt",
-                            **{"metrics.hmean": 0.77})
+    ckpt = write_checkpoint(
+        outputs / "exp/checkpoints/epoch-01_step-000010.ckpt", **{"metrics.hmean": 0.77}
+    )
     db = tmp_path / "script.db"
-    proc = subprocess.run([str(script), "sync", str(outputs), "--db", str(db)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(script), "sync", str(outputs), "--db", str(db)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([str(script), "query", "--best-by", "hmean", "--format", "paths",
-                           "--db", str(db)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [str(script), "query", "--best-by", "hmean", "--format", "paths", "--db", str(db)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(ckpt)
-    proc = subprocess.run([str(script), "query", "--encoder", "nope", "--db", str(db)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(script), "query", "--encoder", "nope", "--db", str(db)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert proc.stdout == "" and proc.stderr.strip()
 
@@ -142,9 +197,15 @@ def test_console_script(tmp_path, outputs) -> None:
 
 
 def test_show_prints_record_with_metadata(outputs, invoke_db, tmp_path) -> None:
-    ckpt = write_checkpoint(outputs / "exp/checkpoints/epoch-10_step-005420.ckpt",
-                            **{"metrics.hmean": 0.91, "metrics.additional_metrics": {"val/loss": 0.02},
-                               "exp_name": "shown", "model.encoder.model_name": "resnet18"})
+    ckpt = write_checkpoint(
+        outputs / "exp/checkpoints/epoch-10_step-005420.ckpt",
+        **{
+            "metrics.hmean": 0.91,
+            "metrics.additional_metrics": {"val/loss": 0.02},
+            "exp_name": "shown",
+            "model.encoder.model_name": "resnet18",
+        },
+    )
     write_checkpoint(outputs / "exp/checkpoints/other.ckpt")
     assert invoke_db("sync", str(outputs)).exit_code == 0
     for arg in (str(ckpt), os.path.relpath(ckpt, tmp_path)):  # cwd is tmp_path
@@ -200,10 +261,14 @@ def test_show_unreadable_checkpoint_says_why(outputs, invoke_db) -> None:
 @pytest.fixture
 def mixed_tree(outputs: Path) -> dict[str, Path]:
     valid = write_checkpoint(outputs / "a/checkpoints/good.ckpt", seed_document())
-    out_of_range = write_checkpoint(outputs / "a/checkpoints/bad_hmean.ckpt", **{"metrics.hmean": 1.7})
+    out_of_range = write_checkpoint(
+        outputs / "a/checkpoints/bad_hmean.ckpt", **{"metrics.hmean": 1.7}
+    )
     broken_yaml = write_checkpoint(outputs / "b/checkpoints/broken.ckpt", "training: [unclosed\n")
     bare = write_checkpoint(outputs / "b/checkpoints/bare.ckpt")
-    orphan = write_checkpoint(outputs / "c/checkpoints/orphan.ckpt", seed_document(), ckpt_file=False)
+    orphan = write_checkpoint(
+        outputs / "c/checkpoints/orphan.ckpt", seed_document(), ckpt_file=False
+    )
     return {
         "valid": valid.with_name("good.metadata.yaml"),
         "out_of_range": out_of_range.with_name("bad_hmean.metadata.yaml"),
@@ -251,8 +316,15 @@ def test_validate_json(outputs, invoke, mixed_tree, tmp_path, db_path) -> None:
     assert all(reason and "\n" not in reason for reason in invalid.values())
     assert report["without_metadata"] == [str(mixed_tree["bare"])]
     assert report["orphaned"] == [str(mixed_tree["orphan"])]
-    assert report["counts"] == {"valid": 2, "invalid": 2, "without_metadata": 1, "orphaned": 1,
-                                "unreadable": 0, "stale": 0, "unsafe_globals": 0}
+    assert report["counts"] == {
+        "valid": 2,
+        "invalid": 2,
+        "without_metadata": 1,
+        "orphaned": 1,
+        "unreadable": 0,
+        "stale": 0,
+        "unsafe_globals": 0,
+    }
     _no_database_created(tmp_path, db_path)
 
 
@@ -284,8 +356,14 @@ def test_validate_reads_checkpoints_in_workers(outputs, invoke, tmp_path, db_pat
     assert f"unreadable: {truncated}: " in text
     assert f"needs weights_only=False: {unsafe}: argparse.Namespace" in text
     assert "1 unreadable, 1 stale, 1 with unsafe globals" in text
-    quick = json.loads(invoke("validate", str(outputs), "--no-checkpoints", "--format", "json").stdout)
-    assert quick["unreadable"] == [] and quick["unsafe_globals"] == {} and quick["stale"] == [str(sidecar)]
+    quick = json.loads(
+        invoke("validate", str(outputs), "--no-checkpoints", "--format", "json").stdout
+    )
+    assert (
+        quick["unreadable"] == []
+        and quick["unsafe_globals"] == {}
+        and quick["stale"] == [str(sidecar)]
+    )
     _no_database_created(tmp_path, db_path)
 
 
@@ -293,7 +371,9 @@ def test_show_reads_unsafe_globals_when_the_index_does_not_know_them(outputs, in
     ckpt = write_checkpoint(outputs / "exp/a.ckpt", seed_document())
     assert invoke_db("sync", str(outputs)).exit_code == 0
     record = json.loads(invoke_db("show", str(ckpt)).stdout)
-    assert record["unsafe_globals"] == [] and record["stale"] is False and record["scan_error"] is None
+    assert (
+        record["unsafe_globals"] == [] and record["stale"] is False and record["scan_error"] is None
+    )
     assert invoke_db("sync", str(outputs), "--inspect").exit_code == 0
     assert json.loads(invoke_db("show", str(ckpt)).stdout)["unsafe_globals"] == []
 
@@ -326,8 +406,16 @@ def test_validate_missing_root(invoke, tmp_path) -> None:
 def stats_tree(outputs: Path, invoke_db) -> None:
     def put(rel, **kw):
         changes = {"metrics.additional_metrics": {"val/loss": 0.05}}
-        changes.update({{"hmean": "metrics.hmean", "exp": "exp_name",
-                         "encoder": "model.encoder.model_name"}.get(k, k): v for k, v in kw.items()})
+        changes.update(
+            {
+                {
+                    "hmean": "metrics.hmean",
+                    "exp": "exp_name",
+                    "encoder": "model.encoder.model_name",
+                }.get(k, k): v
+                for k, v in kw.items()
+            }
+        )
         return write_checkpoint(outputs / rel, **changes)
 
     put("e1/a.ckpt", exp="e1", encoder="resnet50", hmean=0.7)
@@ -356,7 +444,10 @@ def test_stats_json(invoke_db, stats_tree, db_url) -> None:
     assert data["architectures"] == {"dbnet": 3}
     assert data["revision"]
     shown, expected = make_url(data["database"]), make_url(db_url)
-    assert (shown.get_backend_name(), shown.database) == (expected.get_backend_name(), expected.database)
+    assert (shown.get_backend_name(), shown.database) == (
+        expected.get_backend_name(),
+        expected.database,
+    )
 
 
 def test_stats_text(invoke_db, stats_tree) -> None:
@@ -413,8 +504,16 @@ def test_demo_then_sync_and_query(invoke_db, tmp_path) -> None:
 def test_demo_is_deterministic(invoke, tmp_path) -> None:
     for name in ("one", "two"):
         assert invoke("demo", str(tmp_path / name), "--seed", "3").exit_code == 0
-    one = {p.relative_to(tmp_path / "one"): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
-    two = {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").rglob("*") if p.is_file()}
+    one = {
+        p.relative_to(tmp_path / "one"): p.read_bytes()
+        for p in (tmp_path / "one").rglob("*")
+        if p.is_file()
+    }
+    two = {
+        p.relative_to(tmp_path / "two"): p.read_bytes()
+        for p in (tmp_path / "two").rglob("*")
+        if p.is_file()
+    }
     assert one.keys() == two.keys()
     assert one == two
 
@@ -444,29 +543,50 @@ def test_demo_into_empty_existing_directory(invoke, tmp_path) -> None:
 @pytest.fixture
 def api_tree(outputs: Path) -> dict[str, Path]:
     return {
-        "a": write_checkpoint(outputs / "exp_a/checkpoints/epoch-01_step-000100.ckpt",
-                              **{"exp_name": "exp_a", "metrics.hmean": 0.7, "training.epoch": 1,
-                                 "metrics.additional_metrics": {"val/loss": 0.05}}),
-        "b": write_checkpoint(outputs / "exp_b/checkpoints/epoch-02_step-000200.ckpt",
-                              **{"exp_name": "exp_b", "metrics.hmean": 0.9, "training.epoch": 2,
-                                 "model.encoder.model_name": "resnet18",
-                                 "metrics.additional_metrics": {"val/loss": 0.03}}),
-        "c": write_checkpoint(outputs / "exp_b/checkpoints/epoch-03_step-000300.ckpt",
-                              **{"exp_name": "exp_b", "metrics.hmean": 0.8, "training.epoch": 3,
-                                 "model.encoder.model_name": "resnet18",
-                                 "metrics.additional_metrics": {"val/loss": 0.01}}),
+        "a": write_checkpoint(
+            outputs / "exp_a/checkpoints/epoch-01_step-000100.ckpt",
+            **{
+                "exp_name": "exp_a",
+                "metrics.hmean": 0.7,
+                "training.epoch": 1,
+                "metrics.additional_metrics": {"val/loss": 0.05},
+            },
+        ),
+        "b": write_checkpoint(
+            outputs / "exp_b/checkpoints/epoch-02_step-000200.ckpt",
+            **{
+                "exp_name": "exp_b",
+                "metrics.hmean": 0.9,
+                "training.epoch": 2,
+                "model.encoder.model_name": "resnet18",
+                "metrics.additional_metrics": {"val/loss": 0.03},
+            },
+        ),
+        "c": write_checkpoint(
+            outputs / "exp_b/checkpoints/epoch-03_step-000300.ckpt",
+            **{
+                "exp_name": "exp_b",
+                "metrics.hmean": 0.8,
+                "training.epoch": 3,
+                "model.encoder.model_name": "resnet18",
+                "metrics.additional_metrics": {"val/loss": 0.01},
+            },
+        ),
     }
 
 
 def test_api_names_are_the_functions(tmp_path) -> None:
     """``ckpt_index.sync_index`` and ``ckpt_index.query_index`` are the API functions, also once
     the submodules ckpt_index.sync and ckpt_index.query have been imported (as the CLI does)."""
-    proc = _run_python("""
+    proc = _run_python(
+        """
         import ckpt_index
         from ckpt_index.query.spec import QuerySpec   # binds the submodule on the package
         import ckpt_index.sync.roots
         print(callable(ckpt_index.sync_index), callable(ckpt_index.query_index))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True"]
     assert callable(ckpt_index.sync_index) and callable(ckpt_index.query_index)
@@ -474,12 +594,15 @@ def test_api_names_are_the_functions(tmp_path) -> None:
 
 def test_api_fresh_process(tmp_path, outputs, db_path, api_tree) -> None:
     """The notebook path, first thing in a fresh interpreter."""
-    proc = _run_python(f"""
+    proc = _run_python(
+        f"""
         import ckpt_index
         summary = ckpt_index.sync_index({str(outputs)!r}, db={str(db_path)!r})
         (best,) = ckpt_index.query_index(db={str(db_path)!r}, best_by="hmean")
         print(summary.valid, best["checkpoint_path"])
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["3", str(api_tree["b"])]
 
@@ -506,7 +629,9 @@ def test_api_query_spec_fields(outputs, db_url, api_tree, invoke_db) -> None:
     assert [r["checkpoint_path"] for r in rows] == [str(api_tree["c"]), str(api_tree["b"])]
     grouped = query(db=db_url, best_by="hmean", group_by="exp_name")
     assert {r["exp_name"]: r["checkpoint_path"] for r in grouped} == {
-        "exp_a": str(api_tree["a"]), "exp_b": str(api_tree["b"])}
+        "exp_a": str(api_tree["a"]),
+        "exp_b": str(api_tree["b"]),
+    }
     # The same records as the CLI prints.
     cli_rows = json.loads(invoke_db("query", "--best-by", "hmean", "--format", "json").stdout)
     assert cli_rows == [best]
@@ -529,12 +654,14 @@ def test_api_connect_plain_sqlite3(outputs, db_path, api_tree, invoke) -> None:
     conn = sqlite3.connect(db_path)
     try:
         rows = conn.execute(
-            "SELECT checkpoint_path, hmean FROM checkpoints ORDER BY hmean DESC").fetchall()
+            "SELECT checkpoint_path, hmean FROM checkpoints ORDER BY hmean DESC"
+        ).fetchall()
         assert rows[0] == (str(api_tree["b"]), 0.9)
         metrics = conn.execute(
             "SELECT c.checkpoint_path, m.value FROM checkpoint_metrics m "
             "JOIN checkpoints c ON c.id = m.checkpoint_id WHERE m.name = 'val/loss' "
-            "ORDER BY m.value").fetchall()
+            "ORDER BY m.value"
+        ).fetchall()
         assert metrics[0] == (str(api_tree["c"]), 0.01)
         flat = conn.execute("SELECT count(*) FROM checkpoint_metrics_flat WHERE metric = 'hmean'")
         assert flat.fetchone()[0] == 3
@@ -560,7 +687,8 @@ def test_api_connect_with_pandas(outputs, db_url, api_tree, invoke_db) -> None:
     assert invoke_db("sync", str(outputs)).exit_code == 0
     with ckpt_index.connect(db_url) as conn:
         frame = pd.read_sql(
-            "SELECT exp_name, encoder, epoch, hmean FROM checkpoints ORDER BY hmean DESC", conn)
+            "SELECT exp_name, encoder, epoch, hmean FROM checkpoints ORDER BY hmean DESC", conn
+        )
         assert list(frame.columns) == ["exp_name", "encoder", "epoch", "hmean"]
         assert frame["hmean"].tolist() == [0.9, 0.8, 0.7]
         flat = pd.read_sql("SELECT * FROM checkpoint_metrics_flat", conn)

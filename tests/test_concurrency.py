@@ -12,7 +12,6 @@ surfaced), no row is lost or duplicated, and the index equals a fresh sync of th
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import DATA, seed_document, write_checkpoint
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints
-
-from conftest import DATA, seed_document, write_checkpoint
 
 #: Columns that say when or from which file state a row was built, not what it says: a row built
 #: inside the racy window stores NULL mtimes, and ids depend on who inserted first.
@@ -129,7 +127,9 @@ def count_rows(url: str) -> tuple[int, int]:
     try:
         with engine.connect() as conn:
             total = conn.scalar(select(func.count()).select_from(checkpoints))
-            keys = select(checkpoints.c.location, checkpoints.c.checkpoint_path).distinct().subquery()
+            keys = (
+                select(checkpoints.c.location, checkpoints.c.checkpoint_path).distinct().subquery()
+            )
             distinct = conn.scalar(select(func.count()).select_from(keys))
     finally:
         engine.dispose()
@@ -140,19 +140,25 @@ def existing_tree(root: Path) -> int:
     """What the tree holds before the writers start: sidecars, a checkpoint without a sidecar, an
     orphaned sidecar and an invalid one. Returns the number of rows a sync makes of it."""
     for i in range(12):
-        write_checkpoint(root / "old" / "checkpoints" / f"epoch-{i:02d}_step-{i:06d}.ckpt",
-                         seed_document(), **{"metrics.hmean": i / 20, "training.epoch": i})
+        write_checkpoint(
+            root / "old" / "checkpoints" / f"epoch-{i:02d}_step-{i:06d}.ckpt",
+            seed_document(),
+            **{"metrics.hmean": i / 20, "training.epoch": i},
+        )
     write_checkpoint(root / "old" / "checkpoints" / "bare.ckpt")
     write_checkpoint(root / "old" / "checkpoints" / "orphan.ckpt", seed_document(), ckpt_file=False)
-    write_checkpoint(root / "old" / "checkpoints" / "invalid.ckpt", seed_document(),
-                     **{"metrics.hmean": 1.5})
+    write_checkpoint(
+        root / "old" / "checkpoints" / "invalid.ckpt", seed_document(), **{"metrics.hmean": 1.5}
+    )
     return 15
 
 
 def start_sync(db_url: str, root: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "ckpt_index", "sync", str(root), "--db", db_url, "--format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -168,11 +174,25 @@ def run_concurrently(db_url: str, tmp_path: Path, processes: int, per_process: i
 
     writers = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, json.dumps({
-                "db": db_url, "root": str(root), "k": k, "n": per_process,
-                "seed": str(DATA / "seed_callback.metadata.yaml"), "busy_timeout": 5.0,
-                "rendezvous": str(rendezvous)})],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-c",
+                WRITER,
+                json.dumps(
+                    {
+                        "db": db_url,
+                        "root": str(root),
+                        "k": k,
+                        "n": per_process,
+                        "seed": str(DATA / "seed_callback.metadata.yaml"),
+                        "busy_timeout": 5.0,
+                        "rendezvous": str(rendezvous),
+                    }
+                ),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for k in range(processes)
     ]
@@ -195,8 +215,11 @@ def run_concurrently(db_url: str, tmp_path: Path, processes: int, per_process: i
         out, err = sync.communicate(timeout=600)
         reports.append((f"sync{i}", sync.returncode, out, err))
 
-    failed = [(name, code, out[-2000:], err[-4000:]) for name, code, out, err in reports
-              if code != 0 or "Traceback" in err or "locked" in (out + err).lower()]
+    failed = [
+        (name, code, out[-2000:], err[-4000:])
+        for name, code, out, err in reports
+        if code != 0 or "Traceback" in err or "locked" in (out + err).lower()
+    ]
     assert not failed, failed
     for name, _, out, _ in reports:
         if name.startswith("writer"):
@@ -210,22 +233,33 @@ def run_concurrently(db_url: str, tmp_path: Path, processes: int, per_process: i
     written = {path for _, path in final if "/writer" in path}
     assert written == {
         str(root / f"writer{k}" / "checkpoints" / f"epoch-{j:04d}_step-{j * 10:06d}.ckpt")
-        for k in range(processes) for j in range(per_process)
+        for k in range(processes)
+        for j in range(per_process)
     }
 
     # The index equals a fresh sync of the final tree into a new database.
     fresh = "sqlite:///" + str(tmp_path / "fresh.db")
     result = subprocess.run(
         [sys.executable, "-m", "ckpt_index", "sync", str(root), "--db", fresh],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     reference = index_content(fresh)
     assert set(final) == set(reference)
-    differing = {path: {col: (_short(final[(loc, path)][col]), _short(want[col])) for col in want
-                        if final[(loc, path)][col] != want[col]}
-                 for (loc, path), want in reference.items() if final[(loc, path)] != want}
-    assert not differing, (f"{len(differing)} rows differ from a fresh sync (index, fresh): "
-                           + repr(dict(list(differing.items())[:3])))
+    differing = {
+        path: {
+            col: (_short(final[(loc, path)][col]), _short(want[col]))
+            for col in want
+            if final[(loc, path)][col] != want[col]
+        }
+        for (loc, path), want in reference.items()
+        if final[(loc, path)] != want
+    }
+    assert not differing, f"{len(differing)} rows differ from a fresh sync (index, fresh): " + repr(
+        dict(list(differing.items())[:3])
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,12 +23,12 @@ torch = pytest.importorskip("torch")
 L = pytest.importorskip("lightning")
 nn = torch.nn
 
+from conftest import seed_document  # noqa: E402
+
 import ckpt_index.sources.checkpoint.reader as checkpoint_reader  # noqa: E402
 from ckpt_index import api  # noqa: E402
 from ckpt_index.cli import cli  # noqa: E402
 from ckpt_index.sidecar.files import SidecarError, dump_document, read_sidecar, sidecar_path_for  # noqa: E402
-
-from conftest import seed_document  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "convert_legacy_checkpoints.py"
@@ -59,8 +59,11 @@ class Module(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.cleval:
-            checkpoint["cleval_metrics"] = {"precision": 0.88, "recall": 0.71,
-                                            "hmean": round(0.77 + self.current_epoch / 100, 4)}
+            checkpoint["cleval_metrics"] = {
+                "precision": 0.88,
+                "recall": 0.71,
+                "hmean": round(0.77 + self.current_epoch / 100, 4),
+            }
 
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -71,11 +74,19 @@ def _train(root: Path, hparams: dict[str, Any], *, cleval: bool, epochs: int) ->
 
     torch.manual_seed(0)
     data = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), batch_size=2)
+        torch.utils.data.TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), batch_size=2
+    )
     checkpointing = ModelCheckpoint(dirpath=root, monitor="val/hmean", mode="max", save_top_k=-1)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
-                        callbacks=[checkpointing], enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        callbacks=[checkpointing],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(Module(hparams, cleval), data, data)
@@ -85,9 +96,12 @@ def _train(root: Path, hparams: dict[str, Any], *, cleval: bool, epochs: int) ->
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Checkpoints of a model named in its hparams (epochs 0, 1) and of one named nowhere."""
-    named = _train(tmp_path_factory.mktemp("named"),
-                   {"architecture_name": "dbnet", "encoder": {"model_name": "resnet18"}},
-                   cleval=True, epochs=2)
+    named = _train(
+        tmp_path_factory.mktemp("named"),
+        {"architecture_name": "dbnet", "encoder": {"model_name": "resnet18"}},
+        cleval=True,
+        epochs=2,
+    )
     nameless = _train(tmp_path_factory.mktemp("nameless"), {"lr": 0.1}, cleval=False, epochs=1)
     assert [p.name for p in named] == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
     return {"named": named, "nameless": nameless[0]}
@@ -130,8 +144,12 @@ class Result:
     def summary(self) -> dict[str, int]:
         """The seed's summary lines: found, converted, skipped (existing), failed."""
         counts = {}
-        for key, label in (("found", "Total checkpoints found"), ("converted", "Converted"),
-                           ("skipped", r"Skipped \(existing\)"), ("failed", "Failed")):
+        for key, label in (
+            ("found", "Total checkpoints found"),
+            ("converted", "Converted"),
+            ("skipped", r"Skipped \(existing\)"),
+            ("failed", "Failed"),
+        ):
             match = re.search(rf"^{label}:\s+(\d+)$", self.stdout, re.MULTILINE)
             assert match, f"no {label!r} line in:\n{self.stdout}"
             counts[key] = int(match[1])
@@ -141,15 +159,24 @@ class Result:
 def convert(tool: str, *args: str | os.PathLike[str]) -> Result:
     argv = [str(a) for a in args]
     if tool == "script":
-        done = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        done = subprocess.run(
+            [sys.executable, str(SCRIPT), *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
         return Result(done.returncode, done.stdout, done.stderr)
     result = CliRunner().invoke(cli, ["convert", *argv], catch_exceptions=False)
     return Result(result.exit_code, result.stdout, result.stderr)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def sidecars(root: Path) -> list[Path]:
@@ -158,7 +185,9 @@ def sidecars(root: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("tool", TOOLS)
-def test_dry_run_writes_nothing(tool: str, tree: dict[str, Path], outputs: Path, tmp_path: Path) -> None:
+def test_dry_run_writes_nothing(
+    tool: str, tree: dict[str, Path], outputs: Path, tmp_path: Path
+) -> None:
     before = snapshot(tmp_path)
 
     result = convert(tool, "--outputs-dir", outputs, "--dry-run")
@@ -206,7 +235,9 @@ def test_writes_valid_sidecars_that_sync_as_sidecar_rows(
     # ... and after a sync every row comes from its sidecar, without opening a checkpoint.
     opened: list[str] = []
     real = checkpoint_reader.read_checkpoint
-    monkeypatch.setattr(checkpoint_reader, "read_checkpoint", lambda p: opened.append(str(p)) or real(p))
+    monkeypatch.setattr(
+        checkpoint_reader, "read_checkpoint", lambda p: opened.append(str(p)) or real(p)
+    )
     summary = api.sync_index(outputs, db=db_path, infer=True)
     assert (summary.valid, summary.inferred, summary.invalid) == (4, 0, 0)
     assert opened == []
@@ -222,7 +253,9 @@ def test_writes_valid_sidecars_that_sync_as_sidecar_rows(
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_existing_sidecars_are_kept_unless_force(tool: str, tree: dict[str, Path], outputs: Path) -> None:
+def test_existing_sidecars_are_kept_unless_force(
+    tool: str, tree: dict[str, Path], outputs: Path
+) -> None:
     ckpt = tree["epoch=1-step=8.ckpt"]
     hand_made = sidecar_path_for(ckpt)
     hand_made.write_text(dump_document(seed_document("seed_design")))
@@ -246,7 +279,9 @@ def test_existing_sidecars_are_kept_unless_force(tool: str, tree: dict[str, Path
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_unreadable_checkpoints_fail_with_their_reason(tool: str, tree: dict[str, Path], outputs: Path) -> None:
+def test_unreadable_checkpoints_fail_with_their_reason(
+    tool: str, tree: dict[str, Path], outputs: Path
+) -> None:
     noise = outputs / "broken" / "noise.ckpt"
     noise.parent.mkdir()
     noise.write_bytes(os.urandom(4096))
@@ -268,7 +303,9 @@ def test_unreadable_checkpoints_fail_with_their_reason(tool: str, tree: dict[str
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_scopes_checkpoint_exp_dir_and_no_recursive(tool: str, tree: dict[str, Path], outputs: Path) -> None:
+def test_scopes_checkpoint_exp_dir_and_no_recursive(
+    tool: str, tree: dict[str, Path], outputs: Path
+) -> None:
     result = convert(tool, "--outputs-dir", outputs, "--no-recursive", "--dry-run")
     assert result.summary() == {"found": 1, "converted": 1, "skipped": 0, "failed": 0}
 
@@ -277,8 +314,9 @@ def test_scopes_checkpoint_exp_dir_and_no_recursive(tool: str, tree: dict[str, P
 
     result = convert(tool, "--exp-dir", tree["run"])
     assert result.summary() == {"found": 2, "converted": 2, "skipped": 0, "failed": 0}
-    assert sidecars(outputs) == sorted(sidecar_path_for(tree[n]) for n in ("epoch=0-step=4.ckpt",
-                                                                            "epoch=1-step=8.ckpt"))
+    assert sidecars(outputs) == sorted(
+        sidecar_path_for(tree[n]) for n in ("epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt")
+    )
 
     result = convert(tool, "--checkpoint", tree["top"])
     assert result.summary() == {"found": 1, "converted": 1, "skipped": 0, "failed": 0}
@@ -295,13 +333,19 @@ def test_exactly_one_scope_is_required(tool: str, tree: dict[str, Path], outputs
 
 
 @pytest.mark.parametrize("module", [["-m", "ckpt_index", "convert"], [str(SCRIPT)]], ids=TOOLS)
-def test_verbose_logs_each_checkpoint(module: list[str], tree: dict[str, Path], outputs: Path) -> None:
+def test_verbose_logs_each_checkpoint(
+    module: list[str], tree: dict[str, Path], outputs: Path
+) -> None:
     # A subprocess: logging is configured by the tool, as when a user runs it.
     sidecar_path_for(tree["top"]).write_text(dump_document(seed_document("seed_design")))
 
     def run(*flags: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *module, "--outputs-dir", str(outputs), *flags],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, *module, "--outputs-dir", str(outputs), *flags],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     quiet = run("--dry-run")
     loud = run("--dry-run", "-v")
@@ -328,23 +372,46 @@ def test_every_written_sidecar_passes_validate(tree: dict[str, Path], outputs: P
 
 
 # ------------------------------------------------------------------ hostile values (issue 8)
-from test_fallback import checkpoint_callback as model_checkpoint, crafted  # noqa: E402
+from test_fallback import checkpoint_callback as model_checkpoint  # noqa: E402
+from test_fallback import crafted
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_convert_never_crashes_nor_writes_a_sidecar_the_reader_rejects(tool: str, outputs: Path) -> None:
+def test_convert_never_crashes_nor_writes_a_sidecar_the_reader_rejects(
+    tool: str, outputs: Path
+) -> None:
     big = crafted(outputs / "big" / "model.ckpt", {"epoch": 2**64, "global_step": 2**64})
-    big_named = crafted(outputs / "big" / "epoch=3-step=30.ckpt", {"epoch": 2**64, "global_step": 2**64})
-    monitors = [crafted(outputs / "monitor" / f"{i}.ckpt", {"epoch": 1, "global_step": 2,
-                                                           "callbacks": model_checkpoint(m, mode)})
-                for i, (m, mode) in enumerate([(5, "max"), (["a"], "min"), ({"a": 1}, "max"),
-                                               ("val/hmean", "sideways")])]
-    texts = crafted(outputs / "texts" / "model.ckpt", {
-        "epoch": 1, "global_step": 2,
-        "hyper_parameters": {"exp_name": "a\udc80b", "architecture": "db\x00net",
-                             "decoder": {"name": "u\x00net"}, "wandb_run_id": "\ud800"},
-        "cleval_metrics": {"hmean": 0.5, "recall": 10**400, "precision": float("nan"), "x" * 300: 0.1},
-    })
+    big_named = crafted(
+        outputs / "big" / "epoch=3-step=30.ckpt", {"epoch": 2**64, "global_step": 2**64}
+    )
+    monitors = [
+        crafted(
+            outputs / "monitor" / f"{i}.ckpt",
+            {"epoch": 1, "global_step": 2, "callbacks": model_checkpoint(m, mode)},
+        )
+        for i, (m, mode) in enumerate(
+            [(5, "max"), (["a"], "min"), ({"a": 1}, "max"), ("val/hmean", "sideways")]
+        )
+    ]
+    texts = crafted(
+        outputs / "texts" / "model.ckpt",
+        {
+            "epoch": 1,
+            "global_step": 2,
+            "hyper_parameters": {
+                "exp_name": "a\udc80b",
+                "architecture": "db\x00net",
+                "decoder": {"name": "u\x00net"},
+                "wandb_run_id": "\ud800",
+            },
+            "cleval_metrics": {
+                "hmean": 0.5,
+                "recall": 10**400,
+                "precision": float("nan"),
+                "x" * 300: 0.1,
+            },
+        },
+    )
 
     result = convert(tool, "--outputs-dir", outputs)
 
@@ -359,7 +426,10 @@ def test_convert_never_crashes_nor_writes_a_sidecar_the_reader_rejects(tool: str
     assert read_sidecar(sidecar_path_for(monitors[3])).checkpointing.monitor == "val/hmean"
     meta = read_sidecar(sidecar_path_for(texts))
     # Each name is cleaned (NUL dropped, lone surrogates U+FFFD), or refused as no name at all.
-    assert meta.exp_name in ("a\ufffdb", "unknown") and meta.model.architecture in ("dbnet", "unknown")
+    assert meta.exp_name in ("a\ufffdb", "unknown") and meta.model.architecture in (
+        "dbnet",
+        "unknown",
+    )
     assert meta.model.decoder is None or meta.model.decoder.name == "unet"
     assert meta.wandb_run_id in ("\ufffd", None)
     assert meta.metrics.additional_metrics == {"hmean": 0.5}
@@ -367,8 +437,8 @@ def test_convert_never_crashes_nor_writes_a_sidecar_the_reader_rejects(tool: str
 
 def test_metadata_from_inferred_refuses_values_the_schema_would_reject(tmp_path: Path) -> None:
     """A guard against any source that bypasses ``Inferred.set``: the reason, never a crash."""
-    from ckpt_index.tools.convert import ConversionError, metadata_from_inferred
     from ckpt_index.sources.merge import Inferred
+    from ckpt_index.tools.convert import ConversionError, metadata_from_inferred
 
     found = Inferred(str(tmp_path / "x.ckpt"))
     found.fields.update(epoch=2**64, global_step=1, created_at="2025-01-01T00:00:00")
@@ -396,17 +466,23 @@ def test_convert_reads_each_checkpoint_through_one_replaceable_function(outputs:
 
     assert seen == [ok, boom]
     assert (summary.converted, summary.failed) == (1, 1)
-    assert summary.failures == [(str(boom), "cannot read the checkpoint: RuntimeError: worker died with SIGSEGV")]
+    assert summary.failures == [
+        (str(boom), "cannot read the checkpoint: RuntimeError: worker died with SIGSEGV")
+    ]
     assert sidecar_path_for(ok).exists() and not sidecar_path_for(boom).exists()
 
 
 @pytest.mark.parametrize("fault", ["SIGSEGV", "SIGKILL"])
-def test_convert_reads_checkpoints_in_isolated_workers(outputs: Path, monkeypatch, fault: str) -> None:
+def test_convert_reads_checkpoints_in_isolated_workers(
+    outputs: Path, monkeypatch, fault: str
+) -> None:
     from ckpt_index.isolation import pool as isolation
     from ckpt_index.tools.convert import convert_checkpoints
 
-    paths = [crafted(outputs / f"r{i}" / "epoch=1-step=2.ckpt", {"epoch": 1, "global_step": 2})
-             for i in range(5)]
+    paths = [
+        crafted(outputs / f"r{i}" / "epoch=1-step=2.ckpt", {"epoch": 1, "global_step": 2})
+        for i in range(5)
+    ]
     monkeypatch.setenv(isolation.FAULT_ENV, str(paths[2]))
     monkeypatch.setenv(isolation.FAULT_SIGNAL_ENV, fault)
     summary = convert_checkpoints(paths)

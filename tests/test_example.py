@@ -14,27 +14,42 @@ import pytest
 pytest.importorskip("lightning.pytorch")
 pytest.importorskip("hydra")
 
-from ckpt_index.sources.naming import parse_run_dir  # noqa: E402
 from ckpt_index.sidecar.files import read_sidecar, sidecar_path_for  # noqa: E402
+from ckpt_index.sources.naming import parse_run_dir  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train.py"
 
 
 def test_example_trains_and_indexes(tmp_path):
     db = tmp_path / "index.db"
-    env = {**os.environ, "CKPT_INDEX_DB": str(db), "EXPERIMENT_TAG": "ci_smoke", "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "CKPT_INDEX_DB": str(db),
+        "EXPERIMENT_TAG": "ci_smoke",
+        "PYTHONWARNINGS": "ignore",
+    }
     run = subprocess.run(
         [sys.executable, str(EXAMPLE), "trainer.max_epochs=3"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
 
     [run_dir] = (tmp_path / "outputs").iterdir()
     parsed = parse_run_dir(run_dir.name)
     assert (parsed.tag, parsed.architecture, parsed.encoder, parsed.phase) == (
-        "ci_smoke", "tinynet", "mlp32", "training")
+        "ci_smoke",
+        "tinynet",
+        "mlp32",
+        "training",
+    )
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
-    assert {p.name for p in ckpts} >= {"last.ckpt"} and any(p.name.startswith("best-hmean-") for p in ckpts)
+    assert {p.name for p in ckpts} >= {"last.ckpt"} and any(
+        p.name.startswith("best-hmean-") for p in ckpts
+    )
     for ckpt in ckpts:
         meta = read_sidecar(sidecar_path_for(ckpt))
         assert meta.model.architecture == "tinynet" and meta.model.encoder.model_name == "mlp32"
@@ -46,7 +61,11 @@ def test_example_trains_and_indexes(tmp_path):
 
     query = subprocess.run(
         [sys.executable, "-m", "ckpt_index", "query", "--best-by", "hmean", "--format", "json"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert query.returncode == 0, query.stderr
     [best] = json.loads(query.stdout)

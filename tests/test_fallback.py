@@ -29,14 +29,14 @@ L = pytest.importorskip("lightning")
 pytest.importorskip("wandb")
 nn = torch.nn
 
+from conftest import seed_document  # noqa: E402
+
 import ckpt_index.sources.checkpoint.reader as checkpoint_reader  # noqa: E402
 from ckpt_index import api  # noqa: E402
-from ckpt_index.sync import roots as sync_module  # noqa: E402
-from ckpt_index.sources.wandb import source as wandb_source  # noqa: E402
-from ckpt_index.sources.merge import created_at_of  # noqa: E402
 from ckpt_index.sidecar.files import dump_document, sidecar_path_for  # noqa: E402
-
-from conftest import seed_document  # noqa: E402
+from ckpt_index.sources.merge import created_at_of  # noqa: E402
+from ckpt_index.sources.wandb import source as wandb_source  # noqa: E402
+from ckpt_index.sync import roots as sync_module  # noqa: E402
 
 HOUR_NS = 3600 * 10**9
 #: A run directory name in the naming scheme: the path says architecture "archpath", encoder "encpath".
@@ -57,7 +57,10 @@ HYDRA_CONFIG = {
 WANDB_MODEL_CONFIG = {
     "model": {
         "architecture": "archwandb",
-        "component_overrides": {"encoder": {"model_name": "encwandb"}, "head": {"name": "headwandb"}},
+        "component_overrides": {
+            "encoder": {"model_name": "encwandb"},
+            "head": {"name": "headwandb"},
+        },
     }
 }
 # What the LightningModule logs and stores, by epoch: distinct values so every row says where
@@ -86,10 +89,21 @@ def wandb_env(tmp_path_factory: pytest.TempPathFactory):
     """Offline W&B with every directory it writes in a temporary place, and no credentials."""
     base = tmp_path_factory.mktemp("wandb_env")
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_RUN_ID"):
+        for var in (
+            "WANDB_API_KEY",
+            "WANDB_BASE_URL",
+            "WANDB_ENTITY",
+            "WANDB_PROJECT",
+            "WANDB_RUN_ID",
+        ):
             mp.delenv(var, raising=False)
-        for var, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
-                           "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true"}.items():
+        for var, value in {
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "WANDB_CONSOLE": "off",
+            "WANDB_DISABLE_GIT": "true",
+            "WANDB_DISABLE_CODE": "true",
+        }.items():
             mp.setenv(var, value)
         mp.setenv("NETRC", str(base / "no-netrc"))
         for name in ("DIR", "CACHE_DIR", "CONFIG_DIR", "DATA_DIR"):
@@ -107,8 +121,9 @@ class HintedModule(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.save_hyperparameters({"architecture_name": "archhparams", "encoder": {"model_name": "enchparams"},
-                                   "lr": 0.1})
+        self.save_hyperparameters(
+            {"architecture_name": "archhparams", "encoder": {"model_name": "enchparams"}, "lr": 0.1}
+        )
         self.layer = nn.Linear(2, 1)
 
     def training_step(self, batch: Any, _: int) -> Any:
@@ -134,7 +149,9 @@ class BasicBlock(nn.Module):
         self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, bias=False), nn.BatchNorm2d(cout)
         self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, bias=False), nn.BatchNorm2d(cout)
         if downsample:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)
+            )
 
 
 class ResNet18(nn.Module):
@@ -145,7 +162,10 @@ class ResNet18(nn.Module):
         self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, bias=False), nn.BatchNorm2d(64)
         cin = 64
         for stage, width in enumerate([64, 128, 256, 512], start=1):
-            blocks = [BasicBlock(cin if i == 0 else width, width, i == 0 and cin != width) for i in range(2)]
+            blocks = [
+                BasicBlock(cin if i == 0 else width, width, i == 0 and cin != width)
+                for i in range(2)
+            ]
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
             cin = width
         self.fc = nn.Linear(512, 1000)
@@ -174,8 +194,14 @@ def _data() -> Any:
 
 
 def _fit(module: L.LightningModule, **trainer_kwargs: Any) -> None:
-    trainer = L.Trainer(accelerator="cpu", devices=1, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, **trainer_kwargs)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         val = _data() if isinstance(module, HintedModule) else None
@@ -196,8 +222,12 @@ def hinted(wandb_env: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     base = tmp_path_factory.mktemp("hinted")
     logger = WandbLogger(save_dir=str(base), project="proj", offline=True)
     logger.experiment.config.update(WANDB_MODEL_CONFIG)
-    checkpointing = ModelCheckpoint(dirpath=base / "ckpts", monitor="val/hmean", mode="max", save_top_k=-1)
-    _fit(HintedModule(), max_epochs=2, logger=logger, callbacks=[checkpointing], log_every_n_steps=1)
+    checkpointing = ModelCheckpoint(
+        dirpath=base / "ckpts", monitor="val/hmean", mode="max", save_top_k=-1
+    )
+    _fit(
+        HintedModule(), max_epochs=2, logger=logger, callbacks=[checkpointing], log_every_n_steps=1
+    )
     logger.experiment.summary["val/loss"] = SUMMARY_VAL_LOSS
     logger.experiment.summary["val/summary_only"] = 0.5
     run_id = logger.version
@@ -312,7 +342,9 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 # ------------------------------------------------------------------------ a sidecar is truth
-def test_valid_sidecar_is_the_whole_truth(hinted: dict, outputs: Path, db_path: Path, reads: list[str]) -> None:
+def test_valid_sidecar_is_the_whole_truth(
+    hinted: dict, outputs: Path, db_path: Path, reads: list[str]
+) -> None:
     ckpt = make_run(outputs, hinted["ckpts"][0], hydra=HYDRA_CONFIG, wandb_run=hinted["wandb_run"])
     document = seed_document("seed_design")
     sidecar_path_for(ckpt).write_text(dump_document(document))
@@ -325,22 +357,49 @@ def test_valid_sidecar_is_the_whole_truth(hinted: dict, outputs: Path, db_path: 
     got = row(db_path, ckpt)
     assert (got["status"], got["source"], got["inferred_fields"]) == ("valid", "sidecar", None)
     expected = {
-        "exp_name": document["exp_name"], "architecture": "dbnet", "encoder": "resnet50",
-        "decoder": "pan_decoder", "head": "db_head", "loss": "db_loss", "epoch": 10,
-        "global_step": 5420, "training_phase": "training", "max_epochs": 50, "precision": 0.8542,
-        "recall": 0.8321, "hmean": 0.843, "validation_loss": 0.0234, "monitor": "val/hmean",
-        "mode": "max", "save_top_k": 3, "save_last": 1, "created_at": "2025-10-18T14:32:15",
-        "hydra_config_path": None, "wandb_run_id": None,
+        "exp_name": document["exp_name"],
+        "architecture": "dbnet",
+        "encoder": "resnet50",
+        "decoder": "pan_decoder",
+        "head": "db_head",
+        "loss": "db_loss",
+        "epoch": 10,
+        "global_step": 5420,
+        "training_phase": "training",
+        "max_epochs": 50,
+        "precision": 0.8542,
+        "recall": 0.8321,
+        "hmean": 0.843,
+        "validation_loss": 0.0234,
+        "monitor": "val/hmean",
+        "mode": "max",
+        "save_top_k": 3,
+        "save_last": 1,
+        "created_at": "2025-10-18T14:32:15",
+        "hydra_config_path": None,
+        "wandb_run_id": None,
     }
     assert {k: got[k] for k in expected} == expected
-    assert got["metrics"] == {"precision": 0.8542, "recall": 0.8321, "hmean": 0.843, "validation_loss": 0.0234}
+    assert got["metrics"] == {
+        "precision": 0.8542,
+        "recall": 0.8321,
+        "hmean": 0.843,
+        "validation_loss": 0.0234,
+    }
 
 
 # ------------------------------------------------------------------------------ merge order
-def test_every_field_from_the_most_specific_source(hinted: dict, outputs: Path, db_path: Path) -> None:
+def test_every_field_from_the_most_specific_source(
+    hinted: dict, outputs: Path, db_path: Path
+) -> None:
     ckpts = [
-        make_run(outputs, source, run_name=f"{SCHEME_RUN[:-1]}{i}", hydra=HYDRA_CONFIG,
-                 wandb_run=hinted["wandb_run"])
+        make_run(
+            outputs,
+            source,
+            run_name=f"{SCHEME_RUN[:-1]}{i}",
+            hydra=HYDRA_CONFIG,
+            wandb_run=hinted["wandb_run"],
+        )
         for i, source in enumerate(hinted["ckpts"])
     ]
     age(outputs)
@@ -351,7 +410,11 @@ def test_every_field_from_the_most_specific_source(hinted: dict, outputs: Path, 
     for epoch, ckpt in enumerate(ckpts):
         got = row(db_path, ckpt)
         assert (got["status"], got["source"], got["error"], got["sidecar_path"]) == (
-            "inferred", "checkpoint", None, None)
+            "inferred",
+            "checkpoint",
+            None,
+            None,
+        )
         # The checkpoint's own facts, not the file name's (epoch-99_step-009999).
         assert (got["epoch"], got["global_step"]) == (epoch, 4 * (epoch + 1))
         assert (got["monitor"], got["mode"]) == ("val/hmean", "max")
@@ -364,8 +427,14 @@ def test_every_field_from_the_most_specific_source(hinted: dict, outputs: Path, 
         assert got["hydra_config_path"] == str(ckpt.parent.parent / ".hydra" / "config.yaml")
         assert got["wandb_run_id"] == hinted["run_id"]
         # No source gives these: empty, not guessed.
-        for name in ("loss", "max_epochs", "save_top_k", "save_last", "encoder_pretrained",
-                     "encoder_frozen"):
+        for name in (
+            "loss",
+            "max_epochs",
+            "save_top_k",
+            "save_last",
+            "encoder_pretrained",
+            "encoder_frozen",
+        ):
             assert got[name] is None, name
         # cleval_metrics and the monitored score from the checkpoint.
         assert (got["precision"], got["recall"], got["hmean"]) == (0.88, 0.71, cleval_hmean(epoch))
@@ -378,15 +447,29 @@ def test_every_field_from_the_most_specific_source(hinted: dict, outputs: Path, 
         assert "val/summary_only" not in got["metrics"]
         assert "train/loss" in got["metrics"]
         expected_sources = {
-            "epoch": "checkpoint", "global_step": "checkpoint", "monitor": "checkpoint",
-            "mode": "checkpoint", "architecture": "checkpoint", "encoder": "checkpoint",
-            "precision": "checkpoint", "recall": "checkpoint", "hmean": "checkpoint",
-            "metrics.precision": "checkpoint", "metrics.recall": "checkpoint",
-            "metrics.hmean": "checkpoint", "metrics.val/hmean": "checkpoint",
-            "decoder": "hydra", "exp_name": "hydra", "hydra_config_path": "hydra",
-            "head": "wandb", "wandb_run_id": "wandb", "validation_loss": "wandb",
-            "metrics.val/loss": "wandb", "metrics.train/loss": "wandb",
-            "training_phase": "path", "created_at": "file",
+            "epoch": "checkpoint",
+            "global_step": "checkpoint",
+            "monitor": "checkpoint",
+            "mode": "checkpoint",
+            "architecture": "checkpoint",
+            "encoder": "checkpoint",
+            "precision": "checkpoint",
+            "recall": "checkpoint",
+            "hmean": "checkpoint",
+            "metrics.precision": "checkpoint",
+            "metrics.recall": "checkpoint",
+            "metrics.hmean": "checkpoint",
+            "metrics.val/hmean": "checkpoint",
+            "decoder": "hydra",
+            "exp_name": "hydra",
+            "hydra_config_path": "hydra",
+            "head": "wandb",
+            "wandb_run_id": "wandb",
+            "validation_loss": "wandb",
+            "metrics.val/loss": "wandb",
+            "metrics.train/loss": "wandb",
+            "training_phase": "path",
+            "created_at": "file",
         }
         assert got["inferred"] == expected_sources
         assert got["created_at"] == created_at_of(ckpt)  # when the file was written
@@ -416,8 +499,13 @@ CHAIN = ["checkpoint", "hydra", "wandb", "path", "state_dict"]
     ids=CHAIN,
 )
 def test_model_facts_fall_through_the_sources_in_order(
-    hinted: dict, bare: Path, outputs: Path, db_path: Path, dropped: int,
-    architecture: str | None, encoder: str,
+    hinted: dict,
+    bare: Path,
+    outputs: Path,
+    db_path: Path,
+    dropped: int,
+    architecture: str | None,
+    encoder: str,
 ) -> None:
     active = set(CHAIN[dropped:])
     ckpt = make_run(
@@ -443,7 +531,9 @@ def test_model_facts_fall_through_the_sources_in_order(
         assert got["inferred"]["architecture"] == winner
 
 
-def test_state_dict_names_the_encoder_when_nothing_else_does(bare: Path, outputs: Path, db_path: Path) -> None:
+def test_state_dict_names_the_encoder_when_nothing_else_does(
+    bare: Path, outputs: Path, db_path: Path
+) -> None:
     ckpt = outputs / "run" / "model.ckpt"
     ckpt.parent.mkdir()
     shutil.copyfile(bare, ckpt)
@@ -452,10 +542,22 @@ def test_state_dict_names_the_encoder_when_nothing_else_does(bare: Path, outputs
     sync(outputs, db_path)
 
     got = row(db_path, ckpt)
-    assert (got["status"], got["encoder"], got["inferred"]["encoder"]) == ("inferred", "resnet18", "state_dict")
+    assert (got["status"], got["encoder"], got["inferred"]["encoder"]) == (
+        "inferred",
+        "resnet18",
+        "state_dict",
+    )
     assert (got["epoch"], got["global_step"]) == (0, 4)
-    for name in ("architecture", "exp_name", "decoder", "hmean", "monitor", "wandb_run_id",
-                 "hydra_config_path", "training_phase"):
+    for name in (
+        "architecture",
+        "exp_name",
+        "decoder",
+        "hmean",
+        "monitor",
+        "wandb_run_id",
+        "hydra_config_path",
+        "training_phase",
+    ):
         assert got[name] is None, name
     assert got["inferred"]["epoch"] == got["inferred"]["global_step"] == "checkpoint"
 
@@ -472,8 +574,12 @@ def test_mode_without_a_monitor_is_not_recorded(bare: Path, outputs: Path, db_pa
 
     got = row(db_path, ckpt)
     assert (got["monitor"], got["mode"]) == (None, None)
-    assert got["inferred"] == {"encoder": "state_dict", "epoch": "checkpoint", "global_step": "checkpoint",
-                               "created_at": "file"}
+    assert got["inferred"] == {
+        "encoder": "state_dict",
+        "epoch": "checkpoint",
+        "global_step": "checkpoint",
+        "created_at": "file",
+    }
 
 
 # -------------------------------------------------------------------- unreadable checkpoints
@@ -500,14 +606,21 @@ UNREADABLE = {
 def make_unreadable(outputs: Path, source: Path) -> dict[str, Path]:
     paths = {}
     for i, (kind, (write, _)) in enumerate(UNREADABLE.items()):
-        ckpt = make_run(outputs, source, run_name=f"{SCHEME_RUN[:-1]}{i}", hydra=HYDRA_CONFIG,
-                        ckpt_name=f"epoch-0{i}_step-00012{i}.ckpt")
+        ckpt = make_run(
+            outputs,
+            source,
+            run_name=f"{SCHEME_RUN[:-1]}{i}",
+            hydra=HYDRA_CONFIG,
+            ckpt_name=f"epoch-0{i}_step-00012{i}.ckpt",
+        )
         write(ckpt, source)
         paths[kind] = ckpt
     return paths
 
 
-def test_unreadable_checkpoints_are_recorded_with_reasons(hinted: dict, outputs: Path, db_path: Path) -> None:
+def test_unreadable_checkpoints_are_recorded_with_reasons(
+    hinted: dict, outputs: Path, db_path: Path
+) -> None:
     bad = make_unreadable(outputs, hinted["ckpts"][0])
     good = make_run(outputs, hinted["ckpts"][0], run_name="good")
     age(outputs)
@@ -525,7 +638,11 @@ def test_unreadable_checkpoints_are_recorded_with_reasons(hinted: dict, outputs:
         assert fragment in got["error"] and "\n" not in got["error"]
         # What the path and the Hydra config say is kept.
         assert got["source"] == "hydra"
-        assert (got["architecture"], got["encoder"], got["exp_name"]) == ("archhydra", "enchydra", "exphydra")
+        assert (got["architecture"], got["encoder"], got["exp_name"]) == (
+            "archhydra",
+            "enchydra",
+            "exphydra",
+        )
         assert (got["epoch"], got["global_step"], got["training_phase"]) == (i, 120 + i, "training")
         assert got["inferred"]["epoch"] == "path" and got["inferred"]["encoder"] == "hydra"
         assert got["checkpoint_exists"] == 1
@@ -559,7 +676,9 @@ def test_cli_reports_unreadable_and_strict_fails(hinted: dict, outputs: Path, in
 
 
 # ------------------------------------------------------------------------------ incremental
-def test_unchanged_checkpoints_are_not_read_again(hinted: dict, outputs: Path, db_path: Path, reads: list[str]) -> None:
+def test_unchanged_checkpoints_are_not_read_again(
+    hinted: dict, outputs: Path, db_path: Path, reads: list[str]
+) -> None:
     first, second = hinted["ckpts"]
     a = make_run(outputs, first, run_name="a", ckpt_name="model.ckpt")
     b = make_run(outputs, first, run_name="b", ckpt_name="model.ckpt")
@@ -595,8 +714,9 @@ def test_unchanged_checkpoints_are_not_read_again(hinted: dict, outputs: Path, d
     assert reads == [str(a)]
 
 
-def test_sidecar_added_and_removed_switches_the_row(hinted: dict, outputs: Path, db_path: Path,
-                                                    reads: list[str]) -> None:
+def test_sidecar_added_and_removed_switches_the_row(
+    hinted: dict, outputs: Path, db_path: Path, reads: list[str]
+) -> None:
     ckpt = make_run(outputs, hinted["ckpts"][0], hydra=HYDRA_CONFIG)
     age(outputs)
     sync(outputs, db_path)
@@ -610,19 +730,30 @@ def test_sidecar_added_and_removed_switches_the_row(hinted: dict, outputs: Path,
     got = row(db_path, ckpt)
     assert reads == []
     assert (got["status"], got["source"], got["encoder"], got["inferred_fields"]) == (
-        "valid", "sidecar", "resnet50", None)
+        "valid",
+        "sidecar",
+        "resnet50",
+        None,
+    )
     assert "val/hmean" not in got["metrics"]  # nothing inferred is left behind
 
     sidecar.unlink()
     sync(outputs, db_path)
     got = row(db_path, ckpt)
     assert reads == [str(ckpt)]
-    assert (got["status"], got["source"], got["encoder"]) == ("inferred", "checkpoint", "enchparams")
+    assert (got["status"], got["source"], got["encoder"]) == (
+        "inferred",
+        "checkpoint",
+        "enchparams",
+    )
 
 
-def test_files_modified_within_two_seconds_are_read_again(hinted: dict, outputs: Path, db_path: Path,
-                                                          reads: list[str]) -> None:
-    ckpt = make_run(outputs, hinted["ckpts"][0], run_name="a", ckpt_name="model.ckpt")  # fresh mtime
+def test_files_modified_within_two_seconds_are_read_again(
+    hinted: dict, outputs: Path, db_path: Path, reads: list[str]
+) -> None:
+    ckpt = make_run(
+        outputs, hinted["ckpts"][0], run_name="a", ckpt_name="model.ckpt"
+    )  # fresh mtime
 
     sync(outputs, db_path)
     sync(outputs, db_path)
@@ -640,8 +771,10 @@ def test_files_modified_within_two_seconds_are_read_again(hinted: dict, outputs:
 def test_no_infer_records_missing_and_switching_modes_redoes_rows(
     hinted: dict, outputs: Path, db_path: Path, tmp_path: Path, reads: list[str]
 ) -> None:
-    ckpts = [make_run(outputs, src, run_name=f"{SCHEME_RUN[:-1]}{i}", hydra=HYDRA_CONFIG)
-             for i, src in enumerate(hinted["ckpts"])]
+    ckpts = [
+        make_run(outputs, src, run_name=f"{SCHEME_RUN[:-1]}{i}", hydra=HYDRA_CONFIG)
+        for i, src in enumerate(hinted["ckpts"])
+    ]
     age(outputs)
     from ckpt_index.index.records import METADATA_COLUMNS
 
@@ -721,13 +854,24 @@ def test_malicious_checkpoints_never_run_and_the_sync_goes_on(
 ) -> None:
     canary = tmp_path / "canary"
     system = _Payload(os.system, f"touch {canary}")
-    popen = _Payload(subprocess.Popen, [sys.executable, "-c", f"open({str(canary)!r}, 'w').close()"])
-    inside = torch_zip(outputs / "evil" / "checkpoints" / "epoch=3-step=120.ckpt", {
-        "epoch": 3, "global_step": 120, "hyper_parameters": {"architecture_name": system, "x": popen},
-        "cleval_metrics": {"hmean": 0.5, "evil": system},
-        "callbacks": {"ModelCheckpoint{'monitor': 'val/hmean', 'mode': 'max'}": {"best_model_score": popen}},
-        "state_dict": {"w": system},
-    })
+    popen = _Payload(
+        subprocess.Popen, [sys.executable, "-c", f"open({str(canary)!r}, 'w').close()"]
+    )
+    inside = torch_zip(
+        outputs / "evil" / "checkpoints" / "epoch=3-step=120.ckpt",
+        {
+            "epoch": 3,
+            "global_step": 120,
+            "hyper_parameters": {"architecture_name": system, "x": popen},
+            "cleval_metrics": {"hmean": 0.5, "evil": system},
+            "callbacks": {
+                "ModelCheckpoint{'monitor': 'val/hmean', 'mode': 'max'}": {
+                    "best_model_score": popen
+                }
+            },
+            "state_dict": {"w": system},
+        },
+    )
     whole = torch_zip(outputs / "evil" / "checkpoints" / "whole.ckpt", system)
     good = make_run(outputs, hinted["ckpts"][0], run_name="good")
     age(outputs)
@@ -757,7 +901,10 @@ def test_wandb_online_without_credentials_is_skipped_cleanly(
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     # Lightning's default layout, with the run's files left behind on another machine.
     root = tmp_path / "lightning_logs"
-    ckpts = [make_run(root / "proj", src, run_name="abcd1234", ckpt_name=src.name) for src in hinted["ckpts"]]
+    ckpts = [
+        make_run(root / "proj", src, run_name="abcd1234", ckpt_name=src.name)
+        for src in hinted["ckpts"]
+    ]
     age(root)
 
     started = time.monotonic()
@@ -782,8 +929,14 @@ def crafted(path: Path, contents: dict[str, Any]) -> Path:
 
 
 def checkpoint_callback(monitor: Any, mode: Any = "max") -> dict[str, Any]:
-    return {f"ModelCheckpoint{{'monitor': {monitor!r}, 'mode': {mode!r}}}":
-            {"monitor": monitor, "mode": mode, "current_score": 0.5, "best_model_path": ""}}
+    return {
+        f"ModelCheckpoint{{'monitor': {monitor!r}, 'mode': {mode!r}}}": {
+            "monitor": monitor,
+            "mode": mode,
+            "current_score": 0.5,
+            "best_model_path": "",
+        }
+    }
 
 
 def test_out_of_range_pickle_integers_are_dropped_with_a_warning(tmp_path: Path) -> None:
@@ -797,11 +950,15 @@ def test_out_of_range_pickle_integers_are_dropped_with_a_warning(tmp_path: Path)
     assert not found.unreadable
     # The reader may drop the value itself (its warning is forwarded) or leave it to the fallback.
     for field in ("epoch", "global_step"):
-        assert any(w.startswith((f"{field} from checkpoint:", f"checkpoint: {field}:")) and "range" in w
-                   for w in found.warnings), found.warnings
+        assert any(
+            w.startswith((f"{field} from checkpoint:", f"checkpoint: {field}:")) and "range" in w
+            for w in found.warnings
+        ), found.warnings
 
 
-def test_a_huge_epoch_in_a_file_name_is_dropped_and_the_row_stays_unreadable(tmp_path: Path) -> None:
+def test_a_huge_epoch_in_a_file_name_is_dropped_and_the_row_stays_unreadable(
+    tmp_path: Path,
+) -> None:
     from ckpt_index.sources.merge import infer_metadata
 
     empty = tmp_path / "epoch=99999999999999999999-step=1.ckpt"
@@ -813,20 +970,24 @@ def test_a_huge_epoch_in_a_file_name_is_dropped_and_the_row_stays_unreadable(tmp
     assert "epoch" not in found.fields and found.fields.get("global_step") == 1
 
 
-@pytest.mark.parametrize("hparams, field, kept, word", [
-    ({"exp_name": "a\udc80b"}, "exp_name", "a\ufffdb", "lone surrogate"),
-    ({"exp_name": "a\x00b"}, "exp_name", "ab", "NUL"),
-    ({"architecture": "db\x00net"}, "architecture", "dbnet", "NUL"),
-    ({"encoder": "\ud800resnet"}, "encoder", "\ufffdresnet", "lone surrogate"),
-    ({"wandb_run_id": "abc\x00"}, "wandb_run_id", "abc", "NUL"),
-])
+@pytest.mark.parametrize(
+    "hparams, field, kept, word",
+    [
+        ({"exp_name": "a\udc80b"}, "exp_name", "a\ufffdb", "lone surrogate"),
+        ({"exp_name": "a\x00b"}, "exp_name", "ab", "NUL"),
+        ({"architecture": "db\x00net"}, "architecture", "dbnet", "NUL"),
+        ({"encoder": "\ud800resnet"}, "encoder", "\ufffdresnet", "lone surrogate"),
+        ({"wandb_run_id": "abc\x00"}, "wandb_run_id", "abc", "NUL"),
+    ],
+)
 def test_bad_text_from_hparams_is_never_stored_raw(
     tmp_path: Path, hparams: dict, field: str, kept: str, word: str
 ) -> None:
     from ckpt_index.sources.merge import infer_metadata
 
-    ckpt = crafted(tmp_path / "run" / "model.ckpt", {"epoch": 1, "global_step": 2,
-                                                     "hyper_parameters": hparams})
+    ckpt = crafted(
+        tmp_path / "run" / "model.ckpt", {"epoch": 1, "global_step": 2, "hyper_parameters": hparams}
+    )
     found = infer_metadata(ckpt)
 
     # Cleaned with a warning here, or refused as no name by the config reader: never stored raw.
@@ -836,14 +997,33 @@ def test_bad_text_from_hparams_is_never_stored_raw(
     assert found.fields.get("epoch") == 1
 
 
-@pytest.mark.parametrize("value, kept, problem", [
-    ("a\udc80b", "a\ufffdb", "contains a lone surrogate"),
-    ("a\x00b", "ab", "contains a NUL character"),
-    ("\ud800\udc00", "\ufffd\ufffd", "contains a lone surrogate"),  # a pair is two code points here
-])
-@pytest.mark.parametrize("field", ["exp_name", "architecture", "encoder", "monitor", "hydra_config_path",
-                                   "wandb_run_id", "created_at"])
-def test_every_text_field_is_cleaned_with_a_warning(field: str, value: str, kept: str, problem: str) -> None:
+@pytest.mark.parametrize(
+    "value, kept, problem",
+    [
+        ("a\udc80b", "a\ufffdb", "contains a lone surrogate"),
+        ("a\x00b", "ab", "contains a NUL character"),
+        (
+            "\ud800\udc00",
+            "\ufffd\ufffd",
+            "contains a lone surrogate",
+        ),  # a pair is two code points here
+    ],
+)
+@pytest.mark.parametrize(
+    "field",
+    [
+        "exp_name",
+        "architecture",
+        "encoder",
+        "monitor",
+        "hydra_config_path",
+        "wandb_run_id",
+        "created_at",
+    ],
+)
+def test_every_text_field_is_cleaned_with_a_warning(
+    field: str, value: str, kept: str, problem: str
+) -> None:
     from ckpt_index.sources.merge import Inferred
 
     found = Inferred("/x.ckpt")
@@ -853,12 +1033,18 @@ def test_every_text_field_is_cleaned_with_a_warning(field: str, value: str, kept
     assert found.warnings == [f"{field} from wandb: {problem}; cleaned"]
 
 
-@pytest.mark.parametrize("monitor", [5, ["val/hmean"], {"val/hmean": 1}], ids=["int", "list", "dict"])
-def test_a_monitor_that_is_not_a_name_is_ignored_with_its_mode(tmp_path: Path, monitor: Any) -> None:
+@pytest.mark.parametrize(
+    "monitor", [5, ["val/hmean"], {"val/hmean": 1}], ids=["int", "list", "dict"]
+)
+def test_a_monitor_that_is_not_a_name_is_ignored_with_its_mode(
+    tmp_path: Path, monitor: Any
+) -> None:
     from ckpt_index.sources.merge import infer_metadata
 
-    ckpt = crafted(tmp_path / "run" / "model.ckpt",
-                   {"epoch": 1, "global_step": 2, "callbacks": checkpoint_callback(monitor, "min")})
+    ckpt = crafted(
+        tmp_path / "run" / "model.ckpt",
+        {"epoch": 1, "global_step": 2, "callbacks": checkpoint_callback(monitor, "min")},
+    )
     found = infer_metadata(ckpt)
 
     assert "monitor" not in found.fields and "mode" not in found.fields
@@ -870,8 +1056,10 @@ def test_a_monitor_that_is_not_a_name_is_ignored_with_its_mode(tmp_path: Path, m
 def test_a_mode_other_than_min_or_max_is_ignored(tmp_path: Path, mode: Any) -> None:
     from ckpt_index.sources.merge import infer_metadata
 
-    ckpt = crafted(tmp_path / "run" / "model.ckpt",
-                   {"epoch": 1, "global_step": 2, "callbacks": checkpoint_callback("val/hmean", mode)})
+    ckpt = crafted(
+        tmp_path / "run" / "model.ckpt",
+        {"epoch": 1, "global_step": 2, "callbacks": checkpoint_callback("val/hmean", mode)},
+    )
     found = infer_metadata(ckpt)
 
     assert found.fields["monitor"] == "val/hmean" and "mode" not in found.fields
@@ -881,12 +1069,21 @@ def test_a_mode_other_than_min_or_max_is_ignored(tmp_path: Path, mode: Any) -> N
 def test_odd_metric_values_and_names_never_raise(tmp_path: Path) -> None:
     from ckpt_index.sources.merge import infer_metadata
 
-    ckpt = crafted(tmp_path / "run" / "model.ckpt", {
-        "epoch": 1, "global_step": 2,
-        "cleval_metrics": {"hmean": 0.5, "precision": float("nan"), "recall": 10**400, "x" * 300: 0.1,
-                           "name\x00": 0.25},
-        "callbacks": checkpoint_callback("val/hmean"),
-    })
+    ckpt = crafted(
+        tmp_path / "run" / "model.ckpt",
+        {
+            "epoch": 1,
+            "global_step": 2,
+            "cleval_metrics": {
+                "hmean": 0.5,
+                "precision": float("nan"),
+                "recall": 10**400,
+                "x" * 300: 0.1,
+                "name\x00": 0.25,
+            },
+            "callbacks": checkpoint_callback("val/hmean"),
+        },
+    )
     found = infer_metadata(ckpt)
 
     assert found.metrics == {"hmean": 0.5, "name": 0.25, "val/hmean": 0.5}
@@ -898,9 +1095,17 @@ def test_inferred_set_checks_every_kind_of_field() -> None:
     from ckpt_index.sources.merge import Inferred
 
     found = Inferred("/x.ckpt")
-    for name, value in {"epoch": True, "global_step": -1, "max_epochs": 2**31, "hmean": float("inf"),
-                        "precision": "0.9", "save_last": 1, "training_phase": "test",
-                        "exp_name": 5, "decoder": ["unet"]}.items():
+    for name, value in {
+        "epoch": True,
+        "global_step": -1,
+        "max_epochs": 2**31,
+        "hmean": float("inf"),
+        "precision": "0.9",
+        "save_last": 1,
+        "training_phase": "test",
+        "exp_name": 5,
+        "decoder": ["unet"],
+    }.items():
         found.set(name, value, "hydra")
     assert found.fields == {} and len(found.warnings) == 9
     found.set("recall", 1, "hydra")  # an int is a number
@@ -910,22 +1115,45 @@ def test_inferred_set_checks_every_kind_of_field() -> None:
 def _raise(exc: BaseException):
     def fail(*_: Any, **__: Any) -> Any:
         raise exc
+
     return fail
 
 
 STEP_FAILURES = [
-    ("ckpt_index.sources.hydra.load_config", RuntimeError("config parser bug"), "hydra config failed"),
+    (
+        "ckpt_index.sources.hydra.load_config",
+        RuntimeError("config parser bug"),
+        "hydra config failed",
+    ),
     ("ckpt_index.sources.hydra.model_fields", RecursionError("deep"), "failed: RecursionError"),
     ("ckpt_index.sources.wandb.source.find_run", MemoryError(), "W&B run unusable: MemoryError"),
-    ("ckpt_index.sources.merge.parse_checkpoint_name", OverflowError("int too large"), "path patterns failed"),
-    ("ckpt_index.sources.merge.created_at_of", OverflowError("timestamp out of range"), "file time failed"),
-    ("ckpt_index.sources.state_dict.infer_encoder", ValueError("shape"), "state dict inference failed"),
+    (
+        "ckpt_index.sources.merge.parse_checkpoint_name",
+        OverflowError("int too large"),
+        "path patterns failed",
+    ),
+    (
+        "ckpt_index.sources.merge.created_at_of",
+        OverflowError("timestamp out of range"),
+        "file time failed",
+    ),
+    (
+        "ckpt_index.sources.state_dict.infer_encoder",
+        ValueError("shape"),
+        "state dict inference failed",
+    ),
     ("ckpt_index.sources.merge.match_canonical", TypeError("odd"), "canonical metrics failed"),
-    ("ckpt_index.sources.merge.canonical_metrics", KeyError("x"), "reading the checkpoint's fields failed"),
+    (
+        "ckpt_index.sources.merge.canonical_metrics",
+        KeyError("x"),
+        "reading the checkpoint's fields failed",
+    ),
 ]
 
 
-@pytest.mark.parametrize("target, exc, warning", STEP_FAILURES, ids=[t.rsplit(".", 1)[1] for t, *_ in STEP_FAILURES])
+@pytest.mark.parametrize(
+    "target, exc, warning", STEP_FAILURES, ids=[t.rsplit(".", 1)[1] for t, *_ in STEP_FAILURES]
+)
 def test_infer_metadata_is_total_a_failing_step_is_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, exc: BaseException, warning: str
 ) -> None:
@@ -937,8 +1165,10 @@ def test_infer_metadata_is_total_a_failing_step_is_a_warning(
     (run / ".hydra").mkdir(parents=True)
     config = {"exp_name": "exphydra", "model": {"architecture": "archhydra"}}
     OmegaConf.save(OmegaConf.create(config), run / ".hydra" / "config.yaml")
-    ckpt = crafted(run / "checkpoints" / "epoch=3-step=30.ckpt",
-                   {"epoch": 3, "global_step": 30, "cleval_metrics": {"hmean": 0.5}})
+    ckpt = crafted(
+        run / "checkpoints" / "epoch=3-step=30.ckpt",
+        {"epoch": 3, "global_step": 30, "cleval_metrics": {"hmean": 0.5}},
+    )
     monkeypatch.setattr(target, _raise(exc))
 
     found = infer_metadata(ckpt)
@@ -955,7 +1185,9 @@ def test_a_reader_that_raises_anything_makes_the_file_unreadable(
     from ckpt_index.sources.merge import infer_metadata
 
     ckpt = crafted(tmp_path / "run" / "epoch=3-step=30.ckpt", {"epoch": 3, "global_step": 30})
-    monkeypatch.setattr(checkpoint_reader, "read_checkpoint", _raise(RecursionError("deep\npickle")))
+    monkeypatch.setattr(
+        checkpoint_reader, "read_checkpoint", _raise(RecursionError("deep\npickle"))
+    )
 
     found = infer_metadata(ckpt)
 

@@ -35,8 +35,12 @@ from ckpt_index.sources.state_dict import infer_encoder  # noqa: E402
 
 EXAMPLES = int(os.environ.get("CKPT_INDEX_FUZZ_EXAMPLES", "200"))
 REGRESSIONS = Path(__file__).parent / "data" / "fuzz_checkpoint"
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _seeds() -> dict[str, bytes]:
@@ -47,16 +51,33 @@ def _seeds() -> dict[str, bytes]:
     import pathlib
 
     checkpoint = {
-        "epoch": 2, "global_step": 30, "pytorch-lightning_version": "2.5.0",
+        "epoch": 2,
+        "global_step": 30,
+        "pytorch-lightning_version": "2.5.0",
         "state_dict": collections.OrderedDict(
-            (f"model.encoder.layer1.{i}.conv1.weight", torch.randn(2, 2, 1, 1)) for i in range(3)),
-        "optimizer_states": [{"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}},
-                              "param_groups": [{"lr": 1e-3, "params": [0, 1, 2]}]}],
-        "callbacks": {"ModelCheckpoint{'monitor': 'val/loss', 'mode': 'min'}": {
-            "best_model_score": torch.tensor(0.25), "best_model_path": "a.ckpt",
-            "best_k_models": {"a.ckpt": torch.tensor(0.25)}, "current_score": torch.tensor(0.3)}},
-        "hyper_parameters": {"lr": 0.1, "root": pathlib.PosixPath("/data"), "ns": argparse.Namespace(k=1),
-                             "sizes": (640, 640), "tags": {"a", "b"}},
+            (f"model.encoder.layer1.{i}.conv1.weight", torch.randn(2, 2, 1, 1)) for i in range(3)
+        ),
+        "optimizer_states": [
+            {
+                "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}},
+                "param_groups": [{"lr": 1e-3, "params": [0, 1, 2]}],
+            }
+        ],
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val/loss', 'mode': 'min'}": {
+                "best_model_score": torch.tensor(0.25),
+                "best_model_path": "a.ckpt",
+                "best_k_models": {"a.ckpt": torch.tensor(0.25)},
+                "current_score": torch.tensor(0.3),
+            }
+        },
+        "hyper_parameters": {
+            "lr": 0.1,
+            "root": pathlib.PosixPath("/data"),
+            "ns": argparse.Namespace(k=1),
+            "sizes": (640, 640),
+            "tags": {"a", "b"},
+        },
     }
     seeds = {}
     for name, kwargs in {"zip": {}, "legacy": {"_use_new_zipfile_serialization": False}}.items():
@@ -107,7 +128,9 @@ def with_pickle(data_pkl: bytes) -> bytes:
 def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
     data = bytearray(seed)
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["flip", "truncate", "delete", "duplicate", "insert", "overwrite"]))
+        kind = draw(
+            st.sampled_from(["flip", "truncate", "delete", "duplicate", "insert", "overwrite"])
+        )
         if not data:
             break
         at = draw(st.integers(0, len(data) - 1))
@@ -116,15 +139,17 @@ def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
         elif kind == "truncate":
             del data[at:]
         elif kind == "delete":
-            del data[at:at + draw(st.integers(1, 64))]
+            del data[at : at + draw(st.integers(1, 64))]
         elif kind == "duplicate":
-            chunk = data[at:at + draw(st.integers(1, 256))]
+            chunk = data[at : at + draw(st.integers(1, 256))]
             data[at:at] = chunk * draw(st.integers(1, 8))
         elif kind == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=16))
         else:
-            value = draw(st.sampled_from([b"\xff" * 8, b"\x00" * 8, b"\x7f\xff\xff\xff", b"(", b"\x85" * 8]))
-            data[at:at + len(value)] = value
+            value = draw(
+                st.sampled_from([b"\xff" * 8, b"\x00" * 8, b"\x7f\xff\xff\xff", b"(", b"\x85" * 8])
+            )
+            data[at : at + len(value)] = value
     return bytes(data)
 
 
@@ -163,7 +188,10 @@ def opcode_stream(draw: st.DrawFn) -> bytes:
         if arg.n > 0:
             out += draw(st.binary(min_size=arg.n, max_size=arg.n))
         elif arg.n == pickletools.UP_TO_NEWLINE:
-            out += draw(st.sampled_from([b"0", b"1", b"12", b"-3", b"'a'", b"7L", b"1.5", b"x"])) + b"\n"
+            out += (
+                draw(st.sampled_from([b"0", b"1", b"12", b"-3", b"'a'", b"7L", b"1.5", b"x"]))
+                + b"\n"
+            )
         elif arg.n == pickletools.TAKEN_FROM_ARGUMENT1:
             payload = draw(st.binary(max_size=20))
             out += bytes([len(payload)]) + payload
@@ -174,8 +202,17 @@ def opcode_stream(draw: st.DrawFn) -> bytes:
             payload = draw(st.binary(max_size=20))
             out += len(payload).to_bytes(8, "little") + payload
         else:  # GLOBAL and INST: two lines
-            out += draw(st.sampled_from([b"collections\nOrderedDict\n", b"os\nsystem\n", b"builtins\nset\n",
-                                         b"torch._utils\n_rebuild_tensor_v2\n", b"numpy\ndtype\n"]))
+            out += draw(
+                st.sampled_from(
+                    [
+                        b"collections\nOrderedDict\n",
+                        b"os\nsystem\n",
+                        b"builtins\nset\n",
+                        b"torch._utils\n_rebuild_tensor_v2\n",
+                        b"numpy\ndtype\n",
+                    ]
+                )
+            )
     if draw(st.booleans()):
         out += b"."
     return bytes(out)

@@ -22,31 +22,83 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SEED_SIDECARS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from ckpt_index.sources.wandb import source as ws
-from ckpt_index.sources.hydra import load_config, model_fields
-from ckpt_index.sidecar.files import SidecarError, parse_sidecar_bytes, parse_yaml_bytes, validate_document
-from conftest import SEED_SIDECARS
 from wandb_log import frame
+
+from ckpt_index.sidecar.files import (
+    SidecarError,
+    parse_sidecar_bytes,
+    parse_yaml_bytes,
+    validate_document,
+)
+from ckpt_index.sources.hydra import load_config, model_fields
+from ckpt_index.sources.wandb import source as ws
 
 EXAMPLES = int(os.environ.get("CKPT_INDEX_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
-    max_examples=EXAMPLES, deadline=None, database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.function_scoped_fixture],
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 REGRESSIONS = Path(__file__).parent / "data" / "fuzz_sources"
 
 # YAML fragments that reach the loader's corners: nesting, aliases, tags, odd scalars.
 TOKENS = [
-    b"[", b"]", b"{", b"}", b"- ", b"? ", b": ", b"\n", b"\n  ", b"&a ", b"*a", b"!!binary ",
-    b"!!timestamp ", b"!!set ", b"!!omap ", b"!!python/object:os.system ", b"!!int ", b"!!float ",
-    b"2024-01-01", b"2025-02-30", b"18446744073709551616", b"9" * 5000, b".nan", b"-.inf",
-    b'"\\0"', b'"\\ud800"', b'"\\x00"', b"~", b"null", b"<<: *a", b"%YAML 1.1\n", b"---\n",
-    b"...\n", b"\t", b"#", b"'", b'"', b"|", b">", b"\xff", b"\xed\xa0\x80", "é".encode(),
-    b"epoch: ", b"global_step: ", b"metrics: ", b"hparams: ", b"${x}", b"_target_: ",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"- ",
+    b"? ",
+    b": ",
+    b"\n",
+    b"\n  ",
+    b"&a ",
+    b"*a",
+    b"!!binary ",
+    b"!!timestamp ",
+    b"!!set ",
+    b"!!omap ",
+    b"!!python/object:os.system ",
+    b"!!int ",
+    b"!!float ",
+    b"2024-01-01",
+    b"2025-02-30",
+    b"18446744073709551616",
+    b"9" * 5000,
+    b".nan",
+    b"-.inf",
+    b'"\\0"',
+    b'"\\ud800"',
+    b'"\\x00"',
+    b"~",
+    b"null",
+    b"<<: *a",
+    b"%YAML 1.1\n",
+    b"---\n",
+    b"...\n",
+    b"\t",
+    b"#",
+    b"'",
+    b'"',
+    b"|",
+    b">",
+    b"\xff",
+    b"\xed\xa0\x80",
+    "é".encode(),
+    b"epoch: ",
+    b"global_step: ",
+    b"metrics: ",
+    b"hparams: ",
+    b"${x}",
+    b"_target_: ",
 ]
 
 
@@ -61,7 +113,7 @@ def mutate(data: bytes, rng: random.Random, tokens: list[bytes] = TOKENS) -> byt
         elif op == 1:
             buf[pos:pos] = rng.choice(tokens) * rng.choice([1, 1, 2, 70, 1000])
         elif op == 2:
-            del buf[pos: pos + rng.randint(1, 64)]
+            del buf[pos : pos + rng.randint(1, 64)]
         elif op == 3 and buf:
             end = min(len(buf), pos + rng.randint(1, 256))
             buf[pos:pos] = buf[pos:end] * rng.randint(1, 4)
@@ -74,13 +126,20 @@ def mutate(data: bytes, rng: random.Random, tokens: list[bytes] = TOKENS) -> byt
 
 # Generated documents: plain data plus what YAML can add (dates, huge and odd numbers, odd keys).
 SCALARS = (
-    st.none() | st.booleans() | st.integers() | st.integers(min_value=2**63 - 2, max_value=2**70)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20) | st.dates()
-    | st.datetimes() | st.sampled_from(["${a.b}", "<ocr.Net>", "a\x00b", "-1", "2**64"])
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**63 - 2, max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+    | st.dates()
+    | st.datetimes()
+    | st.sampled_from(["${a.b}", "<ocr.Net>", "a\x00b", "-1", "2**64"])
 )
 KEYS = st.text(max_size=12) | st.integers() | st.booleans() | st.none() | st.dates()
 DOCUMENTS = st.recursive(
-    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4),
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4),
     max_leaves=25,
 )
 
@@ -103,7 +162,9 @@ def _assert_plain(value: object) -> None:
 
 def _load_sidecar(data: bytes) -> None:
     try:
-        meta = validate_document(parse_sidecar_bytes(data, "fuzz.metadata.yaml"), "fuzz.metadata.yaml")
+        meta = validate_document(
+            parse_sidecar_bytes(data, "fuzz.metadata.yaml"), "fuzz.metadata.yaml"
+        )
     except SidecarError as exc:
         assert exc.reason and "\n" not in exc.reason
         return
@@ -123,8 +184,11 @@ def _same_as_pyyaml(data: bytes) -> None:
 @FUZZ
 @given(value=st.dictionaries(KEYS, DOCUMENTS, max_size=6), flow=st.booleans())
 def test_fuzz_plain_constructor_matches_pyyaml(value: dict, flow: bool) -> None:
-    data = _dump(value) if not flow else yaml.safe_dump(value, default_flow_style=True).encode(
-        "utf-8", "surrogatepass")
+    data = (
+        _dump(value)
+        if not flow
+        else yaml.safe_dump(value, default_flow_style=True).encode("utf-8", "surrogatepass")
+    )
     if data is not None:
         _same_as_pyyaml(data)
 
@@ -135,11 +199,22 @@ def test_fuzz_plain_constructor_matches_pyyaml_on_mutations(seed: Path, rng: ran
     _same_as_pyyaml(mutate(seed.read_bytes(), rng))
 
 
-@pytest.mark.parametrize("text", [
-    "<<: {a: 1}\nb: 2\n", "a: &x [1]\nb: *x\n", "a: !!str 1\n", "=: 3\n", "2024-01-01: x\n",
-    "1: a\n1.5: b\nnull: c\ntrue: d\n", "a: !!set {x, y}\n", "a: !!omap [{b: 1}]\n",
-    "a: !!binary aGk=\n", "a: [1, {b: [2, {c: .nan}]}]\n", "'1': x\n'true': y\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<<: {a: 1}\nb: 2\n",
+        "a: &x [1]\nb: *x\n",
+        "a: !!str 1\n",
+        "=: 3\n",
+        "2024-01-01: x\n",
+        "1: a\n1.5: b\nnull: c\ntrue: d\n",
+        "a: !!set {x, y}\n",
+        "a: !!omap [{b: 1}]\n",
+        "a: !!binary aGk=\n",
+        "a: [1, {b: [2, {c: .nan}]}]\n",
+        "'1': x\n'true': y\n",
+    ],
+)
 def test_plain_constructor_matches_pyyaml_on_yaml_corners(text: str) -> None:
     _same_as_pyyaml(text.encode())
 
@@ -151,9 +226,26 @@ def test_fuzz_sidecar_mutations(seed: Path, rng: random.Random) -> None:
 
 
 @FUZZ
-@given(seed=st.sampled_from(SEED_SIDECARS), key=st.text(min_size=1, max_size=20) | st.sampled_from(
-    ["epoch", "global_step", "metrics", "hparams", "monitor", "created_at", "schema_version",
-     "checkpoint", "training", "model", "experiment"]), value=DOCUMENTS)
+@given(
+    seed=st.sampled_from(SEED_SIDECARS),
+    key=st.text(min_size=1, max_size=20)
+    | st.sampled_from(
+        [
+            "epoch",
+            "global_step",
+            "metrics",
+            "hparams",
+            "monitor",
+            "created_at",
+            "schema_version",
+            "checkpoint",
+            "training",
+            "model",
+            "experiment",
+        ]
+    ),
+    value=DOCUMENTS,
+)
 def test_fuzz_sidecar_generated_fields(seed: Path, key: str, value: object) -> None:
     document = yaml.safe_load(seed.read_text())
     document[key] = value
@@ -171,20 +263,41 @@ def real_log(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The bytes of a log written by ``wandb.init(mode="offline")``: config, rows, summary."""
     base = tmp_path_factory.mktemp("fuzz_wandb")
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_RUN_ID"):
+        for var in (
+            "WANDB_API_KEY",
+            "WANDB_BASE_URL",
+            "WANDB_ENTITY",
+            "WANDB_PROJECT",
+            "WANDB_RUN_ID",
+        ):
             mp.delenv(var, raising=False)
-        for var, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
-                           "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true",
-                           "NETRC": str(base / "no-netrc")}.items():
+        for var, value in {
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "WANDB_CONSOLE": "off",
+            "WANDB_DISABLE_GIT": "true",
+            "WANDB_DISABLE_CODE": "true",
+            "NETRC": str(base / "no-netrc"),
+        }.items():
             mp.setenv(var, value)
         for name in ("DIR", "CACHE_DIR", "CONFIG_DIR", "DATA_DIR"):
             (base / name.lower()).mkdir()
             mp.setenv(f"WANDB_{name}", str(base / name.lower()))
         import wandb
 
-        run = wandb.init(mode="offline", dir=base, project="fuzz", config={
-            "model": {"architecture": "dbnet", "component_overrides": {"encoder": {"model_name": "r50"}}},
-            "exp_name": "fuzz", "lr": 0.001})
+        run = wandb.init(
+            mode="offline",
+            dir=base,
+            project="fuzz",
+            config={
+                "model": {
+                    "architecture": "dbnet",
+                    "component_overrides": {"encoder": {"model_name": "r50"}},
+                },
+                "exp_name": "fuzz",
+                "lr": 0.001,
+            },
+        )
         run.define_metric("*", step_metric="trainer/global_step")
         for step in range(1, 41):
             row = {"train/loss": 1 / step, "trainer/global_step": step, "nested": {"a": step}}
@@ -227,7 +340,10 @@ def test_the_real_log_reads_cleanly(real_log: bytes) -> None:
     assert run.warnings == []
     assert run.lightning_steps
     assert ws.model_fields_from_config(run.config) == {
-        "architecture": "dbnet", "encoder": "r50", "exp_name": "fuzz"}
+        "architecture": "dbnet",
+        "encoder": "r50",
+        "exp_name": "fuzz",
+    }
     assert run.checkpoint_metrics(11) == {"train/loss": 0.1, "nested.a": 10.0}
     # Reframing the real records gives the same run: the record-level fuzzing below is faithful.
     assert read_log_bytes(frame(_payloads(real_log))).history == run.history
@@ -280,7 +396,9 @@ model:
 exp_name: {value: ocr_v1}
 created: {value: 2024-01-01}
 """
-WANDB_SUMMARY = b'{"val/hmean": 0.91, "_step": 40, "_wandb": {"runtime": 12}, "trainer/global_step": 399}'
+WANDB_SUMMARY = (
+    b'{"val/hmean": 0.91, "_step": 40, "_wandb": {"runtime": 12}, "trainer/global_step": 399}'
+)
 
 
 def read_run_files(config: bytes, summary: bytes) -> ws.WandbRun:
@@ -298,7 +416,10 @@ def test_the_seed_run_files_read() -> None:
     assert (run.source, run.warnings, run.lightning_steps) == ("files", [], True)
     assert run.config["created"] == "2024-01-01"
     assert ws.model_fields_from_config(run.config) == {
-        "architecture": "dbnet", "encoder": "resnet18", "exp_name": "ocr_v1"}
+        "architecture": "dbnet",
+        "encoder": "resnet18",
+        "exp_name": "ocr_v1",
+    }
 
 
 @FUZZ
@@ -382,8 +503,11 @@ def test_fuzz_hydra_config_generated(value: object, as_json: bool) -> None:
 
 
 def _cases() -> list[Path]:
-    return sorted(p for p in REGRESSIONS.iterdir() if p.is_file() and p.name != "README.md") \
-        if REGRESSIONS.is_dir() else []
+    return (
+        sorted(p for p in REGRESSIONS.iterdir() if p.is_file() and p.name != "README.md")
+        if REGRESSIONS.is_dir()
+        else []
+    )
 
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda p: p.name)
@@ -393,7 +517,9 @@ def test_regression_case(case: Path) -> None:
     if target == "sidecar":
         _load_sidecar(data)
     elif target == "hydra":
-        _load_config_bytes(data, "x.resolved.config.json" if case.suffix == ".json" else "config.yaml")
+        _load_config_bytes(
+            data, "x.resolved.config.json" if case.suffix == ".json" else "config.yaml"
+        )
     elif target == "wandb":
         read_log_bytes(data)
     else:

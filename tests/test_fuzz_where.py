@@ -18,28 +18,53 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ckpt_index.query.spec import FIELDS, resolve
 from ckpt_index.index.tables import checkpoints, metadata
+from ckpt_index.query.spec import FIELDS, resolve
 from ckpt_index.query.where import (
-    And, Compare, In, IsNull, Like, Not, Or, WhereError, compile_where, parse_where,
+    And,
+    Compare,
+    In,
+    IsNull,
+    Like,
+    Not,
+    Or,
+    WhereError,
+    compile_where,
+    parse_where,
 )
 
 EXAMPLES = int(os.environ.get("CKPT_INDEX_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 NAMES = st.one_of(
     st.sampled_from(sorted(FIELDS)),
-    st.sampled_from(["val/loss", "cleval/hmean", "metrics.hmean", "metrics.epoch", "x", "a-b",
-                     "m@1:2", "_"]),
+    st.sampled_from(
+        ["val/loss", "cleval/hmean", "metrics.hmean", "metrics.epoch", "x", "a-b", "m@1:2", "_"]
+    ),
     st.from_regex(r"[A-Za-z_][A-Za-z0-9_./:@-]{0,12}", fullmatch=True),
 )
 QUOTED_NAMES = st.text(min_size=1, max_size=12).map(lambda t: '"' + t.replace('"', '""') + '"')
 NUMBERS = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.floats(allow_nan=False).map(repr),
-    st.sampled_from(["9" * 5000, "-" + "9" * 25, "1e999", "-1e400", "0" * 30 + "1", ".5",
-                     "1.", "1e-400", "9223372036854775807", "9223372036854775808"]),
+    st.sampled_from(
+        [
+            "9" * 5000,
+            "-" + "9" * 25,
+            "1e999",
+            "-1e400",
+            "0" * 30 + "1",
+            ".5",
+            "1.",
+            "1e-400",
+            "9223372036854775807",
+            "9223372036854775808",
+        ]
+    ),
 )
 STRINGS = st.text(max_size=15).map(lambda t: "'" + t.replace("'", "''") + "'")
 VALUES = st.one_of(NUMBERS, STRINGS, st.sampled_from(["true", "false", "TRUE", "null"]))
@@ -79,15 +104,36 @@ def mutated(draw) -> str:
         if not text:
             break
         i = draw(st.integers(0, len(text) - 1))
-        junk = draw(st.sampled_from(["(", ")", "'", '"', ",", " ", "not", "\x00", "\ud800",
-                                     "\x1b", "\n", "=", "-", ".", "e", "9" * 30, "\u202e"]))
+        junk = draw(
+            st.sampled_from(
+                [
+                    "(",
+                    ")",
+                    "'",
+                    '"',
+                    ",",
+                    " ",
+                    "not",
+                    "\x00",
+                    "\ud800",
+                    "\x1b",
+                    "\n",
+                    "=",
+                    "-",
+                    ".",
+                    "e",
+                    "9" * 30,
+                    "\u202e",
+                ]
+            )
+        )
         action = draw(st.sampled_from(["insert", "delete", "replace"]))
         if action == "insert":
             text = text[:i] + junk + text[i:]
         elif action == "delete":
-            text = text[:i] + text[i + 1:]
+            text = text[:i] + text[i + 1 :]
         else:
-            text = text[:i] + junk + text[i + 1:]
+            text = text[:i] + junk + text[i + 1 :]
     return text
 
 
@@ -106,6 +152,7 @@ metadata.create_all(_ENGINE)
 
 def _anonymised(node):
     """The same expression with user text and numbers replaced (fields kept: they pick a column)."""
+
     def name(n: str) -> str:
         if n.startswith("metrics."):
             return "metrics.m"
@@ -199,23 +246,29 @@ def test_well_formed_expressions_mostly_compile(text: str) -> None:
 
 
 # Regressions found by fuzzing (each failed before its fix).
-@pytest.mark.parametrize("text", [
-    "epoch = " + "9" * 5000,        # int() refused > 4300 digits: a ValueError traceback
-    "hmean > 1e999",                # inf reached the database
-    "exp_name = 'a\x00b'",          # NUL: PostgreSQL refuses it in text
-    "exp_name = '\udcff'",          # an undecodable argv byte: no driver encodes it
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "epoch = " + "9" * 5000,  # int() refused > 4300 digits: a ValueError traceback
+        "hmean > 1e999",  # inf reached the database
+        "exp_name = 'a\x00b'",  # NUL: PostgreSQL refuses it in text
+        "exp_name = '\udcff'",  # an undecodable argv byte: no driver encodes it
+    ],
+)
 def test_fuzz_regressions_are_usage_errors(text: str) -> None:
     with pytest.raises(WhereError):
         parse_where(text)
     _check(text)
 
 
-@pytest.mark.parametrize("text", [
-    "epoch = " + "0" * 5000 + "1",  # leading zeros counted by int()'s digit limit: a traceback
-    "A < 2147483648",               # a BIGINT literal on PostgreSQL
-    "encoder_pretrained = 0",       # 0/1 on a Boolean field
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "epoch = " + "0" * 5000 + "1",  # leading zeros counted by int()'s digit limit: a traceback
+        "A < 2147483648",  # a BIGINT literal on PostgreSQL
+        "encoder_pretrained = 0",  # 0/1 on a Boolean field
+    ],
+)
 def test_fuzz_regressions_compile(text: str) -> None:
     parse_where(text)
     _check(text)

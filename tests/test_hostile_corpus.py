@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from ckpt_index.sidecar.files import dump_document, sidecar_path_for
 from ckpt_index.tools import demo
 from ckpt_index.tools.demo import checkpoint_bytes
-from ckpt_index.sidecar.files import dump_document, sidecar_path_for
 
 #: Generous: a shared CI machine; the point is "bounded", not "fast".
 MAX_SECONDS = 90
@@ -48,8 +48,13 @@ def zip_pickle(path: Path, data: bytes, compression: int = zipfile.ZIP_STORED) -
 
 
 def checkpoint_dict(**extra) -> dict:
-    return {"epoch": 3, "global_step": 30, "pytorch-lightning_version": "2.6.0",
-            "state_dict": {}, **extra}
+    return {
+        "epoch": 3,
+        "global_step": 30,
+        "pytorch-lightning_version": "2.6.0",
+        "state_dict": {},
+        **extra,
+    }
 
 
 def sidecar_document(*, epoch: int, hmean: float, checkpoint_path: str, exp_name: str) -> dict:
@@ -57,9 +62,17 @@ def sidecar_document(*, epoch: int, hmean: float, checkpoint_path: str, exp_name
     import random
 
     return demo.sidecar_document(
-        checkpoint_path=checkpoint_path, exp_name=exp_name, architecture="dbnet",
-        encoder="resnet18", epoch=epoch, global_step=epoch * 10, phase="training", max_epochs=10,
-        hmean=hmean, rng=random.Random(epoch), created_at=datetime.datetime(2025, 1, 1),
+        checkpoint_path=checkpoint_path,
+        exp_name=exp_name,
+        architecture="dbnet",
+        encoder="resnet18",
+        epoch=epoch,
+        global_step=epoch * 10,
+        phase="training",
+        max_epochs=10,
+        hmean=hmean,
+        rng=random.Random(epoch),
+        created_at=datetime.datetime(2025, 1, 1),
     )
 
 
@@ -98,8 +111,11 @@ def _numpy_shape(root: Path):
     class Array:
         def __reduce__(self):
             shape = tuple([2**64 - 1] * 50_000)
-            return (numpy._core.multiarray._reconstruct, (numpy.ndarray, (0,), b"b"),
-                    (1, shape, numpy.dtype("f8"), False, b""))
+            return (
+                numpy._core.multiarray._reconstruct,
+                (numpy.ndarray, (0,), b"b"),
+                (1, shape, numpy.dtype("f8"), False, b""),
+            )
 
     data = pickle.dumps(checkpoint_dict(hyper_parameters={"mean": Array()}), protocol=2)
     return zip_pickle(run_dir(root, "numpy") / "numpy.ckpt", data), {"inferred", "unreadable"}, ""
@@ -143,7 +159,11 @@ def _pickle_epoch(root: Path):
 
 @case("lone surrogate and NUL in hparams strings")
 def _bad_strings(root: Path):
-    hparams = {"exp_name": "run\udc80x", "architecture": "db\x00net", "encoder": {"model_name": "res\ud800"}}
+    hparams = {
+        "exp_name": "run\udc80x",
+        "architecture": "db\x00net",
+        "encoder": {"model_name": "res\ud800"},
+    }
     data = pickle.dumps(checkpoint_dict(hyper_parameters=hparams), protocol=2)
     return zip_pickle(run_dir(root, "strings") / "s.ckpt", data), {"inferred"}, ""
 
@@ -151,8 +171,13 @@ def _bad_strings(root: Path):
 for _kind, _monitor in {"int": 5, "list": ["a", 1], "dict": {"x": 1}}.items():
 
     def _odd_monitor(root: Path, monitor=_monitor, kind=_kind):
-        callbacks = {"ModelCheckpoint{'monitor': 'x'}": {"monitor": monitor, "mode": monitor,
-                                                         "current_score": 0.5}}
+        callbacks = {
+            "ModelCheckpoint{'monitor': 'x'}": {
+                "monitor": monitor,
+                "mode": monitor,
+                "current_score": 0.5,
+            }
+        }
         data = pickle.dumps(checkpoint_dict(callbacks=callbacks), protocol=2)
         return zip_pickle(run_dir(root, f"monitor-{kind}") / "m.ckpt", data), {"inferred"}, ""
 
@@ -238,8 +263,9 @@ def ordinary_files(root: Path) -> dict[str, str]:
     expected = {}
     for epoch, with_sidecar in ((1, True), (2, False)):
         path = ckpt_dir / f"epoch-{epoch:02d}_step-{epoch * 10:06d}.ckpt"
-        document = sidecar_document(exp_name="ordinary", epoch=epoch, hmean=0.5 + epoch / 10,
-                                    checkpoint_path=str(path))
+        document = sidecar_document(
+            exp_name="ordinary", epoch=epoch, hmean=0.5 + epoch / 10, checkpoint_path=str(path)
+        )
         path.write_bytes(checkpoint_bytes(document))
         if with_sidecar:
             sidecar_path_for(path).write_text(dump_document(document))
@@ -264,8 +290,18 @@ print(json.dumps({"rc": rc, "seconds": time.monotonic() - started,
 def measured_sync(root: Path, db_url: str, *extra: str, timeout: float = MAX_SECONDS * 2) -> dict:
     """Run `python -m ckpt_index sync` in a child; its exit, time and the tree's peak RSS
     (``rc`` None: killed after ``timeout``)."""
-    argv = [sys.executable, "-m", "ckpt_index", "sync", str(root), "--db", db_url,
-            "--format", "json", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "ckpt_index",
+        "sync",
+        str(root),
+        "--db",
+        db_url,
+        "--format",
+        "json",
+        *extra,
+    ]
     wrapper = [sys.executable, "-c", _MEASURE, str(timeout), *argv]
     out = subprocess.run(wrapper, capture_output=True, text=True, timeout=timeout + 60)
     assert out.returncode == 0, out.stderr
@@ -349,7 +385,9 @@ def test_malicious_pickles_run_nothing_and_the_sync_completes(outputs: Path, db_
 def test_the_whole_corpus_in_one_tree(outputs: Path, db_url: str) -> None:
     from test_sync import age
 
-    outcomes = {name: builder(outputs / f"case{i}") for i, (name, builder) in enumerate(CASES.items())}
+    outcomes = {
+        name: builder(outputs / f"case{i}") for i, (name, builder) in enumerate(CASES.items())
+    }
     ordinary = ordinary_files(outputs)
     age(outputs)  # out of the racy window: an unchanged file is then never read again
     result = measured_sync(outputs, db_url)
@@ -389,10 +427,15 @@ def main() -> None:
                 got = rows(db_url)
                 row = got.get(str(target), {})
                 indexed = sum(got.get(p, {}).get("status") == s for p, s in ordinary.items())
-                outcome = [f"{row.get('status')}: {(row.get('error') or row.get('warnings') or '')[:70]}"
-                           f" (ordinary files indexed: {indexed}/2)"]
-            print(f"{name[:55]:<55} {str(result['rc']):>4} {result['seconds']:>7.2f} "
-                  f"{result['maxrss_kib'] / 1024:>8.0f}  {outcome[0][:110]}", flush=True)
+                outcome = [
+                    f"{row.get('status')}: {(row.get('error') or row.get('warnings') or '')[:70]}"
+                    f" (ordinary files indexed: {indexed}/2)"
+                ]
+            print(
+                f"{name[:55]:<55} {str(result['rc']):>4} {result['seconds']:>7.2f} "
+                f"{result['maxrss_kib'] / 1024:>8.0f}  {outcome[0][:110]}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -32,8 +32,12 @@ RSS_LIMIT_MB = 600
 CHILD_ADDRESS_SPACE = 3 << 30
 
 
-def _zip(path: Path, data_pkl: bytes | Callable[[zipfile.ZipFile], None], *,
-         compression: int = zipfile.ZIP_STORED) -> Path:
+def _zip(
+    path: Path,
+    data_pkl: bytes | Callable[[zipfile.ZipFile], None],
+    *,
+    compression: int = zipfile.ZIP_STORED,
+) -> Path:
     with zipfile.ZipFile(path, "w", compression) as archive:
         if callable(data_pkl):
             data_pkl(archive)
@@ -58,8 +62,9 @@ def deep_tuple_in_frozenset(path: Path) -> Path:
 def deep_tuple_in_ordered_dict(path: Path) -> Path:
     """A deep tuple as a key handed to the OrderedDict stand-in, which builds a dict of the pairs."""
     deep = b"N" + b"\x85" * 1_000_000
-    data = (b"\x80\x02}X\x01\x00\x00\x00a" + b"ccollections\nOrderedDict\n"
-            + b"(((" + deep + b"NtltRs.")
+    data = (
+        b"\x80\x02}X\x01\x00\x00\x00a" + b"ccollections\nOrderedDict\n" + b"(((" + deep + b"NtltRs."
+    )
     return _zip(path, data, compression=zipfile.ZIP_BZIP2)
 
 
@@ -84,12 +89,16 @@ def empty_list_stored(path: Path) -> Path:
 
 def numpy_huge_shape(path: Path) -> Path:
     """A numpy ``_reconstruct`` state whose shape is a million huge dims (products of bigints)."""
-    dtype = (b"cnumpy\ndtype\nq\x01X\x02\x00\x00\x00f8q\x02\x89\x88\x87q\x03Rq\x04"
-             b"(K\x03X\x01\x00\x00\x00<q\x05NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x06b")
+    dtype = (
+        b"cnumpy\ndtype\nq\x01X\x02\x00\x00\x00f8q\x02\x89\x88\x87q\x03Rq\x04"
+        b"(K\x03X\x01\x00\x00\x00<q\x05NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x06b"
+    )
     huge = b"\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x7fq\x07"  # 2**63 - 1, memoized
     shape = b"(" + huge + b"h\x07" * 1_000_000 + b"t"
-    array = (b"cnumpy.core.multiarray\n_reconstruct\nq\x08cnumpy\nndarray\nq\tK\x00\x85C\x01b\x87R"
-             b"(K\x01" + shape + dtype + b"\x89C\x00tb")
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\nq\x08cnumpy\nndarray\nq\tK\x00\x85C\x01b\x87R"
+        b"(K\x01" + shape + dtype + b"\x89C\x00tb"
+    )
     data = b"\x80\x02}X\x10\x00\x00\x00hyper_parameters}X\x01\x00\x00\x00a" + array + b"ss."
     return _zip(path, data, compression=zipfile.ZIP_BZIP2)
 
@@ -174,8 +183,13 @@ def run_child(path: Path, timeout: float = WALL_LIMIT_S * 3) -> dict[str, object
 
     env = dict(os.environ, PYTHONPATH=os.environ.get("CKPT_INDEX_REPO", str(REPO)))
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, preexec_fn=limit)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=limit,
+    )
     killer = threading.Timer(timeout, proc.kill)
     killer.start()
     try:
@@ -205,7 +219,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_file_is_contained(name: str, built: dict[str, Path]) -> None:
     result = run_child(built[name])
-    assert result["signal"] is None, f"child died of {signal.Signals(result['signal']).name}: {result}"
+    assert result["signal"] is None, (
+        f"child died of {signal.Signals(result['signal']).name}: {result}"
+    )
     assert result["exit"] == 0, result["stderr"]
     assert result["wall_s"] < WALL_LIMIT_S, result
     assert result["rss_mb"] < RSS_LIMIT_MB, result
@@ -252,6 +268,10 @@ if __name__ == "__main__":  # measure every case: python tests/test_hostile_pick
             builder(file)
         size = os.lstat(file).st_size
         r = run_child(file, timeout=float(os.environ.get("HOSTILE_TIMEOUT", 60)))
-        summary = json.dumps(r["output"])[:150] if r["output"] else r["stderr"].strip().splitlines()[-1:]
-        print(f"{case:28} {size:>9} B  {r['wall_s']:7.2f} s  {r['rss_mb']:7.0f} MB  "
-              f"signal={r['signal']} exit={r['exit']}  {summary}")
+        summary = (
+            json.dumps(r["output"])[:150] if r["output"] else r["stderr"].strip().splitlines()[-1:]
+        )
+        print(
+            f"{case:28} {size:>9} B  {r['wall_s']:7.2f} s  {r['rss_mb']:7.0f} MB  "
+            f"signal={r['signal']} exit={r['exit']}  {summary}"
+        )

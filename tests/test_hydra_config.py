@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from ckpt_index.sources.hydra import find_hydra_config, load_config, model_fields
-from ckpt_index.sidecar.files import SidecarError
 from child_limits import run_child
+
+from ckpt_index.sidecar.files import SidecarError
+from ckpt_index.sources.hydra import find_hydra_config, load_config, model_fields
 
 SEED_STYLE = {
     "exp_name": "ocr_v1",
@@ -83,16 +83,29 @@ def test_interpolations_are_not_resolved(run: Path) -> None:
 def test_model_fields_from_seed_layout(run: Path) -> None:
     config = load_config(write_yaml(run.parent.parent / ".hydra" / "config.yaml", SEED_STYLE))
     assert model_fields(config) == {
-        "architecture": "dbnet", "encoder": "resnet50", "decoder": "pan_decoder",
-        "head": "db_head", "loss": "db_loss", "exp_name": "ocr_v1", "wandb_run_id": "abc123",
+        "architecture": "dbnet",
+        "encoder": "resnet50",
+        "decoder": "pan_decoder",
+        "head": "db_head",
+        "loss": "db_loss",
+        "exp_name": "ocr_v1",
+        "wandb_run_id": "abc123",
     }
 
 
 def test_model_fields_from_flat_hparams() -> None:
-    hparams = {"architecture_name": "craft", "encoder": {"model_name": "resnet18"},
-               "decoder": {"_target_": "ocr.models.decoders.UNetDecoder"}, "loss": "dice"}
-    assert model_fields(hparams) == {"architecture": "craft", "encoder": "resnet18",
-                                     "decoder": "UNetDecoder", "loss": "dice"}
+    hparams = {
+        "architecture_name": "craft",
+        "encoder": {"model_name": "resnet18"},
+        "decoder": {"_target_": "ocr.models.decoders.UNetDecoder"},
+        "loss": "dice",
+    }
+    assert model_fields(hparams) == {
+        "architecture": "craft",
+        "encoder": "resnet18",
+        "decoder": "UNetDecoder",
+        "loss": "dice",
+    }
 
 
 def test_interpolated_names_are_not_taken() -> None:
@@ -135,10 +148,21 @@ def test_json_config_values_are_plain(tmp_path: Path) -> None:
     config["exp_name"].encode("utf-8")
 
 
-@pytest.mark.parametrize("value", [
-    "5", "[dbnet]", "{x: 1}", "null", "true", '"a\\0b"', '"line\\nbreak"',
-    '"${arch}"', '"<ocr.models.Net>"', "x" * 600,
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "5",
+        "[dbnet]",
+        "{x: 1}",
+        "null",
+        "true",
+        '"a\\0b"',
+        '"line\\nbreak"',
+        '"${arch}"',
+        '"<ocr.models.Net>"',
+        "x" * 600,
+    ],
+)
 def test_odd_values_are_not_names(tmp_path: Path, value: str) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(
@@ -149,9 +173,17 @@ def test_odd_values_are_not_names(tmp_path: Path, value: str) -> None:
 
 
 def test_model_fields_of_any_shape_does_not_raise() -> None:
-    for config in [{"model": 5}, {"model": [1]}, {"model": {"architecture": {"name": 3}}},
-                   {"encoder": {"model_name": None, "_target_": 7}}, {1: 2}, [], None, "x",
-                   {"exp_name": "a\x00b", "wandb_run_id": "\ud800"}]:
+    for config in [
+        {"model": 5},
+        {"model": [1]},
+        {"model": {"architecture": {"name": 3}}},
+        {"encoder": {"model_name": None, "_target_": 7}},
+        {1: 2},
+        [],
+        None,
+        "x",
+        {"exp_name": "a\x00b", "wandb_run_id": "\ud800"},
+    ]:
         assert model_fields(config) == {}  # type: ignore[arg-type]
 
 
@@ -192,6 +224,7 @@ def _sparse(size: int):
     def make(path: Path) -> None:
         with open(path, "wb") as handle:
             handle.truncate(size)
+
     return make
 
 
@@ -203,18 +236,29 @@ HOSTILE_CONFIGS = [
     ("deep-block-990", lambda p: p.write_text(_deep_block(990)), "nests deeper"),
     ("deep-block-1400", lambda p: p.write_text(_deep_block(1400)), "nests deeper"),
     ("deep-flow-500k", lambda p: p.write_text(_deep_flow(500_000)), "nest"),
-    ("alias-bomb", lambda p: p.write_text(
-        "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
-        + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
-                  for i in range(8))), "alias bomb"),
-    ("wide-2mib", lambda p: p.write_text("a: [" + ",".join(["0"] * ((2 << 20) // 2 - 8)) + "]\n"),
-     "values"),
+    (
+        "alias-bomb",
+        lambda p: p.write_text(
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+                for i in range(8)
+            )
+        ),
+        "alias bomb",
+    ),
+    (
+        "wide-2mib",
+        lambda p: p.write_text("a: [" + ",".join(["0"] * ((2 << 20) // 2 - 8)) + "]\n"),
+        "values",
+    ),
     ("deep-json", None, "nests deeper"),
 ]
 
 
-@pytest.mark.parametrize("make, word", [c[1:] for c in HOSTILE_CONFIGS],
-                         ids=[c[0] for c in HOSTILE_CONFIGS])
+@pytest.mark.parametrize(
+    "make, word", [c[1:] for c in HOSTILE_CONFIGS], ids=[c[0] for c in HOSTILE_CONFIGS]
+)
 def test_hostile_config_is_refused_in_bounded_time_and_memory(
     tmp_path: Path, make, word: str
 ) -> None:

@@ -11,17 +11,18 @@ Create the fixture of a new revision (existing ones are left alone) with::
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from conftest import write_checkpoint
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
@@ -31,7 +32,6 @@ from ckpt_index.index import engine as db_module
 from ckpt_index.index.engine import (
     ENV_VAR,
     HEAD_REVISION,
-    IndexError_,
     IndexMissingError,
     SchemaTooNewError,
     create_index_engine,
@@ -45,7 +45,6 @@ from ckpt_index.index.engine import (
 from ckpt_index.index.models import Base
 from ckpt_index.index.records import record_without_metadata
 from ckpt_index.index.store import upsert_records
-from conftest import write_checkpoint
 
 MIGRATIONS = Path(db_module.__file__).parent / "migrations"
 OLD_REVISIONS = Path(__file__).parent / "data" / "old_revisions"
@@ -153,34 +152,168 @@ def populate(outputs: Path, db: Path, n: int = 3) -> list[Path]:
 #: four metrics, an orphaned sidecar (checkpoint file gone) with one metric, and a checkpoint
 #: without metadata (status "missing", no metrics). Frozen: later generators extend them.
 _COLUMNS_0001 = (
-    "id", "checkpoint_path", "sidecar_path", "exp_name", "architecture", "encoder",
-    "encoder_pretrained", "encoder_frozen", "decoder", "head", "loss", "epoch", "global_step",
-    "training_phase", "max_epochs", "precision", "recall", "hmean", "validation_loss", "monitor",
-    "mode", "save_top_k", "save_last", "created_at", "hydra_config_path", "wandb_run_id", "source",
-    "status", "error", "warnings", "checkpoint_exists", "ckpt_size", "ckpt_mtime_ns",
-    "sidecar_size", "sidecar_mtime_ns", "metadata_json", "indexed_at",
+    "id",
+    "checkpoint_path",
+    "sidecar_path",
+    "exp_name",
+    "architecture",
+    "encoder",
+    "encoder_pretrained",
+    "encoder_frozen",
+    "decoder",
+    "head",
+    "loss",
+    "epoch",
+    "global_step",
+    "training_phase",
+    "max_epochs",
+    "precision",
+    "recall",
+    "hmean",
+    "validation_loss",
+    "monitor",
+    "mode",
+    "save_top_k",
+    "save_last",
+    "created_at",
+    "hydra_config_path",
+    "wandb_run_id",
+    "source",
+    "status",
+    "error",
+    "warnings",
+    "checkpoint_exists",
+    "ckpt_size",
+    "ckpt_mtime_ns",
+    "sidecar_size",
+    "sidecar_mtime_ns",
+    "metadata_json",
+    "indexed_at",
 )
 _ROWS_0001 = (
-    (1, "/data/outputs/dbnet-resnet50/checkpoints/epoch-10_step-005420.ckpt",
-     "/data/outputs/dbnet-resnet50/checkpoints/epoch-10_step-005420.metadata.yaml",
-     "dbnet-resnet50-20251018", "dbnet", "resnet50", 1, 0, "pan_decoder", "db_head", "db_loss", 10,
-     5420, "training", 50, 0.8542, 0.8321, 0.843, 0.0234, "val/hmean", "max", 3, 1,
-     "2025-10-18T14:32:15.123456", "/data/outputs/dbnet-resnet50/.hydra/config.yaml",
-     "abc123def456", "sidecar", "valid", None, None, 1, 12, 1_760_000_000_000_000_000, 900,
-     1_760_000_000_000_000_000, '{"schema_version":"1.0"}', "2025-10-18T15:00:00+00:00"),
-    (2, "/data/outputs/craft-resnet18/checkpoints/epoch-03_step-000800.ckpt",
-     "/data/outputs/craft-resnet18/checkpoints/epoch-03_step-000800.metadata.yaml",
-     "craft-resnet18-20251019", "craft", "resnet18", 1, 1, None, None, None, 3, 800, "finetuning",
-     20, None, None, 0.61, None, None, None, None, None, "2025-10-19T09:00:00", None, None,
-     "sidecar", "valid", None, "metrics.hmean only", 0, None, None, 640,
-     1_760_100_000_000_000_000, '{"schema_version":"1.0"}', "2025-10-19T10:00:00+00:00"),
-    (3, "/data/outputs/pan-mobilenet/checkpoints/last.ckpt", None, None, None, None, None, None,
-     None, None, None, None, None, None, None, None, None, None, None, None, None, None, None,
-     None, None, None, "none", "missing", None, None, 1, 34, 1_760_200_000_000_000_000, None,
-     None, None, "2025-10-20T10:00:00+00:00"),
+    (
+        1,
+        "/data/outputs/dbnet-resnet50/checkpoints/epoch-10_step-005420.ckpt",
+        "/data/outputs/dbnet-resnet50/checkpoints/epoch-10_step-005420.metadata.yaml",
+        "dbnet-resnet50-20251018",
+        "dbnet",
+        "resnet50",
+        1,
+        0,
+        "pan_decoder",
+        "db_head",
+        "db_loss",
+        10,
+        5420,
+        "training",
+        50,
+        0.8542,
+        0.8321,
+        0.843,
+        0.0234,
+        "val/hmean",
+        "max",
+        3,
+        1,
+        "2025-10-18T14:32:15.123456",
+        "/data/outputs/dbnet-resnet50/.hydra/config.yaml",
+        "abc123def456",
+        "sidecar",
+        "valid",
+        None,
+        None,
+        1,
+        12,
+        1_760_000_000_000_000_000,
+        900,
+        1_760_000_000_000_000_000,
+        '{"schema_version":"1.0"}',
+        "2025-10-18T15:00:00+00:00",
+    ),
+    (
+        2,
+        "/data/outputs/craft-resnet18/checkpoints/epoch-03_step-000800.ckpt",
+        "/data/outputs/craft-resnet18/checkpoints/epoch-03_step-000800.metadata.yaml",
+        "craft-resnet18-20251019",
+        "craft",
+        "resnet18",
+        1,
+        1,
+        None,
+        None,
+        None,
+        3,
+        800,
+        "finetuning",
+        20,
+        None,
+        None,
+        0.61,
+        None,
+        None,
+        None,
+        None,
+        None,
+        "2025-10-19T09:00:00",
+        None,
+        None,
+        "sidecar",
+        "valid",
+        None,
+        "metrics.hmean only",
+        0,
+        None,
+        None,
+        640,
+        1_760_100_000_000_000_000,
+        '{"schema_version":"1.0"}',
+        "2025-10-19T10:00:00+00:00",
+    ),
+    (
+        3,
+        "/data/outputs/pan-mobilenet/checkpoints/last.ckpt",
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        "none",
+        "missing",
+        None,
+        None,
+        1,
+        34,
+        1_760_200_000_000_000_000,
+        None,
+        None,
+        None,
+        "2025-10-20T10:00:00+00:00",
+    ),
 )
 _METRICS_0001 = (
-    (1, "hmean", 0.843), (1, "precision", 0.8542), (1, "recall", 0.8321), (1, "val/loss", 0.0234),
+    (1, "hmean", 0.843),
+    (1, "precision", 0.8542),
+    (1, "recall", 0.8321),
+    (1, "val/loss", 0.0234),
     (2, "hmean", 0.61),
 )
 
@@ -238,8 +371,13 @@ def make_revision_0003_fixture(path: Path) -> None:
     inferred[1] = "/data/outputs/pan-mobilenet/checkpoints/epoch-02_step-000300.ckpt"
     inferred[4], inferred[11], inferred[12] = "pan", 2, 300  # architecture, epoch, global_step
     inferred[26], inferred[27] = "checkpoint", "inferred"  # source, status
-    rows.append((*inferred, "gpu-node-1",
-                 '{"architecture":"path","epoch":"checkpoint","global_step":"checkpoint"}'))
+    rows.append(
+        (
+            *inferred,
+            "gpu-node-1",
+            '{"architecture":"path","epoch":"checkpoint","global_step":"checkpoint"}',
+        )
+    )
     metrics = [*_METRICS_0001, (4, "hmean", 0.85)]
     _write_fixture(path, "0003", columns, rows, metrics)
 
@@ -330,8 +468,14 @@ def test_one_resolution_rule_for_cli_and_api(
         args = ["sync", str(outputs)] + (["--db", explicit] if explicit else [])
         assert invoke(*args, db=False).exit_code == 0
         # The placeholder checkpoint is unreadable, and queries skip unreadable ones by default.
-        result = invoke("query", "--format", "paths", "--include-unreadable",
-                        *(["--db", explicit] if explicit else []), db=False)
+        result = invoke(
+            "query",
+            "--format",
+            "paths",
+            "--include-unreadable",
+            *(["--db", explicit] if explicit else []),
+            db=False,
+        )
         assert result.exit_code == 0, result.output
         assert "epoch-01_step-000010.ckpt" in result.output
     else:
@@ -339,7 +483,9 @@ def test_one_resolution_rule_for_cli_and_api(
         assert len(api.query(db=explicit, include_unreadable=True)) == 1
     assert expected.exists()
     assert revision_of(expected) == HEAD_REVISION
-    assert {p.name for p in tmp_path.glob("*.db")} == ({expected.name} if expected.parent == tmp_path else set())
+    assert {p.name for p in tmp_path.glob("*.db")} == (
+        {expected.name} if expected.parent == tmp_path else set()
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -541,8 +687,10 @@ def test_fixture_database_is_what_its_generator_makes(revision: str, tmp_path: P
 
     def schema(path: Path) -> list[tuple]:
         with sqlite_connect(path) as con:
-            return sorted(con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"),
-                          key=lambda row: (row[0], row[1]))
+            return sorted(
+                con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"),
+                key=lambda row: (row[0], row[1]),
+            )
 
     assert schema(committed) == schema(fresh)
     for table in ("checkpoints", "checkpoint_metrics"):
@@ -599,19 +747,30 @@ def test_old_revision_is_upgraded_with_rows_intact(
         assert project(new_rows) == project(old_rows), table
     # The upgraded index is usable: the view, the unique key and an upsert of an existing path.
     with sqlite_connect(db) as con:
-        flat = con.execute("SELECT checkpoint_path, metric, value FROM checkpoint_metrics_flat").fetchall()
+        flat = con.execute(
+            "SELECT checkpoint_path, metric, value FROM checkpoint_metrics_flat"
+        ).fetchall()
     assert len(flat) == sum(
-        1 for m in before["checkpoint_metrics"]
-        for c in before["checkpoints"] if c["id"] == m["checkpoint_id"] and c["checkpoint_exists"]
+        1
+        for m in before["checkpoint_metrics"]
+        for c in before["checkpoints"]
+        if c["id"] == m["checkpoint_id"] and c["checkpoint_exists"]
     )
     engine = open_engine(db)
     try:
         first = table_rows(db, "checkpoints")[0]
-        record = record_without_metadata(checkpoint_path=first["checkpoint_path"], sidecar_path=None,
-                                         ckpt=None, sidecar=None, error=None)
+        record = record_without_metadata(
+            checkpoint_path=first["checkpoint_path"],
+            sidecar_path=None,
+            ckpt=None,
+            sidecar=None,
+            error=None,
+        )
         where = {"location": first["location"]} if "location" in first else {}
         with write_transaction(engine) as conn:
-            assert upsert_records(conn, [record], **where) == {first["checkpoint_path"]: first["id"]}
+            assert upsert_records(conn, [record], **where) == {
+                first["checkpoint_path"]: first["id"]
+            }
     finally:
         engine.dispose()
     assert row_counts(db)["checkpoints"] == len(before["checkpoints"])
@@ -639,7 +798,9 @@ def _assert_refused(message: str) -> None:
     "how",
     ["open_engine", "open_engine_readonly", "read_only_engine", "connect", "api_sync", "api_query"],
 )
-def test_too_new_database_is_refused(too_new_db: Path, outputs: Path, how: str, journal_mode: str) -> None:
+def test_too_new_database_is_refused(
+    too_new_db: Path, outputs: Path, how: str, journal_mode: str
+) -> None:
     # A newer release may keep its index in either journal mode (e.g. DELETE on a network mount).
     with sqlite_connect(too_new_db) as con:
         assert con.execute(f"PRAGMA journal_mode = {journal_mode}").fetchone()[0] == journal_mode
@@ -674,7 +835,9 @@ def test_too_new_database_is_refused(too_new_db: Path, outputs: Path, how: str, 
     ],
     ids=lambda args: " ".join(args[:2]).replace("{outputs}", "ROOT").replace("--db", "").strip(),
 )
-def test_too_new_database_is_refused_by_the_cli(too_new_db: Path, outputs: Path, invoke, args) -> None:
+def test_too_new_database_is_refused_by_the_cli(
+    too_new_db: Path, outputs: Path, invoke, args
+) -> None:
     before, counts = file_state(too_new_db), row_counts(too_new_db)
     argv = [a.format(outputs=outputs, db=too_new_db) for a in args]
     result = invoke(*argv)
@@ -747,7 +910,9 @@ def _prepare(state: str, db: Path) -> None:
 # A fresh and the oldest database by default; the other starting states are marked slow (each
 # case starts eight interpreters).
 _CONCURRENT_STATES = [
-    pytest.param(state, marks=() if state in {"missing", OLD_FIXTURES[0].stem} else pytest.mark.slow)
+    pytest.param(
+        state, marks=() if state in {"missing", OLD_FIXTURES[0].stem} else pytest.mark.slow
+    )
     for state in ["missing", "empty_file", "base", "head", *(p.stem for p in OLD_FIXTURES)]
 ]
 
@@ -763,7 +928,10 @@ def test_processes_opening_at_once_all_succeed(state: str, tmp_path: Path) -> No
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _CHILD, str(db), str(rendezvous), str(i)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
         )
         for i in range(N_PROCESSES)
     ]
@@ -771,7 +939,9 @@ def test_processes_opening_at_once_all_succeed(state: str, tmp_path: Path) -> No
         deadline = time.monotonic() + 120
         while len(list(rendezvous.glob("ready-*"))) < N_PROCESSES:
             assert time.monotonic() < deadline, "the processes did not start"
-            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll() is not None]
+            assert all(p.poll() is None for p in procs), [
+                p.communicate() for p in procs if p.poll() is not None
+            ]
             time.sleep(0.01)
         (rendezvous / "go").touch()
         results = [p.communicate(timeout=180) for p in procs]
@@ -784,7 +954,9 @@ def test_processes_opening_at_once_all_succeed(state: str, tmp_path: Path) -> No
     assert [out.strip() for out, _ in results] == [HEAD_REVISION] * N_PROCESSES
 
     with sqlite_connect(db) as con:
-        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD_REVISION,)]
+        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (HEAD_REVISION,)
+        ]
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     rows = table_rows(db, "checkpoints")
@@ -826,7 +998,9 @@ def test_read_only_can_select(read_only) -> None:
     ).one()
     assert tuple(best) == ("exp2", pytest.approx(0.7))
     flat = read_only.execute(
-        text("SELECT checkpoint_path, metric, value FROM checkpoint_metrics_flat WHERE metric = 'hmean'")
+        text(
+            "SELECT checkpoint_path, metric, value FROM checkpoint_metrics_flat WHERE metric = 'hmean'"
+        )
     ).all()
     assert sorted(v for _, _, v in flat) == pytest.approx([0.5, 0.6, 0.7])
     # Reporting pragmas that notebooks and pandas use to inspect the schema stay allowed.
@@ -855,7 +1029,9 @@ def test_read_only_can_select(read_only) -> None:
         "ANALYZE",
     ],
 )
-def test_read_only_refuses_writes(read_only, populated: Path, tmp_path: Path, statement: str) -> None:
+def test_read_only_refuses_writes(
+    read_only, populated: Path, tmp_path: Path, statement: str
+) -> None:
     attach = tmp_path / "attached.db"
     counts = row_counts(populated)
     with pytest.raises(DBAPIError):
@@ -872,7 +1048,9 @@ def test_read_only_refuses_writes(read_only, populated: Path, tmp_path: Path, st
     assert read_only.execute(text("SELECT count(*) FROM checkpoints")).scalar() == 3
 
 
-@pytest.mark.parametrize("how", ["read_only_engine", "connect", "open_engine_readonly", "api_query"])
+@pytest.mark.parametrize(
+    "how", ["read_only_engine", "connect", "open_engine_readonly", "api_query"]
+)
 def test_read_only_open_of_a_missing_database(tmp_path: Path, how: str) -> None:
     db = tmp_path / "nowhere" / "index.db"
     calls = {
@@ -898,13 +1076,17 @@ def test_pandas_read_sql(populated: Path) -> None:
     pandas = pytest.importorskip("pandas")
     engine = ckpt_index.read_only_engine(populated)
     try:
-        frame = pandas.read_sql("SELECT exp_name, encoder, epoch, hmean FROM checkpoints ORDER BY hmean", engine)
+        frame = pandas.read_sql(
+            "SELECT exp_name, encoder, epoch, hmean FROM checkpoints ORDER BY hmean", engine
+        )
         assert list(frame.columns) == ["exp_name", "encoder", "epoch", "hmean"]
         assert frame["exp_name"].tolist() == ["exp0", "exp1", "exp2"]
         assert frame["hmean"].tolist() == pytest.approx([0.5, 0.6, 0.7])
 
         flat = pandas.read_sql("SELECT * FROM checkpoint_metrics_flat", engine)
-        assert {"checkpoint_id", "checkpoint_path", "exp_name", "metric", "value"} <= set(flat.columns)
+        assert {"checkpoint_id", "checkpoint_path", "exp_name", "metric", "value"} <= set(
+            flat.columns
+        )
         assert len(flat) == row_counts(populated)["checkpoint_metrics"]
         wide = flat.pivot_table(index="checkpoint_path", columns="metric", values="value")
         assert sorted(wide["hmean"]) == pytest.approx([0.5, 0.6, 0.7])

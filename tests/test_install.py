@@ -29,16 +29,27 @@ OLD_REVISIONS = Path(__file__).parent / "data" / "old_revisions"
 
 
 def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CKPT_INDEX_DB")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CKPT_INDEX_DB")
+    }
     env["PYTHONNOUSERSITE"] = "1"
     return env
 
 
 def _run(args: list[str | Path], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(a) for a in args], cwd=cwd, env=_clean_env(), capture_output=True,
-                            text=True, timeout=timeout)
-    assert result.returncode == 0, f"{args} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+    result = subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, (
+        f"{args} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+    )
     return result
 
 
@@ -57,10 +68,23 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     root = tmp_path_factory.mktemp("install")
     source = root / "source"
     shutil.copytree(
-        REPO, source,
-        ignore=shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__",
-                                      ".pytest_cache", ".hypothesis", "*.db", "*.db-*", "outputs",
-                                      "demo_outputs", "tests"),
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".venv",
+            ".git",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".pytest_cache",
+            ".hypothesis",
+            "*.db",
+            "*.db-*",
+            "outputs",
+            "demo_outputs",
+            "tests",
+        ),
     )
     wheels = root / "wheels"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, source], cwd=root)
@@ -97,16 +121,21 @@ def test_wheel_ships_the_migrations(installed: Installed) -> None:
     assert "ckpt_index/index/migrations/script.py.mako" in names
     assert "ckpt_index/index/migrations/versions/0001_initial.py" in names
     shipped = {Path(n).name for n in names if n.startswith("ckpt_index/index/migrations/versions/")}
-    in_checkout = {p.name for p in (REPO / "ckpt_index" / "index" / "migrations" / "versions").glob("*.py")}
+    in_checkout = {
+        p.name for p in (REPO / "ckpt_index" / "index" / "migrations" / "versions").glob("*.py")
+    }
     assert in_checkout <= shipped, f"revisions missing from the wheel: {in_checkout - shipped}"
     assert not any(n.startswith(("tests/", "migrations/")) for n in names)
 
 
 def test_the_installed_package_is_imported(installed: Installed, workdir: Path) -> None:
     out = _run(
-        [installed.python, "-c",
-         "import sys, ckpt_index, ckpt_index.index.engine as db; "
-         "print(ckpt_index.__file__); print(db._MIGRATIONS); print(sys.flags.no_user_site, sys.path)"],
+        [
+            installed.python,
+            "-c",
+            "import sys, ckpt_index, ckpt_index.index.engine as db; "
+            "print(ckpt_index.__file__); print(db._MIGRATIONS); print(sys.flags.no_user_site, sys.path)",
+        ],
         cwd=workdir,
     ).stdout.splitlines()
     site_packages = installed.venv / "lib"

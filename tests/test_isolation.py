@@ -14,7 +14,9 @@ from ckpt_index.isolation.pool import Limits, WorkerPool, run_isolated
 LIMITS = Limits(memory_bytes=128 << 20, seconds=3)
 
 
-def outcomes(task: str, args: list[tuple], workers: int = 2, limits: Limits = LIMITS, chunk: int = 4):
+def outcomes(
+    task: str, args: list[tuple], workers: int = 2, limits: Limits = LIMITS, chunk: int = 4
+):
     with WorkerPool(workers, limits, chunk=chunk) as pool:
         return list(pool.map(task, args)), pool.crashes
 
@@ -51,8 +53,12 @@ def test_jobs_queued_behind_a_crash_are_run_by_a_fresh_worker() -> None:
 
 def test_a_job_over_its_time_budget_is_killed_and_the_rest_go_on() -> None:
     started = time.monotonic()
-    results, crashes = outcomes("_sleep", [(0.0,), (30.0,), (0.0,), (0.0,)], workers=1,
-                                limits=Limits(memory_bytes=128 << 20, seconds=1))
+    results, crashes = outcomes(
+        "_sleep",
+        [(0.0,), (30.0,), (0.0,), (0.0,)],
+        workers=1,
+        limits=Limits(memory_bytes=128 << 20, seconds=1),
+    )
     assert time.monotonic() - started < 15
     assert [r.ok for r in results] == [True, False, True, True]
     # Its neighbours' replies may still have been in the worker: they all ran again alone, and

@@ -49,10 +49,15 @@ class TinyModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         score = self.hparams.schedule[self.current_epoch % len(self.hparams.schedule)]
-        self.log_dict({
-            "val/loss": nn.functional.mse_loss(self.layer(x), y),
-            "val/hmean": score, "val/precision": score, "val/recall": score,
-        }, sync_dist=True)
+        self.log_dict(
+            {
+                "val/loss": nn.functional.mse_loss(self.layer(x), y),
+                "val/hmean": score,
+                "val/precision": score,
+                "val/recall": score,
+            },
+            sync_dist=True,
+        )
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -60,15 +65,34 @@ class TinyModule(pl.LightningModule):
 
 def loader() -> DataLoader:
     generator = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(8, 4, generator=generator), torch.randn(8, 1, generator=generator)), batch_size=4)
+    return DataLoader(
+        TensorDataset(
+            torch.randn(8, 4, generator=generator), torch.randn(8, 1, generator=generator)
+        ),
+        batch_size=4,
+    )
 
 
-def fit(root: Path, callbacks: list, *, max_epochs: int = 2, model: TinyModule | None = None,
-        ckpt_path: str | None = None, **trainer_kwargs: Any):
+def fit(
+    root: Path,
+    callbacks: list,
+    *,
+    max_epochs: int = 2,
+    model: TinyModule | None = None,
+    ckpt_path: str | None = None,
+    **trainer_kwargs: Any,
+):
     options: dict[str, Any] = dict(
-        max_epochs=max_epochs, default_root_dir=root, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_train_batches=2, limit_val_batches=1,
-        num_sanity_val_steps=0, accelerator="cpu", devices=1,
+        max_epochs=max_epochs,
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
     )
     options.update(trainer_kwargs)
     with warnings.catch_warnings():
@@ -102,23 +126,40 @@ def assert_consistent(directory: Path, db: Path | None) -> None:
         meta = read_sidecar(sidecar_path_for(directory / name))
         assert meta.checkpoint_path == str(directory / name)
         saved = torch.load(directory / name, map_location="cpu", weights_only=False)
-        assert (meta.training.epoch, meta.training.global_step) == (saved["epoch"], saved["global_step"]), name
+        assert (meta.training.epoch, meta.training.global_step) == (
+            saved["epoch"],
+            saved["global_step"],
+        ), name
     assert not [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
     if db is not None:
-        assert {p for p in indexed(db) if Path(p).parent == directory} == {str(directory / n) for n in files}
+        assert {p for p in indexed(db) if Path(p).parent == directory} == {
+            str(directory / n) for n in files
+        }
 
 
 def ckpt_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith(CALLBACK_LOGGER) and r.levelno >= logging.WARNING]
+    return [
+        r
+        for r in caplog.records
+        if r.name.startswith(CALLBACK_LOGGER) and r.levelno >= logging.WARNING
+    ]
 
 
 # -- Top-k ------------------------------------------------------------------------------------------
 
 
-def test_top_k_survivors_have_sidecars_and_rows_and_best_by_hmean(tmp_path, db_path, invoke, caplog):
+def test_top_k_survivors_have_sidecars_and_rows_and_best_by_hmean(
+    tmp_path, db_path, invoke, caplog
+):
     run = tmp_path / "run"
-    fit(run, [ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=2), MetadataCallback(db=db_path)],
-        max_epochs=6)
+    fit(
+        run,
+        [
+            ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=2),
+            MetadataCallback(db=db_path),
+        ],
+        max_epochs=6,
+    )
 
     ckpts = run / "checkpoints"
     assert checkpoints_in(ckpts) == {"epoch=2-step=6.ckpt", "epoch=4-step=10.ckpt"}
@@ -139,39 +180,77 @@ def test_sidecar_contents(tmp_path, db_path):
             "architecture": "dbnet",
             "component_overrides": {
                 "encoder": {"model_name": "resnet18", "pretrained": True, "frozen": False},
-                "decoder": {"_target_": "ocr.models.PANDecoder", "in_channels": [64, 128],
-                            "inner_channels": 32, "output_channels": 16, "dropout": 0.1},
+                "decoder": {
+                    "_target_": "ocr.models.PANDecoder",
+                    "in_channels": [64, 128],
+                    "inner_channels": 32,
+                    "output_channels": 16,
+                    "dropout": 0.1,
+                },
                 "head": {"name": "db_head", "in_channels": 16},
                 "loss": {"name": "db_loss", "params": {"alpha": 5}},
             },
         },
     }
     run = tmp_path / "run"
-    fit(run, [ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=1),
-              MetadataCallback(exp_name="my-exp", training_phase="finetuning", db=db_path)],
-        model=TinyModule(**hparams), max_epochs=3)
+    fit(
+        run,
+        [
+            ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=1),
+            MetadataCallback(exp_name="my-exp", training_phase="finetuning", db=db_path),
+        ],
+        model=TinyModule(**hparams),
+        max_epochs=3,
+    )
 
     [ckpt] = (run / "checkpoints").glob("*.ckpt")
     meta = read_sidecar(sidecar_path_for(ckpt))
     assert (meta.exp_name, meta.checkpoint_path) == ("my-exp", str(ckpt))
     assert meta.training.model_dump() == {
-        "epoch": 2, "global_step": 6, "training_phase": "finetuning", "max_epochs": 3,
+        "epoch": 2,
+        "global_step": 6,
+        "training_phase": "finetuning",
+        "max_epochs": 3,
     }
     assert meta.model.architecture == "dbnet"
-    assert meta.model.encoder.model_dump() == {"model_name": "resnet18", "pretrained": True, "frozen": False}
+    assert meta.model.encoder.model_dump() == {
+        "model_name": "resnet18",
+        "pretrained": True,
+        "frozen": False,
+    }
     assert meta.model.decoder.name == "PANDecoder"  # from the Hydra _target_
-    assert (meta.model.decoder.in_channels, meta.model.decoder.params) == ([64, 128], {"dropout": 0.1})
+    assert (meta.model.decoder.in_channels, meta.model.decoder.params) == (
+        [64, 128],
+        {"dropout": 0.1},
+    )
     assert (meta.model.head.name, meta.model.head.in_channels) == ("db_head", 16)
     assert (meta.model.loss.name, meta.model.loss.params) == ("db_loss", {"alpha": 5})
     assert meta.metrics.hmean == meta.metrics.precision == meta.metrics.recall == pytest.approx(0.9)
-    assert meta.metrics.validation_loss == pytest.approx(meta.metrics.additional_metrics["val/loss"])
-    assert set(meta.metrics.additional_metrics) == {"train/loss", "val/loss", "val/hmean", "val/precision", "val/recall"}
-    assert meta.checkpointing.model_dump() == {"monitor": "val/hmean", "mode": "max", "save_top_k": 1, "save_last": False}
+    assert meta.metrics.validation_loss == pytest.approx(
+        meta.metrics.additional_metrics["val/loss"]
+    )
+    assert set(meta.metrics.additional_metrics) == {
+        "train/loss",
+        "val/loss",
+        "val/hmean",
+        "val/precision",
+        "val/recall",
+    }
+    assert meta.checkpointing.model_dump() == {
+        "monitor": "val/hmean",
+        "mode": "max",
+        "save_top_k": 1,
+        "save_last": False,
+    }
     assert meta.hydra_config_path is None and meta.wandb_run_id is None
 
     row = indexed(db_path)[str(ckpt)]
     assert (row["architecture"], row["encoder"], row["decoder"], row["training_phase"]) == (
-        "dbnet", "resnet18", "PANDecoder", "finetuning")
+        "dbnet",
+        "resnet18",
+        "PANDecoder",
+        "finetuning",
+    )
 
 
 def test_unknown_model_and_default_exp_name(tmp_path, db_path):
@@ -192,7 +271,9 @@ def test_hydra_run_directory_is_recorded(tmp_path, db_path):
     (run / ".hydra" / "config.yaml").write_text("model:\n  architecture: dbnet\n")
     fit(run, [ModelCheckpoint(save_top_k=1), MetadataCallback(db=db_path)], max_epochs=1)
     [ckpt] = (run / "checkpoints").glob("*.ckpt")
-    assert read_sidecar(sidecar_path_for(ckpt)).hydra_config_path == str(run / ".hydra" / "config.yaml")
+    assert read_sidecar(sidecar_path_for(ckpt)).hydra_config_path == str(
+        run / ".hydra" / "config.yaml"
+    )
 
 
 # -- Every-n, several ModelCheckpoints, save_last, resume -----------------------------------------
@@ -200,11 +281,18 @@ def test_hydra_run_directory_is_recorded(tmp_path, db_path):
 
 def test_every_n_epochs(tmp_path, db_path):
     run = tmp_path / "run"
-    fit(run, [ModelCheckpoint(every_n_epochs=2, save_top_k=-1), MetadataCallback(db=db_path)], max_epochs=4)
+    fit(
+        run,
+        [ModelCheckpoint(every_n_epochs=2, save_top_k=-1), MetadataCallback(db=db_path)],
+        max_epochs=4,
+    )
     ckpts = run / "checkpoints"
     assert checkpoints_in(ckpts) == {"epoch=1-step=4.ckpt", "epoch=3-step=8.ckpt"}
     assert_consistent(ckpts, db_path)
-    assert [read_sidecar(sidecar_path_for(ckpts / n)).training.epoch for n in sorted(checkpoints_in(ckpts))] == [1, 3]
+    assert [
+        read_sidecar(sidecar_path_for(ckpts / n)).training.epoch
+        for n in sorted(checkpoints_in(ckpts))
+    ] == [1, 3]
 
 
 def test_several_model_checkpoints(tmp_path, db_path):
@@ -217,7 +305,12 @@ def test_several_model_checkpoints(tmp_path, db_path):
     for directory in (tmp_path / "best", tmp_path / "steps"):
         assert_consistent(directory, db_path)
     by_steps = read_sidecar(tmp_path / "steps" / "epoch=1-step=3.metadata.yaml")
-    assert by_steps.checkpointing.model_dump() == {"monitor": None, "mode": "min", "save_top_k": -1, "save_last": False}
+    assert by_steps.checkpointing.model_dump() == {
+        "monitor": None,
+        "mode": "min",
+        "save_top_k": -1,
+        "save_last": False,
+    }
     assert by_steps.training.global_step == 3
     by_hmean = read_sidecar(tmp_path / "best" / "epoch=2-step=6.metadata.yaml")
     assert (by_hmean.checkpointing.monitor, by_hmean.checkpointing.save_top_k) == ("val/hmean", 1)
@@ -228,8 +321,14 @@ def test_several_model_checkpoints(tmp_path, db_path):
 def test_save_last(tmp_path, db_path, save_last):
     run = tmp_path / "run"
     # Epoch 3 (hmean 0.4) is not in the top 1, so nothing is saved at its end.
-    fit(run, [ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=1, save_last=save_last),
-              MetadataCallback(db=db_path)], max_epochs=4)
+    fit(
+        run,
+        [
+            ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=1, save_last=save_last),
+            MetadataCallback(db=db_path),
+        ],
+        max_epochs=4,
+    )
     ckpts = run / "checkpoints"
     last = ckpts / "last.ckpt"
     assert_consistent(ckpts, db_path)
@@ -252,8 +351,12 @@ def test_resume_from_checkpoint(tmp_path, db_path):
     ckpts = run / "checkpoints"
 
     def callbacks():
-        return [ModelCheckpoint(dirpath=ckpts, monitor="val/hmean", mode="max", save_top_k=2, save_last=True),
-                MetadataCallback(db=db_path)]
+        return [
+            ModelCheckpoint(
+                dirpath=ckpts, monitor="val/hmean", mode="max", save_top_k=2, save_last=True
+            ),
+            MetadataCallback(db=db_path),
+        ]
 
     fit(run, callbacks(), max_epochs=3)
     assert checkpoints_in(ckpts) == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"}
@@ -268,8 +371,14 @@ def test_resume_from_checkpoint(tmp_path, db_path):
 
 def test_sync_agrees_with_the_callback(tmp_path, db_path, invoke):
     run = tmp_path / "run"
-    fit(run, [ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=2, save_last="link"),
-              MetadataCallback(db=db_path)], max_epochs=4)
+    fit(
+        run,
+        [
+            ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=2, save_last="link"),
+            MetadataCallback(db=db_path),
+        ],
+        max_epochs=4,
+    )
     before = indexed(db_path)
     result = invoke("sync", str(run), "--format", "json")
     assert result.exit_code == 0, result.output
@@ -298,7 +407,9 @@ def test_default_db_follows_the_environment(tmp_path, monkeypatch):
 def test_hooks_are_removed_after_fit(tmp_path, db_path):
     checkpoint = ModelCheckpoint(save_top_k=1)
     fit(tmp_path / "run", [checkpoint, MetadataCallback(db=db_path)], max_epochs=1)
-    assert not {"_save_checkpoint", "_link_checkpoint", "_remove_checkpoint"} & set(vars(checkpoint))
+    assert not {"_save_checkpoint", "_link_checkpoint", "_remove_checkpoint"} & set(
+        vars(checkpoint)
+    )
 
 
 class CrashingModule(TinyModule):
@@ -311,12 +422,20 @@ class CrashingModule(TinyModule):
 def test_a_crashing_fit_still_leaves_sidecars_and_rows(tmp_path, db_path):
     run = tmp_path / "run"
     with pytest.raises(RuntimeError, match="boom"):
-        fit(run, [ModelCheckpoint(save_top_k=-1, save_on_exception=True), MetadataCallback(db=db_path)],
-            max_epochs=4, model=CrashingModule())
+        fit(
+            run,
+            [ModelCheckpoint(save_top_k=-1, save_on_exception=True), MetadataCallback(db=db_path)],
+            max_epochs=4,
+            model=CrashingModule(),
+        )
     ckpts = run / "checkpoints"
     # teardown() is not called after an exception: the checkpoint saved on the exception flushed
     # the index writer itself.
-    assert checkpoints_in(ckpts) == {"epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt", "epoch=2-step=5.ckpt"}
+    assert checkpoints_in(ckpts) == {
+        "epoch=0-step=2.ckpt",
+        "epoch=1-step=4.ckpt",
+        "epoch=2-step=5.ckpt",
+    }
     assert_consistent(ckpts, db_path)
 
 
@@ -333,7 +452,12 @@ def test_wandb_offline_run_id(tmp_path, db_path, monkeypatch):
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
     logger = WandbLogger(project="ckpt-index-test", save_dir=str(tmp_path), offline=True)
     try:
-        fit(tmp_path, [ModelCheckpoint(save_top_k=1), MetadataCallback(db=db_path)], max_epochs=1, logger=logger)
+        fit(
+            tmp_path,
+            [ModelCheckpoint(save_top_k=1), MetadataCallback(db=db_path)],
+            max_epochs=1,
+            logger=logger,
+        )
     finally:
         import wandb
 
@@ -355,8 +479,14 @@ def test_locked_index(tmp_path, db_path, caplog, invoke):
     lock.execute("BEGIN EXCLUSIVE")
     run = tmp_path / "run"
     try:
-        fit(run, [ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=2, save_last=True),
-                  MetadataCallback(db=db_path, busy_timeout=0.2)], max_epochs=4)
+        fit(
+            run,
+            [
+                ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=2, save_last=True),
+                MetadataCallback(db=db_path, busy_timeout=0.2),
+            ],
+            max_epochs=4,
+        )
     finally:
         lock.rollback()
         lock.close()
@@ -374,8 +504,14 @@ def test_index_path_unusable(tmp_path, caplog):
     not_a_dir = tmp_path / "plain-file"
     not_a_dir.write_text("")
     run = tmp_path / "run"
-    fit(run, [ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=1),
-              MetadataCallback(db=not_a_dir / "index.db")], max_epochs=3)
+    fit(
+        run,
+        [
+            ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=1),
+            MetadataCallback(db=not_a_dir / "index.db"),
+        ],
+        max_epochs=3,
+    )
     [warning] = ckpt_warnings(caplog)
     assert "could not update the index" in warning.getMessage()
     assert_consistent(run / "checkpoints", None)
@@ -389,18 +525,29 @@ def test_sidecar_cannot_be_written(tmp_path, db_path, caplog):
     ckpts = tmp_path / "run" / "checkpoints"
     blocker = ckpts / "epoch=0-step=2.metadata.yaml"
     blocker.mkdir(parents=True)
-    trainer = fit(tmp_path / "run", [ModelCheckpoint(save_top_k=-1), MetadataCallback(db=db_path)], max_epochs=3)
+    trainer = fit(
+        tmp_path / "run",
+        [ModelCheckpoint(save_top_k=-1), MetadataCallback(db=db_path)],
+        max_epochs=3,
+    )
 
     assert trainer.current_epoch == 3  # training completed
     [warning] = ckpt_warnings(caplog)
     assert "epoch=0-step=2.ckpt" in warning.getMessage()
     assert blocker.is_dir() and not any(blocker.iterdir())
     assert not [p for p in ckpts.iterdir() if p.name.endswith(".tmp")]
-    assert checkpoints_in(ckpts) == {"epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt"}
+    assert checkpoints_in(ckpts) == {
+        "epoch=0-step=2.ckpt",
+        "epoch=1-step=4.ckpt",
+        "epoch=2-step=6.ckpt",
+    }
     for name in ("epoch=1-step=4", "epoch=2-step=6"):
         read_sidecar(ckpts / f"{name}.metadata.yaml")
     # No row for a checkpoint without its sidecar: the index never runs ahead of the truth.
-    assert set(indexed(db_path)) == {str(ckpts / "epoch=1-step=4.ckpt"), str(ckpts / "epoch=2-step=6.ckpt")}
+    assert set(indexed(db_path)) == {
+        str(ckpts / "epoch=1-step=4.ckpt"),
+        str(ckpts / "epoch=2-step=6.ckpt"),
+    }
 
 
 def test_repeated_failures_log_one_warning(tmp_path, caplog):
@@ -408,8 +555,12 @@ def test_repeated_failures_log_one_warning(tmp_path, caplog):
     ckpts = tmp_path / "run" / "checkpoints"
     for name in ("epoch=0-step=2", "epoch=1-step=4"):
         (ckpts / f"{name}.metadata.yaml").mkdir(parents=True)
-    fit(tmp_path / "run", [ModelCheckpoint(save_top_k=-1), MetadataCallback(db=False)], max_epochs=3)
-    mine = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith(CALLBACK_LOGGER)]
+    fit(
+        tmp_path / "run", [ModelCheckpoint(save_top_k=-1), MetadataCallback(db=False)], max_epochs=3
+    )
+    mine = [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith(CALLBACK_LOGGER)
+    ]
     assert [level for level, _ in mine] == ["WARNING", "DEBUG", "INFO"]
     assert "epoch=1-step=4.ckpt" in mine[1][1]
     assert "2 metadata operations failed" in mine[2][1]
@@ -437,11 +588,23 @@ def test_ddp_two_processes_write_each_sidecar_once(tmp_path, db_path):
 
     record = tmp_path / "writes.log"
     run = tmp_path / "run"
-    fit(run, [ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=1),
-              UniqueModelCheckpoint(experiment_tag="ddp", monitor="val/hmean", mode="max", save_top_k=1,
-                                    save_last="link"),
-              RecordingCallback(str(record), db=db_path)],
-        max_epochs=3, strategy="ddp_spawn", devices=2)
+    fit(
+        run,
+        [
+            ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=1),
+            UniqueModelCheckpoint(
+                experiment_tag="ddp",
+                monitor="val/hmean",
+                mode="max",
+                save_top_k=1,
+                save_last="link",
+            ),
+            RecordingCallback(str(record), db=db_path),
+        ],
+        max_epochs=3,
+        strategy="ddp_spawn",
+        devices=2,
+    )
 
     writes = record.read_text().split("\n")[:-1]
     # One write per save, all on global rank 0: epochs 0, 1 and 2 were each a new best.
@@ -454,59 +617,86 @@ def test_ddp_two_processes_write_each_sidecar_once(tmp_path, db_path):
     # Both ranks named a run directory; global rank 0's (broadcast) is the only one used.
     [scheme_dir] = (run / "outputs").iterdir()
     assert checkpoints_in(scheme_dir / "checkpoints") == {
-        "epoch-02_step-000003.ckpt", "last.ckpt", "best-hmean-0.9000.ckpt"}
+        "epoch-02_step-000003.ckpt",
+        "last.ckpt",
+        "best-hmean-0.9000.ckpt",
+    }
     assert_consistent(scheme_dir / "checkpoints", db_path)
 
 
 # -- Arguments, helpers, imports ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"training_phase": "train"}, "MetadataCallback(training_phase='train'): training_phase must be one of"),
-    ({"exp_name": ""}, "MetadataCallback(exp_name=''): exp_name must be"),
-    ({"db": True}, "MetadataCallback(db=True): db must be"),
-    ({"db": 3}, "MetadataCallback(db=3): db must be"),
-    ({"busy_timeout": -1}, "MetadataCallback(busy_timeout=-1): busy_timeout must be"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"training_phase": "train"},
+            "MetadataCallback(training_phase='train'): training_phase must be one of",
+        ),
+        ({"exp_name": ""}, "MetadataCallback(exp_name=''): exp_name must be"),
+        ({"db": True}, "MetadataCallback(db=True): db must be"),
+        ({"db": 3}, "MetadataCallback(db=3): db must be"),
+        ({"busy_timeout": -1}, "MetadataCallback(busy_timeout=-1): busy_timeout must be"),
+    ],
+)
 def test_arguments_are_checked(kwargs, message):
     with pytest.raises(ValueError) as error:
         MetadataCallback(**kwargs)
     assert str(error.value).startswith(message)
 
 
-@pytest.mark.parametrize(("logged", "expected"), [
-    ({"val/hmean": 0.8, "hmean": 0.7, "train/hmean": 0.9}, {"hmean": 0.8}),
-    ({"cleval/precision": 0.6, "cleval/recall": 0.5}, {"precision": 0.6, "recall": 0.5}),
-    ({"val_f1": 0.75}, {"hmean": 0.75}),
-    ({"val/f1_score": 0.5, "test/hmean": 0.4}, {"hmean": 0.5}),
-    ({"metrics/hmean": 0.4}, {"hmean": 0.4}),
-    ({"train/f1": 0.9}, {}),
-    ({"val/hmean": 84.3}, {}),  # a percentage is not a ratio; kept only in additional_metrics
-    ({"val/hmean": float("nan"), "hmean": 0.3}, {"hmean": 0.3}),
-    ({"val/hmean_epoch": 0.6, "val/hmean_step": 0.1}, {"hmean": 0.6}),
-    ({"val/loss": 0.25, "train/loss": 0.1, "loss": 0.3}, {"validation_loss": 0.25}),
-    ({"validation_loss": 0.5}, {"validation_loss": 0.5}),
-    ({"val_loss": 1.5}, {"validation_loss": 1.5}),
-    ({"loss": 0.3}, {}),
-])
+@pytest.mark.parametrize(
+    ("logged", "expected"),
+    [
+        ({"val/hmean": 0.8, "hmean": 0.7, "train/hmean": 0.9}, {"hmean": 0.8}),
+        ({"cleval/precision": 0.6, "cleval/recall": 0.5}, {"precision": 0.6, "recall": 0.5}),
+        ({"val_f1": 0.75}, {"hmean": 0.75}),
+        ({"val/f1_score": 0.5, "test/hmean": 0.4}, {"hmean": 0.5}),
+        ({"metrics/hmean": 0.4}, {"hmean": 0.4}),
+        ({"train/f1": 0.9}, {}),
+        ({"val/hmean": 84.3}, {}),  # a percentage is not a ratio; kept only in additional_metrics
+        ({"val/hmean": float("nan"), "hmean": 0.3}, {"hmean": 0.3}),
+        ({"val/hmean_epoch": 0.6, "val/hmean_step": 0.1}, {"hmean": 0.6}),
+        ({"val/loss": 0.25, "train/loss": 0.1, "loss": 0.3}, {"validation_loss": 0.25}),
+        ({"validation_loss": 0.5}, {"validation_loss": 0.5}),
+        ({"val_loss": 1.5}, {"validation_loss": 1.5}),
+        ({"loss": 0.3}, {}),
+    ],
+)
 def test_metrics_are_matched_by_pattern(logged, expected):
     section = metrics_section({k: torch.tensor(v) for k, v in logged.items()})
-    assert {k: v for k, v in section.items() if k != "additional_metrics"} == pytest.approx(expected)
+    assert {k: v for k, v in section.items() if k != "additional_metrics"} == pytest.approx(
+        expected
+    )
     assert set(section["additional_metrics"]) == set(logged)
 
 
 def test_metrics_skip_non_scalars():
-    section = metrics_section({"val/hmean": torch.tensor(0.5), "confusion": torch.ones(2, 2), "n": 3})
+    section = metrics_section(
+        {"val/hmean": torch.tensor(0.5), "confusion": torch.ones(2, 2), "n": 3}
+    )
     assert section["additional_metrics"] == {"n": 3.0, "val/hmean": 0.5}
 
 
-@pytest.mark.parametrize(("hparams", "architecture", "encoder"), [
-    ({}, "unknown", "unknown"),
-    (None, "unknown", "unknown"),
-    ({"architecture_name": "craft", "encoder": "vgg16"}, "craft", "vgg16"),
-    ({"architecture": {"name": "pan"}, "backbone": {"model_name": "resnet50"}}, "pan", "resnet50"),
-    ({"model": {"architecture": "dbnet", "encoder": {"_target_": "timm.models.ResNet"}}}, "dbnet", "ResNet"),
-])
+@pytest.mark.parametrize(
+    ("hparams", "architecture", "encoder"),
+    [
+        ({}, "unknown", "unknown"),
+        (None, "unknown", "unknown"),
+        ({"architecture_name": "craft", "encoder": "vgg16"}, "craft", "vgg16"),
+        (
+            {"architecture": {"name": "pan"}, "backbone": {"model_name": "resnet50"}},
+            "pan",
+            "resnet50",
+        ),
+        (
+            {"model": {"architecture": "dbnet", "encoder": {"_target_": "timm.models.ResNet"}}},
+            "dbnet",
+            "ResNet",
+        ),
+    ],
+)
 def test_model_fields_from_hparams(hparams, architecture, encoder):
     section = model_section(hparams)
     assert (section["architecture"], section["encoder"]["model_name"]) == (architecture, encoder)
@@ -514,8 +704,13 @@ def test_model_fields_from_hparams(hparams, architecture, encoder):
 
 
 def test_model_fields_of_the_wrong_type_become_params():
-    section = model_section({"decoder": {"name": "fpn", "in_channels": "auto", "inner_channels": 8}})
-    assert section["decoder"] == {"name": "fpn", "params": {"in_channels": "auto", "inner_channels": 8}}
+    section = model_section(
+        {"decoder": {"name": "fpn", "in_channels": "auto", "inner_channels": 8}}
+    )
+    assert section["decoder"] == {
+        "name": "fpn",
+        "params": {"in_channels": "auto", "inner_channels": 8},
+    }
 
 
 def test_importing_ckpt_index_leaves_lightning_out():

@@ -12,10 +12,12 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from conftest import seed_document, write_checkpoint
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
@@ -29,10 +31,8 @@ from ckpt_index.index.engine import (
     run_write,
 )
 from ckpt_index.index.records import FileState, record_without_metadata
-from ckpt_index.sidecar.files import sidecar_path_for
 from ckpt_index.index.store import upsert_records
-
-from conftest import seed_document, write_checkpoint
+from ckpt_index.sidecar.files import sidecar_path_for
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -48,7 +48,8 @@ def rows(db_url: str) -> dict[tuple[str, str], dict[str, Any]]:
                 found[key] = {**row, "metrics": {}}
             by_id = {row["id"]: row for row in found.values()}
             for checkpoint_id, name, value in conn.execute(
-                    text("SELECT checkpoint_id, name, value FROM checkpoint_metrics")):
+                text("SELECT checkpoint_id, name, value FROM checkpoint_metrics")
+            ):
                 by_id[checkpoint_id]["metrics"][name] = value
     finally:
         engine.dispose()
@@ -76,17 +77,28 @@ def tree(outputs: Path, n: int = 3, hmean: float = 0.5) -> list[Path]:
         write_checkpoint(
             outputs / f"exp{i}" / "checkpoints" / f"epoch-{i:02d}_step-{i * 10:06d}.ckpt",
             seed_document(),
-            **{"exp_name": f"exp{i}", "metrics.hmean": round(hmean + i / 100, 3),
-               "training.epoch": i, "metrics.additional_metrics": {"val/loss": 0.1}},
+            **{
+                "exp_name": f"exp{i}",
+                "metrics.hmean": round(hmean + i / 100, 3),
+                "training.epoch": i,
+                "metrics.additional_metrics": {"val/loss": 0.1},
+            },
         )
         for i in range(n)
     ]
 
 
 def set_hmean(ckpt: Path, hmean: float) -> None:
-    write_checkpoint(ckpt, seed_document(), **{
-        "exp_name": ckpt.parent.parent.name, "metrics.hmean": hmean,
-        "training.epoch": int(ckpt.name[6:8]), "metrics.additional_metrics": {"val/loss": 0.1}})
+    write_checkpoint(
+        ckpt,
+        seed_document(),
+        **{
+            "exp_name": ckpt.parent.parent.name,
+            "metrics.hmean": hmean,
+            "training.epoch": int(ckpt.name[6:8]),
+            "metrics.additional_metrics": {"val/loss": 0.1},
+        },
+    )
 
 
 def sync_ok(invoke_db: Callable, *roots: Path) -> dict[str, Any]:
@@ -129,16 +141,28 @@ def test_environment_variable_names_the_location_for_sync_and_upserts(
     # The callback's writes (store.upsert_records) resolve the location the same way.
     engine = open_engine(db_url)
     try:
-        record = record_without_metadata(checkpoint_path="/elsewhere/x.ckpt", sidecar_path=None,
-                                         ckpt=FileState(1, 1), sidecar=None, error=None)
+        record = record_without_metadata(
+            checkpoint_path="/elsewhere/x.ckpt",
+            sidecar_path=None,
+            ckpt=FileState(1, 1),
+            sidecar=None,
+            error=None,
+        )
         run_write(engine, lambda conn: upsert_records(conn, [record]))
-        explicit = record_without_metadata(checkpoint_path="/elsewhere/x.ckpt", sidecar_path=None,
-                                           ckpt=FileState(2, 2), sidecar=None, error=None)
+        explicit = record_without_metadata(
+            checkpoint_path="/elsewhere/x.ckpt",
+            sidecar_path=None,
+            ckpt=FileState(2, 2),
+            sidecar=None,
+            error=None,
+        )
         run_write(engine, lambda conn: upsert_records(conn, [explicit], location="node-7"))
     finally:
         engine.dispose()
     assert set(rows(db_url)) == {("shared-nfs", str(c)) for c in ckpts} | {
-        ("shared-nfs", "/elsewhere/x.ckpt"), ("node-7", "/elsewhere/x.ckpt")}
+        ("shared-nfs", "/elsewhere/x.ckpt"),
+        ("node-7", "/elsewhere/x.ckpt"),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +264,8 @@ def two_machines(outputs: Path, invoke_db, monkeypatch: pytest.MonkeyPatch) -> l
 def test_query_filters_by_location_and_shows_it(invoke_db, two_machines: list[Path]) -> None:
     everything = query(invoke_db)
     assert sorted((r["location"], r["checkpoint_path"]) for r in everything) == sorted(
-        (loc, str(c)) for loc in ("node-a", "node-b") for c in two_machines)
+        (loc, str(c)) for loc in ("node-a", "node-b") for c in two_machines
+    )
 
     on_a = query(invoke_db, "--location", "node-a")
     assert {r["location"] for r in on_a} == {"node-a"} and len(on_a) == 3
@@ -252,7 +277,9 @@ def test_query_filters_by_location_and_shows_it(invoke_db, two_machines: list[Pa
     assert (best["location"], best["hmean"]) == ("node-b", 0.82)
     (best_a,) = query(invoke_db, "--best-by", "hmean", "--location", "node-a")
     assert (best_a["location"], best_a["checkpoint_path"]) == ("node-a", str(two_machines[2]))
-    grouped = query(invoke_db, "--best-by", "hmean", "--group-by", "exp_name", "--location", "node-a")
+    grouped = query(
+        invoke_db, "--best-by", "hmean", "--group-by", "exp_name", "--location", "node-a"
+    )
     assert {r["location"] for r in grouped} == {"node-a"} and len(grouped) == 3
     by_where = query(invoke_db, "--where", "location = 'node-b' and hmean > 0.805")
     assert sorted(r["checkpoint_path"] for r in by_where) == sorted(map(str, two_machines[1:]))
@@ -264,7 +291,10 @@ def test_query_filters_by_location_and_shows_it(invoke_db, two_machines: list[Pa
 def test_api_query_filters_by_location(db_url: str, two_machines: list[Path]) -> None:
     records = api.query(db=db_url, location="node-b", sort=["hmean:desc"])
     assert [(r["location"], r["hmean"]) for r in records] == [
-        ("node-b", 0.82), ("node-b", 0.81), ("node-b", 0.8)]
+        ("node-b", 0.82),
+        ("node-b", 0.81),
+        ("node-b", 0.8),
+    ]
 
 
 def test_show_prefers_its_own_locations_row(
@@ -322,11 +352,16 @@ def test_rows_from_before_locations_are_updated_and_pruned_not_duplicated(
     finally:
         engine.dispose()
     assert (summary["added"], summary["updated"], summary["removed"], summary["unchanged"]) == (
-        0, 1, 1, 2)
+        0,
+        1,
+        1,
+        2,
+    )
     found = rows(db_url)
     assert set(found) == {("gpu-node-1", str(c)) for c in ckpts[:3]}
     assert {path: row["id"] for (_, path), row in found.items()} == {
-        str(c): ids[str(c)] for c in ckpts[:3]}
+        str(c): ids[str(c)] for c in ckpts[:3]
+    }
     assert found[("gpu-node-1", str(ckpts[1]))]["hmean"] == 0.77
     assert found[("gpu-node-1", str(ckpts[1]))]["metrics"]["hmean"] == 0.77
 

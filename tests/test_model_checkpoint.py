@@ -18,16 +18,20 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from ckpt_index.lightning import MetadataCallback, UniqueModelCheckpoint  # noqa: E402
-from ckpt_index.sources.naming import parse_checkpoint_name, parse_run_dir  # noqa: E402
 from ckpt_index.sidecar.files import read_sidecar, sidecar_path_for  # noqa: E402
+from ckpt_index.sources.naming import parse_checkpoint_name, parse_run_dir  # noqa: E402
 
 SCHEDULE = (0.2, 0.5, 0.9, 0.4, 0.95, 0.3)
 STAMP = "20251015_120000"
 
 
 class Detector(pl.LightningModule):
-    def __init__(self, architecture_name: str | None = "dbnet", encoder: Any = "resnet18",
-                 schedule: tuple[float, ...] = SCHEDULE) -> None:
+    def __init__(
+        self,
+        architecture_name: str | None = "dbnet",
+        encoder: Any = "resnet18",
+        schedule: tuple[float, ...] = SCHEDULE,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.layer = nn.Linear(4, 1)
@@ -37,7 +41,9 @@ class Detector(pl.LightningModule):
         return nn.functional.mse_loss(self.layer(x), y)
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/hmean", self.hparams.schedule[self.current_epoch % len(self.hparams.schedule)])
+        self.log(
+            "val/hmean", self.hparams.schedule[self.current_epoch % len(self.hparams.schedule)]
+        )
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -48,15 +54,29 @@ class Anonymous(Detector):
         super().__init__(architecture_name=None, encoder=None)
 
 
-def fit(root: Path, callbacks: list, *, max_epochs: int, model: pl.LightningModule | None = None,
-        ckpt_path: str | None = None) -> pl.Trainer:
+def fit(
+    root: Path,
+    callbacks: list,
+    *,
+    max_epochs: int,
+    model: pl.LightningModule | None = None,
+    ckpt_path: str | None = None,
+) -> pl.Trainer:
     data = DataLoader(TensorDataset(torch.randn(8, 4), torch.randn(8, 1)), batch_size=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(
-            callbacks=callbacks, max_epochs=max_epochs, default_root_dir=root, logger=False,
-            enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2,
-            limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu", devices=1,
+            callbacks=callbacks,
+            max_epochs=max_epochs,
+            default_root_dir=root,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            accelerator="cpu",
+            devices=1,
         )
         trainer.fit(model or Detector(), data, data, ckpt_path=ckpt_path)
     return trainer
@@ -73,7 +93,11 @@ def rows(db: Path) -> set[str]:
 
 def scheme(**kwargs: Any) -> UniqueModelCheckpoint:
     options: dict[str, Any] = dict(
-        experiment_tag="ocr_v1", timestamp=STAMP, monitor="val/hmean", mode="max", save_top_k=2,
+        experiment_tag="ocr_v1",
+        timestamp=STAMP,
+        monitor="val/hmean",
+        mode="max",
+        save_top_k=2,
         save_last=True,
     )
     options.update(kwargs)
@@ -89,11 +113,19 @@ def test_scheme_layout_and_names(tmp_path, db_path):
     assert (checkpoint.run_dir, checkpoint.dirpath) == (str(run_dir), str(ckpts))
     parsed = parse_run_dir(run_dir.name)
     assert (parsed.tag, parsed.architecture, parsed.encoder, parsed.phase, parsed.timestamp) == (
-        "ocr_v1", "dbnet", "resnet18", "training", STAMP)
+        "ocr_v1",
+        "dbnet",
+        "resnet18",
+        "training",
+        STAMP,
+    )
 
     # hmean by epoch 0.2 0.5 0.9 0.4 0.95 0.3: the top 2 are epochs 2 and 4.
     assert names(ckpts) == {
-        "epoch-02_step-000006.ckpt", "epoch-04_step-000010.ckpt", "last.ckpt", "best-hmean-0.9500.ckpt",
+        "epoch-02_step-000006.ckpt",
+        "epoch-04_step-000010.ckpt",
+        "last.ckpt",
+        "best-hmean-0.9500.ckpt",
     }
     assert {parse_checkpoint_name(n).format for n in names(ckpts)} == {"scheme", "last", "best"}
     best = ckpts / "best-hmean-0.9500.ckpt"
@@ -102,10 +134,15 @@ def test_scheme_layout_and_names(tmp_path, db_path):
 
     # Every file, links included, has its sidecar and row; the replaced best-hmean-0.9000 link has neither.
     assert {p.name for p in ckpts.glob("*.metadata.yaml")} == {
-        n.replace(".ckpt", ".metadata.yaml") for n in names(ckpts)}
+        n.replace(".ckpt", ".metadata.yaml") for n in names(ckpts)
+    }
     assert rows(db_path) == names(ckpts)
     meta = read_sidecar(sidecar_path_for(best))
-    assert (meta.training.epoch, meta.metrics.hmean, meta.exp_name) == (4, pytest.approx(0.95), run_dir.name)
+    assert (meta.training.epoch, meta.metrics.hmean, meta.exp_name) == (
+        4,
+        pytest.approx(0.95),
+        run_dir.name,
+    )
 
 
 def test_experiment_tag_from_the_environment(tmp_path, monkeypatch):
@@ -113,7 +150,11 @@ def test_experiment_tag_from_the_environment(tmp_path, monkeypatch):
     checkpoint = scheme(experiment_tag="ignored", training_phase="finetuning")
     fit(tmp_path, [checkpoint], max_epochs=1)
     assert Path(checkpoint.run_dir).name == f"ablation_wide_run-dbnet-resnet18_finetuning_{STAMP}"
-    assert names(Path(checkpoint.dirpath)) == {"epoch-00_step-000002.ckpt", "last.ckpt", "best-hmean-0.2000.ckpt"}
+    assert names(Path(checkpoint.dirpath)) == {
+        "epoch-00_step-000002.ckpt",
+        "last.ckpt",
+        "best-hmean-0.2000.ckpt",
+    }
 
 
 def test_model_part_and_timestamp_defaults(tmp_path):
@@ -122,7 +163,9 @@ def test_model_part_and_timestamp_defaults(tmp_path):
     run_dir = Path(from_class.run_dir)
     assert run_dir.parent == tmp_path / "runs"
     assert re.fullmatch(r"exp-anonymous_training_\d{8}_\d{6}", run_dir.name)
-    assert names(run_dir / "checkpoints") == {"epoch-00_step-000002.ckpt"}  # no monitor: no best link
+    assert names(run_dir / "checkpoints") == {
+        "epoch-00_step-000002.ckpt"
+    }  # no monitor: no best link
 
     named = UniqueModelCheckpoint(model_name="craft-vgg16_bn", timestamp=STAMP)
     fit(tmp_path, [named], max_epochs=1, model=Detector(encoder={"model_name": "resnet50"}))
@@ -133,7 +176,11 @@ def test_model_part_and_timestamp_defaults(tmp_path):
 def test_explicit_dirpath_keeps_the_file_names(tmp_path):
     checkpoint = scheme(dirpath=tmp_path / "mine", save_top_k=1)
     fit(tmp_path, [checkpoint], max_epochs=3)
-    assert names(tmp_path / "mine") == {"epoch-02_step-000006.ckpt", "last.ckpt", "best-hmean-0.9000.ckpt"}
+    assert names(tmp_path / "mine") == {
+        "epoch-02_step-000006.ckpt",
+        "last.ckpt",
+        "best-hmean-0.9000.ckpt",
+    }
     assert not (tmp_path / "outputs").exists()
 
 
@@ -145,7 +192,9 @@ def test_best_link_follows_a_top_1_checkpoint(tmp_path, db_path):
     assert names(ckpts) == {"epoch-04_step-000010.ckpt", "best-hmean-0.9500.ckpt"}
     assert all(p.exists() for p in ckpts.iterdir())
     assert {p.name for p in ckpts.glob("*.metadata.yaml")} == {
-        "epoch-04_step-000010.metadata.yaml", "best-hmean-0.9500.metadata.yaml"}
+        "epoch-04_step-000010.metadata.yaml",
+        "best-hmean-0.9500.metadata.yaml",
+    }
     assert rows(db_path) == names(ckpts)
 
 
@@ -159,17 +208,30 @@ def test_resume_continues_in_the_same_run_directory(tmp_path, db_path):
     first = scheme(timestamp="20251015_120000")
     fit(tmp_path, [first, MetadataCallback(db=db_path)], max_epochs=3)
     ckpts = Path(first.dirpath)
-    assert names(ckpts) == {"epoch-01_step-000004.ckpt", "epoch-02_step-000006.ckpt", "last.ckpt",
-                            "best-hmean-0.9000.ckpt"}
+    assert names(ckpts) == {
+        "epoch-01_step-000004.ckpt",
+        "epoch-02_step-000006.ckpt",
+        "last.ckpt",
+        "best-hmean-0.9000.ckpt",
+    }
 
     second = scheme(timestamp="20251016_090000")
-    fit(tmp_path, [second, MetadataCallback(db=db_path)], max_epochs=6, ckpt_path=str(ckpts / "last.ckpt"))
+    fit(
+        tmp_path,
+        [second, MetadataCallback(db=db_path)],
+        max_epochs=6,
+        ckpt_path=str(ckpts / "last.ckpt"),
+    )
     assert second.dirpath == str(ckpts)
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == [Path(first.run_dir).name]
     # Top-k bookkeeping carried over: epoch 1 (0.5) went when epoch 4 (0.95) came in, and the
     # best link moved from 0.9000 to 0.9500 instead of leaving a second best-* file behind.
-    assert names(ckpts) == {"epoch-02_step-000006.ckpt", "epoch-04_step-000010.ckpt", "last.ckpt",
-                            "best-hmean-0.9500.ckpt"}
+    assert names(ckpts) == {
+        "epoch-02_step-000006.ckpt",
+        "epoch-04_step-000010.ckpt",
+        "last.ckpt",
+        "best-hmean-0.9500.ckpt",
+    }
     assert rows(db_path) == names(ckpts)
 
 
@@ -182,13 +244,25 @@ def test_a_new_phase_starts_a_new_run_directory(tmp_path):
     assert parse_run_dir(Path(tuned.run_dir).name).phase == "finetuning"
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"training_phase": "fine-tuning"}, "UniqueModelCheckpoint(training_phase='fine-tuning'): training_phase must be letters only"),
-    ({"timestamp": "2025-10-15"}, "UniqueModelCheckpoint(timestamp='2025-10-15'): timestamp must look like"),
-    ({"experiment_tag": " "}, "UniqueModelCheckpoint(experiment_tag=' '): experiment_tag must be"),
-    ({"model_name": 3}, "UniqueModelCheckpoint(model_name=3): model_name must be"),
-    ({"save_best": "yes"}, "UniqueModelCheckpoint(save_best='yes'): save_best must be"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"training_phase": "fine-tuning"},
+            "UniqueModelCheckpoint(training_phase='fine-tuning'): training_phase must be letters only",
+        ),
+        (
+            {"timestamp": "2025-10-15"},
+            "UniqueModelCheckpoint(timestamp='2025-10-15'): timestamp must look like",
+        ),
+        (
+            {"experiment_tag": " "},
+            "UniqueModelCheckpoint(experiment_tag=' '): experiment_tag must be",
+        ),
+        ({"model_name": 3}, "UniqueModelCheckpoint(model_name=3): model_name must be"),
+        ({"save_best": "yes"}, "UniqueModelCheckpoint(save_best='yes'): save_best must be"),
+    ],
+)
 def test_arguments_are_checked(kwargs, message):
     with pytest.raises(ValueError) as error:
         UniqueModelCheckpoint(**kwargs)
@@ -196,6 +270,12 @@ def test_arguments_are_checked(kwargs, message):
 
 
 def test_lightning_arguments_pass_through():
-    checkpoint = UniqueModelCheckpoint(monitor="val/loss", save_top_k=3, every_n_epochs=2, filename="{epoch}")
-    assert (checkpoint.monitor, checkpoint.save_top_k, checkpoint.every_n_epochs) == ("val/loss", 3, 2)
+    checkpoint = UniqueModelCheckpoint(
+        monitor="val/loss", save_top_k=3, every_n_epochs=2, filename="{epoch}"
+    )
+    assert (checkpoint.monitor, checkpoint.save_top_k, checkpoint.every_n_epochs) == (
+        "val/loss",
+        3,
+        2,
+    )
     assert checkpoint.filename == "{epoch}" and checkpoint.auto_insert_metric_name

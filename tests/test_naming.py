@@ -19,12 +19,30 @@ from ckpt_index.sources.naming import (
 @pytest.mark.parametrize(
     ("name", "tag", "arch", "encoder", "phase", "stamp"),
     [
-        ("ocr_baseline_v1-dbnet-resnet18_training_20251015_120000", "ocr_baseline_v1", "dbnet",
-         "resnet18", "training", "20251015_120000"),
-        ("ocr_lr_sweep-dbnet-mobilenetv3_small_050_finetuning_20251003_033800", "ocr_lr_sweep",
-         "dbnet", "mobilenetv3_small_050", "finetuning", "20251003_033800"),
-        ("team-a-v2-pan-efficientnet_b0_validation_20251101_000001", "team-a-v2", "pan",
-         "efficientnet_b0", "validation", "20251101_000001"),
+        (
+            "ocr_baseline_v1-dbnet-resnet18_training_20251015_120000",
+            "ocr_baseline_v1",
+            "dbnet",
+            "resnet18",
+            "training",
+            "20251015_120000",
+        ),
+        (
+            "ocr_lr_sweep-dbnet-mobilenetv3_small_050_finetuning_20251003_033800",
+            "ocr_lr_sweep",
+            "dbnet",
+            "mobilenetv3_small_050",
+            "finetuning",
+            "20251003_033800",
+        ),
+        (
+            "team-a-v2-pan-efficientnet_b0_validation_20251101_000001",
+            "team-a-v2",
+            "pan",
+            "efficientnet_b0",
+            "validation",
+            "20251101_000001",
+        ),
         ("exp-craft_training_20251015_120000", "exp", "craft", None, "training", "20251015_120000"),
     ],
 )
@@ -32,7 +50,12 @@ def test_run_dir_names(name, tag, arch, encoder, phase, stamp) -> None:
     parsed = parse_run_dir(name)
     assert parsed is not None
     assert (parsed.tag, parsed.architecture, parsed.encoder, parsed.phase, parsed.timestamp) == (
-        tag, arch, encoder, phase, stamp)
+        tag,
+        arch,
+        encoder,
+        phase,
+        stamp,
+    )
     assert run_dir_name(parsed.tag, parsed.model, parsed.phase, parsed.timestamp) == name
 
 
@@ -103,8 +126,9 @@ def test_epochs_and_steps_fit_64_bits_or_are_none(name, epoch, step) -> None:
     assert parsed.format != "unknown"
 
 
-@pytest.mark.parametrize("name", ["epoch=\u0663-step=\u0661\u0660.ckpt",
-                                  "epoch-\uff17_step-\uff16\uff14\uff10.ckpt"])
+@pytest.mark.parametrize(
+    "name", ["epoch=\u0663-step=\u0661\u0660.ckpt", "epoch-\uff17_step-\uff16\uff14\uff10.ckpt"]
+)
 def test_only_ascii_digits_are_numbers(name: str) -> None:
     # int() reads Arabic-Indic and full-width digits; a file name's digits are ASCII.
     parsed = parse_checkpoint_name(name)

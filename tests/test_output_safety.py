@@ -16,16 +16,17 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import write_checkpoint
 
 from ckpt_index.cli import cli
 from ckpt_index.index.engine import is_sqlite
 from ckpt_index.query.render import escape_control
 from ckpt_index.query.where import WhereError, parse_where
 
-from conftest import write_checkpoint
-
 #: What a terminal must never receive raw from a value.
-RAW_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+RAW_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 EVIL_EXP = "evil\x1b]0;owned\x07\u202egnp.exe\x9b31m\rhidden"
 EVIL_ENCODER = "res\x1b[2Jnet"
 EVIL_DIR = "exp\x1b[31mred\u2066"
@@ -36,18 +37,27 @@ def run(*args: str) -> Any:
 
 
 @pytest.fixture
-def hostile_index(db_url: str, outputs: Path, pg_admin_engine_or_none) -> tuple[str, dict[str, Path]]:
+def hostile_index(
+    db_url: str, outputs: Path, pg_admin_engine_or_none
+) -> tuple[str, dict[str, Path]]:
     ckpts = {
         "evil": write_checkpoint(
             outputs / EVIL_DIR / "checkpoints" / "epoch-01_step-000100.ckpt",
-            **{"exp_name": EVIL_EXP, "model.encoder.model_name": EVIL_ENCODER,
-               "metrics.hmean": 0.9, "training.epoch": 1}),
+            **{
+                "exp_name": EVIL_EXP,
+                "model.encoder.model_name": EVIL_ENCODER,
+                "metrics.hmean": 0.9,
+                "training.epoch": 1,
+            },
+        ),
         "newline": write_checkpoint(
             outputs / "plain" / "checkpoints" / "two\nlines.ckpt",
-            **{"exp_name": "plain", "metrics.hmean": 0.5, "training.epoch": 2}),
+            **{"exp_name": "plain", "metrics.hmean": 0.5, "training.epoch": 2},
+        ),
         "plain": write_checkpoint(
             outputs / "plain" / "checkpoints" / "epoch-03_step-000300.ckpt",
-            **{"exp_name": "plain", "metrics.hmean": 0.4, "training.epoch": 3}),
+            **{"exp_name": "plain", "metrics.hmean": 0.4, "training.epoch": 3},
+        ),
     }
     result = run("sync", str(outputs), "--db", db_url)
     assert result.exit_code == 0, result.output
@@ -79,7 +89,10 @@ def test_json_keeps_the_exact_values(hostile_index) -> None:
     assert not RAW_CONTROL.search(result.stdout)  # JSON escapes them itself
     records = json.loads(result.stdout)
     assert [r["checkpoint_path"] for r in records] == [
-        str(ckpts["evil"]), str(ckpts["newline"]), str(ckpts["plain"])]
+        str(ckpts["evil"]),
+        str(ckpts["newline"]),
+        str(ckpts["plain"]),
+    ]
     assert records[0]["exp_name"] == EVIL_EXP and records[0]["encoder"] == EVIL_ENCODER
 
 
@@ -93,8 +106,12 @@ def test_sql_and_stats_tables_escape_control_characters(hostile_index, request) 
         request.addfinalizer(lambda: context.__exit__(None, None, None))
     else:
         reader = url
-    result = run("sql", "SELECT exp_name, encoder, checkpoint_path AS \"p\x1b[5m\" FROM checkpoints",
-                 "--db", reader)
+    result = run(
+        "sql",
+        'SELECT exp_name, encoder, checkpoint_path AS "p\x1b[5m" FROM checkpoints',
+        "--db",
+        reader,
+    )
     assert result.exit_code == 0, result.output
     assert not RAW_CONTROL.search(result.stdout), repr(result.stdout)
     assert "evil\\x1b]0;owned" in result.stdout and "p\\x1b[5m" in result.stdout
@@ -122,7 +139,10 @@ def test_paths_null_separated(hostile_index) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.endswith("\0") and "\n" not in result.stdout.replace("two\nlines", "")
     assert result.stdout.split("\0")[:-1] == [
-        str(ckpts["evil"]), str(ckpts["newline"]), str(ckpts["plain"])]
+        str(ckpts["evil"]),
+        str(ckpts["newline"]),
+        str(ckpts["plain"]),
+    ]
     result = run("query", "--db", url, "--format", "paths", "--null", "--best-by", "hmean")
     assert result.stdout == str(ckpts["evil"]) + "\0"
 
@@ -134,8 +154,18 @@ def test_null_needs_the_paths_format(hostile_index) -> None:
 
 
 def test_escape_control_covers_c0_c1_and_bidi() -> None:
-    for code in [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F, 0x2028,
-                 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]:
+    for code in [
+        *range(0x00, 0x20),
+        0x7F,
+        *range(0x80, 0xA0),
+        0x061C,
+        0x200E,
+        0x200F,
+        0x2028,
+        0x2029,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ]:
         shown = escape_control(f"a{chr(code)}b")
         assert not RAW_CONTROL.search(shown) and chr(code) not in shown, hex(code)
         assert shown.startswith("a\\") and shown.endswith("b")
@@ -151,22 +181,26 @@ def test_escape_control_covers_c0_c1_and_bidi() -> None:
 HUGE = "9" * 5000
 
 
-@pytest.mark.parametrize("expression, token", [
-    (f"epoch = {HUGE}", HUGE),
-    (f"epoch = -{HUGE}", f"-{HUGE}"),
-    ("epoch > 9223372036854775808", "9223372036854775808"),
-    (f"hmean > 0.5 and epoch in (1, {HUGE})", HUGE),
-    ("hmean > 1e999", "1e999"),
-    ("hmean < -1.5e400", "-1.5e400"),
-    (f"hmean < 1{'0' * 400}.0", f"1{'0' * 400}.0"),
-])
+@pytest.mark.parametrize(
+    "expression, token",
+    [
+        (f"epoch = {HUGE}", HUGE),
+        (f"epoch = -{HUGE}", f"-{HUGE}"),
+        ("epoch > 9223372036854775808", "9223372036854775808"),
+        (f"hmean > 0.5 and epoch in (1, {HUGE})", HUGE),
+        ("hmean > 1e999", "1e999"),
+        ("hmean < -1.5e400", "-1.5e400"),
+        (f"hmean < 1{'0' * 400}.0", f"1{'0' * 400}.0"),
+    ],
+)
 def test_out_of_range_numbers_are_usage_errors(expression: str, token: str, invoke) -> None:
     with pytest.raises(WhereError) as info:
         parse_where(expression)
     assert info.value.position == expression.index(token)
     assert "out of range" in info.value.message
-    write_checkpoint(Path("outputs/a/checkpoints/epoch-01_step-000001.ckpt"),
-                     **{"metrics.hmean": 0.5})
+    write_checkpoint(
+        Path("outputs/a/checkpoints/epoch-01_step-000001.ckpt"), **{"metrics.hmean": 0.5}
+    )
     assert invoke("sync", "outputs").exit_code == 0
     result = invoke("query", "--where", expression)
     assert result.exit_code == 2, result.output

@@ -14,11 +14,13 @@ import os
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import PG_ADMIN_URL, _pg_url_with_schema, seed_document, write_checkpoint
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -38,10 +40,8 @@ from ckpt_index.index.engine import (
 )
 from ckpt_index.index.models import Base
 from ckpt_index.index.records import FileState, record_without_metadata
-from ckpt_index.sidecar.files import sidecar_path_for
 from ckpt_index.index.store import upsert_records
-
-from conftest import PG_ADMIN_URL, _pg_url_with_schema, seed_document, write_checkpoint
+from ckpt_index.sidecar.files import sidecar_path_for
 
 TOO_NEW = "9999_from_the_future"
 MIGRATIONS = Path(ckpt_index.__file__).parent / "index" / "migrations"
@@ -59,26 +59,47 @@ def snapshot(url: str, reader=None) -> dict[str, Any]:
     engine = reader or _plain_engine(url)
     try:
         with engine.connect() as conn:
-            objects = conn.execute(text(
-                "SELECT table_type, table_name FROM information_schema.tables "
-                "WHERE table_schema = current_schema() ORDER BY table_name")).all()
+            objects = conn.execute(
+                text(
+                    "SELECT table_type, table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema() ORDER BY table_name"
+                )
+            ).all()
             names = {name for _, name in objects}
-            columns = conn.execute(text(
-                "SELECT table_name, column_name, data_type FROM information_schema.columns "
-                "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position")).all()
-            indexes = conn.execute(text(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
-                "ORDER BY indexname")).all()
+            columns = conn.execute(
+                text(
+                    "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+                )
+            ).all()
+            indexes = conn.execute(
+                text(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+                    "ORDER BY indexname"
+                )
+            ).all()
             state: dict[str, Any] = {"objects": objects, "columns": columns, "indexes": indexes}
-            for table, order in (("alembic_version", "version_num"), ("checkpoints", "id"),
-                                 ("checkpoint_metrics", "checkpoint_id, name")):
+            for table, order in (
+                ("alembic_version", "version_num"),
+                ("checkpoints", "id"),
+                ("checkpoint_metrics", "checkpoint_id, name"),
+            ):
                 if table in names:
-                    state[table] = conn.execute(text(f"SELECT * FROM {table} ORDER BY {order}")).all()
-            if "checkpoints_id_seq" in {r[0] for r in conn.execute(text(
-                    "SELECT sequence_name FROM information_schema.sequences "
-                    "WHERE sequence_schema = current_schema()"))}:
-                state["sequence"] = conn.execute(text(
-                    "SELECT last_value, is_called FROM checkpoints_id_seq")).one()
+                    state[table] = conn.execute(
+                        text(f"SELECT * FROM {table} ORDER BY {order}")
+                    ).all()
+            if "checkpoints_id_seq" in {
+                r[0]
+                for r in conn.execute(
+                    text(
+                        "SELECT sequence_name FROM information_schema.sequences "
+                        "WHERE sequence_schema = current_schema()"
+                    )
+                )
+            }:
+                state["sequence"] = conn.execute(
+                    text("SELECT last_value, is_called FROM checkpoints_id_seq")
+                ).one()
     finally:
         if reader is None:
             engine.dispose()
@@ -108,11 +129,14 @@ def rows_by_path(url: str) -> dict[tuple[str, str], dict[str, Any]]:
     engine = _plain_engine(url)
     try:
         with engine.connect() as conn:
-            rows = {(r["location"], r["checkpoint_path"]): {**r, "metrics": {}}
-                    for r in conn.execute(text("SELECT * FROM checkpoints")).mappings()}
+            rows = {
+                (r["location"], r["checkpoint_path"]): {**r, "metrics": {}}
+                for r in conn.execute(text("SELECT * FROM checkpoints")).mappings()
+            }
             by_id = {row["id"]: row for row in rows.values()}
             for checkpoint_id, name, value in conn.execute(
-                    text("SELECT checkpoint_id, name, value FROM checkpoint_metrics")):
+                text("SELECT checkpoint_id, name, value FROM checkpoint_metrics")
+            ):
                 by_id[checkpoint_id]["metrics"][name] = value
     finally:
         engine.dispose()
@@ -124,9 +148,13 @@ def make_tree(outputs: Path, n: int = 3) -> list[Path]:
         write_checkpoint(
             outputs / f"exp{i}" / "checkpoints" / f"epoch-{i:02d}_step-{i * 100:06d}.ckpt",
             seed_document(),
-            **{"exp_name": f"exp{i}", "metrics.hmean": round(0.5 + i / 10, 2), "training.epoch": i,
-               "training.global_step": i * 100,
-               "metrics.additional_metrics": {"val/loss": round(0.1 - i / 100, 3)}},
+            **{
+                "exp_name": f"exp{i}",
+                "metrics.hmean": round(0.5 + i / 10, 2),
+                "training.epoch": i,
+                "training.global_step": i * 100,
+                "metrics.additional_metrics": {"val/loss": round(0.1 - i / 100, 3)},
+            },
         )
         for i in range(n)
     ]
@@ -156,18 +184,27 @@ def test_new_schema_is_created_at_head_in_the_test_schema(pg_url: str) -> None:
         insp = inspect(engine)
         schema = insp.default_schema_name
         assert schema.startswith("ckpt_test_")  # libpq's search_path, not public
-        assert {"checkpoints", "checkpoint_metrics", "alembic_version"} <= set(insp.get_table_names())
+        assert {"checkpoints", "checkpoint_metrics", "alembic_version"} <= set(
+            insp.get_table_names()
+        )
         assert "checkpoint_metrics_flat" in insp.get_view_names()
-        indexed = {tuple(ix["column_names"]): ix["unique"] for ix in insp.get_indexes("checkpoints")}
+        indexed = {
+            tuple(ix["column_names"]): ix["unique"] for ix in insp.get_indexes("checkpoints")
+        }
         for column in ("hmean", "encoder", "epoch", "exp_name", "architecture"):
             assert (column,) in indexed, indexed
         assert indexed[("location", "checkpoint_path")] is True
-        metric_indexes = [tuple(ix["column_names"]) for ix in insp.get_indexes("checkpoint_metrics")]
+        metric_indexes = [
+            tuple(ix["column_names"]) for ix in insp.get_indexes("checkpoint_metrics")
+        ]
         assert ("name", "value") in metric_indexes
         with engine.connect() as conn:
-            public = conn.execute(text(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' "
-                "AND table_name IN ('checkpoints', 'checkpoint_metrics')")).scalar()
+            public = conn.execute(
+                text(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' "
+                    "AND table_name IN ('checkpoints', 'checkpoint_metrics')"
+                )
+            ).scalar()
         assert public == 0, "the index leaked into the public schema"
     finally:
         engine.dispose()
@@ -195,7 +232,9 @@ def test_models_and_migrations_agree_on_postgres(pg_url: str) -> None:
 def test_every_revision_upgrades_and_downgrades_on_postgres(pg_url: str) -> None:
     from alembic.script import ScriptDirectory
 
-    revisions = [r.revision for r in reversed(list(ScriptDirectory(str(MIGRATIONS)).walk_revisions()))]
+    revisions = [
+        r.revision for r in reversed(list(ScriptDirectory(str(MIGRATIONS)).walk_revisions()))
+    ]
     assert revisions[-1] == HEAD_REVISION
     engine = create_index_engine(pg_url)
     try:
@@ -219,32 +258,87 @@ def test_every_revision_upgrades_and_downgrades_on_postgres(pg_url: str) -> None
 # SQL in that revision's columns: a valid checkpoint with metrics, an orphaned sidecar, and a
 # checkpoint without metadata.
 _ROWS_0001 = [
-    dict(id=1, checkpoint_path="/data/outputs/dbnet-resnet50/checkpoints/epoch-10_step-005420.ckpt",
-         sidecar_path="/data/outputs/dbnet-resnet50/checkpoints/epoch-10_step-005420.metadata.yaml",
-         exp_name="dbnet-resnet50-20251018", architecture="dbnet", encoder="resnet50",
-         encoder_pretrained=True, encoder_frozen=False, decoder="pan_decoder", head="db_head",
-         loss="db_loss", epoch=10, global_step=5420, training_phase="training", max_epochs=50,
-         precision=0.8542, recall=0.8321, hmean=0.843, validation_loss=0.0234, monitor="val/hmean",
-         mode="max", save_top_k=3, save_last=True, created_at="2025-10-18T14:32:15.123456",
-         hydra_config_path="/data/outputs/dbnet-resnet50/.hydra/config.yaml",
-         wandb_run_id="abc123def456", source="sidecar", status="valid", error=None, warnings=None,
-         checkpoint_exists=True, ckpt_size=12, ckpt_mtime_ns=1_760_000_000_000_000_000,
-         sidecar_size=900, sidecar_mtime_ns=1_760_000_000_000_000_000,
-         metadata_json='{"schema_version":"1.0"}', indexed_at="2025-10-18T15:00:00+00:00"),
-    dict(id=2, checkpoint_path="/data/outputs/craft-resnet18/checkpoints/epoch-03_step-000800.ckpt",
-         sidecar_path="/data/outputs/craft-resnet18/checkpoints/epoch-03_step-000800.metadata.yaml",
-         exp_name="craft-resnet18-20251019", architecture="craft", encoder="resnet18",
-         encoder_pretrained=True, encoder_frozen=True, epoch=3, global_step=800,
-         training_phase="finetuning", max_epochs=20, hmean=0.61, created_at="2025-10-19T09:00:00",
-         source="sidecar", status="valid", warnings="metrics.hmean only", checkpoint_exists=False,
-         sidecar_size=640, sidecar_mtime_ns=1_760_100_000_000_000_000,
-         metadata_json='{"schema_version":"1.0"}', indexed_at="2025-10-19T10:00:00+00:00"),
-    dict(id=3, checkpoint_path="/data/outputs/pan-mobilenet/checkpoints/last.ckpt", source="none",
-         status="missing", checkpoint_exists=True, ckpt_size=34,
-         ckpt_mtime_ns=1_760_200_000_000_000_000, indexed_at="2025-10-20T10:00:00+00:00"),
+    dict(
+        id=1,
+        checkpoint_path="/data/outputs/dbnet-resnet50/checkpoints/epoch-10_step-005420.ckpt",
+        sidecar_path="/data/outputs/dbnet-resnet50/checkpoints/epoch-10_step-005420.metadata.yaml",
+        exp_name="dbnet-resnet50-20251018",
+        architecture="dbnet",
+        encoder="resnet50",
+        encoder_pretrained=True,
+        encoder_frozen=False,
+        decoder="pan_decoder",
+        head="db_head",
+        loss="db_loss",
+        epoch=10,
+        global_step=5420,
+        training_phase="training",
+        max_epochs=50,
+        precision=0.8542,
+        recall=0.8321,
+        hmean=0.843,
+        validation_loss=0.0234,
+        monitor="val/hmean",
+        mode="max",
+        save_top_k=3,
+        save_last=True,
+        created_at="2025-10-18T14:32:15.123456",
+        hydra_config_path="/data/outputs/dbnet-resnet50/.hydra/config.yaml",
+        wandb_run_id="abc123def456",
+        source="sidecar",
+        status="valid",
+        error=None,
+        warnings=None,
+        checkpoint_exists=True,
+        ckpt_size=12,
+        ckpt_mtime_ns=1_760_000_000_000_000_000,
+        sidecar_size=900,
+        sidecar_mtime_ns=1_760_000_000_000_000_000,
+        metadata_json='{"schema_version":"1.0"}',
+        indexed_at="2025-10-18T15:00:00+00:00",
+    ),
+    dict(
+        id=2,
+        checkpoint_path="/data/outputs/craft-resnet18/checkpoints/epoch-03_step-000800.ckpt",
+        sidecar_path="/data/outputs/craft-resnet18/checkpoints/epoch-03_step-000800.metadata.yaml",
+        exp_name="craft-resnet18-20251019",
+        architecture="craft",
+        encoder="resnet18",
+        encoder_pretrained=True,
+        encoder_frozen=True,
+        epoch=3,
+        global_step=800,
+        training_phase="finetuning",
+        max_epochs=20,
+        hmean=0.61,
+        created_at="2025-10-19T09:00:00",
+        source="sidecar",
+        status="valid",
+        warnings="metrics.hmean only",
+        checkpoint_exists=False,
+        sidecar_size=640,
+        sidecar_mtime_ns=1_760_100_000_000_000_000,
+        metadata_json='{"schema_version":"1.0"}',
+        indexed_at="2025-10-19T10:00:00+00:00",
+    ),
+    dict(
+        id=3,
+        checkpoint_path="/data/outputs/pan-mobilenet/checkpoints/last.ckpt",
+        source="none",
+        status="missing",
+        checkpoint_exists=True,
+        ckpt_size=34,
+        ckpt_mtime_ns=1_760_200_000_000_000_000,
+        indexed_at="2025-10-20T10:00:00+00:00",
+    ),
 ]
-_METRICS_0001 = [(1, "hmean", 0.843), (1, "precision", 0.8542), (1, "recall", 0.8321),
-                 (1, "val/loss", 0.0234), (2, "hmean", 0.61)]
+_METRICS_0001 = [
+    (1, "hmean", 0.843),
+    (1, "precision", 0.8542),
+    (1, "recall", 0.8321),
+    (1, "val/loss", 0.0234),
+    (2, "hmean", 0.61),
+]
 
 
 def make_revision_0001(url: str) -> None:
@@ -259,11 +353,20 @@ def make_revision_0001(url: str) -> None:
     try:
         with plain.begin() as conn:
             for row in _ROWS_0001:
-                conn.execute(text(f"INSERT INTO checkpoints ({', '.join(row)}) "
-                                  f"VALUES ({', '.join(':' + k for k in row)})"), row)
-            conn.execute(text("INSERT INTO checkpoint_metrics (checkpoint_id, name, value) "
-                              "VALUES (:c, :n, :v)"),
-                         [dict(c=c, n=n, v=v) for c, n, v in _METRICS_0001])
+                conn.execute(
+                    text(
+                        f"INSERT INTO checkpoints ({', '.join(row)}) "
+                        f"VALUES ({', '.join(':' + k for k in row)})"
+                    ),
+                    row,
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO checkpoint_metrics (checkpoint_id, name, value) "
+                    "VALUES (:c, :n, :v)"
+                ),
+                [dict(c=c, n=n, v=v) for c, n, v in _METRICS_0001],
+            )
             # The ids were given explicitly: move the sequence on as 0001's inserts would have.
             conn.execute(text("SELECT setval('checkpoints_id_seq', 3)"))
     finally:
@@ -302,10 +405,11 @@ def _env_api_sync(url: str, outputs: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 UPGRADERS: dict[str, Callable[[str, Path, pytest.MonkeyPatch], None]] = {
-    "open_engine": _open_engine, "cli_sync": _cli_sync, "cli_db_upgrade": _cli_db_upgrade,
+    "open_engine": _open_engine,
+    "cli_sync": _cli_sync,
+    "cli_db_upgrade": _cli_db_upgrade,
     "env_api_sync": _env_api_sync,
 }
-
 
 
 @pytest.mark.parametrize("opener", sorted(UPGRADERS))
@@ -331,8 +435,13 @@ def test_revision_0001_is_upgraded_with_rows_intact(
         with engine.connect() as conn:
             flat = conn.execute(text("SELECT DISTINCT location FROM checkpoint_metrics_flat")).all()
         assert flat == [("old-node",)]
-        record = record_without_metadata(checkpoint_path="/data/new.ckpt", sidecar_path=None,
-                                         ckpt=FileState(1, 1), sidecar=None, error=None)
+        record = record_without_metadata(
+            checkpoint_path="/data/new.ckpt",
+            sidecar_path=None,
+            ckpt=FileState(1, 1),
+            sidecar=None,
+            error=None,
+        )
         ids = run_write(engine, lambda conn: upsert_records(conn, [record]))
         assert ids["/data/new.ckpt"] > 3
     finally:
@@ -383,9 +492,15 @@ def test_too_new_schema_is_refused_by_the_api(too_new: str, outputs: Path) -> No
 def test_too_new_schema_is_refused_by_every_command(too_new: str, outputs: Path) -> None:
     before = snapshot(too_new)
     ckpt = next(outputs.rglob("*.ckpt"))
-    for args in (["sync", str(outputs)], ["query", "--best-by", "hmean"], ["show", str(ckpt)],
-                 ["stats"], ["sql", "SELECT count(*) FROM checkpoints"], ["db", "upgrade"],
-                 ["db", "downgrade", "base"]):
+    for args in (
+        ["sync", str(outputs)],
+        ["query", "--best-by", "hmean"],
+        ["show", str(ckpt)],
+        ["stats"],
+        ["sql", "SELECT count(*) FROM checkpoints"],
+        ["db", "upgrade"],
+        ["db", "downgrade", "base"],
+    ):
         result = run(*args, "--db", too_new)
         assert result.exit_code == 1, (args, result.output)
         _assert_refused(result.output)
@@ -407,8 +522,10 @@ def test_callback_leaves_a_too_new_index_alone(too_new: str, tmp_path: Path, cap
     ckpts = list((run_dir / "checkpoints").glob("*.ckpt"))
     assert ckpts and all(sidecar_path_for(c).exists() for c in ckpts)
     assert snapshot(too_new) == before
-    assert any(TOO_NEW in r.getMessage() or TOO_NEW in str(r.exc_info and r.exc_info[1])
-               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert any(
+        TOO_NEW in r.getMessage() or TOO_NEW in str(r.exc_info and r.exc_info[1])
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
 
 
 def test_empty_schema_is_not_created_by_readers(pg_url: str) -> None:
@@ -434,13 +551,33 @@ def test_unreachable_server_is_a_failure_under_ci(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    env = {**os.environ, "CI": "true",
-           "CKPT_INDEX_TEST_PG": "postgresql+psycopg://postgres@127.0.0.1:9/nowhere"}
+    env = {
+        **os.environ,
+        "CI": "true",
+        "CKPT_INDEX_TEST_PG": "postgresql+psycopg://postgres@127.0.0.1:9/nowhere",
+    }
     tests = Path(__file__).parent
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         f"--rootdir={tests.parent}", str(tests / "test_locations.py"), "-k", "host_name"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            f"--rootdir={tests.parent}",
+            str(tests / "test_locations.py"),
+            "-k",
+            "host_name",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     summary = proc.stdout.strip().splitlines()[-1]
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "1 passed" in summary and "1 error" in summary, summary  # SQLite ran, PostgreSQL failed
@@ -474,8 +611,11 @@ def test_every_command_through_the_environment_variable(
     stats = cli_json("stats")
     assert stats["checkpoints"] == 3 and stats["revision"] == HEAD_REVISION
     assert make_url(stats["database"]).get_backend_name() == "postgresql"
-    assert cli_json("sql", "--allow-write-role", "SELECT count(*) AS n FROM checkpoint_metrics_flat "
-                           "WHERE metric = 'val/loss'") == [{"n": 3}]
+    assert cli_json(
+        "sql",
+        "--allow-write-role",
+        "SELECT count(*) AS n FROM checkpoint_metrics_flat WHERE metric = 'val/loss'",
+    ) == [{"n": 3}]
     current = runner.invoke(cli, ["db", "current"])
     assert current.stdout.startswith(HEAD_REVISION) and "up to date" in current.stdout
 
@@ -521,9 +661,19 @@ def test_readers_leave_an_old_revision_as_it_is(pg_url: str) -> None:
     before = snapshot(pg_url)
     for argv in (["query", "--best-by", "hmean"], ["stats"], ["show", "/x.ckpt"]):
         result = run(*argv, "--db", pg_url)
-        assert result.exit_code == 2 and "ckpt-index db upgrade" in result.stderr, (argv, result.output)
-    result = run("sql", "--allow-write-role", "--format", "json", "SELECT count(*) AS n FROM checkpoints",
-                 "--db", pg_url)
+        assert result.exit_code == 2 and "ckpt-index db upgrade" in result.stderr, (
+            argv,
+            result.output,
+        )
+    result = run(
+        "sql",
+        "--allow-write-role",
+        "--format",
+        "json",
+        "SELECT count(*) AS n FROM checkpoints",
+        "--db",
+        pg_url,
+    )
     assert result.exit_code == 0 and json.loads(result.stdout) == [{"n": 3}], result.output
     _read_only_engine(pg_url, Path("."), pytest.MonkeyPatch())
     assert revision_of(pg_url) == "0001" and snapshot(pg_url) == before
@@ -620,28 +770,48 @@ def test_sql_refuses_writes_on_postgres(sql_state, statement: str) -> None:
     message = result.stderr.strip()
     assert message.startswith("Error: ") and "Traceback" not in message
     if statement.strip() and not statement.startswith("--"):
-        assert any(word in message.lower() for word in (
-            "refused", "read-only", "read-write mode", "one statement", "only queries")), message
+        assert any(
+            word in message.lower()
+            for word in ("refused", "read-only", "read-write mode", "one statement", "only queries")
+        ), message
 
 
 PG_ALLOWED = [
     ("SELECT count(*) AS n FROM checkpoints -- how many?", [{"n": 3}]),
     ("SELECT count(*) AS n FROM checkpoints;", [{"n": 3}]),
-    ("SELECT ';' AS semi, 'DELETE FROM checkpoints; COMMIT' AS text",
-     [{"semi": ";", "text": "DELETE FROM checkpoints; COMMIT"}]),
+    (
+        "SELECT ';' AS semi, 'DELETE FROM checkpoints; COMMIT' AS text",
+        [{"semi": ";", "text": "DELETE FROM checkpoints; COMMIT"}],
+    ),
     ("SELECT $$;$$ AS dollar", [{"dollar": ";"}]),
-    ("SELECT exp_name FROM checkpoints WHERE exp_name LIKE 'exp%' AND exp_name NOT LIKE '%2' "
-     "ORDER BY exp_name", [{"exp_name": "exp0"}, {"exp_name": "exp1"}]),
-    ("SELECT 7 % 4 AS mod, '100%' AS pct, '%s' AS placeholder",
-     [{"mod": 3, "pct": "100%", "placeholder": "%s"}]),
-    ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5) "
-     "SELECT sum(x) AS s FROM n", [{"s": 15}]),
-    ("SELECT metric, count(*) AS n FROM checkpoint_metrics_flat WHERE metric = 'val/loss' "
-     "GROUP BY metric", [{"metric": "val/loss", "n": 3}]),
-    ("SELECT exp_name, hmean FROM checkpoints ORDER BY hmean DESC LIMIT 1",
-     [{"exp_name": "exp2", "hmean": 0.7}]),
-    ("SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = current_schema() "
-     "AND table_name = 'checkpoints'", [{"n": 1}]),
+    (
+        "SELECT exp_name FROM checkpoints WHERE exp_name LIKE 'exp%' AND exp_name NOT LIKE '%2' "
+        "ORDER BY exp_name",
+        [{"exp_name": "exp0"}, {"exp_name": "exp1"}],
+    ),
+    (
+        "SELECT 7 % 4 AS mod, '100%' AS pct, '%s' AS placeholder",
+        [{"mod": 3, "pct": "100%", "placeholder": "%s"}],
+    ),
+    (
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5) "
+        "SELECT sum(x) AS s FROM n",
+        [{"s": 15}],
+    ),
+    (
+        "SELECT metric, count(*) AS n FROM checkpoint_metrics_flat WHERE metric = 'val/loss' "
+        "GROUP BY metric",
+        [{"metric": "val/loss", "n": 3}],
+    ),
+    (
+        "SELECT exp_name, hmean FROM checkpoints ORDER BY hmean DESC LIMIT 1",
+        [{"exp_name": "exp2", "hmean": 0.7}],
+    ),
+    (
+        "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = current_schema() "
+        "AND table_name = 'checkpoints'",
+        [{"n": 1}],
+    ),
     ("SHOW transaction_read_only", [{"transaction_read_only": "on"}]),
 ]
 
@@ -725,8 +895,11 @@ def test_where_with_mixed_types_answers_alike_on_both_backends(twins, expr: str)
     for url in twins:
         result = run("query", "--where", expr, "--format", "json", "--db", url)
         assert "database error" not in result.output, (url.split(":")[0], result.output)
-        paths = (sorted(r["checkpoint_path"] for r in json.loads(result.stdout))
-                 if result.exit_code == 0 else [])
+        paths = (
+            sorted(r["checkpoint_path"] for r in json.loads(result.stdout))
+            if result.exit_code == 0
+            else []
+        )
         answers.append((result.exit_code, paths))
     assert answers[0] == answers[1], f"sqlite {answers[0]} != postgresql {answers[1]}"
 
@@ -738,10 +911,12 @@ def test_where_with_mixed_types_answers_alike_on_both_backends(twins, expr: str)
 def _inferred(path: str, epoch: int | None, step: int | None, hmean: float, exp: str = "e"):
     """A row as the fallbacks make it for a checkpoint without a sidecar: hmean known (from a W&B
     run, say) but not always the epoch or the step."""
-    record = record_without_metadata(checkpoint_path=path, sidecar_path=None,
-                                     ckpt=FileState(1, 1), sidecar=None, error=None)
-    record.columns.update(status="inferred", source="wandb", epoch=epoch, global_step=step,
-                          hmean=hmean, exp_name=exp)
+    record = record_without_metadata(
+        checkpoint_path=path, sidecar_path=None, ckpt=FileState(1, 1), sidecar=None, error=None
+    )
+    record.columns.update(
+        status="inferred", source="wandb", epoch=epoch, global_step=step, hmean=hmean, exp_name=exp
+    )
     record.metrics = {"hmean": hmean, "val/loss": 1 - hmean}
     return record
 
@@ -755,10 +930,18 @@ def test_best_by_tie_break_puts_unknown_epoch_and_step_last(
     NULL first in a descending order, SQLite last: only an explicit NULLS LAST agrees."""
     engine = open_engine(db_url)
     try:
-        run_write(engine, lambda conn: upsert_records(conn, [
-            _inferred("/runs/a.ckpt", 5, 100, 0.8), _inferred("/runs/b.ckpt", None, None, 0.8),
-            _inferred("/runs/c.ckpt", 5, None, 0.8), _inferred("/runs/d.ckpt", 4, 900, 0.8),
-        ]))
+        run_write(
+            engine,
+            lambda conn: upsert_records(
+                conn,
+                [
+                    _inferred("/runs/a.ckpt", 5, 100, 0.8),
+                    _inferred("/runs/b.ckpt", None, None, 0.8),
+                    _inferred("/runs/c.ckpt", 5, None, 0.8),
+                    _inferred("/runs/d.ckpt", 4, 900, 0.8),
+                ],
+            ),
+        )
     finally:
         engine.dispose()
     spec = {"best_by": best_by, "group_by": group_by}
@@ -781,8 +964,12 @@ def icu_url(request, pg_admin_engine) -> str:
     name = f"ckpt_test_icu_{uuid.uuid4().hex[:10]}"
     with pg_admin_engine.connect() as conn:
         try:
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
-                              f"ICU_LOCALE '{COLLATIONS[request.param]}' LOCALE 'C.UTF-8'"))
+            conn.execute(
+                text(
+                    f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
+                    f"ICU_LOCALE '{COLLATIONS[request.param]}' LOCALE 'C.UTF-8'"
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - a server built without ICU
             pytest.skip(f"cannot create an ICU-collated database: {exc}")
     yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
@@ -817,7 +1004,13 @@ def test_unchanged_tree_is_not_read_again_on_an_icu_collated_server(
     age(root)
     api.sync(root, db=icu_url)
     again = api.sync(root, db=icu_url)
-    assert (again.parsed, again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 0, 7)
+    assert (again.parsed, again.added, again.updated, again.removed, again.unchanged) == (
+        0,
+        0,
+        0,
+        0,
+        7,
+    )
     for victim in root.glob("a*/x.ckpt"):
         victim.unlink()
         sidecar_path_for(victim).unlink()
@@ -851,23 +1044,39 @@ def fit(root: Path, callback, *, max_epochs: int = 4, save_top_k: int = 2) -> No
         def validation_step(self, batch, batch_idx):
             x, y = batch
             score = schedule[self.current_epoch % len(schedule)]
-            self.log_dict({"val/loss": nn.functional.mse_loss(self.layer(x), y),
-                           "val/hmean": score, "val/precision": score, "val/recall": score})
+            self.log_dict(
+                {
+                    "val/loss": nn.functional.mse_loss(self.layer(x), y),
+                    "val/hmean": score,
+                    "val/precision": score,
+                    "val/recall": score,
+                }
+            )
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     g = torch.Generator().manual_seed(0)
-    data = DataLoader(TensorDataset(torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)),
-                      batch_size=4)
+    data = DataLoader(
+        TensorDataset(torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)), batch_size=4
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(
-            max_epochs=max_epochs, default_root_dir=root, logger=False, enable_progress_bar=False,
-            enable_model_summary=False, limit_train_batches=2, limit_val_batches=1,
-            num_sanity_val_steps=0, accelerator="cpu", devices=1,
-            callbacks=[ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=save_top_k),
-                       callback],
+            max_epochs=max_epochs,
+            default_root_dir=root,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            accelerator="cpu",
+            devices=1,
+            callbacks=[
+                ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=save_top_k),
+                callback,
+            ],
         )
         trainer.fit(Tiny(), data, data)
 
@@ -897,8 +1106,11 @@ def test_callback_upserts_into_postgres(
         assert row["exp_name"] == "pg-run"
         assert row["sidecar_path"] == str(sidecar_path_for(path))
         assert row["metrics"]["hmean"] == pytest.approx(row["hmean"])
-    warnings_logged = [r for r in caplog.records
-                       if r.name.startswith("ckpt_index") and r.levelname in ("WARNING", "ERROR")]
+    warnings_logged = [
+        r
+        for r in caplog.records
+        if r.name.startswith("ckpt_index") and r.levelname in ("WARNING", "ERROR")
+    ]
     assert not warnings_logged, [r.getMessage() for r in warnings_logged]
 
     best = run("query", "--best-by", "hmean", "--format", "json", "--db", pg_url)

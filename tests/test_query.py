@@ -13,27 +13,50 @@ import random
 import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import _pg_url_with_schema, write_checkpoint
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.pool import NullPool
 
 from ckpt_index.cli import cli
-from ckpt_index.tools.demo import make_tree
 from ckpt_index.query.spec import QuerySpec, build_query
 from ckpt_index.sidecar.files import checkpoint_path_for, read_sidecar, sidecar_path_for
-from conftest import _pg_url_with_schema, write_checkpoint
+from ckpt_index.tools.demo import make_tree
 
 #: The fields every JSON object carries (SPEC section 7).
 SPEC_FIELDS = (
-    "checkpoint_path", "sidecar_path", "exp_name", "architecture", "encoder", "decoder", "head",
-    "loss", "epoch", "global_step", "training_phase", "max_epochs", "precision", "recall", "hmean",
-    "validation_loss", "metrics", "monitor", "mode", "save_top_k", "save_last", "created_at",
-    "hydra_config_path", "wandb_run_id", "source", "checkpoint_exists",
+    "checkpoint_path",
+    "sidecar_path",
+    "exp_name",
+    "architecture",
+    "encoder",
+    "decoder",
+    "head",
+    "loss",
+    "epoch",
+    "global_step",
+    "training_phase",
+    "max_epochs",
+    "precision",
+    "recall",
+    "hmean",
+    "validation_loss",
+    "metrics",
+    "monitor",
+    "mode",
+    "save_top_k",
+    "save_last",
+    "created_at",
+    "hydra_config_path",
+    "wandb_run_id",
+    "source",
+    "checkpoint_exists",
 )
 
 _SHORT = {
@@ -149,14 +172,30 @@ def shared_tree(make_index: Callable[[], str], tmp_path_factory, build: Callable
 @pytest.fixture(scope="module")
 def three(shared_index, tmp_path_factory):
     """Three checkpoints with hmean, val/loss and a metric only in additional_metrics."""
+
     def build(outputs: Path) -> dict[str, str]:
         paths = {
-            "low": ckpt(outputs, "e/low.ckpt", hmean=0.55, epoch=1,
-                        extra={"val/loss": 0.09, "cleval/custom": 0.3}),
-            "mid": ckpt(outputs, "e/mid.ckpt", hmean=0.75, epoch=2,
-                        extra={"val/loss": 0.02, "cleval/custom": 0.9}),
-            "high": ckpt(outputs, "e/high.ckpt", hmean=0.95, epoch=3,
-                         extra={"val/loss": 0.05, "cleval/custom": 0.1}),
+            "low": ckpt(
+                outputs,
+                "e/low.ckpt",
+                hmean=0.55,
+                epoch=1,
+                extra={"val/loss": 0.09, "cleval/custom": 0.3},
+            ),
+            "mid": ckpt(
+                outputs,
+                "e/mid.ckpt",
+                hmean=0.75,
+                epoch=2,
+                extra={"val/loss": 0.02, "cleval/custom": 0.9},
+            ),
+            "high": ckpt(
+                outputs,
+                "e/high.ckpt",
+                hmean=0.95,
+                epoch=3,
+                extra={"val/loss": 0.05, "cleval/custom": 0.1},
+            ),
         }
         return {k: str(v) for k, v in paths.items()}
 
@@ -212,7 +251,9 @@ def test_tie_broken_by_higher_epoch(outputs, invoke_db, metric, setter, directio
     tied = 0.8
     other = 0.7 if direction == "max" else 0.9  # worse in the requested direction
     ckpt(outputs, "a/e3.ckpt", epoch=3, step=900, **setter(tied))
-    winner = ckpt(outputs, "b/e5.ckpt", epoch=5, step=100, **setter(tied))  # lower step, later epoch
+    winner = ckpt(
+        outputs, "b/e5.ckpt", epoch=5, step=100, **setter(tied)
+    )  # lower step, later epoch
     ckpt(outputs, "c/e9.ckpt", epoch=9, step=5000, **setter(other))  # higher epoch, worse value
     sync(invoke_db, outputs)
     assert best_path(invoke_db, f"{metric}:{direction}") == str(winner)
@@ -247,10 +288,20 @@ def test_null_metric_never_wins(outputs, invoke_db, metric, direction) -> None:
     # every tie-break and sorts first ascending in SQLite, so only the NULL rule keeps it out.
     none = {"hmean": None} if metric == "hmean" else {}
     ckpt(outputs, "a/none.ckpt", epoch=99, step=99999, **none)
-    lo = ckpt(outputs, "b/lo.ckpt", epoch=1, step=10,
-              **({"hmean": 0.5} if metric == "hmean" else {"extra": {"cleval/custom": 0.5}}))
-    hi = ckpt(outputs, "c/hi.ckpt", epoch=2, step=20,
-              **({"hmean": 0.7} if metric == "hmean" else {"extra": {"cleval/custom": 0.7}}))
+    lo = ckpt(
+        outputs,
+        "b/lo.ckpt",
+        epoch=1,
+        step=10,
+        **({"hmean": 0.5} if metric == "hmean" else {"extra": {"cleval/custom": 0.5}}),
+    )
+    hi = ckpt(
+        outputs,
+        "c/hi.ckpt",
+        epoch=2,
+        step=20,
+        **({"hmean": 0.7} if metric == "hmean" else {"extra": {"cleval/custom": 0.7}}),
+    )
     sync(invoke_db, outputs)
     expected = hi if direction == "max" else lo
     assert best_path(invoke_db, f"{metric}:{direction}") == str(expected)
@@ -283,8 +334,9 @@ def test_group_by_exp_name_best_per_experiment(outputs, invoke_db) -> None:
     ]
     for exp, name, hmean, epoch, step, loss in rows:
         extra = {} if loss is None else {"val/loss": loss}
-        ckpt(outputs, f"{exp}/{name}.ckpt", exp=exp, hmean=hmean, epoch=epoch, step=step,
-             extra=extra)
+        ckpt(
+            outputs, f"{exp}/{name}.ckpt", exp=exp, hmean=hmean, epoch=epoch, step=step, extra=extra
+        )
     expected_max = {"exp_a": "a2", "exp_b": "b2", "exp_c": "c1"}
     expected_loss = {"exp_a": "a3", "exp_b": "b2", "exp_c": "c1"}
     sync(invoke_db, outputs)
@@ -301,7 +353,9 @@ def test_group_by_exp_name_best_per_experiment(outputs, invoke_db) -> None:
 
     got = query_json(invoke_db, "--best-by", "hmean:min", "--group-by", "exp_name")
     assert {r["exp_name"]: Path(r["checkpoint_path"]).stem for r in got} == {
-        "exp_a": "a1", "exp_b": "b2", "exp_c": "c1",
+        "exp_a": "a1",
+        "exp_b": "b2",
+        "exp_c": "c1",
     }
 
     got = query_json(invoke_db, "--best-by", "hmean", "--group-by", "exp_name", "--limit", "2")
@@ -337,10 +391,28 @@ def filter_tree(shared_index, tmp_path_factory):
     def build(outputs: Path) -> list[dict[str, Any]]:
         rows = []
         for rel, exp, arch, enc, phase, epoch, hmean in FILTER_ROWS:
-            path = ckpt(outputs, rel, exp=exp, arch=arch, encoder=enc, phase=phase, epoch=epoch,
-                        step=epoch * 100, hmean=hmean)
-            rows.append(dict(path=str(path), exp=exp, arch=arch, encoder=enc, phase=phase,
-                             epoch=epoch, hmean=hmean))
+            path = ckpt(
+                outputs,
+                rel,
+                exp=exp,
+                arch=arch,
+                encoder=enc,
+                phase=phase,
+                epoch=epoch,
+                step=epoch * 100,
+                hmean=hmean,
+            )
+            rows.append(
+                dict(
+                    path=str(path),
+                    exp=exp,
+                    arch=arch,
+                    encoder=enc,
+                    phase=phase,
+                    epoch=epoch,
+                    hmean=hmean,
+                )
+            )
         return rows
 
     return shared_tree(shared_index, tmp_path_factory, build)
@@ -356,10 +428,14 @@ FILTERS = [
     (["--max-epoch", "3"], lambda r: r["epoch"] <= 3),
     (["--min-epoch", "3", "--max-epoch", "8"], lambda r: 3 <= r["epoch"] <= 8),
     (["--min-epoch", "9", "--max-epoch", "8"], lambda r: False),
-    (["--encoder", "resnet18", "--phase", "training"],
-     lambda r: r["encoder"] == "resnet18" and r["phase"] == "training"),
-    (["--architecture", "dbnet", "--encoder", "resnet50", "--min-epoch", "2"],
-     lambda r: r["arch"] == "dbnet" and r["encoder"] == "resnet50" and r["epoch"] >= 2),
+    (
+        ["--encoder", "resnet18", "--phase", "training"],
+        lambda r: r["encoder"] == "resnet18" and r["phase"] == "training",
+    ),
+    (
+        ["--architecture", "dbnet", "--encoder", "resnet50", "--min-epoch", "2"],
+        lambda r: r["arch"] == "dbnet" and r["encoder"] == "resnet50" and r["epoch"] >= 2,
+    ),
 ]
 
 
@@ -374,14 +450,33 @@ def test_filters(filter_tree, args, keep) -> None:
 def test_filters_with_best_by(filter_tree, args, keep, best_by) -> None:
     kept = [r for r in filter_tree if keep(r)]
     sign = -1 if best_by == "hmean" else 1
-    expected = [min(kept, key=lambda r: (sign * r["hmean"], -r["epoch"], r["path"]))["path"]] if kept else []
+    expected = (
+        [min(kept, key=lambda r: (sign * r["hmean"], -r["epoch"], r["path"]))["path"]]
+        if kept
+        else []
+    )
     assert query_paths(filter_tree.invoke, "--best-by", best_by, *args) == expected
 
 
 @pytest.mark.parametrize(
     "pattern",
-    ["exp_a", "exp?a", "exp%b", "exp*b", "exp*", "*_*", "*%*", "*", "other_run", "exp_", "exp%",
-     "?xp_a", "exp[_]a", "nomatch*", "exp\\_a"],
+    [
+        "exp_a",
+        "exp?a",
+        "exp%b",
+        "exp*b",
+        "exp*",
+        "*_*",
+        "*%*",
+        "*",
+        "other_run",
+        "exp_",
+        "exp%",
+        "?xp_a",
+        "exp[_]a",
+        "nomatch*",
+        "exp\\_a",
+    ],
 )
 def test_exp_glob(filter_tree, pattern) -> None:
     """``*`` and ``?`` are wildcards; ``_`` and ``%`` (and ``\\``) match only themselves."""
@@ -424,10 +519,28 @@ def where_tree(shared_index, tmp_path_factory):
         rows = []
         for rel, enc, arch, phase, epoch, hmean, loss in specs:
             extra = {} if loss is None else {"val/loss": loss}
-            path = ckpt(outputs, rel, exp=f"exp-{rel[0]}", encoder=enc, arch=arch, phase=phase,
-                        epoch=epoch, hmean=hmean, extra=extra)
-            rows.append(dict(path=str(path), encoder=enc, arch=arch, phase=phase, epoch=epoch,
-                             hmean=hmean, loss=loss))
+            path = ckpt(
+                outputs,
+                rel,
+                exp=f"exp-{rel[0]}",
+                encoder=enc,
+                arch=arch,
+                phase=phase,
+                epoch=epoch,
+                hmean=hmean,
+                extra=extra,
+            )
+            rows.append(
+                dict(
+                    path=str(path),
+                    encoder=enc,
+                    arch=arch,
+                    phase=phase,
+                    epoch=epoch,
+                    hmean=hmean,
+                    loss=loss,
+                )
+            )
         return rows
 
     return shared_tree(shared_index, tmp_path_factory, build)
@@ -438,13 +551,22 @@ def _lt(a, b) -> bool:
 
 
 WHERE_CASES = [
-    ("hmean > 0.8 and encoder = 'resnet50'", lambda r: r["hmean"] > 0.8 and r["encoder"] == "resnet50"),
+    (
+        "hmean > 0.8 and encoder = 'resnet50'",
+        lambda r: r["hmean"] > 0.8 and r["encoder"] == "resnet50",
+    ),
     ("val/loss < 0.03", lambda r: _lt(r["loss"], 0.03)),
     ("val/loss >= 0.03", lambda r: r["loss"] is not None and r["loss"] >= 0.03),
-    ("not val/loss < 0.03", lambda r: r["loss"] is not None and not r["loss"] < 0.03),  # NULL: neither
+    (
+        "not val/loss < 0.03",
+        lambda r: r["loss"] is not None and not r["loss"] < 0.03,
+    ),  # NULL: neither
     ("val/loss is null", lambda r: r["loss"] is None),
     ("metrics.val/loss < 0.03", lambda r: _lt(r["loss"], 0.03)),
-    ("encoder in ('resnet18', 'mobilenetv3')", lambda r: r["encoder"] in ("resnet18", "mobilenetv3")),
+    (
+        "encoder in ('resnet18', 'mobilenetv3')",
+        lambda r: r["encoder"] in ("resnet18", "mobilenetv3"),
+    ),
     ("encoder not in ('resnet50')", lambda r: r["encoder"] != "resnet50"),
     ("epoch in (1, 9)", lambda r: r["epoch"] in (1, 9)),
     ("encoder like 'resnet%'", lambda r: r["encoder"].startswith("resnet")),
@@ -452,12 +574,22 @@ WHERE_CASES = [
     ("architecture not like 'p%'", lambda r: not r["arch"].startswith("p")),
     ("not encoder = 'resnet50'", lambda r: r["encoder"] != "resnet50"),
     ("not (hmean > 0.8 or epoch >= 6)", lambda r: not (r["hmean"] > 0.8 or r["epoch"] >= 6)),
-    ("(hmean > 0.88 or epoch >= 6) and training_phase = 'training'",
-     lambda r: (r["hmean"] > 0.88 or r["epoch"] >= 6) and r["phase"] == "training"),
-    ("hmean > 0.88 or epoch >= 6 and training_phase = 'training'",  # and binds tighter
-     lambda r: r["hmean"] > 0.88 or (r["epoch"] >= 6 and r["phase"] == "training")),
-    ("hmean > 0.8 AND encoder = 'resnet50'", lambda r: r["hmean"] > 0.8 and r["encoder"] == "resnet50"),
-    ("epoch != 1 and epoch <> 2 and epoch <= 6", lambda r: r["epoch"] not in (1, 2) and r["epoch"] <= 6),
+    (
+        "(hmean > 0.88 or epoch >= 6) and training_phase = 'training'",
+        lambda r: (r["hmean"] > 0.88 or r["epoch"] >= 6) and r["phase"] == "training",
+    ),
+    (
+        "hmean > 0.88 or epoch >= 6 and training_phase = 'training'",  # and binds tighter
+        lambda r: r["hmean"] > 0.88 or (r["epoch"] >= 6 and r["phase"] == "training"),
+    ),
+    (
+        "hmean > 0.8 AND encoder = 'resnet50'",
+        lambda r: r["hmean"] > 0.8 and r["encoder"] == "resnet50",
+    ),
+    (
+        "epoch != 1 and epoch <> 2 and epoch <= 6",
+        lambda r: r["epoch"] not in (1, 2) and r["epoch"] <= 6,
+    ),
     ("encoder = 'RESNET50'", lambda r: False),  # = is exact
     ("val/loss < 0.03 or hmean >= 0.9", lambda r: _lt(r["loss"], 0.03) or r["hmean"] >= 0.9),
 ]
@@ -471,7 +603,9 @@ def test_where(where_tree, expr, keep) -> None:
 
 def test_where_with_best_by_and_filters(where_tree) -> None:
     # Best val/loss among resnet50 with hmean > 0.8: a/1 (0.025) beats c/1 (0.031).
-    got = best_path(where_tree.invoke, "val/loss", "--where", "hmean > 0.8", "--encoder", "resnet50")
+    got = best_path(
+        where_tree.invoke, "val/loss", "--where", "hmean > 0.8", "--encoder", "resnet50"
+    )
     assert got.endswith("/a/1.ckpt")
     got = best_path(where_tree.invoke, "hmean", "--where", "val/loss < 0.03")
     assert got.endswith("/b/1.ckpt")
@@ -543,8 +677,9 @@ def test_where_injection_selects_nothing(where_tree, expr) -> None:
 
 def test_where_injection_text_is_matched_literally(outputs, invoke_db, db_url) -> None:
     """Values and names that look like SQL select exactly the row that literally has them."""
-    odd = ckpt(outputs, "odd/x.ckpt", encoder="x' or '1'='1",
-               extra={"hmean; DROP TABLE checkpoints": 1.5})
+    odd = ckpt(
+        outputs, "odd/x.ckpt", encoder="x' or '1'='1", extra={"hmean; DROP TABLE checkpoints": 1.5}
+    )
     ckpt(outputs, "plain/x.ckpt", encoder="resnet50", extra={"val/loss": 0.1})
     sync(invoke_db, outputs)
     before = _table_state(db_url)
@@ -569,8 +704,16 @@ def sort_tree(shared_index, tmp_path_factory):
             hmean = round(rng.choice([0.5, 0.6, 0.7, 0.8]) + rng.choice([0, 0.01]), 4)  # many ties
             loss = None if i % 5 == 0 else round(rng.uniform(0.01, 0.1), 4)
             extra = {} if loss is None else {"val/loss": loss}
-            path = ckpt(outputs, f"exp{i % 4}/c{i:02d}.ckpt", exp=f"exp{i % 4}", encoder=enc,
-                        epoch=i % 7, step=i * 10, hmean=hmean, extra=extra)
+            path = ckpt(
+                outputs,
+                f"exp{i % 4}/c{i:02d}.ckpt",
+                exp=f"exp{i % 4}",
+                encoder=enc,
+                epoch=i % 7,
+                step=i * 10,
+                hmean=hmean,
+                extra=extra,
+            )
             rows.append(dict(path=str(path), encoder=enc, epoch=i % 7, hmean=hmean, loss=loss))
         return rows
 
@@ -587,10 +730,14 @@ SORTS = [
     (["--sort", "hmean:desc"], lambda r: (_nulls_last(r["hmean"], True), r["path"])),
     (["--sort", "hmean"], lambda r: (_nulls_last(r["hmean"]), r["path"])),
     (["--sort", "hmean:asc"], lambda r: (_nulls_last(r["hmean"]), r["path"])),
-    (["--sort", "epoch:desc", "--sort", "hmean:asc"],
-     lambda r: (-r["epoch"], r["hmean"], r["path"])),
-    (["--sort", "encoder", "--sort", "hmean:desc"],
-     lambda r: (r["encoder"], -r["hmean"], r["path"])),
+    (
+        ["--sort", "epoch:desc", "--sort", "hmean:asc"],
+        lambda r: (-r["epoch"], r["hmean"], r["path"]),
+    ),
+    (
+        ["--sort", "encoder", "--sort", "hmean:desc"],
+        lambda r: (r["encoder"], -r["hmean"], r["path"]),
+    ),
     (["--sort", "val/loss"], lambda r: (_nulls_last(r["loss"]), r["path"])),
     (["--sort", "val/loss:desc"], lambda r: (_nulls_last(r["loss"], True), r["path"])),
     ([], lambda r: r["path"]),
@@ -614,8 +761,15 @@ def test_without_limit_every_match_is_printed(sort_tree) -> None:
     assert "more" not in result.stdout
 
 
-@pytest.mark.parametrize("extra", [[], ["--best-by", "hmean"], ["--sort", "hmean:desc"],
-                                   ["--best-by", "hmean", "--group-by", "exp_name"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--best-by", "hmean"],
+        ["--sort", "hmean:desc"],
+        ["--best-by", "hmean", "--group-by", "exp_name"],
+    ],
+)
 def test_limit_zero_prints_no_record(sort_tree, extra) -> None:
     """--limit N is 'at most N results': --limit 0 prints none, whatever else is asked."""
     result = sort_tree.invoke("query", *extra, "--limit", "0", "--format", "paths")
@@ -631,12 +785,34 @@ def test_limit_zero_prints_no_record(sort_tree, extra) -> None:
 def format_tree(shared_index, tmp_path_factory):
     def build(outputs: Path) -> list[Path]:
         paths = [
-            ckpt(outputs, "exp-one/checkpoints/epoch-03_step-000300.ckpt", exp="exp-one", epoch=3,
-                 step=300, hmean=0.81, extra={"val/loss": 0.021, "train/loss": 0.5}),
-            ckpt(outputs, "exp-two/checkpoints/epoch-07_step-000700.ckpt", exp="exp-two", epoch=7,
-                 step=700, hmean=0.92, encoder="resnet18", extra={"val/loss": 0.011, "cleval/x": 0.3}),
-            ckpt(outputs, "exp,three/checkpoints/last.ckpt", exp='exp,"three"', epoch=9, step=900,
-                 hmean=None, extra={}),
+            ckpt(
+                outputs,
+                "exp-one/checkpoints/epoch-03_step-000300.ckpt",
+                exp="exp-one",
+                epoch=3,
+                step=300,
+                hmean=0.81,
+                extra={"val/loss": 0.021, "train/loss": 0.5},
+            ),
+            ckpt(
+                outputs,
+                "exp-two/checkpoints/epoch-07_step-000700.ckpt",
+                exp="exp-two",
+                epoch=7,
+                step=700,
+                hmean=0.92,
+                encoder="resnet18",
+                extra={"val/loss": 0.011, "cleval/x": 0.3},
+            ),
+            ckpt(
+                outputs,
+                "exp,three/checkpoints/last.ckpt",
+                exp='exp,"three"',
+                epoch=9,
+                step=900,
+                hmean=None,
+                extra={},
+            ),
         ]
         return paths
 
@@ -665,14 +841,22 @@ def test_json_fields(format_tree) -> None:
     assert (one["precision"], one["recall"], one["hmean"]) == (0.8542, 0.8321, 0.81)
     assert one["validation_loss"] == 0.0234
     assert (one["monitor"], one["mode"], one["save_top_k"], one["save_last"]) == (
-        "val/hmean", "max", 3, True)
+        "val/hmean",
+        "max",
+        3,
+        True,
+    )
     assert one["created_at"].startswith("2025-10-18T14:32:15")
     assert one["hydra_config_path"] == "outputs/dbnet-resnet50-pan/.hydra/config.yaml"
     assert one["wandb_run_id"] == "abc123def456"
     # All metrics by name: the canonical ones and every additional metric.
     assert one["metrics"] == {
-        "precision": 0.8542, "recall": 0.8321, "hmean": 0.81, "validation_loss": 0.0234,
-        "val/loss": 0.021, "train/loss": 0.5,
+        "precision": 0.8542,
+        "recall": 0.8321,
+        "hmean": 0.81,
+        "validation_loss": 0.0234,
+        "val/loss": 0.021,
+        "train/loss": 0.5,
     }
     three = next(r for r in rows if r["exp_name"] == 'exp,"three"')
     assert three["hmean"] is None
@@ -748,8 +932,12 @@ def test_table_format(format_tree) -> None:
 
 
 def test_nothing_matches_exits_1_with_message_on_stderr(format_tree) -> None:
-    for args in (["--encoder", "nope"], ["--best-by", "hmean", "--min-epoch", "100"],
-                 ["--where", "hmean > 2"], ["--exp", "zzz*"]):
+    for args in (
+        ["--encoder", "nope"],
+        ["--best-by", "hmean", "--min-epoch", "100"],
+        ["--where", "hmean > 2"],
+        ["--exp", "zzz*"],
+    ):
         for fmt in ("table", "json", "jsonl", "csv", "paths"):
             result = format_tree.invoke("query", *args, "--format", fmt)
             assert result.exit_code == 1, (args, fmt, result.output)
@@ -799,8 +987,15 @@ def test_seed_way_equals_best_by(tmp_path, invoke, seed) -> None:
     entries = []
     for sidecar in root.rglob("*.metadata.yaml"):
         meta = read_sidecar(sidecar)
-        entries.append((meta.metrics.hmean, meta.training.epoch, meta.training.global_step,
-                        str(checkpoint_path_for(sidecar)), meta.exp_name))
+        entries.append(
+            (
+                meta.metrics.hmean,
+                meta.training.epoch,
+                meta.training.global_step,
+                str(checkpoint_path_for(sidecar)),
+                meta.exp_name,
+            )
+        )
     assert len(entries) == 300
     entries.sort(key=lambda e: (e[0], e[1], e[2]), reverse=True)
     assert best_path(invoke, "hmean") == entries[0][3]
@@ -831,14 +1026,31 @@ def big_engine(tmp_path_factory):
         columns = dict.fromkeys(METADATA_COLUMNS)
         columns.update(
             checkpoint_path=f"/outputs/exp{i // 50:05d}/checkpoints/epoch-{i % 50:02d}_step-{i:07d}.ckpt",
-            sidecar_path=None, exp_name=f"exp{i // 50:05d}", architecture="dbnet",
-            encoder=("resnet50", "resnet18")[i % 2], epoch=i % 50, global_step=i,
-            training_phase="training", hmean=hmean, source="sidecar", status="valid",
-            checkpoint_exists=i % 97 != 0, ckpt_size=1, ckpt_mtime_ns=1, sidecar_size=1,
-            sidecar_mtime_ns=1, indexed_at="2025-01-01T00:00:00+00:00",
+            sidecar_path=None,
+            exp_name=f"exp{i // 50:05d}",
+            architecture="dbnet",
+            encoder=("resnet50", "resnet18")[i % 2],
+            epoch=i % 50,
+            global_step=i,
+            training_phase="training",
+            hmean=hmean,
+            source="sidecar",
+            status="valid",
+            checkpoint_exists=i % 97 != 0,
+            ckpt_size=1,
+            ckpt_mtime_ns=1,
+            sidecar_size=1,
+            sidecar_mtime_ns=1,
+            indexed_at="2025-01-01T00:00:00+00:00",
         )
-        return Record(columns, {"hmean": hmean, "val/loss": round(rng.random(), 6),
-                                "train/loss": round(rng.random(), 6)})
+        return Record(
+            columns,
+            {
+                "hmean": hmean,
+                "val/loss": round(rng.random(), 6),
+                "train/loss": round(rng.random(), 6),
+            },
+        )
 
     started = time.perf_counter()
     for start in range(0, n, batch):
@@ -854,7 +1066,9 @@ def _plan(engine, spec: QuerySpec) -> list[str]:
     compiled = stmt.compile(dialect=sqlite_dialect.dialect())
     params = tuple(compiled.params[name] for name in compiled.positiontup)
     with engine.connect() as conn:
-        plan = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled.string, params)]
+        plan = [
+            row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled.string, params)
+        ]
         started = time.perf_counter()
         rows = conn.execute(stmt).all()
         elapsed = time.perf_counter() - started
@@ -890,10 +1104,13 @@ def test_plan_best_by_answers_match_python(big_engine) -> None:
     from sqlalchemy import text
 
     with big_engine.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT c.checkpoint_path, c.hmean, c.epoch, c.global_step, m.value FROM checkpoints c "
-            "JOIN checkpoint_metrics m ON m.checkpoint_id = c.id AND m.name = 'val/loss' "
-            "WHERE c.checkpoint_exists")).all()
+        rows = conn.execute(
+            text(
+                "SELECT c.checkpoint_path, c.hmean, c.epoch, c.global_step, m.value FROM checkpoints c "
+                "JOIN checkpoint_metrics m ON m.checkpoint_id = c.id AND m.name = 'val/loss' "
+                "WHERE c.checkpoint_exists"
+            )
+        ).all()
         best_h = conn.execute(build_query(QuerySpec(best_by="hmean"))).first()
         best_l = conn.execute(build_query(QuerySpec(best_by="val/loss"))).first()
     expected_h = min(rows, key=lambda r: (-r[1], -r[2], -r[3], r[0]))[0]
@@ -925,10 +1142,14 @@ def _mark_unreadable(db_url: str, path: Path) -> None:
     engine = create_engine(db_url, poolclass=NullPool)
     try:
         with engine.begin() as conn:
-            conn.execute(text("UPDATE checkpoints SET status = 'unreadable', "
-                              "error = 'truncated zip: no end of central directory' "
-                              "WHERE checkpoint_path = :p AND status <> 'unreadable'"),
-                         {"p": str(path)})
+            conn.execute(
+                text(
+                    "UPDATE checkpoints SET status = 'unreadable', "
+                    "error = 'truncated zip: no end of central directory' "
+                    "WHERE checkpoint_path = :p AND status <> 'unreadable'"
+                ),
+                {"p": str(path)},
+            )
     finally:
         engine.dispose()
 
@@ -936,8 +1157,9 @@ def _mark_unreadable(db_url: str, path: Path) -> None:
 def test_unreadable_checkpoints_are_skipped_unless_asked(outputs: Path, invoke_db, db_url) -> None:
     good = ckpt(outputs, "exp/checkpoints/epoch-01_step-000100.ckpt", hmean=0.8, epoch=1)
     truncated = _truncated_checkpoint(outputs / "exp/checkpoints/epoch-05_step-000500.ckpt")
-    write_checkpoint(truncated, **{"metrics.hmean": 0.95, "training.epoch": 5,
-                                   "metrics.additional_metrics": {}})
+    write_checkpoint(
+        truncated, **{"metrics.hmean": 0.95, "training.epoch": 5, "metrics.additional_metrics": {}}
+    )
     bare = outputs / "exp/checkpoints/epoch-06_step-000600.ckpt"
     bare.write_bytes(b"not a checkpoint\n")  # no sidecar: the sync reads it and fails
     sync(invoke_db, outputs)
@@ -948,7 +1170,8 @@ def test_unreadable_checkpoints_are_skipped_unless_asked(outputs: Path, invoke_d
     assert query_paths(invoke_db, "--best-by", "hmean", "--group-by", "exp_name") == [str(good)]
     assert query_paths(invoke_db, "--where", "hmean > 0.9") == []
     assert sorted(query_paths(invoke_db, "--include-unreadable")) == sorted(
-        [str(good), str(truncated), str(bare)])
+        [str(good), str(truncated), str(bare)]
+    )
     assert query_paths(invoke_db, "--best-by", "hmean", "--include-unreadable") == [str(truncated)]
     # show still shows such a row, with its reason.
     for path in (truncated, bare):

@@ -18,11 +18,14 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import write_checkpoint
+from pg_roles import login_role
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -41,9 +44,6 @@ from ckpt_index.index.engine import (
     resolve_db_url,
 )
 
-from conftest import write_checkpoint
-from pg_roles import login_role
-
 OLD_FIXTURES = sorted((Path(__file__).parent / "data" / "old_revisions").glob("*.db"))
 COUNT = "SELECT count(*) AS n FROM checkpoints"
 
@@ -54,9 +54,10 @@ def run(*args: str) -> Any:
 
 def make_tree(outputs: Path) -> list[Path]:
     return [
-        write_checkpoint(outputs / f"exp{i}/checkpoints/epoch-{i:02d}_step-{i * 100:06d}.ckpt",
-                         **{"exp_name": f"exp{i}", "metrics.hmean": 0.5 + i / 10,
-                            "training.epoch": i})
+        write_checkpoint(
+            outputs / f"exp{i}/checkpoints/epoch-{i:02d}_step-{i * 100:06d}.ckpt",
+            **{"exp_name": f"exp{i}", "metrics.hmean": 0.5 + i / 10, "training.epoch": i},
+        )
         for i in range(3)
     ]
 
@@ -80,11 +81,17 @@ def snapshot(url: str) -> dict[str, Any]:
             insp = inspect(conn)
             return {
                 "alembic": conn.execute(text("SELECT version_num FROM alembic_version")).all(),
-                "tables": {t: [c["name"] for c in insp.get_columns(t)] for t in insp.get_table_names()},
+                "tables": {
+                    t: [c["name"] for c in insp.get_columns(t)] for t in insp.get_table_names()
+                },
                 "views": sorted(insp.get_view_names()),
-                "indexes": sorted(str(i) for t in insp.get_table_names() for i in insp.get_indexes(t)),
+                "indexes": sorted(
+                    str(i) for t in insp.get_table_names() for i in insp.get_indexes(t)
+                ),
                 "rows": conn.execute(text("SELECT * FROM checkpoints ORDER BY id")).all(),
-                "metrics": conn.execute(text("SELECT * FROM checkpoint_metrics ORDER BY 1, 2")).all(),
+                "metrics": conn.execute(
+                    text("SELECT * FROM checkpoint_metrics ORDER BY 1, 2")
+                ).all(),
             }
     finally:
         engine.dispose()
@@ -107,6 +114,7 @@ def synced(db_url: str, outputs: Path) -> tuple[str, list[Path]]:
 @pytest.fixture
 def reader(request, db_url: str) -> Callable[[], str]:
     """The URL `sql` reads with: a read-only role on PostgreSQL (the superuser is refused)."""
+
     def url() -> str:
         if is_sqlite(db_url):
             return db_url
@@ -115,6 +123,7 @@ def reader(request, db_url: str) -> Callable[[], str]:
         role_url = context.__enter__()
         request.addfinalizer(lambda: context.__exit__(None, None, None))
         return role_url
+
     return url
 
 
@@ -205,8 +214,14 @@ def test_committed_old_revision_files_are_read_not_migrated(fixture: Path, tmp_p
     shutil.copyfile(fixture, db)
     url = resolve_db_url(db)
     before = snapshot(url)
-    result = run("sql", "SELECT checkpoint_path FROM checkpoints ORDER BY id", "--format", "json",
-                 "--db", str(db))
+    result = run(
+        "sql",
+        "SELECT checkpoint_path FROM checkpoints ORDER BY id",
+        "--format",
+        "json",
+        "--db",
+        str(db),
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["checkpoint_path"].endswith("epoch-10_step-005420.ckpt")
     for args in (["query"], ["stats"], ["show", "/data/outputs/x.ckpt"]):
@@ -222,10 +237,18 @@ def test_committed_old_revision_files_are_read_not_migrated(fixture: Path, tmp_p
 # A missing index: exit 2, nothing created
 
 
-@pytest.mark.parametrize("args", [
-    ["query"], ["query", "--best-by", "hmean"], ["show", "x.ckpt"], ["stats"], ["sql", "SELECT 1"],
-    ["db", "current"],
-], ids=lambda a: " ".join(a[:2]))
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["query"],
+        ["query", "--best-by", "hmean"],
+        ["show", "x.ckpt"],
+        ["stats"],
+        ["sql", "SELECT 1"],
+        ["db", "current"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
 def test_missing_sqlite_index_is_exit_2_and_nothing_is_created(args, tmp_path: Path) -> None:
     db = tmp_path / "nowhere" / "index.db"
     result = run(*args, "--db", str(db))
@@ -240,7 +263,12 @@ def test_missing_sqlite_index_is_exit_2_and_nothing_is_created(args, tmp_path: P
 
 def test_empty_postgres_schema_is_exit_2_and_stays_empty(pg_url: str) -> None:
     before = snapshot_objects(pg_url)
-    for args in (["query"], ["stats"], ["show", "x.ckpt"], ["sql", "SELECT 1", "--allow-write-role"]):
+    for args in (
+        ["query"],
+        ["stats"],
+        ["show", "x.ckpt"],
+        ["sql", "SELECT 1", "--allow-write-role"],
+    ):
         result = run(*args, "--db", pg_url)
         assert result.exit_code == 2, (args, result.output)
         assert "sync" in result.stderr
@@ -251,9 +279,12 @@ def snapshot_objects(url: str) -> list:
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            return conn.execute(text(
-                "SELECT relname FROM pg_class WHERE relnamespace = "
-                "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())")).all()
+            return conn.execute(
+                text(
+                    "SELECT relname FROM pg_class WHERE relnamespace = "
+                    "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+                )
+            ).all()
     finally:
         engine.dispose()
 
@@ -266,8 +297,13 @@ ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT 
 
 
 def _cli(*args: str, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ckpt_index", *args], capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "ckpt_index", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def test_sql_timeout_stops_an_endless_query(synced, reader) -> None:
@@ -290,8 +326,10 @@ def test_sql_timeout_is_documented_with_its_default() -> None:
 
 
 #: A million rows: before streaming, `sql` held them all, and their rendered text.
-MANY = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
-        "SELECT x, 'row number ' || x AS label FROM c")
+MANY = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
+    "SELECT x, 'row number ' || x AS label FROM c"
+)
 MANY_PG = "SELECT x, 'row number ' || x AS label FROM generate_series(1, 1000000) AS x"
 _PEAK = """
 import resource, subprocess, sys
@@ -304,11 +342,25 @@ print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, d
 def test_sql_streams_a_large_result_in_bounded_memory(synced, reader) -> None:
     url, _ = synced
     statement = MANY if is_sqlite(url) else MANY_PG
-    argv = [sys.executable, "-m", "ckpt_index", "sql", "--timeout", "0", statement,
-            "--db", reader()]
+    argv = [
+        sys.executable,
+        "-m",
+        "ckpt_index",
+        "sql",
+        "--timeout",
+        "0",
+        statement,
+        "--db",
+        reader(),
+    ]
     # A fresh parent, so that RUSAGE_CHILDREN holds this command's peak alone.
-    out = subprocess.run([sys.executable, "-c", _PEAK, *argv], capture_output=True, text=True,
-                         timeout=300, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     code, peak_kb, stderr = out.split(" ", 2)
     assert code == "0", stderr
     # Held whole, these rows took ~600 MB; streamed, the interpreter and SQLAlchemy are most of it.
@@ -351,24 +403,42 @@ def test_sql_runs_as_a_read_only_role(pg_synced: str, pg_admin_engine) -> None:
     assert snapshot(pg_synced) == before
 
 
-@pytest.mark.parametrize("grant, why", [
-    ('GRANT INSERT ON "{schema}".checkpoint_metrics TO "{role}"', "can write to checkpoint_metrics"),
-    ('GRANT DELETE, TRUNCATE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"', "can write to"),
-    ('GRANT CREATE ON SCHEMA "{schema}" TO "{role}"', "can create objects"),
-    ("GRANT pg_execute_server_program TO \"{role}\"", "run programs on the server"),
-    ('GRANT "{writer}" TO "{role}"', "can write to"),
-    # Without INHERIT the role holds no privilege itself, but one SET ROLE would give it them.
-    ('GRANT "{writer}" TO "{role}"; ALTER ROLE "{role}" NOINHERIT', "through its role"),
-], ids=["insert", "delete-truncate", "create", "server-program", "member-of-writer",
-        "noinherit-member-of-writer"])
-def test_sql_refuses_a_role_that_can_write(pg_synced: str, pg_admin_engine, grant: str,
-                                           why: str) -> None:
+@pytest.mark.parametrize(
+    "grant, why",
+    [
+        (
+            'GRANT INSERT ON "{schema}".checkpoint_metrics TO "{role}"',
+            "can write to checkpoint_metrics",
+        ),
+        ('GRANT DELETE, TRUNCATE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"', "can write to"),
+        ('GRANT CREATE ON SCHEMA "{schema}" TO "{role}"', "can create objects"),
+        ('GRANT pg_execute_server_program TO "{role}"', "run programs on the server"),
+        ('GRANT "{writer}" TO "{role}"', "can write to"),
+        # Without INHERIT the role holds no privilege itself, but one SET ROLE would give it them.
+        ('GRANT "{writer}" TO "{role}"; ALTER ROLE "{role}" NOINHERIT', "through its role"),
+    ],
+    ids=[
+        "insert",
+        "delete-truncate",
+        "create",
+        "server-program",
+        "member-of-writer",
+        "noinherit-member-of-writer",
+    ],
+)
+def test_sql_refuses_a_role_that_can_write(
+    pg_synced: str, pg_admin_engine, grant: str, why: str
+) -> None:
     before = snapshot(pg_synced)
-    with login_role(pg_admin_engine, pg_synced, 'GRANT UPDATE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"') as writer_url:
+    with login_role(
+        pg_admin_engine, pg_synced, 'GRANT UPDATE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'
+    ) as writer_url:
         writer = make_url(writer_url).username
-        grants = ('GRANT USAGE ON SCHEMA "{schema}" TO "{role}"',
-                  'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"',
-                  grant.replace("{writer}", writer))
+        grants = (
+            'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"',
+            'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"',
+            grant.replace("{writer}", writer),
+        )
         with login_role(pg_admin_engine, pg_synced, *grants) as url:
             result = run("sql", COUNT, "--db", url)
             assert result.exit_code == 1, result.output
@@ -408,8 +478,9 @@ def test_reading_an_idle_index_creates_no_files_and_detects_overlapping_writes(
         engine.dispose()
 
 
-def test_reading_while_a_writer_has_the_index_open_sees_its_commits(tmp_path: Path,
-                                                                     outputs: Path) -> None:
+def test_reading_while_a_writer_has_the_index_open_sees_its_commits(
+    tmp_path: Path, outputs: Path
+) -> None:
     """With a -wal present (a writer is at work) readers use it, and see committed rows."""
     db = tmp_path / "index.db"
     make_tree(outputs)
@@ -420,8 +491,14 @@ def test_reading_while_a_writer_has_the_index_open_sees_its_commits(tmp_path: Pa
         writer.execute("DELETE FROM checkpoint_metrics")
         writer.commit()
         assert Path(f"{db}-wal").stat().st_size > 0
-        result = run("sql", "SELECT count(*) AS n FROM checkpoint_metrics", "--format", "json",
-                     "--db", str(db))
+        result = run(
+            "sql",
+            "SELECT count(*) AS n FROM checkpoint_metrics",
+            "--format",
+            "json",
+            "--db",
+            str(db),
+        )
         assert json.loads(result.stdout) == [{"n": 0}]
     finally:
         writer.close()
@@ -429,14 +506,28 @@ def test_reading_while_a_writer_has_the_index_open_sees_its_commits(tmp_path: Pa
 
 def _as_user(uid: int, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-         sys.executable, "-m", "ckpt_index", *args],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": "/tmp"},
-        **kwargs)
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "ckpt_index",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HOME": "/tmp"},
+        **kwargs,
+    )
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="needs root and setpriv to act as two users")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"),
+    reason="needs root and setpriv to act as two users",
+)
 def test_another_users_read_does_not_block_the_owners_sync() -> None:
     """The reported failure, for real: uid 1002 reads uid 1001's index in a shared directory;
     before the fix it left -wal/-shm owned by 1002 and 1001's next sync failed with 'attempt
@@ -463,8 +554,7 @@ def _owner_and_reader(shared: Path) -> None:
         assert done.returncode == 0, (args, done.stderr)
         leftovers = {p.name: p.stat().st_uid for p in shared.glob("index.db-*")}
         assert all(uid == owner for uid in leftovers.values()), leftovers
-    write_checkpoint(outputs / "exp9/checkpoints/epoch-09_step-000900.ckpt",
-                     **{"exp_name": "exp9"})
+    write_checkpoint(outputs / "exp9/checkpoints/epoch-09_step-000900.ckpt", **{"exp_name": "exp9"})
     for path in [outputs, *outputs.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     done = _as_user(owner, "sync", str(outputs), "--db", db, cwd=shared)

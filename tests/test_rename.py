@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import seed_document, write_checkpoint
+
 from ckpt_index.sidecar.files import read_sidecar, sidecar_path_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,9 @@ def test_dry_run_changes_nothing(tree: Path, outputs: Path, invoke) -> None:
     assert result.exit_code == 0
     report = json.loads(result.stdout)
     assert report["renamed"] == 4
-    assert {Path(a["target"]).name for a in report["actions"] if a["kind"] == "rename"} == set(OLD.values())
+    assert {Path(a["target"]).name for a in report["actions"] if a["kind"] == "rename"} == set(
+        OLD.values()
+    )
     assert listing(tree) == before and indexed_paths(invoke) == rows
 
 
@@ -132,8 +134,15 @@ def test_without_an_index_none_is_created(tree: Path, outputs: Path, db_path: Pa
 
 def test_migrate_checkpoints_script_is_the_same_tool(tree: Path, outputs: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "migrate_checkpoints.py"), str(outputs), "--dry-run"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "migrate_checkpoints.py"),
+            str(outputs),
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "dry run: processed 4, renamed 4" in proc.stdout

@@ -30,8 +30,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from ckpt_index.lightning import MetadataCallback, UniqueModelCheckpoint  # noqa: E402
-from ckpt_index.tools.rename import rename_checkpoints  # noqa: E402
 from ckpt_index.sidecar.files import sidecar_path_for  # noqa: E402
+from ckpt_index.tools.rename import rename_checkpoints  # noqa: E402
 
 STAMP = "20251015_120000"
 RUN = f"ocr_v1-dbnet-resnet18_training_{STAMP}"
@@ -46,10 +46,17 @@ def fit(root: Path, checkpoint: ModelCheckpoint, max_epochs: int = 6) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(
-            callbacks=[checkpoint, MetadataCallback(db=False)], max_epochs=max_epochs,
-            default_root_dir=root, logger=False, enable_progress_bar=False,
-            enable_model_summary=False, limit_train_batches=2, limit_val_batches=1,
-            num_sanity_val_steps=0, accelerator="cpu", devices=1,
+            callbacks=[checkpoint, MetadataCallback(db=False)],
+            max_epochs=max_epochs,
+            default_root_dir=root,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            accelerator="cpu",
+            devices=1,
         )
         trainer.fit(Detector(), data, data)
 
@@ -58,19 +65,38 @@ def fit(root: Path, checkpoint: ModelCheckpoint, max_epochs: int = 6) -> None:
 def trained(tmp_path_factory) -> Path:
     """Four trees, trained once per module and copied by each test."""
     base = tmp_path_factory.mktemp("trained")
-    unique = dict(experiment_tag="ocr_v1", timestamp=STAMP, monitor="val/hmean", mode="max",
-                  save_top_k=2)
+    unique = dict(
+        experiment_tag="ocr_v1", timestamp=STAMP, monitor="val/hmean", mode="max", save_top_k=2
+    )
     # epoch-02_step-000006, epoch-04_step-000010; best-hmean-0.9500 and last both link epoch 4.
     fit(base, UniqueModelCheckpoint(outputs_dir=base / "scheme", save_last="link", **unique))
     # Lightning's names: epoch=2-step=6, epoch=4-step=10, last.ckpt -> epoch=4-step=10.ckpt.
-    fit(base, ModelCheckpoint(dirpath=base / "lightning", monitor="val/hmean", mode="max",
-                              save_top_k=2, save_last="link"))
+    fit(
+        base,
+        ModelCheckpoint(
+            dirpath=base / "lightning",
+            monitor="val/hmean",
+            mode="max",
+            save_top_k=2,
+            save_last="link",
+        ),
+    )
     # The scheme's run directory with Lightning's file names: best-hmean-0.9500 -> epoch=4-step=10.
-    fit(base, UniqueModelCheckpoint(outputs_dir=base / "old_names", filename="{epoch}-{step}",
-                                    save_last=True, **unique))
+    fit(
+        base,
+        UniqueModelCheckpoint(
+            outputs_dir=base / "old_names", filename="{epoch}-{step}", save_last=True, **unique
+        ),
+    )
     # best-epoch=4-step=10.ckpt and last-epoch=5-step=12.ckpt as real files.
-    prefixed = ModelCheckpoint(dirpath=base / "prefixed", filename="best-{epoch}-{step}",
-                               monitor="val/hmean", mode="max", save_top_k=1, save_last=True)
+    prefixed = ModelCheckpoint(
+        dirpath=base / "prefixed",
+        filename="best-{epoch}-{step}",
+        monitor="val/hmean",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+    )
     prefixed.CHECKPOINT_NAME_LAST = "last-{epoch}-{step}"
     fit(base, prefixed)
     return base
@@ -133,8 +159,15 @@ def test_delete_old_keeps_the_target_of_the_best_and_last_links(trained, tmp_pat
     assert all((tmp_path / "root" / c).exists() for c, _ in rows(db_path, tmp_path / "root"))
 
 
-@pytest.mark.parametrize("alias", ["hard link best.ckpt", "hard link elsewhere",
-                                   "relative link elsewhere", "absolute link elsewhere"])
+@pytest.mark.parametrize(
+    "alias",
+    [
+        "hard link best.ckpt",
+        "hard link elsewhere",
+        "relative link elsewhere",
+        "absolute link elsewhere",
+    ],
+)
 def test_a_file_with_any_alias_is_never_deleted(trained, tmp_path, alias):
     ckpts = copy_tree(trained, "scheme", tmp_path)
     old = ckpts / "epoch-02_step-000006.ckpt"
@@ -174,8 +207,14 @@ def test_nothing_outside_the_root_is_renamed_or_deleted(trained, tmp_path):
 
 
 # ---------------------------------------------------------------------- best*/last* names
-EXTRA_KEPT = ["best.ckpt", "last-v1.ckpt", "Best-epoch=1-step=2.ckpt", "last_epoch_1_step_2.ckpt",
-              "best_epoch_epoch_01_step_step_000002.ckpt", "bestepoch=1-step=2.ckpt"]
+EXTRA_KEPT = [
+    "best.ckpt",
+    "last-v1.ckpt",
+    "Best-epoch=1-step=2.ckpt",
+    "last_epoch_1_step_2.ckpt",
+    "best_epoch_epoch_01_step_step_000002.ckpt",
+    "bestepoch=1-step=2.ckpt",
+]
 
 
 def test_best_and_last_names_are_never_renamed_or_deleted(trained, tmp_path, invoke):
@@ -186,22 +225,29 @@ def test_best_and_last_names_are_never_renamed_or_deleted(trained, tmp_path, inv
         shutil.copyfile(ckpts / "best-epoch=4-step=10.ckpt", ckpts / name)
     before = snapshot(tmp_path / "root")
 
-    for _ in range(2):  # an earlier version renamed best-epoch=... on one run, deleted it on the next
-        result = invoke("rename", str(tmp_path / "root"), "--delete-old", "--keep-from-epoch", "100")
+    for _ in range(
+        2
+    ):  # an earlier version renamed best-epoch=... on one run, deleted it on the next
+        result = invoke(
+            "rename", str(tmp_path / "root"), "--delete-old", "--keep-from-epoch", "100"
+        )
         assert result.exit_code == 0, result.output
         assert "renamed 0, deleted 0" in result.stdout
         assert snapshot(tmp_path / "root") == before
 
 
 # ------------------------------------------------------------------------ links follow
-@pytest.mark.parametrize(("tree", "link"), [("lightning", "last.ckpt"),
-                                            ("old_names", "best-hmean-0.9500.ckpt")])
+@pytest.mark.parametrize(
+    ("tree", "link"), [("lightning", "last.ckpt"), ("old_names", "best-hmean-0.9500.ckpt")]
+)
 def test_links_follow_their_renamed_target(trained, tmp_path, tree, link):
     ckpts = copy_tree(trained, tree, tmp_path)
     assert os.readlink(ckpts / link) == "epoch=4-step=10.ckpt"
     favourites = tmp_path / "root" / "favourites"
     favourites.mkdir()
-    os.symlink(os.path.relpath(ckpts / "epoch=4-step=10.ckpt", favourites), favourites / "relative.ckpt")
+    os.symlink(
+        os.path.relpath(ckpts / "epoch=4-step=10.ckpt", favourites), favourites / "relative.ckpt"
+    )
     os.symlink(ckpts / "epoch=4-step=10.ckpt", favourites / "absolute.ckpt")
     os.symlink("relative.ckpt", favourites / "chained.ckpt")
 
@@ -213,15 +259,20 @@ def test_links_follow_their_renamed_target(trained, tmp_path, tree, link):
         assert resolves_to(favourites / name, new), name
     assert not os.path.isabs(os.readlink(favourites / "relative.ckpt"))
     assert os.readlink(favourites / "absolute.ckpt") == str(new)
-    assert sidecar_path_for(new).is_file() and not sidecar_path_for(ckpts / "epoch=4-step=10.ckpt").exists()
+    assert (
+        sidecar_path_for(new).is_file()
+        and not sidecar_path_for(ckpts / "epoch=4-step=10.ckpt").exists()
+    )
     assert (summary.renamed, summary.relinked, summary.errors) == (2, 3, 0)
 
 
 def test_a_link_an_earlier_rename_left_dangling_is_repaired(trained, tmp_path):
     ckpts = copy_tree(trained, "lightning", tmp_path)
     # What the previous version left: the file moved, last.ckpt still at the old name.
-    for old, new in (("epoch=4-step=10.ckpt", "epoch-04_step-000010.ckpt"),
-                     ("epoch=4-step=10.metadata.yaml", "epoch-04_step-000010.metadata.yaml")):
+    for old, new in (
+        ("epoch=4-step=10.ckpt", "epoch-04_step-000010.ckpt"),
+        ("epoch=4-step=10.metadata.yaml", "epoch-04_step-000010.metadata.yaml"),
+    ):
         os.rename(ckpts / old, ckpts / new)
     assert not (ckpts / "last.ckpt").exists()
 
@@ -273,9 +324,13 @@ def test_a_name_taken_during_the_rename_is_not_overwritten(trained, tmp_path, mo
     monkeypatch.undo()
 
     assert target.read_bytes() == b"written meanwhile"
-    assert (ckpts / "epoch=2-step=6.ckpt").is_file() and (ckpts / "epoch=2-step=6.metadata.yaml").is_file()
+    assert (ckpts / "epoch=2-step=6.ckpt").is_file() and (
+        ckpts / "epoch=2-step=6.metadata.yaml"
+    ).is_file()
     assert summary.errors == 1
-    assert rename_checkpoints(tmp_path / "root", db=False).errors == 0  # then: skipped, target exists
+    assert (
+        rename_checkpoints(tmp_path / "root", db=False).errors == 0
+    )  # then: skipped, target exists
     assert target.read_bytes() == b"written meanwhile"
 
 
@@ -296,6 +351,7 @@ def synced(invoke):
     def run(root: Path, db: Path) -> None:
         result = invoke("sync", str(root), "--db", str(db))
         assert result.exit_code == 0, result.output
+
     return run
 
 
@@ -361,8 +417,12 @@ def test_sigkill_at_any_step_completes_on_rerun(trained, tmp_path, synced):
         copy_tree(trained, "lightning", case)
         root, db = case / "root", case / "index.db"
         synced(root, db)
-        proc = subprocess.run([sys.executable, "-c", script, str(root), str(db), str(call)],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(root), str(db), str(call)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if proc.returncode == 0:
             break  # the run needs fewer calls: every step has been interrupted once
         assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -370,7 +430,9 @@ def test_sigkill_at_any_step_completes_on_rerun(trained, tmp_path, synced):
         assert rename_checkpoints(root, db=db).errors == 0
         assert snapshot(root) == expected_files, f"killed at call {call}"
         assert rows(db, root) == expected_rows, f"killed at call {call}"
-    assert killed >= 8  # two renames (link, link, unlink, unlink each) and a relink (symlink, replace)
+    assert (
+        killed >= 8
+    )  # two renames (link, link, unlink, unlink each) and a relink (symlink, replace)
 
 
 def test_a_sidecar_left_behind_by_an_earlier_version_is_moved(trained, tmp_path, invoke, db_path):
@@ -384,13 +446,17 @@ def test_a_sidecar_left_behind_by_an_earlier_version_is_moved(trained, tmp_path,
 
     assert (ckpts / "epoch-02_step-000006.metadata.yaml").is_file()
     assert not (ckpts / "epoch=2-step=6.metadata.yaml").exists()
-    assert ("lightning/epoch-02_step-000006.ckpt", "lightning/epoch-02_step-000006.metadata.yaml") in rows(
-        db_path, tmp_path / "root")
+    assert (
+        "lightning/epoch-02_step-000006.ckpt",
+        "lightning/epoch-02_step-000006.metadata.yaml",
+    ) in rows(db_path, tmp_path / "root")
     assert not any("epoch=2" in c for c, _ in rows(db_path, tmp_path / "root"))
 
 
 # --------------------------------------------------------------------------- the index
-def test_rows_follow_through_a_symlinked_root_and_over_a_stale_row(trained, tmp_path, invoke_db, db_url):
+def test_rows_follow_through_a_symlinked_root_and_over_a_stale_row(
+    trained, tmp_path, invoke_db, db_url
+):
     ckpts = copy_tree(trained, "lightning", tmp_path)
     via = tmp_path / "via"
     os.symlink(tmp_path / "root", via)
@@ -407,7 +473,10 @@ def test_rows_follow_through_a_symlinked_root_and_over_a_stale_row(trained, tmp_
     listed = invoke_db("query", "--format", "paths", "--include-orphans").stdout.split()
     real = os.path.realpath(ckpts)
     assert sorted(Path(p).name for p in listed) == [
-        "epoch-02_step-000006.ckpt", "epoch-04_step-000010.ckpt", "last.ckpt"]
+        "epoch-02_step-000006.ckpt",
+        "epoch-04_step-000010.ckpt",
+        "last.ckpt",
+    ]
     assert all(p.startswith(real) and os.path.exists(p) for p in listed)
     sync = json.loads(invoke_db("sync", str(via), "--format", "json").stdout)
     assert (sync["added"], sync["removed"]) == (0, 0)

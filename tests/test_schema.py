@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import SEED_SIDECARS, seed_document
 from pydantic import ValidationError
 
-from ckpt_index.sidecar.schema import CheckpointMetadataV1, format_validation_error, metadata_warnings
 from ckpt_index.sidecar.files import (
     SidecarError,
     dump_document,
@@ -26,7 +26,11 @@ from ckpt_index.sidecar.files import (
     save_metadata,
     validate_document,
 )
-from conftest import SEED_SIDECARS, seed_document
+from ckpt_index.sidecar.schema import (
+    CheckpointMetadataV1,
+    format_validation_error,
+    metadata_warnings,
+)
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -86,12 +90,27 @@ def seed_yaml_without(*keys: str) -> str:
 
 
 SEED_EXPECTATIONS = {
-    "seed_callback": dict(hmean=0.8430, encoder="resnet50", epoch=10,
-                          in_channels=[256, 512, 1024, 2048], monitor="val/hmean"),
-    "seed_converted": dict(hmean=0.7730129751685711, encoder="mobilenetv3_small_050", epoch=0,
-                           in_channels=[16, 24, 48, 96], monitor="val/hmean"),
-    "seed_design": dict(hmean=0.8430, encoder="resnet50", epoch=10,
-                        in_channels=[256, 512, 1024, 2048], monitor="val/hmean"),
+    "seed_callback": dict(
+        hmean=0.8430,
+        encoder="resnet50",
+        epoch=10,
+        in_channels=[256, 512, 1024, 2048],
+        monitor="val/hmean",
+    ),
+    "seed_converted": dict(
+        hmean=0.7730129751685711,
+        encoder="mobilenetv3_small_050",
+        epoch=0,
+        in_channels=[16, 24, 48, 96],
+        monitor="val/hmean",
+    ),
+    "seed_design": dict(
+        hmean=0.8430,
+        encoder="resnet50",
+        epoch=10,
+        in_channels=[256, 512, 1024, 2048],
+        monitor="val/hmean",
+    ),
 }
 
 
@@ -200,9 +219,14 @@ def test_bad_value_is_rejected_naming_the_field(field: str, value: Any, message:
     assert message in reason
 
 
-@pytest.mark.parametrize("where, key", [
-    ("model.decoder.params", "bad\x00key"), ("", "extra\udc80"), ("metrics.additional_metrics", "f1\x00"),
-])
+@pytest.mark.parametrize(
+    "where, key",
+    [
+        ("model.decoder.params", "bad\x00key"),
+        ("", "extra\udc80"),
+        ("metrics.additional_metrics", "f1\x00"),
+    ],
+)
 def test_a_key_with_bad_text_is_rejected_naming_where(where: str, key: str) -> None:
     doc = seed_document()
     target = doc
@@ -217,11 +241,19 @@ def test_a_key_with_bad_text_is_rejected_naming_where(where: str, key: str) -> N
     assert ascii(key)[1:-1] in reason
 
 
-@pytest.mark.parametrize("field, value", [
-    ("training.epoch", 2**31 - 1), ("training.global_step", 2**63 - 1),
-    ("training.max_epochs", 2**31 - 1), ("checkpointing.save_top_k", 2**31 - 1),
-    ("exp_name", "ocr \u00e9\U0001f600"),  # non-ASCII text is fine; only NUL and lone surrogates are not
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("training.epoch", 2**31 - 1),
+        ("training.global_step", 2**63 - 1),
+        ("training.max_epochs", 2**31 - 1),
+        ("checkpointing.save_top_k", 2**31 - 1),
+        (
+            "exp_name",
+            "ocr \u00e9\U0001f600",
+        ),  # non-ASCII text is fine; only NUL and lone surrogates are not
+    ],
+)
 def test_largest_storable_values_are_accepted(field: str, value: Any) -> None:
     CheckpointMetadataV1.model_validate(with_change(field, value))
 
@@ -261,9 +293,20 @@ def test_decoder_channels_union_error_names_the_field() -> None:
 
 @pytest.mark.parametrize(
     "field",
-    ["exp_name", "created_at", "training", "model", "training.epoch", "training.global_step",
-     "model.architecture", "model.encoder", "model.encoder.model_name", "model.decoder.name",
-     "model.head.name", "model.loss.name"],
+    [
+        "exp_name",
+        "created_at",
+        "training",
+        "model",
+        "training.epoch",
+        "training.global_step",
+        "model.architecture",
+        "model.encoder",
+        "model.encoder.model_name",
+        "model.decoder.name",
+        "model.head.name",
+        "model.loss.name",
+    ],
 )
 def test_missing_required_field(field: str) -> None:
     assert rejection(without(field)) == f"{field}: Field required"
@@ -321,8 +364,10 @@ def test_unquoted_yaml_major_2_is_rejected(tmp_path: Path, line: str) -> None:
         ("2025-10-18T14:32:15.123456", dt.datetime(2025, 10, 18, 14, 32, 15, 123456)),
         ("2025-10-18 14:32:15", dt.datetime(2025, 10, 18, 14, 32, 15)),
         ("2025-10-18T14:32:15Z", dt.datetime(2025, 10, 18, 14, 32, 15, tzinfo=dt.timezone.utc)),
-        ("2025-10-18T14:32:15+02:00",
-         dt.datetime(2025, 10, 18, 14, 32, 15, tzinfo=dt.timezone(dt.timedelta(hours=2)))),
+        (
+            "2025-10-18T14:32:15+02:00",
+            dt.datetime(2025, 10, 18, 14, 32, 15, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        ),
         ("2025-10-18", dt.datetime(2025, 10, 18)),
     ],
 )
@@ -334,10 +379,24 @@ def test_unquoted_yaml_timestamps_are_accepted(tmp_path: Path, written: str, exp
 
 @pytest.mark.parametrize(
     "field",
-    ["metrics", "checkpointing", "hydra_config_path", "wandb_run_id", "checkpoint_path",
-     "training.max_epochs", "training.training_phase", "model.decoder", "model.head",
-     "model.loss", "metrics.precision", "metrics.recall", "metrics.validation_loss",
-     "metrics.additional_metrics", "model.encoder.pretrained", "model.encoder.frozen"],
+    [
+        "metrics",
+        "checkpointing",
+        "hydra_config_path",
+        "wandb_run_id",
+        "checkpoint_path",
+        "training.max_epochs",
+        "training.training_phase",
+        "model.decoder",
+        "model.head",
+        "model.loss",
+        "metrics.precision",
+        "metrics.recall",
+        "metrics.validation_loss",
+        "metrics.additional_metrics",
+        "model.encoder.pretrained",
+        "model.encoder.frozen",
+    ],
 )
 def test_optional_field_may_be_missing(field: str) -> None:
     CheckpointMetadataV1.model_validate(without(field))
@@ -345,10 +404,18 @@ def test_optional_field_may_be_missing(field: str) -> None:
 
 @pytest.mark.parametrize(
     "field, value",
-    [("metrics.precision", 0.0), ("metrics.hmean", 1.0), ("training.epoch", 0),
-     ("training.max_epochs", -1), ("checkpointing.save_top_k", -1), ("checkpointing.mode", "min"),
-     ("training.training_phase", "finetuning"), ("training.training_phase", "validation"),
-     ("metrics.validation_loss", 123.0), ("model.decoder.in_channels", 64)],
+    [
+        ("metrics.precision", 0.0),
+        ("metrics.hmean", 1.0),
+        ("training.epoch", 0),
+        ("training.max_epochs", -1),
+        ("checkpointing.save_top_k", -1),
+        ("checkpointing.mode", "min"),
+        ("training.training_phase", "finetuning"),
+        ("training.training_phase", "validation"),
+        ("metrics.validation_loss", 123.0),
+        ("model.decoder.in_channels", 64),
+    ],
 )
 def test_boundary_values_are_accepted(field: str, value: Any) -> None:
     CheckpointMetadataV1.model_validate(with_change(field, value))
@@ -358,8 +425,11 @@ def test_boundary_values_are_accepted(field: str, value: Any) -> None:
 # Warnings, not errors
 
 
-@pytest.mark.parametrize("doc", [without("metrics.hmean"), with_change("metrics.hmean", None),
-                                 without("metrics")], ids=["absent", "null", "no-metrics"])
+@pytest.mark.parametrize(
+    "doc",
+    [without("metrics.hmean"), with_change("metrics.hmean", None), without("metrics")],
+    ids=["absent", "null", "no-metrics"],
+)
 def test_missing_hmean_is_a_warning_not_an_error(doc: dict) -> None:
     meta = validate_document(doc, "x.metadata.yaml")
     assert meta.metrics.hmean is None

@@ -32,8 +32,10 @@ def test_every_script_is_covered() -> None:
 @pytest.mark.parametrize("script", sorted(RUNS))
 def test_script_runs(script: str, tmp_path: Path) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in RUNS[script]]
-    for argv in ([sys.executable, str(SCRIPTS / script), "--help"],
-                 [sys.executable, str(SCRIPTS / script), *args]):
+    for argv in (
+        [sys.executable, str(SCRIPTS / script), "--help"],
+        [sys.executable, str(SCRIPTS / script), *args],
+    ):
         result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=600)
         # A benchmark exits 1 when a target is missed, which toy sizes may do: it ran to the end.
         finished = result.returncode == 0 or (result.returncode == 1 and "target:" in result.stdout)

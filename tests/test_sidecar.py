@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SEED_SIDECARS, seed_document, write_checkpoint
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ckpt_index import api
-from ckpt_index.sidecar.schema import CheckpointMetadataV1
 from ckpt_index.sidecar.files import (
     MAX_SIDECAR_BYTES,
     SidecarError,
@@ -42,7 +42,7 @@ from ckpt_index.sidecar.files import (
     save_metadata,
     sidecar_path_for,
 )
-from conftest import SEED_SIDECARS, seed_document, write_checkpoint
+from ckpt_index.sidecar.schema import CheckpointMetadataV1
 
 MiB = 1 << 20
 #: Generous ceiling on memory a rejection may allocate; an alias bomb would need gigabytes.
@@ -102,7 +102,9 @@ def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.Comple
     try:
         return subprocess.run(
             [sys.executable, "-c", textwrap.dedent(code), *args],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"the child process did not finish within {timeout}s (blocked or looping)")
@@ -123,7 +125,9 @@ CHILD_PRELUDE = """
             os.setuid(NOBODY)
 """.replace("NOBODY", str(NOBODY))
 
-READ_IN_CHILD = CHILD_PRELUDE + """
+READ_IN_CHILD = (
+    CHILD_PRELUDE
+    + """
     if "--drop" in sys.argv:
         drop_privileges()
         try:
@@ -137,14 +141,18 @@ READ_IN_CHILD = CHILD_PRELUDE + """
     except SidecarError as exc:
         print("REASON " + exc.reason)
 """
+)
 
-SYNC_IN_CHILD = CHILD_PRELUDE + """
+SYNC_IN_CHILD = (
+    CHILD_PRELUDE
+    + """
     root, db = sys.argv[1], sys.argv[2]
     if "--drop" in sys.argv:
         sync(sys.argv[4], db=sys.argv[3])  # warm-up: load every lazy import while root
         drop_privileges()
     print(json.dumps(sync(root, db=db).to_dict()))
 """
+)
 
 
 @pytest.fixture
@@ -209,8 +217,13 @@ def test_checkpoint_path_for_refuses_other_names(name: str) -> None:
         checkpoint_path_for(name)
 
 
-@given(st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=["Cs"]),
-               min_size=1, max_size=40))
+@given(
+    st.text(
+        st.characters(blacklist_characters="/\x00", blacklist_categories=["Cs"]),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_naming_round_trips(stem: str) -> None:
     ckpt = Path("outputs/run") / f"{stem}.ckpt"
     sidecar = sidecar_path_for(ckpt)
@@ -262,16 +275,26 @@ def test_written_yaml_has_no_anchors_even_for_shared_objects(tmp_path: Path) -> 
 
 
 TOP_LEVEL_ORDER = [
-    "schema_version", "checkpoint_path", "exp_name", "created_at", "training", "model", "metrics",
-    "checkpointing", "hydra_config_path", "wandb_run_id",
+    "schema_version",
+    "checkpoint_path",
+    "exp_name",
+    "created_at",
+    "training",
+    "model",
+    "metrics",
+    "checkpointing",
+    "hydra_config_path",
+    "wandb_run_id",
 ]
 
 
 def reversed_mapping(value: object) -> object:
     """``value`` with schema mappings in reverse key order (user-keyed maps keep theirs)."""
     if isinstance(value, dict):
-        return {k: v if k in ("additional_metrics", "params") else reversed_mapping(v)
-                for k, v in reversed(list(value.items()))}
+        return {
+            k: v if k in ("additional_metrics", "params") else reversed_mapping(v)
+            for k, v in reversed(list(value.items()))
+        }
     return value
 
 
@@ -286,7 +309,12 @@ def test_key_order_is_stable_whatever_the_input_order(tmp_path: Path) -> None:
     loaded = yaml.safe_load(text)
     assert list(loaded) == TOP_LEVEL_ORDER + ["zz_extra"]
     assert list(loaded["training"]) == [
-        "epoch", "global_step", "training_phase", "max_epochs", "zz_extra"]
+        "epoch",
+        "global_step",
+        "training_phase",
+        "max_epochs",
+        "zz_extra",
+    ]
     assert list(loaded["model"]) == ["architecture", "encoder", "decoder", "head", "loss"]
     assert list(loaded["model"]["encoder"]) == ["model_name", "pretrained", "frozen"]
     assert list(loaded["metrics"])[:4] == ["precision", "recall", "hmean", "validation_loss"]
@@ -399,22 +427,29 @@ BAD_SIDECARS: list[tuple[str, Callable[[Path], bytes], str | None]] = [
     ("null", lambda c: b"~\n", "mapping"),
     ("empty", lambda c: b"", "empty"),
     ("comment-only", lambda c: b"# nothing here\n", "empty"),
-    ("wrong-type", lambda c: seed_yaml(training="{epoch: ten, global_step: 1}").encode(),
-     "training.epoch"),
+    (
+        "wrong-type",
+        lambda c: seed_yaml(training="{epoch: ten, global_step: 1}").encode(),
+        "training.epoch",
+    ),
     ("metric-above-1", lambda c: seed_yaml(metrics="{hmean: 1.5}").encode(), "metrics.hmean"),
     ("metric-below-0", lambda c: seed_yaml(metrics="{recall: -0.2}").encode(), "metrics.recall"),
-    ("metric-nan", lambda c: seed_yaml(metrics="{precision: .nan}").encode(),
-     "metrics.precision"),
-    ("negative-epoch", lambda c: seed_yaml(training="{epoch: -1, global_step: 1}").encode(),
-     "training.epoch"),
+    ("metric-nan", lambda c: seed_yaml(metrics="{precision: .nan}").encode(), "metrics.precision"),
+    (
+        "negative-epoch",
+        lambda c: seed_yaml(training="{epoch: -1, global_step: 1}").encode(),
+        "training.epoch",
+    ),
     ("schema-2", lambda c: seed_yaml(schema_version="'2.0'").encode(), "schema version"),
     ("python-apply", canary_tag("!!python/object/apply:os.system"), "python/object/apply"),
     ("python-new", canary_tag("!!python/object/new:os.system"), "python/object/new"),
     ("python-name", lambda c: b"exp_name: !!python/name:os.system\n", "python/name"),
     ("python-module", lambda c: b"exp_name: !!python/module:os\n", "python/module"),
-    ("python-in-field",
-     lambda c: seed_yaml(wandb_run_id=f'!!python/object/apply:os.system ["touch {c}"]').encode(),
-     "python/object/apply"),
+    (
+        "python-in-field",
+        lambda c: seed_yaml(wandb_run_id=f'!!python/object/apply:os.system ["touch {c}"]').encode(),
+        "python/object/apply",
+    ),
     ("alias-bomb", lambda c: alias_bomb(), "alias"),
     ("alias-bomb-in-seed", lambda c: seed_yaml().encode() + alias_bomb(), "alias"),
     ("cyclic-alias", lambda c: b"&a [*a]\n", "cycle"),
@@ -426,8 +461,11 @@ BAD_SIDECARS: list[tuple[str, Callable[[Path], bytes], str | None]] = [
     ("binary-with-nul", lambda c: RNG_BYTES + b"\x00", "binary"),
     ("invalid-utf8", lambda c: bytes(b for b in RNG_BYTES if b), "UTF-8"),
     ("latin1-text", lambda c: "exp_name: caf\xe9\n".encode("latin-1"), "UTF-8"),
-    ("oversized", lambda c: b"# " + b"x" * MAX_SIDECAR_BYTES + b"\n" + seed_yaml().encode(),
-     "limit"),
+    (
+        "oversized",
+        lambda c: b"# " + b"x" * MAX_SIDECAR_BYTES + b"\n" + seed_yaml().encode(),
+        "limit",
+    ),
     # The YAML constructor raises plain Python errors for these, not YAMLError.
     ("impossible-date", lambda c: seed_yaml(created_at="2025-02-30").encode(), "range"),
     ("impossible-month", lambda c: seed_yaml(created_at="2025-13-01T10:00:00").encode(), "month"),
@@ -541,12 +579,11 @@ def test_sync_survives_a_bad_sidecar(
     assert invoke("sync", str(outputs), "--strict").exit_code == 1
 
 
-def test_sync_survives_every_bad_sidecar_in_one_tree(
-    outputs: Path, db_path: Path, invoke
-) -> None:
+def test_sync_survives_every_bad_sidecar_in_one_tree(outputs: Path, db_path: Path, invoke) -> None:
     plant_good(outputs)
-    planted = {str(plant(outputs, case_id, make(outputs / "CANARY")))
-               for case_id, make, _ in BAD_SIDECARS}
+    planted = {
+        str(plant(outputs, case_id, make(outputs / "CANARY"))) for case_id, make, _ in BAD_SIDECARS
+    }
     big = plant(outputs, "sparse-2gb", b"")
     os.truncate(big, 2 * 1024 * MiB)
     planted.add(str(big))
@@ -561,8 +598,9 @@ def test_sync_survives_every_bad_sidecar_in_one_tree(
     assert {path for path, _ in summary.invalid_files} == planted
     for _, reason in summary.invalid_files:
         assert_one_line(reason)
-    statuses = {Path(row["checkpoint_path"]).parent.name: row["status"]
-                for row in rows_all(db_path)}
+    statuses = {
+        Path(row["checkpoint_path"]).parent.name: row["status"] for row in rows_all(db_path)
+    }
     assert statuses.pop("good") == "valid"
     assert set(statuses.values()) == {"invalid"}
     assert not (outputs / "CANARY").exists()
@@ -611,10 +649,17 @@ def test_sync_records_an_unreadable_sidecar(shared_dir: Path) -> None:
     plant_good(root)
     sidecar = plant(root, "case", seed_yaml().encode())
     sidecar.chmod(0)
-    result = run_python(SYNC_IN_CHILD, str(root), str(shared_dir / "index.db"),
-                        str(shared_dir / "warmup.db"), str(warmup), "--drop")
+    result = run_python(
+        SYNC_IN_CHILD,
+        str(root),
+        str(shared_dir / "index.db"),
+        str(shared_dir / "warmup.db"),
+        str(warmup),
+        "--drop",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
     assert (summary["valid"], summary["invalid"]) == (1, 1)
     assert summary["invalid_files"] == [
-        {"path": str(sidecar), "reason": "sidecar cannot open: Permission denied"}]
+        {"path": str(sidecar), "reason": "sidecar cannot open: Permission denied"}
+    ]

@@ -11,21 +11,20 @@ import hashlib
 import io
 import json
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import write_checkpoint
+from pg_roles import login_role
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from ckpt_index.cli import cli
 from ckpt_index.index.engine import is_sqlite
-
-from conftest import write_checkpoint
-from pg_roles import login_role
-
 
 #: Tests of what only SQLite has (pragmas, ATTACH, the database file's bytes) run on SQLite only;
 #: PostgreSQL's own refusals are in test_postgres.py.
@@ -64,8 +63,13 @@ def synced(outputs: Path, invoke_db, db_url: str) -> str:
     ):
         write_checkpoint(
             outputs / f"exp{i}/checkpoints/epoch-{i:02d}_step-{i * 100:06d}.ckpt",
-            **{"exp_name": f"exp{i}", "metrics.hmean": hmean, "training.epoch": i,
-               "model.encoder.model_name": enc, "metrics.additional_metrics": {"val/loss": loss}},
+            **{
+                "exp_name": f"exp{i}",
+                "metrics.hmean": hmean,
+                "training.epoch": i,
+                "model.encoder.model_name": enc,
+                "metrics.additional_metrics": {"val/loss": loss},
+            },
         )
     assert invoke_db("sync", str(outputs)).exit_code == 0
     return db_url
@@ -84,8 +88,11 @@ def _state(db_url: str) -> dict:
         state = {
             "checkpoints": conn.execute("SELECT * FROM checkpoints ORDER BY id").fetchall(),
             "metrics": conn.execute(
-                "SELECT * FROM checkpoint_metrics ORDER BY checkpoint_id, name").fetchall(),
-            "schema": conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall(),
+                "SELECT * FROM checkpoint_metrics ORDER BY checkpoint_id, name"
+            ).fetchall(),
+            "schema": conn.execute(
+                "SELECT type, name, sql FROM sqlite_master ORDER BY name"
+            ).fetchall(),
             "user_version": conn.execute("PRAGMA user_version").fetchone()[0],
             "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
             "alembic": conn.execute("SELECT version_num FROM alembic_version").fetchall(),
@@ -103,9 +110,11 @@ def _server_state(db_url: str) -> dict:
             insp = inspect(conn)
             return {
                 "checkpoints": conn.execute(text("SELECT * FROM checkpoints ORDER BY id")).all(),
-                "metrics": conn.execute(text(
-                    "SELECT * FROM checkpoint_metrics ORDER BY checkpoint_id, name")).all(),
-                "tables": sorted(insp.get_table_names()), "views": sorted(insp.get_view_names()),
+                "metrics": conn.execute(
+                    text("SELECT * FROM checkpoint_metrics ORDER BY checkpoint_id, name")
+                ).all(),
+                "tables": sorted(insp.get_table_names()),
+                "views": sorted(insp.get_view_names()),
                 "columns": [c["name"] for c in insp.get_columns("checkpoints")],
                 "alembic": conn.execute(text("SELECT version_num FROM alembic_version")).all(),
             }
@@ -118,7 +127,9 @@ def _server_state(db_url: str) -> dict:
 
 
 def test_select_table(invoke_db, synced) -> None:
-    result = invoke_db("sql", "SELECT exp_name, encoder, hmean FROM checkpoints ORDER BY hmean DESC")
+    result = invoke_db(
+        "sql", "SELECT exp_name, encoder, hmean FROM checkpoints ORDER BY hmean DESC"
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["exp_name", "encoder", "hmean"]
@@ -127,8 +138,12 @@ def test_select_table(invoke_db, synced) -> None:
 
 
 def test_select_json(invoke_db, synced) -> None:
-    result = invoke_db("sql", "SELECT exp_name, hmean, epoch FROM checkpoints ORDER BY exp_name",
-                    "--format", "json")
+    result = invoke_db(
+        "sql",
+        "SELECT exp_name, hmean, epoch FROM checkpoints ORDER BY exp_name",
+        "--format",
+        "json",
+    )
     assert result.exit_code == 0
     assert json.loads(result.stdout) == [
         {"exp_name": "exp0", "hmean": 0.81, "epoch": 0},
@@ -138,14 +153,19 @@ def test_select_json(invoke_db, synced) -> None:
 
 
 def test_select_csv_and_jsonl(invoke_db, synced) -> None:
-    sql = ("SELECT c.exp_name, m.value AS val_loss, NULL AS empty FROM checkpoints c "
-           "JOIN checkpoint_metrics m ON m.checkpoint_id = c.id AND m.name = 'val/loss' "
-           "ORDER BY m.value")
+    sql = (
+        "SELECT c.exp_name, m.value AS val_loss, NULL AS empty FROM checkpoints c "
+        "JOIN checkpoint_metrics m ON m.checkpoint_id = c.id AND m.name = 'val/loss' "
+        "ORDER BY m.value"
+    )
     result = invoke_db("sql", sql, "--format", "csv")
     assert result.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(r["exp_name"], float(r["val_loss"]), r["empty"]) for r in rows] == [
-        ("exp1", 0.01, ""), ("exp0", 0.03, ""), ("exp2", 0.05, "")]
+        ("exp1", 0.01, ""),
+        ("exp0", 0.03, ""),
+        ("exp2", 0.05, ""),
+    ]
     result = invoke_db("sql", sql, "--format", "jsonl")
     assert result.exit_code == 0
     assert [json.loads(line) for line in result.stdout.splitlines()] == [
@@ -156,31 +176,52 @@ def test_select_csv_and_jsonl(invoke_db, synced) -> None:
 
 
 ALLOWED = [
-    ("SELECT metric, count(*) AS n FROM checkpoint_metrics_flat GROUP BY metric ORDER BY metric",
-     lambda rows: {r["metric"]: r["n"] for r in rows}["val/loss"] == 3),
-    ("SELECT checkpoint_path, value FROM checkpoint_metrics_flat WHERE metric = 'hmean' "
-     "ORDER BY value DESC LIMIT 1",
-     lambda rows: rows[0]["value"] == 0.92 and rows[0]["checkpoint_path"].endswith(".ckpt")),
+    (
+        "SELECT metric, count(*) AS n FROM checkpoint_metrics_flat GROUP BY metric ORDER BY metric",
+        lambda rows: {r["metric"]: r["n"] for r in rows}["val/loss"] == 3,
+    ),
+    (
+        "SELECT checkpoint_path, value FROM checkpoint_metrics_flat WHERE metric = 'hmean' "
+        "ORDER BY value DESC LIMIT 1",
+        lambda rows: rows[0]["value"] == 0.92 and rows[0]["checkpoint_path"].endswith(".ckpt"),
+    ),
     ("SELECT count(*) AS n FROM checkpoints -- how many?", lambda rows: rows == [{"n": 3}]),
     ("SELECT count(*) AS n FROM checkpoints; -- how many?", lambda rows: rows == [{"n": 3}]),
     ("SELECT count(*) AS n FROM checkpoints;", lambda rows: rows == [{"n": 3}]),
     ("  select 1 as one  ", lambda rows: rows == [{"one": 1}]),
-    ("SELECT ';' AS semi, 'DELETE FROM checkpoints' AS text",
-     lambda rows: rows == [{"semi": ";", "text": "DELETE FROM checkpoints"}]),
-    ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5) "
-     "SELECT sum(x) AS s FROM n", lambda rows: rows == [{"s": 15}]),
-    ("SELECT encoder, max(hmean) AS best FROM checkpoints GROUP BY encoder ORDER BY encoder",
-     lambda rows: rows == [{"encoder": "resnet18", "best": 0.92}, {"encoder": "resnet50", "best": 0.81}]),
-    ("SELECT exp_name FROM checkpoints WHERE encoder LIKE 'resnet5%' ORDER BY exp_name",
-     lambda rows: rows == [{"exp_name": "exp0"}, {"exp_name": "exp2"}]),
+    (
+        "SELECT ';' AS semi, 'DELETE FROM checkpoints' AS text",
+        lambda rows: rows == [{"semi": ";", "text": "DELETE FROM checkpoints"}],
+    ),
+    (
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5) "
+        "SELECT sum(x) AS s FROM n",
+        lambda rows: rows == [{"s": 15}],
+    ),
+    (
+        "SELECT encoder, max(hmean) AS best FROM checkpoints GROUP BY encoder ORDER BY encoder",
+        lambda rows: (
+            rows == [{"encoder": "resnet18", "best": 0.92}, {"encoder": "resnet50", "best": 0.81}]
+        ),
+    ),
+    (
+        "SELECT exp_name FROM checkpoints WHERE encoder LIKE 'resnet5%' ORDER BY exp_name",
+        lambda rows: rows == [{"exp_name": "exp0"}, {"exp_name": "exp2"}],
+    ),
 ]
 ALLOWED_SQLITE = [
-    ("PRAGMA table_info(checkpoints)",
-     lambda rows: {"checkpoint_path", "hmean", "encoder", "epoch"} <= {r["name"] for r in rows}),
-    ("PRAGMA index_list(checkpoints)",
-     lambda rows: "ix_checkpoints_hmean" in {r["name"] for r in rows}),
-    ("SELECT name FROM sqlite_master WHERE type = 'view'",
-     lambda rows: {"name": "checkpoint_metrics_flat"} in rows),
+    (
+        "PRAGMA table_info(checkpoints)",
+        lambda rows: {"checkpoint_path", "hmean", "encoder", "epoch"} <= {r["name"] for r in rows},
+    ),
+    (
+        "PRAGMA index_list(checkpoints)",
+        lambda rows: "ix_checkpoints_hmean" in {r["name"] for r in rows},
+    ),
+    (
+        "SELECT name FROM sqlite_master WHERE type = 'view'",
+        lambda rows: {"name": "checkpoint_metrics_flat"} in rows,
+    ),
 ]
 
 
@@ -271,8 +312,13 @@ def test_refused(invoke_db, synced, tmp_path, statement) -> None:
 @sqlite_only
 @pytest.mark.parametrize(
     "statement",
-    [s for s in REFUSED if s.strip() and not s.startswith("WITH x AS (DELETE")  # a syntax error on SQLite
-     and not s.startswith(("--", "/*"))],
+    [
+        s
+        for s in REFUSED
+        if s.strip()
+        and not s.startswith("WITH x AS (DELETE")  # a syntax error on SQLite
+        and not s.startswith(("--", "/*"))
+    ],
 )
 def test_refusal_says_why(invoke_db, synced, tmp_path, statement) -> None:
     """The message says the statement was refused (read-only, one statement at a time),
@@ -280,8 +326,17 @@ def test_refusal_says_why(invoke_db, synced, tmp_path, statement) -> None:
     result = invoke_db("sql", statement.replace("{attach}", str(tmp_path / "attached.db")))
     assert result.exit_code == 1
     message = result.stderr.lower()
-    assert any(word in message for word in ("refused", "read-only", "readonly", "one statement",
-                                             "not authorized", "only queries")), message
+    assert any(
+        word in message
+        for word in (
+            "refused",
+            "read-only",
+            "readonly",
+            "one statement",
+            "not authorized",
+            "only queries",
+        )
+    ), message
 
 
 @sqlite_only
@@ -307,7 +362,11 @@ def test_refused_statement_does_not_create_missing_database(invoke, db_path, tmp
 
 def test_reads_still_work_after_refusals(invoke_db, synced, outputs) -> None:
     """A refused statement leaves no half-open transaction or state behind in the process."""
-    for statement in ("DELETE FROM checkpoints", "PRAGMA query_only = OFF", "SELECT 1; DROP TABLE checkpoints"):
+    for statement in (
+        "DELETE FROM checkpoints",
+        "PRAGMA query_only = OFF",
+        "SELECT 1; DROP TABLE checkpoints",
+    ):
         assert invoke_db("sql", statement).exit_code == 1
     result = invoke_db("sql", "SELECT count(*) AS n FROM checkpoints", "--format", "json")
     assert json.loads(result.stdout) == [{"n": 3}]

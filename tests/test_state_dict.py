@@ -20,7 +20,9 @@ class BasicBlock(nn.Module):
         self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, bias=False), nn.BatchNorm2d(cout)
         self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, bias=False), nn.BatchNorm2d(cout)
         if downsample:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)
+            )
 
 
 class Bottleneck(nn.Module):
@@ -31,7 +33,9 @@ class Bottleneck(nn.Module):
         self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, bias=False), nn.BatchNorm2d(mid)
         self.conv3, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
         if downsample:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)
+            )
 
 
 class ResNet(nn.Module):
@@ -44,7 +48,10 @@ class ResNet(nn.Module):
         widths = [256, 512, 1024, 2048] if bottleneck else [64, 128, 256, 512]
         cin = 64
         for stage, (count, width) in enumerate(zip(blocks, widths), start=1):
-            layers = [block(cin if i == 0 else width, width, i == 0 and cin != width) for i in range(count)]
+            layers = [
+                block(cin if i == 0 else width, width, i == 0 and cin != width)
+                for i in range(count)
+            ]
             setattr(self, f"layer{stage}", nn.Sequential(*layers))
             cin = width
         self.fc = nn.Linear(cin, 1000)
@@ -78,15 +85,27 @@ class TimmMobileNet(nn.Module):
     def __init__(self, stem: int, last: int, head: int) -> None:
         super().__init__()
         self.conv_stem, self.bn1 = nn.Conv2d(3, stem, 3, bias=False), nn.BatchNorm2d(stem)
-        self.blocks = nn.Sequential(nn.Sequential(conv_bn(stem, 24)), nn.Sequential(conv_bn(24, last)))
+        self.blocks = nn.Sequential(
+            nn.Sequential(conv_bn(stem, 24)), nn.Sequential(conv_bn(24, last))
+        )
         self.conv_head = nn.Conv2d(last, head, 1)
 
 
 class TorchvisionEfficientNetB0(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        stages = [conv_bn(3, 32, 3)] + [nn.Sequential(conv_bn(c_in, c_out)) for c_in, c_out in
-                                        [(32, 16), (16, 24), (24, 40), (40, 80), (80, 112), (112, 192), (192, 320)]]
+        stages = [conv_bn(3, 32, 3)] + [
+            nn.Sequential(conv_bn(c_in, c_out))
+            for c_in, c_out in [
+                (32, 16),
+                (16, 24),
+                (24, 40),
+                (40, 80),
+                (80, 112),
+                (112, 192),
+                (192, 320),
+            ]
+        ]
         stages.append(conv_bn(320, 1280))
         self.features = nn.Sequential(*stages)
 
@@ -166,8 +185,23 @@ def test_decoy_prefixes_cost_one_pass_and_hide_nothing() -> None:
 
 
 def test_odd_shapes_and_key_spellings_never_raise() -> None:
-    assert infer_encoder({"conv_stem.weight": (16, 3, 3, 3), "conv_head.weight": (1280,)}) == "mobilenetv3_large"
+    assert (
+        infer_encoder({"conv_stem.weight": (16, 3, 3, 3), "conv_head.weight": (1280,)})
+        == "mobilenetv3_large"
+    )
     assert infer_encoder({"conv_stem.weight": (), "conv_head.weight": ()}) is None
-    assert infer_encoder({"features.0.0.weight": (16, 3), "features.012.0.weight": (576,)}) == "mobilenetv3_small"
-    assert infer_encoder({"layer1.0.conv1.weight": (1,), "conv1.weight": (1,),
-                          "layer1." + "9" * 5000 + ".x": (1,), 7: (1,)}) is None  # type: ignore[dict-item]
+    assert (
+        infer_encoder({"features.0.0.weight": (16, 3), "features.012.0.weight": (576,)})
+        == "mobilenetv3_small"
+    )
+    assert (
+        infer_encoder(
+            {
+                "layer1.0.conv1.weight": (1,),
+                "conv1.weight": (1,),
+                "layer1." + "9" * 5000 + ".x": (1,),
+                7: (1,),
+            }
+        )
+        is None
+    )  # type: ignore[dict-item]

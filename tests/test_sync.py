@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import SEED_SIDECARS, seed_document, tiny_checkpoint, write_checkpoint
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -18,8 +19,6 @@ import ckpt_index.sync.roots as sync_module
 from ckpt_index import api
 from ckpt_index.index.engine import is_sqlite, open_engine, resolve_db_url
 from ckpt_index.sidecar.files import dump_document, sidecar_path_for
-
-from conftest import SEED_SIDECARS, seed_document, tiny_checkpoint, write_checkpoint
 
 #: Columns that describe when/how a row was built rather than what it says.
 NON_CONTENT = {"id", "indexed_at", "ckpt_size", "ckpt_mtime_ns", "sidecar_size", "sidecar_mtime_ns"}
@@ -50,19 +49,25 @@ def raw_rows(db: Path | str) -> dict[str, dict[str, Any]]:
     engine = _engine(db)
     try:
         with engine.connect() as conn:
-            rows = {r["checkpoint_path"]: dict(r)
-                    for r in conn.execute(text("SELECT * FROM checkpoints")).mappings()}
+            rows = {
+                r["checkpoint_path"]: dict(r)
+                for r in conn.execute(text("SELECT * FROM checkpoints")).mappings()
+            }
             for row in rows.values():
                 row["metrics"] = {}
-            for path, name, value in conn.execute(text(
-                "SELECT c.checkpoint_path, m.name, m.value FROM checkpoint_metrics m "
-                "JOIN checkpoints c ON c.id = m.checkpoint_id"
-            )):
+            for path, name, value in conn.execute(
+                text(
+                    "SELECT c.checkpoint_path, m.name, m.value FROM checkpoint_metrics m "
+                    "JOIN checkpoints c ON c.id = m.checkpoint_id"
+                )
+            ):
                 rows[path]["metrics"][name] = value
-            dangling = conn.execute(text(
-                "SELECT count(*) FROM checkpoint_metrics WHERE checkpoint_id NOT IN "
-                "(SELECT id FROM checkpoints)"
-            )).scalar()
+            dangling = conn.execute(
+                text(
+                    "SELECT count(*) FROM checkpoint_metrics WHERE checkpoint_id NOT IN "
+                    "(SELECT id FROM checkpoints)"
+                )
+            ).scalar()
             assert dangling == 0, f"{dangling} metric rows point at no checkpoint"
     finally:
         engine.dispose()
@@ -161,7 +166,12 @@ def test_first_sync_indexes_every_sidecar(outputs: Path, db_url: str) -> None:
     assert summary.roots == [str(outputs)]
     assert (summary.checkpoints, summary.sidecars, summary.parsed, summary.added) == (3, 3, 3, 3)
     assert (summary.updated, summary.removed, summary.unchanged) == (0, 0, 0)
-    assert (summary.valid, summary.invalid, summary.without_metadata, summary.orphaned) == (3, 0, 0, 0)
+    assert (summary.valid, summary.invalid, summary.without_metadata, summary.orphaned) == (
+        3,
+        0,
+        0,
+        0,
+    )
     assert summary.invalid_files == []
 
     rows = raw_rows(db_url)
@@ -409,10 +419,13 @@ def test_deleted_checkpoint_and_sidecar_are_pruned(outputs: Path, db_url: str) -
     engine = _engine(db_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(
-                text("SELECT count(*) FROM checkpoint_metrics WHERE checkpoint_id = :id"),
-                {"id": gone_id},
-            ).scalar() == 0
+            assert (
+                conn.execute(
+                    text("SELECT count(*) FROM checkpoint_metrics WHERE checkpoint_id = :id"),
+                    {"id": gone_id},
+                ).scalar()
+                == 0
+            )
     finally:
         engine.dispose()
 
@@ -558,7 +571,8 @@ def test_checkpoint_without_sidecar_lifecycle(outputs: Path, db_url: str) -> Non
 # ------------------------------------------------------------------------ invalid sidecars
 INVALID = {
     "out_of_range": (
-        lambda: dump_document({**seed_document(), "metrics": {"hmean": 1.7}}), "metrics.hmean"
+        lambda: dump_document({**seed_document(), "metrics": {"hmean": 1.7}}),
+        "metrics.hmean",
     ),
     "missing_field": (
         lambda: dump_document({k: v for k, v in seed_document().items() if k != "exp_name"}),
@@ -569,7 +583,8 @@ INVALID = {
     "empty": (lambda: "", "empty"),
     "binary": (lambda: "exp_name: \x00\x01", "NUL"),
     "bad_version": (
-        lambda: dump_document({**seed_document(), "schema_version": "2.0"}), "schema_version"
+        lambda: dump_document({**seed_document(), "schema_version": "2.0"}),
+        "schema_version",
     ),
 }
 
@@ -718,8 +733,17 @@ def test_cli_json_summary(outputs: Path, invoke_db) -> None:
     data = json.loads(result.stdout)
     assert data["roots"] == [str(outputs)]
     expected = {
-        "checkpoints": 5, "sidecars": 5, "parsed": 5, "unchanged": 0, "added": 6, "updated": 0,
-        "removed": 0, "valid": 4, "invalid": 1, "orphaned": 1, "without_metadata": 1,
+        "checkpoints": 5,
+        "sidecars": 5,
+        "parsed": 5,
+        "unchanged": 0,
+        "added": 6,
+        "updated": 0,
+        "removed": 0,
+        "valid": 4,
+        "invalid": 1,
+        "orphaned": 1,
+        "without_metadata": 1,
     }
     assert {k: data[k] for k in expected} == expected
     assert isinstance(data["elapsed_s"], float)
@@ -803,7 +827,9 @@ def test_deleting_the_database_and_syncing_again_gives_the_same_rows(
     write_checkpoint(ckpts[0], seed_document(), **{"metrics.hmean": 0.4242, "training.epoch": 3})
     sync(outputs, db=db_url)
     sidecar_path_for(ckpts[1]).unlink()
-    write_checkpoint(outputs / "e" / "late.ckpt", seed_document(), **{"metrics.validation_loss": 0.5})
+    write_checkpoint(
+        outputs / "e" / "late.ckpt", seed_document(), **{"metrics.validation_loss": 0.5}
+    )
     age(outputs)
     sync(outputs, db=db_url)
     ckpts[2].unlink()

@@ -6,19 +6,20 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import seed_document, tiny_checkpoint, write_checkpoint
+from test_sync import age, raw_rows, sync
 
 import ckpt_index.sync.roots as sync_module
 from ckpt_index.index import store
-
-from conftest import seed_document, tiny_checkpoint, write_checkpoint
-from test_sync import age, raw_rows, sync
 
 
 def make_tree(outputs: Path, n: int, runs: int = 3) -> list[Path]:
     ckpts = []
     for i in range(n):
         ckpt = outputs / f"run{i % runs}" / "checkpoints" / f"epoch-{i:02d}_step-{i * 10:06d}.ckpt"
-        write_checkpoint(ckpt, seed_document(), **{"training.epoch": i, "metrics.hmean": i / (n + 1)})
+        write_checkpoint(
+            ckpt, seed_document(), **{"training.epoch": i, "metrics.hmean": i / (n + 1)}
+        )
         ckpts.append(ckpt)
     age(outputs)
     return ckpts
@@ -36,7 +37,9 @@ def test_a_refused_row_is_stored_invalid_and_the_rest_of_its_batch_lands(
     def refusing(conn, records, **kwargs):
         calls.append(len(records))
         # Only the full rows are refused: the minimal invalid row that replaces it is stored.
-        if any(r.checkpoint_path == poisoned and r.columns.get("status") == "valid" for r in records):
+        if any(
+            r.checkpoint_path == poisoned and r.columns.get("status") == "valid" for r in records
+        ):
             raise ValueError("value out of range for the database")
         return real(conn, records, **kwargs)
 
@@ -90,7 +93,9 @@ def test_an_unlistable_directory_keeps_its_rows_flagged(
     rows = raw_rows(db_url)
     assert len(rows) == 30
     for ckpt in ckpts:
-        expected = f"cannot list {blocked}: Permission denied" if str(ckpt).startswith(blocked) else None
+        expected = (
+            f"cannot list {blocked}: Permission denied" if str(ckpt).startswith(blocked) else None
+        )
         assert rows[str(ckpt)]["scan_error"] == expected
         assert rows[str(ckpt)]["status"] == "valid"
 
@@ -135,7 +140,9 @@ def test_a_truncated_checkpoint_under_a_valid_sidecar_is_unreadable_and_not_an_a
     assert result.output.strip() == str(best)
 
 
-def test_a_checkpoint_replaced_after_its_sidecar_is_flagged_stale(outputs: Path, db_url: str) -> None:
+def test_a_checkpoint_replaced_after_its_sidecar_is_flagged_stale(
+    outputs: Path, db_url: str
+) -> None:
     ckpts = make_tree(outputs, 2)
     sync(outputs, db_url)
     assert [raw_rows(db_url)[str(c)]["stale"] for c in ckpts] == [False, False]
@@ -148,7 +155,9 @@ def test_a_checkpoint_replaced_after_its_sidecar_is_flagged_stale(outputs: Path,
     assert not rows[str(ckpts[1])]["stale"]
 
 
-def test_a_sidecar_written_just_after_its_checkpoint_is_not_stale(outputs: Path, db_url: str) -> None:
+def test_a_sidecar_written_just_after_its_checkpoint_is_not_stale(
+    outputs: Path, db_url: str
+) -> None:
     ckpt = outputs / "run" / "checkpoints" / "last.ckpt"
     write_checkpoint(ckpt, seed_document())
     st = ckpt.stat()

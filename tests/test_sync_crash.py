@@ -16,14 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-
-from conftest import tiny_checkpoint
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from unittest import mock
 
 import pytest
+from conftest import tiny_checkpoint
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -93,7 +93,10 @@ def _env() -> dict[str, str]:
 def _sync_json(root: Path, db: Path) -> dict[str, Any]:
     done = subprocess.run(
         _cli("sync", str(root), "--db", str(db), "--no-progress", "--format", "json"),
-        env=_env(), capture_output=True, text=True, timeout=600,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -103,7 +106,9 @@ def _sync_and_kill(root: Path, db: Path, total: int, timeout_s: float = 300) -> 
     """Start a sync, SIGKILL it once some but not all rows are committed; rows seen, or None."""
     proc = subprocess.Popen(
         _cli("sync", str(root), "--db", str(db), "--no-progress"),
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + timeout_s
     try:
@@ -213,8 +218,11 @@ class Content:
             return f"exp_name: [{slot}\ntraining: {{{{\n"
         hmean = "1.7000" if self.broken == "range" else f"{self.hmean / 10000:.4f}"
         return TEMPLATE.format(
-            exp=f"exp_{slot}", run="r" * (12 if self.long_run_id else 4), epoch=self.epoch,
-            step=self.epoch * 100, hmean=hmean,
+            exp=f"exp_{slot}",
+            run="r" * (12 if self.long_run_id else 4),
+            epoch=self.epoch,
+            step=self.epoch * 100,
+            hmean=hmean,
         )
 
 
@@ -232,7 +240,10 @@ mtime_modes = st.sampled_from(["now", "restore", "restore"])
 operations = st.one_of(
     st.tuples(st.just("create"), slots, contents),
     st.tuples(
-        st.just("modify"), slots, st.integers(0, 10000), st.integers(10, 99),
+        st.just("modify"),
+        slots,
+        st.integers(0, 10000),
+        st.integers(10, 99),
         st.booleans(),  # same size
         mtime_modes,
     ),
@@ -247,10 +258,14 @@ operations = st.one_of(
     # it keeping its size and mtime.
     st.builds(
         lambda slot, first, second, epoch: (
-            ("modify", slot, first, epoch, True, "now"), ("sync",),
+            ("modify", slot, first, epoch, True, "now"),
+            ("sync",),
             ("modify", slot, second, epoch, True, "restore"),
         ),
-        slots, st.integers(0, 10000), st.integers(0, 10000), st.integers(10, 99),
+        slots,
+        st.integers(0, 10000),
+        st.integers(0, 10000),
+        st.integers(10, 99),
     ),
 )
 
@@ -303,7 +318,9 @@ class _World:
         path.write_text(body.text(slot))
         self.contents[slot] = body
         size = path.stat().st_size
-        mtime = old.st_mtime_ns if mtime_mode == "restore" and old is not None else self.clock.now_ns
+        mtime = (
+            old.st_mtime_ns if mtime_mode == "restore" and old is not None else self.clock.now_ns
+        )
         while self.recorded.get(path) == (size, mtime):
             mtime += 1
         os.utime(path, ns=(mtime, mtime))
@@ -384,12 +401,18 @@ def _check_summary(summary, rows: dict) -> None:
 
 
 @settings(
-    max_examples=40, deadline=None,
+    max_examples=40,
+    deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(ops=st.lists(operations, min_size=1, max_size=25))
-@example(ops=[("create", 0, Content(8431, 10, False, None)), ("sync",),
-              ("modify", 0, 8432, 10, True, "restore")])
+@example(
+    ops=[
+        ("create", 0, Content(8431, 10, False, None)),
+        ("sync",),
+        ("modify", 0, 8432, 10, True, "restore"),
+    ]
+)
 def test_incremental_sync_equals_fresh_sync(ops: list[tuple]) -> None:
     clock = _Clock()
     with tempfile.TemporaryDirectory() as tmp, mock.patch.object(sync_module, "time", clock):

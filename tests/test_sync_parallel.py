@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from test_sync import age
 
+from ckpt_index.index.engine import open_engine
+from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 from ckpt_index.isolation import pool as isolation
 from ckpt_index.sync import roots as sync_module
-from ckpt_index.index.engine import open_engine
 from ckpt_index.tools.demo import make_tree
-from ckpt_index.index.tables import checkpoint_metrics, checkpoints
-
-from test_sync import age
 
 VOLATILE = {"id", "indexed_at", "ckpt_mtime_ns", "sidecar_mtime_ns"}
 
@@ -27,7 +26,9 @@ def snapshot(db: Path) -> tuple[list[dict], list[tuple]]:
             for r in conn.execute(select(checkpoints).order_by(checkpoints.c.checkpoint_path))
         ]
         metrics = conn.execute(
-            select(checkpoints.c.checkpoint_path, checkpoint_metrics.c.name, checkpoint_metrics.c.value)
+            select(
+                checkpoints.c.checkpoint_path, checkpoint_metrics.c.name, checkpoint_metrics.c.value
+            )
             .join(checkpoints, checkpoints.c.id == checkpoint_metrics.c.checkpoint_id)
             .order_by(checkpoints.c.checkpoint_path, checkpoint_metrics.c.name)
         ).all()
@@ -74,11 +75,17 @@ def test_parallel_and_serial_syncs_agree(tree: Path, tmp_path: Path, monkeypatch
     monkeypatch.setattr(sync_module, "PARALLEL_MIN", 16)
     parallel = run(tree, tmp_path / "parallel.db")
     assert spy.calls == 0
-    assert (parallel.valid, parallel.invalid, parallel.inferred) == (serial.valid, serial.invalid, serial.inferred) == (296, 2, 2)
+    assert (
+        (parallel.valid, parallel.invalid, parallel.inferred)
+        == (serial.valid, serial.invalid, serial.inferred)
+        == (296, 2, 2)
+    )
     assert snapshot(tmp_path / "parallel.db") == snapshot(tmp_path / "serial.db")
 
 
-def test_a_small_sync_of_sidecars_alone_stays_in_process(outputs: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_small_sync_of_sidecars_alone_stays_in_process(
+    outputs: Path, tmp_path: Path, monkeypatch
+) -> None:
     make_tree(outputs, 20, per_experiment=10, without_sidecar=0, invalid=1)
     spy = Spy(monkeypatch)
     summary = run(outputs, tmp_path / "small.db")
@@ -106,7 +113,9 @@ def test_other_threads_do_not_matter(tree: Path, tmp_path: Path, monkeypatch) ->
 
 
 @pytest.mark.parametrize("fault", ["SIGSEGV", "SIGKILL"])
-def test_a_crashing_reader_costs_its_file_only(tree: Path, tmp_path: Path, monkeypatch, fault: str) -> None:
+def test_a_crashing_reader_costs_its_file_only(
+    tree: Path, tmp_path: Path, monkeypatch, fault: str
+) -> None:
     monkeypatch.setattr(sync_module, "PARALLEL_MIN", 16)
     victim = sorted(tree.rglob("*.ckpt"))[137]
     monkeypatch.setenv(isolation.FAULT_ENV, str(victim))

@@ -14,17 +14,20 @@ import time
 from pathlib import Path
 
 import pytest
+from child_limits import run_child
 from sqlalchemy import insert
+from wandb_log import record, write_log
 
-from ckpt_index.sources.wandb import source as ws
 from ckpt_index.index.engine import open_engine
 from ckpt_index.index.models import WandbRunCache
 from ckpt_index.sources.naming import parse_checkpoint_name
-from child_limits import run_child
-from wandb_log import record, write_log
+from ckpt_index.sources.wandb import source as ws
 
 CONFIG = {
-    "model": {"architecture": "dbnet", "component_overrides": {"encoder": {"model_name": "resnet50"}}},
+    "model": {
+        "architecture": "dbnet",
+        "component_overrides": {"encoder": {"model_name": "resnet50"}},
+    },
     "exp_name": "x",
 }
 # global step -> (val/hmean, val/loss); the summary gets different values.
@@ -41,7 +44,13 @@ def wandb_env(tmp_path_factory: pytest.TempPathFactory):
     """Offline W&B with every directory it writes in a temporary place, and no real credentials."""
     base = tmp_path_factory.mktemp("wandb_env")
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_RUN_ID"):
+        for var in (
+            "WANDB_API_KEY",
+            "WANDB_BASE_URL",
+            "WANDB_ENTITY",
+            "WANDB_PROJECT",
+            "WANDB_RUN_ID",
+        ):
             mp.delenv(var, raising=False)
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_SILENT", "true")
@@ -180,7 +189,12 @@ def test_history_at_step_is_the_step_not_the_summary(offline_run: dict) -> None:
     assert step == 200
     metrics = run.history_at_step(step)
     # Two rows at step 200, merged; bookkeeping keys left out.
-    assert metrics == {"val/hmean": 0.6, "val/loss": 0.8, "train/filler": _filler(200), "train/lr": 0.01}
+    assert metrics == {
+        "val/hmean": 0.6,
+        "val/loss": 0.8,
+        "train/filler": _filler(200),
+        "train/lr": 0.01,
+    }
     assert run.summary["val/hmean"] == 0.99 and run.summary["val/loss"] == 0.01
     assert run.checkpoint_metrics(step) == metrics  # not a Lightning-logged run: same step
     assert run.history_at_step(250) == {"train/filler": _filler(250)}
@@ -296,7 +310,10 @@ def test_lightning_layout(lightning_run: dict) -> None:
     ckpts = sorted(lightning_run["scores"])
     assert len(ckpts) == 2
     for ckpt in ckpts:
-        assert ckpt.parent == lightning_run["save_dir"] / "proj" / lightning_run["run_id"] / "checkpoints"
+        assert (
+            ckpt.parent
+            == lightning_run["save_dir"] / "proj" / lightning_run["run_id"] / "checkpoints"
+        )
         location = ws.find_run(ckpt)
         assert location.run_id == lightning_run["run_id"]
         assert location.project == "proj"
@@ -307,7 +324,9 @@ def test_lightning_history_at_checkpoint_step(lightning_run: dict) -> None:
     for ckpt, score in lightning_run["scores"].items():
         step = parse_checkpoint_name(ckpt.name).step
         run = ws.read_run(ws.find_run(ckpt))
-        assert run.lightning_steps  # WandbLogger's define_metric("*", step_metric="trainer/global_step")
+        assert (
+            run.lightning_steps
+        )  # WandbLogger's define_metric("*", step_metric="trainer/global_step")
         assert run.config == {"architecture_name": "tiny"}
         metrics = run.checkpoint_metrics(step)
         assert metrics["val/hmean"] == pytest.approx(score)
@@ -323,7 +342,9 @@ def test_lightning_layout_without_wandb_dir(lightning_run: dict, tmp_path: Path)
     copy.parent.mkdir(parents=True)
     shutil.copy(ckpt, copy)
     location = ws.find_run(copy)
-    assert location == ws.RunLocation(lightning_run["run_id"], None, "proj", None, "lightning_layout")
+    assert location == ws.RunLocation(
+        lightning_run["run_id"], None, "proj", None, "lightning_layout"
+    )
     assert location.run_path == f"proj/{lightning_run['run_id']}"
     assert ws.read_run(location) is None  # nothing local: the caller may try fetch_online
 
@@ -331,7 +352,9 @@ def test_lightning_layout_without_wandb_dir(lightning_run: dict, tmp_path: Path)
 @pytest.mark.parametrize(
     ("run_id", "expected"), [("abcd1234", "wandb_dir"), ("ffff0000", "lightning_layout")]
 )
-def test_lightning_layout_searches_above_save_dir(tmp_path: Path, run_id: str, expected: str) -> None:
+def test_lightning_layout_searches_above_save_dir(
+    tmp_path: Path, run_id: str, expected: str
+) -> None:
     # WandbLogger(save_dir=root/x/y) with the wandb dir two levels above: found by its id only.
     _fake_run(tmp_path / "wandb", "20250101_100000", run_id)
     ckpt = tmp_path / "x" / "y" / "proj" / "abcd1234" / "checkpoints" / "epoch=0-step=4.ckpt"
@@ -444,7 +467,9 @@ def online_run_dir(tmp_path: Path) -> Path:
     files.mkdir(parents=True)
     (files / "config.yaml").write_text(ONLINE_CONFIG_YAML)
     (files / "wandb-summary.json").write_text(
-        json.dumps({"val/hmean": 0.91, "_step": 40, "_wandb": {"runtime": 12}, "trainer/global_step": 399})
+        json.dumps(
+            {"val/hmean": 0.91, "_step": 40, "_wandb": {"runtime": 12}, "trainer/global_step": 399}
+        )
     )
     (files / "wandb-metadata.json").write_text(json.dumps({"host": "node1", "program": "train.py"}))
     return run_dir
@@ -461,7 +486,10 @@ def test_online_run_files(online_run_dir: Path) -> None:
     assert run.config == {
         "model": {
             "architecture": "dbnet",
-            "component_overrides": {"encoder": {"model_name": "resnet18"}, "decoder": {"name": "unet"}},
+            "component_overrides": {
+                "encoder": {"model_name": "resnet18"},
+                "decoder": {"name": "unet"},
+            },
         },
         "exp_name": "ocr_v1",
         "lr": 0.001,
@@ -522,7 +550,10 @@ def test_read_run_cache_follows_file_changes(online_run_dir: Path) -> None:
             {"architecture": "dbnet", "encoder": "resnet34", "head": "db_head", "loss": "db_loss"},
         ),
         (
-            {"model/architecture": "dbnetpp", "model.component_overrides.encoder.model_name": "resnet18"},
+            {
+                "model/architecture": "dbnetpp",
+                "model.component_overrides.encoder.model_name": "resnet18",
+            },
             {"architecture": "dbnetpp", "encoder": "resnet18"},
         ),
         ({"model": {"architecture": "${oc.select:arch}"}, "exp_name": ""}, {}),
@@ -610,7 +641,9 @@ def _cache_row(engine, **values) -> None:
 def test_fetch_online_answers_from_cache(no_credentials, engine, monkeypatch, caplog) -> None:
     _forbid_network(monkeypatch)
     raw_config = {
-        "_wandb": {"m": [{"1": "trainer/global_step", "6": [3]}, {"1": "val/hmean", "5": 1, "6": [1, 3]}]},
+        "_wandb": {
+            "m": [{"1": "trainer/global_step", "6": [3]}, {"1": "val/hmean", "5": 1, "6": [1, 3]}]
+        },
         "model": {"architecture": "dbnet"},
     }
     _cache_row(
@@ -620,7 +653,9 @@ def test_fetch_online_answers_from_cache(no_credentials, engine, monkeypatch, ca
         summary_json=json.dumps({"val/hmean": 0.99}),
         history_json=json.dumps({"199": {"val/hmean": 0.8}, "399": {"val/hmean": 0.99}}),
     )
-    _cache_row(engine, run_path="team/ocr/gone0000", ok=False, error="CommError: Could not find run")
+    _cache_row(
+        engine, run_path="team/ocr/gone0000", ok=False, error="CommError: Could not find run"
+    )
     with caplog.at_level(logging.WARNING, logger="ckpt_index.wandb"):
         run = ws.fetch_online("team/ocr/abc12345", engine=engine, global_step=200)
         assert ws.fetch_online("team/ocr/gone0000", engine=engine) is None
@@ -633,11 +668,14 @@ def test_fetch_online_answers_from_cache(no_credentials, engine, monkeypatch, ca
     assert run.history_at_step(399) == {"val/hmean": 0.99}
 
 
-@pytest.mark.parametrize(("fetched_at", "global_step", "attempts"), [
-    ("2099-01-01T00:00:00+00:00", 400, False),  # fresh: served as is
-    ("2000-01-01T00:00:00+00:00", 200, False),  # old but covers the step
-    ("2000-01-01T00:00:00+00:00", 400, True),  # old and ends before the step: refetched
-])
+@pytest.mark.parametrize(
+    ("fetched_at", "global_step", "attempts"),
+    [
+        ("2099-01-01T00:00:00+00:00", 400, False),  # fresh: served as is
+        ("2000-01-01T00:00:00+00:00", 200, False),  # old but covers the step
+        ("2000-01-01T00:00:00+00:00", 400, True),  # old and ends before the step: refetched
+    ],
+)
 def test_fetch_online_refreshes_a_cache_that_ends_early(
     no_credentials, engine, monkeypatch, caplog, fetched_at, global_step, attempts
 ) -> None:
@@ -668,7 +706,12 @@ class _FakeRemoteRun:
     def scan_history(self):
         yield {"_step": 0, "trainer/global_step": 99, "val/hmean": 0.5, "epoch": 0}
         yield {"_step": 1, "trainer/global_step": 199, "val/hmean": 0.8, "epoch": 1}
-        yield {"_step": 2, "trainer/global_step": 199, "train/loss": 0.3, "media": {"_type": "image"}}
+        yield {
+            "_step": 2,
+            "trainer/global_step": 199,
+            "train/loss": 0.3,
+            "media": {"_type": "image"},
+        }
 
 
 def test_fetch_online_caches_the_api_answer(wandb_env, engine, monkeypatch) -> None:
@@ -724,7 +767,9 @@ def test_import_does_not_import_wandb() -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_without_wandb_reads_files_and_skips_the_log(offline_run: dict, online_run_dir: Path) -> None:
+def test_without_wandb_reads_files_and_skips_the_log(
+    offline_run: dict, online_run_dir: Path
+) -> None:
     log = next(_wandb_run_dir(offline_run).glob("*.wandb"))
     shutil.copy(log, online_run_dir / "run-onl1ne00.wandb")
     result = _run_python(
@@ -747,9 +792,10 @@ def test_without_wandb_reads_files_and_skips_the_log(offline_run: dict, online_r
     skipped = "run-onl1ne00.wandb: skipped, wandb is not importable"
     assert out["online"] == ["files", "ocr_v1", 0.91, [skipped]]
     assert out["offline"] == ["none", offline_run["run_id"], {}, {}]
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("ckpt_index.wandb WARNING")]
+    warnings = [
+        line for line in result.stderr.splitlines() if line.startswith("ckpt_index.wandb WARNING")
+    ]
     assert len(warnings) == 1 and "wandb is not importable" in warnings[0]
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -810,10 +856,14 @@ def _sparse_files(run: Path) -> None:
 def _deep_files(run: Path) -> None:
     (run / "files").mkdir()
     (run / "files" / "config.yaml").write_text(
-        "a:\n  value: " + "[" * 100_000 + "]" * 100_000 + "\n")
-    (run / "files" / "wandb-summary.json").write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        "a:\n  value: " + "[" * 100_000 + "]" * 100_000 + "\n"
+    )
+    (run / "files" / "wandb-summary.json").write_text(
+        '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    )
     (run / "files" / "wandb-metadata.json").write_text(
-        '{"project": ' + "[" * 900 + "]" * 900 + ', "entity": 5}')
+        '{"project": ' + "[" * 900 + "]" * 900 + ', "entity": 5}'
+    )
 
 
 def _wide_files(run: Path) -> None:
@@ -835,8 +885,12 @@ HOSTILE_RUNS = [
 ]
 
 
-@pytest.mark.parametrize("make, word", [c[1:] for c in HOSTILE_RUNS], ids=[c[0] for c in HOSTILE_RUNS])
-def test_hostile_run_folder_is_read_in_bounded_time_and_memory(tmp_path: Path, make, word: str) -> None:
+@pytest.mark.parametrize(
+    "make, word", [c[1:] for c in HOSTILE_RUNS], ids=[c[0] for c in HOSTILE_RUNS]
+)
+def test_hostile_run_folder_is_read_in_bounded_time_and_memory(
+    tmp_path: Path, make, word: str
+) -> None:
     wandb_run, ckpt = _hostile_run(tmp_path)
     make(wandb_run)
     result = run_child(READ_IN_CHILD, str(ckpt))
@@ -851,34 +905,58 @@ def test_hostile_run_folder_is_read_in_bounded_time_and_memory(tmp_path: Path, m
 def test_config_yaml_values_are_plain(online_run_dir: Path) -> None:
     (online_run_dir / "files" / "config.yaml").write_text(
         "created:\n  value: 2024-01-01\nmodel:\n  value: {architecture: 5, encoder: [resnet]}\n"
-        "exp_name:\n  value: \"a\\0b\"\n3:\n  value: three\n")
+        'exp_name:\n  value: "a\\0b"\n3:\n  value: three\n'
+    )
     run = ws.read_run(ws.RunLocation("onl1ne00", online_run_dir))
-    assert run.config == {"created": "2024-01-01", "model": {"architecture": 5, "encoder": ["resnet"]},
-                          "exp_name": "a\x00b", "3": "three"}
+    assert run.config == {
+        "created": "2024-01-01",
+        "model": {"architecture": 5, "encoder": ["resnet"]},
+        "exp_name": "a\x00b",
+        "3": "three",
+    }
     json.dumps(run.config, allow_nan=False)
     assert ws.model_fields_from_config(run.config) == {}
 
 
 def test_a_yaml_alias_bomb_in_config_is_refused(online_run_dir: Path) -> None:
     levels = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9))
-    (online_run_dir / "files" / "config.yaml").write_text("l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + levels)
+    (online_run_dir / "files" / "config.yaml").write_text(
+        "l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + levels
+    )
     run = ws.read_run(ws.RunLocation("onl1ne00", online_run_dir))
     assert run.config == {}
     assert any("alias bomb" in w for w in run.warnings)
 
 
-@pytest.mark.parametrize("config", [
-    {"model": 5}, {"model": [1, 2]}, {"model": {"architecture": ["a"]}},
-    {"model.architecture": {"x": 1}}, {"model/architecture": 7}, {"exp_name": "\ud800"},
-    {"exp_name": "a\x00b"}, {"exp_name": "x" * 10_000}, {5: "x", None: "y"},
-    {"model": {5: 1, None: 2}}, {"encoder": {"model_name": 3.5}}, {"encoder": None},
-    {"model": {"component_overrides": "x"}}, [], None, "model", 5,
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"model": 5},
+        {"model": [1, 2]},
+        {"model": {"architecture": ["a"]}},
+        {"model.architecture": {"x": 1}},
+        {"model/architecture": 7},
+        {"exp_name": "\ud800"},
+        {"exp_name": "a\x00b"},
+        {"exp_name": "x" * 10_000},
+        {5: "x", None: "y"},
+        {"model": {5: 1, None: 2}},
+        {"encoder": {"model_name": 3.5}},
+        {"encoder": None},
+        {"model": {"component_overrides": "x"}},
+        [],
+        None,
+        "model",
+        5,
+    ],
+)
 def test_model_fields_from_config_of_any_shape(config) -> None:
     assert ws.model_fields_from_config(config) == {}
 
 
-@pytest.mark.parametrize("hint", [5, ["abc"], {"id": "x"}, "a\x00b", "\ud800", "x" * 10_000, "", None])
+@pytest.mark.parametrize(
+    "hint", [5, ["abc"], {"id": "x"}, "a\x00b", "\ud800", "x" * 10_000, "", None]
+)
 def test_find_run_ignores_hints_that_are_not_names(tmp_path: Path, hint) -> None:
     ckpt = tmp_path / "outputs" / "run" / "epoch=1.ckpt"
     ckpt.parent.mkdir(parents=True)
@@ -897,7 +975,9 @@ def _copy_run(offline_run: dict, tmp_path: Path) -> tuple[Path, Path]:
     return copy, copy / f"run-{offline_run['run_id']}.wandb"
 
 
-def test_a_record_over_the_size_limit_is_skipped(offline_run: dict, tmp_path: Path, monkeypatch) -> None:
+def test_a_record_over_the_size_limit_is_skipped(
+    offline_run: dict, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setattr(ws, "MAX_RECORD_BYTES", 60_000)  # the 100 KB "notes" row is over it
     run_dir, _ = _copy_run(offline_run, tmp_path)
     run = ws.read_run(ws.RunLocation(offline_run["run_id"], run_dir))
@@ -906,12 +986,15 @@ def test_a_record_over_the_size_limit_is_skipped(offline_run: dict, tmp_path: Pa
     assert 150 not in run.steps and 149 in run.steps and 151 in run.steps
 
 
-@pytest.mark.parametrize("limit, value, word", [
-    ("MAX_LOG_RECORDS", 50, "stopped after"),
-    ("MAX_LOG_ITEMS", 50, "stopped after"),
-    ("MAX_HISTORY_VALUES", 50, "later rows ignored"),
-    ("MAX_RECORD_ITEMS", 7, "items skipped"),  # rows with val/* metrics are over it
-])
+@pytest.mark.parametrize(
+    "limit, value, word",
+    [
+        ("MAX_LOG_RECORDS", 50, "stopped after"),
+        ("MAX_LOG_ITEMS", 50, "stopped after"),
+        ("MAX_HISTORY_VALUES", 50, "later rows ignored"),
+        ("MAX_RECORD_ITEMS", 7, "items skipped"),  # rows with val/* metrics are over it
+    ],
+)
 def test_the_reader_stops_at_its_limits(
     offline_run: dict, tmp_path: Path, monkeypatch, limit: str, value: int, word: str
 ) -> None:
@@ -936,12 +1019,22 @@ def test_hostile_records_beside_real_ones(offline_run: dict, tmp_path: Path) -> 
     deep_value = "[" * 200_000 + "]" * 200_000
     hostile = [
         record(config={"update": [{"key": "deep", "valueJson": deep_value}]}),
-        record(config={"update": [{"nestedKey": [f"k{i}" for i in range(5_000)], "valueJson": "1"}]}),
+        record(
+            config={"update": [{"nestedKey": [f"k{i}" for i in range(5_000)], "valueJson": "1"}]}
+        ),
         record(config={"update": [{"key": "big", "valueJson": "9" * 10_000}]}),
         record(summary={"update": [{"key": "s", "valueJson": '"\\ud800\\u0000"'}]}),
-        record(history={"item": [{"key": "trainer/global_step", "valueJson": "1e400"},
-                                 {"key": "m", "valueJson": "NaN"}]}),
-        record(history={"item": [{"key": "_step", "valueJson": "-5"}, {"key": "m", "valueJson": "1"}]}),
+        record(
+            history={
+                "item": [
+                    {"key": "trainer/global_step", "valueJson": "1e400"},
+                    {"key": "m", "valueJson": "NaN"},
+                ]
+            }
+        ),
+        record(
+            history={"item": [{"key": "_step", "valueJson": "-5"}, {"key": "m", "valueJson": "1"}]}
+        ),
         record(run={"runId": "bad\u0000id", "project": "\n", "entity": "x" * 10_000}),
         b"\xff" * 50,  # not a Record
     ]

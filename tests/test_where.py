@@ -12,15 +12,37 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import (
-    Boolean, Column, DateTime, Float, Integer, MetaData, String, Table, create_engine, func,
-    inspect as sa_inspect, select,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    func,
+    select,
+)
+from sqlalchemy import (
+    inspect as sa_inspect,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ckpt_index.query import where
 from ckpt_index.query.where import (
+    And,
+    Compare,
+    In,
+    IsNull,
+    Like,
+    Not,
+    Or,
+    WhereError,
     WhereTypeError,
-    And, Compare, In, IsNull, Like, Not, Or, WhereError, compile_where, names_in, parse_where,
+    compile_where,
+    names_in,
+    parse_where,
 )
 
 # SQLAlchemy deprecations (e.g. LIKE on a non-string type) would become errors in a later release.
@@ -69,8 +91,16 @@ def test_structure_and_precedence(text, expected):
 
 @pytest.mark.parametrize(
     "op, normalised",
-    [("=", "="), ("==", "="), ("!=", "!="), ("<>", "!="), ("<", "<"), ("<=", "<="),
-     (">", ">"), (">=", ">=")],
+    [
+        ("=", "="),
+        ("==", "="),
+        ("!=", "!="),
+        ("<>", "!="),
+        ("<", "<"),
+        ("<=", "<="),
+        (">", ">"),
+        (">=", ">="),
+    ],
 )
 @pytest.mark.parametrize("spacing", ["x {op} 1", "x{op}1", "x {op}1", "x{op} 1"])
 def test_every_comparison_operator(op, normalised, spacing):
@@ -98,9 +128,20 @@ def test_predicates(text, expected):
 @pytest.mark.parametrize(
     "literal, value",
     [
-        ("1", 1), ("0", 0), ("-2", -2), ("007", 7), ("123456789012", 123456789012),
-        ("0.8", 0.8), (".5", 0.5), ("-.5", -0.5), ("1.", 1.0), ("1e-3", 1e-3), ("1E3", 1000.0),
-        ("-1.5E+2", -150.0), ("2e0", 2.0), ("9223372036854775807", 2**63 - 1),
+        ("1", 1),
+        ("0", 0),
+        ("-2", -2),
+        ("007", 7),
+        ("123456789012", 123456789012),
+        ("0.8", 0.8),
+        (".5", 0.5),
+        ("-.5", -0.5),
+        ("1.", 1.0),
+        ("1e-3", 1e-3),
+        ("1E3", 1000.0),
+        ("-1.5E+2", -150.0),
+        ("2e0", 2.0),
+        ("9223372036854775807", 2**63 - 1),
     ],
 )
 def test_numbers(literal, value):
@@ -113,10 +154,18 @@ def test_numbers(literal, value):
 @pytest.mark.parametrize(
     "literal, value",
     [
-        ("''", ""), ("'abc'", "abc"), ("'it''s'", "it's"), ("''''", "'"), ("'a''''b'", "a''b"),
+        ("''", ""),
+        ("'abc'", "abc"),
+        ("'it''s'", "it's"),
+        ("''''", "'"),
+        ("'a''''b'", "a''b"),
         ("'with space and \"double\"'", 'with space and "double"'),
-        ("'and or not'", "and or not"), ("'null'", "null"), ("'1.5'", "1.5"),
-        ("'ünïcødé ✓'", "ünïcødé ✓"), ("'a\nb'", "a\nb"), ("'%_\\'", "%_\\"),
+        ("'and or not'", "and or not"),
+        ("'null'", "null"),
+        ("'1.5'", "1.5"),
+        ("'ünïcødé ✓'", "ünïcødé ✓"),
+        ("'a\nb'", "a\nb"),
+        ("'%_\\'", "%_\\"),
     ],
 )
 def test_strings(literal, value):
@@ -125,8 +174,20 @@ def test_strings(literal, value):
 
 @pytest.mark.parametrize(
     "name",
-    ["hmean", "val/loss", "cleval/hmean", "train-loss", "lr-Adam", "metrics.val.acc",
-     "step:10", "loss@k", "_private", "A1", "x-", "val/loss/"],
+    [
+        "hmean",
+        "val/loss",
+        "cleval/hmean",
+        "train-loss",
+        "lr-Adam",
+        "metrics.val.acc",
+        "step:10",
+        "loss@k",
+        "_private",
+        "A1",
+        "x-",
+        "val/loss/",
+    ],
 )
 def test_bare_metric_names(name):
     assert parse_where(f"{name} < 0.03") == Compare(name, "<", 0.03)
@@ -137,8 +198,15 @@ def test_bare_metric_names(name):
 
 @pytest.mark.parametrize(
     "quoted, name",
-    [('"my metric"', "my metric"), ('"a""b"', 'a"b'), ('"and"', "and"), ('"null"', "null"),
-     ('"1st"', "1st"), ('"x; DROP TABLE t"', "x; DROP TABLE t"), ('"val/loss"', "val/loss")],
+    [
+        ('"my metric"', "my metric"),
+        ('"a""b"', 'a"b'),
+        ('"and"', "and"),
+        ('"null"', "null"),
+        ('"1st"', "1st"),
+        ('"x; DROP TABLE t"', "x; DROP TABLE t"),
+        ('"val/loss"', "val/loss"),
+    ],
 )
 def test_quoted_names(quoted, name):
     assert parse_where(f"{quoted} = 1") == Compare(name, "=", 1)
@@ -147,8 +215,11 @@ def test_quoted_names(quoted, name):
 
 @pytest.mark.parametrize(
     "text",
-    ["a = 1 AND b = 2 OR NOT c = 3", "a = 1 And b = 2 oR nOt c = 3",
-     "a = 1 and b = 2 or not c = 3"],
+    [
+        "a = 1 AND b = 2 OR NOT c = 3",
+        "a = 1 And b = 2 oR nOt c = 3",
+        "a = 1 and b = 2 or not c = 3",
+    ],
 )
 def test_keywords_are_case_insensitive(text):
     assert parse_where(text) == Or(
@@ -159,8 +230,10 @@ def test_keywords_are_case_insensitive(text):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("x LIKE 'a'", Like("x", "a")), ("x NOT Like 'a'", Like("x", "a", True)),
-        ("x IN (TRUE, False)", In("x", (True, False))), ("x Is NuLl", IsNull("x")),
+        ("x LIKE 'a'", Like("x", "a")),
+        ("x NOT Like 'a'", Like("x", "a", True)),
+        ("x IN (TRUE, False)", In("x", (True, False))),
+        ("x Is NuLl", IsNull("x")),
         ("x IS NOT NULL", IsNull("x", True)),
         ("AND_x = 1", Compare("AND_x", "=", 1)),  # a keyword prefix does not make a keyword
         ("Hmean = 1", Compare("Hmean", "=", 1)),  # names keep their case
@@ -276,10 +349,12 @@ def test_errors(text, position, message):
 def test_nesting_depth_is_bounded():
     assert parse_where("(" * 100 + "a = 1" + ")" * 100) == Compare("a", "=", 1)
     assert parse_where("not " * 100 + "a = 1") == nested_nots(100)
-    for text, position in [("(" * 101 + "a = 1" + ")" * 101, 100),
-                           ("(" * 5000 + "a = 1" + ")" * 5000, 100),
-                           ("not " * 5000 + "a = 1", 400),
-                           ("not (" * 60 + "a = 1" + ")" * 60, 250)]:
+    for text, position in [
+        ("(" * 101 + "a = 1" + ")" * 101, 100),
+        ("(" * 5000 + "a = 1" + ")" * 5000, 100),
+        ("not " * 5000 + "a = 1", 400),
+        ("not (" * 60 + "a = 1" + ")" * 60, 250),
+    ]:
         with pytest.raises(WhereError, match="nested too deeply") as info:
             parse_where(text)
         assert info.value.position == position
@@ -316,7 +391,8 @@ def test_leftmost_error_wins():
 
 metadata = MetaData()
 items = Table(
-    "items", metadata,
+    "items",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("name", String),
     Column("hmean", Float),
@@ -325,24 +401,27 @@ items = Table(
     Column("created_at", DateTime),
 )
 metrics = Table(
-    "metrics", metadata,
+    "metrics",
+    metadata,
     Column("item_id", Integer),
     Column("name", String),
     Column("value", Float),
 )
 
 ROWS = [
-    dict(id=1, name="resnet50-a", hmean=0.91, epoch=10, best=True,
-         created_at=datetime(2024, 5, 1)),
-    dict(id=2, name="resnet50-b", hmean=0.75, epoch=5, best=False,
-         created_at=datetime(2024, 6, 1)),
+    dict(id=1, name="resnet50-a", hmean=0.91, epoch=10, best=True, created_at=datetime(2024, 5, 1)),
+    dict(id=2, name="resnet50-b", hmean=0.75, epoch=5, best=False, created_at=datetime(2024, 6, 1)),
     dict(id=3, name="it's", hmean=0.85, epoch=20, best=False, created_at=datetime(2024, 7, 1)),
     dict(id=4, name="vit%", hmean=None, epoch=1, best=None, created_at=None),
 ]
 METRICS = [
-    (1, "val/loss", 0.02), (1, "cleval/hmean", 0.9), (1, "train-loss", 0.5),
-    (2, "val/loss", 0.05), (2, "lr-Adam", 0.001),
-    (3, "val/loss", 0.025), (3, "my metric", 7.0),
+    (1, "val/loss", 0.02),
+    (1, "cleval/hmean", 0.9),
+    (1, "train-loss", 0.5),
+    (2, "val/loss", 0.05),
+    (2, "lr-Adam", 0.001),
+    (3, "val/loss", 0.025),
+    (3, "my metric", 7.0),
 ]
 
 
@@ -363,9 +442,7 @@ def engine():
     metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(items.insert(), ROWS)
-        conn.execute(
-            metrics.insert(), [dict(item_id=i, name=n, value=v) for i, n, v in METRICS]
-        )
+        conn.execute(metrics.insert(), [dict(item_id=i, name=n, value=v) for i, n, v in METRICS])
     yield engine
     engine.dispose()
 
@@ -443,7 +520,8 @@ def test_compile_also_targets_postgresql():
 
 
 typed = Table(
-    "typed", MetaData(),
+    "typed",
+    MetaData(),
     *(Column(t.__name__.lower(), t) for t in (String, Float, Integer, Boolean, DateTime)),
 )
 
@@ -451,8 +529,19 @@ typed = Table(
 @pytest.mark.parametrize("column", [c.name for c in typed.c])
 @pytest.mark.parametrize(
     "template",
-    ["{} < 1", "{} >= 2.5", "{} = 'x'", "{} != true", "{} > false", "{} like 'x%'",
-     "{} not like 'x'", "{} in (1, 'a', true)", "{} not in (2)", "{} is null", "{} is not null"],
+    [
+        "{} < 1",
+        "{} >= 2.5",
+        "{} = 'x'",
+        "{} != true",
+        "{} > false",
+        "{} like 'x%'",
+        "{} not like 'x'",
+        "{} in (1, 'a', true)",
+        "{} not in (2)",
+        "{} is null",
+        "{} is not null",
+    ],
 )
 @pytest.mark.parametrize("dialect", [sqlite.dialect(), postgresql.dialect()], ids=["sqlite", "pg"])
 def test_every_predicate_compiles_for_every_column_type(column, template, dialect):
@@ -618,8 +707,10 @@ def test_every_well_formed_tree_compiles_and_runs(engine, tree):
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("ab1.-'\"()=<>!, \tn ot and or in like is null;$")))
-       | st.text())
+@given(
+    st.text(alphabet=st.sampled_from(list("ab1.-'\"()=<>!, \tn ot and or in like is null;$")))
+    | st.text()
+)
 def test_arbitrary_text_only_ever_raises_where_error(text):
     try:
         parse_where(text)

@@ -27,7 +27,7 @@ def frame(payloads: Iterable[bytes]) -> bytes:
             if left < 7:
                 out += b"\0" * left
                 continue
-            piece, payload = payload[: left - 7], payload[left - 7:]
+            piece, payload = payload[: left - 7], payload[left - 7 :]
             kind = (FULL if not payload else FIRST) if first else (LAST if not payload else MIDDLE)
             crc = zlib.crc32(piece, zlib.crc32(bytes([kind])))
             out += struct.pack("<IHB", crc, len(piece), kind) + piece

@@ -17,9 +17,10 @@ import socket
 import sqlite3
 import time
 import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -160,7 +161,7 @@ def create_index_engine(
 
 
 #: Engines reading without locks (immutable), with the file's identity when they were made.
-_UNLOCKED_READS: "weakref.WeakKeyDictionary[Engine, tuple[str, tuple[int, int, int]]]" = (
+_UNLOCKED_READS: weakref.WeakKeyDictionary[Engine, tuple[str, tuple[int, int, int]]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -213,6 +214,16 @@ def check_unlocked_read(engine: Engine) -> None:
 
 
 @contextmanager
+def disposing(engine: Engine) -> Iterator[Engine]:
+    """``with disposing(open_engine(db)) as engine:`` closes the engine's pooled connections on
+    the way out, error or not: an open SQLite connection keeps its file (and WAL) in use."""
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A connection in a write transaction, committed on success and rolled back on error."""
     with engine.connect() as conn:
@@ -241,8 +252,9 @@ def is_transient(exc: BaseException) -> bool:
     return getattr(orig, "sqlstate", None) in ("40001", "40P01")
 
 
-def run_write(engine: Engine, work: Callable[[Connection], T], *,
-              attempts: int = WRITE_ATTEMPTS) -> T:
+def run_write(
+    engine: Engine, work: Callable[[Connection], T], *, attempts: int = WRITE_ATTEMPTS
+) -> T:
     """Run ``work(conn)`` in one write transaction; retry it whole when it lost a race.
 
     SQLite waits on its busy timeout first, so a retry only follows a lock held longer than that
@@ -386,7 +398,9 @@ def open_engine(
                 found = current_revision(conn)
                 conn.rollback()
             if found is None:
-                raise IndexMissingError(f"{url} holds no ckpt-index schema; run `ckpt-index sync` first")
+                raise IndexMissingError(
+                    f"{url} holds no ckpt-index schema; run `ckpt-index sync` first"
+                )
             if found != HEAD_REVISION:
                 if found not in known_revisions():
                     raise SchemaTooNewError(url, found, HEAD_REVISION)

@@ -18,8 +18,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped
 from ckpt_index.index import tables
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints, wandb_run_cache
 
-__all__ = ["Base", "Checkpoint", "CheckpointMetric", "WandbRunCache", "checkpoints",
-           "checkpoint_metrics", "wandb_run_cache"]
+__all__ = [
+    "Base",
+    "Checkpoint",
+    "CheckpointMetric",
+    "WandbRunCache",
+    "checkpoints",
+    "checkpoint_metrics",
+    "wandb_run_cache",
+]
 
 
 class Base(DeclarativeBase):

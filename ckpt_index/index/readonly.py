@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -29,8 +30,17 @@ _ALLOWED_ACTIONS = {
 }
 #: Pragmas that only ever report (used by notebooks and pandas to inspect the schema).
 _READ_PRAGMAS = {
-    "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
-    "foreign_key_list", "database_list", "collation_list", "function_list", "compile_options",
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "database_list",
+    "collation_list",
+    "function_list",
+    "compile_options",
 }
 
 
@@ -82,19 +92,31 @@ class SqlResult:
     batches: Iterator[list[tuple]]
 
 
-def run_sql(engine: Engine, statement: str, *, timeout: float | None = DEFAULT_TIMEOUT_S,
-            allow_write_role: bool = False) -> tuple[list[str], list[tuple]]:
+def run_sql(
+    engine: Engine,
+    statement: str,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT_S,
+    allow_write_role: bool = False,
+) -> tuple[list[str], list[tuple]]:
     """Run one read-only statement; return (column names, rows). Writes raise ReadOnlyError.
 
     Holds every row: for large results use :func:`stream_sql`.
     """
-    with stream_sql(engine, statement, timeout=timeout, allow_write_role=allow_write_role) as result:
+    with stream_sql(
+        engine, statement, timeout=timeout, allow_write_role=allow_write_role
+    ) as result:
         return result.columns, [row for batch in result.batches for row in batch]
 
 
 @contextmanager
-def stream_sql(engine: Engine, statement: str, *, timeout: float | None = DEFAULT_TIMEOUT_S,
-               allow_write_role: bool = False) -> Iterator[SqlResult]:
+def stream_sql(
+    engine: Engine,
+    statement: str,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT_S,
+    allow_write_role: bool = False,
+) -> Iterator[SqlResult]:
     """Run one read-only statement and yield its result, whose rows arrive in batches.
 
     ``timeout`` (seconds; ``None`` or 0 for none) bounds the statement, fetching included: SQLite
@@ -153,13 +175,16 @@ def _describe_sqlite(exc: sqlite3.Error, timeout: float | None) -> str:
 
 
 def _timed_out(timeout: float) -> str:
-    return (f"the statement was stopped after {timeout:g} s (--timeout SECONDS sets the limit, "
-            "0 for none)")
+    return (
+        f"the statement was stopped after {timeout:g} s (--timeout SECONDS sets the limit, "
+        "0 for none)"
+    )
 
 
 @contextmanager
-def _stream_postgresql(engine: Engine, statement: str, timeout: float | None,
-                       allow_write_role: bool) -> Iterator[SqlResult]:
+def _stream_postgresql(
+    engine: Engine, statement: str, timeout: float | None, allow_write_role: bool
+) -> Iterator[SqlResult]:
     """One statement in the READ ONLY transaction, on the driver itself.
 
     Through SQLAlchemy, psycopg receives an empty parameter list: it then reads ``%`` as a
@@ -179,8 +204,10 @@ def _stream_postgresql(engine: Engine, statement: str, timeout: float | None,
                     _refuse_write_role(cursor)
                 if timeout is not None:
                     # LOCAL: ends with the transaction, which is always rolled back.
-                    cursor.execute("SELECT set_config('statement_timeout', %s, true)",
-                                   [f"{max(1, int(timeout * 1000))}ms"])
+                    cursor.execute(
+                        "SELECT set_config('statement_timeout', %s, true)",
+                        [f"{max(1, int(timeout * 1000))}ms"],
+                    )
                 rows = cursor.stream(statement, size=_chunk_size())
                 first = next(rows, None)
             except dbapi.ProgrammingError as exc:
@@ -268,7 +295,9 @@ def _more_than_one_statement(statement: str) -> bool:
     for end in range(len(statement)):
         if statement[end] == ";" and sqlite3.complete_statement(statement[: end + 1]):
             rest = statement[end + 1 :]
-            return any(line.strip() and not line.strip().startswith("--") for line in rest.splitlines())
+            return any(
+                line.strip() and not line.strip().startswith("--") for line in rest.splitlines()
+            )
     return False
 
 
@@ -276,13 +305,25 @@ def _describe_message(message: str) -> str:
     message = message.strip()
     if "multiple commands" in message:  # PostgreSQL, of a prepared statement
         return "refused: only one statement may be run at a time"
-    refusals = ("not authorized", "authorization denied", "readonly", "read-only",
-                "cannot VACUUM",  # VACUUM always writes; it fails on our BEGIN first
-                "cannot run inside a transaction block")  # PostgreSQL's VACUUM and friends
+    refusals = (
+        "not authorized",
+        "authorization denied",
+        "readonly",
+        "read-only",
+        "cannot VACUUM",  # VACUUM always writes; it fails on our BEGIN first
+        "cannot run inside a transaction block",
+    )  # PostgreSQL's VACUUM and friends
     if any(text in message for text in refusals):
         return f"refused: the index is read-only here ({message.splitlines()[0]})"
     return message
 
 
-__all__ = ["ReadOnlyError", "SqlResult", "WriteRoleError", "read_only_engine", "run_sql",
-           "stream_sql", "text"]
+__all__ = [
+    "ReadOnlyError",
+    "SqlResult",
+    "WriteRoleError",
+    "read_only_engine",
+    "run_sql",
+    "stream_sql",
+    "text",
+]

@@ -13,9 +13,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ckpt_index.storable import (
-    INT64_MAX, INT64_MIN, INT_RANGES, MAX_METRIC_NAME, clean_text, finite_float, int_problem, show,
+    INT64_MAX,
+    INT64_MIN,
+    INT_RANGES,
+    MAX_METRIC_NAME,
+    clean_text,
+    finite_float,
+    int_problem,
+    show,
     text_problem,
 )
+from ckpt_index.vocabulary import MODES, PHASES
 
 if TYPE_CHECKING:  # the query path must not pay for importing pydantic
     from ckpt_index.sidecar.schema import CheckpointMetadataV1
@@ -25,18 +33,65 @@ CANONICAL_METRICS = ("precision", "recall", "hmean", "validation_loss")
 
 #: Every metadata column of ``checkpoints``, emptied for a row without usable metadata.
 METADATA_COLUMNS = (
-    "exp_name", "architecture", "encoder", "encoder_pretrained", "encoder_frozen", "decoder",
-    "head", "loss", "epoch", "global_step", "training_phase", "max_epochs", "precision", "recall",
-    "hmean", "validation_loss", "monitor", "mode", "save_top_k", "save_last", "created_at",
-    "hydra_config_path", "wandb_run_id", "metadata_json", "warnings", "error", "inferred_fields",
+    "exp_name",
+    "architecture",
+    "encoder",
+    "encoder_pretrained",
+    "encoder_frozen",
+    "decoder",
+    "head",
+    "loss",
+    "epoch",
+    "global_step",
+    "training_phase",
+    "max_epochs",
+    "precision",
+    "recall",
+    "hmean",
+    "validation_loss",
+    "monitor",
+    "mode",
+    "save_top_k",
+    "save_last",
+    "created_at",
+    "hydra_config_path",
+    "wandb_run_id",
+    "metadata_json",
+    "warnings",
+    "error",
+    "inferred_fields",
 )
 
 #: The fields of a JSON query result, in order (SPEC section 7), before ``metrics``.
 OUTPUT_FIELDS = (
-    "location", "checkpoint_path", "sidecar_path", "exp_name", "architecture", "encoder", "decoder", "head",
-    "loss", "epoch", "global_step", "training_phase", "max_epochs", "precision", "recall", "hmean",
-    "validation_loss", "monitor", "mode", "save_top_k", "save_last", "created_at",
-    "hydra_config_path", "wandb_run_id", "source", "checkpoint_exists", "status", "error",
+    "location",
+    "checkpoint_path",
+    "sidecar_path",
+    "exp_name",
+    "architecture",
+    "encoder",
+    "decoder",
+    "head",
+    "loss",
+    "epoch",
+    "global_step",
+    "training_phase",
+    "max_epochs",
+    "precision",
+    "recall",
+    "hmean",
+    "validation_loss",
+    "monitor",
+    "mode",
+    "save_top_k",
+    "save_last",
+    "created_at",
+    "hydra_config_path",
+    "wandb_run_id",
+    "source",
+    "checkpoint_exists",
+    "status",
+    "error",
 )
 
 
@@ -217,8 +272,11 @@ def record_from_inferred(inferred, *, ckpt: FileState | None) -> Record:
         error=inferred.unreadable,
         warnings="; ".join(inferred.warnings) or None,
         inferred_fields=json.dumps(inferred.sources, sort_keys=True, separators=(",", ":")),
-        unsafe_globals=(json.dumps(inferred.unsafe_globals)
-                        if getattr(inferred, "unsafe_globals", None) is not None else None),
+        unsafe_globals=(
+            json.dumps(inferred.unsafe_globals)
+            if getattr(inferred, "unsafe_globals", None) is not None
+            else None
+        ),
         indexed_at=now_iso(),
         **_state_columns(ckpt, None),
     )
@@ -231,19 +289,31 @@ def record_from_inferred(inferred, *, ckpt: FileState | None) -> Record:
 _INT, _FLOAT, _BOOL, _TEXT, _CHOICE = "int", "float", "bool", "text", "choice"
 #: The kind of each column of ``checkpoints`` a record sets (a test keeps it in step with tables).
 COLUMN_KINDS: dict[str, str] = {
-    **dict.fromkeys(("location", "checkpoint_path", "sidecar_path", "source", "status", "indexed_at",
-                     "unsafe_globals", "scan_error"), _TEXT),
+    **dict.fromkeys(
+        (
+            "location",
+            "checkpoint_path",
+            "sidecar_path",
+            "source",
+            "status",
+            "indexed_at",
+            "unsafe_globals",
+            "scan_error",
+        ),
+        _TEXT,
+    ),
     **dict.fromkeys(METADATA_COLUMNS, _TEXT),
     **dict.fromkeys(INT_RANGES, _INT),
     **dict.fromkeys(CANONICAL_METRICS, _FLOAT),
-    **dict.fromkeys(("encoder_pretrained", "encoder_frozen", "save_last", "checkpoint_exists", "stale"),
-                    _BOOL),
+    **dict.fromkeys(
+        ("encoder_pretrained", "encoder_frozen", "save_last", "checkpoint_exists", "stale"), _BOOL
+    ),
     "mode": _CHOICE,
     "training_phase": _CHOICE,
 }
 _CHOICES = {
-    "mode": frozenset({"min", "max"}),
-    "training_phase": frozenset({"training", "validation", "finetuning"}),
+    "mode": frozenset(MODES),
+    "training_phase": frozenset(PHASES),
 }
 #: Text a row carries about itself, repaired in any row rather than making it invalid.
 _ROW_TEXT = frozenset({"error", "warnings", "inferred_fields", "indexed_at", "source", "status"})
@@ -295,9 +365,16 @@ def check_record(record: Record) -> Record:
             bad.append(name)
     metrics = record.metrics
     bad_metrics = [
-        name for name, value in metrics.items()
-        if not (type(name) is str and type(value) is float and value - value == 0.0
-                and len(name) <= MAX_METRIC_NAME and "\x00" not in name and name.isascii())
+        name
+        for name, value in metrics.items()
+        if not (
+            type(name) is str
+            and type(value) is float
+            and value - value == 0.0
+            and len(name) <= MAX_METRIC_NAME
+            and "\x00" not in name
+            and name.isascii()
+        )
         and not _metric_fits(name, value)
     ]
     path = columns.get("checkpoint_path")
@@ -317,7 +394,9 @@ def check_record(record: Record) -> Record:
         repairable = type(value) is str and COLUMN_KINDS.get(name, _TEXT) is _TEXT
         fixed[name] = clean_text(value) if repairable else None
         if name not in _ROW_TEXT:  # repairing a warning need not be warned about
-            notes.append(f"{name}: {problem}; {'cleaned' if fixed[name] is not None else 'not indexed'}")
+            notes.append(
+                f"{name}: {problem}; {'cleaned' if fixed[name] is not None else 'not indexed'}"
+            )
     kept = dict(metrics)
     for name in bad_metrics:
         value = kept.pop(name)
@@ -334,7 +413,9 @@ def check_record(record: Record) -> Record:
                 continue
         notes.append(f"metric {show(name)}: {_metric_problem(name, value)}; not indexed")
     if notes:
-        fixed["warnings"] = "; ".join(([fixed["warnings"]] if fixed.get("warnings") else []) + notes)
+        fixed["warnings"] = "; ".join(
+            ([fixed["warnings"]] if fixed.get("warnings") else []) + notes
+        )
     return Record(fixed, kept)
 
 
@@ -379,9 +460,12 @@ def _problem(name: str, value: Any) -> str:
 
 def _metric_fits(name: Any, value: Any) -> bool:
     return (
-        type(name) is str and len(name) <= MAX_METRIC_NAME
-        and "\x00" not in name and (name.isascii() or text_problem(name) is None)
-        and type(value) is float and value - value == 0.0
+        type(name) is str
+        and len(name) <= MAX_METRIC_NAME
+        and "\x00" not in name
+        and (name.isascii() or text_problem(name) is None)
+        and type(value) is float
+        and value - value == 0.0
     )
 
 

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import Connection, delete, select
 
 from ckpt_index.index.engine import resolve_location
-from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 from ckpt_index.index.records import Record
+from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 
 _CHUNK = 500
 
@@ -52,7 +52,10 @@ def _build_upsert(dialect_name: str, columns: tuple[str, ...], overwrite: bool =
 
 
 def upsert_records(
-    conn: Connection, records: Sequence[Record], *, location: str | None = None,
+    conn: Connection,
+    records: Sequence[Record],
+    *,
+    location: str | None = None,
     overwrite: bool = True,
 ) -> dict[str, int]:
     """Insert or replace the rows (and all metrics) of ``records``; return path -> row id.
@@ -75,17 +78,23 @@ def upsert_records(
         ids[path] = row_id
     id_list = list(ids.values())
     for chunk in _chunks(id_list):
-        conn.execute(delete(checkpoint_metrics).where(checkpoint_metrics.c.checkpoint_id.in_(chunk)))
+        conn.execute(
+            delete(checkpoint_metrics).where(checkpoint_metrics.c.checkpoint_id.in_(chunk))
+        )
     metric_rows = [
         (ids[r.checkpoint_path], name, value)
-        for r in records if r.checkpoint_path in ids for name, value in r.metrics.items()
+        for r in records
+        if r.checkpoint_path in ids
+        for name, value in r.metrics.items()
     ]
     if metric_rows:
         # Plain driver executemany: SQLAlchemy's per-parameter processing of ~10 metrics per
         # checkpoint was a third of a cold sync's write time. The statement text is fixed.
         placeholder = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
-        sql = (f"INSERT INTO checkpoint_metrics (checkpoint_id, name, value) "
-               f"VALUES ({placeholder}, {placeholder}, {placeholder})")
+        sql = (
+            f"INSERT INTO checkpoint_metrics (checkpoint_id, name, value) "
+            f"VALUES ({placeholder}, {placeholder}, {placeholder})"
+        )
         conn.exec_driver_sql(sql, metric_rows)
     return ids
 
@@ -99,7 +108,9 @@ def update_columns(conn: Connection, updates: Sequence[tuple[int, dict[str, Any]
 def delete_rows(conn: Connection, ids: Sequence[int]) -> None:
     """Delete rows by id; their metrics go with them (ON DELETE CASCADE, and explicitly)."""
     for chunk in _chunks(list(ids)):
-        conn.execute(delete(checkpoint_metrics).where(checkpoint_metrics.c.checkpoint_id.in_(chunk)))
+        conn.execute(
+            delete(checkpoint_metrics).where(checkpoint_metrics.c.checkpoint_id.in_(chunk))
+        )
         conn.execute(delete(checkpoints).where(checkpoints.c.id.in_(chunk)))
 
 
@@ -129,10 +140,18 @@ def path_range(root: str) -> tuple[str, str]:
 
 
 STATE_COLUMNS = (
-    checkpoints.c.id, checkpoints.c.checkpoint_path, checkpoints.c.sidecar_path,
-    checkpoints.c.status, checkpoints.c.checkpoint_exists, checkpoints.c.ckpt_size,
-    checkpoints.c.ckpt_mtime_ns, checkpoints.c.sidecar_size, checkpoints.c.sidecar_mtime_ns,
-    checkpoints.c.error, checkpoints.c.scan_error, checkpoints.c.unsafe_globals,
+    checkpoints.c.id,
+    checkpoints.c.checkpoint_path,
+    checkpoints.c.sidecar_path,
+    checkpoints.c.status,
+    checkpoints.c.checkpoint_exists,
+    checkpoints.c.ckpt_size,
+    checkpoints.c.ckpt_mtime_ns,
+    checkpoints.c.sidecar_size,
+    checkpoints.c.sidecar_mtime_ns,
+    checkpoints.c.error,
+    checkpoints.c.scan_error,
+    checkpoints.c.unsafe_globals,
 )
 
 

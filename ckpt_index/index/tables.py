@@ -12,7 +12,17 @@ a third of its time. ``ckpt_index.index.models`` maps typed ORM classes onto the
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
 )
 
 NAMING_CONVENTION = {
@@ -37,8 +47,11 @@ checkpoints = Table(
     # The machine (host name or CKPT_INDEX_LOCATION) whose filesystem holds checkpoint_path.
     Column("location", String, nullable=False, server_default=""),
     # Bytewise on every backend: sync selects the rows under a root with a range on the path.
-    Column("checkpoint_path", String().with_variant(String(collation="C"), "postgresql"),
-           nullable=False),
+    Column(
+        "checkpoint_path",
+        String().with_variant(String(collation="C"), "postgresql"),
+        nullable=False,
+    ),
     _text("sidecar_path"),
     _text("exp_name", index=True),
     _text("architecture", index=True),
@@ -95,8 +108,9 @@ checkpoints = Table(
 checkpoint_metrics = Table(
     "checkpoint_metrics",
     metadata,
-    Column("checkpoint_id", Integer, ForeignKey("checkpoints.id", ondelete="CASCADE"),
-           primary_key=True),
+    Column(
+        "checkpoint_id", Integer, ForeignKey("checkpoints.id", ondelete="CASCADE"), primary_key=True
+    ),
     Column("name", String, primary_key=True),
     Column("value", Float, nullable=False),
     Index("ix_checkpoint_metrics_name_value", "name", "value"),

@@ -118,7 +118,10 @@ def _inject_fault(path: str) -> None:
 
 def _task_build_record(path: str, item: Any, racy_after_ns: int, options: dict[str, Any]) -> Any:
     from ckpt_index.sync.build import (
-        SyncOptions, build_record_safely, checked_record, item_from_args,
+        SyncOptions,
+        build_record_safely,
+        checked_record,
+        item_from_args,
     )
 
     _inject_fault(path)
@@ -139,8 +142,8 @@ def _task_infer(path: str, options: dict[str, Any]) -> Any:
 
 
 def _task_read_checkpoint(path: str) -> Any:
-    from ckpt_index.sources.checkpoint.unpickler import ConversionLimit
     from ckpt_index.sources.checkpoint.reader import CheckpointReadError, read_checkpoint, to_plain
+    from ckpt_index.sources.checkpoint.unpickler import ConversionLimit
 
     _inject_fault(path)
     try:
@@ -159,7 +162,11 @@ def _task_read_checkpoint(path: str) -> Any:
 
 def _task_inspect_checkpoint(path: str) -> Any:
     """(why the file is unusable or None, the globals torch.load(weights_only=True) would refuse)."""
-    from ckpt_index.sources.checkpoint.reader import CheckpointReadError, check_integrity, read_checkpoint
+    from ckpt_index.sources.checkpoint.reader import (
+        CheckpointReadError,
+        check_integrity,
+        read_checkpoint,
+    )
 
     _inject_fault(path)
     broken = check_integrity(path)
@@ -288,7 +295,7 @@ class _Replies:
     def flush(self) -> None:
         data = memoryview(b"".join(self.frames))
         while data:
-            data = data[self.stream.write(data):]
+            data = data[self.stream.write(data) :]
         self.frames.clear()
         self.size = 0
 
@@ -297,6 +304,7 @@ class _Replies:
         self.frames.append(_frame(("memory", None)))
         self.flush()
         os._exit(_EXIT_MEMORY)  # state after a MemoryError is not worth trusting
+
 
 #: Log records a job may send back (a file that makes a parser warn a million times is one file).
 _MAX_LOGS = 20
@@ -358,8 +366,13 @@ def _read_exact(stream: io.RawIOBase, size: int) -> bytes | None:
 class _PlainUnpickler(pickle.Unpickler):
     """Loads plain data only: containers and atoms, no class but a few pure-data builtins."""
 
-    _ALLOWED = {("builtins", "complex"), ("builtins", "set"), ("builtins", "frozenset"),
-                ("builtins", "bytearray"), ("builtins", "slice")}
+    _ALLOWED = {
+        ("builtins", "complex"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "bytearray"),
+        ("builtins", "slice"),
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
@@ -381,8 +394,13 @@ class _Worker:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ckpt_index.isolation.pool", str(limits.memory_bytes)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=env, close_fds=True, start_new_session=True, bufsize=0,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
+            bufsize=0,
         )
         assert self.proc.stdout is not None and self.proc.stdin is not None
         self.fd = self.proc.stdout.fileno()
@@ -422,7 +440,7 @@ class _Worker:
         assert self.proc.stdin is not None
         data = memoryview(_frame((task, [args for _, args in jobs])))
         while data:
-            data = data[self.proc.stdin.write(data) or 0:]
+            data = data[self.proc.stdin.write(data) or 0 :]
 
     def replies(self) -> Iterator[Any] | None:
         """Complete replies read now; None when the worker closed its end (it died)."""
@@ -444,7 +462,7 @@ class _Worker:
                 if len(view) < end:
                     break
                 try:
-                    out.append(_PlainUnpickler(io.BytesIO(view[start + _HEADER.size:end])).load())
+                    out.append(_PlainUnpickler(io.BytesIO(view[start + _HEADER.size : end])).load())
                 except Exception as exc:  # noqa: BLE001
                     raise _BadReply(f"unreadable worker reply: {exc}") from None
                 start = end
@@ -522,8 +540,9 @@ class WorkerPool:
             time-out is charged to the exact job that caused it).
     """
 
-    def __init__(self, workers: int | None = None, limits: Limits | None = None, *,
-                 chunk: int = 16) -> None:
+    def __init__(
+        self, workers: int | None = None, limits: Limits | None = None, *, chunk: int = 16
+    ) -> None:
         if workers is not None and workers < 1:
             raise ValueError(f"WorkerPool(workers={workers!r}): need at least one worker")
         self.size = workers or min(os.cpu_count() or 1, 8)
@@ -568,8 +587,9 @@ class WorkerPool:
         import threading
 
         state = _MapState(list(jobs))
-        dispatcher = threading.Thread(target=self._dispatch, args=(task, state),
-                                      name="ckpt-index-workers", daemon=True)
+        dispatcher = threading.Thread(
+            target=self._dispatch, args=(task, state), name="ckpt-index-workers", daemon=True
+        )
         dispatcher.start()
         relogged: set[tuple[str, str]] = set()
         try:
@@ -725,7 +745,9 @@ def _outcome(reply: Any, limits: Limits) -> Outcome:
     if kind == "ok":
         return Outcome(True, value=reply[1], logs=logs)
     if kind == "memory":
-        return Outcome(False, reason=f"over the {limits.memory_text()} memory limit", contained=True)
+        return Outcome(
+            False, reason=f"over the {limits.memory_text()} memory limit", contained=True
+        )
     return Outcome(False, reason=str(reply[1]), logs=logs)
 
 

@@ -23,7 +23,9 @@ class FailureLog:
         if first:
             self._logger.warning(
                 "ckpt-index: %s%s (training continues; further metadata failures in this run are "
-                "logged at DEBUG level)", message, detail,
+                "logged at DEBUG level)",
+                message,
+                detail,
             )
         else:
             self._logger.debug("ckpt-index: %s%s", message, detail, exc_info=exc)

@@ -19,8 +19,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ckpt_index.sidecar.schema import DecoderInfo, EncoderInfo, HeadInfo, LossInfo
+from ckpt_index.vocabulary import UNKNOWN
 
-UNKNOWN = "unknown"
 _MAX_DEPTH = 8
 _NAME_KEYS = ("name", "model_name", "_target_")
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
@@ -95,7 +95,8 @@ def _component(value: Any, schema: type[BaseModel], fields: Sequence[str]) -> di
         params = dict(given)
     else:
         params = {
-            k: v for k, v in data.items()
+            k: v
+            for k, v in data.items()
             if k not in fields and k not in _NAME_KEYS and k != "params" and not k.startswith("_")
         }
     out["params"] = params
@@ -111,7 +112,9 @@ def _encoder(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         return {"model_name": _name_of(value) or UNKNOWN}
     data = plain(value)
-    out: dict[str, Any] = {"model_name": _name_of(data, ("model_name", "name", "_target_")) or UNKNOWN}
+    out: dict[str, Any] = {
+        "model_name": _name_of(data, ("model_name", "name", "_target_")) or UNKNOWN
+    }
     for key in ("pretrained", "frozen"):
         if isinstance(data.get(key), bool):
             out[key] = data[key]
@@ -129,7 +132,8 @@ def model_section(hparams: Mapping[str, Any] | None) -> dict[str, Any]:
         "architecture": architecture or UNKNOWN,
         "encoder": _encoder(_find(scopes, ("encoder", "backbone", "encoder_name"))),
         "decoder": _component(
-            _find(scopes, ("decoder",)), DecoderInfo,
+            _find(scopes, ("decoder",)),
+            DecoderInfo,
             ("in_channels", "inner_channels", "output_channels"),
         ),
         "head": _component(_find(scopes, ("head",)), HeadInfo, ("in_channels",)),

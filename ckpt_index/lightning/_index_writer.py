@@ -12,15 +12,16 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from ckpt_index.index.engine import open_engine, resolve_db_url, run_write
 from ckpt_index.index.records import FileState, check_record, record_from_metadata
-from ckpt_index.sidecar.schema import CheckpointMetadataV1, metadata_warnings
 from ckpt_index.index.store import delete_paths, upsert_records
+from ckpt_index.sidecar.schema import CheckpointMetadataV1, metadata_warnings
 
 _STOP = object()
 
@@ -49,7 +50,10 @@ class IndexWriter:
     """
 
     def __init__(
-        self, db: str | os.PathLike[str] | None, *, busy_timeout: float,
+        self,
+        db: str | os.PathLike[str] | None,
+        *,
+        busy_timeout: float,
         report: Callable[[str, BaseException | None], None],
     ) -> None:
         self._db = db
@@ -78,7 +82,8 @@ class IndexWriter:
         if thread.is_alive():
             self._report(
                 f"the index writer did not finish within {timeout:.0f}s; its remaining updates "
-                "are abandoned (the sidecars are written)", None,
+                "are abandoned (the sidecars are written)",
+                None,
             )
             return False
         return True
@@ -110,6 +115,7 @@ class IndexWriter:
         try:
             if self._engine is None:
                 self._engine = open_engine(self._db, on_connect=self._set_busy_timeout)
+
             def apply(conn: Connection) -> None:
                 for run in _runs(ops):
                     _apply_run(conn, run)
@@ -120,7 +126,8 @@ class IndexWriter:
         except Exception as exc:  # noqa: BLE001 - reported; training must go on
             self._report(
                 f"could not update the index {resolve_db_url(self._db)} ({len(ops)} "
-                "checkpoint(s)); their sidecars are written, `ckpt-index sync` will index them", exc,
+                "checkpoint(s)); their sidecars are written, `ckpt-index sync` will index them",
+                exc,
             )
             return
         self.applied += len(ops)
@@ -144,8 +151,12 @@ def _apply_run(conn: Connection, run: list[Upsert | Delete]) -> None:
         return
     records = [
         record_from_metadata(
-            op.meta, checkpoint_path=op.checkpoint_path, sidecar_path=op.sidecar_path,
-            ckpt=op.ckpt, sidecar=op.sidecar, warnings=metadata_warnings(op.meta),
+            op.meta,
+            checkpoint_path=op.checkpoint_path,
+            sidecar_path=op.sidecar_path,
+            ckpt=op.ckpt,
+            sidecar=op.sidecar,
+            warnings=metadata_warnings(op.meta),
         )
         for op in run
     ]

@@ -29,7 +29,11 @@ def scalar(value: Any) -> float | None:
         if numel() != 1:
             return None
         number = float(value.item())
-        return _shortest_float32(number) if str(getattr(value, "dtype", "")) == "torch.float32" else number
+        return (
+            _shortest_float32(number)
+            if str(getattr(value, "dtype", "")) == "torch.float32"
+            else number
+        )
     try:
         return float(value)  # numpy scalars
     except (TypeError, ValueError):

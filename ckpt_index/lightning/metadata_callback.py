@@ -6,25 +6,26 @@ import datetime as _dt
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
+from ckpt_index.index.records import FileState
 from ckpt_index.lightning._failures import FailureLog
 from ckpt_index.lightning._hparams import model_section
 from ckpt_index.lightning._index_writer import Delete, IndexWriter, Upsert
 from ckpt_index.lightning._metrics import metrics_section
 from ckpt_index.lightning._run_info import default_exp_name, hydra_config_path, wandb_run_id
-from ckpt_index.index.records import FileState
-from ckpt_index.sidecar.schema import SCHEMA_VERSION, CheckpointMetadataV1
 from ckpt_index.sidecar.files import load_metadata, save_metadata, sidecar_path_for
+from ckpt_index.sidecar.schema import SCHEMA_VERSION, CheckpointMetadataV1
+from ckpt_index.vocabulary import PHASES
 
 log = logging.getLogger(__name__)
 
-PHASES = ("training", "validation", "finetuning")
 #: ModelCheckpoint methods wrapped per instance: each returns once the file operation is done.
 _HOOKED = ("_save_checkpoint", "_link_checkpoint", "_remove_checkpoint")
 _RECENT = 64
@@ -104,7 +105,11 @@ class MetadataCallback(Callback):
                 f"MetadataCallback(db={db!r}): db must be a path, a SQLAlchemy URL, None "
                 "(standard resolution) or False (no index)"
             )
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or busy_timeout < 0:
+        if (
+            isinstance(busy_timeout, bool)
+            or not isinstance(busy_timeout, (int, float))
+            or busy_timeout < 0
+        ):
             raise ValueError(
                 f"MetadataCallback(busy_timeout={busy_timeout!r}): busy_timeout must be a number of "
                 "seconds >= 0"
@@ -155,7 +160,9 @@ class MetadataCallback(Callback):
         self._failures.summary()
 
     @override
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
         # teardown() is not called after an exception. The wrappers stay in place because the
         # ModelCheckpoints run their own on_exception after this one (save_on_exception); such a
         # save flushes the index itself (see _after_save).
@@ -173,13 +180,22 @@ class MetadataCallback(Callback):
         def _save_checkpoint(trainer: Trainer, filepath: str) -> None:
             save(trainer, filepath)
             if trainer.is_global_zero:
-                self._guard("write the sidecar of", filepath, self._after_save, trainer, callback, filepath)
+                self._guard(
+                    "write the sidecar of", filepath, self._after_save, trainer, callback, filepath
+                )
 
         def _link_checkpoint(trainer: Trainer, filepath: str, linkpath: str) -> None:
             link(trainer, filepath, linkpath)
             if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
-                self._guard("write the sidecar of", linkpath, self._after_link, trainer, callback,
-                            filepath, linkpath)
+                self._guard(
+                    "write the sidecar of",
+                    linkpath,
+                    self._after_link,
+                    trainer,
+                    callback,
+                    filepath,
+                    linkpath,
+                )
 
         def _remove_checkpoint(trainer: Trainer, filepath: str) -> None:
             remove(trainer, filepath)
@@ -255,16 +271,22 @@ class MetadataCallback(Callback):
         if self.db is False:
             return
         ckpt_stat, sidecar_stat = os.stat(path), os.stat(sidecar)
-        self._index().submit(Upsert(
-            meta, path, str(sidecar),
-            FileState(ckpt_stat.st_size, ckpt_stat.st_mtime_ns),
-            FileState(sidecar_stat.st_size, sidecar_stat.st_mtime_ns),
-        ))
+        self._index().submit(
+            Upsert(
+                meta,
+                path,
+                str(sidecar),
+                FileState(ckpt_stat.st_size, ckpt_stat.st_mtime_ns),
+                FileState(sidecar_stat.st_size, sidecar_stat.st_mtime_ns),
+            )
+        )
 
     def _index(self) -> IndexWriter:
         if self._writer is None:
             db = None if self.db is False else self.db
-            self._writer = IndexWriter(db, busy_timeout=self.busy_timeout, report=self._failures.report)
+            self._writer = IndexWriter(
+                db, busy_timeout=self.busy_timeout, report=self._failures.report
+            )
         return self._writer
 
     def _flush(self) -> None:
@@ -292,7 +314,9 @@ class MetadataCallback(Callback):
                 "epoch": trainer.current_epoch,
                 "global_step": trainer.global_step,
                 "training_phase": self.training_phase,
-                "max_epochs": max_epochs if isinstance(max_epochs, int) and max_epochs >= -1 else None,
+                "max_epochs": max_epochs
+                if isinstance(max_epochs, int) and max_epochs >= -1
+                else None,
             },
             "model": self._model,
             "metrics": metrics_section(trainer.callback_metrics),

@@ -15,7 +15,12 @@ from torch import Tensor
 from typing_extensions import override
 
 from ckpt_index.lightning._hparams import model_slug, slug
-from ckpt_index.sources.naming import TIMESTAMP_FORMAT, best_checkpoint_name, parse_run_dir, run_dir_name
+from ckpt_index.sources.naming import (
+    TIMESTAMP_FORMAT,
+    best_checkpoint_name,
+    parse_run_dir,
+    run_dir_name,
+)
 
 TAG_ENV_VAR = "EXPERIMENT_TAG"
 _TIMESTAMP = re.compile(r"^\d{8}_\d{6}$")
@@ -86,14 +91,20 @@ class UniqueModelCheckpoint(ModelCheckpoint):
         call = "UniqueModelCheckpoint"
         for name, value in (("experiment_tag", experiment_tag), ("model_name", model_name)):
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ValueError(f"{call}({name}={value!r}): {name} must be a non-empty string or None")
+                raise ValueError(
+                    f"{call}({name}={value!r}): {name} must be a non-empty string or None"
+                )
         if not isinstance(training_phase, str) or not _PHASE.match(training_phase):
             raise ValueError(
                 f"{call}(training_phase={training_phase!r}): training_phase must be letters only, "
                 "e.g. 'training' or 'finetuning'"
             )
-        if timestamp is not None and (not isinstance(timestamp, str) or not _TIMESTAMP.match(timestamp)):
-            raise ValueError(f"{call}(timestamp={timestamp!r}): timestamp must look like 20251015_120000")
+        if timestamp is not None and (
+            not isinstance(timestamp, str) or not _TIMESTAMP.match(timestamp)
+        ):
+            raise ValueError(
+                f"{call}(timestamp={timestamp!r}): timestamp must look like 20251015_120000"
+            )
         if not isinstance(save_best, bool):
             raise ValueError(f"{call}(save_best={save_best!r}): save_best must be True or False")
         if filename is None:
@@ -144,7 +155,9 @@ class UniqueModelCheckpoint(ModelCheckpoint):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._scheme_dir and self.dirpath is None:
             outputs = self.outputs_dir or os.path.join(trainer.default_root_dir, "outputs")
-            run_dir = os.path.join(os.path.abspath(os.fspath(outputs)), self.scheme_run_dir_name(pl_module))
+            run_dir = os.path.join(
+                os.path.abspath(os.fspath(outputs)), self.scheme_run_dir_name(pl_module)
+            )
             # Every rank computes a name; ModelCheckpoint.setup broadcasts global rank 0's.
             self.dirpath = os.path.join(run_dir, "checkpoints")
         super().setup(trainer, pl_module, stage)
@@ -171,14 +184,20 @@ class UniqueModelCheckpoint(ModelCheckpoint):
         previous = Path(previous_dirpath)
         if self.dirpath is None or previous.name != "checkpoints" or not previous.is_dir():
             return False
-        old, new = parse_run_dir(previous.parent.name), parse_run_dir(Path(self.dirpath).parent.name)
+        old, new = (
+            parse_run_dir(previous.parent.name),
+            parse_run_dir(Path(self.dirpath).parent.name),
+        )
         return (
-            old is not None and new is not None
+            old is not None
+            and new is not None
             and (old.tag, old.model, old.phase) == (new.tag, new.model, new.phase)
         )
 
     @override
-    def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+    def _save_topk_checkpoint(
+        self, trainer: Trainer, monitor_candidates: dict[str, Tensor]
+    ) -> None:
         super()._save_topk_checkpoint(trainer, monitor_candidates)
         if self.save_best and self.monitor is not None:
             self._update_best_link(trainer)
@@ -198,7 +217,11 @@ class UniqueModelCheckpoint(ModelCheckpoint):
         previous = self._best_link_path
         self._link_checkpoint(trainer, best, link)
         self._best_link_path, self._best_link_target = link, best
-        if previous and previous != link and self._should_remove_checkpoint(trainer, previous, link):
+        if (
+            previous
+            and previous != link
+            and self._should_remove_checkpoint(trainer, previous, link)
+        ):
             if trainer.is_global_zero and os.path.islink(previous) and not os.path.exists(previous):
                 # Its target fell out of the top k (save_top_k=1); fsspec's rm skips dangling links.
                 os.unlink(previous)

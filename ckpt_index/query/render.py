@@ -16,7 +16,8 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-FORMATS = ("table", "json", "jsonl", "csv", "paths")
+from ckpt_index.vocabulary import RESULT_FORMATS
+
 
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -59,8 +60,16 @@ def render_table(
     records: Sequence[dict[str, Any]], *, metric: str | None = None, max_rows: int | None = None
 ) -> str:
     """A fixed-width table of the fields one picks a checkpoint by."""
-    columns = ["hmean", "epoch", "global_step", "exp_name", "architecture", "encoder",
-               "training_phase", "checkpoint_path"]
+    columns = [
+        "hmean",
+        "epoch",
+        "global_step",
+        "exp_name",
+        "architecture",
+        "encoder",
+        "training_phase",
+        "checkpoint_path",
+    ]
     headers = ["hmean", "epoch", "step", "exp_name", "arch", "encoder", "phase", "path"]
     if metric and metric != "hmean":
         columns.insert(0, metric)
@@ -71,11 +80,14 @@ def render_table(
         row = []
         for col in columns:
             value = record.get(col) if col in record else record["metrics"].get(col)
-            shown = escape_control(_display_path(value)) if col == "checkpoint_path" else _cell(value)
+            shown = (
+                escape_control(_display_path(value)) if col == "checkpoint_path" else _cell(value)
+            )
             row.append(shown)
         rows.append(row)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if len(shown) < len(records):
@@ -103,8 +115,10 @@ def render_csv(records: Sequence[dict[str, Any]]) -> str:
     fields = [k for k in records[0] if k != "metrics"] if records else []
     metric_names = sorted({n for r in records for n in r["metrics"] if n not in fields})
     rows = [fields + metric_names]
-    rows += [[_csv_value(r[f]) for f in fields] + [_csv_value(r["metrics"].get(n)) for n in metric_names]
-             for r in records]
+    rows += [
+        [_csv_value(r[f]) for f in fields] + [_csv_value(r["metrics"].get(n)) for n in metric_names]
+        for r in records
+    ]
     return _csv_lines(rows).rstrip("\n")
 
 
@@ -154,8 +168,9 @@ def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str)
     return "".join(stream_rows(columns, [rows], fmt))
 
 
-def stream_rows(columns: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]],
-                fmt: str) -> Iterator[str]:
+def stream_rows(
+    columns: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]], fmt: str
+) -> Iterator[str]:
     """Render rows batch by batch, so that memory does not grow with the result.
 
     The pieces joined are the whole text, without a final newline. The table's column widths
@@ -183,20 +198,26 @@ def stream_rows(columns: Sequence[str], batches: Iterable[Sequence[Sequence[Any]
         raise ValueError(f"unknown format {fmt!r}")
 
 
-def _stream_json(columns: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]]) -> Iterator[str]:
+def _stream_json(
+    columns: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]]
+) -> Iterator[str]:
     # The same text as json.dumps(list_of_rows, indent=2), one row at a time.
     first = True
     for batch in batches:
         pieces = []
         for row in batch:
             item = json.dumps(dict(zip(columns, row)), indent=2, default=str)
-            pieces.append(("[\n" if first else ",\n") + "\n".join("  " + line for line in item.splitlines()))
+            pieces.append(
+                ("[\n" if first else ",\n") + "\n".join("  " + line for line in item.splitlines())
+            )
             first = False
         yield "".join(pieces)
     yield "[]" if first else "\n]"
 
 
-def _stream_table(columns: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]]) -> Iterator[str]:
+def _stream_table(
+    columns: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]]
+) -> Iterator[str]:
     headers = [escape_control(str(c)) for c in columns]
     widths = [len(h) for h in headers]
     header_done = False
@@ -204,7 +225,9 @@ def _stream_table(columns: Sequence[str], batches: Iterable[Sequence[Sequence[An
         cells = [[_cell(v) for v in row] for row in batch]
         for row in cells:
             widths = [max(w, len(v)) for w, v in zip(widths, row)]
-        lines = [] if header_done else ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+        lines = (
+            [] if header_done else ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+        )
         lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
         if lines:
             yield ("\n" if header_done else "") + "\n".join(lines)

@@ -18,9 +18,10 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, literal, select
 from sqlalchemy.sql import ColumnElement, Select
 
-from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 from ckpt_index.index.records import output_record
+from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 from ckpt_index.query.where import WhereError, compile_where, parse_where
+from ckpt_index.vocabulary import GROUPABLE
 
 #: Names that are columns of ``checkpoints``; any other name is a metric.
 FIELDS = frozenset(
@@ -28,7 +29,6 @@ FIELDS = frozenset(
     for c in checkpoints.columns
     if c.name not in ("id", "metadata_json", "ckpt_mtime_ns", "sidecar_mtime_ns")
 )
-GROUPABLE = ("exp_name", "architecture", "encoder", "training_phase")
 
 
 class QueryError(ValueError):
@@ -236,7 +236,9 @@ def find_checkpoint(
     record["warnings"] = data["warnings"]
     # What loading it would run (None: its pickle was not read; `show` reads it then), whether
     # its sidecar is older than it, and whether its folder could be listed at the last sync.
-    record["unsafe_globals"] = json.loads(data["unsafe_globals"]) if data["unsafe_globals"] else None
+    record["unsafe_globals"] = (
+        json.loads(data["unsafe_globals"]) if data["unsafe_globals"] else None
+    )
     record["stale"] = None if data["stale"] is None else bool(data["stale"])
     record["scan_error"] = data["scan_error"]
     record["metadata"] = json.loads(data["metadata_json"]) if data["metadata_json"] else None

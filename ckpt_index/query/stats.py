@@ -20,7 +20,9 @@ def index_stats(conn: Connection) -> dict[str, Any]:
         rows = conn.execute(
             select(column, func.count().label("n"))
             .where(c.checkpoint_exists.is_(True), column.is_not(None))
-            .group_by(column).order_by(func.count().desc(), column).limit(10)
+            .group_by(column)
+            .order_by(func.count().desc(), column)
+            .limit(10)
         )
         return {name: n for name, n in rows}
 
@@ -36,8 +38,9 @@ def index_stats(conn: Connection) -> dict[str, Any]:
         "experiments": conn.scalar(select(func.count(c.exp_name.distinct()))),
         "metric_names": conn.scalar(select(func.count(checkpoint_metrics.c.name.distinct()))),
         # As in queries, an unreadable checkpoint is never the best one.
-        "best_hmean": conn.scalar(select(func.max(c.hmean)).where(
-            c.checkpoint_exists.is_(True), c.status != "unreadable")),
+        "best_hmean": conn.scalar(
+            select(func.max(c.hmean)).where(c.checkpoint_exists.is_(True), c.status != "unreadable")
+        ),
         "architectures": top(c.architecture),
         "encoders": top(c.encoder),
     }

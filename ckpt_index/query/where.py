@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NamedTuple, NoReturn, Union
+from typing import Any, NamedTuple, NoReturn, Union
 
 from sqlalchemy import Boolean, Float, Integer, Numeric, String, and_, cast, literal, not_, or_
 from sqlalchemy.sql.elements import ColumnElement
@@ -349,8 +350,14 @@ def names_in(node: Node) -> set[str]:
     return {node.name}
 
 
-_COMPARE = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
-            ">": operator.gt, ">=": operator.ge}
+_COMPARE = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 
 def compile_where(node: Node, resolve: Callable[[str], ColumnElement[Any]]) -> ColumnElement[bool]:

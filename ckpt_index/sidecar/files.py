@@ -50,6 +50,7 @@ class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]  # a class chosen a
             return tag
         return super().resolve(kind, value, implicit)
 
+
 _BaseDumper: type = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
@@ -205,8 +206,12 @@ def parse_sidecar_bytes(data: bytes, path: Path | str = "<sidecar>") -> dict[str
 
 
 def parse_yaml_bytes(
-    data: bytes, path: Path | str = "<yaml>", *, max_bytes: int = MAX_SIDECAR_BYTES,
-    scan_depth: bool = False, max_nodes: int | None = None,
+    data: bytes,
+    path: Path | str = "<yaml>",
+    *,
+    max_bytes: int = MAX_SIDECAR_BYTES,
+    scan_depth: bool = False,
+    max_nodes: int | None = None,
 ) -> dict[str, Any]:
     """A YAML mapping from untrusted bytes, with the sidecar guards; raises :class:`SidecarError`.
 
@@ -253,7 +258,9 @@ def parse_yaml_bytes(
     finally:
         loader.dispose()
     if not isinstance(document, dict):
-        raise SidecarError(path, f"expected a mapping at the top level, got {type(document).__name__}")
+        raise SidecarError(
+            path, f"expected a mapping at the top level, got {type(document).__name__}"
+        )
     return document
 
 
@@ -317,8 +324,12 @@ def dump_metadata(meta: CheckpointMetadataV1) -> str:
 def dump_document(data: dict[str, Any]) -> str:
     """YAML text of a plain mapping, in the sidecar style."""
     return yaml.dump(
-        data, Dumper=_SidecarDumper, sort_keys=False, default_flow_style=False,
-        allow_unicode=True, width=100,
+        data,
+        Dumper=_SidecarDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=100,
     )
 
 
@@ -333,7 +344,10 @@ _UMASK = _read_umask()
 
 
 def save_metadata(
-    meta: CheckpointMetadataV1, ckpt_path: Path | str, *, force: bool = False,
+    meta: CheckpointMetadataV1,
+    ckpt_path: Path | str,
+    *,
+    force: bool = False,
     durable: bool = True,
 ) -> Path:
     """Write the sidecar of ``ckpt_path`` atomically and return its path.

@@ -13,12 +13,24 @@ import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 
 from ckpt_index.storable import (
-    MAX_EPOCH, MAX_GLOBAL_STEP, MAX_METRIC_NAME, MAX_SAVE_TOP_K, show, text_problem,
+    MAX_EPOCH,
+    MAX_GLOBAL_STEP,
+    MAX_METRIC_NAME,
+    MAX_SAVE_TOP_K,
+    show,
+    text_problem,
 )
+from ckpt_index.vocabulary import Phase
 
 SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR = "1"
@@ -34,7 +46,7 @@ class _Section(BaseModel):
 class TrainingInfo(_Section):
     epoch: Annotated[int, Field(ge=0, le=MAX_EPOCH)]
     global_step: Annotated[int, Field(ge=0, le=MAX_GLOBAL_STEP)]
-    training_phase: Literal["training", "validation", "finetuning"] = "training"
+    training_phase: Phase = "training"
     max_epochs: Annotated[int, Field(ge=-1, le=MAX_EPOCH)] | None = None
 
 
@@ -215,7 +227,7 @@ def _locate(document: Any, limit: int) -> str | None:
 
 
 def _shorten(where: str, limit: int = 120) -> str:
-    return where if len(where) <= limit else "..." + where[-(limit - 3):]
+    return where if len(where) <= limit else "..." + where[-(limit - 3) :]
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -252,8 +264,10 @@ def metadata_warnings(meta: CheckpointMetadataV1) -> list[str]:
         warnings.append("metrics.hmean is missing")
     for name, value in meta.metrics.additional_metrics.items():
         if len(name) > MAX_METRIC_NAME:
-            warnings.append(f"metrics.additional_metrics: a name longer than {MAX_METRIC_NAME} "
-                            f"characters ({show(name, 40)}); not indexed")
+            warnings.append(
+                f"metrics.additional_metrics: a name longer than {MAX_METRIC_NAME} "
+                f"characters ({show(name, 40)}); not indexed"
+            )
         elif not math.isfinite(value):
             warnings.append(f"metrics.additional_metrics.{name} is {value}; not indexed")
     return warnings

@@ -98,7 +98,9 @@ def parse_config_bytes(data: bytes, path: str | Path = "<config>") -> dict[str, 
     path = Path(path)
     if path.suffix == ".json":
         if len(data) > MAX_CONFIG_BYTES:
-            raise SidecarError(path, f"file is {len(data):,} bytes, over the {MAX_CONFIG_BYTES:,}-byte limit")
+            raise SidecarError(
+                path, f"file is {len(data):,} bytes, over the {MAX_CONFIG_BYTES:,}-byte limit"
+            )
         try:
             document = json.loads(data)
         except ValueError as exc:  # also UnicodeDecodeError and 5,000-digit integers
@@ -240,7 +242,12 @@ def model_fields(config: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if not isinstance(config, dict):
         return fields
-    for dotted in ("model.architecture", "architecture_name", "architecture", "model.architecture_name"):
+    for dotted in (
+        "model.architecture",
+        "architecture_name",
+        "architecture",
+        "model.architecture_name",
+    ):
         name = _name(get_path(config, dotted))
         if name:
             fields["architecture"] = name

@@ -18,16 +18,22 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
-from ckpt_index.vocabulary import canonical_metrics, match_canonical
 from ckpt_index.sources.naming import parse_checkpoint_name, parse_run_dir, run_dir_of
 from ckpt_index.storable import (
-    INT_RANGES, MAX_METRIC_NAME, clean_text, finite_float, int_problem, show, text_problem,
+    INT_RANGES,
+    MAX_METRIC_NAME,
+    clean_text,
+    finite_float,
+    int_problem,
+    show,
+    text_problem,
 )
+from ckpt_index.vocabulary import MODES, PHASES, canonical_metrics, match_canonical
 
 log = logging.getLogger("ckpt_index.sources.merge")
 
@@ -71,23 +77,30 @@ class Inferred:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             if not isinstance(name, str):
-                self.warnings.append(f"metric {show(name)} from {source}: name is not text; ignored")
+                self.warnings.append(
+                    f"metric {show(name)} from {source}: name is not text; ignored"
+                )
                 continue
             if len(name) > MAX_METRIC_NAME:
-                self.warnings.append(f"metric {show(name)} from {source}: name longer than "
-                                     f"{MAX_METRIC_NAME} characters; ignored")
+                self.warnings.append(
+                    f"metric {show(name)} from {source}: name longer than "
+                    f"{MAX_METRIC_NAME} characters; ignored"
+                )
                 continue
             if text_problem(name):
-                self.warnings.append(f"metric {show(name)} from {source}: name "
-                                     f"{text_problem(name)}; cleaned")
+                self.warnings.append(
+                    f"metric {show(name)} from {source}: name {text_problem(name)}; cleaned"
+                )
                 name = clean_text(name)
             if name in self.metrics:
                 continue
             number = finite_float(value)
             if number is None:
                 if isinstance(value, int):  # NaN and infinities are simply not values; this is odd
-                    self.warnings.append(f"metric {name!r} from {source}: {show(value)} is beyond "
-                                         "float range; ignored")
+                    self.warnings.append(
+                        f"metric {name!r} from {source}: {show(value)} is beyond "
+                        "float range; ignored"
+                    )
                 continue
             self.metrics[name] = number
             self.sources[f"metrics.{name}"] = source
@@ -120,8 +133,16 @@ def infer_metadata(
             hparams = contents.hyper_parameters
     _step(result, "hyper_parameters", _from_config, hparams, result, "checkpoint")
     _step(result, "hydra config", _from_hydra, path, result)
-    _step(result, "W&B run", _from_wandb, path, result, hparams, wandb_online=wandb_online,
-          engine=engine)
+    _step(
+        result,
+        "W&B run",
+        _from_wandb,
+        path,
+        result,
+        hparams,
+        wandb_online=wandb_online,
+        engine=engine,
+    )
     _step(result, "path patterns", _from_path, path, result)
     # When the checkpoint was written: its file's mtime (the sidecar's created_at, had there been one).
     _step(result, "file time", lambda: result.set("created_at", created_at_of(path), "file"))
@@ -178,8 +199,10 @@ def _from_checkpoint(contents: Any, result: Inferred) -> None:
         monitor, score = state.get("monitor"), state.get("current_score")
         if monitor is not None and not isinstance(monitor, str):
             # A crafted state: an int, list or dict is no metric name (and a list is no key).
-            result.warnings.append(f"ModelCheckpoint monitor {show(monitor)} is not a metric "
-                                   "name; ignored with its mode")
+            result.warnings.append(
+                f"ModelCheckpoint monitor {show(monitor)} is not a metric "
+                "name; ignored with its mode"
+            )
             continue
         if monitor and isinstance(score, (int, float)):
             result.add_metrics({monitor: score}, "checkpoint")
@@ -189,7 +212,9 @@ def _from_checkpoint(contents: Any, result: Inferred) -> None:
             if isinstance(mode, str) and mode in ("min", "max"):
                 result.set("mode", mode, "checkpoint")
             else:
-                result.warnings.append(f"ModelCheckpoint mode {show(mode)} is not min or max; ignored")
+                result.warnings.append(
+                    f"ModelCheckpoint mode {show(mode)} is not min or max; ignored"
+                )
         # save_top_k and save_last are not in ModelCheckpoint's saved state; never guessed.
 
 
@@ -208,8 +233,8 @@ def _from_config(config: dict[str, Any], result: Inferred, source: str) -> None:
 
 
 def _from_hydra(path: Path, result: Inferred) -> None:
-    from ckpt_index.sources.hydra import find_hydra_config, load_config
     from ckpt_index.sidecar.files import SidecarError
+    from ckpt_index.sources.hydra import find_hydra_config, load_config
 
     config_path = find_hydra_config(path)
     if config_path is None:
@@ -225,12 +250,14 @@ def _from_hydra(path: Path, result: Inferred) -> None:
         result.set("hydra_config_path", str(config_path), "hydra")
 
 
-def _from_wandb(path: Path, result: Inferred, hparams: dict[str, Any], *, wandb_online: bool,
-                engine: Any) -> None:
+def _from_wandb(
+    path: Path, result: Inferred, hparams: dict[str, Any], *, wandb_online: bool, engine: Any
+) -> None:
     from ckpt_index.sources.wandb import source as wandb_source
 
     hints = tuple(
-        v for v in (result.fields.get("wandb_run_id"), hparams.get("wandb_run_id"))
+        v
+        for v in (result.fields.get("wandb_run_id"), hparams.get("wandb_run_id"))
         if isinstance(v, str) and v
     )
     try:
@@ -264,7 +291,7 @@ def _from_path(path: Path, result: Inferred) -> None:
         result.set("exp_name", run_dir.name, "path")
         result.set("architecture", parsed_dir.architecture, "path")
         result.set("encoder", parsed_dir.encoder, "path")
-        if parsed_dir.phase in ("training", "validation", "finetuning"):
+        if parsed_dir.phase in PHASES:
             result.set("training_phase", parsed_dir.phase, "path")
     name = parse_checkpoint_name(path.name)
     result.set("epoch", name.epoch, "path")
@@ -288,7 +315,7 @@ def _int(value: Any) -> int | None:
 
 #: Fields that are not text (every other field is), as the index stores them.
 _FLOAT_FIELDS = frozenset({"precision", "recall", "hmean", "validation_loss"})
-_CHOICES = {"mode": ("min", "max"), "training_phase": ("training", "validation", "finetuning")}
+_CHOICES = {"mode": MODES, "training_phase": PHASES}
 
 
 def _storable(name: str, value: Any) -> tuple[Any, str | None]:
@@ -298,9 +325,17 @@ def _storable(name: str, value: Any) -> tuple[Any, str | None]:
         return (value, None) if problem is None else (None, f"{problem}; ignored")
     if name in _FLOAT_FIELDS:
         number = finite_float(value)
-        return (number, None) if number is not None else (None, f"{show(value)} is not a finite number; ignored")
+        return (
+            (number, None)
+            if number is not None
+            else (None, f"{show(value)} is not a finite number; ignored")
+        )
     if name == "save_last":
-        return (value, None) if type(value) is bool else (None, f"{show(value)} is not true or false; ignored")
+        return (
+            (value, None)
+            if type(value) is bool
+            else (None, f"{show(value)} is not true or false; ignored")
+        )
     if name in _CHOICES:
         if isinstance(value, str) and value in _CHOICES[name]:
             return value, None

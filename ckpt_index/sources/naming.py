@@ -84,7 +84,9 @@ def parse_run_dir(name: str) -> RunDirName | None:
     if not match:
         return None
     architecture, _, encoder = match["model"].partition("-")
-    return RunDirName(match["tag"], architecture, encoder or None, match["phase"], match["timestamp"])
+    return RunDirName(
+        match["tag"], architecture, encoder or None, match["phase"], match["timestamp"]
+    )
 
 
 def run_dir_name(tag: str, model: str, phase: str, timestamp: str) -> str:
@@ -106,14 +108,18 @@ def parse_checkpoint_name(name: str) -> CheckpointName:
     if m := _BEST.match(stem):
         value = float(m["value"])
         return CheckpointName(
-            "best", metric=m["metric"] if _is_text(m["metric"]) else None,
+            "best",
+            metric=m["metric"] if _is_text(m["metric"]) else None,
             metric_value=value if math.isfinite(value) else None,
         )
     if m := _LEGACY_DOUBLE.match(stem):
-        return CheckpointName("legacy_double", _counter(m["epoch"]), _counter(m["step"]),
-                              timestamp=m["timestamp"])
+        return CheckpointName(
+            "legacy_double", _counter(m["epoch"]), _counter(m["step"]), timestamp=m["timestamp"]
+        )
     if m := _LEGACY.match(stem):
-        return CheckpointName("legacy", _counter(m["epoch"]), _counter(m["step"]), timestamp=m["timestamp"])
+        return CheckpointName(
+            "legacy", _counter(m["epoch"]), _counter(m["step"]), timestamp=m["timestamp"]
+        )
     if m := _LIGHTNING.search(stem):
         return CheckpointName("lightning", _counter(m["epoch"]), _counter(m["step"]))
     return CheckpointName("unknown")

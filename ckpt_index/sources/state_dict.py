@@ -31,7 +31,9 @@ _RESNET_BLOCK = re.compile(r"layer([1-4])\.(\d{1,9})\.")
 _FEATURES_BLOCK = re.compile(r"features\.(\d{1,9})\.0\.weight$")
 
 
-def _prefixes(keys: list[str], suffix: str, also: str = "", shapes: Mapping[str, Shape] = {}) -> list[str]:
+def _prefixes(
+    keys: list[str], suffix: str, also: str = "", shapes: Mapping[str, Shape] = {}
+) -> list[str]:
     """Prefixes of the keys ending in ``suffix`` (and having ``prefix + also`` in ``shapes``)."""
     found = [key[: -len(suffix)] for key in keys if key.endswith(suffix)]
     if also:

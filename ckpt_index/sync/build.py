@@ -18,8 +18,8 @@ from ckpt_index.index.records import (
     record_from_metadata,
     record_without_metadata,
 )
-from ckpt_index.sync.scan import Found
 from ckpt_index.sidecar.files import SidecarError, read_sidecar
+from ckpt_index.sync.scan import Found
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -46,8 +46,12 @@ class SyncOptions:
 
     def for_worker(self) -> dict[str, Any]:
         """What a parsing worker needs (an engine does not cross a process boundary)."""
-        return {"infer": self.infer, "wandb_online": self.wandb_online, "db_url": self.db_url,
-                "inspect": self.inspect}
+        return {
+            "infer": self.infer,
+            "wandb_online": self.wandb_online,
+            "db_url": self.db_url,
+            "inspect": self.inspect,
+        }
 
 
 def build_record(
@@ -81,13 +85,20 @@ def build_record(
         meta = read_sidecar(item.sidecar_path)
     except SidecarError as exc:
         record = record_without_metadata(
-            checkpoint_path=path, sidecar_path=item.sidecar_path, ckpt=item.ckpt,
-            sidecar=sidecar, error=exc.reason,
+            checkpoint_path=path,
+            sidecar_path=item.sidecar_path,
+            ckpt=item.ckpt,
+            sidecar=sidecar,
+            error=exc.reason,
         )
         return record, exc.reason
     record = record_from_metadata(
-        meta, checkpoint_path=path, sidecar_path=item.sidecar_path, ckpt=item.ckpt,
-        sidecar=sidecar, warnings=metadata_warnings(meta),
+        meta,
+        checkpoint_path=path,
+        sidecar_path=item.sidecar_path,
+        ckpt=item.ckpt,
+        sidecar=sidecar,
+        warnings=metadata_warnings(meta),
     )
     if item.ckpt is not None:
         # A valid sidecar does not make a truncated checkpoint loadable: the reader of a query's
@@ -132,8 +143,11 @@ def failed_record(path: str, item: Found, reason: str, *, checkpoint: bool = Fal
     """The row of a file whose reading failed: ``unreadable`` when it was the checkpoint (or
     ``checkpoint``: a worker reading it failed), else ``invalid`` (the sidecar)."""
     record = record_without_metadata(
-        checkpoint_path=path, sidecar_path=item.sidecar_path, ckpt=item.ckpt,
-        sidecar=item.sidecar, error=reason,
+        checkpoint_path=path,
+        sidecar_path=item.sidecar_path,
+        ckpt=item.ckpt,
+        sidecar=item.sidecar,
+        error=reason,
     )
     if item.sidecar_path is None or (checkpoint and item.ckpt is not None):
         record.columns["status"] = "unreadable"
@@ -161,8 +175,11 @@ def _online_engine(options: SyncOptions) -> Engine | None:
 
 
 def item_args(item: Found) -> tuple[Any, ...]:
-    return (tuple(item.ckpt) if item.ckpt else None, item.sidecar_path,
-            tuple(item.sidecar) if item.sidecar else None)
+    return (
+        tuple(item.ckpt) if item.ckpt else None,
+        item.sidecar_path,
+        tuple(item.sidecar) if item.sidecar else None,
+    )
 
 
 def item_from_args(ckpt: Any, sidecar_path: str | None, sidecar: Any) -> Found:
@@ -173,7 +190,9 @@ def item_from_args(ckpt: Any, sidecar_path: str | None, sidecar: Any) -> Found:
     return item
 
 
-def checked_record(path: str, item: Found, record: Record, reason: str | None) -> tuple[Record, str | None]:
+def checked_record(
+    path: str, item: Found, record: Record, reason: str | None
+) -> tuple[Record, str | None]:
     """``record`` through the boundary check (:func:`~ckpt_index.index.records.check_record`): the
     same row on every backend; a row it turns invalid carries its reason."""
     try:

@@ -18,7 +18,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from ckpt_index.index import store
 from ckpt_index.index.engine import is_transient, resolve_location, run_write
+from ckpt_index.index.records import (
+    FileState,
+    Record,
+    checkpoint_state_columns,
+)
 from ckpt_index.isolation.pool import Limits
 from ckpt_index.sync.build import (
     SyncOptions,
@@ -28,13 +34,7 @@ from ckpt_index.sync.build import (
     item_args,
     one_line,
 )
-from ckpt_index.index.records import (
-    FileState,
-    Record,
-    checkpoint_state_columns,
-)
 from ckpt_index.sync.scan import Found, scan
-from ckpt_index.index import store
 
 BATCH_SIZE = 1000
 #: Files modified this close to the scan may change again within the same mtime tick; their rows
@@ -83,8 +83,12 @@ class SyncSummary:
             f"{self.removed} removed, {self.unchanged} unchanged; {self.valid} valid, "
             f"{self.invalid} invalid, {self.inferred} inferred, {self.unreadable} unreadable, "
             f"{self.without_metadata} without metadata, {self.orphaned} orphaned sidecars"
-            + (f"; {len(self.unlisted_dirs)} directories could not be listed "
-               f"({self.kept} rows kept as they were)" if self.unlisted_dirs else "")
+            + (
+                f"; {len(self.unlisted_dirs)} directories could not be listed "
+                f"({self.kept} rows kept as they were)"
+                if self.unlisted_dirs
+                else ""
+            )
         )
 
 
@@ -124,7 +128,11 @@ def sync_roots(
     started = time.perf_counter()
     summary = SyncSummary(location=resolve_location(location))
     options = SyncOptions(
-        infer=infer, wandb_online=wandb_online, engine=engine, full=full, inspect=inspect,
+        infer=infer,
+        wandb_online=wandb_online,
+        engine=engine,
+        full=full,
+        inspect=inspect,
         limits=limits,
         db_url=engine.url.render_as_string(hide_password=False) if wandb_online else None,
     )
@@ -149,7 +157,10 @@ def _under(path: str, directories: list[str]) -> str | None:
 
 
 def _sync_root(
-    engine: Engine, root: str, summary: SyncSummary, progress: Progress | None,
+    engine: Engine,
+    root: str,
+    summary: SyncSummary,
+    progress: Progress | None,
     options: SyncOptions,
 ) -> None:
     racy_after_ns = time.time_ns() - RACY_WINDOW_NS
@@ -157,7 +168,9 @@ def _sync_root(
     # never mistaken for one whose file is gone (its file may not have been listed yet).
     with engine.connect() as conn:
         # fetchall() in one go: at 100k rows, fetching Row objects one by one costs a second.
-        existing = {row[1]: row for row in store.rows_under(conn, root, location=summary.location).all()}
+        existing = {
+            row[1]: row for row in store.rows_under(conn, root, location=summary.location).all()
+        }
         conn.rollback()
     rejected: list[tuple[str, str]] = []
     unlisted: list[tuple[str, str]] = []
@@ -198,8 +211,9 @@ def _sync_root(
     done, total = 0, len(to_parse) + len(flagged) + len(gone)
     built = _build_records(sorted(to_parse), found, racy_after_ns, options)
     for batch in _batches(built, BATCH_SIZE):
-        final = _write_batch(engine, [(path, record) for path, record, _ in batch], found,
-                             existing, summary.location)
+        final = _write_batch(
+            engine, [(path, record) for path, record, _ in batch], found, existing, summary.location
+        )
         for path, record, reason in batch:
             if path in final:  # the database refused the row: it was stored as invalid
                 record = final[path]
@@ -209,12 +223,19 @@ def _sync_root(
                 summary.updated += 1
             else:
                 summary.added += 1
-            _count_status(summary, record.columns["status"], found[path], path,
-                          record.columns["sidecar_path"], reason)
+            _count_status(
+                summary,
+                record.columns["status"],
+                found[path],
+                path,
+                record.columns["sidecar_path"],
+                reason,
+            )
         done += len(batch)
         if progress:
             progress(done, total)
     if flagged or gone:
+
         def patch(conn) -> None:
             store.update_columns(conn, flagged)
             store.delete_rows(conn, gone)
@@ -227,8 +248,11 @@ def _sync_root(
 
 
 def _write_batch(
-    engine: Engine, batch: list[tuple[str, Record]], found: dict[str, Found],
-    existing: dict[str, Any], location: str,
+    engine: Engine,
+    batch: list[tuple[str, Record]],
+    found: dict[str, Found],
+    existing: dict[str, Any],
+    location: str,
 ) -> dict[str, Record]:
     """Write ``batch``; return the rows that had to be replaced, by path.
 
@@ -260,8 +284,12 @@ def _write_batch(
                 **_write_batch(engine, batch[middle:], found, existing, location),
             }
         path = batch[0][0]
-        replacement, _ = checked_record(path, found[path], failed_record(
-            path, found[path], one_line(f"cannot be stored: {exc}")), None)
+        replacement, _ = checked_record(
+            path,
+            found[path],
+            failed_record(path, found[path], one_line(f"cannot be stored: {exc}")),
+            None,
+        )
         try:
             _write_one(engine, replacement, existing, location)
         except Exception:
@@ -271,8 +299,10 @@ def _write_batch(
 
 def _write_one(engine: Engine, record: Record, existing: dict[str, Any], location: str) -> None:
     overwrite = record.checkpoint_path in existing
-    run_write(engine, lambda conn: store.upsert_records(conn, [record], location=location,
-                                                        overwrite=overwrite))
+    run_write(
+        engine,
+        lambda conn: store.upsert_records(conn, [record], location=location, overwrite=overwrite),
+    )
 
 
 #: Below this many sidecars to read, starting worker processes costs more than it saves.
@@ -290,7 +320,10 @@ def _needs_isolation(item: Found, options: SyncOptions) -> bool:
 
 
 def _build_records(
-    paths: list[str], found: dict[str, Found], racy_after_ns: int, options: SyncOptions,
+    paths: list[str],
+    found: dict[str, Found],
+    racy_after_ns: int,
+    options: SyncOptions,
 ) -> Iterator[tuple[str, Record, str | None]]:
     """(path, record, reason) for each path, in order.
 
@@ -318,8 +351,15 @@ def _build_records(
                 yield path, Record(columns, metrics), reason
             else:
                 reason = outcome.reason or "reader failed"
-                yield path, *checked_record(
-                    path, found[path], failed_record(path, found[path], reason, checkpoint=True), reason)
+                yield (
+                    path,
+                    *checked_record(
+                        path,
+                        found[path],
+                        failed_record(path, found[path], reason, checkpoint=True),
+                        reason,
+                    ),
+                )
 
 
 def _row_current(row, item: Found, options: SyncOptions) -> bool:
@@ -346,13 +386,21 @@ def _row_current(row, item: Found, options: SyncOptions) -> bool:
         and _same(item.sidecar, row.sidecar_size, row.sidecar_mtime_ns)
         and (item.ckpt is None or _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns))
         # --inspect reads the checkpoints of rows that were indexed without it.
-        and not (options.inspect and row.status == "valid" and item.ckpt is not None
-                 and row.unsafe_globals is None)
+        and not (
+            options.inspect
+            and row.status == "valid"
+            and item.ckpt is not None
+            and row.unsafe_globals is None
+        )
     )
 
 
 def _count_status(
-    summary: SyncSummary, status: str, item: Found, item_path: str, sidecar_path: str | None,
+    summary: SyncSummary,
+    status: str,
+    item: Found,
+    item_path: str,
+    sidecar_path: str | None,
     reason: str | None,
 ) -> None:
     if status == "valid":

@@ -29,7 +29,8 @@ def storable(path: str) -> bool:
 
 
 def scan(
-    root: str, rejected: list[tuple[str, str]] | None = None,
+    root: str,
+    rejected: list[tuple[str, str]] | None = None,
     unlisted: list[tuple[str, str]] | None = None,
 ) -> dict[str, Found]:
     """Checkpoints and sidecars below ``root``, keyed by absolute checkpoint path.
@@ -64,7 +65,9 @@ def scan(
                     if indexable and not storable(entry.path):
                         if rejected is not None:
                             shown = entry.path.encode("utf-8", "backslashreplace").decode()
-                            rejected.append((shown, "file name is not UTF-8; rename it to index it"))
+                            rejected.append(
+                                (shown, "file name is not UTF-8; rename it to index it")
+                            )
                         continue
                     if name.endswith(CKPT_SUFFIX):
                         st = entry.stat()

@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import select
 
 from ckpt_index.index.engine import open_engine, resolve_location
-from ckpt_index.index.tables import checkpoints
-from ckpt_index.query.spec import fetch_metrics
 from ckpt_index.index.records import output_record
 from ckpt_index.index.store import path_range
+from ckpt_index.index.tables import checkpoints
+from ckpt_index.query.spec import fetch_metrics
 from ckpt_index.sync.roots import sync_roots
 
 
@@ -81,8 +81,12 @@ def build_catalog(outputs_dir: str | os.PathLike[str], db: Any = None) -> Checkp
         c = checkpoints.c
         stmt = (
             select(checkpoints)
-            .where(c.location == resolve_location(), c.checkpoint_path >= lo,
-                   c.checkpoint_path < hi, c.checkpoint_exists.is_(True))
+            .where(
+                c.location == resolve_location(),
+                c.checkpoint_path >= lo,
+                c.checkpoint_path < hi,
+                c.checkpoint_exists.is_(True),
+            )
             .order_by(c.hmean.desc().nulls_last(), c.epoch.desc(), c.checkpoint_path)
         )
         with engine.connect() as conn:
@@ -93,11 +97,28 @@ def build_catalog(outputs_dir: str | os.PathLike[str], db: Any = None) -> Checkp
     entries = []
     for row in rows:
         record = output_record(row, metrics[row["id"]])
-        entries.append(CheckpointCatalogEntry(
-            **{k: record[k] for k in (
-                "checkpoint_path", "exp_name", "architecture", "encoder", "epoch", "global_step",
-                "precision", "recall", "hmean", "created_at", "status", "source", "metrics")}
-        ))
+        entries.append(
+            CheckpointCatalogEntry(
+                **{
+                    k: record[k]
+                    for k in (
+                        "checkpoint_path",
+                        "exp_name",
+                        "architecture",
+                        "encoder",
+                        "epoch",
+                        "global_step",
+                        "precision",
+                        "recall",
+                        "hmean",
+                        "created_at",
+                        "status",
+                        "source",
+                        "metrics",
+                    )
+                }
+            )
+        )
     with_metadata = sum(e.status == "valid" for e in entries)
     return CheckpointCatalog(
         entries=entries,

@@ -15,17 +15,22 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ckpt_index.sources.merge import Inferred, created_at_of, infer_metadata
 from ckpt_index.isolation.pool import Limits
-from ckpt_index.sidecar.schema import CheckpointMetadataV1, format_validation_error
 from ckpt_index.sidecar.files import (
-    CKPT_SUFFIX, SidecarError, dump_metadata, parse_sidecar_bytes, save_metadata, sidecar_path_for,
+    CKPT_SUFFIX,
+    SidecarError,
+    dump_metadata,
+    parse_sidecar_bytes,
+    save_metadata,
+    sidecar_path_for,
     validate_document,
 )
+from ckpt_index.sidecar.schema import CheckpointMetadataV1, format_validation_error
+from ckpt_index.sources.merge import Inferred, created_at_of, infer_metadata
 from ckpt_index.storable import MAX_METRIC_NAME, clean_text, finite_float
+from ckpt_index.vocabulary import UNKNOWN
 
 log = logging.getLogger("ckpt_index.tools.convert")
-UNKNOWN = "unknown"
 
 
 class ConversionError(Exception):
@@ -44,8 +49,11 @@ class ConvertSummary:
 
     def to_dict(self) -> dict:
         return {
-            "found": self.found, "converted": self.converted, "skipped": self.skipped,
-            "failed": self.failed, "written": self.written,
+            "found": self.found,
+            "converted": self.converted,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "written": self.written,
             "failures": [{"path": p, "reason": r} for p, r in self.failures],
         }
 
@@ -64,7 +72,10 @@ def infer_checkpoint(path: Path, *, wandb_online: bool = False) -> Inferred:
 
 
 def infer_isolated(
-    paths: list[Path], *, wandb_online: bool = False, limits: Limits | None = None,
+    paths: list[Path],
+    *,
+    wandb_online: bool = False,
+    limits: Limits | None = None,
 ) -> Iterator[tuple[Path, Inferred | None, str | None]]:
     """(path, what the fallbacks found, None) per path, in order, or (path, None, reason) when
     reading it crashed or exceeded a limit: each checkpoint is read by a worker process under
@@ -83,7 +94,9 @@ def infer_isolated(
                 yield path, None, outcome.reason or "reader failed"
 
 
-def metadata_from_inferred(inferred: Inferred, ckpt_path: str | os.PathLike[str]) -> CheckpointMetadataV1:
+def metadata_from_inferred(
+    inferred: Inferred, ckpt_path: str | os.PathLike[str]
+) -> CheckpointMetadataV1:
     """A sidecar model from fallback results that the sidecar reader accepts.
 
     Raises:
@@ -97,7 +110,8 @@ def metadata_from_inferred(inferred: Inferred, ckpt_path: str | os.PathLike[str]
         raise ConversionError("no source gives the epoch and global step")
     # Only what the index would keep: a metric it would drop is not worth vouching for.
     metrics = {
-        name: value for name, value in inferred.metrics.items()
+        name: value
+        for name, value in inferred.metrics.items()
         if len(name) <= MAX_METRIC_NAME and finite_float(value) is not None
     }
     document: dict = {
@@ -106,7 +120,8 @@ def metadata_from_inferred(inferred: Inferred, ckpt_path: str | os.PathLike[str]
         "exp_name": f.get("exp_name") or UNKNOWN,
         "created_at": f.get("created_at") or created_at_of(ckpt_path),
         "training": {
-            "epoch": f["epoch"], "global_step": f["global_step"],
+            "epoch": f["epoch"],
+            "global_step": f["global_step"],
             "training_phase": f.get("training_phase") or "training",
         },
         "model": {
@@ -115,8 +130,11 @@ def metadata_from_inferred(inferred: Inferred, ckpt_path: str | os.PathLike[str]
             **{part: {"name": f[part]} for part in ("decoder", "head", "loss") if f.get(part)},
         },
         "metrics": {
-            **{k: f[k] for k in ("precision", "recall", "hmean", "validation_loss")
-               if f.get(k) is not None},
+            **{
+                k: f[k]
+                for k in ("precision", "recall", "hmean", "validation_loss")
+                if f.get(k) is not None
+            },
             "additional_metrics": metrics,
         },
         "hydra_config_path": f.get("hydra_config_path"),
@@ -127,13 +145,16 @@ def metadata_from_inferred(inferred: Inferred, ckpt_path: str | os.PathLike[str]
     if isinstance(f.get("monitor"), str) and f["monitor"]:
         mode = f.get("mode")
         document["checkpointing"] = {
-            "monitor": f["monitor"], "mode": mode if mode in ("min", "max") else "max",
+            "monitor": f["monitor"],
+            "mode": mode if mode in ("min", "max") else "max",
             **{k: f[k] for k in ("save_top_k", "save_last") if f.get(k) is not None},
         }
     try:
         return CheckpointMetadataV1.model_validate(document)
     except ValidationError as exc:
-        raise ConversionError(f"metadata fails the schema: {format_validation_error(exc)}") from None
+        raise ConversionError(
+            f"metadata fails the schema: {format_validation_error(exc)}"
+        ) from None
 
 
 def check_round_trip(meta: CheckpointMetadataV1, target: Path) -> None:
@@ -145,8 +166,12 @@ def check_round_trip(meta: CheckpointMetadataV1, target: Path) -> None:
 
 
 def convert_checkpoints(
-    paths: Iterable[str | os.PathLike[str]], *, force: bool = False, dry_run: bool = False,
-    wandb_online: bool = False, infer: Callable[..., Inferred] | None = None,
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    wandb_online: bool = False,
+    infer: Callable[..., Inferred] | None = None,
     limits: Limits | None = None,
 ) -> ConvertSummary:
     """Write a sidecar for each checkpoint (existing sidecars are skipped unless ``force``).
@@ -180,20 +205,30 @@ def convert_checkpoints(
             if not dry_run:
                 save_metadata(meta, path, force=force)
         except Exception as exc:  # noqa: BLE001 - one file never stops a conversion
-            reason = _one_line(str(exc) if isinstance(exc, ConversionError) else
-                               f"{exc.__class__.__name__}: {exc}") or exc.__class__.__name__
+            reason = (
+                _one_line(
+                    str(exc)
+                    if isinstance(exc, ConversionError)
+                    else f"{exc.__class__.__name__}: {exc}"
+                )
+                or exc.__class__.__name__
+            )
             log.error("failed: %s: %s", path, reason)
             summary.failed += 1
             summary.failures.append((str(path), reason))
             continue
         summary.converted += 1
         summary.written.append(str(target))
-        log.info("%s: %s -> %s", "would convert" if dry_run else "converted", path.name, target.name)
+        log.info(
+            "%s: %s -> %s", "would convert" if dry_run else "converted", path.name, target.name
+        )
     return summary
 
 
 def _infer_here(
-    paths: list[Path], infer: Callable[..., Inferred], wandb_online: bool,
+    paths: list[Path],
+    infer: Callable[..., Inferred],
+    wandb_online: bool,
 ) -> Iterator[tuple[Path, Inferred | None, str | None]]:
     for path in paths:
         try:

@@ -29,8 +29,17 @@ TAGS = ("ocr_baseline_v1", "ocr_aug_v2", "ocr_lr_sweep", "ocr_long_run")
 
 
 def sidecar_document(
-    *, checkpoint_path: str, exp_name: str, architecture: str, encoder: str, epoch: int,
-    global_step: int, phase: str, max_epochs: int, hmean: float, rng: random.Random,
+    *,
+    checkpoint_path: str,
+    exp_name: str,
+    architecture: str,
+    encoder: str,
+    epoch: int,
+    global_step: int,
+    phase: str,
+    max_epochs: int,
+    hmean: float,
+    rng: random.Random,
     created_at: _dt.datetime,
 ) -> dict[str, Any]:
     """A sidecar mapping shaped like the seed examples, with plausible values."""
@@ -42,30 +51,47 @@ def sidecar_document(
         "checkpoint_path": checkpoint_path,
         "exp_name": exp_name,
         "created_at": created_at.isoformat(),
-        "training": {"epoch": epoch, "global_step": global_step, "training_phase": phase,
-                     "max_epochs": max_epochs},
+        "training": {
+            "epoch": epoch,
+            "global_step": global_step,
+            "training_phase": phase,
+            "max_epochs": max_epochs,
+        },
         "model": {
             "architecture": architecture,
             "encoder": {"model_name": encoder, "pretrained": True, "frozen": False},
-            "decoder": {"name": "pan_decoder" if architecture == "pan" else "unet_decoder",
-                        "in_channels": ENCODERS[encoder], "inner_channels": 256,
-                        "output_channels": 128, "params": {}},
+            "decoder": {
+                "name": "pan_decoder" if architecture == "pan" else "unet_decoder",
+                "in_channels": ENCODERS[encoder],
+                "inner_channels": 256,
+                "output_channels": 128,
+                "params": {},
+            },
             "head": {"name": "db_head", "in_channels": 128, "params": {}},
             "loss": {"name": "db_loss", "params": {}},
         },
         "metrics": {
-            "precision": round(precision, 6), "recall": round(recall, 6), "hmean": round(hmean, 6),
+            "precision": round(precision, 6),
+            "recall": round(recall, 6),
+            "hmean": round(hmean, 6),
             "validation_loss": val_loss,
             "additional_metrics": {
-                "val/precision": round(precision, 6), "val/recall": round(recall, 6),
-                "val/hmean": round(hmean, 6), "val/loss": val_loss,
-                "cleval/precision": round(precision, 6), "cleval/recall": round(recall, 6),
+                "val/precision": round(precision, 6),
+                "val/recall": round(recall, 6),
+                "val/hmean": round(hmean, 6),
+                "val/loss": val_loss,
+                "cleval/precision": round(precision, 6),
+                "cleval/recall": round(recall, 6),
                 "cleval/hmean": round(hmean, 6),
                 "train/loss": round(val_loss * rng.uniform(0.7, 0.95), 6),
             },
         },
-        "checkpointing": {"monitor": "val/hmean", "mode": "max", "save_top_k": 3,
-                          "save_last": True},
+        "checkpointing": {
+            "monitor": "val/hmean",
+            "mode": "max",
+            "save_top_k": 3,
+            "save_last": True,
+        },
         "hydra_config_path": str(Path(checkpoint_path).parent.parent / ".hydra" / "config.yaml"),
     }
 
@@ -76,8 +102,10 @@ def checkpoint_bytes(document: dict[str, Any]) -> bytes:
     ModelCheckpoint state. Plain data only, so it is written without torch."""
     training, model, metrics = document["training"], document["model"], document["metrics"]
     monitor = "val/hmean"
-    state_key = (f"ModelCheckpoint{{'monitor': '{monitor}', 'mode': 'max', "
-                 "'every_n_train_steps': 0, 'every_n_epochs': 1, 'train_time_interval': None}")
+    state_key = (
+        f"ModelCheckpoint{{'monitor': '{monitor}', 'mode': 'max', "
+        "'every_n_train_steps': 0, 'every_n_epochs': 1, 'train_time_interval': None}"
+    )
     contents = {
         "epoch": training["epoch"],
         "global_step": training["global_step"],
@@ -91,15 +119,23 @@ def checkpoint_bytes(document: dict[str, Any]) -> bytes:
             "exp_name": document["exp_name"],
         },
         "cleval_metrics": {k: metrics[k] for k in ("precision", "recall", "hmean")},
-        "callbacks": {state_key: {"monitor": monitor, "current_score": metrics["hmean"],
-                                  "best_model_score": metrics["hmean"]}},
+        "callbacks": {
+            state_key: {
+                "monitor": monitor,
+                "current_score": metrics["hmean"],
+                "best_model_score": metrics["hmean"],
+            }
+        },
         "state_dict": {},
     }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         # Fixed member times: the same document gives the same bytes (writestr(name) uses now).
-        for name, data in (("data.pkl", pickle.dumps(contents, protocol=2)),
-                           ("byteorder", b"little"), ("version", b"3\n")):
+        for name, data in (
+            ("data.pkl", pickle.dumps(contents, protocol=2)),
+            ("byteorder", b"little"),
+            ("version", b"3\n"),
+        ):
             archive.writestr(zipfile.ZipInfo(f"archive/{name}", (2025, 1, 1, 0, 0, 0)), data)
     return buffer.getvalue()
 
@@ -111,8 +147,13 @@ def _write(ckpt: Path, document: dict[str, Any], with_sidecar: bool) -> None:
 
 
 def make_tree(
-    root: str | Path, n_checkpoints: int, *, seed: int = 0, per_experiment: int = 20,
-    without_sidecar: int = 0, invalid: int = 0,
+    root: str | Path,
+    n_checkpoints: int,
+    *,
+    seed: int = 0,
+    per_experiment: int = 20,
+    without_sidecar: int = 0,
+    invalid: int = 0,
 ) -> list[Path]:
     """Write ``n_checkpoints`` checkpoints in experiments of ``per_experiment``; return their paths.
 
@@ -138,13 +179,22 @@ def make_tree(
         for i in range(count):
             epoch = i
             progress = (epoch + 1) / count
-            hmean = max(0.0, min(1.0, ceiling * (1 - 0.55 * (1 - progress) ** 2) + rng.gauss(0, 0.01)))
+            hmean = max(
+                0.0, min(1.0, ceiling * (1 - 0.55 * (1 - progress) ** 2) + rng.gauss(0, 0.01))
+            )
             step = (epoch + 1) * steps_per_epoch
             ckpt = ckpt_dir / f"epoch-{epoch:02d}_step-{step:06d}.ckpt"
             doc = sidecar_document(
-                checkpoint_path=str(ckpt.relative_to(root)), exp_name=exp_name, architecture=arch,
-                encoder=encoder, epoch=epoch, global_step=step, phase=phase,
-                max_epochs=count, hmean=hmean, rng=rng,
+                checkpoint_path=str(ckpt.relative_to(root)),
+                exp_name=exp_name,
+                architecture=arch,
+                encoder=encoder,
+                epoch=epoch,
+                global_step=step,
+                phase=phase,
+                max_epochs=count,
+                hmean=hmean,
+                rng=rng,
                 created_at=stamp + _dt.timedelta(minutes=11 * (epoch + 1)),
             )
             last = i == count - 1

@@ -34,9 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ckpt_index.sidecar.files import (
+    CKPT_SUFFIX,
+    SIDECAR_SUFFIX,
+    checkpoint_path_for,
+    sidecar_path_for,
+)
 from ckpt_index.sources.naming import parse_checkpoint_name, scheme_checkpoint_name
 from ckpt_index.sync.scan import storable
-from ckpt_index.sidecar.files import CKPT_SUFFIX, SIDECAR_SUFFIX, checkpoint_path_for, sidecar_path_for
 
 log = logging.getLogger("ckpt_index.tools.rename")
 OLD_FORMATS = ("legacy_double", "legacy", "lightning")
@@ -64,8 +69,12 @@ class RenameSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "processed": self.processed, "renamed": self.renamed, "deleted": self.deleted,
-            "skipped": self.skipped, "errors": self.errors, "relinked": self.relinked,
+            "processed": self.processed,
+            "renamed": self.renamed,
+            "deleted": self.deleted,
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "relinked": self.relinked,
             "actions": [a.__dict__ for a in self.actions],
         }
 
@@ -86,13 +95,18 @@ def is_kept_name(name: str) -> bool:
     return name.lower().startswith(KEPT_PREFIXES)
 
 
-def plan(root: str | os.PathLike[str], *, delete_old: bool = False,
-         keep_from_epoch: int | None = None) -> list[Action]:
+def plan(
+    root: str | os.PathLike[str], *, delete_old: bool = False, keep_from_epoch: int | None = None
+) -> list[Action]:
     """What a rename of ``root`` would do, without doing it (links to rewrite follow their rename)."""
-    return [a for step in _plan(root, delete_old, keep_from_epoch) for a in (step.action, *step.relinks)]
+    return [
+        a for step in _plan(root, delete_old, keep_from_epoch) for a in (step.action, *step.relinks)
+    ]
 
 
-def _plan(root: str | os.PathLike[str], delete_old: bool, keep_from_epoch: int | None) -> list[_Step]:
+def _plan(
+    root: str | os.PathLike[str], delete_old: bool, keep_from_epoch: int | None
+) -> list[_Step]:
     if delete_old and keep_from_epoch is None:
         raise ValueError("delete_old needs keep_from_epoch: checkpoints of earlier epochs go")
     if not Path(root).is_dir():
@@ -107,8 +121,11 @@ def _plan(root: str | os.PathLike[str], delete_old: bool, keep_from_epoch: int |
             steps.append(step)
     for link in tree.links:
         name = parse_checkpoint_name(link.name)
-        if link.name.endswith(CKPT_SUFFIX) and not is_kept_name(link.name) and (
-                name.format in OLD_FORMATS or _too_old(name.epoch, delete_old, keep_from_epoch)):
+        if (
+            link.name.endswith(CKPT_SUFFIX)
+            and not is_kept_name(link.name)
+            and (name.format in OLD_FORMATS or _too_old(name.epoch, delete_old, keep_from_epoch))
+        ):
             steps.append(_Step(Action("skip", str(link), reason="a symbolic link: left as it is")))
     for sidecar in tree.orphan_sidecars:
         step = _plan_orphan_sidecar(sidecar, claimed)
@@ -174,8 +191,14 @@ def _key(path: Path) -> tuple[str, str]:
     return os.path.realpath(path.parent), path.name
 
 
-def _plan_checkpoint(path: Path, st: os.stat_result, tree: _Tree, claimed: set[str],
-                     delete_old: bool, keep_from_epoch: int | None) -> _Step | None:
+def _plan_checkpoint(
+    path: Path,
+    st: os.stat_result,
+    tree: _Tree,
+    claimed: set[str],
+    delete_old: bool,
+    keep_from_epoch: int | None,
+) -> _Step | None:
     name = parse_checkpoint_name(path.name)
     old_format = name.format in OLD_FORMATS
     too_old = _too_old(name.epoch, delete_old, keep_from_epoch)
@@ -184,8 +207,11 @@ def _plan_checkpoint(path: Path, st: os.stat_result, tree: _Tree, claimed: set[s
     identity = (st.st_dev, st.st_ino)
     if is_kept_name(path.name):
         return _Step(Action("skip", str(path), reason="best*/last* names are kept as they are"))
-    target = path.with_name(scheme_checkpoint_name(name.epoch, name.step)) if (
-        old_format and name.epoch is not None and name.step is not None) else None
+    target = (
+        path.with_name(scheme_checkpoint_name(name.epoch, name.step))
+        if (old_format and name.epoch is not None and name.step is not None)
+        else None
+    )
     if target is not None and _same_file(target, st):
         # An interrupted rename (both names, one inode): finish it before anything else.
         claimed.add(str(target))
@@ -198,18 +224,25 @@ def _plan_checkpoint(path: Path, st: os.stat_result, tree: _Tree, claimed: set[s
         elif st.st_nlink > 1:
             kept = f"kept: it has {st.st_nlink - 1} other hard link(s)"
         else:
-            return _Step(Action("delete", str(path), reason=f"epoch {name.epoch} < {keep_from_epoch}"),
-                         identity=identity)
+            return _Step(
+                Action("delete", str(path), reason=f"epoch {name.epoch} < {keep_from_epoch}"),
+                identity=identity,
+            )
     if target is None:
         return _Step(Action("skip", str(path), reason=kept or "the name gives no step"))
-    if os.path.lexists(target) or os.path.lexists(sidecar_path_for(target)) or str(target) in claimed:
+    if (
+        os.path.lexists(target)
+        or os.path.lexists(sidecar_path_for(target))
+        or str(target) in claimed
+    ):
         return _Step(Action("skip", str(path), str(target), kept or "target exists"))
     claimed.add(str(target))
     return _move_step(Action("rename", str(path), str(target), kept), path, target, tree, identity)
 
 
-def _move_step(action: Action, source: Path, target: Path, tree: _Tree,
-               identity: tuple[int, int]) -> _Step:
+def _move_step(
+    action: Action, source: Path, target: Path, tree: _Tree, identity: tuple[int, int]
+) -> _Step:
     """A rename, with every link under root that points at ``source`` rewritten to ``target``."""
     step = _Step(action, identity=identity)
     for link in tree.link_targets.get(_key(source), []):
@@ -265,12 +298,16 @@ def _plan_dangling_link(link: Path, tree: _Tree) -> _Step | None:
     if target is None or not os.path.isfile(target):
         return None
     new = os.path.join(os.path.dirname(content), target.name)
-    return _Step(Action("relink", str(link), new, f"pointed at the old name {content}"),
-                 link_was={str(link): content})
+    return _Step(
+        Action("relink", str(link), new, f"pointed at the old name {content}"),
+        link_was={str(link): content},
+    )
 
 
 def _too_old(epoch: int | None, delete_old: bool, keep_from_epoch: int | None) -> bool:
-    return delete_old and epoch is not None and keep_from_epoch is not None and epoch < keep_from_epoch
+    return (
+        delete_old and epoch is not None and keep_from_epoch is not None and epoch < keep_from_epoch
+    )
 
 
 def _same_file(path: Path | str, st: os.stat_result) -> bool:
@@ -282,9 +319,14 @@ def _same_file(path: Path | str, st: os.stat_result) -> bool:
 
 
 # ------------------------------------------------------------------------------------- apply
-def rename_checkpoints(root: str | os.PathLike[str], *, dry_run: bool = False,
-                       delete_old: bool = False, keep_from_epoch: int | None = None,
-                       db: Any = None) -> RenameSummary:
+def rename_checkpoints(
+    root: str | os.PathLike[str],
+    *,
+    dry_run: bool = False,
+    delete_old: bool = False,
+    keep_from_epoch: int | None = None,
+    db: Any = None,
+) -> RenameSummary:
     """Apply :func:`plan`; update the index when ``db`` (or the default index) exists.
 
     ``db=False`` leaves every index alone (as ``MetadataCallback(db=False)``).
@@ -292,8 +334,13 @@ def rename_checkpoints(root: str | os.PathLike[str], *, dry_run: bool = False,
     summary = RenameSummary()
     moved: list[tuple[str, str, str | None]] = []
     removed: list[str] = []
-    counter = {"rename": "renamed", "delete": "deleted", "skip": "skipped", "error": "errors",
-               "relink": "relinked"}
+    counter = {
+        "rename": "renamed",
+        "delete": "deleted",
+        "skip": "skipped",
+        "error": "errors",
+        "relink": "relinked",
+    }
     for step in _plan(root, delete_old, keep_from_epoch):
         action = step.action
         if action.kind != "relink":
@@ -308,15 +355,25 @@ def rename_checkpoints(root: str | os.PathLike[str], *, dry_run: bool = False,
         for a in (action, *done):
             summary.actions.append(a)
             setattr(summary, counter[a.kind], getattr(summary, counter[a.kind]) + 1)
-            log.info("%s%s %s%s", "[dry run] " if dry_run else "", a.kind, a.path,
-                     f" -> {a.target}" if a.target and a.kind in ("rename", "relink") else
-                     f" ({a.reason})" if a.reason else "")
+            log.info(
+                "%s%s %s%s",
+                "[dry run] " if dry_run else "",
+                a.kind,
+                a.path,
+                f" -> {a.target}"
+                if a.target and a.kind in ("rename", "relink")
+                else f" ({a.reason})"
+                if a.reason
+                else "",
+            )
     if not dry_run:
         _update_index(root, moved, removed, db)
     return summary
 
 
-def _apply(step: _Step, moved: list[tuple[str, str, str | None]], removed: list[str]) -> list[Action]:
+def _apply(
+    step: _Step, moved: list[tuple[str, str, str | None]], removed: list[str]
+) -> list[Action]:
     """Carry out one step; return the links it rewrote. Moves and deletions are noted for the index."""
     action = step.action
     path, target = Path(action.path), Path(action.target) if action.target else None
@@ -405,8 +462,12 @@ def _delete(path: Path, identity: tuple[int, int] | None) -> None:
     os.unlink(path)
 
 
-def _update_index(root: str | os.PathLike[str], moved: list[tuple[str, str, str | None]],
-                  removed: list[str], db: Any) -> None:
+def _update_index(
+    root: str | os.PathLike[str],
+    moved: list[tuple[str, str, str | None]],
+    removed: list[str],
+    db: Any,
+) -> None:
     """Rows follow the files: moved rows take their new paths, deleted files' rows go.
 
     Rows a crashed earlier run left at old names (the files moved, the index write never came)
@@ -415,9 +476,16 @@ def _update_index(root: str | os.PathLike[str], moved: list[tuple[str, str, str 
     """
     from sqlalchemy import select
 
-    from ckpt_index.index.engine import sqlite_file, is_sqlite, open_engine, resolve_db_url, resolve_location, write_transaction
-    from ckpt_index.index.tables import checkpoints
+    from ckpt_index.index.engine import (
+        is_sqlite,
+        open_engine,
+        resolve_db_url,
+        resolve_location,
+        sqlite_file,
+        write_transaction,
+    )
     from ckpt_index.index.store import delete_paths, path_range
+    from ckpt_index.index.tables import checkpoints
 
     if db is False:
         return
@@ -430,16 +498,24 @@ def _update_index(root: str | os.PathLike[str], moved: list[tuple[str, str, str 
     try:
         with write_transaction(engine) as conn:
             lo, hi = path_range(os.path.realpath(root))
-            known = conn.scalars(select(c.checkpoint_path).where(
-                c.location == location, c.checkpoint_path >= lo, c.checkpoint_path < hi))
+            known = conn.scalars(
+                select(c.checkpoint_path).where(
+                    c.location == location, c.checkpoint_path >= lo, c.checkpoint_path < hi
+                )
+            )
             pending = {os.path.abspath(old) for old, _, _ in moved}
-            moved = list(moved) + [m for m in map(_moved_by_an_earlier_run, known)
-                                   if m is not None and m[0] not in pending]
+            moved = list(moved) + [
+                m
+                for m in map(_moved_by_an_earlier_run, known)
+                if m is not None and m[0] not in pending
+            ]
             for old, new, new_sidecar in moved:
                 old, new = os.path.abspath(old), os.path.abspath(new)
                 if not storable(old):
                     continue  # sync never indexes a name that is not text: there is no row
-                row = conn.scalar(select(c.id).where(c.location == location, c.checkpoint_path == old))
+                row = conn.scalar(
+                    select(c.id).where(c.location == location, c.checkpoint_path == old)
+                )
                 if row is None:
                     continue
                 # A row at the new path (a sync during an interrupted rename, or a stale row) would
@@ -448,8 +524,10 @@ def _update_index(root: str | os.PathLike[str], moved: list[tuple[str, str, str 
                 conn.execute(
                     checkpoints.update()
                     .where(c.id == row)
-                    .values(checkpoint_path=new,
-                            sidecar_path=os.path.abspath(new_sidecar) if new_sidecar else None)
+                    .values(
+                        checkpoint_path=new,
+                        sidecar_path=os.path.abspath(new_sidecar) if new_sidecar else None,
+                    )
                 )
             delete_paths(conn, [os.path.abspath(p) for p in removed], location=location)
     finally:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ckpt_index.isolation.pool import Limits
 from ckpt_index.index.records import is_stale
-from ckpt_index.sidecar.schema import metadata_warnings
+from ckpt_index.isolation.pool import Limits
 from ckpt_index.sidecar.files import SidecarError, read_sidecar
+from ckpt_index.sidecar.schema import metadata_warnings
 from ckpt_index.sync.scan import scan
 
 
@@ -50,16 +50,22 @@ class ValidationReport:
             "stale": self.stale,
             "unsafe_globals": self.unsafe_globals,
             "counts": {
-                "valid": len(self.valid), "invalid": len(self.invalid),
-                "without_metadata": len(self.without_metadata), "orphaned": len(self.orphaned),
-                "unreadable": len(self.unreadable), "stale": len(self.stale),
+                "valid": len(self.valid),
+                "invalid": len(self.invalid),
+                "without_metadata": len(self.without_metadata),
+                "orphaned": len(self.orphaned),
+                "unreadable": len(self.unreadable),
+                "stale": len(self.stale),
                 "unsafe_globals": len(self.unsafe_globals),
             },
         }
 
 
 def validate_tree(
-    root: str | os.PathLike[str], *, checkpoints: bool = True, limits: Limits | None = None,
+    root: str | os.PathLike[str],
+    *,
+    checkpoints: bool = True,
+    limits: Limits | None = None,
 ) -> ValidationReport:
     """Check every sidecar and checkpoint below ``root``; ``checkpoints=False`` skips the latter."""
     root_path = os.path.abspath(os.fspath(root))
@@ -82,7 +88,9 @@ def validate_tree(
         report.warnings.extend((item.sidecar_path, w) for w in metadata_warnings(meta))
         if is_stale(item.ckpt, item.sidecar):
             report.stale.append(item.sidecar_path)
-            report.warnings.append((item.sidecar_path, "stale: the checkpoint is newer than its sidecar"))
+            report.warnings.append(
+                (item.sidecar_path, "stale: the checkpoint is newer than its sidecar")
+            )
     paths = [path for path, item in found if item.ckpt is not None]
     if checkpoints and paths:
         _inspect(paths, report, limits)

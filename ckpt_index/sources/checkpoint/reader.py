@@ -135,7 +135,9 @@ class CheckpointContents:
         """Parameter and buffer name -> shape, from ``state_dict`` (or a bare saved state dict)."""
         state = self.raw.get("state_dict")
         if not isinstance(state, dict):
-            bare = bool(self.raw) and all(isinstance(v, TensorDescriptor) for v in self.raw.values())
+            bare = bool(self.raw) and all(
+                isinstance(v, TensorDescriptor) for v in self.raw.values()
+            )
             state = self.raw if bare else {}
         return {_text(k): v.shape for k, v in state.items() if isinstance(v, TensorDescriptor)}
 
@@ -164,8 +166,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointContents:
             finally:
                 if scalars is not None:
                     scalars.close()
-            contents = CheckpointContents(path=path, raw=raw, bytes_read=0, format=fmt,
-                                          unsafe_globals=sorted(names - WEIGHTS_ONLY_ALLOWED))
+            contents = CheckpointContents(
+                path=path,
+                raw=raw,
+                bytes_read=0,
+                format=fmt,
+                unsafe_globals=sorted(names - WEIGHTS_ONLY_ALLOWED),
+            )
             _summarize(contents)
         except CheckpointReadError:
             raise
@@ -173,7 +180,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointContents:
             raise CheckpointReadError(path, str(exc)) from None
         except OSError as exc:
             if exc.errno == errno.EINVAL:  # a seek to a negative offset read from a damaged header
-                raise CheckpointReadError(path, "corrupt file: an offset in it points outside it") from None
+                raise CheckpointReadError(
+                    path, "corrupt file: an offset in it points outside it"
+                ) from None
             raise CheckpointReadError(path, f"read error: {exc.strerror or exc}") from None
         except MemoryError:
             raise CheckpointReadError(path, "out of memory while reading it") from None
@@ -278,8 +287,10 @@ def _check_integrity(handle: io.FileIO, size: int) -> str | None:
     # Bytes before the archive (a zip appended to something) shift every offset, as zipfile allows.
     shift = cd_end_limit - cd_size - cd_offset
     if shift < 0:
-        return f"truncated zip archive: its central directory would end at byte {cd_offset + cd_size}, " \
-               f"the file has {size}"
+        return (
+            f"truncated zip archive: its central directory would end at byte {cd_offset + cd_size}, "
+            f"the file has {size}"
+        )
     if cd_size > MAX_CENTRAL_DIRECTORY_BYTES:
         return f"zip central directory of {cd_size} bytes, over the {MAX_CENTRAL_DIRECTORY_BYTES} byte limit"
     directory = _pread(handle, cd_offset + shift, cd_size)
@@ -293,10 +304,12 @@ def _check_integrity(handle: io.FileIO, size: int) -> str | None:
         if fields[0] != b"PK\x01\x02":
             return f"corrupt zip archive: central directory entry {count} is damaged"
         name_len, extra_len, comment_len = fields[12], fields[13], fields[14]
-        raw_name = directory[pos + _CENTRAL.size:pos + _CENTRAL.size + name_len]
+        raw_name = directory[pos + _CENTRAL.size : pos + _CENTRAL.size + name_len]
         compress_size, offset = fields[10], fields[18]
         if compress_size == 0xFFFFFFFF or offset == 0xFFFFFFFF:
-            extra = directory[pos + _CENTRAL.size + name_len:pos + _CENTRAL.size + name_len + extra_len]
+            extra = directory[
+                pos + _CENTRAL.size + name_len : pos + _CENTRAL.size + name_len + extra_len
+            ]
             compress_size, offset = _zip64_sizes(extra, fields[11], compress_size, offset)
         if offset + 30 + name_len + compress_size > cd_offset:
             name = _member_name(raw_name, fields[6])
@@ -308,7 +321,9 @@ def _check_integrity(handle: io.FileIO, size: int) -> str | None:
         pos += _CENTRAL.size + name_len + extra_len + comment_len
         count += 1
     if count != entries:
-        return f"corrupt zip archive: {count} central directory entries, its end record says {entries}"
+        return (
+            f"corrupt zip archive: {count} central directory entries, its end record says {entries}"
+        )
     if not pickles:
         return "zip archive has no <prefix>/data.pkl: not a torch.save checkpoint"
     if len(pickles) > 1:
@@ -335,7 +350,9 @@ def _zip64_sizes(extra: bytes, file_size: int, compress_size: int, offset: int) 
     while pos + 4 <= len(extra):
         tag, length = struct.unpack_from("<2H", extra, pos)
         if tag == 1:
-            values = list(struct.unpack_from(f"<{min(length, len(extra) - pos - 4) // 8}Q", extra, pos + 4))
+            values = list(
+                struct.unpack_from(f"<{min(length, len(extra) - pos - 4) // 8}Q", extra, pos + 4)
+            )
             if file_size == 0xFFFFFFFF and values:
                 values.pop(0)
             if compress_size == 0xFFFFFFFF and values:
@@ -371,7 +388,9 @@ class _CountingFile(io.FileIO):
             remaining = max(0, os.fstat(self.fileno()).st_size - self.tell())
             size = remaining if size is None or size < 0 else min(size, remaining)
             if size > MAX_READ_BYTES:
-                raise _TooLarge(f"refusing to read {size} bytes at once (a zip directory this large is corrupt)")
+                raise _TooLarge(
+                    f"refusing to read {size} bytes at once (a zip directory this large is corrupt)"
+                )
         data = super().read(size)
         self.bytes_read += len(data)
         return data
@@ -387,7 +406,8 @@ def _load(file: _CountingFile, path: Path) -> _Loaded:
         return _load_zip(file, path)
     if head[257:262] == b"ustar":
         raise CheckpointReadError(
-            path, "unsupported legacy format: a tar archive (torch.save before PyTorch 0.4)")
+            path, "unsupported legacy format: a tar archive (torch.save before PyTorch 0.4)"
+        )
     if _is_legacy(head):
         return _load_legacy(file, path, size)
     try:  # a zip with leading bytes still has its directory at the end
@@ -395,7 +415,8 @@ def _load(file: _CountingFile, path: Path) -> _Loaded:
     except CheckpointReadError:
         pass
     raise CheckpointReadError(
-        path, "not a PyTorch checkpoint: neither a zip archive nor the legacy torch format")
+        path, "not a PyTorch checkpoint: neither a zip archive nor the legacy torch format"
+    )
 
 
 def _unpickle(data: bytes, path: Path, what: str, start: int = 0) -> tuple[Any, SafeUnpickler, int]:
@@ -429,8 +450,12 @@ def _top_level(obj: Any, path: Path, what: str) -> dict[Any, Any]:
 def _load_zip(file: _CountingFile, path: Path) -> _Loaded:
     try:
         archive = zipfile.ZipFile(file)
-    except _ZIP_ERRORS as exc:  # names that are not UTF-8 raise ValueError, odd versions NotImplementedError
-        raise CheckpointReadError(path, f"truncated or corrupt zip archive: {_describe(exc)}") from None
+    except (
+        _ZIP_ERRORS
+    ) as exc:  # names that are not UTF-8 raise ValueError, odd versions NotImplementedError
+        raise CheckpointReadError(
+            path, f"truncated or corrupt zip archive: {_describe(exc)}"
+        ) from None
     try:
         raw, prefix, byteorder, names = _read_zip_pickle(archive, path)
     except BaseException:
@@ -439,10 +464,14 @@ def _load_zip(file: _CountingFile, path: Path) -> _Loaded:
     return raw, _ZipScalars(archive, file, prefix, byteorder), "zip", names
 
 
-def _read_zip_pickle(archive: zipfile.ZipFile, path: Path) -> tuple[dict[Any, Any], str, str, set[str]]:
+def _read_zip_pickle(
+    archive: zipfile.ZipFile, path: Path
+) -> tuple[dict[Any, Any], str, str, set[str]]:
     pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if not pickles:
-        raise CheckpointReadError(path, "zip archive has no <prefix>/data.pkl: not a torch.save checkpoint")
+        raise CheckpointReadError(
+            path, "zip archive has no <prefix>/data.pkl: not a torch.save checkpoint"
+        )
     if len(pickles) > 1:
         names = ", ".join(sorted(pickles))
         raise CheckpointReadError(path, f"zip archive has several data.pkl members: {names}")
@@ -453,31 +482,50 @@ def _read_zip_pickle(archive: zipfile.ZipFile, path: Path) -> tuple[dict[Any, An
     if f"{prefix}/byteorder" in archive.NameToInfo:
         order = _read_member(archive, f"{prefix}/byteorder", 16, path).strip()
         if order not in (b"little", b"big"):
-            raise CheckpointReadError(path, f"{prefix}/byteorder is {order[:16]!r}, not little or big")
+            raise CheckpointReadError(
+                path, f"{prefix}/byteorder is {order[:16]!r}, not little or big"
+            )
         byteorder = order.decode()
     obj, unpickler, _ = _unpickle(data, path, name)
     return _top_level(obj, path, name), prefix, byteorder, unpickler.globals
 
 
 #: What zipfile raises on damaged archives and members (zlib.error included).
-_ZIP_ERRORS = (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, RuntimeError, OverflowError,
-               struct.error, zlib.error)
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+    OverflowError,
+    struct.error,
+    zlib.error,
+)
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, limit: int, path: Path) -> bytes:
     info = archive.getinfo(name)
     if info.file_size > limit or info.compress_size > limit:
-        raise CheckpointReadError(path, f"{name} is {info.file_size} bytes, more than the {limit} byte limit")
-    if (info.compress_type != zipfile.ZIP_STORED and info.file_size > MIN_RATIO_CHECK_BYTES
-            and info.file_size > MAX_COMPRESSION_RATIO * info.compress_size):
         raise CheckpointReadError(
-            path, f"{name} expands from {info.compress_size} to {info.file_size} bytes: a compression bomb")
+            path, f"{name} is {info.file_size} bytes, more than the {limit} byte limit"
+        )
+    if (
+        info.compress_type != zipfile.ZIP_STORED
+        and info.file_size > MIN_RATIO_CHECK_BYTES
+        and info.file_size > MAX_COMPRESSION_RATIO * info.compress_size
+    ):
+        raise CheckpointReadError(
+            path,
+            f"{name} expands from {info.compress_size} to {info.file_size} bytes: a compression bomb",
+        )
     try:
         with archive.open(info) as member:  # in chunks: each read of the file stays small
             chunks = list(iter(lambda: member.read(16 << 20), b""))
         data = b"".join(chunks)
     except (NotImplementedError, RuntimeError) as exc:  # unknown compression, encryption
-        raise CheckpointReadError(path, f"cannot read zip member {name}: {_describe(exc)}") from None
+        raise CheckpointReadError(
+            path, f"cannot read zip member {name}: {_describe(exc)}"
+        ) from None
     except _ZIP_ERRORS as exc:
         raise CheckpointReadError(path, f"corrupt zip member {name}: {_describe(exc)}") from None
     if len(data) != info.file_size:
@@ -498,7 +546,9 @@ class _ScalarSource:
 
 
 class _ZipScalars(_ScalarSource):
-    def __init__(self, archive: zipfile.ZipFile, file: _CountingFile, prefix: str, byteorder: str) -> None:
+    def __init__(
+        self, archive: zipfile.ZipFile, file: _CountingFile, prefix: str, byteorder: str
+    ) -> None:
         self.archive, self.file, self.prefix, self.byteorder = archive, file, prefix, byteorder
         self.small: dict[str, bytes] = {}
 
@@ -513,7 +563,7 @@ class _ZipScalars(_ScalarSource):
             if ref.key not in self.small:
                 with self.archive.open(info) as member:
                     self.small[ref.key] = member.read(MAX_SCALAR_STORAGE_BYTES + 1)
-            return self.small[ref.key][start:start + size]
+            return self.small[ref.key][start : start + size]
         if info.compress_type != zipfile.ZIP_STORED:
             return None
         # One element of a large storage (a view such as metrics[3]): seek to it, read only it.
@@ -584,7 +634,9 @@ def _parse_legacy(buffer: bytes, file: _CountingFile, path: Path) -> _Loaded:
     _, first = load("legacy magic number")
     version, second = load("legacy protocol version")
     if version != _LEGACY_PROTOCOL:
-        raise CheckpointReadError(path, f"unsupported legacy torch format: protocol version {version!r}")
+        raise CheckpointReadError(
+            path, f"unsupported legacy torch format: protocol version {version!r}"
+        )
     sys_info, third = load("legacy sys_info")
     obj, unpickler = load("legacy checkpoint pickle")
     keys, last = load("legacy storage keys")
@@ -593,7 +645,9 @@ def _parse_legacy(buffer: bytes, file: _CountingFile, path: Path) -> _Loaded:
     little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
     scalars = None
     if isinstance(keys, list) and all(isinstance(k, str) for k in keys):
-        scalars = _LegacyScalars(file, position, keys, unpickler.storages, "little" if little else "big")
+        scalars = _LegacyScalars(
+            file, position, keys, unpickler.storages, "little" if little else "big"
+        )
         size = os.fstat(file.fileno()).st_size
         if scalars.end is not None and scalars.end > size:
             reason = f"truncated legacy torch file: its storages end at byte {scalars.end}, the file has {size}"
@@ -602,8 +656,14 @@ def _parse_legacy(buffer: bytes, file: _CountingFile, path: Path) -> _Loaded:
 
 
 class _LegacyScalars(_ScalarSource):
-    def __init__(self, file: _CountingFile, start: int, keys: list[str], storages: dict[str, StorageRef],
-                 byteorder: str) -> None:
+    def __init__(
+        self,
+        file: _CountingFile,
+        start: int,
+        keys: list[str],
+        storages: dict[str, StorageRef],
+        byteorder: str,
+    ) -> None:
         self.file, self.byteorder = file, byteorder
         # Each storage is an 8-byte element count followed by its bytes, in the order of ``keys``.
         self.offsets: dict[str, tuple[int, int]] = {}
@@ -769,7 +829,11 @@ def _model_checkpoint(key: Any, state: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(state, dict):
         return None
-    if not (cls_name.endswith("ModelCheckpoint") or "best_model_path" in state or "best_k_models" in state):
+    if not (
+        cls_name.endswith("ModelCheckpoint")
+        or "best_model_path" in state
+        or "best_k_models" in state
+    ):
         return None
     plain = to_plain(state)
     config = config or {}
@@ -784,7 +848,9 @@ def _model_checkpoint(key: Any, state: Any) -> dict[str, Any] | None:
         "current_score": _number(plain.get("current_score")),
         "best_model_score": _number(plain.get("best_model_score")),
         "best_model_path": plain.get("best_model_path"),
-        "best_k_models": {_text(k): _number(v) for k, v in best_k.items()} if isinstance(best_k, dict) else {},
+        "best_k_models": {_text(k): _number(v) for k, v in best_k.items()}
+        if isinstance(best_k, dict)
+        else {},
         "kth_best_model_path": plain.get("kth_best_model_path"),
         "last_model_path": plain.get("last_model_path"),
         "dirpath": plain.get("dirpath"),

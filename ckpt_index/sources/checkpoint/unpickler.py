@@ -19,50 +19,112 @@ import ntpath
 import pickle
 import posixpath
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 # ---------------------------------------------------------------------------------------------
 # dtypes
 
 #: torch dtype name (canonical) -> element size in bytes.
 ELEMENT_SIZE = {
-    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
-    "int64": 8, "int32": 4, "int16": 2, "int8": 1,
-    "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1, "bool": 1,
-    "complex128": 16, "complex64": 8, "complex32": 4,
-    "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
-    "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
-    "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint64": 8,
+    "uint32": 4,
+    "uint16": 2,
+    "uint8": 1,
+    "bool": 1,
+    "complex128": 16,
+    "complex64": 8,
+    "complex32": 4,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1,
+    "float4_e2m1fn_x2": 1,
+    "qint8": 1,
+    "quint8": 1,
+    "qint32": 4,
+    "quint4x2": 1,
+    "quint2x4": 1,
 }
 _DTYPE_ALIASES = {
-    "float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
-    "short": "int16", "cfloat": "complex64", "cdouble": "complex128", "chalf": "complex32",
+    "float": "float32",
+    "double": "float64",
+    "half": "float16",
+    "long": "int64",
+    "int": "int32",
+    "short": "int16",
+    "cfloat": "complex64",
+    "cdouble": "complex128",
+    "chalf": "complex32",
 }
 #: ``torch.<X>Storage`` (the legacy typed-storage names torch still writes) -> dtype.
 STORAGE_DTYPES = {
-    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
-    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
-    "ComplexDoubleStorage": "complex128", "ComplexFloatStorage": "complex64",
-    "QInt8Storage": "qint8", "QInt32Storage": "qint32", "QUInt8Storage": "quint8",
-    "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64",
+    "QInt8Storage": "qint8",
+    "QInt32Storage": "qint32",
+    "QUInt8Storage": "quint8",
+    "QUInt4x2Storage": "quint4x2",
+    "QUInt2x4Storage": "quint2x4",
     "UntypedStorage": "uint8",  # torch 2.x writes new dtypes as bytes plus an explicit dtype
 }
 _STRUCT_CODES = {
-    "float64": "d", "float32": "f", "float16": "e", "int64": "q", "int32": "i", "int16": "h",
-    "int8": "b", "uint64": "Q", "uint32": "I", "uint16": "H", "uint8": "B",
-    "complex128": "dd", "complex64": "ff",
+    "float64": "d",
+    "float32": "f",
+    "float16": "e",
+    "int64": "q",
+    "int32": "i",
+    "int16": "h",
+    "int8": "b",
+    "uint64": "Q",
+    "uint32": "I",
+    "uint16": "H",
+    "uint8": "B",
+    "complex128": "dd",
+    "complex64": "ff",
 }
 #: numpy dtype codes (``numpy.dtype('f8', ...)``) -> torch-style dtype names.
 _NUMPY_DTYPES = {
-    "f8": "float64", "f4": "float32", "f2": "float16", "i8": "int64", "i4": "int32",
-    "i2": "int16", "i1": "int8", "u8": "uint64", "u4": "uint32", "u2": "uint16", "u1": "uint8",
-    "b1": "bool", "c16": "complex128", "c8": "complex64",
+    "f8": "float64",
+    "f4": "float32",
+    "f2": "float16",
+    "i8": "int64",
+    "i4": "int32",
+    "i2": "int16",
+    "i1": "int8",
+    "u8": "uint64",
+    "u4": "uint32",
+    "u2": "uint16",
+    "u1": "uint8",
+    "b1": "bool",
+    "c16": "complex128",
+    "c8": "complex64",
 }
 
 
-def decode_scalar(dtype: str, data: bytes, byteorder: str = "little") -> bool | int | float | complex | None:
+def decode_scalar(
+    dtype: str, data: bytes, byteorder: str = "little"
+) -> bool | int | float | complex | None:
     """The value of one element of ``dtype`` stored in ``data``, or None if not decodable."""
     if len(data) != ELEMENT_SIZE.get(dtype, -1):
         return None
@@ -245,8 +307,11 @@ def bounded_product(dims: Any, cap: int) -> int:
 
 
 def _int_tuple(value: Any) -> tuple[int, ...]:
-    if (isinstance(value, (tuple, list)) and len(value) <= MAX_NDIM
-            and all(_is_int(v) and -MAX_DIM <= v < MAX_DIM for v in value)):
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) <= MAX_NDIM
+        and all(_is_int(v) and -MAX_DIM <= v < MAX_DIM for v in value)
+    ):
         return tuple(value)
     raise _Refuse
 
@@ -256,8 +321,10 @@ def _ordered_dict(*args: Any) -> OrderedDictState:
         return OrderedDictState()
     if len(args) == 1 and isinstance(args[0], dict):
         return OrderedDictState(args[0])
-    if len(args) == 1 and isinstance(args[0], (list, tuple)) and all(
-        isinstance(p, (list, tuple)) and len(p) == 2 for p in args[0]
+    if (
+        len(args) == 1
+        and isinstance(args[0], (list, tuple))
+        and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in args[0])
     ):
         return OrderedDictState(args[0])
     raise _Refuse
@@ -316,8 +383,14 @@ def _torch_device(*args: Any) -> str:
     raise _Refuse
 
 
-def _tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-            dtype: str | None = None) -> TensorDescriptor:
+def _tensor(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    dtype: str | None = None,
+) -> TensorDescriptor:
     if not isinstance(storage, StorageRef) or not _is_int(offset) or not 0 <= offset < MAX_DIM:
         raise _Refuse
     return TensorDescriptor(
@@ -334,33 +407,53 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> Tensor
     return _tensor(storage, offset, size, stride)
 
 
-def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-                       backward_hooks: Any = None, metadata: Any = None) -> TensorDescriptor:
+def _rebuild_tensor_v2(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    backward_hooks: Any = None,
+    metadata: Any = None,
+) -> TensorDescriptor:
     return _tensor(storage, offset, size, stride, requires_grad)
 
 
-def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
-                       backward_hooks: Any, dtype: Any, metadata: Any = None) -> TensorDescriptor:
+def _rebuild_tensor_v3(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any,
+    backward_hooks: Any,
+    dtype: Any,
+    metadata: Any = None,
+) -> TensorDescriptor:
     if not isinstance(dtype, str) or dtype not in ELEMENT_SIZE:
         raise _Refuse
     return _tensor(storage, offset, size, stride, requires_grad, dtype=dtype)
 
 
-def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any,
-                       state: Any = None) -> TensorDescriptor:
+def _rebuild_parameter(
+    data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None
+) -> TensorDescriptor:
     if not isinstance(data, TensorDescriptor):
         raise _Refuse
     return replace(data, requires_grad=bool(requires_grad), kind="parameter")
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
-    if not (isinstance(func, _StandIn) and func.func in _TENSOR_REBUILDERS and isinstance(args, tuple)):
+    if not (
+        isinstance(func, _StandIn) and func.func in _TENSOR_REBUILDERS and isinstance(args, tuple)
+    ):
         raise _Refuse
     result = func(*args)
     if isinstance(result, TensorDescriptor):
         kind = global_name(new_type)
         if kind and kind not in ("torch.Tensor", "torch._tensor.Tensor"):
-            result = replace(result, kind="parameter" if kind == "torch.nn.parameter.Parameter" else kind)
+            result = replace(
+                result, kind="parameter" if kind == "torch.nn.parameter.Parameter" else kind
+            )
     return result
 
 
@@ -406,9 +499,14 @@ def _reconstructor(cls: Any, base: Any = None, state: Any = None) -> Any:
     raise _Refuse
 
 
-_TENSOR_REBUILDERS: frozenset[Callable[..., Any]] = frozenset({
-    _rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter,
-})
+_TENSOR_REBUILDERS: frozenset[Callable[..., Any]] = frozenset(
+    {
+        _rebuild_tensor,
+        _rebuild_tensor_v2,
+        _rebuild_tensor_v3,
+        _rebuild_parameter,
+    }
+)
 
 _SAFE_CALLABLES: dict[tuple[str, str], Callable[..., Any]] = {
     ("collections", "OrderedDict"): _ordered_dict,
@@ -498,8 +596,27 @@ MAX_PICKLE_CONTAINERS = 6_000_000
 MAX_TUPLE_NESTING = 100
 
 # What each opcode does to the stack, for scan_pickle's model of it.
-(_ATOM, _CONTAINER, _TUPLE_N, _TUPLE_MARK, _LIST_MARK, _POP_N, _POP_N_PUSH, _POP_MARK_ONLY,
- _GET, _PUT, _MEMOIZE, _DUP, _MARK, _POP, _PERSID, _KEEP, _NOTHING, _STOP, _SETITEM) = range(19)
+(
+    _ATOM,
+    _CONTAINER,
+    _TUPLE_N,
+    _TUPLE_MARK,
+    _LIST_MARK,
+    _POP_N,
+    _POP_N_PUSH,
+    _POP_MARK_ONLY,
+    _GET,
+    _PUT,
+    _MEMOIZE,
+    _DUP,
+    _MARK,
+    _POP,
+    _PERSID,
+    _KEEP,
+    _NOTHING,
+    _STOP,
+    _SETITEM,
+) = range(19)
 
 
 @functools.cache
@@ -512,22 +629,47 @@ def _opcode_table() -> tuple[tuple[int | None, int, int] | None, ...]:
     import pickletools
 
     effects: dict[str, tuple[int, int]] = {
-        "EMPTY_LIST": (_CONTAINER, 0), "EMPTY_DICT": (_CONTAINER, 0), "EMPTY_SET": (_CONTAINER, 0),
-        "BYTEARRAY8": (_CONTAINER, 0), "TUPLE1": (_TUPLE_N, 1),
-        "TUPLE2": (_TUPLE_N, 2), "TUPLE3": (_TUPLE_N, 3), "TUPLE": (_TUPLE_MARK, 0),
-        "FROZENSET": (_TUPLE_MARK, 0), "LIST": (_LIST_MARK, 0), "DICT": (_LIST_MARK, 0),
-        "INST": (_LIST_MARK, 0), "OBJ": (_LIST_MARK, 0),
-        "APPEND": (_POP_N, 1), "SETITEM": (_SETITEM, 2),
-        "APPENDS": (_POP_MARK_ONLY, 0), "SETITEMS": (_POP_MARK_ONLY, 0),
-        "ADDITEMS": (_POP_MARK_ONLY, 0), "POP_MARK": (_POP_MARK_ONLY, 0),
-        "REDUCE": (_POP_N_PUSH, 2), "NEWOBJ": (_POP_N_PUSH, 2), "NEWOBJ_EX": (_POP_N_PUSH, 3),
-        "STACK_GLOBAL": (_POP_N_PUSH, 2), "BUILD": (_POP_N, 1),
-        "GET": (_GET, 0), "BINGET": (_GET, 0), "LONG_BINGET": (_GET, 0),
-        "PUT": (_PUT, 0), "BINPUT": (_PUT, 0), "LONG_BINPUT": (_PUT, 0), "MEMOIZE": (_MEMOIZE, 0),
-        "DUP": (_DUP, 0), "MARK": (_MARK, 0), "POP": (_POP, 0),
+        "EMPTY_LIST": (_CONTAINER, 0),
+        "EMPTY_DICT": (_CONTAINER, 0),
+        "EMPTY_SET": (_CONTAINER, 0),
+        "BYTEARRAY8": (_CONTAINER, 0),
+        "TUPLE1": (_TUPLE_N, 1),
+        "TUPLE2": (_TUPLE_N, 2),
+        "TUPLE3": (_TUPLE_N, 3),
+        "TUPLE": (_TUPLE_MARK, 0),
+        "FROZENSET": (_TUPLE_MARK, 0),
+        "LIST": (_LIST_MARK, 0),
+        "DICT": (_LIST_MARK, 0),
+        "INST": (_LIST_MARK, 0),
+        "OBJ": (_LIST_MARK, 0),
+        "APPEND": (_POP_N, 1),
+        "SETITEM": (_SETITEM, 2),
+        "APPENDS": (_POP_MARK_ONLY, 0),
+        "SETITEMS": (_POP_MARK_ONLY, 0),
+        "ADDITEMS": (_POP_MARK_ONLY, 0),
+        "POP_MARK": (_POP_MARK_ONLY, 0),
+        "REDUCE": (_POP_N_PUSH, 2),
+        "NEWOBJ": (_POP_N_PUSH, 2),
+        "NEWOBJ_EX": (_POP_N_PUSH, 3),
+        "STACK_GLOBAL": (_POP_N_PUSH, 2),
+        "BUILD": (_POP_N, 1),
+        "GET": (_GET, 0),
+        "BINGET": (_GET, 0),
+        "LONG_BINGET": (_GET, 0),
+        "PUT": (_PUT, 0),
+        "BINPUT": (_PUT, 0),
+        "LONG_BINPUT": (_PUT, 0),
+        "MEMOIZE": (_MEMOIZE, 0),
+        "DUP": (_DUP, 0),
+        "MARK": (_MARK, 0),
+        "POP": (_POP, 0),
         # The legacy format's ("module", cls, source) persistent id yields one of its items.
-        "BINPERSID": (_PERSID, 1), "READONLY_BUFFER": (_KEEP, 1), "READWRITE_BUFFER": (_KEEP, 1),
-        "PROTO": (_NOTHING, 0), "FRAME": (_NOTHING, 0), "STOP": (_STOP, 0),
+        "BINPERSID": (_PERSID, 1),
+        "READONLY_BUFFER": (_KEEP, 1),
+        "READWRITE_BUFFER": (_KEEP, 1),
+        "PROTO": (_NOTHING, 0),
+        "FRAME": (_NOTHING, 0),
+        "STOP": (_STOP, 0),
     }
     table: list[tuple[int | None, int, int] | None] = [None] * 256
     for op in pickletools.opcodes:
@@ -586,7 +728,7 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
             pos += 5 if code == _LONG_BINPUT else 2
             if pos > end:
                 break
-            index = int.from_bytes(data[at + 1:pos], "little")
+            index = int.from_bytes(data[at + 1 : pos], "little")
             if index > at:
                 raise pickle.UnpicklingError(f"memo index out of range at byte {at}")
             if len(stack) <= fence:
@@ -602,10 +744,10 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
             pushes += 1
             if pushes > MAX_PICKLE_OBJECTS:
                 break
-            push(memo.get(int.from_bytes(data[at + 1:pos], "little"), 0) if memo else 0)
+            push(memo.get(int.from_bytes(data[at + 1 : pos], "little"), 0) if memo else 0)
             continue
         if code == _BINUNICODE:
-            pos += 5 + int.from_bytes(data[pos + 1:pos + 5], "little")
+            pos += 5 + int.from_bytes(data[pos + 1 : pos + 5], "little")
             pushes += 1
             if pushes > MAX_PICKLE_OBJECTS:
                 break
@@ -638,7 +780,8 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
                 del stack[mark:]
             if depth > MAX_TUPLE_NESTING:
                 raise pickle.UnpicklingError(
-                    f"a tuple or frozenset nested deeper than {MAX_TUPLE_NESTING} levels at byte {pos - 1}")
+                    f"a tuple or frozenset nested deeper than {MAX_TUPLE_NESTING} levels at byte {pos - 1}"
+                )
             push(depth)
             pushes += 1
             containers += 1
@@ -668,7 +811,7 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
             pos = line_end + 1
         else:  # a length of 1, 4 (signed or not) or 8 bytes, then that many bytes
             width = _LENGTH_WIDTHS[size]
-            length = int.from_bytes(data[pos:pos + width], "little", signed=size == -3)
+            length = int.from_bytes(data[pos : pos + width], "little", signed=size == -3)
             if length < 0:
                 raise pickle.UnpicklingError(f"negative length at byte {at}")
             pos += width + length
@@ -690,7 +833,8 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
                 del stack[-count:]
                 if depth > MAX_TUPLE_NESTING:
                     raise pickle.UnpicklingError(
-                        f"a tuple or frozenset nested deeper than {MAX_TUPLE_NESTING} levels at byte {at}")
+                        f"a tuple or frozenset nested deeper than {MAX_TUPLE_NESTING} levels at byte {at}"
+                    )
             fence = marks[-1] if marks else 0
             push(depth)
             pushes += 1
@@ -716,7 +860,7 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
         elif effect == _LIST_MARK or effect == _POP_MARK_ONLY:
             if not marks:
                 raise pickle.UnpicklingError(f"no MARK before byte {at}")
-            del stack[marks.pop():]
+            del stack[marks.pop() :]
             fence = marks[-1] if marks else 0
             if effect == _LIST_MARK:
                 push(0)
@@ -771,18 +915,28 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
 def _memo_index(code: int, data: bytes, at: int, after: int) -> int:
     """The memo index of the GET or PUT at ``data[at:after]``."""
     if code in _LINE_MEMO_OPS:  # a decimal line, newline included
-        line = data[at + 1:after - 1]
+        line = data[at + 1 : after - 1]
         try:
             if len(line) > 24:
                 raise ValueError
             return int(line)
         except ValueError:
             raise pickle.UnpicklingError(f"invalid memo index at byte {at}") from None
-    return int.from_bytes(data[at + 1:after], "little")
+    return int.from_bytes(data[at + 1 : after], "little")
 
 
 _LINE_MEMO_OPS = frozenset(b"gp")
-_BINUNICODE, _BINPUT, _LONG_BINPUT, _BINGET, _LONG_BINGET, _MARK_CODE, _POP_MARK, _REDUCE, _TUPLE_CODE = b"Xqrhj(1Rt"
+(
+    _BINUNICODE,
+    _BINPUT,
+    _LONG_BINPUT,
+    _BINGET,
+    _LONG_BINGET,
+    _MARK_CODE,
+    _POP_MARK,
+    _REDUCE,
+    _TUPLE_CODE,
+) = b"Xqrhj(1Rt"
 
 
 @functools.cache
@@ -799,49 +953,154 @@ def _fast_atoms() -> tuple[int, ...]:
 #: ``torch/_weights_only_unpickler.py:_get_allowed_globals`` plus what torch registers itself with
 #: ``add_safe_globals`` on import. Replicated so that telling whether a file needs
 #: ``weights_only=False`` never imports torch.
-WEIGHTS_ONLY_ALLOWED = frozenset({
-    "_codecs.encode", "builtins.bytearray", "builtins.complex", "builtins.set",
-    "collections.Counter", "collections.OrderedDict",
-    "torch.Size", "torch.Tensor", "torch.device", "torch.nn.parameter.Parameter",
-    "torch.serialization._get_layout", "torch._tensor._rebuild_from_type_v2",
-    "torch.storage.TypedStorage", "torch.storage.UntypedStorage",
-    "torch.per_channel_affine", "torch.per_channel_affine_float_qparams", "torch.per_channel_symmetric",
-    "torch.per_tensor_affine", "torch.per_tensor_symmetric",
-    *(f"torch._utils.{f}" for f in (
-        "_rebuild_device_tensor_from_cpu_tensor", "_rebuild_device_tensor_from_numpy",
-        "_rebuild_meta_tensor_no_storage", "_rebuild_nested_tensor", "_rebuild_parameter",
-        "_rebuild_parameter_with_state", "_rebuild_qtensor", "_rebuild_sparse_tensor",
-        "_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_wrapper_subclass")),
-    *(f"torch.{t}" for t in (
-        "bfloat16", "bits16", "bits1x8", "bits2x4", "bits4x2", "bits8", "bool", "complex128",
-        "complex32", "complex64", "float16", "float32", "float4_e2m1fn_x2", "float64",
-        "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
-        "qint32", "qint8", "quint2x4", "quint4x2", "quint8",
-        *(f"int{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64)),
-        *(f"uint{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64)))),
-    *(f"{module}.{kind}Storage" for module in ("torch", "torch.cuda") for kind in (
-        "BFloat16", "Bool", "Byte", "Char", "ComplexDouble", "ComplexFloat", "Double", "Float",
-        "Half", "Int", "Long", "Short")),
-    *(f"torch.{kind}Storage" for kind in ("QInt32", "QInt8", "QUInt2x4", "QUInt4x2", "QUInt8")),
-    *(f"{module}.{kind}Tensor" for module in ("torch", "torch.cuda", "torch.sparse", "torch.cuda.sparse")
-      for kind in ("BFloat16", "Byte", "Char", "Double", "Float", "Half", "Int", "Long", "Short")),
-    *(f"{module}.{kind}Tensor" for module in ("torch", "torch.cuda") for kind in ("Bool",)),
-    "torch.distributed._mesh_layout._FlatLayout", "torch.distributed._mesh_layout._MeshLayout",
-    "torch.nested._internal.nested_tensor.NestedTensor",
-    "torch.nested._internal.nested_tensor._rebuild_njt",
-})
+WEIGHTS_ONLY_ALLOWED = frozenset(
+    {
+        "_codecs.encode",
+        "builtins.bytearray",
+        "builtins.complex",
+        "builtins.set",
+        "collections.Counter",
+        "collections.OrderedDict",
+        "torch.Size",
+        "torch.Tensor",
+        "torch.device",
+        "torch.nn.parameter.Parameter",
+        "torch.serialization._get_layout",
+        "torch._tensor._rebuild_from_type_v2",
+        "torch.storage.TypedStorage",
+        "torch.storage.UntypedStorage",
+        "torch.per_channel_affine",
+        "torch.per_channel_affine_float_qparams",
+        "torch.per_channel_symmetric",
+        "torch.per_tensor_affine",
+        "torch.per_tensor_symmetric",
+        *(
+            f"torch._utils.{f}"
+            for f in (
+                "_rebuild_device_tensor_from_cpu_tensor",
+                "_rebuild_device_tensor_from_numpy",
+                "_rebuild_meta_tensor_no_storage",
+                "_rebuild_nested_tensor",
+                "_rebuild_parameter",
+                "_rebuild_parameter_with_state",
+                "_rebuild_qtensor",
+                "_rebuild_sparse_tensor",
+                "_rebuild_tensor",
+                "_rebuild_tensor_v2",
+                "_rebuild_tensor_v3",
+                "_rebuild_wrapper_subclass",
+            )
+        ),
+        *(
+            f"torch.{t}"
+            for t in (
+                "bfloat16",
+                "bits16",
+                "bits1x8",
+                "bits2x4",
+                "bits4x2",
+                "bits8",
+                "bool",
+                "complex128",
+                "complex32",
+                "complex64",
+                "float16",
+                "float32",
+                "float4_e2m1fn_x2",
+                "float64",
+                "float8_e4m3fn",
+                "float8_e4m3fnuz",
+                "float8_e5m2",
+                "float8_e5m2fnuz",
+                "float8_e8m0fnu",
+                "qint32",
+                "qint8",
+                "quint2x4",
+                "quint4x2",
+                "quint8",
+                *(f"int{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64)),
+                *(f"uint{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64)),
+            )
+        ),
+        *(
+            f"{module}.{kind}Storage"
+            for module in ("torch", "torch.cuda")
+            for kind in (
+                "BFloat16",
+                "Bool",
+                "Byte",
+                "Char",
+                "ComplexDouble",
+                "ComplexFloat",
+                "Double",
+                "Float",
+                "Half",
+                "Int",
+                "Long",
+                "Short",
+            )
+        ),
+        *(f"torch.{kind}Storage" for kind in ("QInt32", "QInt8", "QUInt2x4", "QUInt4x2", "QUInt8")),
+        *(
+            f"{module}.{kind}Tensor"
+            for module in ("torch", "torch.cuda", "torch.sparse", "torch.cuda.sparse")
+            for kind in (
+                "BFloat16",
+                "Byte",
+                "Char",
+                "Double",
+                "Float",
+                "Half",
+                "Int",
+                "Long",
+                "Short",
+            )
+        ),
+        *(f"{module}.{kind}Tensor" for module in ("torch", "torch.cuda") for kind in ("Bool",)),
+        "torch.distributed._mesh_layout._FlatLayout",
+        "torch.distributed._mesh_layout._MeshLayout",
+        "torch.nested._internal.nested_tensor.NestedTensor",
+        "torch.nested._internal.nested_tensor._rebuild_njt",
+    }
+)
 # torch.load's own renaming of Python 2 names (torch._utils), smaller than pickle's.
 _TORCH_IMPORT_MAPPING = {
-    "__builtin__": "builtins", "copy_reg": "copyreg", "Queue": "queue", "repr": "reprlib",
-    "_abcoll": "collections.abc", "UserDict": "collections", "UserList": "collections",
-    "UserString": "collections", "whichdb": "dbm", "StringIO": "io", "cStringIO": "io",
+    "__builtin__": "builtins",
+    "copy_reg": "copyreg",
+    "Queue": "queue",
+    "repr": "reprlib",
+    "_abcoll": "collections.abc",
+    "UserDict": "collections",
+    "UserList": "collections",
+    "UserString": "collections",
+    "whichdb": "dbm",
+    "StringIO": "io",
+    "cStringIO": "io",
 }
 _TORCH_NAME_MAPPING = {
-    key: value for key, value in _compat_pickle.NAME_MAPPING.items()
+    key: value
+    for key, value in _compat_pickle.NAME_MAPPING.items()
     if key[0] in ("__builtin__", "itertools", "UserDict", "UserList", "UserString", "exceptions")
-    and key[1] in ("xrange", "reduce", "intern", "unichr", "unicode", "long", "izip", "imap", "ifilter",
-                   "ifilterfalse", "izip_longest", "IterableUserDict", "UserList", "UserString",
-                   "basestring", "StandardError", "UserDict")
+    and key[1]
+    in (
+        "xrange",
+        "reduce",
+        "intern",
+        "unichr",
+        "unicode",
+        "long",
+        "izip",
+        "imap",
+        "ifilter",
+        "ifilterfalse",
+        "izip_longest",
+        "IterableUserDict",
+        "UserList",
+        "UserString",
+        "basestring",
+        "StandardError",
+        "UserDict",
+    )
 }
 #: Globals remembered per pickle at most (each costs a few bytes of pickle).
 MAX_GLOBALS_RECORDED = 10_000
@@ -885,15 +1144,27 @@ class SafeUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"unsupported persistent id {_short(pid)}")
         storage_type, key, location, numel = pid[1:5]
         key, location = _ascii(key), _ascii(location)
-        if (not isinstance(storage_type, StorageType) or not isinstance(key, str) or not _is_int(numel)
-                or not 0 <= numel < MAX_DIM):
+        if (
+            not isinstance(storage_type, StorageType)
+            or not isinstance(key, str)
+            or not _is_int(numel)
+            or not 0 <= numel < MAX_DIM
+        ):
             raise pickle.UnpicklingError(f"unsupported storage reference {_short(pid)}")
-        ref = StorageRef(key, storage_type.dtype, location if isinstance(location, str) else "?", numel)
+        ref = StorageRef(
+            key, storage_type.dtype, location if isinstance(location, str) else "?", numel
+        )
         self.storages.setdefault(key, ref)
         view = pid[5] if len(pid) == 6 else None
         if view is not None:  # legacy storage view: (view_key, offset, size) into the root storage
-            if not (isinstance(view, tuple) and len(view) == 3 and _is_int(view[1]) and _is_int(view[2])
-                    and 0 <= view[1] < MAX_DIM and 0 <= view[2] < MAX_DIM):
+            if not (
+                isinstance(view, tuple)
+                and len(view) == 3
+                and _is_int(view[1])
+                and _is_int(view[2])
+                and 0 <= view[1] < MAX_DIM
+                and 0 <= view[2] < MAX_DIM
+            ):
                 raise pickle.UnpicklingError(f"unsupported storage view {_short(pid)}")
             ref = replace(ref, numel=view[2], offset=view[1])
         return ref
@@ -918,8 +1189,12 @@ class ConversionLimit(Exception):
 
 _OMEGACONF_CONTAINERS = {"omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig"}
 _PATHS = {
-    "pathlib.PosixPath": posixpath, "pathlib.PurePosixPath": posixpath, "pathlib.Path": posixpath,
-    "pathlib.PurePath": posixpath, "pathlib.WindowsPath": ntpath, "pathlib.PureWindowsPath": ntpath,
+    "pathlib.PosixPath": posixpath,
+    "pathlib.PurePosixPath": posixpath,
+    "pathlib.Path": posixpath,
+    "pathlib.PurePath": posixpath,
+    "pathlib.WindowsPath": ntpath,
+    "pathlib.PureWindowsPath": ntpath,
 }
 _NUMPY_RECONSTRUCT = {"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct"}
 _MAX_ARRAY_ELEMENTS = 4096
@@ -987,7 +1262,9 @@ class _Converter:
     def placeholder(self, obj: Placeholder, depth: int) -> Any:
         name = f"{obj.module}.{obj.name}"
         state = obj.state if isinstance(obj.state, dict) else {}
-        if name in _OMEGACONF_CONTAINERS or (obj.module.startswith("omegaconf.") and "_content" in state):
+        if name in _OMEGACONF_CONTAINERS or (
+            obj.module.startswith("omegaconf.") and "_content" in state
+        ):
             content = state.get("_content")
             if isinstance(content, dict):
                 return {self.key(k, depth): self.convert(v, depth) for k, v in content.items()}
@@ -1025,9 +1302,9 @@ def _numpy_array(state: Any) -> Any:
     size = ELEMENT_SIZE[code[0]]
     if count < 0 or len(raw) != count * size:
         return None
-    flat = [decode_scalar(code[0], raw[i * size:(i + 1) * size], code[1]) for i in range(count)]
+    flat = [decode_scalar(code[0], raw[i * size : (i + 1) * size], code[1]) for i in range(count)]
     if not shape:
         return flat[0]
     for dim in reversed(shape[1:]):
-        flat = [flat[i:i + dim] for i in range(0, len(flat), dim)] if dim else []
+        flat = [flat[i : i + dim] for i in range(0, len(flat), dim)] if dim else []
     return flat

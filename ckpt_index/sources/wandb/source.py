@@ -50,16 +50,17 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
-from ckpt_index.sources.hydra import is_name, parse_config_bytes, plain_data
-from ckpt_index.sources.naming import run_dir_of
 from ckpt_index.safe_io import UnsafeFileError, open_regular, read_bounded
 from ckpt_index.sidecar.files import MAX_DEPTH, SidecarError
+from ckpt_index.sources.hydra import is_name, parse_config_bytes, plain_data
+from ckpt_index.sources.naming import run_dir_of
 
 logger = logging.getLogger("ckpt_index.wandb")
 
@@ -196,7 +197,9 @@ def _run_dirs(wandb_dirs: Iterable[Path]) -> dict[Path, tuple[str, float | None]
     return runs
 
 
-def find_run(ckpt_path: str | os.PathLike[str], run_id_hints: Iterable[str] = ()) -> RunLocation | None:
+def find_run(
+    ckpt_path: str | os.PathLike[str], run_id_hints: Iterable[str] = ()
+) -> RunLocation | None:
     """Locate the W&B run that wrote a checkpoint, from the filesystem only.
 
     Looks for ``wandb/run-*-<id>`` and ``wandb/offline-run-*-<id>`` in the run directory and up to
@@ -236,7 +239,9 @@ def find_run(ckpt_path: str | os.PathLike[str], run_id_hints: Iterable[str] = ()
     if known:
         runs = {**near, **_run_dirs(_wandb_dirs(b for b in dict.fromkeys(wider) if b not in bases))}
         for run_id, project, entity, _how in known:
-            matches = sorted((p for p, (rid, _) in runs.items() if rid == run_id), key=lambda p: p.name)
+            matches = sorted(
+                (p for p, (rid, _) in runs.items() if rid == run_id), key=lambda p: p.name
+            )
             if matches:
                 # A resumed run has one directory per session; the newest holds the most history.
                 return RunLocation(run_id, matches[-1], project, entity, "wandb_dir")
@@ -254,7 +259,11 @@ def _closest_before(runs: dict[Path, tuple[str, float | None]], ckpt: Path) -> R
     except OSError:
         written = math.inf
     timed = sorted(
-        ((started, path.name, path, rid) for path, (rid, started) in runs.items() if started is not None),
+        (
+            (started, path.name, path, rid)
+            for path, (rid, started) in runs.items()
+            if started is not None
+        ),
     )
     before = [t for t in timed if t[0] <= written]
     if before:
@@ -526,7 +535,9 @@ def read_run(location: RunLocation) -> WandbRun | None:
     run.summary.pop("_wandb", None)
     run.config.pop("_wandb", None)
     # What the run recorded beats what the location guessed from paths.
-    run.project = run.project or _clean_name(run.metadata.get("project")) or location.project or None
+    run.project = (
+        run.project or _clean_name(run.metadata.get("project")) or location.project or None
+    )
     run.entity = run.entity or _clean_name(run.metadata.get("entity")) or location.entity or None
     run.source = "+".join(sources) or "none"
 
@@ -736,7 +747,9 @@ class _Updates:
 
     def apply(self, target: dict[str, Any], problems: list[str], what: str) -> None:
         if self.dropped:
-            problems.append(f"{what}: {self.dropped:,} update(s) past {MAX_UPDATE_KEYS:,} keys ignored")
+            problems.append(
+                f"{what}: {self.dropped:,} update(s) past {MAX_UPDATE_KEYS:,} keys ignored"
+            )
         for path, value_json in self.last.items():
             if not path:
                 continue
@@ -834,7 +847,12 @@ def _read_log(path: Path, run: WandbRun) -> bool:
 # Model fields from a run config
 
 _FIELD_PATHS: dict[str, tuple[str, ...]] = {
-    "architecture": ("model.architecture", "model.architecture_name", "architecture", "architecture_name"),
+    "architecture": (
+        "model.architecture",
+        "model.architecture_name",
+        "architecture",
+        "architecture_name",
+    ),
     "encoder": (
         "model.component_overrides.encoder.model_name",
         "model.encoder.model_name",
@@ -939,10 +957,17 @@ def _store_cache(
     from ckpt_index.index.engine import write_transaction
 
     table = _cache_table()
-    values = {"run_path": run_path, "fetched_at": _now().isoformat(), "ok": run is not None, "error": error}
+    values = {
+        "run_path": run_path,
+        "fetched_at": _now().isoformat(),
+        "ok": run is not None,
+        "error": error,
+    }
     if run is not None:
         values.update(
-            config_json=json.dumps(raw_config if raw_config is not None else run.config, default=str),
+            config_json=json.dumps(
+                raw_config if raw_config is not None else run.config, default=str
+            ),
             summary_json=json.dumps(run.summary, default=str),
             history_json=json.dumps({str(k): v for k, v in run.history.items()}),
         )
@@ -1025,9 +1050,20 @@ def _is_network_error(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return any(
         s in text
-        for s in ("connection", "timed out", "timeout", "name or service", "name resolution",
-                  "failed to resolve", "unreachable", "authentication", "credentials", "api key",
-                  "did not respond", "max retries")
+        for s in (
+            "connection",
+            "timed out",
+            "timeout",
+            "name or service",
+            "name resolution",
+            "failed to resolve",
+            "unreachable",
+            "authentication",
+            "credentials",
+            "api key",
+            "did not respond",
+            "max retries",
+        )
     )
 
 
@@ -1057,7 +1093,9 @@ def fetch_online(
     if not run_path:
         return None
     row = _load_cache(engine, run_path) if engine is not None else None
-    stale: WandbRun | None = None  # a cached answer worth refreshing, and the fallback if that fails
+    stale: WandbRun | None = (
+        None  # a cached answer worth refreshing, and the fallback if that fails
+    )
     if row is not None:
         cached = _from_cache(row, run_path) if row.ok else None
         if cached is not None:
@@ -1077,7 +1115,10 @@ def fetch_online(
 
     state = _Fetch()
     worker = threading.Thread(
-        target=_fetch_remote, args=(run_path, timeout, state), name="ckpt-index-wandb-fetch", daemon=True
+        target=_fetch_remote,
+        args=(run_path, timeout, state),
+        name="ckpt-index-wandb-fetch",
+        daemon=True,
     )
     worker.start()
     while worker.is_alive() and time.monotonic() - state.progress < timeout:

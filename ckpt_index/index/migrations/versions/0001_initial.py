@@ -67,7 +67,9 @@ def upgrade() -> None:
         sa.Column("indexed_at", sa.String(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_checkpoints")),
     )
-    op.create_index("ux_checkpoints_checkpoint_path", "checkpoints", ["checkpoint_path"], unique=True)
+    op.create_index(
+        "ux_checkpoints_checkpoint_path", "checkpoints", ["checkpoint_path"], unique=True
+    )
     for column in ("exp_name", "architecture", "encoder", "epoch", "hmean", "status"):
         op.create_index(op.f(f"ix_checkpoints_{column}"), "checkpoints", [column])
     op.create_table(
@@ -76,8 +78,10 @@ def upgrade() -> None:
         sa.Column("name", sa.String(), nullable=False),
         sa.Column("value", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["checkpoint_id"], ["checkpoints.id"],
-            name=op.f("fk_checkpoint_metrics_checkpoint_id_checkpoints"), ondelete="CASCADE",
+            ["checkpoint_id"],
+            ["checkpoints.id"],
+            name=op.f("fk_checkpoint_metrics_checkpoint_id_checkpoints"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("checkpoint_id", "name", name=op.f("pk_checkpoint_metrics")),
     )

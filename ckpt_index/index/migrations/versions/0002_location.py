@@ -53,7 +53,9 @@ def upgrade() -> None:
     op.execute(sa.text("UPDATE checkpoints SET location = :loc").bindparams(loc=_location()))
     op.drop_index("ux_checkpoints_checkpoint_path", table_name="checkpoints")
     op.create_index(
-        "ux_checkpoints_location_checkpoint_path", "checkpoints", ["location", "checkpoint_path"],
+        "ux_checkpoints_location_checkpoint_path",
+        "checkpoints",
+        ["location", "checkpoint_path"],
         unique=True,
     )
     op.create_index("ix_checkpoints_checkpoint_path", "checkpoints", ["checkpoint_path"])
@@ -74,6 +76,8 @@ def downgrade() -> None:
     )
     op.drop_index("ix_checkpoints_checkpoint_path", table_name="checkpoints")
     op.drop_index("ux_checkpoints_location_checkpoint_path", table_name="checkpoints")
-    op.create_index("ux_checkpoints_checkpoint_path", "checkpoints", ["checkpoint_path"], unique=True)
+    op.create_index(
+        "ux_checkpoints_checkpoint_path", "checkpoints", ["checkpoint_path"], unique=True
+    )
     op.drop_column("checkpoints", "location")
     op.execute(_VIEW_0001)

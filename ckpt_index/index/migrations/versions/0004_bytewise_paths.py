@@ -34,7 +34,9 @@ def _collate(collation: str) -> None:
     if op.get_bind().dialect.name != "postgresql":
         return  # SQLite's default collation (BINARY) is already bytewise
     op.execute("DROP VIEW checkpoint_metrics_flat")
-    op.execute(f'ALTER TABLE checkpoints ALTER COLUMN checkpoint_path TYPE VARCHAR COLLATE "{collation}"')
+    op.execute(
+        f'ALTER TABLE checkpoints ALTER COLUMN checkpoint_path TYPE VARCHAR COLLATE "{collation}"'
+    )
     op.execute(_VIEW)
 
 
