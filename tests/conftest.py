@@ -1,8 +1,11 @@
-"""Shared fixtures: a temporary index, a temporary outputs tree, sidecar writers, the CLI runner."""
+"""Shared fixtures: a temporary index, a temporary outputs tree, the CLI runner, both backends.
+
+Helper functions the tests share (checkpoint and sidecar writers, PostgreSQL roles, ...) live in
+the ``helpers`` package beside this file; test modules import them from there, never from here.
+"""
 
 from __future__ import annotations
 
-import copy
 import os
 import uuid
 from collections.abc import Callable
@@ -10,14 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from click.testing import CliRunner
+from helpers.postgres import PG_ADMIN_URL, pg_url_with_schema
 
 from ckpt_index.cli import cli
-from ckpt_index.sidecar.files import dump_document, sidecar_path_for
-
-DATA = Path(__file__).parent / "data"
-SEED_SIDECARS = sorted(DATA.glob("seed_*.metadata.yaml"))
 
 
 @pytest.fixture
@@ -40,62 +39,12 @@ def _no_ambient_db(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def seed_document(name: str = "seed_callback") -> dict[str, Any]:
-    """A deep copy of one of the seed sidecars as a mapping."""
-    return yaml.safe_load((DATA / f"{name}.metadata.yaml").read_text())
-
-
-def tiny_checkpoint(tag: str = "") -> bytes:
-    """The bytes of a tiny but well-formed checkpoint (torch's zip layout, plain data only).
-
-    The sync checks that a checkpoint beside a sidecar is a complete archive, so stand-ins for
-    checkpoint files must be real ones; ``tag`` varies their content and size.
-    """
-    import io
-    import pickle
-    import zipfile
-
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr("archive/data.pkl", pickle.dumps({"epoch": 0, "tag": tag}, protocol=2))
-        archive.writestr("archive/byteorder", "little")
-    return buffer.getvalue()
-
-
-def write_checkpoint(
-    ckpt: Path,
-    document: dict[str, Any] | str | None = None,
-    *,
-    ckpt_file: bool = True,
-    **changes: Any,
-) -> Path:
-    """Write ``ckpt`` (a tiny well-formed checkpoint) and its sidecar.
-
-    ``document`` is a mapping (default: the seed callback example), raw YAML text, or None for
-    no sidecar. ``changes`` set dotted keys, e.g. ``**{"metrics.hmean": 0.9}``.
-    """
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    if ckpt_file:
-        ckpt.write_bytes(tiny_checkpoint())
-    if document is None and not changes:
-        return ckpt
-    if isinstance(document, str):
-        sidecar_path_for(ckpt).write_text(document)
-        return ckpt
-    doc = copy.deepcopy(document) if document is not None else seed_document()
-    for dotted, value in changes.items():
-        target = doc
-        *parents, last = dotted.split(".")
-        for key in parents:
-            target = target.setdefault(key, {})
-        target[last] = value
-    sidecar_path_for(ckpt).write_text(dump_document(doc))
-    return ckpt
-
-
 @pytest.fixture
 def invoke(db_path: Path) -> Callable[..., Any]:
-    """Run the CLI in-process against the temporary index: ``invoke("query", "--best-by", "hmean")``."""
+    """Run the CLI in-process against the temporary index.
+
+    ``invoke("query", "--best-by", "hmean")``
+    """
     runner = CliRunner()
 
     def run(*args: str, db: bool = True, input: str | None = None):
@@ -109,10 +58,6 @@ def invoke(db_path: Path) -> Callable[..., Any]:
 
 # --------------------------------------------------------------------------------------------
 # Backends: every index test that takes `db_url` runs on SQLite and on the real PostgreSQL server.
-
-PG_ADMIN_URL = os.environ.get(
-    "CKPT_INDEX_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
 
 @pytest.fixture(scope="session")
@@ -134,12 +79,6 @@ def pg_admin_engine():
     engine.dispose()
 
 
-def _pg_url_with_schema(schema: str) -> str:
-    # libpq `options`: every connection of this URL resolves unqualified names in `schema`.
-    separator = "&" if "?" in PG_ADMIN_URL else "?"
-    return f"{PG_ADMIN_URL}{separator}options=-csearch_path%3D{schema}"
-
-
 @pytest.fixture
 def pg_url(request, pg_admin_engine) -> Any:
     """A URL on a fresh PostgreSQL schema of its own (dropped afterwards): runs never meet."""
@@ -148,7 +87,7 @@ def pg_url(request, pg_admin_engine) -> Any:
     schema = f"ckpt_test_{uuid.uuid4().hex[:12]}"
     with pg_admin_engine.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    yield _pg_url_with_schema(schema)
+    yield pg_url_with_schema(schema)
     with pg_admin_engine.connect() as conn:
         conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 

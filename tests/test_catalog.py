@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import seed_document, tiny_checkpoint
+from helpers.checkpoints import tiny_checkpoint
+from helpers.sidecars import seed_document
 
 import ckpt_index
 import ckpt_index.sync.build as record_builder

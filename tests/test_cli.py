@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import seed_document, write_checkpoint
+from helpers.checkpoints import write_checkpoint
+from helpers.sidecars import seed_document
 from sqlalchemy.engine import make_url
 
 import ckpt_index

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DATA, seed_document, write_checkpoint
+from helpers.checkpoints import write_checkpoint
+from helpers.sidecars import DATA, seed_document
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
@@ -43,7 +44,7 @@ try:
     from ckpt_index.sidecar.files import save_metadata
     from ckpt_index.index.store import upsert_records
 
-    def tiny_checkpoint(tag):  # conftest.tiny_checkpoint: a sync checks checkpoints are archives
+    def tiny_checkpoint(tag):  # as helpers.checkpoints: a sync checks checkpoints are archives
         import io, pickle, zipfile
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as archive:

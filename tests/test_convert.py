@@ -23,7 +23,9 @@ torch = pytest.importorskip("torch")
 L = pytest.importorskip("lightning")
 nn = torch.nn
 
-from conftest import seed_document  # noqa: E402
+from helpers.checkpoints import checkpoint_callback as model_checkpoint  # noqa: E402
+from helpers.checkpoints import crafted  # noqa: E402
+from helpers.sidecars import seed_document  # noqa: E402
 
 import ckpt_index.sources.checkpoint.reader as checkpoint_reader  # noqa: E402
 from ckpt_index import api  # noqa: E402
@@ -372,8 +374,6 @@ def test_every_written_sidecar_passes_validate(tree: dict[str, Path], outputs: P
 
 
 # ------------------------------------------------------------------ hostile values (issue 8)
-from test_fallback import checkpoint_callback as model_checkpoint  # noqa: E402
-from test_fallback import crafted
 
 
 @pytest.mark.parametrize("tool", TOOLS)

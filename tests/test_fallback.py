@@ -29,7 +29,8 @@ L = pytest.importorskip("lightning")
 pytest.importorskip("wandb")
 nn = torch.nn
 
-from conftest import seed_document  # noqa: E402
+from helpers.checkpoints import checkpoint_callback, crafted  # noqa: E402
+from helpers.sidecars import seed_document  # noqa: E402
 
 import ckpt_index.sources.checkpoint.reader as checkpoint_reader  # noqa: E402
 from ckpt_index import api  # noqa: E402
@@ -921,24 +922,6 @@ def test_wandb_online_without_credentials_is_skipped_cleanly(
 
 
 # ------------------------------------------------------------- values at the boundary (issue 8)
-def crafted(path: Path, contents: dict[str, Any]) -> Path:
-    """A real torch checkpoint (``torch.save``) whose fields a hostile writer chose."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {"layer.weight": torch.zeros(1, 2)}, **contents}, path)
-    return path
-
-
-def checkpoint_callback(monitor: Any, mode: Any = "max") -> dict[str, Any]:
-    return {
-        f"ModelCheckpoint{{'monitor': {monitor!r}, 'mode': {mode!r}}}": {
-            "monitor": monitor,
-            "mode": mode,
-            "current_score": 0.5,
-            "best_model_path": "",
-        }
-    }
-
-
 def test_out_of_range_pickle_integers_are_dropped_with_a_warning(tmp_path: Path) -> None:
     from ckpt_index.sources.merge import infer_metadata
 

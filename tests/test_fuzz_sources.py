@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SEED_SIDECARS
+from helpers.sidecars import SEED_SIDECARS
+from helpers.wandb_log import frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wandb_log import frame
 
 from ckpt_index.sidecar.files import (
     SidecarError,

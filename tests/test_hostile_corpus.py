@@ -352,7 +352,7 @@ def test_hostile_file_is_contained(name: str, outputs: Path, db_url: str) -> Non
 
 @pytest.mark.slow
 def test_malicious_pickles_run_nothing_and_the_sync_completes(outputs: Path, db_url: str) -> None:
-    from test_checkpoint_reader import PAYLOAD_NAMES, dumps, payloads
+    from helpers.pickles import PAYLOAD_NAMES, dumps, payloads
 
     canary = outputs.parent / "canary"
     evil_dir = run_dir(outputs, "evil")
@@ -383,7 +383,7 @@ def test_malicious_pickles_run_nothing_and_the_sync_completes(outputs: Path, db_
 
 @pytest.mark.slow
 def test_the_whole_corpus_in_one_tree(outputs: Path, db_url: str) -> None:
-    from test_sync import age
+    from helpers.files import age
 
     outcomes = {
         name: builder(outputs / f"case{i}") for i, (name, builder) in enumerate(CASES.items())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from child_limits import run_child
+from helpers.child_limits import run_child
 
 from ckpt_index.sidecar.files import SidecarError
 from ckpt_index.sources.hydra import find_hydra_config, load_config, model_fields

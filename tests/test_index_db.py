@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_checkpoint
+from helpers.checkpoints import write_checkpoint
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import seed_document, write_checkpoint
+from helpers.checkpoints import write_checkpoint
+from helpers.sidecars import seed_document
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 

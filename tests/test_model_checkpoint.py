@@ -14,39 +14,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 
-from torch import nn  # noqa: E402
+from helpers.modules import Detector  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from ckpt_index.lightning import MetadataCallback, UniqueModelCheckpoint  # noqa: E402
 from ckpt_index.sidecar.files import read_sidecar, sidecar_path_for  # noqa: E402
 from ckpt_index.sources.naming import parse_checkpoint_name, parse_run_dir  # noqa: E402
 
-SCHEDULE = (0.2, 0.5, 0.9, 0.4, 0.95, 0.3)
 STAMP = "20251015_120000"
-
-
-class Detector(pl.LightningModule):
-    def __init__(
-        self,
-        architecture_name: str | None = "dbnet",
-        encoder: Any = "resnet18",
-        schedule: tuple[float, ...] = SCHEDULE,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.layer = nn.Linear(4, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.layer(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        self.log(
-            "val/hmean", self.hparams.schedule[self.current_epoch % len(self.hparams.schedule)]
-        )
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 class Anonymous(Detector):

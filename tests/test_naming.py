@@ -165,7 +165,7 @@ print(len(names))
 
 
 def test_hostile_names_parse_in_bounded_time_and_memory() -> None:
-    from child_limits import run_child
+    from helpers.child_limits import run_child
 
     # Measured in a grandchild: this process's own RUSAGE_CHILDREN counts every earlier child.
     result = run_child(HOSTILE_PARSE, timeout=120)
@@ -174,7 +174,7 @@ def test_hostile_names_parse_in_bounded_time_and_memory() -> None:
 
 
 def test_a_file_named_with_a_huge_epoch_does_not_stop_a_sync(outputs: Path, invoke) -> None:
-    from conftest import write_checkpoint
+    from helpers.checkpoints import write_checkpoint
 
     run = outputs / "ocr_v1-dbnet-resnet18_training_20251015_120000" / "checkpoints"
     run.mkdir(parents=True)

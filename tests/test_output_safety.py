@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_checkpoint
+from helpers.checkpoints import write_checkpoint
 
 from ckpt_index.cli import cli
 from ckpt_index.index.engine import is_sqlite
@@ -99,7 +99,7 @@ def test_json_keeps_the_exact_values(hostile_index) -> None:
 def test_sql_and_stats_tables_escape_control_characters(hostile_index, request) -> None:
     url, _ = hostile_index
     if not is_sqlite(url):
-        from pg_roles import login_role
+        from helpers.pg_roles import login_role
 
         context = login_role(request.getfixturevalue("pg_admin_engine"), url)
         reader = context.__enter__()

@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import PG_ADMIN_URL, _pg_url_with_schema, seed_document, write_checkpoint
+from helpers.checkpoints import write_checkpoint
+from helpers.postgres import PG_ADMIN_URL, pg_url_with_schema
+from helpers.sidecars import seed_document
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -689,7 +691,7 @@ def sql_index(pg_admin_engine, tmp_path_factory):
     schema = f"ckpt_test_{uuid.uuid4().hex[:12]}"
     with pg_admin_engine.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = _pg_url_with_schema(schema)
+    url = pg_url_with_schema(schema)
     outputs = tmp_path_factory.mktemp("sql") / "outputs"
     make_tree(outputs)
     api.sync(outputs, db=url)

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import _pg_url_with_schema, write_checkpoint
+from helpers.checkpoints import write_checkpoint
+from helpers.postgres import pg_url_with_schema
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.pool import NullPool
@@ -126,7 +127,7 @@ def shared_index(request, tmp_path_factory):
         with admin.connect() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
         schemas.append(schema)
-        return _pg_url_with_schema(schema)
+        return pg_url_with_schema(schema)
 
     yield make
     for schema in schemas:

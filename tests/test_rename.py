@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import seed_document, write_checkpoint
+from helpers.checkpoints import write_checkpoint
+from helpers.sidecars import seed_document
 
 from ckpt_index.sidecar.files import read_sidecar, sidecar_path_for
 

@@ -26,6 +26,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 
+from helpers.modules import Detector  # noqa: E402  (logs val/hmean: epochs 2, 4 best)
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
@@ -35,9 +36,6 @@ from ckpt_index.tools.rename import rename_checkpoints  # noqa: E402
 
 STAMP = "20251015_120000"
 RUN = f"ocr_v1-dbnet-resnet18_training_{STAMP}"
-#: val/hmean by epoch: the top 2 of 6 epochs are epochs 2 and 4, the best is epoch 4.
-from test_model_checkpoint import Detector  # noqa: E402  (a tiny module logging val/hmean per epoch)
-
 MUTATING = ("link", "unlink", "symlink", "replace", "rename")
 
 

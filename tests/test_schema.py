@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import SEED_SIDECARS, seed_document
+from helpers.sidecars import SEED_SIDECARS, seed_document
 from pydantic import ValidationError
 
 from ckpt_index.sidecar.files import (

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SEED_SIDECARS, seed_document, write_checkpoint
+from helpers.checkpoints import write_checkpoint
+from helpers.sidecars import SEED_SIDECARS, seed_document
 from hypothesis import given
 from hypothesis import strategies as st
 

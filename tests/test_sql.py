@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_checkpoint
-from pg_roles import login_role
+from helpers.checkpoints import write_checkpoint
+from helpers.pg_roles import login_role
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool

@@ -5,116 +5,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from conftest import SEED_SIDECARS, seed_document, tiny_checkpoint, write_checkpoint
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from helpers.checkpoints import tiny_checkpoint, write_checkpoint
+from helpers.files import HOUR_NS, age, set_mtime
+from helpers.index_rows import content, plain_engine, raw_rows, row, sync, wipe
+from helpers.sidecars import SEED_SIDECARS, seed_document
+from sqlalchemy import text
 
 import ckpt_index.sync.build as record_builder
 import ckpt_index.sync.roots as sync_module
 from ckpt_index import api
-from ckpt_index.index.engine import is_sqlite, open_engine, resolve_db_url
 from ckpt_index.sidecar.files import dump_document, sidecar_path_for
-
-#: Columns that describe when/how a row was built rather than what it says.
-NON_CONTENT = {"id", "indexed_at", "ckpt_size", "ckpt_mtime_ns", "sidecar_size", "sidecar_mtime_ns"}
-HOUR_NS = 3600 * 10**9
-
-
-# ------------------------------------------------------------------------------------ helpers
-def age(*paths: Path, by_ns: int = HOUR_NS) -> None:
-    """Move mtimes of files (recursively under directories) out of the racy window."""
-    for path in paths:
-        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-        for f in files:
-            st = f.stat()
-            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns - by_ns))
-
-
-def set_mtime(path: Path, mtime_ns: int) -> None:
-    os.utime(path, ns=(mtime_ns, mtime_ns))
-
-
-def _engine(db: Path | str):
-    """A plain engine on the index (a path or a URL), read around ckpt-index."""
-    return create_engine(resolve_db_url(db), poolclass=NullPool)
-
-
-def raw_rows(db: Path | str) -> dict[str, dict[str, Any]]:
-    """Every column of every ``checkpoints`` row, keyed by checkpoint path, with its metrics."""
-    engine = _engine(db)
-    try:
-        with engine.connect() as conn:
-            rows = {
-                r["checkpoint_path"]: dict(r)
-                for r in conn.execute(text("SELECT * FROM checkpoints")).mappings()
-            }
-            for row in rows.values():
-                row["metrics"] = {}
-            for path, name, value in conn.execute(
-                text(
-                    "SELECT c.checkpoint_path, m.name, m.value FROM checkpoint_metrics m "
-                    "JOIN checkpoints c ON c.id = m.checkpoint_id"
-                )
-            ):
-                rows[path]["metrics"][name] = value
-            dangling = conn.execute(
-                text(
-                    "SELECT count(*) FROM checkpoint_metrics WHERE checkpoint_id NOT IN "
-                    "(SELECT id FROM checkpoints)"
-                )
-            ).scalar()
-            assert dangling == 0, f"{dangling} metric rows point at no checkpoint"
-    finally:
-        engine.dispose()
-    return rows
-
-
-def wipe(db: Path | str) -> None:
-    """Delete the index: its SQLite files, or every table and view of its PostgreSQL schema."""
-    url = resolve_db_url(db)
-    if is_sqlite(url):
-        path = make_url(url).database
-        for suffix in ("", "-wal", "-shm"):
-            Path(path + suffix).unlink(missing_ok=True)
-        return
-    engine = _engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("DROP VIEW checkpoint_metrics_flat"))
-            for table in inspect(conn).get_table_names():
-                conn.execute(text(f'DROP TABLE "{table}" CASCADE'))
-    finally:
-        engine.dispose()
-
-
-def content(db: Path | str) -> dict[str, dict[str, Any]]:
-    """Rows without the columns that depend on when and from which file state they were built."""
-    return {
-        path: {k: v for k, v in row.items() if k not in NON_CONTENT}
-        for path, row in raw_rows(db).items()
-    }
-
-
-def row(db: Path | str, ckpt: Path) -> dict[str, Any]:
-    rows = raw_rows(db)
-    assert str(ckpt) in rows, f"no row for {ckpt}; rows: {sorted(rows)}"
-    return rows[str(ckpt)]
-
-
-def sync(roots, db: Path | str, **kwargs: Any) -> sync_module.SyncSummary:
-    """One library sync; fallback inference (SPEC section 8) is tested elsewhere, so a checkpoint
-    without a sidecar is indexed as ``missing`` here."""
-    engine = open_engine(db)
-    try:
-        roots = [roots] if isinstance(roots, (str, os.PathLike)) else roots
-        return sync_module.sync_roots(engine, roots, infer=False, **kwargs)
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture
@@ -416,7 +319,7 @@ def test_deleted_checkpoint_and_sidecar_are_pruned(outputs: Path, db_url: str) -
     assert summary.removed == 1 and summary.checkpoints == 2
     rows = raw_rows(db_url)
     assert sorted(rows) == sorted(str(c) for c in ckpts[1:])
-    engine = _engine(db_url)
+    engine = plain_engine(db_url)
     try:
         with engine.connect() as conn:
             assert (

@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import seed_document, tiny_checkpoint, write_checkpoint
-from test_sync import age, raw_rows, sync
+from helpers.checkpoints import tiny_checkpoint, write_checkpoint
+from helpers.files import age
+from helpers.index_rows import raw_rows, sync
+from helpers.sidecars import seed_document
 
 import ckpt_index.sync.roots as sync_module
 from ckpt_index.index import store

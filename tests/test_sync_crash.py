@@ -23,7 +23,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from conftest import tiny_checkpoint
+from helpers.checkpoints import tiny_checkpoint
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 

@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers.files import age
 from sqlalchemy import select
-from test_sync import age
 
 from ckpt_index.index.engine import open_engine
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints

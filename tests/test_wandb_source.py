@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from child_limits import run_child
+from helpers.child_limits import run_child
+from helpers.wandb_log import record, write_log
 from sqlalchemy import insert
-from wandb_log import record, write_log
 
 from ckpt_index.index.engine import open_engine
 from ckpt_index.index.models import WandbRunCache

@@ -1,8 +1,8 @@
 """Writing W&B transaction logs in wandb's datastore framing, for tests that need records wandb
 itself would not write (damaged, huge, hostile) around real ones.
 
-The framing is LevelDB's log format as ``ckpt_index.sources.wandb.source`` documents it: a 7-byte file
-header, 32 KiB blocks, 7-byte chunk headers (CRC-32 of type byte and data, 16-bit length, type).
+The framing is LevelDB's log format as wandb's datastore writes it: a 7-byte file header, 32 KiB
+blocks, 7-byte chunk headers (CRC-32 of type byte and data, 16-bit length, type).
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ def write_log(path: Path, payloads: Iterable[bytes]) -> Path:
 
 
 def record(**fields) -> bytes:
-    """A serialised wandb ``Record``: ``record(config={"update": [{"key": "a", "value_json": "1"}]})``."""
+    """A serialised wandb ``Record``.
+
+    ``record(config={"update": [{"key": "a", "value_json": "1"}]})``
+    """
     from google.protobuf import json_format
     from wandb.proto import wandb_internal_pb2
 
