@@ -33,10 +33,12 @@ from helpers.checkpoints import checkpoint_callback, crafted  # noqa: E402
 from helpers.sidecars import seed_document  # noqa: E402
 
 import ckpt_index.sources.checkpoint.reader as checkpoint_reader  # noqa: E402
+import ckpt_index.sources.wandb as wandb_source  # noqa: E402
 from ckpt_index import api  # noqa: E402
 from ckpt_index.sidecar.files import dump_document, sidecar_path_for  # noqa: E402
 from ckpt_index.sources.merge import created_at_of  # noqa: E402
-from ckpt_index.sources.wandb import source as wandb_source  # noqa: E402
+from ckpt_index.sources.wandb import online as wandb_online  # noqa: E402
+from ckpt_index.sources.wandb import run as wandb_run  # noqa: E402
 from ckpt_index.sync import roots as sync_module  # noqa: E402
 
 HOUR_NS = 3600 * 10**9
@@ -896,8 +898,8 @@ def test_malicious_checkpoints_never_run_and_the_sync_goes_on(
 def test_wandb_online_without_credentials_is_skipped_cleanly(
     hinted: dict, tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
-    monkeypatch.setattr(wandb_source, "_warned", set())
-    monkeypatch.setattr(wandb_source, "_online_unavailable", None)
+    monkeypatch.setattr(wandb_run, "_warned", set())
+    monkeypatch.setattr(wandb_online, "_online_unavailable", None)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     # Lightning's default layout, with the run's files left behind on another machine.
@@ -1109,7 +1111,7 @@ STEP_FAILURES = [
         "hydra config failed",
     ),
     ("ckpt_index.sources.hydra.model_fields", RecursionError("deep"), "failed: RecursionError"),
-    ("ckpt_index.sources.wandb.source.find_run", MemoryError(), "W&B run unusable: MemoryError"),
+    ("ckpt_index.sources.wandb.locate.find_run", MemoryError(), "W&B run unusable: MemoryError"),
     (
         "ckpt_index.sources.merge.parse_checkpoint_name",
         OverflowError("int too large"),

@@ -27,6 +27,7 @@ from helpers.wandb_log import frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import ckpt_index.sources.wandb as ws
 from ckpt_index.sidecar.files import (
     SidecarError,
     parse_sidecar_bytes,
@@ -34,7 +35,8 @@ from ckpt_index.sidecar.files import (
     validate_document,
 )
 from ckpt_index.sources.hydra import load_config, model_fields
-from ckpt_index.sources.wandb import source as ws
+from ckpt_index.sources.wandb import files as wfiles
+from ckpt_index.sources.wandb import log as wlog
 
 EXAMPLES = int(os.environ.get("CKPT_INDEX_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
@@ -310,7 +312,7 @@ def real_log(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     (log,) = base.rglob("run-*.wandb")
     for _ in range(300):  # the service flushes after finish() returns
         problems: list[str] = []
-        payloads = list(ws._log_records(log, problems))
+        payloads = list(wlog._log_records(log, problems))
         if payloads and not problems:
             return log.read_bytes()
         time.sleep(0.1)
@@ -323,7 +325,7 @@ def read_log_bytes(data: bytes) -> ws.WandbRun:
         run_dir = Path(tmp) / "wandb" / "offline-run-20250101_000000-fuzz0001"
         run_dir.mkdir(parents=True)
         (run_dir / "run-fuzz0001.wandb").write_bytes(data)
-        ws._read_cache.clear()
+        wfiles._read_cache.clear()
         run = ws.read_run(ws.RunLocation("fuzz0001", run_dir))
     assert run is not None
     _assert_plain(run.config)
@@ -353,7 +355,7 @@ def _payloads(data: bytes) -> list[bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.wandb"
         path.write_bytes(data)
-        return list(ws._log_records(path, []))
+        return list(wlog._log_records(path, []))
 
 
 @FUZZ
@@ -407,7 +409,7 @@ def read_run_files(config: bytes, summary: bytes) -> ws.WandbRun:
         (run_dir / "files").mkdir(parents=True)
         (run_dir / "files" / "config.yaml").write_bytes(config)
         (run_dir / "files" / "wandb-summary.json").write_bytes(summary)
-        ws._read_cache.clear()
+        wfiles._read_cache.clear()
         return ws.read_run(ws.RunLocation("fuzz0002", run_dir))
 
 

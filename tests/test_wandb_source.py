@@ -1,4 +1,5 @@
-"""W&B as a metadata source: runs made by the real wandb SDK (offline) and a real Lightning Trainer."""
+"""W&B as a metadata source: runs made by the real wandb SDK (offline) and a real Lightning
+Trainer."""
 
 from __future__ import annotations
 
@@ -18,10 +19,15 @@ from helpers.child_limits import run_child
 from helpers.wandb_log import record, write_log
 from sqlalchemy import insert
 
+import ckpt_index.sources.wandb as ws
 from ckpt_index.index.engine import open_engine
 from ckpt_index.index.models import WandbRunCache
+from ckpt_index.index.store import WandbApiCache
 from ckpt_index.sources.naming import parse_checkpoint_name
-from ckpt_index.sources.wandb import source as ws
+from ckpt_index.sources.wandb import files as wfiles
+from ckpt_index.sources.wandb import log as wlog
+from ckpt_index.sources.wandb import online as wonline
+from ckpt_index.sources.wandb import run as wrun
 
 CONFIG = {
     "model": {
@@ -70,14 +76,15 @@ def wandb_env(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(autouse=True)
 def _fresh_module_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ws, "_warned", set())
-    monkeypatch.setattr(ws, "_online_unavailable", None)
-    monkeypatch.setattr(ws, "_read_cache", type(ws._read_cache)())
+    monkeypatch.setattr(wrun, "_warned", set())
+    monkeypatch.setattr(wonline, "_online_unavailable", None)
+    monkeypatch.setattr(wfiles, "_read_cache", type(wfiles._read_cache)())
 
 
 @pytest.fixture(scope="module")
 def offline_run(wandb_env: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A run written by ``wandb.init(mode="offline")`` in a run directory, and a checkpoint beside it."""
+    """A run written by ``wandb.init(mode="offline")`` in a run directory, and a checkpoint
+    beside it."""
     import wandb
 
     run_dir = tmp_path_factory.mktemp("outputs") / "ocr_v1-dbnet-resnet50_training_20251015_120000"
@@ -118,7 +125,7 @@ def _settle(root: Path, timeout: float = 60.0) -> None:
         logs = list(root.rglob("run-*.wandb"))
         problems: list[str] = []
         for log in logs:
-            for _ in ws._log_records(log, problems):
+            for _ in wlog._log_records(log, problems):
                 pass
         if logs and not problems:
             return
@@ -581,19 +588,25 @@ def engine(tmp_path: Path):
     engine.dispose()
 
 
+@pytest.fixture
+def cache(engine) -> WandbApiCache:
+    """The index as the W&B API cache, as a sync builds it."""
+    return WandbApiCache(engine)
+
+
 def _forbid_network(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*_args):
         raise AssertionError("fetch_online went to the network")
 
-    monkeypatch.setattr(ws, "_fetch_remote", fail)
+    monkeypatch.setattr(wonline, "_fetch_remote", fail)
 
 
-def test_fetch_online_without_credentials(no_credentials, engine, monkeypatch, caplog) -> None:
+def test_fetch_online_without_credentials(no_credentials, cache, monkeypatch, caplog) -> None:
     _forbid_network(monkeypatch)
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="ckpt_index.wandb"):
-        assert ws.fetch_online("team/ocr/abc12345", timeout=2.0, engine=engine) is None
-        assert ws.fetch_online("team/ocr/other999", timeout=2.0, engine=engine) is None
+        assert ws.fetch_online("team/ocr/abc12345", timeout=2.0, cache=cache) is None
+        assert ws.fetch_online("team/ocr/other999", timeout=2.0, cache=cache) is None
     assert time.monotonic() - started < 2.0
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
@@ -609,7 +622,7 @@ def test_fetch_online_hanging_api_times_out(monkeypatch, caplog) -> None:
         calls.append(run_path)
         release.wait(30)
 
-    monkeypatch.setattr(ws, "_fetch_remote", hang)
+    monkeypatch.setattr(wonline, "_fetch_remote", hang)
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="ckpt_index.wandb"):
         assert ws.fetch_online("team/ocr/abc12345", timeout=0.3) is None
@@ -638,7 +651,9 @@ def _cache_row(engine, **values) -> None:
         conn.execute(insert(WandbRunCache.__table__).values(**row))
 
 
-def test_fetch_online_answers_from_cache(no_credentials, engine, monkeypatch, caplog) -> None:
+def test_fetch_online_answers_from_cache(
+    no_credentials, engine, cache, monkeypatch, caplog
+) -> None:
     _forbid_network(monkeypatch)
     raw_config = {
         "_wandb": {
@@ -657,8 +672,8 @@ def test_fetch_online_answers_from_cache(no_credentials, engine, monkeypatch, ca
         engine, run_path="team/ocr/gone0000", ok=False, error="CommError: Could not find run"
     )
     with caplog.at_level(logging.WARNING, logger="ckpt_index.wandb"):
-        run = ws.fetch_online("team/ocr/abc12345", engine=engine, global_step=200)
-        assert ws.fetch_online("team/ocr/gone0000", engine=engine) is None
+        run = ws.fetch_online("team/ocr/abc12345", cache=cache, global_step=200)
+        assert ws.fetch_online("team/ocr/gone0000", cache=cache) is None
     assert caplog.records == []  # nothing was attempted, so nothing to warn about
     assert (run.source, run.run_id, run.project, run.entity) == ("cache", "abc12345", "ocr", "team")
     assert run.config == {"model": {"architecture": "dbnet"}}
@@ -677,7 +692,7 @@ def test_fetch_online_answers_from_cache(no_credentials, engine, monkeypatch, ca
     ],
 )
 def test_fetch_online_refreshes_a_cache_that_ends_early(
-    no_credentials, engine, monkeypatch, caplog, fetched_at, global_step, attempts
+    no_credentials, engine, cache, monkeypatch, caplog, fetched_at, global_step, attempts
 ) -> None:
     _forbid_network(monkeypatch)
     _cache_row(
@@ -689,7 +704,7 @@ def test_fetch_online_refreshes_a_cache_that_ends_early(
         history_json=json.dumps({"200": {"val/hmean": 0.8}}),
     )
     with caplog.at_level(logging.WARNING, logger="ckpt_index.wandb"):
-        run = ws.fetch_online("team/ocr/abc12345", engine=engine, global_step=global_step)
+        run = ws.fetch_online("team/ocr/abc12345", cache=cache, global_step=global_step)
     # Without credentials the refresh is skipped (one warning) and the cached answer still serves.
     assert run.history_at_step(200) == {"val/hmean": 0.8}
     assert len(caplog.records) == int(attempts)
@@ -714,7 +729,7 @@ class _FakeRemoteRun:
         }
 
 
-def test_fetch_online_caches_the_api_answer(wandb_env, engine, monkeypatch) -> None:
+def test_fetch_online_caches_the_api_answer(wandb_env, engine, cache, monkeypatch) -> None:
     import wandb
 
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
@@ -730,14 +745,14 @@ def test_fetch_online_caches_the_api_answer(wandb_env, engine, monkeypatch) -> N
             return _FakeRemoteRun()
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
-    run = ws.fetch_online("team/ocr/abc12345", timeout=3.0, engine=engine)
+    run = ws.fetch_online("team/ocr/abc12345", timeout=3.0, cache=cache)
     assert created == [3.0]
     assert run.source == "api" and run.config == {"lr": 0.1} and run.summary == {"val/hmean": 0.99}
     assert run.checkpoint_metrics(200) == {"val/hmean": 0.8, "train/loss": 0.3}
-    again = ws.fetch_online("team/ocr/abc12345", engine=engine)
+    again = ws.fetch_online("team/ocr/abc12345", cache=cache)
     assert again.source == "cache" and again.history == run.history and again.lightning_steps
-    assert ws.fetch_online("team/ocr/gone0000", engine=engine) is None
-    assert ws.fetch_online("team/ocr/gone0000", engine=engine) is None  # the failure is cached
+    assert ws.fetch_online("team/ocr/gone0000", cache=cache) is None
+    assert ws.fetch_online("team/ocr/gone0000", cache=cache) is None  # the failure is cached
     assert len(created) == 2
 
 
@@ -759,8 +774,9 @@ def test_import_does_not_import_wandb() -> None:
     result = _run_python(
         """
         import sys
-        import ckpt_index.sources.wandb.source
-        print(sorted(m for m in ("wandb", "google.protobuf", "torch", "lightning") if m in sys.modules))
+        import ckpt_index.sources.wandb
+        heavy = ("wandb", "google.protobuf", "torch", "lightning")
+        print(sorted(m for m in heavy if m in sys.modules))
         """
     )
     assert result.returncode == 0, result.stderr
@@ -777,8 +793,9 @@ def test_without_wandb_reads_files_and_skips_the_log(
         import json, logging, sys
         sys.modules["wandb"] = None
         logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
-        from ckpt_index.sources.wandb import source as ws
-        online = ws.read_run(ws.RunLocation("onl1ne00", ws.Path({str(online_run_dir)!r})))
+        from pathlib import Path
+        import ckpt_index.sources.wandb as ws
+        online = ws.read_run(ws.RunLocation("onl1ne00", Path({str(online_run_dir)!r})))
         offline = ws.read_run(ws.find_run({str(offline_run["ckpt"])!r}))
         print(json.dumps({{
             "online": [online.source, online.config["exp_name"], online.summary["val/hmean"],
@@ -804,7 +821,7 @@ def test_without_wandb_reads_files_and_skips_the_log(
 
 READ_IN_CHILD = """
 import json, sys
-from ckpt_index.sources.wandb import source as ws
+import ckpt_index.sources.wandb as ws
 location = ws.find_run(sys.argv[1])
 run = ws.read_run(location)
 print(json.dumps({"run_id": location.run_id, "source": run.source, "warnings": run.warnings,
@@ -869,7 +886,7 @@ def _deep_files(run: Path) -> None:
 def _wide_files(run: Path) -> None:
     # Millions of values within the size caps: refused by count, before they are copied around.
     (run / "files").mkdir()
-    zeros = ",".join(["0"] * (ws.MAX_FILE_BYTES // 2 - 16))
+    zeros = ",".join(["0"] * (wfiles.MAX_FILE_BYTES // 2 - 16))
     (run / "files" / "wandb-summary.json").write_text('{"a": [' + zeros + "]}")
     (run / "files" / "config.yaml").write_text("a:\n  value: [" + zeros[: (2 << 20) - 32] + "]\n")
 
@@ -978,7 +995,7 @@ def _copy_run(offline_run: dict, tmp_path: Path) -> tuple[Path, Path]:
 def test_a_record_over_the_size_limit_is_skipped(
     offline_run: dict, tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(ws, "MAX_RECORD_BYTES", 60_000)  # the 100 KB "notes" row is over it
+    monkeypatch.setattr(wlog, "MAX_RECORD_BYTES", 60_000)  # the 100 KB "notes" row is over it
     run_dir, _ = _copy_run(offline_run, tmp_path)
     run = ws.read_run(ws.RunLocation(offline_run["run_id"], run_dir))
     assert run.config == CONFIG
@@ -998,7 +1015,7 @@ def test_a_record_over_the_size_limit_is_skipped(
 def test_the_reader_stops_at_its_limits(
     offline_run: dict, tmp_path: Path, monkeypatch, limit: str, value: int, word: str
 ) -> None:
-    monkeypatch.setattr(ws, limit, value)
+    monkeypatch.setattr(wrun if limit == "MAX_HISTORY_VALUES" else wlog, limit, value)
     run_dir, _ = _copy_run(offline_run, tmp_path)
     run = ws.read_run(ws.RunLocation(offline_run["run_id"], run_dir))
     assert any(word in w for w in run.warnings), run.warnings
@@ -1006,7 +1023,7 @@ def test_the_reader_stops_at_its_limits(
 
 
 def test_update_keys_are_capped(offline_run: dict, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(ws, "MAX_UPDATE_KEYS", 1)
+    monkeypatch.setattr(wlog, "MAX_UPDATE_KEYS", 1)
     run_dir, _ = _copy_run(offline_run, tmp_path)
     run = ws.read_run(ws.RunLocation(offline_run["run_id"], run_dir))
     assert len(run.config) <= 1 and len(run.summary) <= 1
@@ -1015,7 +1032,7 @@ def test_update_keys_are_capped(offline_run: dict, tmp_path: Path, monkeypatch) 
 
 def test_hostile_records_beside_real_ones(offline_run: dict, tmp_path: Path) -> None:
     run_dir, log = _copy_run(offline_run, tmp_path)
-    real = list(ws._log_records(log, []))
+    real = list(wlog._log_records(log, []))
     deep_value = "[" * 200_000 + "]" * 200_000
     hostile = [
         record(config={"update": [{"key": "deep", "valueJson": deep_value}]}),

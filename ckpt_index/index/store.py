@@ -8,14 +8,15 @@ training callback one checkpoint at a time.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, Engine, delete, insert, select
 
-from ckpt_index.index.engine import resolve_location
+from ckpt_index.index.engine import resolve_location, write_transaction
 from ckpt_index.index.records import Record
-from ckpt_index.index.tables import checkpoint_metrics, checkpoints
+from ckpt_index.index.tables import checkpoint_metrics, checkpoints, wandb_run_cache
 
 _CHUNK = 500
 
@@ -164,3 +165,51 @@ def rows_under(conn: Connection, root: str, *, location: str | None = None):
         checkpoints.c.checkpoint_path < hi,
     )
     return conn.execute(stmt)
+
+
+# --------------------------------------------------------------------------------------------
+# The W&B API cache (table ``wandb_run_cache``): answers of ``--wandb-online``, so that a run is
+# fetched once, not per sync. Entries are mappings of the table's columns but ``run_path``.
+
+_WANDB_CACHE_COLUMNS = ("fetched_at", "ok", "error", "config_json", "summary_json", "history_json")
+
+
+def load_wandb_cache(conn: Connection, run_path: str) -> dict[str, Any] | None:
+    """The cached W&B API answer for ``run_path`` (``entity/project/run_id``), or None."""
+    table = wandb_run_cache
+    row = conn.execute(select(table).where(table.c.run_path == run_path)).first()
+    return None if row is None else {name: row._mapping[name] for name in _WANDB_CACHE_COLUMNS}
+
+
+def store_wandb_cache(conn: Connection, run_path: str, entry: Mapping[str, Any]) -> None:
+    """Replace the cached W&B API answer for ``run_path`` with ``entry``."""
+    table = wandb_run_cache
+    values = {name: entry.get(name) for name in _WANDB_CACHE_COLUMNS}
+    conn.execute(delete(table).where(table.c.run_path == run_path))
+    conn.execute(insert(table).values(run_path=run_path, **values))
+
+
+class WandbApiCache:
+    """The index as the cache of :func:`ckpt_index.sources.wandb.online.fetch_online`.
+
+    Each ``get`` and ``put`` is its own short transaction. A ``put`` the index refuses (a
+    read-only index or role) is dropped: the answer still serves, it is just not remembered.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get(self, run_path: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            return load_wandb_cache(conn, run_path)
+
+    def put(self, run_path: str, entry: Mapping[str, Any]) -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with write_transaction(self.engine) as conn:
+                store_wandb_cache(conn, run_path, entry)
+        except SQLAlchemyError as exc:
+            logging.getLogger("ckpt_index.wandb").debug(
+                "could not cache the W&B answer for %s: %s", run_path, exc
+            )

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpt_index.sources.naming import parse_checkpoint_name, parse_run_dir, run_dir_of
 from ckpt_index.storable import (
@@ -34,6 +34,9 @@ from ckpt_index.storable import (
     text_problem,
 )
 from ckpt_index.vocabulary import MODES, PHASES, canonical_metrics, match_canonical
+
+if TYPE_CHECKING:
+    from ckpt_index.sources.wandb.online import AnswerCache
 
 log = logging.getLogger("ckpt_index.sources.merge")
 
@@ -116,7 +119,10 @@ class Inferred:
 
 
 def infer_metadata(
-    ckpt_path: str | os.PathLike[str], *, wandb_online: bool = False, engine: Any = None
+    ckpt_path: str | os.PathLike[str],
+    *,
+    wandb_online: bool = False,
+    wandb_cache: AnswerCache | None = None,
 ) -> Inferred:
     """Everything the fallbacks can say about ``ckpt_path``; never raises for any file.
 
@@ -141,7 +147,7 @@ def infer_metadata(
         result,
         hparams,
         wandb_online=wandb_online,
-        engine=engine,
+        wandb_cache=wandb_cache,
     )
     _step(result, "path patterns", _from_path, path, result)
     # When the checkpoint was written: its file's mtime (the sidecar's created_at, had there been one).
@@ -251,9 +257,15 @@ def _from_hydra(path: Path, result: Inferred) -> None:
 
 
 def _from_wandb(
-    path: Path, result: Inferred, hparams: dict[str, Any], *, wandb_online: bool, engine: Any
+    path: Path,
+    result: Inferred,
+    hparams: dict[str, Any],
+    *,
+    wandb_online: bool,
+    wandb_cache: AnswerCache | None,
 ) -> None:
-    from ckpt_index.sources.wandb import source as wandb_source
+    from ckpt_index.sources.wandb import files, locate, online
+    from ckpt_index.sources.wandb import run as wandb_run
 
     hints = tuple(
         v
@@ -261,13 +273,15 @@ def _from_wandb(
         if isinstance(v, str) and v
     )
     try:
-        location = wandb_source.find_run(path, run_id_hints=hints)
+        location = locate.find_run(path, run_id_hints=hints)
         if location is None:
             return
-        run = wandb_source.read_run(location)
+        run = files.read_run(location)
         if run is None and wandb_online:
-            run = wandb_source.fetch_online(
-                location.run_path, engine=engine, global_step=result.fields.get("global_step")
+            run = online.fetch_online(
+                location.run_path,
+                cache=wandb_cache,
+                global_step=result.fields.get("global_step"),
             )
     except Exception as exc:  # W&B files of any shape must not stop a sync
         result.warnings.append(f"W&B run unusable: {exc.__class__.__name__}: {exc}")
@@ -275,7 +289,7 @@ def _from_wandb(
     if run is None:
         return
     result.set("wandb_run_id", run.run_id, "wandb")
-    for name, value in wandb_source.model_fields_from_config(run.config).items():
+    for name, value in wandb_run.model_fields_from_config(run.config).items():
         result.set(name, value, "wandb")
     step = result.fields.get("global_step")
     if step is not None:

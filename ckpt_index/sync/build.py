@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from ckpt_index.isolation.pool import Limits
+    from ckpt_index.sources.wandb.online import AnswerCache
 
 
 @dataclass
@@ -72,7 +73,7 @@ def build_record(
             from ckpt_index.sources.merge import infer_metadata
 
             inferred = infer_metadata(
-                path, wandb_online=options.wandb_online, engine=_online_engine(options)
+                path, wandb_online=options.wandb_online, wandb_cache=_wandb_cache(options)
             )
             return record_from_inferred(inferred, ckpt=ckpt), inferred.unreadable
         record = record_without_metadata(
@@ -164,7 +165,7 @@ _ONLINE_ENGINES: dict[str, Engine] = {}
 
 def _online_engine(options: SyncOptions) -> Engine | None:
     """The engine W&B API answers are cached through; a worker opens its own from the URL."""
-    if not options.wandb_online or options.engine is not None or options.db_url is None:
+    if options.engine is not None or options.db_url is None:
         return options.engine
     engine = _ONLINE_ENGINES.get(options.db_url)
     if engine is None:
@@ -172,6 +173,20 @@ def _online_engine(options: SyncOptions) -> Engine | None:
 
         engine = _ONLINE_ENGINES[options.db_url] = open_engine(options.db_url)
     return engine
+
+
+def _wandb_cache(options: SyncOptions) -> AnswerCache | None:
+    """The index's ``wandb_run_cache`` as the cache of W&B API answers (``wandb_online``), or
+    None: without ``wandb_online`` or without an index. The index's modules (and SQLAlchemy)
+    are imported only then, so a worker that never asks the API does not load them."""
+    if not options.wandb_online:
+        return None
+    engine = _online_engine(options)
+    if engine is None:
+        return None
+    from ckpt_index.index.store import WandbApiCache
+
+    return WandbApiCache(engine)
 
 
 def item_args(item: Found) -> tuple[Any, ...]:
