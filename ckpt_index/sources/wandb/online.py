@@ -232,9 +232,7 @@ def fetch_online(
 
     Example::
 
-        from ckpt_index.index.store import WandbApiCache
-
-        cache = WandbApiCache(open_engine())
+        cache = WandbApiCache(open_engine())  # from ckpt_index.index.store
         run = fetch_online("team/ocr/abc12345", cache=cache, global_step=640)
     """
     if not run_path:
