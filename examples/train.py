@@ -95,9 +95,8 @@ def main(cfg: DictConfig) -> None:
     trainer = pl.Trainer(**cfg.trainer, callbacks=callbacks)
     trainer.fit(model, train, val)
     best = trainer.checkpoint_callback
-    print(
-        f"best checkpoint: {best.best_model_path} ({best.monitor}={float(best.best_model_score):.4f})"
-    )
+    score = float(best.best_model_score)
+    print(f"best checkpoint: {best.best_model_path} ({best.monitor}={score:.4f})")
 
 
 if __name__ == "__main__":

@@ -231,13 +231,15 @@ def main(argv: list[str] | None = None) -> int:
         def line(label: str, stats: dict[str, Any]) -> None:
             if stats.get("n"):
                 print(
-                    f"  {label:<46} median {stats['median_ms']:7.2f} ms   p95 {stats['p95_ms']:7.2f} ms"
+                    f"  {label:<46} median {stats['median_ms']:7.2f} ms"
+                    f"   p95 {stats['p95_ms']:7.2f} ms"
                     f"   max {stats['max_ms']:7.2f} ms   (n={stats['n']})"
                 )
 
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(
-            f"MetadataCallback overhead: {args.saves} saves, save_top_k={args.top_k}, save_last=True, CPU; "
+            f"MetadataCallback overhead: {args.saves} saves, save_top_k={args.top_k}, "
+            "save_last=True, CPU; "
             f"{os.cpu_count()} cores, load average {load:.1f}"
         )
         line("Lightning's own save (for scale)", background["lightning_save"])
@@ -249,13 +251,16 @@ def main(argv: list[str] | None = None) -> int:
         line("index upsert, background thread, per batch", background["background_batches"])
         if background.get("background_per_op_ms") is not None:
             print(
-                f"  {'index upsert, background thread, per checkpoint':<46} mean   {background['background_per_op_ms']:7.2f} ms"
-                f"   ({background['background_ops']} ops in {background['background_batches']['n']} batches)"
+                f"  {'index upsert, background thread, per checkpoint':<46} mean   "
+                f"{background['background_per_op_ms']:7.2f} ms"
+                f"   ({background['background_ops']} ops in "
+                f"{background['background_batches']['n']} batches)"
             )
         line("sidecar + synchronous upsert (no thread)", synchronous["callback_on_training_thread"])
         line("  of which the upsert transaction", synchronous["upsert_synchronous"])
         print(
-            f"  first save (opens the index; background: off-thread)   {background['first_save_ms']:.1f} ms"
+            "  first save (opens the index; background: off-thread)   "
+            f"{background['first_save_ms']:.1f} ms"
             f" / synchronous {synchronous['first_save_ms']:.1f} ms"
         )
         print(

@@ -73,7 +73,7 @@ def make_checkpoint(size_gb: float) -> dict[str, Any]:
                 "current_score": torch.tensor(0.8402),
                 "dirpath": "outputs/run/checkpoints",
                 "best_k_models": {
-                    p: torch.tensor(s) for p, s in zip(paths, (0.8399, 0.8431, 0.8402))
+                    p: torch.tensor(s) for p, s in zip(paths, (0.8399, 0.8431, 0.8402), strict=True)
                 },
                 "kth_best_model_path": paths[0],
                 "kth_value": torch.tensor(0.8399),
@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         callback = contents.checkpoint_callbacks[0]
         print("\nread_checkpoint (no torch involved):")
         print(
-            f"  first read, {'file dropped from page cache' if dropped else 'page cache not dropped'}: "
+            "  first read, "
+            f"{'file dropped from page cache' if dropped else 'page cache not dropped'}: "
             f"{cold_times[0] * 1e3:.2f} ms"
         )
         print(
@@ -227,12 +228,14 @@ def main(argv: list[str] | None = None) -> int:
             f"max {max(warm_times) * 1e3:.2f})"
         )
         print(
-            f"  bytes read: {contents.bytes_read} ({contents.bytes_read / size * 100:.5f}% of the file)"
+            f"  bytes read: {contents.bytes_read} "
+            f"({contents.bytes_read / size * 100:.5f}% of the file)"
         )
         print(
             f"  epoch {contents.epoch}, global_step {contents.global_step}, "
             f"encoder {contents.hyper_parameters['encoder']['model_name']}, "
-            f"{callback['monitor']} current {callback['current_score']:.4f} best {callback['best_model_score']:.4f}, "
+            f"{callback['monitor']} current {callback['current_score']:.4f} "
+            f"best {callback['best_model_score']:.4f}, "
             f"{len(contents.state_dict_shapes)} shapes"
         )
 
@@ -241,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         load_ms = statistics.median(load_times) * 1e3
         mmap_ms = statistics.median(mmap_times) * 1e3
         print(
-            f"\ntorch.load(weights_only=False):            median {load_ms:9.1f} ms of {args.repeat} "
+            "\ntorch.load(weights_only=False):            "
+            f"median {load_ms:9.1f} ms of {args.repeat} "
             f"-> {load_ms / reader_ms:8.0f}x the reader"
         )
         print(

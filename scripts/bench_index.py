@@ -294,7 +294,10 @@ def change_one_sidecar(ckpt: Path, new_mtime_s: float) -> dict[str, Any]:
 
 
 def naive_best(root: str) -> tuple[str | None, int, int]:
-    """The seeds' catalog: walk, parse every sidecar, sort; return (best checkpoint, parsed, bad)."""
+    """The seeds' catalog: walk, parse every sidecar, sort.
+
+    Returns (best checkpoint, sidecars parsed, invalid sidecars).
+    """
     from ckpt_index.sidecar.files import (
         SIDECAR_SUFFIX,
         SidecarError,
@@ -412,12 +415,15 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     res["cold_rate_per_s"] = rate
     log(
         f"[2] cold sync (fresh DB, child process)\n"
-        f"    open+sync {fmt_s(cold['open_sync_s'])} = {rate:,.0f} checkpoints/s, CPU {fmt_s(cold['cpu_s'])}  "
+        f"    open+sync {fmt_s(cold['open_sync_s'])} = {rate:,.0f} checkpoints/s, CPU "
+        f"{fmt_s(cold['cpu_s'])}  "
         f"(schema creation {fmt_s(cold['open_s'])}, sync_roots {fmt_s(cold['sync_s'])}; "
         f"imports {fmt_s(cold['import_s'])}; whole process {fmt_s(cold['process_wall_s'])})\n"
-        f"    peak RSS {cold['peak_rss_mb']:.1f} MB (after imports {cold['rss_after_imports_mb']:.1f} MB; "
+        f"    peak RSS {cold['peak_rss_mb']:.1f} MB (after imports "
+        f"{cold['rss_after_imports_mb']:.1f} MB; "
         f"ru_maxrss {cold['ru_maxrss_mb']:.1f} MB, see note);"
-        f" parsed {s['parsed']:,}, added {s['added']:,}, valid {s['valid']:,}, invalid {s['invalid']:,}"
+        f" parsed {s['parsed']:,}, added {s['added']:,}, valid {s['valid']:,}, invalid "
+        f"{s['invalid']:,}"
     )
     if s["added"] != n or s["valid"] != n:
         log(f"    !! expected {n:,} added and valid rows")
@@ -431,8 +437,10 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     res["nochange_parsed_ok"] = s["parsed"] == 0
     log(
         f"[3] no-change re-sync (child process)\n"
-        f"    open+sync {fmt_s(nochange['open_sync_s'])}, CPU {fmt_s(nochange['cpu_s'])} (open {fmt_s(nochange['open_s'])}, "
-        f"sync_roots {fmt_s(nochange['sync_s'])}; whole process {fmt_s(nochange['process_wall_s'])});"
+        f"    open+sync {fmt_s(nochange['open_sync_s'])}, CPU {fmt_s(nochange['cpu_s'])} (open "
+        f"{fmt_s(nochange['open_s'])}, "
+        f"sync_roots {fmt_s(nochange['sync_s'])}; whole process "
+        f"{fmt_s(nochange['process_wall_s'])});"
         f" peak RSS {nochange['peak_rss_mb']:.1f} MB\n"
         f"    parsed {s['parsed']} ({'OK, == 0' if s['parsed'] == 0 else 'UNEXPECTED, want 0'}), "
         f"unchanged {s['unchanged']:,}, updated {s['updated']}, removed {s['removed']}"
@@ -451,7 +459,8 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         f"[4] re-sync after changing one sidecar ({Path(change['sidecar']).relative_to(root_s)}: "
         f"hmean {change['old_hmean']} -> {change['new_hmean']}, size {change['size_before']} -> "
         f"{change['size_after']} B, mtime +1 s)\n"
-        f"    open+sync {fmt_s(one['open_sync_s'])}, CPU {fmt_s(one['cpu_s'])} (sync_roots {fmt_s(one['sync_s'])}; whole process "
+        f"    open+sync {fmt_s(one['open_sync_s'])}, CPU {fmt_s(one['cpu_s'])} (sync_roots "
+        f"{fmt_s(one['sync_s'])}; whole process "
         f"{fmt_s(one['process_wall_s'])}); peak RSS {one['peak_rss_mb']:.1f} MB\n"
         f"    parsed {s['parsed']} ({'OK, == 1' if s['parsed'] == 1 else 'UNEXPECTED, want 1'}), "
         f"updated {s['updated']}, unchanged {s['unchanged']:,}"
@@ -515,7 +524,7 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
             res["best_by_ms"] = res["best_by_hmean"]["median_ms"]
             res["best_by_cpu_ms"] = res["best_by_hmean"]["cpu_median_ms"]
             res["index_best"] = index_best
-            for key, spec, label in specs:
+            for _key, spec, label in specs:
                 plans[label] = explain(conn, build_query(spec))
     finally:
         engine.dispose()
@@ -556,7 +565,8 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         f"    median {fmt_s(med)}   min {fmt_s(low)}   (CPU {fmt_s(statistics.median(cpus))}; of "
         f"{args.repeat}, after one untimed run); "
         f"answer {'matches' if cli_best == index_best else 'DIFFERS from'} the in-process one\n"
-        f'    context: `python -c "import ckpt_index.cli"` median {fmt_s(statistics.median(imports))}, '
+        '    context: `python -c "import ckpt_index.cli"` '
+        f"median {fmt_s(statistics.median(imports))}, "
         f"`python -c pass` median {fmt_s(statistics.median(bare))}"
     )
 
@@ -572,11 +582,17 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
             naive_ratio=ratio,
             naive_same_answer=naive == index_best,
         )
+        same = (
+            "SAME as the index answer"
+            if naive == index_best
+            else f"DIFFERENT from the index answer {index_best}"
+        )
         log(
-            f"[7] the seeds' way: walk + read_sidecar on every sidecar ({parsed:,} parsed, {bad} invalid) "
+            f"[7] the seeds' way: walk + read_sidecar on every sidecar ({parsed:,} parsed, {bad} "
+            "invalid) "
             f"+ sort: {fmt_s(naive_s)} ({parsed / naive_s:,.0f} sidecars/s)\n"
             f"    best: {Path(naive).relative_to(root_s) if naive else None}  -> "
-            f"{'SAME as the index answer' if naive == index_best else 'DIFFERENT from the index answer ' + str(index_best)}\n"
+            f"{same}\n"
             f"    naive / in-process best-by (median) = {ratio:,.0f}x"
         )
     else:
@@ -585,7 +601,8 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
 
     # 8. plans -----------------------------------------------------------------------------
     log(
-        f"[8] query plans at N = {n:,} ({'EXPLAIN QUERY PLAN' if is_sqlite(db_url) else 'EXPLAIN ANALYZE'}, "
+        f"[8] query plans at N = {n:,} "
+        f"({'EXPLAIN QUERY PLAN' if is_sqlite(db_url) else 'EXPLAIN ANALYZE'}, "
         "bound parameters as run_query sends them):"
     )
     for label, lines in plans.items():
@@ -779,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg": os.getloadavg(),
     }
     log(
-        f"ckpt-index benchmark: N = {', '.join(f'{n:,}' for n in ns)}; repeat {args.repeat}; workdir {base}"
+        f"ckpt-index benchmark: N = {', '.join(f'{n:,}' for n in ns)}; repeat {args.repeat}; "
+        f"workdir {base}"
     )
     log(
         f"python {env['python']} on {env['platform']}, {env['cpus']} CPUs (load avg "
@@ -788,9 +806,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     log(
         "Sync figures are measured in a child interpreter: 'open+sync' = open_engine (schema "
-        "creation/check) + sync_roots, without interpreter start-up and imports (shown separately);\n"
+        "creation/check) + sync_roots, without interpreter start-up and imports (shown "
+        "separately);\n"
         "peak RSS is the child's VmHWM from /proc/self/status (imports included). The child's "
-        "getrusage ru_maxrss is shown too but is\nnot used: Linux carries the pre-exec peak into it, "
+        "getrusage ru_maxrss is shown too but is\nnot used: Linux carries the pre-exec peak into "
+        "it, "
         "and subprocess spawns via vfork, so it reports at least this benchmark process's own RSS."
     )
 

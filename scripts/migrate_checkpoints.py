@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Rename checkpoints from older formats to the naming scheme (same as `ckpt-index rename`).
 
-    python scripts/migrate_checkpoints.py outputs/ [--dry-run] [--delete-old --keep-from-epoch N] [-v]
+    python scripts/migrate_checkpoints.py outputs/ [--dry-run]
+        [--delete-old --keep-from-epoch N] [-v]
 
 Nothing is overwritten; best*/last* names and files that a link or hard link aliases are never
 deleted; links follow their renamed target; an interrupted run completes when run again.
