@@ -771,16 +771,38 @@ def _run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_import_does_not_import_wandb() -> None:
+    # Nor the index: the API cache is handed in by the caller (a source never opens the index).
     result = _run_python(
         """
         import sys
         import ckpt_index.sources.wandb
-        heavy = ("wandb", "google.protobuf", "torch", "lightning")
+        heavy = ("wandb", "google.protobuf", "torch", "lightning", "sqlalchemy", "ckpt_index.index")
         print(sorted(m for m in heavy if m in sys.modules))
         """
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_index_cache_keeps_answers_and_drops_what_it_cannot_write(tmp_path: Path) -> None:
+    engine = open_engine(tmp_path / "i.db")
+    try:
+        cache = WandbApiCache(engine)
+        assert cache.get("team/ocr/abc12345") is None
+        entry = {"fetched_at": "2099-01-01T00:00:00+00:00", "ok": True, "error": None}
+        cache.put("team/ocr/abc12345", {**entry, "history_json": "{}"})
+        cache.put("team/ocr/abc12345", {**entry, "history_json": '{"1": {"a": 1.0}}'})
+        assert cache.get("team/ocr/abc12345") == {
+            **entry,
+            "config_json": None,
+            "summary_json": None,
+            "history_json": '{"1": {"a": 1.0}}',
+        }
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE wandb_run_cache")
+        cache.put("team/ocr/abc12345", entry)  # a refused write is not an error
+    finally:
+        engine.dispose()
 
 
 def test_without_wandb_reads_files_and_skips_the_log(
