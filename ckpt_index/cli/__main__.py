@@ -1,0 +1,3 @@
+from ckpt_index.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""What every command shares: the ``--db`` option, domain errors as one-line CLI errors, reading
+the index without writing it, and writing data to stdout unchanged.
+
+Heavy libraries (torch, lightning, wandb, pandas) are never imported here; SQLAlchemy only when a
+command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def db_option(func: F) -> F:
+    """``--db PATH|URL``: the index a command works on."""
+    return click.option(
+        "--db",
+        metavar="PATH|URL",
+        default=None,
+        help="Index database: a file path or SQLAlchemy URL "
+        "[default: $CKPT_INDEX_DB, else ./ckpt_index.db].",
+    )(func)
+
+
+def report_format_option(func: F) -> F:
+    """``--format text|json`` of the commands that print a report."""
+    from ckpt_index.vocabulary import REPORT_FORMATS
+
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(REPORT_FORMATS),
+        default="text",
+        show_default=True,
+        help="Report format: text for people, json for scripts.",
+    )(func)
+
+
+class NeedsSetup(click.ClickException):
+    """No index there, or one a reading command cannot use before ``db upgrade`` (exit 2)."""
+
+    exit_code = 2
+
+
+def friendly_errors(func: F) -> F:
+    """Turn the library's domain errors into one-line CLI errors (exit 1; 2 for an index that
+    is missing or needs ``db upgrade``)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from ckpt_index.index.engine import IndexError_, IndexMissingError
+        from ckpt_index.index.migrate import IndexOutdatedError
+
+        try:
+            return func(*args, **kwargs)
+        except (IndexMissingError, IndexOutdatedError) as exc:
+            raise NeedsSetup(str(exc)) from None
+        except (IndexError_, NotADirectoryError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except SQLAlchemyError as exc:
+            detail = getattr(exc, "orig", None) or exc
+            raise click.ClickException(
+                f"database error: {exc.__class__.__name__}: {detail}"
+            ) from None
+        except Exception as exc:
+            if type(exc).__name__ == "CommandError":  # alembic's, e.g. an unknown revision
+                raise click.ClickException(f"alembic: {exc}") from None
+            raise
+
+    return wrapper  # type: ignore[return-value]  # wraps() keeps the signature F describes
+
+
+def write_data(text: str) -> None:
+    """Write output as it is: click.echo strips ANSI sequences when stdout is not a terminal,
+    which would change a path or a CSV value (the table escapes them before this)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def echo_escaped(text: str, err: bool = False) -> None:
+    """Print a line holding names from the tree: control characters never reach a terminal raw."""
+    from ckpt_index.query.render import escape_control
+
+    click.echo(escape_control(text), err=err)
+
+
+def read_index(db: str | None, read: Callable[[Any], Any]) -> Any:
+    """``read(conn)`` on the index opened read-only at head: nothing is created or migrated."""
+    from ckpt_index.index.engine import check_unlocked_read, disposing, open_engine
+
+    with disposing(open_engine(db, readonly=True)) as engine:
+        with engine.connect() as conn:
+            result = read(conn)
+        check_unlocked_read(engine)
+        return result

@@ -1,0 +1,112 @@
+"""``db``: the index's schema revisions (alembic), managed by hand."""
+
+from __future__ import annotations
+
+import click
+
+from ckpt_index.cli.common import db_option, friendly_errors
+
+
+@click.group("db")
+def db_group() -> None:
+    """Schema migrations of the index (alembic).
+
+    Example:
+
+    \b
+        ckpt-index db current
+    """
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@db_option
+@friendly_errors
+def db_upgrade(revision: str, db: str | None) -> None:
+    """Upgrade the index schema to REVISION (default: head).
+
+    Example:
+
+    \b
+        ckpt-index db upgrade --db team.db
+    """
+    from ckpt_index.index.engine import create_index_engine, disposing, resolve_db_url
+    from ckpt_index.index.migrate import (
+        HEAD_REVISION,
+        SchemaTooNewError,
+        current_revision,
+        known_revisions,
+        upgrade,
+    )
+
+    url = resolve_db_url(db)
+    with disposing(create_index_engine(url)) as engine:
+        with engine.connect() as conn:
+            found = current_revision(conn)
+        if found is not None and found not in known_revisions():
+            raise SchemaTooNewError(url, found, HEAD_REVISION)
+        upgrade(engine, url, revision)
+        with engine.connect() as conn:
+            click.echo(f"at revision {current_revision(conn)}")
+
+
+@db_group.command("downgrade")
+@click.argument("revision")
+@db_option
+@friendly_errors
+def db_downgrade(revision: str, db: str | None) -> None:
+    """Downgrade the index schema to REVISION ('base' drops everything).
+
+    Example:
+
+    \b
+        ckpt-index db downgrade base
+    """
+    from ckpt_index.index.engine import create_index_engine, disposing, resolve_db_url
+    from ckpt_index.index.migrate import current_revision, downgrade
+
+    url = resolve_db_url(db)
+    with disposing(create_index_engine(url)) as engine:
+        downgrade(engine, url, revision)
+        with engine.connect() as conn:
+            click.echo(f"at revision {current_revision(conn) or 'base'}")
+
+
+@db_group.command("current")
+@db_option
+@friendly_errors
+def db_current(db: str | None) -> None:
+    """Print the index's schema revision and this release's head.
+
+    Example:
+
+    \b
+        ckpt-index db current
+    """
+    from ckpt_index.index.engine import create_index_engine, disposing, resolve_db_url
+    from ckpt_index.index.migrate import HEAD_REVISION, current_revision
+
+    url = resolve_db_url(db)
+    # Looking must not create a database: the engine is read-only.
+    with disposing(create_index_engine(url, readonly=True)) as engine:
+        with engine.connect() as conn:
+            found = current_revision(conn)
+    state = "up to date" if found == HEAD_REVISION else f"head is {HEAD_REVISION}"
+    click.echo(f"{found or 'base (empty)'} ({state})")
+
+
+@db_group.command("history")
+def db_history() -> None:
+    """List the schema revisions this release ships, newest first.
+
+    Example:
+
+    \b
+        ckpt-index db history
+    """
+    from alembic.script import ScriptDirectory
+
+    from ckpt_index.index.migrate import MIGRATIONS_DIR
+
+    for rev in ScriptDirectory(str(MIGRATIONS_DIR)).walk_revisions():
+        click.echo(f"{rev.down_revision or 'base'} -> {rev.revision}: {rev.doc}")

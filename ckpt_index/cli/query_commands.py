@@ -1,0 +1,294 @@
+"""The reading commands: ``query``, ``show``, ``stats`` and ``sql``. None of them writes to the
+index: a missing index, or one that needs ``db upgrade``, exits 2 (``sql`` reads an older one as
+it is)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ckpt_index.cli.common import (
+    F,
+    db_option,
+    friendly_errors,
+    read_index,
+    report_format_option,
+    write_data,
+)
+from ckpt_index.vocabulary import GROUPABLE, PHASES, RESULT_FORMATS
+
+if TYPE_CHECKING:
+    from ckpt_index.query.spec import QuerySpec
+
+#: The options of ``query`` that are fields of QuerySpec, passed to it by name.
+_SPEC_OPTIONS: list[Callable[[F], F]] = [
+    click.option(
+        "--best-by",
+        metavar="METRIC[:max|min]",
+        help="Only the best checkpoint by METRIC (a field or any logged metric). Direction "
+        "defaults to max, or min for names containing 'loss'.",
+    ),
+    click.option(
+        "--group-by",
+        type=click.Choice(GROUPABLE),
+        help="With --best-by: the best checkpoint per group.",
+    ),
+    click.option("--encoder", help="Only this encoder (e.g. resnet50)."),
+    click.option("--architecture", help="Only this architecture (e.g. dbnet)."),
+    click.option("--exp", metavar="GLOB", help="Experiment name glob, e.g. 'ocr_*resnet50*'."),
+    click.option("--phase", type=click.Choice(PHASES)),
+    click.option("--min-epoch", type=int),
+    click.option("--max-epoch", type=int),
+    click.option(
+        "--where",
+        "where",
+        metavar="EXPR",
+        help="Filter expression: hmean > 0.8 and encoder = 'resnet50' or val/loss < 0.03.",
+    ),
+    click.option(
+        "--sort", multiple=True, metavar="FIELD[:asc|desc]", help="Sort key (repeatable)."
+    ),
+    click.option("--limit", type=click.IntRange(min=0), help="At most N results."),
+    click.option(
+        "--include-orphans",
+        is_flag=True,
+        help="Also rows whose checkpoint file is gone (sidecar only).",
+    ),
+    click.option(
+        "--include-unreadable",
+        is_flag=True,
+        help="Also checkpoints that could not be read (truncated, not a checkpoint): "
+        "skipped by default, even under a valid sidecar.",
+    ),
+    click.option(
+        "--location",
+        help="Only rows indexed at this location (host name or "
+        "$CKPT_INDEX_LOCATION of the machine that synced them).",
+    ),
+]
+
+
+def _spec_options(func: F) -> F:
+    for option in reversed(_SPEC_OPTIONS):
+        func = option(func)
+    return func
+
+
+@click.command()
+@db_option
+@_spec_options
+@click.option(
+    "--format", "fmt", type=click.Choice(RESULT_FORMATS), default="table", show_default=True
+)
+@click.option(
+    "-0",
+    "--null",
+    "null",
+    is_flag=True,
+    help="With --format paths: end each path with a NUL instead of a newline (for "
+    "xargs -0). Without it, a path holding a newline is an error.",
+)
+@friendly_errors
+def query(db: str | None, fmt: str, null: bool, **spec_fields: Any) -> None:
+    """Select checkpoints from the index.
+
+    Exit status 1 when nothing matches, 2 for a usage error (a malformed --where included) or
+    an index that is missing or needs `ckpt-index db upgrade` (a query never writes).
+
+    Example:
+
+    \b
+        ckpt-index query --best-by hmean --encoder resnet50
+        ckpt-index query --best-by val/loss --group-by exp_name --format json
+        ckpt-index query --where "hmean > 0.8 and epoch >= 10" --sort hmean:desc --limit 5
+        ckpt-index query --exp 'old_*' --format paths -0 | xargs -0 ls -l
+    """
+    from ckpt_index.query.spec import QueryError, QuerySpec, WhereError, run_query
+
+    if null and fmt != "paths":
+        raise click.UsageError("-0/--null goes with --format paths")
+    spec = QuerySpec(**spec_fields)
+    try:
+        records = read_index(db, lambda conn: run_query(conn, spec))
+    except (WhereError, QueryError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if not records:
+        click.echo("no checkpoint matches", err=True)
+        sys.exit(1)
+    if fmt == "paths":
+        _write_paths(records, null)
+    else:
+        _write_records(records, fmt, spec)
+
+
+def _write_paths(records: list[dict[str, Any]], null: bool) -> None:
+    """One path a line, or NUL-terminated with ``-0``; a path holding a newline is refused
+    without ``-0`` (it would read as two paths)."""
+    from ckpt_index.query.render import PathsFormatError, render_paths
+
+    try:
+        text = render_paths(records, null=null)
+    except PathsFormatError as exc:
+        raise click.ClickException(str(exc)) from None
+    write_data(text if null else text + "\n")
+
+
+def _write_records(records: list[dict[str, Any]], fmt: str, spec: QuerySpec) -> None:
+    """The table shows the ranking metric, and stops at a screenful on a terminal unless
+    ``--limit`` says how many rows to show."""
+    from ckpt_index.query.render import render_records
+    from ckpt_index.query.spec import parse_direction
+
+    options: dict[str, Any] = {}
+    if fmt == "table":
+        options["metric"] = parse_direction(spec.best_by)[0] if spec.best_by else None
+        if spec.limit is None and sys.stdout.isatty():
+            options["max_rows"] = max(10, shutil.get_terminal_size().lines - 4)
+    write_data(render_records(records, fmt, **options) + "\n")
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@db_option
+@friendly_errors
+def show(checkpoint: str, db: str | None) -> None:
+    """Print everything the index knows about one checkpoint, as JSON, whatever its status
+    (an unreadable checkpoint shows why in "error"). "unsafe_globals" lists the pickle globals
+    torch.load(weights_only=True) would refuse; the file is read now (isolated) when the index
+    does not know them.
+
+    Example:
+
+    \b
+        ckpt-index show outputs/exp/checkpoints/epoch-10_step-005420.ckpt
+    """
+    from ckpt_index.query.spec import find_checkpoint
+
+    record = read_index(db, lambda conn: find_checkpoint(conn, _index_path(checkpoint)))
+    if record is None:
+        click.echo(f"{_index_path(checkpoint)}: not in the index (run ckpt-index sync)", err=True)
+        sys.exit(1)
+    if (
+        record["unsafe_globals"] is None
+        and record["checkpoint_exists"]
+        and record["status"] != "unreadable"
+    ):
+        record["unsafe_globals"] = _inspect_now(record["checkpoint_path"])
+    click.echo(json.dumps(record, indent=2))
+
+
+def _inspect_now(path: str) -> list[str] | None:
+    """What loading ``path`` would run, read now in an isolated worker (the index is not
+    written)."""
+    from ckpt_index.isolation.pool import run_isolated
+
+    outcome = run_isolated("ckpt_index.sources.checkpoint.tasks:inspect_checkpoint_task", [path])
+    return outcome.value[1] if outcome.ok else None
+
+
+def _index_path(path: str) -> str:
+    """How the index spells a checkpoint path: the folder resolved, the file name as it is."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(folder), name)
+
+
+@click.command()
+@db_option
+@report_format_option
+@friendly_errors
+def stats(db: str | None, fmt: str) -> None:
+    """Counts of what the index holds.
+
+    Example:
+
+    \b
+        ckpt-index stats --format json
+    """
+    from ckpt_index.index.engine import resolve_db_url
+    from ckpt_index.query.render import escape_control
+    from ckpt_index.query.stats import index_stats
+
+    data = {"database": _safe_url(resolve_db_url(db)), **read_index(db, index_stats)}
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+        click.echo(f"{key + ':':<20}{escape_control(str(value))}")
+
+
+def _safe_url(url: str) -> str:
+    """The URL as it can be shown: without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@click.command()
+@click.argument("statement")
+@db_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice([f for f in RESULT_FORMATS if f != "paths"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Stop the statement after this long (0: no limit).",
+)
+@click.option(
+    "--allow-write-role",
+    is_flag=True,
+    help="PostgreSQL: run even as a superuser or a role that can write to the index "
+    "(refused by default: a READ ONLY transaction does not stop COPY ... TO "
+    "PROGRAM or dblink_exec).",
+)
+@friendly_errors
+def sql(statement: str, db: str | None, fmt: str, timeout: float, allow_write_role: bool) -> None:
+    """Run one read-only SQL statement against the index; writes are refused.
+
+    Tables: checkpoints, checkpoint_metrics (checkpoint_id, name, value); view
+    checkpoint_metrics_flat. An index at an older revision is read as it is (never migrated).
+    Rows are printed as they arrive. Exit status 1 when the statement is refused, fails or runs
+    past --timeout; 2 when there is no index.
+
+    Example:
+
+    \b
+        ckpt-index sql "SELECT encoder, max(hmean) FROM checkpoints GROUP BY encoder"
+        ckpt-index sql --timeout 300 --format csv "SELECT * FROM checkpoint_metrics_flat"
+        ckpt-index sql --allow-write-role --db postgresql+psycopg://admin@db/ckpt "SELECT 1"
+    """
+    from ckpt_index.index.engine import check_unlocked_read, disposing
+    from ckpt_index.index.readonly import ReadOnlyError, read_only_engine, stream_sql
+    from ckpt_index.query.render import stream_rows
+
+    with disposing(read_only_engine(db)) as engine:
+        try:
+            with stream_sql(
+                engine, statement, timeout=timeout, allow_write_role=allow_write_role
+            ) as result:
+                for piece in stream_rows(result.columns, result.batches, fmt):
+                    sys.stdout.write(piece)
+            check_unlocked_read(engine)
+            write_data("\n")
+        except ReadOnlyError as exc:
+            raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:
+            # The reader went away (| head): stop quietly, and keep Python's exit flush from
+            # failing.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
