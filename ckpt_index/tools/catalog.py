@@ -1,4 +1,4 @@
-"""The catalog API for applications (SPEC section 10): ``build_catalog(outputs_dir)``.
+"""The catalog API for applications (a checkpoint picker, a dashboard): ``build_catalog(dir)``.
 
 It syncs incrementally and answers from the index, so a UI that rebuilds its checkpoint list on
 every page load pays for a directory walk and one query, not for reading sidecars.
@@ -9,17 +9,18 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import select
 
-from ckpt_index.index.engine import open_engine, resolve_location
+from ckpt_index.index.engine import disposing, open_engine, resolve_location
 from ckpt_index.index.records import output_record
 from ckpt_index.index.store import path_range
 from ckpt_index.index.tables import checkpoints
 from ckpt_index.query.spec import fetch_metrics
 from ckpt_index.sync.roots import sync_roots
+from ckpt_index.vocabulary import UNKNOWN
 
 
 @dataclass
@@ -39,8 +40,9 @@ class CheckpointCatalogEntry:
     metrics: dict[str, float]
 
     def to_display_option(self) -> str:
-        """``dbnet · resnet50 · exp (ep10 • hmean 0.843 • prec 0.854 • rec 0.832 • 20251018_1432)``."""
-        head = " · ".join(x or "unknown" for x in (self.architecture, self.encoder, self.exp_name))
+        """``dbnet · resnet50 · exp (ep10 • hmean 0.843 • prec 0.854 • rec 0.832 •
+        20251018_1432)``; a name no source gave shows as ``unknown``."""
+        head = " · ".join(x or UNKNOWN for x in (self.architecture, self.encoder, self.exp_name))
         details = []
         if self.epoch is not None:
             details.append(f"ep{self.epoch}")
@@ -74,8 +76,7 @@ def build_catalog(outputs_dir: str | os.PathLike[str], db: Any = None) -> Checkp
     """Sync ``outputs_dir`` into the index and list its checkpoints, best hmean first."""
     started = time.perf_counter()
     root = os.path.abspath(os.fspath(outputs_dir))
-    engine = open_engine(db)
-    try:
+    with disposing(open_engine(db)) as engine:
         sync_roots(engine, [root])
         lo, hi = path_range(root)
         c = checkpoints.c
@@ -92,33 +93,11 @@ def build_catalog(outputs_dir: str | os.PathLike[str], db: Any = None) -> Checkp
         with engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(stmt)]
             metrics = fetch_metrics(conn, [r["id"] for r in rows])
-    finally:
-        engine.dispose()
+    names = [f.name for f in fields(CheckpointCatalogEntry)]
     entries = []
     for row in rows:
         record = output_record(row, metrics[row["id"]])
-        entries.append(
-            CheckpointCatalogEntry(
-                **{
-                    k: record[k]
-                    for k in (
-                        "checkpoint_path",
-                        "exp_name",
-                        "architecture",
-                        "encoder",
-                        "epoch",
-                        "global_step",
-                        "precision",
-                        "recall",
-                        "hmean",
-                        "created_at",
-                        "status",
-                        "source",
-                        "metrics",
-                    )
-                }
-            )
-        )
+        entries.append(CheckpointCatalogEntry(**{name: record[name] for name in names}))
     with_metadata = sum(e.status == "valid" for e in entries)
     return CheckpointCatalog(
         entries=entries,
