@@ -28,25 +28,27 @@ from sqlalchemy.exc import DBAPIError
 
 import ckpt_index
 from ckpt_index import api
-from ckpt_index.index import engine as db_module
+from ckpt_index.index import migrate
 from ckpt_index.index.engine import (
     ENV_VAR,
-    HEAD_REVISION,
     IndexMissingError,
-    SchemaTooNewError,
     create_index_engine,
-    downgrade,
-    known_revisions,
     open_engine,
     resolve_db_url,
-    upgrade,
     write_transaction,
+)
+from ckpt_index.index.migrate import (
+    HEAD_REVISION,
+    SchemaTooNewError,
+    downgrade,
+    known_revisions,
+    upgrade,
 )
 from ckpt_index.index.models import Base
 from ckpt_index.index.records import record_without_metadata
 from ckpt_index.index.store import upsert_records
 
-MIGRATIONS = Path(db_module.__file__).parent / "migrations"
+MIGRATIONS = migrate.MIGRATIONS_DIR
 OLD_REVISIONS = Path(__file__).parent / "data" / "old_revisions"
 OLD_FIXTURES = sorted(OLD_REVISIONS.glob("*.db"))
 #: A revision no release ships: what a database written by a newer ckpt-index looks like.
@@ -577,7 +579,7 @@ def test_models_and_migrations_agree(db_path: Path) -> None:
     engine = create_index_engine(url)
     try:
         with write_transaction(engine) as conn:
-            command.check(db_module.alembic_config(url, conn))  # raises when a diff is detected
+            command.check(migrate.alembic_config(url, conn))  # raises when a diff is detected
     finally:
         engine.dispose()
 
@@ -864,7 +866,8 @@ import sys, time
 from pathlib import Path
 
 db, rendezvous, n = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-from ckpt_index.index.engine import current_revision, open_engine, write_transaction
+from ckpt_index.index.engine import open_engine, write_transaction
+from ckpt_index.index.migrate import current_revision
 from ckpt_index.index.records import record_without_metadata
 from ckpt_index.index.store import upsert_records
 import alembic.command, alembic.script  # imported before the start line, not raced on

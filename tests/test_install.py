@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_index.index.engine import HEAD_REVISION, known_revisions
+from ckpt_index.index.migrate import HEAD_REVISION, known_revisions
 
 pytestmark = pytest.mark.slow
 
@@ -133,8 +133,9 @@ def test_the_installed_package_is_imported(installed: Installed, workdir: Path) 
         [
             installed.python,
             "-c",
-            "import sys, ckpt_index, ckpt_index.index.engine as db; "
-            "print(ckpt_index.__file__); print(db._MIGRATIONS); print(sys.flags.no_user_site, sys.path)",
+            "import sys, ckpt_index, ckpt_index.index.migrate as migrate; "
+            "print(ckpt_index.__file__); print(migrate.MIGRATIONS_DIR); "
+            "print(sys.flags.no_user_site, sys.path)",
         ],
         cwd=workdir,
     ).stdout.splitlines()

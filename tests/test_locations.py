@@ -23,14 +23,8 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
 from ckpt_index import api
-from ckpt_index.index.engine import (
-    HEAD_REVISION,
-    create_index_engine,
-    current_revision,
-    downgrade,
-    open_engine,
-    run_write,
-)
+from ckpt_index.index.engine import create_index_engine, open_engine, run_write
+from ckpt_index.index.migrate import HEAD_REVISION, current_revision, downgrade
 from ckpt_index.index.records import FileState, record_without_metadata
 from ckpt_index.index.store import upsert_records
 from ckpt_index.sidecar.files import sidecar_path_for

@@ -30,14 +30,13 @@ from sqlalchemy.pool import NullPool
 import ckpt_index
 from ckpt_index import api
 from ckpt_index.cli import cli
-from ckpt_index.index.engine import (
+from ckpt_index.index import migrate
+from ckpt_index.index.engine import create_index_engine, open_engine, run_write
+from ckpt_index.index.migrate import (
     HEAD_REVISION,
     SchemaTooNewError,
-    create_index_engine,
     current_revision,
     downgrade,
-    open_engine,
-    run_write,
     upgrade,
 )
 from ckpt_index.index.models import Base
@@ -46,7 +45,7 @@ from ckpt_index.index.store import upsert_records
 from ckpt_index.sidecar.files import sidecar_path_for
 
 TOO_NEW = "9999_from_the_future"
-MIGRATIONS = Path(ckpt_index.__file__).parent / "index" / "migrations"
+MIGRATIONS = migrate.MIGRATIONS_DIR
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -217,8 +216,6 @@ def test_models_and_migrations_agree_on_postgres(pg_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from ckpt_index.index import engine as db_module
-
     open_engine(pg_url).dispose()
     engine = create_index_engine(pg_url)
     try:
@@ -226,7 +223,7 @@ def test_models_and_migrations_agree_on_postgres(pg_url: str) -> None:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
         with engine.begin() as conn:
-            command.check(db_module.alembic_config(pg_url, conn))
+            command.check(migrate.alembic_config(pg_url, conn))
     finally:
         engine.dispose()
 

@@ -34,15 +34,13 @@ import ckpt_index
 from ckpt_index import api
 from ckpt_index.cli import cli
 from ckpt_index.index.engine import (
-    HEAD_REVISION,
     IndexChangedError,
-    IndexOutdatedError,
     check_unlocked_read,
     create_index_engine,
-    downgrade,
     is_sqlite,
     resolve_db_url,
 )
+from ckpt_index.index.migrate import HEAD_REVISION, IndexOutdatedError, downgrade
 
 OLD_FIXTURES = sorted((Path(__file__).parent / "data" / "old_revisions").glob("*.db"))
 COUNT = "SELECT count(*) AS n FROM checkpoints"

@@ -1,12 +1,12 @@
-"""Opening the index: one resolution rule for the database, engines, and the schema under alembic.
+"""Opening the index: one resolution rule for the database, the engines, and writes that retry.
 
 The database is ``--db`` (a path or SQLAlchemy URL), else ``$CKPT_INDEX_DB``, else
-``./ckpt_index.db``. Opening for writing creates a new database at head and upgrades an older one;
-several processes may do so at once (the upgrade runs under an exclusive lock and re-checks the
-revision). A database stamped with a revision this release does not know was written by a newer
-release and is refused before anything is written.
-
-alembic is imported only when a migration has to run, so opening an up-to-date index stays cheap.
+``./ckpt_index.db``; the location rows are indexed under is ``--location``, else
+``$CKPT_INDEX_LOCATION``, else the host name. Every engine on the index is made here with the
+settings its connections need (:func:`create_index_engine`); :func:`open_engine` also checks or
+brings the schema to this release's head through :mod:`ckpt_index.index.migrate`, which owns the
+schema's revision. Writes run in :func:`write_transaction`, and :func:`run_write` retries one that
+lost a race with another writer.
 """
 
 from __future__ import annotations
@@ -22,47 +22,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 DEFAULT_DB = "ckpt_index.db"
 ENV_VAR = "CKPT_INDEX_DB"
 LOCATION_ENV_VAR = "CKPT_INDEX_LOCATION"
-#: The newest alembic revision this release ships (a test checks it against migrations/).
-HEAD_REVISION = "0005"
 SQLITE_BUSY_TIMEOUT_S = 60.0
-_MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class IndexError_(Exception):
     """Base class for problems opening the index."""
 
 
-class SchemaTooNewError(IndexError_):
-    def __init__(self, url: str, found: str, head: str) -> None:
-        super().__init__(
-            f"the index {url} is at schema revision {found}, newer than this release's head "
-            f"{head}; upgrade ckpt-index to use it (nothing was written)"
-        )
-        self.found = found
-        self.head = head
-
-
 class IndexMissingError(IndexError_):
     """No index where one was expected (a reading command creates none)."""
-
-
-class IndexOutdatedError(IndexError_):
-    """An index at an older revision, opened by a command that needs head and only reads."""
-
-    def __init__(self, url: str, found: str, head: str) -> None:
-        super().__init__(
-            f"the index {url} is at schema revision {found}, older than this release's head "
-            f"{head}; run `ckpt-index db upgrade` (with write access) first; reading commands "
-            "never migrate (nothing was written)"
-        )
-        self.found = found
-        self.head = head
 
 
 class IndexChangedError(IndexError_):
@@ -78,7 +52,7 @@ def resolve_db_url(db: str | os.PathLike[str] | None = None) -> str:
 
 
 def resolve_location(location: str | None = None) -> str:
-    """Where this process indexes from: ``location``, else ``$CKPT_INDEX_LOCATION``, else the host name.
+    """Where this process indexes from: ``location``, else ``$CKPT_INDEX_LOCATION``, else the host.
 
     A checkpoint's identity in the index is (location, path): two machines may both have
     ``/data/outputs/...`` and a shared index keeps both. Name a filesystem every node mounts at the
@@ -101,46 +75,64 @@ def create_index_engine(
 ) -> Engine:
     """An engine with the settings every connection to the index needs.
 
-    ``on_connect`` runs on each new SQLite DBAPI connection (e.g. to install an authorizer).
+    A read-only engine never writes: on PostgreSQL its transactions are READ ONLY; a SQLite file is
+    opened with ``mode=ro`` (and must exist: :class:`IndexMissingError`), without locks when no
+    writer has it open (see :func:`_idle_wal_identity`). ``on_connect`` runs on each new SQLite
+    DBAPI connection (e.g. to install an authorizer).
     """
     if not is_sqlite(url):
         engine = create_engine(url, pool_pre_ping=True)
-        if readonly:
-            engine = engine.execution_options(postgresql_readonly=True)
-        return engine
+        return engine.execution_options(postgresql_readonly=True) if readonly else engine
     path = sqlite_file(url)
-    snapshot = None
     if readonly:
-        if path is None or not Path(path).is_file():
-            raise IndexMissingError(f"no index at {path or url}; run `ckpt-index sync ROOT` first")
-        uri = Path(path).absolute().as_uri() + "?mode=ro"
-        snapshot = _idle_wal_identity(path)
-        if snapshot is not None:
-            uri += "&immutable=1"
-        engine = create_engine(
-            "sqlite://",
-            creator=lambda: sqlite3.connect(
-                uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False
-            ),
-        )
-        if snapshot is not None:
-            _UNLOCKED_READS[engine] = (path, snapshot)
+        engine = _readonly_sqlite_engine(path, url)
     else:
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
         )
+    _configure_sqlite(engine, readonly=readonly, on_file=path is not None, on_connect=on_connect)
+    return engine
+
+
+def _readonly_sqlite_engine(path: str | None, url: str) -> Engine:
+    """An engine reading the SQLite file at ``path`` (``mode=ro``), lock-free when it is idle."""
+    if path is None or not Path(path).is_file():
+        raise IndexMissingError(f"no index at {path or url}; run `ckpt-index sync ROOT` first")
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    snapshot = _idle_wal_identity(path)
+    if snapshot is not None:
+        uri += "&immutable=1"
+    engine = create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(
+            uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False
+        ),
+    )
+    if snapshot is not None:
+        _UNLOCKED_READS[engine] = (path, snapshot)
+    return engine
+
+
+def _configure_sqlite(
+    engine: Engine,
+    *,
+    readonly: bool,
+    on_file: bool,
+    on_connect: Callable[[Any], None] | None,
+) -> None:
+    """Install the per-connection settings and the explicit BEGIN on a SQLite engine."""
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # We emit BEGIN ourselves (below): pysqlite's implicit transactions would defer locking and
         # commit around DDL, which breaks transactional migrations and invites SQLITE_BUSY upgrades.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         if readonly:
             cursor.execute("PRAGMA query_only = ON")
-        elif path is not None:
+        elif on_file:
             # journal_mode = WAL is not set here: it rewrites the file header, and a database from
-            # a newer release must be refused untouched. _use_wal() sets it after the check.
+            # a newer release must be refused untouched. use_wal() sets it after the check.
             cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         # LIKE is case-sensitive on PostgreSQL; the same here keeps --exp globs and --where
@@ -157,7 +149,13 @@ def create_index_engine(
         immediate = conn.get_execution_options().get("ckpt_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
-    return engine
+
+def driver_connection(conn: Connection) -> Any:
+    """The DBAPI connection under ``conn`` (sqlite3's or psycopg's), for what SQLAlchemy lacks."""
+    raw = conn.connection.driver_connection
+    if raw is None:  # only after the connection was invalidated
+        raise RuntimeError("the database connection was closed")
+    return raw
 
 
 #: Engines reading without locks (immutable), with the file's identity when they were made.
@@ -272,45 +270,7 @@ def run_write(
     raise AssertionError("unreachable")
 
 
-def current_revision(conn: Connection) -> str | None:
-    """The alembic revision the database is stamped with; ``None`` for an empty database."""
-    # has_table() rather than try/except: a failed SELECT would abort a PostgreSQL transaction.
-    if not inspect(conn).has_table("alembic_version"):
-        return None
-    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-
-
-def alembic_config(url: str, connection: Connection | None = None):
-    """An alembic Config built in code, so an installed wheel needs no alembic.ini."""
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    if connection is not None:
-        config.attributes["connection"] = connection
-    return config
-
-
-def known_revisions() -> set[str]:
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory(str(_MIGRATIONS))
-    return {rev.revision for rev in script.walk_revisions()}
-
-
-def _lock_for_migration(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        # Serialise concurrent upgrades across processes and machines; released at commit.
-        conn.execute(text("SELECT pg_advisory_xact_lock(724112001)"))
-
-
-def _refuse_unknown(url: str, found: str | None) -> None:
-    if found is not None and found != HEAD_REVISION and found not in known_revisions():
-        raise SchemaTooNewError(url, found, HEAD_REVISION)
-
-
-def _use_wal(engine: Engine, url: str) -> None:
+def use_wal(engine: Engine, url: str) -> None:
     """Put a SQLite file in WAL mode (a property of the file), once it is known to be ours.
 
     Switching the journal mode needs an exclusive lock, and SQLite may answer "database is
@@ -322,7 +282,7 @@ def _use_wal(engine: Engine, url: str) -> None:
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
     with engine.connect() as conn:
         # On the DBAPI connection, outside any transaction (the pragma is refused inside one).
-        raw = conn.connection.driver_connection
+        raw = driver_connection(conn)
         while True:
             try:
                 if raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
@@ -333,43 +293,6 @@ def _use_wal(engine: Engine, url: str) -> None:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.02 + 0.05 * random.random())
-
-
-def ensure_schema(engine: Engine, url: str) -> str:
-    """Bring the database to head (creating it if empty); return the revision it is at."""
-    with engine.connect() as conn:
-        found = current_revision(conn)
-        conn.rollback()
-    _refuse_unknown(url, found)
-    if found == HEAD_REVISION:
-        _use_wal(engine, url)
-        return found
-    upgrade(engine, url, HEAD_REVISION)
-    return HEAD_REVISION
-
-
-def upgrade(engine: Engine, url: str, target: str = "head") -> None:
-    from alembic import command
-
-    with engine.connect() as conn:
-        _refuse_unknown(url, current_revision(conn))
-        conn.rollback()
-    _use_wal(engine, url)
-    with write_transaction(engine) as conn:
-        _lock_for_migration(conn)
-        found = current_revision(conn)  # another process may have migrated while we waited
-        _refuse_unknown(url, found)
-        if found != target:
-            command.upgrade(alembic_config(url, conn), target)
-
-
-def downgrade(engine: Engine, url: str, target: str) -> None:
-    from alembic import command
-
-    with write_transaction(engine) as conn:
-        _lock_for_migration(conn)
-        _refuse_unknown(url, current_revision(conn))
-        command.downgrade(alembic_config(url, conn), target)
 
 
 def open_engine(
@@ -383,9 +306,14 @@ def open_engine(
     read-only.
 
     A read-only open never writes: a missing index raises :class:`IndexMissingError`, one from a
-    newer release :class:`SchemaTooNewError`, and one at an older revision
-    :class:`IndexOutdatedError` unless ``allow_older`` (raw SQL reads the tables as they are).
+    newer release :class:`~ckpt_index.index.migrate.SchemaTooNewError`, and one at an older
+    revision :class:`~ckpt_index.index.migrate.IndexOutdatedError` unless ``allow_older`` (raw SQL
+    reads the tables as they are).
     """
+    # Imported here: migrate works through this module's engines and transactions, and
+    # open_engine is the one place that joins the two.
+    from ckpt_index.index import migrate
+
     url = resolve_db_url(db)
     if not readonly and is_sqlite(url):
         path = sqlite_file(url)
@@ -394,20 +322,9 @@ def open_engine(
     engine = create_index_engine(url, readonly=readonly, on_connect=on_connect)
     try:
         if readonly:
-            with engine.connect() as conn:
-                found = current_revision(conn)
-                conn.rollback()
-            if found is None:
-                raise IndexMissingError(
-                    f"{url} holds no ckpt-index schema; run `ckpt-index sync` first"
-                )
-            if found != HEAD_REVISION:
-                if found not in known_revisions():
-                    raise SchemaTooNewError(url, found, HEAD_REVISION)
-                if not allow_older:
-                    raise IndexOutdatedError(url, found, HEAD_REVISION)
+            migrate.check_readable(engine, url, allow_older=allow_older)
         else:
-            ensure_schema(engine, url)
+            migrate.ensure_schema(engine, url)
     except BaseException:
         engine.dispose()
         raise

@@ -1,8 +1,9 @@
 """Typed ORM classes over the index tables, for code that prefers sessions to Core.
 
-The tables themselves are defined once, in :mod:`ckpt_index.index.tables` (SQLAlchemy Core, so that the
-CLI need not import the ORM); these classes map onto them and type their attributes::
+The tables themselves are defined once, in :mod:`ckpt_index.index.tables` (SQLAlchemy Core, so
+that the CLI need not import the ORM); these classes map onto them and type their attributes::
 
+    from sqlalchemy import select
     from sqlalchemy.orm import Session
     from ckpt_index import read_only_engine
     from ckpt_index.index.models import Checkpoint

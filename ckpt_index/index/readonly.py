@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from ckpt_index.index.engine import is_sqlite, open_engine, resolve_db_url
+from ckpt_index.index.engine import driver_connection, is_sqlite, open_engine, resolve_db_url
 
 _ALLOWED_ACTIONS = {
     sqlite3.SQLITE_SELECT,
@@ -136,7 +136,7 @@ def stream_sql(
     if _more_than_one_statement(statement):
         raise ReadOnlyError("only one statement may be run at a time")
     with engine.connect() as conn:
-        raw = conn.connection.driver_connection
+        raw = driver_connection(conn)
         deadline = None if timeout is None else time.monotonic() + timeout
         if deadline is not None:
             # Called every N virtual-machine steps; a non-zero answer interrupts the statement.
@@ -195,9 +195,8 @@ def _stream_postgresql(
     receives the rows in chunks instead of all at once.
     """
     with engine.connect() as conn:
-        dbapi = conn.dialect.dbapi
-        driver = conn.connection.driver_connection
-        cursor = driver.cursor()
+        dbapi = conn.dialect.loaded_dbapi
+        cursor = driver_connection(conn).cursor()
         try:
             try:
                 if not allow_write_role:

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from ckpt_index.index.engine import current_revision
+from ckpt_index.index.migrate import current_revision
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 
 

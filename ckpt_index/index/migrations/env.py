@@ -1,12 +1,18 @@
-"""Alembic environment. ckpt_index.index.engine builds the Config in code and passes an open connection."""
+"""Alembic environment.
+
+:func:`ckpt_index.index.migrate.alembic_config` builds the Config in code and passes an open
+connection, whose transaction the migrations run in; the command-line ``alembic`` (with an
+alembic.ini) opens its own.
+"""
 
 from __future__ import annotations
 
 import logging.config
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 
+from ckpt_index.index.engine import disposing, resolve_db_url
 from ckpt_index.index.tables import metadata as target_metadata_
 
 config = context.config
@@ -19,7 +25,7 @@ if config.config_file_name is not None and not logging.getLogger().handlers:
 target_metadata = target_metadata_
 
 
-def _run(connection) -> None:
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -46,13 +52,9 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from ckpt_index.index.engine import resolve_db_url
-
     url = config.get_main_option("sqlalchemy.url") or resolve_db_url(None)
-    engine = create_engine(url)
-    with engine.begin() as conn:
+    with disposing(create_engine(url)) as engine, engine.begin() as conn:
         _run(conn)
-    engine.dispose()
 
 
 if context.is_offline_mode():
