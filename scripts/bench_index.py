@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -341,12 +342,22 @@ def time_query(conn, spec, repeat: int) -> tuple[list[float], list[float], list[
     return samples, cpu, records
 
 
-def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, Any]:
-    from ckpt_index.index.engine import is_sqlite, open_engine
-    from ckpt_index.query.spec import QuerySpec, build_query
-    from ckpt_index.tools.demo import make_tree
+@dataclass
+class Bench:
+    """One N's run: its arguments, where it writes, and the figures it has gathered so far."""
 
-    res: dict[str, Any] = {"n": n}
+    n: int
+    args: argparse.Namespace
+    log: Any
+    nd: Path
+    root: Path
+    root_s: str
+    db_url: str
+    res: dict[str, Any] = field(default_factory=dict)
+
+
+def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, Any]:
+    """Every figure for one N, in order: the steps share the tree, the index and ``res``."""
     nd = base / f"n{n}"
     if nd.exists():
         shutil.rmtree(nd)
@@ -354,21 +365,36 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     root.mkdir(parents=True)
     root_s = os.path.abspath(root)
     db_url = args.db or "sqlite:///" + str((nd / "ckpt_index.db").absolute())
-    res["db"] = db_url
-
+    b = Bench(n, args, log, nd, root, root_s, db_url, {"n": n, "db": db_url})
     log(
         f"\n{'=' * 100}\nN = {n:,} checkpoints   (tree {root_s}; db {db_url}; load avg "
         f"{os.getloadavg()[0]:.1f})\n{'=' * 100}"
     )
+    paths, stamp = generate(b)
+    cold, nochange = cold_sync(b), nochange_sync(b)
+    victim = paths[len(paths) // 2]
+    change, one = one_change_sync(b, victim, stamp)
+    b.res["peak_rss_mb"] = max(cold["peak_rss_mb"], nochange["peak_rss_mb"], one["peak_rss_mb"])
+    index_best, plans = in_process_queries(b, victim, change)
+    whole_process_query(b, index_best)
+    seeds_way(b, index_best)
+    show_plans(b, plans)
+    profile_if_missed(b)
+    return b.res
 
-    # 1. generate --------------------------------------------------------------------------
+
+def generate(b: Bench) -> tuple[list[Path], float]:
+    """1. The tree, every mtime out of the racy window, and the I/O floor (warms the cache)."""
+    from ckpt_index.tools.demo import make_tree
+
+    args, res, log = b.args, b.res, b.log
     t0 = time.perf_counter()
-    paths = make_tree(root, n, seed=args.seed, per_experiment=args.per_experiment)
+    paths = make_tree(b.root, b.n, seed=args.seed, per_experiment=args.per_experiment)
     gen_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     stamp = time.time() - MTIME_AGE_S
     n_files = 0
-    for dirpath, _dirs, files in os.walk(root):
+    for dirpath, _dirs, files in os.walk(b.root):
         for name in files:
             os.utime(os.path.join(dirpath, name), (stamp, stamp))
             n_files += 1
@@ -392,7 +418,7 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     # I/O floor, and it warms the page cache so that sync and naive figures start alike.
     t0 = time.perf_counter()
     read_bytes = 0
-    for dirpath, _dirs, files in os.walk(root):
+    for dirpath, _dirs, files in os.walk(b.root):
         for name in files:
             if name.endswith(".metadata.yaml"):
                 with open(os.path.join(dirpath, name), "rb") as handle:
@@ -403,17 +429,21 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         f"    I/O floor: walk + read every sidecar's bytes ({read_bytes / 2**20:,.1f} MiB) in "
         f"{fmt_s(io_s)} (also warms the page cache)"
     )
+    return paths, stamp
 
-    # 2. cold sync -------------------------------------------------------------------------
-    fresh_db(db_url, owned=True, wipe=True)  # --db was checked once in main()
-    cold = run_sync_child(db_url, root_s)
+
+def cold_sync(b: Bench) -> dict[str, Any]:
+    """2. The first sync into a fresh index, in a child process."""
+    n, res = b.n, b.res
+    fresh_db(b.db_url, owned=True, wipe=True)  # --db was checked once in main()
+    cold = run_sync_child(b.db_url, b.root_s)
     s = cold["summary"]
     res["cold"] = cold
     res["cold_sync_s"] = cold["open_sync_s"]
     res["cold_sync_cpu_s"] = cold["cpu_s"]
     rate = n / cold["open_sync_s"]
     res["cold_rate_per_s"] = rate
-    log(
+    b.log(
         f"[2] cold sync (fresh DB, child process)\n"
         f"    open+sync {fmt_s(cold['open_sync_s'])} = {rate:,.0f} checkpoints/s, CPU "
         f"{fmt_s(cold['cpu_s'])}  "
@@ -426,10 +456,14 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         f"{s['invalid']:,}"
     )
     if s["added"] != n or s["valid"] != n:
-        log(f"    !! expected {n:,} added and valid rows")
+        b.log(f"    !! expected {n:,} added and valid rows")
+    return cold
 
-    # 3. no-change re-sync -----------------------------------------------------------------
-    nochange = run_sync_child(db_url, root_s)
+
+def nochange_sync(b: Bench) -> dict[str, Any]:
+    """3. A sync with nothing changed: nothing may be parsed."""
+    res, log = b.res, b.log
+    nochange = run_sync_child(b.db_url, b.root_s)
     s = nochange["summary"]
     res["nochange"] = nochange
     res["nochange_sync_s"] = nochange["open_sync_s"]
@@ -446,10 +480,14 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         f"unchanged {s['unchanged']:,}, updated {s['updated']}, removed {s['removed']}"
     )
 
-    # 4. one sidecar changed ---------------------------------------------------------------
-    victim = paths[len(paths) // 2]
+    return nochange
+
+
+def one_change_sync(b: Bench, victim: Path, stamp: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """4. A sync after one sidecar changed: exactly that one is parsed."""
+    res, log, root_s = b.res, b.log, b.root_s
     change = change_one_sidecar(victim, stamp + 1)
-    one = run_sync_child(db_url, root_s)
+    one = run_sync_child(b.db_url, root_s)
     s = one["summary"]
     res["one_change"] = one
     res["one_change_sync_s"] = one["open_sync_s"]
@@ -465,9 +503,39 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         f"    parsed {s['parsed']} ({'OK, == 1' if s['parsed'] == 1 else 'UNEXPECTED, want 1'}), "
         f"updated {s['updated']}, unchanged {s['unchanged']:,}"
     )
-    res["peak_rss_mb"] = max(cold["peak_rss_mb"], nochange["peak_rss_mb"], one["peak_rss_mb"])
+    return change, one
 
-    # 5. in-process queries ----------------------------------------------------------------
+
+def time_spec(b: Bench, conn, key: str, spec, label: str) -> str | None:
+    """Time one query spec in process, record its figures under ``key``; returns the first row's
+    checkpoint (the best)."""
+    samples, cpu, records = time_query(conn, spec, b.args.repeat)
+    med, low = median_min(samples)
+    b.res[key] = {
+        "median_ms": med * 1000,
+        "min_ms": low * 1000,
+        "cpu_median_ms": statistics.median(cpu) * 1000,
+        "samples_ms": [x * 1000 for x in samples],
+        "rows": len(records),
+    }
+    extra = ""
+    if key == "best_by_hmean" and records:
+        extra = f"  -> hmean {records[0]['hmean']} epoch {records[0]['epoch']}"
+    b.log(
+        f"    {label:<40} median {med * 1000:8.2f} ms   min {low * 1000:8.2f} ms   "
+        f"(CPU {statistics.median(cpu) * 1000:.2f} ms)   rows {len(records):,}{extra}"
+    )
+    return records[0]["checkpoint_path"] if records else None
+
+
+def in_process_queries(
+    b: Bench, victim: Path, change: dict[str, Any]
+) -> tuple[str | None, dict[str, list[str]]]:
+    """5. run_query in this process on a read-only engine; returns the best and the plans."""
+    from ckpt_index.index.engine import open_engine
+    from ckpt_index.query.spec import QuerySpec, build_query
+
+    args, res, log, db_url = b.args, b.res, b.log, b.db_url
     t0 = time.perf_counter()
     engine = open_engine(db_url, readonly=True)
     open_ro_s = time.perf_counter() - t0
@@ -504,23 +572,9 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
                 f"({'OK' if res['changed_row_hmean_ok'] else 'UNEXPECTED'})"
             )
             for key, spec, label in specs:
-                samples, cpu, records = time_query(conn, spec, args.repeat)
-                med, low = median_min(samples)
-                res[key] = {
-                    "median_ms": med * 1000,
-                    "min_ms": low * 1000,
-                    "cpu_median_ms": statistics.median(cpu) * 1000,
-                    "samples_ms": [x * 1000 for x in samples],
-                    "rows": len(records),
-                }
-                extra = ""
-                if key == "best_by_hmean" and records:
-                    index_best = records[0]["checkpoint_path"]
-                    extra = f"  -> hmean {records[0]['hmean']} epoch {records[0]['epoch']}"
-                log(
-                    f"    {label:<40} median {med * 1000:8.2f} ms   min {low * 1000:8.2f} ms   "
-                    f"(CPU {statistics.median(cpu) * 1000:.2f} ms)   rows {len(records):,}{extra}"
-                )
+                best = time_spec(b, conn, key, spec, label)
+                if key == "best_by_hmean":
+                    index_best = best
             res["best_by_ms"] = res["best_by_hmean"]["median_ms"]
             res["best_by_cpu_ms"] = res["best_by_hmean"]["cpu_median_ms"]
             res["index_best"] = index_best
@@ -529,7 +583,12 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
     finally:
         engine.dispose()
 
-    # 6. whole query process ---------------------------------------------------------------
+    return index_best, plans
+
+
+def whole_process_query(b: Bench, index_best: str | None) -> None:
+    """6. ``ckpt-index query`` as a whole process, beside the cost of importing the CLI."""
+    args, res, log, db_url = b.args, b.res, b.log, b.db_url
     exe = ckpt_index_executable()
     argv = [*exe, "query", "--best-by", "hmean", "--db", db_url, "--format", "json"]
     walls, cpus = [], []
@@ -570,7 +629,10 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         f"`python -c pass` median {fmt_s(statistics.median(bare))}"
     )
 
-    # 7. the seeds' way ----------------------------------------------------------------------
+
+def seeds_way(b: Bench, index_best: str | None) -> None:
+    """7. The seeds' way (parse every sidecar, then sort), up to --skip-naive-above."""
+    n, args, res, log, root_s = b.n, b.args, b.res, b.log, b.root_s
     if n <= args.skip_naive_above:
         t0 = time.perf_counter()
         naive, parsed, bad = naive_best(root_s)
@@ -599,7 +661,12 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         res.update(naive_s=None, naive_ratio=None)
         log(f"[7] the seeds' way: skipped (N > --skip-naive-above {args.skip_naive_above:,})")
 
-    # 8. plans -----------------------------------------------------------------------------
+
+def show_plans(b: Bench, plans: dict[str, list[str]]) -> None:
+    """8. The query plans the index answers with."""
+    from ckpt_index.index.engine import is_sqlite
+
+    n, log, db_url = b.n, b.log, b.db_url
     log(
         f"[8] query plans at N = {n:,} "
         f"({'EXPLAIN QUERY PLAN' if is_sqlite(db_url) else 'EXPLAIN ANALYZE'}, "
@@ -609,9 +676,12 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
         log(f"    {label}:")
         for line in lines:
             log(f"      {line}")
-    res["plans"] = plans
+    b.res["plans"] = plans
 
-    # Profiling (extra child runs on a scratch DB, so the figures above are unaffected).
+
+def profile_if_missed(b: Bench) -> None:
+    """Profiling: extra child runs on a scratch DB, so the figures above are unaffected."""
+    n, args, res, log, nd, root_s = b.n, b.args, b.res, b.log, b.nd, b.root_s
     misses = [
         k
         for k, _l, op, bound, _u in TARGETS.get(n, [])
@@ -633,7 +703,6 @@ def bench_one(n: int, args: argparse.Namespace, base: Path, log) -> dict[str, An
             )
             log(_indent(_trim_profile(prof["profile_cumulative"]), 4))
             log(_indent(_trim_profile(prof["profile_tottime"]), 4))
-    return res
 
 
 def _trim_profile(text: str) -> str:
@@ -712,7 +781,7 @@ def summary_table(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[s
     return lines, rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -757,35 +826,16 @@ def main(argv: list[str] | None = None) -> int:
         help="cProfile an extra cold and no-change sync (auto: when a sync target fails)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
-    args = parser.parse_args(argv)
-    try:
-        ns = parse_ns(args.n)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        parser.error(str(exc))
-    if args.repeat < 1:
-        parser.error("--repeat must be >= 1")
+    return parser
 
-    def log(text: str = "") -> None:
-        print(text, flush=True)
 
+def environment(ns: list[int], args: argparse.Namespace, base: Path, log) -> dict[str, Any]:
+    """The machine and library versions, logged with how the figures are measured."""
     import sqlite3
 
     import sqlalchemy
     import yaml
 
-    if args.db is not None and "://" not in args.db:
-        from ckpt_index.index.engine import resolve_db_url
-
-        args.db = resolve_db_url(args.db)
-    if args.db is not None:
-        # Refuse up front to empty a --db that held data before this run (unless --wipe-db);
-        # between N values the benchmark empties its own rows without asking.
-        fresh_db(args.db, owned=False, wipe=args.wipe_db)
-    created = args.workdir is None
-    base = Path(
-        tempfile.mkdtemp(prefix="ckpt-index-bench-") if created else args.workdir
-    ).absolute()
-    base.mkdir(parents=True, exist_ok=True)
     env = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -813,8 +863,15 @@ def main(argv: list[str] | None = None) -> int:
         "it, "
         "and subprocess spawns via vfork, so it reports at least this benchmark process's own RSS."
     )
+    return env
 
+
+def run_all(
+    ns: list[int], args: argparse.Namespace, base: Path, created: bool, env: dict[str, Any], log
+) -> bool:
+    """Every N, then the summary against the targets; True when a check failed."""
     results: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     try:
         for i, n in enumerate(ns):
             res = bench_one(n, args, base, log)
@@ -854,7 +911,37 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for n in ns:
                 shutil.rmtree(base / f"n{n}", ignore_errors=True)
-    return 1 if failed else 0
+    return bool(failed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        ns = parse_ns(args.n)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        parser.error(str(exc))
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+
+    def log(text: str = "") -> None:
+        print(text, flush=True)
+
+    if args.db is not None and "://" not in args.db:
+        from ckpt_index.index.engine import resolve_db_url
+
+        args.db = resolve_db_url(args.db)
+    if args.db is not None:
+        # Refuse up front to empty a --db that held data before this run (unless --wipe-db);
+        # between N values the benchmark empties its own rows without asking.
+        fresh_db(args.db, owned=False, wipe=args.wipe_db)
+    created = args.workdir is None
+    base = Path(
+        tempfile.mkdtemp(prefix="ckpt-index-bench-") if created else args.workdir
+    ).absolute()
+    base.mkdir(parents=True, exist_ok=True)
+    env = environment(ns, args, base, log)
+    return 1 if run_all(ns, args, base, created, env, log) else 0
 
 
 if __name__ == "__main__":
