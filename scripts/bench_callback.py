@@ -59,16 +59,11 @@ def _ms(values: list[float]) -> dict[str, float]:
     }
 
 
-def run(saves: int, top_k: int, root: Path, mode: str) -> dict[str, Any]:
-    """One fit; ``mode`` is ``none`` (no callback), ``background`` (default) or ``synchronous``."""
+def model_class() -> type:
+    """A tiny LightningModule logging the metrics a sidecar records, every step."""
     import lightning.pytorch as pl
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from ckpt_index.lightning import MetadataCallback
-    from ckpt_index.lightning._index_writer import IndexWriter
 
     class Model(pl.LightningModule):
         def __init__(self) -> None:
@@ -95,6 +90,13 @@ def run(saves: int, top_k: int, root: Path, mode: str) -> dict[str, Any]:
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
+    return Model
+
+
+def timed_checkpoint_class() -> type:
+    """A ModelCheckpoint that times Lightning's own save, for scale."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     class TimedCheckpoint(ModelCheckpoint):
         lightning_save: list[float] = []
 
@@ -102,6 +104,15 @@ def run(saves: int, top_k: int, root: Path, mode: str) -> dict[str, Any]:
             started = time.perf_counter()
             super()._save_checkpoint(trainer, filepath)
             self.lightning_save.append(time.perf_counter() - started)
+
+    return TimedCheckpoint
+
+
+def timed_callback_class(mode: str) -> type:
+    """A MetadataCallback timing what it adds on the training thread; ``synchronous`` mode
+    applies each index write at once instead of on the background thread."""
+    from ckpt_index.lightning import MetadataCallback
+    from ckpt_index.lightning._index_writer import IndexWriter
 
     class SynchronousWriter(IndexWriter):
         def submit(self, op):
@@ -141,10 +152,19 @@ def run(saves: int, top_k: int, root: Path, mode: str) -> dict[str, Any]:
                 self.writers.append(self._writer)
             return self._writer
 
+    return TimedCallback
+
+
+def run(saves: int, top_k: int, root: Path, mode: str) -> dict[str, Any]:
+    """One fit; ``mode`` is ``none`` (no callback), ``background`` (default) or ``synchronous``."""
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
     data = DataLoader(
         TensorDataset(torch.randn(saves * 4, 16), torch.randn(saves * 4, 1)), batch_size=4
     )
-    checkpoint = TimedCheckpoint(
+    checkpoint = timed_checkpoint_class()(
         dirpath=root / mode / "checkpoints",
         monitor="val/hmean",
         mode="max",
@@ -156,7 +176,7 @@ def run(saves: int, top_k: int, root: Path, mode: str) -> dict[str, Any]:
     callbacks: list[Any] = [checkpoint]
     meta = None
     if mode != "none":
-        meta = TimedCallback(db=root / f"{mode}.db")
+        meta = timed_callback_class(mode)(db=root / f"{mode}.db")
         callbacks.append(meta)
     trainer = pl.Trainer(
         max_epochs=1,
@@ -171,25 +191,85 @@ def run(saves: int, top_k: int, root: Path, mode: str) -> dict[str, Any]:
         callbacks=callbacks,
     )
     started = time.perf_counter()
-    trainer.fit(Model(), data)
+    trainer.fit(model_class()(), data)
     result: dict[str, Any] = {
         "fit_s": time.perf_counter() - started,
         "lightning_save": _ms(checkpoint.lightning_save),
     }
     if meta is not None:
-        result["callback_on_training_thread"] = _ms(meta.added[1:])
-        result["callback_cpu_on_training_thread"] = _ms(meta.added_cpu[1:])
-        result["first_save_ms"] = meta.added[0] * 1e3 if meta.added else None
-        batches = [s for w in meta.writers for s in w.batch_seconds]
-        applied = sum(w.applied for w in meta.writers)
-        if mode == "background":
-            result["background_batches"] = _ms(batches)
-            result["background_ops"] = applied
-            result["background_per_op_ms"] = (sum(batches) / applied * 1e3) if applied else None
-        else:
-            result["upsert_synchronous"] = _ms(batches[1:])
-        result["failures"] = meta._failures.count
+        result.update(callback_figures(meta, mode))
     return result
+
+
+def callback_figures(meta: Any, mode: str) -> dict[str, Any]:
+    """What the callback cost: on the training thread, and in the index writer's batches."""
+    result: dict[str, Any] = {}
+    result["callback_on_training_thread"] = _ms(meta.added[1:])
+    result["callback_cpu_on_training_thread"] = _ms(meta.added_cpu[1:])
+    result["first_save_ms"] = meta.added[0] * 1e3 if meta.added else None
+    batches = [s for w in meta.writers for s in w.batch_seconds]
+    applied = sum(w.applied for w in meta.writers)
+    if mode == "background":
+        result["background_batches"] = _ms(batches)
+        result["background_ops"] = applied
+        result["background_per_op_ms"] = (sum(batches) / applied * 1e3) if applied else None
+    else:
+        result["upsert_synchronous"] = _ms(batches[1:])
+    result["failures"] = meta._failures.count
+    return result
+
+
+def print_report(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    """The figures as a table (``--json`` prints ``summary`` instead)."""
+    figures = summary["runs"]
+    background, synchronous = figures["background"], figures["synchronous"]
+    added = summary["median_added_per_save_ms"]
+    sync_total = summary["median_sidecar_plus_synchronous_upsert_ms"]
+
+    def line(label: str, stats: dict[str, Any]) -> None:
+        if stats.get("n"):
+            print(
+                f"  {label:<46} median {stats['median_ms']:7.2f} ms"
+                f"   p95 {stats['p95_ms']:7.2f} ms"
+                f"   max {stats['max_ms']:7.2f} ms   (n={stats['n']})"
+            )
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"MetadataCallback overhead: {args.saves} saves, save_top_k={args.top_k}, "
+        "save_last=True, CPU; "
+        f"{os.cpu_count()} cores, load average {load:.1f}"
+    )
+    line("Lightning's own save (for scale)", background["lightning_save"])
+    line("added on the training thread (default)", background["callback_on_training_thread"])
+    line(
+        "  CPU time of it (excludes waiting on I/O)",
+        background["callback_cpu_on_training_thread"],
+    )
+    line("index upsert, background thread, per batch", background["background_batches"])
+    if background.get("background_per_op_ms") is not None:
+        print(
+            f"  {'index upsert, background thread, per checkpoint':<46} mean   "
+            f"{background['background_per_op_ms']:7.2f} ms"
+            f"   ({background['background_ops']} ops in "
+            f"{background['background_batches']['n']} batches)"
+        )
+    line("sidecar + synchronous upsert (no thread)", synchronous["callback_on_training_thread"])
+    line("  of which the upsert transaction", synchronous["upsert_synchronous"])
+    print(
+        "  first save (opens the index; background: off-thread)   "
+        f"{background['first_save_ms']:.1f} ms"
+        f" / synchronous {synchronous['first_save_ms']:.1f} ms"
+    )
+    print(
+        f"  fit wall time: without callback {figures['none']['fit_s']:.2f} s, with "
+        f"{background['fit_s']:.2f} s (background), {synchronous['fit_s']:.2f} s (synchronous)"
+    )
+    verdict = "within" if summary["within_target"] else "OVER"
+    print(
+        f"median added per save {added:.2f} ms; sidecar + upsert {sync_total:.2f} ms: "
+        f"{verdict} the {args.target_ms:g} ms target"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,51 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-
-        def line(label: str, stats: dict[str, Any]) -> None:
-            if stats.get("n"):
-                print(
-                    f"  {label:<46} median {stats['median_ms']:7.2f} ms"
-                    f"   p95 {stats['p95_ms']:7.2f} ms"
-                    f"   max {stats['max_ms']:7.2f} ms   (n={stats['n']})"
-                )
-
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(
-            f"MetadataCallback overhead: {args.saves} saves, save_top_k={args.top_k}, "
-            "save_last=True, CPU; "
-            f"{os.cpu_count()} cores, load average {load:.1f}"
-        )
-        line("Lightning's own save (for scale)", background["lightning_save"])
-        line("added on the training thread (default)", background["callback_on_training_thread"])
-        line(
-            "  CPU time of it (excludes waiting on I/O)",
-            background["callback_cpu_on_training_thread"],
-        )
-        line("index upsert, background thread, per batch", background["background_batches"])
-        if background.get("background_per_op_ms") is not None:
-            print(
-                f"  {'index upsert, background thread, per checkpoint':<46} mean   "
-                f"{background['background_per_op_ms']:7.2f} ms"
-                f"   ({background['background_ops']} ops in "
-                f"{background['background_batches']['n']} batches)"
-            )
-        line("sidecar + synchronous upsert (no thread)", synchronous["callback_on_training_thread"])
-        line("  of which the upsert transaction", synchronous["upsert_synchronous"])
-        print(
-            "  first save (opens the index; background: off-thread)   "
-            f"{background['first_save_ms']:.1f} ms"
-            f" / synchronous {synchronous['first_save_ms']:.1f} ms"
-        )
-        print(
-            f"  fit wall time: without callback {figures['none']['fit_s']:.2f} s, with "
-            f"{background['fit_s']:.2f} s (background), {synchronous['fit_s']:.2f} s (synchronous)"
-        )
-        verdict = "within" if summary["within_target"] else "OVER"
-        print(
-            f"median added per save {added:.2f} ms; sidecar + upsert {sync_total:.2f} ms: "
-            f"{verdict} the {args.target_ms:g} ms target"
-        )
+        print_report(args, summary)
     return 0 if summary["within_target"] else 1
 
 
