@@ -172,7 +172,7 @@ def timed(func: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
     return times, result
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gb", type=float, default=1.1, help="state dict size (default 1.1)")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the checkpoint")
@@ -185,81 +185,99 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="also time a checkpoint of N tiny tensors with Adam state",
     )
-    args = parser.parse_args(argv)
+    return parser
 
+
+def write_checkpoint(size_gb: float, path: Path) -> int:
+    """Write the checkpoint with ``torch.save``, print what it is; returns its size in bytes."""
     import torch
 
+    start = time.perf_counter()
+    checkpoint = make_checkpoint(size_gb)
+    torch.save(checkpoint, path)
+    n_tensors = len(checkpoint["state_dict"])
+    del checkpoint
+    write_s = time.perf_counter() - start
+    size = path.stat().st_size
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(f"checkpoint: {path}")
+    print(
+        f"  size {size / 1e9:.3f} GB ({size} bytes), {n_tensors} state_dict tensors, "
+        f"written in {write_s:.1f} s"
+    )
+    return size
+
+
+def time_reader(path: Path, size: int) -> tuple[float, float]:
+    """Time read_checkpoint, first read and warm; returns (warm median, first read) in ms."""
     from ckpt_index.sources.checkpoint.reader import read_checkpoint
 
+    dropped = drop_from_page_cache(path)
+    cold_times, _ = timed(lambda: read_checkpoint(path), 1)
+    timed(lambda: read_checkpoint(path), 1)  # warm-up
+    warm_times, contents = timed(lambda: read_checkpoint(path), 5)
+    reader_ms = statistics.median(warm_times) * 1e3
+    callback = contents.checkpoint_callbacks[0]
+    print("\nread_checkpoint (no torch involved):")
+    print(
+        "  first read, "
+        f"{'file dropped from page cache' if dropped else 'page cache not dropped'}: "
+        f"{cold_times[0] * 1e3:.2f} ms"
+    )
+    print(
+        f"  warm: median {reader_ms:.2f} ms of 5 (min {min(warm_times) * 1e3:.2f}, "
+        f"max {max(warm_times) * 1e3:.2f})"
+    )
+    print(
+        f"  bytes read: {contents.bytes_read} ({contents.bytes_read / size * 100:.5f}% of the file)"
+    )
+    print(
+        f"  epoch {contents.epoch}, global_step {contents.global_step}, "
+        f"encoder {contents.hyper_parameters['encoder']['model_name']}, "
+        f"{callback['monitor']} current {callback['current_score']:.4f} "
+        f"best {callback['best_model_score']:.4f}, "
+        f"{len(contents.state_dict_shapes)} shapes"
+    )
+    return reader_ms, cold_times[0] * 1e3
+
+
+def time_torch_load(path: Path, repeat: int, reader_ms: float) -> None:
+    """torch.load of the whole file, with and without mmap, beside the reader."""
+    import torch
+
+    load_times, _ = timed(lambda: torch.load(path, weights_only=False), repeat)
+    mmap_times, _ = timed(lambda: torch.load(path, mmap=True, weights_only=False), repeat)
+    load_ms = statistics.median(load_times) * 1e3
+    mmap_ms = statistics.median(mmap_times) * 1e3
+    print(
+        "\ntorch.load(weights_only=False):            "
+        f"median {load_ms:9.1f} ms of {repeat} "
+        f"-> {load_ms / reader_ms:8.0f}x the reader"
+    )
+    print(
+        f"torch.load(mmap=True, weights_only=False): median {mmap_ms:9.1f} ms of {repeat} "
+        f"-> {mmap_ms / reader_ms:8.0f}x the reader"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-ckpt-", dir=args.dir))
     path = workdir / "epoch-19_step-004100.ckpt"
     try:
-        start = time.perf_counter()
-        checkpoint = make_checkpoint(args.size_gb)
-        torch.save(checkpoint, path)
-        n_tensors = len(checkpoint["state_dict"])
-        del checkpoint
-        write_s = time.perf_counter() - start
-        size = path.stat().st_size
-        print(
-            f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
-            f"{os.cpu_count()} CPUs"
-        )
-        print(f"checkpoint: {path}")
-        print(
-            f"  size {size / 1e9:.3f} GB ({size} bytes), {n_tensors} state_dict tensors, "
-            f"written in {write_s:.1f} s"
-        )
-
-        dropped = drop_from_page_cache(path)
-        cold_times, _ = timed(lambda: read_checkpoint(path), 1)
-        timed(lambda: read_checkpoint(path), 1)  # warm-up
-        warm_times, contents = timed(lambda: read_checkpoint(path), 5)
-        reader_ms = statistics.median(warm_times) * 1e3
-        callback = contents.checkpoint_callbacks[0]
-        print("\nread_checkpoint (no torch involved):")
-        print(
-            "  first read, "
-            f"{'file dropped from page cache' if dropped else 'page cache not dropped'}: "
-            f"{cold_times[0] * 1e3:.2f} ms"
-        )
-        print(
-            f"  warm: median {reader_ms:.2f} ms of 5 (min {min(warm_times) * 1e3:.2f}, "
-            f"max {max(warm_times) * 1e3:.2f})"
-        )
-        print(
-            f"  bytes read: {contents.bytes_read} "
-            f"({contents.bytes_read / size * 100:.5f}% of the file)"
-        )
-        print(
-            f"  epoch {contents.epoch}, global_step {contents.global_step}, "
-            f"encoder {contents.hyper_parameters['encoder']['model_name']}, "
-            f"{callback['monitor']} current {callback['current_score']:.4f} "
-            f"best {callback['best_model_score']:.4f}, "
-            f"{len(contents.state_dict_shapes)} shapes"
-        )
-
-        load_times, _ = timed(lambda: torch.load(path, weights_only=False), args.repeat)
-        mmap_times, _ = timed(lambda: torch.load(path, mmap=True, weights_only=False), args.repeat)
-        load_ms = statistics.median(load_times) * 1e3
-        mmap_ms = statistics.median(mmap_times) * 1e3
-        print(
-            "\ntorch.load(weights_only=False):            "
-            f"median {load_ms:9.1f} ms of {args.repeat} "
-            f"-> {load_ms / reader_ms:8.0f}x the reader"
-        )
-        print(
-            f"torch.load(mmap=True, weights_only=False): median {mmap_ms:9.1f} ms of {args.repeat} "
-            f"-> {mmap_ms / reader_ms:8.0f}x the reader"
-        )
-
+        size = write_checkpoint(args.size_gb, path)
+        reader_ms, first_ms = time_reader(path, size)
+        time_torch_load(path, args.repeat, reader_ms)
         if args.many_tensors:
             bench_many_tensors(args.many_tensors, workdir)
 
         verdict = "PASS" if size >= 1e9 and reader_ms <= TARGET_MS else "FAIL"
         print(
             f"\ntarget: metadata of a >= 1 GB checkpoint in <= {TARGET_MS:.0f} ms: {verdict} "
-            f"({reader_ms:.2f} ms warm median, {cold_times[0] * 1e3:.2f} ms first read, "
+            f"({reader_ms:.2f} ms warm median, {first_ms:.2f} ms first read, "
             f"{size / 1e9:.2f} GB)"
         )
         return 0 if verdict == "PASS" else 1
