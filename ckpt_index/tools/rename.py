@@ -34,27 +34,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpt_index.sidecar.files import (
-    CKPT_SUFFIX,
-    SIDECAR_SUFFIX,
-    checkpoint_path_for,
-    sidecar_path_for,
-)
-from ckpt_index.sources.naming import parse_checkpoint_name, scheme_checkpoint_name
+from ckpt_index.sidecar.files import checkpoint_path_for, sidecar_path_for
 from ckpt_index.sync.scan import storable
+from ckpt_index.tools.rename_plan import (
+    RELINK_SUFFIX,
+    Action,
+    Step,
+    build_plan,
+    is_kept_name,
+    plan,
+    same_file,
+    scheme_path,
+)
+
+__all__ = ["Action", "RenameSummary", "is_kept_name", "plan", "rename_checkpoints"]
 
 log = logging.getLogger("ckpt_index.tools.rename")
-OLD_FORMATS = ("legacy_double", "legacy", "lightning")
-KEPT_PREFIXES = ("best", "last")
-RELINK_SUFFIX = ".ckpt-index-relink"
 
 
-@dataclass
-class Action:
-    kind: str  # rename | relink | delete | skip | error
-    path: str
-    target: str | None = None
-    reason: str | None = None
+#: (old checkpoint path, new checkpoint path, new sidecar path or None): a move the index follows.
+Moved = tuple[str, str, str | None]
+#: The RenameSummary counter of each kind of action.
+_COUNTERS = {
+    "rename": "renamed",
+    "delete": "deleted",
+    "skip": "skipped",
+    "error": "errors",
+    "relink": "relinked",
+}
 
 
 @dataclass
@@ -66,6 +73,12 @@ class RenameSummary:
     errors: int = 0
     relinked: int = 0
     actions: list[Action] = field(default_factory=list)
+
+    def record(self, action: Action) -> None:
+        """Note an action taken (or planned, in a dry run) and count it by kind."""
+        self.actions.append(action)
+        counter = _COUNTERS[action.kind]
+        setattr(self, counter, getattr(self, counter) + 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,246 +92,6 @@ class RenameSummary:
         }
 
 
-@dataclass
-class _Step:
-    """One action of the plan and what carrying it out needs."""
-
-    action: Action
-    relinks: list[Action] = field(default_factory=list)  # links to rewrite before the old name goes
-    link_was: dict[str, str] = field(default_factory=dict)  # link path -> what it pointed at
-    identity: tuple[int, int] | None = None  # (st_dev, st_ino) the file had when planned
-    ckpt: str | None = None  # for a moved sidecar: the checkpoint path the index knows it by
-
-
-def is_kept_name(name: str) -> bool:
-    """``best*`` and ``last*`` names are never renamed or deleted."""
-    return name.lower().startswith(KEPT_PREFIXES)
-
-
-def plan(
-    root: str | os.PathLike[str], *, delete_old: bool = False, keep_from_epoch: int | None = None
-) -> list[Action]:
-    """What a rename of ``root`` would do, without doing it (links to rewrite follow their rename)."""
-    return [
-        a for step in _plan(root, delete_old, keep_from_epoch) for a in (step.action, *step.relinks)
-    ]
-
-
-def _plan(
-    root: str | os.PathLike[str], delete_old: bool, keep_from_epoch: int | None
-) -> list[_Step]:
-    if delete_old and keep_from_epoch is None:
-        raise ValueError("delete_old needs keep_from_epoch: checkpoints of earlier epochs go")
-    if not Path(root).is_dir():
-        raise NotADirectoryError(f"{root}: not a directory")
-    # Resolved as sync resolves it: the paths acted on are the paths the index holds.
-    tree = _Tree(Path(os.path.realpath(root)))
-    steps: list[_Step] = []
-    claimed: set[str] = set()
-    for path, st in tree.checkpoints:
-        step = _plan_checkpoint(path, st, tree, claimed, delete_old, keep_from_epoch)
-        if step is not None:
-            steps.append(step)
-    for link in tree.links:
-        name = parse_checkpoint_name(link.name)
-        if (
-            link.name.endswith(CKPT_SUFFIX)
-            and not is_kept_name(link.name)
-            and (name.format in OLD_FORMATS or _too_old(name.epoch, delete_old, keep_from_epoch))
-        ):
-            steps.append(_Step(Action("skip", str(link), reason="a symbolic link: left as it is")))
-    for sidecar in tree.orphan_sidecars:
-        step = _plan_orphan_sidecar(sidecar, claimed)
-        if step is not None:
-            steps.append(step)
-    relinked = {link.path for step in steps for link in step.relinks}
-    for link in tree.links:
-        if str(link) not in relinked and (step := _plan_dangling_link(link, tree)) is not None:
-            steps.append(step)
-    return steps
-
-
-class _Tree:
-    """Everything under ``root`` (directory links not followed), read once by lstat."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.checkpoints: list[tuple[Path, os.stat_result]] = []
-        self.orphan_sidecars: list[Path] = []
-        self.links: list[Path] = []
-        #: (directory realpath, name) of a link's target -> the links pointing at it.
-        self.link_targets: dict[tuple[str, str], list[Path]] = {}
-        #: (st_dev, st_ino) of every file a link under root points at.
-        self.linked_inodes: set[tuple[int, int]] = set()
-        for directory, dirs, files in os.walk(root, followlinks=False):
-            dirs.sort()
-            here = Path(directory)
-            # os.walk lists a link to a directory under dirs; it is still a link to look at.
-            for name in sorted(files + [d for d in dirs if os.path.islink(here / d)]):
-                self._add(here / name)
-
-    def _add(self, path: Path) -> None:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return  # gone since the listing
-        if stat.S_ISLNK(st.st_mode):
-            if not path.name.endswith(RELINK_SUFFIX):
-                self._add_link(path)
-        elif not stat.S_ISREG(st.st_mode):
-            return
-        elif path.name.endswith(CKPT_SUFFIX):
-            self.checkpoints.append((path, st))
-        elif path.name.endswith(SIDECAR_SUFFIX) and not os.path.lexists(checkpoint_path_for(path)):
-            self.orphan_sidecars.append(path)
-
-    def _add_link(self, link: Path) -> None:
-        try:
-            content = os.readlink(link)
-        except OSError:
-            return
-        self.links.append(link)
-        self.link_targets.setdefault(_key(link.parent / content), []).append(link)
-        try:
-            target = os.stat(link)
-        except OSError:
-            return  # dangling (or a loop)
-        self.linked_inodes.add((target.st_dev, target.st_ino))
-
-
-def _key(path: Path) -> tuple[str, str]:
-    """A file's identity by name: its directory resolved, its own name not (it may be a link)."""
-    return os.path.realpath(path.parent), path.name
-
-
-def _plan_checkpoint(
-    path: Path,
-    st: os.stat_result,
-    tree: _Tree,
-    claimed: set[str],
-    delete_old: bool,
-    keep_from_epoch: int | None,
-) -> _Step | None:
-    name = parse_checkpoint_name(path.name)
-    old_format = name.format in OLD_FORMATS
-    too_old = _too_old(name.epoch, delete_old, keep_from_epoch)
-    if not (old_format or too_old):
-        return None
-    identity = (st.st_dev, st.st_ino)
-    if is_kept_name(path.name):
-        return _Step(Action("skip", str(path), reason="best*/last* names are kept as they are"))
-    target = (
-        path.with_name(scheme_checkpoint_name(name.epoch, name.step))
-        if (old_format and name.epoch is not None and name.step is not None)
-        else None
-    )
-    if target is not None and _same_file(target, st):
-        # An interrupted rename (both names, one inode): finish it before anything else.
-        claimed.add(str(target))
-        action = Action("rename", str(path), str(target), "completing an interrupted rename")
-        return _move_step(action, path, target, tree, identity)
-    kept = None
-    if too_old:
-        if identity in tree.linked_inodes:
-            kept = "kept: the target of a link"
-        elif st.st_nlink > 1:
-            kept = f"kept: it has {st.st_nlink - 1} other hard link(s)"
-        else:
-            return _Step(
-                Action("delete", str(path), reason=f"epoch {name.epoch} < {keep_from_epoch}"),
-                identity=identity,
-            )
-    if target is None:
-        return _Step(Action("skip", str(path), reason=kept or "the name gives no step"))
-    if (
-        os.path.lexists(target)
-        or os.path.lexists(sidecar_path_for(target))
-        or str(target) in claimed
-    ):
-        return _Step(Action("skip", str(path), str(target), kept or "target exists"))
-    claimed.add(str(target))
-    return _move_step(Action("rename", str(path), str(target), kept), path, target, tree, identity)
-
-
-def _move_step(
-    action: Action, source: Path, target: Path, tree: _Tree, identity: tuple[int, int]
-) -> _Step:
-    """A rename, with every link under root that points at ``source`` rewritten to ``target``."""
-    step = _Step(action, identity=identity)
-    for link in tree.link_targets.get(_key(source), []):
-        content = os.readlink(link)
-        # Same directory: only the last component changes, relative or absolute alike.
-        new = os.path.join(os.path.dirname(content), target.name)
-        step.relinks.append(Action("relink", str(link), new, f"pointed at {content}"))
-        step.link_was[str(link)] = content
-    return step
-
-
-def _scheme_path(path: Path) -> Path | None:
-    """Where a rename moves ``path``: the scheme name beside it, or None for a name it leaves."""
-    if is_kept_name(path.name):
-        return None
-    name = parse_checkpoint_name(path.name)
-    if name.format not in OLD_FORMATS or name.epoch is None or name.step is None:
-        return None
-    return path.with_name(scheme_checkpoint_name(name.epoch, name.step))
-
-
-def _plan_orphan_sidecar(sidecar: Path, claimed: set[str]) -> _Step | None:
-    """A sidecar whose checkpoint an earlier, interrupted rename already moved to its scheme name."""
-    ckpt = checkpoint_path_for(sidecar)
-    target = _scheme_path(ckpt)
-    if target is None:
-        return None
-    new_sidecar = sidecar_path_for(target)
-    try:
-        if not stat.S_ISREG(os.lstat(target).st_mode) or str(target) in claimed:
-            return None
-    except OSError:
-        return None  # an ordinary orphan sidecar: not ours to move
-    if os.path.lexists(new_sidecar):
-        if not _same_file(new_sidecar, os.lstat(sidecar)):
-            return None
-        reason = "completing an interrupted rename (sidecar linked, old name left)"
-    else:
-        reason = f"the sidecar of {target.name}, left behind by an interrupted rename"
-    claimed.add(str(target))
-    return _Step(Action("rename", str(sidecar), str(new_sidecar), reason), ckpt=str(ckpt))
-
-
-def _plan_dangling_link(link: Path, tree: _Tree) -> _Step | None:
-    """A link an earlier rename left pointing at an old name whose scheme name now exists."""
-    content = os.readlink(link)
-    pointed = link.parent / content
-    if os.path.lexists(pointed):
-        return None
-    if not Path(os.path.realpath(pointed.parent)).is_relative_to(tree.root):
-        return None  # what lies outside root is not ours to guess about
-    target = _scheme_path(pointed)
-    if target is None or not os.path.isfile(target):
-        return None
-    new = os.path.join(os.path.dirname(content), target.name)
-    return _Step(
-        Action("relink", str(link), new, f"pointed at the old name {content}"),
-        link_was={str(link): content},
-    )
-
-
-def _too_old(epoch: int | None, delete_old: bool, keep_from_epoch: int | None) -> bool:
-    return (
-        delete_old and epoch is not None and keep_from_epoch is not None and epoch < keep_from_epoch
-    )
-
-
-def _same_file(path: Path | str, st: os.stat_result) -> bool:
-    try:
-        other = os.lstat(path)
-    except OSError:
-        return False
-    return (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino)
-
-
-# ------------------------------------------------------------------------------------- apply
 def rename_checkpoints(
     root: str | os.PathLike[str],
     *,
@@ -329,19 +102,13 @@ def rename_checkpoints(
 ) -> RenameSummary:
     """Apply :func:`plan`; update the index when ``db`` (or the default index) exists.
 
-    ``db=False`` leaves every index alone (as ``MetadataCallback(db=False)``).
+    ``db=False`` leaves every index alone (as ``MetadataCallback(db=False)``). A step that fails
+    becomes an ``error`` action and the others go on: nothing is lost, and a rerun completes it.
     """
     summary = RenameSummary()
-    moved: list[tuple[str, str, str | None]] = []
+    moved: list[Moved] = []
     removed: list[str] = []
-    counter = {
-        "rename": "renamed",
-        "delete": "deleted",
-        "skip": "skipped",
-        "error": "errors",
-        "relink": "relinked",
-    }
-    for step in _plan(root, delete_old, keep_from_epoch):
+    for step in build_plan(root, delete_old, keep_from_epoch):
         action = step.action
         if action.kind != "relink":
             summary.processed += 1
@@ -352,29 +119,24 @@ def rename_checkpoints(
             if action.kind == "rename":
                 reason += " (nothing lost; a rerun completes it)"
             action, done = Action("error", action.path, action.target, reason), []
-        for a in (action, *done):
-            summary.actions.append(a)
-            setattr(summary, counter[a.kind], getattr(summary, counter[a.kind]) + 1)
-            log.info(
-                "%s%s %s%s",
-                "[dry run] " if dry_run else "",
-                a.kind,
-                a.path,
-                f" -> {a.target}"
-                if a.target and a.kind in ("rename", "relink")
-                else f" ({a.reason})"
-                if a.reason
-                else "",
-            )
+        for taken in (action, *done):
+            summary.record(taken)
+            log.info("%s%s", "[dry run] " if dry_run else "", _describe(taken))
     if not dry_run:
         _update_index(root, moved, removed, db)
     return summary
 
 
-def _apply(
-    step: _Step, moved: list[tuple[str, str, str | None]], removed: list[str]
-) -> list[Action]:
-    """Carry out one step; return the links it rewrote. Moves and deletions are noted for the index."""
+def _describe(action: Action) -> str:
+    """``rename PATH -> TARGET``, or ``KIND PATH (REASON)`` for the others."""
+    if action.target and action.kind in ("rename", "relink"):
+        return f"{action.kind} {action.path} -> {action.target}"
+    return f"{action.kind} {action.path}" + (f" ({action.reason})" if action.reason else "")
+
+
+def _apply(step: Step, moved: list[Moved], removed: list[str]) -> list[Action]:
+    """Carry out one step; return the links it rewrote. Moves and deletions are noted for the
+    index."""
     action = step.action
     path, target = Path(action.path), Path(action.target) if action.target else None
     if action.kind == "rename" and target is not None and step.ckpt is not None:
@@ -397,7 +159,7 @@ class _Changed(Exception):
     """A file changed between the plan and the step: the step is not taken."""
 
 
-def _move(source: Path, target: Path, step: _Step) -> list[Action]:
+def _move(source: Path, target: Path, step: Step) -> list[Action]:
     """Move a checkpoint, its sidecar and the links to it; return the links rewritten.
 
     The old checkpoint name is unlinked last, after the new name, the sidecar and the links are
@@ -406,7 +168,7 @@ def _move(source: Path, target: Path, step: _Step) -> list[Action]:
     st = os.lstat(source)
     if step.identity is not None and (st.st_dev, st.st_ino) != step.identity:
         raise _Changed(f"{source.name} was replaced since the plan")
-    if not _same_file(target, st):
+    if not same_file(target, st):
         # follow_symlinks=False: a link() of a symlink moves the link, never what it points at.
         os.link(source, target, follow_symlinks=False)
     old_sidecar = sidecar_path_for(source)
@@ -416,7 +178,7 @@ def _move(source: Path, target: Path, step: _Step) -> list[Action]:
     for relink in step.relinks:
         _relink(Path(relink.path), relink.target or "", step.link_was[relink.path])
         done.append(relink)
-    if not _same_file(target, os.lstat(source)):
+    if not same_file(target, os.lstat(source)):
         raise _Changed(f"{target.name} is no longer {source.name}")
     os.unlink(source)
     return done
@@ -426,7 +188,7 @@ def _move_sidecar(old: Path, new: Path) -> None:
     st = os.lstat(old)
     if not os.path.lexists(new):
         os.link(old, new, follow_symlinks=False)
-    elif not _same_file(new, st):
+    elif not same_file(new, st):
         raise _Changed(f"both {old.name} and {new.name} exist")
     os.unlink(old)
 
@@ -452,7 +214,8 @@ def _relink(link: Path, new_content: str, old_content: str) -> None:
 
 
 def _delete(path: Path, identity: tuple[int, int] | None) -> None:
-    """Delete a checkpoint planned for deletion, sidecar first: a rerun deletes what a crash left."""
+    """Delete a checkpoint planned for deletion, sidecar first: a rerun deletes what a crash
+    left."""
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != identity or st.st_nlink > 1:
         raise _Changed(f"{path.name} changed since the plan (kept)")
@@ -463,20 +226,14 @@ def _delete(path: Path, identity: tuple[int, int] | None) -> None:
 
 
 def _update_index(
-    root: str | os.PathLike[str],
-    moved: list[tuple[str, str, str | None]],
-    removed: list[str],
-    db: Any,
+    root: str | os.PathLike[str], moved: list[Moved], removed: list[str], db: Any
 ) -> None:
     """Rows follow the files: moved rows take their new paths, deleted files' rows go.
 
-    Rows a crashed earlier run left at old names (the files moved, the index write never came)
-    are found again: a row whose file is gone, whose name is an old format and whose scheme name
-    exists beside it moves there as well.
+    An index that does not exist is not created as a side effect of renaming.
     """
-    from sqlalchemy import select
-
     from ckpt_index.index.engine import (
+        disposing,
         is_sqlite,
         open_engine,
         resolve_db_url,
@@ -484,59 +241,48 @@ def _update_index(
         sqlite_file,
         write_transaction,
     )
-    from ckpt_index.index.store import delete_paths, path_range
-    from ckpt_index.index.tables import checkpoints
+    from ckpt_index.index.store import delete_paths, move_row
 
     if db is False:
         return
     url = resolve_db_url(db)
     if is_sqlite(url) and not os.path.exists(sqlite_file(url) or ""):
-        return  # no index to update; do not create one as a side effect of renaming
-    engine = open_engine(url)
+        return
     location = resolve_location()
+    with disposing(open_engine(url)) as engine, write_transaction(engine) as conn:
+        for old, new, new_sidecar in _with_earlier_moves(conn, root, moved, location):
+            old, new = os.path.abspath(old), os.path.abspath(new)
+            if storable(old):  # sync never indexes a name that is not text: there is no row
+                sidecar = os.path.abspath(new_sidecar) if new_sidecar else None
+                move_row(conn, old, new, sidecar_path=sidecar, location=location)
+        delete_paths(conn, [os.path.abspath(p) for p in removed], location=location)
+
+
+def _with_earlier_moves(
+    conn: Any, root: str | os.PathLike[str], moved: list[Moved], location: str
+) -> list[Moved]:
+    """``moved``, and the moves a crashed earlier run made without updating the index: a row whose
+    file is gone, whose name is an old format and whose scheme name exists beside it."""
+    from sqlalchemy import select
+
+    from ckpt_index.index.store import path_range
+    from ckpt_index.index.tables import checkpoints
+
     c = checkpoints.c
-    try:
-        with write_transaction(engine) as conn:
-            lo, hi = path_range(os.path.realpath(root))
-            known = conn.scalars(
-                select(c.checkpoint_path).where(
-                    c.location == location, c.checkpoint_path >= lo, c.checkpoint_path < hi
-                )
-            )
-            pending = {os.path.abspath(old) for old, _, _ in moved}
-            moved = list(moved) + [
-                m
-                for m in map(_moved_by_an_earlier_run, known)
-                if m is not None and m[0] not in pending
-            ]
-            for old, new, new_sidecar in moved:
-                old, new = os.path.abspath(old), os.path.abspath(new)
-                if not storable(old):
-                    continue  # sync never indexes a name that is not text: there is no row
-                row = conn.scalar(
-                    select(c.id).where(c.location == location, c.checkpoint_path == old)
-                )
-                if row is None:
-                    continue
-                # A row at the new path (a sync during an interrupted rename, or a stale row) would
-                # collide with the moved one, which carries the sidecar's metadata.
-                delete_paths(conn, [new], location=location)
-                conn.execute(
-                    checkpoints.update()
-                    .where(c.id == row)
-                    .values(
-                        checkpoint_path=new,
-                        sidecar_path=os.path.abspath(new_sidecar) if new_sidecar else None,
-                    )
-                )
-            delete_paths(conn, [os.path.abspath(p) for p in removed], location=location)
-    finally:
-        engine.dispose()
+    lo, hi = path_range(os.path.realpath(root))
+    known = conn.scalars(
+        select(c.checkpoint_path).where(
+            c.location == location, c.checkpoint_path >= lo, c.checkpoint_path < hi
+        )
+    )
+    pending = {os.path.abspath(old) for old, _, _ in moved}
+    earlier = [m for m in map(_moved_by_an_earlier_run, known) if m is not None]
+    return list(moved) + [m for m in earlier if m[0] not in pending]
 
 
-def _moved_by_an_earlier_run(indexed: str) -> tuple[str, str, str | None] | None:
+def _moved_by_an_earlier_run(indexed: str) -> Moved | None:
     path = Path(indexed)
-    target = _scheme_path(path)
+    target = scheme_path(path)
     if target is None or os.path.lexists(path) or not os.path.isfile(target):
         return None
     sidecar = sidecar_path_for(target)
