@@ -1,13 +1,13 @@
-"""Which values the index can store, the same on SQLite and PostgreSQL (SPEC section 11).
+"""Which values the index can store, the same on SQLite and PostgreSQL.
 
 A value from an untrusted file reaches a column only within these bounds: integers that fit their
 column (``Integer`` is 32-bit on PostgreSQL, ``BigInteger`` 64-bit; SQLite takes 64 bits) and a
 sane range, floats that are finite, text without NUL (PostgreSQL refuses it in ``text``) or lone
 surrogates (no UTF-8 encoder accepts them; Python makes them from undecodable bytes and from
 escapes such as ``"\\udc80"`` in YAML or JSON). The schema, the fallbacks and
-:func:`ckpt_index.index.records.check_record` all use these definitions.
+:func:`ckpt_index.index.boundary.check_record` all use these definitions.
 
-Nothing heavy is imported here: the query path imports this module through ``records``.
+Nothing heavy is imported here: the query path and the parsing worker import this module.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ GROUPABLE = ("exp_name", "architecture", "encoder", "training_phase")
 #: The directions of a ranking (a checkpoint's monitored ``mode``).
 MODES = ("min", "max")
 
-CANONICAL = ("precision", "recall", "hmean", "validation_loss")
+#: The metrics with a slot of their own: a sidecar field and a column of the index each.
+CANONICAL_METRICS = ("precision", "recall", "hmean", "validation_loss")
 
 _SEPARATORS = re.compile(r"[/_.\-]+")
 _VALIDATION = frozenset({"val", "valid", "validation", "eval", "evaluation", "cleval"})
@@ -87,7 +88,7 @@ def match_canonical(metrics: Mapping[str, float]) -> dict[str, str]:
         if isinstance(name, str) and (number := finite_float(value)) is not None
     }
     matched: dict[str, str] = {}
-    for slot in CANONICAL:
+    for slot in CANONICAL_METRICS:
         candidates = sorted(key for name in numbers if (key := _rank(name, slot)) is not None)
         for _, _, name in candidates:
             if slot == "validation_loss" or 0.0 <= numbers[name] <= 1.0:

@@ -2,7 +2,7 @@
 
 Hostile values (integers past 64 bits or past a 32-bit column, NaN, text with NUL or lone
 surrogates, names that are not text) once aborted a whole sync batch, or a sync on one backend
-only. Here they meet ``records.check_record`` directly, the real store on both backends, and a
+only. Here they meet ``boundary.check_record`` directly, the real store on both backends, and a
 real sync of crafted checkpoints and sidecars beside ordinary ones.
 """
 
@@ -22,14 +22,12 @@ from sqlalchemy import BigInteger, Boolean, Float, Integer, String, select
 
 from ckpt_index import api
 from ckpt_index.index import tables
+from ckpt_index.index.boundary import COLUMN_KINDS, UnstorableRecord, check_record
 from ckpt_index.index.engine import open_engine, write_transaction
 from ckpt_index.index.records import (
-    COLUMN_KINDS,
     METADATA_COLUMNS,
     FileState,
     Record,
-    UnstorableRecord,
-    check_record,
     record_from_inferred,
     record_from_metadata,
 )

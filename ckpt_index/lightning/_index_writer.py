@@ -1,4 +1,4 @@
-"""Index upserts and deletions on a background thread, so a slow or locked index never stalls training.
+"""Index upserts and deletions on a background thread: a slow or locked index never stalls training.
 
 Operations are applied in submission order. Whatever is queued when the thread wakes up goes into
 one write transaction, so a burst of saves costs one commit and a locked SQLite index costs one
@@ -18,8 +18,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from ckpt_index.index.boundary import check_record
 from ckpt_index.index.engine import open_engine, resolve_db_url, run_write
-from ckpt_index.index.records import FileState, check_record, record_from_metadata
+from ckpt_index.index.records import FileState, record_from_metadata
 from ckpt_index.index.store import delete_paths, upsert_records
 from ckpt_index.sidecar.schema import CheckpointMetadataV1, metadata_warnings
 
@@ -103,9 +104,11 @@ class IndexWriter:
                 if len(ops) != len(batch):
                     return
         finally:
-            if self._engine is not None:
-                self._engine.dispose()
-                self._engine: Engine | None = None
+            # The engine lives as long as the thread (a batch opens it when first needed, so a
+            # failure to open is reported for that batch and tried again by the next one).
+            engine, self._engine = self._engine, None
+            if engine is not None:
+                engine.dispose()
 
     def _set_busy_timeout(self, dbapi_conn: Any) -> None:
         dbapi_conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
@@ -146,9 +149,12 @@ def _runs(ops: list[Upsert | Delete]) -> list[list[Upsert | Delete]]:
 
 
 def _apply_run(conn: Connection, run: list[Upsert | Delete]) -> None:
-    if isinstance(run[0], Delete):
-        delete_paths(conn, [op.checkpoint_path for op in run])
+    """One statement for a run of operations of one kind (see :func:`_runs`)."""
+    deletes = [op.checkpoint_path for op in run if isinstance(op, Delete)]
+    if deletes:
+        delete_paths(conn, deletes)
         return
+    upserts = [op for op in run if isinstance(op, Upsert)]
     records = [
         record_from_metadata(
             op.meta,
@@ -158,7 +164,7 @@ def _apply_run(conn: Connection, run: list[Upsert | Delete]) -> None:
             sidecar=op.sidecar,
             warnings=metadata_warnings(op.meta),
         )
-        for op in run
+        for op in upserts
     ]
     # The same boundary as a sync's: a row either backend would refuse is made storable.
     upsert_records(conn, [check_record(r) for r in records])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_index.sources.naming import run_dir_of
+from ckpt_index.vocabulary import UNKNOWN
 
 
 def hydra_config_path(ckpt_path: str) -> str | None:
@@ -63,4 +64,4 @@ def default_exp_name(trainer: Any, ckpt_path: str) -> str:
         return run_dir.name
     if logger is not None and logger.name:
         return str(logger.name)
-    return "unknown"
+    return UNKNOWN

@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ckpt_index.index.boundary import UnstorableRecord, check_record
 from ckpt_index.index.records import (
     FileState,
     Record,
-    UnstorableRecord,
-    check_record,
     record_from_inferred,
     record_from_metadata,
     record_without_metadata,
@@ -208,7 +207,7 @@ def item_from_args(ckpt: Any, sidecar_path: str | None, sidecar: Any) -> Found:
 def checked_record(
     path: str, item: Found, record: Record, reason: str | None
 ) -> tuple[Record, str | None]:
-    """``record`` through the boundary check (:func:`~ckpt_index.index.records.check_record`): the
+    """``record`` through the boundary check (:func:`~ckpt_index.index.boundary.check_record`): the
     same row on every backend; a row it turns invalid carries its reason."""
     try:
         checked = check_record(record)
