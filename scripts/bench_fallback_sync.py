@@ -61,12 +61,10 @@ def isolate_wandb(base: Path) -> None:
         os.environ[f"WANDB_{name}"] = str(path)
 
 
-def train(work: Path, with_wandb: bool) -> tuple[Path, Path | None, float]:
-    """One real checkpoint (and the W&B run directory that logged it); also the seconds spent."""
-    started = time.perf_counter()
+def module_class() -> type:
+    """A tiny LightningModule with the hparams, metrics and CLEval results a real run has."""
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     class Module(L.LightningModule):
         def __init__(self) -> None:
@@ -101,6 +99,16 @@ def train(work: Path, with_wandb: bool) -> tuple[Path, Path | None, float]:
         def configure_optimizers(self) -> Any:
             return torch.optim.Adam(self.parameters(), lr=1e-3)
 
+    return Module
+
+
+def train(work: Path, with_wandb: bool) -> tuple[Path, Path | None, float]:
+    """One real checkpoint (and the W&B run directory that logged it); also the seconds spent."""
+    started = time.perf_counter()
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     logger: Any = False
     if with_wandb:
         from lightning.pytorch.loggers import WandbLogger
@@ -127,7 +135,7 @@ def train(work: Path, with_wandb: bool) -> tuple[Path, Path | None, float]:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(Module(), data, data)
+        trainer.fit(module_class()(), data, data)
     run_dir = None
     if with_wandb:
         import wandb
@@ -200,7 +208,7 @@ def timed_sync(outputs: Path, db: Path) -> tuple[float, float, Any]:
     return time.perf_counter() - started, summary.elapsed_s, summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1000, help="checkpoints to sync [1000]")
     parser.add_argument(
@@ -216,7 +224,37 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=None, help="where to build the tree [a temp dir]"
     )
     parser.add_argument("--keep", action="store_true", help="keep the tree and the index")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def cold_and_warm_syncs(
+    outputs: Path, work: Path, args: argparse.Namespace
+) -> tuple[list[float], list[float]]:
+    """``--repeat`` cold syncs, each into a new index and followed by a no-change re-sync;
+    returns the seconds spent in sync_roots by each."""
+    cold, warm = [], []
+    for i in range(args.repeat):
+        db = work / f"index-{i}.db"
+        total_s, sync_s, summary = timed_sync(outputs, db)
+        assert summary.inferred == args.count, summary.one_line()
+        print(
+            f"cold sync #{i + 1} (fresh index, inference on): {total_s:.2f} s total, "
+            f"{sync_s:.2f} s in sync_roots, {1e3 * sync_s / args.count:.2f} ms per checkpoint"
+        )
+        total2_s, sync2_s, summary2 = timed_sync(outputs, db)
+        assert summary2.unchanged == args.count and summary2.inferred == args.count, (
+            summary2.one_line()
+        )
+        print(f"  re-sync, nothing changed: {total2_s:.2f} s total, {sync2_s:.2f} s in sync_roots")
+        cold.append(sync_s)
+        warm.append(sync2_s)
+    print(f"  last cold: {summary.one_line()}")
+    print(f"  last re-sync: {summary2.one_line()}")
+    return cold, warm
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_fallback_sync_", dir=args.dir))
     try:
@@ -245,27 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{size / 1e6:.1f} MB, built in {tree_s:.1f} s"
         )
 
-        cold, warm = [], []
-        for i in range(args.repeat):
-            db = work / f"index-{i}.db"
-            total_s, sync_s, summary = timed_sync(outputs, db)
-            assert summary.inferred == args.count, summary.one_line()
-            print(
-                f"cold sync #{i + 1} (fresh index, inference on): {total_s:.2f} s total, "
-                f"{sync_s:.2f} s in sync_roots, {1e3 * sync_s / args.count:.2f} ms per checkpoint"
-            )
-            total2_s, sync2_s, summary2 = timed_sync(outputs, db)
-            assert summary2.unchanged == args.count and summary2.inferred == args.count, (
-                summary2.one_line()
-            )
-            print(
-                f"  re-sync, nothing changed: {total2_s:.2f} s total, {sync2_s:.2f} s in sync_roots"
-            )
-            cold.append(sync_s)
-            warm.append(sync2_s)
-        print(f"  last cold: {summary.one_line()}")
-        print(f"  last re-sync: {summary2.one_line()}")
-
+        cold, warm = cold_and_warm_syncs(outputs, work, args)
         median = statistics.median(cold)
         print(
             f"cold sync median {median:.2f} s (min {min(cold):.2f}); re-sync median "
