@@ -12,6 +12,9 @@ query plans, and a summary table of every figure against its target.
     python scripts/bench_index.py --n 10000 --db postgresql+psycopg://u@host/scratch --wipe-db
 
 Timings on a shared machine are noisy: query figures are the median (and min) of ``--repeat``.
+
+One file of about 950 lines on purpose: a script that runs by itself from a clean clone, one
+function per numbered step, with the child-process sync runner and the targets beside them.
 """
 
 from __future__ import annotations
