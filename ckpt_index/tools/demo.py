@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_index.sidecar.files import dump_document, sidecar_path_for
+from ckpt_index.vocabulary import PHASES
 
 ARCHITECTURES = ("dbnet", "craft", "pan")
 ENCODERS = {
@@ -24,7 +25,8 @@ ENCODERS = {
     "mobilenetv3_small_050": [16, 24, 48, 96],
     "efficientnet_b0": [24, 40, 112, 320],
 }
-PHASES = ("training", "finetuning")
+#: Demo experiments train, and every seventh fine-tunes (none is a validation run).
+DEMO_PHASES = tuple(p for p in PHASES if p != "validation")
 TAGS = ("ocr_baseline_v1", "ocr_aug_v2", "ocr_lr_sweep", "ocr_long_run")
 
 
@@ -43,9 +45,6 @@ def sidecar_document(
     created_at: _dt.datetime,
 ) -> dict[str, Any]:
     """A sidecar mapping shaped like the seed examples, with plausible values."""
-    precision = min(1.0, hmean + rng.uniform(0.0, 0.05))
-    recall = max(0.0, min(1.0, hmean * precision / max(2 * precision - hmean, 1e-9)))
-    val_loss = round(max(0.001, 0.12 * (1.0 - hmean) + rng.uniform(0, 0.01)), 6)
     return {
         "schema_version": "1.0",
         "checkpoint_path": checkpoint_path,
@@ -57,35 +56,8 @@ def sidecar_document(
             "training_phase": phase,
             "max_epochs": max_epochs,
         },
-        "model": {
-            "architecture": architecture,
-            "encoder": {"model_name": encoder, "pretrained": True, "frozen": False},
-            "decoder": {
-                "name": "pan_decoder" if architecture == "pan" else "unet_decoder",
-                "in_channels": ENCODERS[encoder],
-                "inner_channels": 256,
-                "output_channels": 128,
-                "params": {},
-            },
-            "head": {"name": "db_head", "in_channels": 128, "params": {}},
-            "loss": {"name": "db_loss", "params": {}},
-        },
-        "metrics": {
-            "precision": round(precision, 6),
-            "recall": round(recall, 6),
-            "hmean": round(hmean, 6),
-            "validation_loss": val_loss,
-            "additional_metrics": {
-                "val/precision": round(precision, 6),
-                "val/recall": round(recall, 6),
-                "val/hmean": round(hmean, 6),
-                "val/loss": val_loss,
-                "cleval/precision": round(precision, 6),
-                "cleval/recall": round(recall, 6),
-                "cleval/hmean": round(hmean, 6),
-                "train/loss": round(val_loss * rng.uniform(0.7, 0.95), 6),
-            },
-        },
+        "model": _model_section(architecture, encoder),
+        "metrics": _metrics_section(hmean, rng),
         "checkpointing": {
             "monitor": "val/hmean",
             "mode": "max",
@@ -93,6 +65,47 @@ def sidecar_document(
             "save_last": True,
         },
         "hydra_config_path": str(Path(checkpoint_path).parent.parent / ".hydra" / "config.yaml"),
+    }
+
+
+def _model_section(architecture: str, encoder: str) -> dict[str, Any]:
+    """The sidecar's ``model``: the decoder's input channels are the encoder's stage widths."""
+    return {
+        "architecture": architecture,
+        "encoder": {"model_name": encoder, "pretrained": True, "frozen": False},
+        "decoder": {
+            "name": "pan_decoder" if architecture == "pan" else "unet_decoder",
+            "in_channels": ENCODERS[encoder],
+            "inner_channels": 256,
+            "output_channels": 128,
+            "params": {},
+        },
+        "head": {"name": "db_head", "in_channels": 128, "params": {}},
+        "loss": {"name": "db_loss", "params": {}},
+    }
+
+
+def _metrics_section(hmean: float, rng: random.Random) -> dict[str, Any]:
+    """The sidecar's ``metrics``: precision a little above hmean, the recall that gives that
+    hmean, a validation loss falling as hmean rises, and the logged names they come from."""
+    precision = min(1.0, hmean + rng.uniform(0.0, 0.05))
+    recall = max(0.0, min(1.0, hmean * precision / max(2 * precision - hmean, 1e-9)))
+    val_loss = round(max(0.001, 0.12 * (1.0 - hmean) + rng.uniform(0, 0.01)), 6)
+    return {
+        "precision": round(precision, 6),
+        "recall": round(recall, 6),
+        "hmean": round(hmean, 6),
+        "validation_loss": val_loss,
+        "additional_metrics": {
+            "val/precision": round(precision, 6),
+            "val/recall": round(recall, 6),
+            "val/hmean": round(hmean, 6),
+            "val/loss": val_loss,
+            "cleval/precision": round(precision, 6),
+            "cleval/recall": round(recall, 6),
+            "cleval/hmean": round(hmean, 6),
+            "train/loss": round(val_loss * rng.uniform(0.7, 0.95), 6),
+        },
     }
 
 
@@ -168,7 +181,7 @@ def make_tree(
     for e in range(n_exp):
         arch = ARCHITECTURES[e % len(ARCHITECTURES)]
         encoder = list(ENCODERS)[(e // len(ARCHITECTURES)) % len(ENCODERS)]
-        phase = PHASES[e % 7 == 6]
+        phase = DEMO_PHASES[e % 7 == 6]
         stamp = start + _dt.timedelta(hours=7 * e, minutes=rng.randrange(60))
         exp_name = f"{TAGS[e % len(TAGS)]}-{arch}-{encoder}_{phase}_{stamp:%Y%m%d_%H%M%S}"
         ckpt_dir = root / exp_name / "checkpoints"
