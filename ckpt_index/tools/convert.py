@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -28,7 +29,7 @@ from ckpt_index.sidecar.files import (
 from ckpt_index.sidecar.schema import CheckpointMetadataV1, format_validation_error
 from ckpt_index.sources.merge import Inferred, created_at_of, infer_metadata
 from ckpt_index.storable import MAX_METRIC_NAME, clean_text, finite_float
-from ckpt_index.vocabulary import UNKNOWN
+from ckpt_index.vocabulary import CANONICAL_METRICS, MODES, UNKNOWN
 
 log = logging.getLogger("ckpt_index.tools.convert")
 
@@ -47,7 +48,7 @@ class ConvertSummary:
     written: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "found": self.found,
             "converted": self.converted,
@@ -87,7 +88,8 @@ def infer_isolated(
     workers = max(1, min(os.cpu_count() or 1, 8, len(paths) // 16 + 1))
     jobs = [(str(path), {"wandb_online": wandb_online}) for path in paths]
     with WorkerPool(workers, limits, chunk=16) as pool:
-        for path, outcome in zip(paths, pool.map("infer", jobs)):
+        outcomes = pool.map("ckpt_index.sources.merge:infer_task", jobs)
+        for path, outcome in zip(paths, outcomes, strict=True):  # one outcome per job
             if outcome.ok:
                 yield path, Inferred(**outcome.value), None
             else:
@@ -108,13 +110,7 @@ def metadata_from_inferred(
         raise ConversionError(inferred.unreadable)
     if f.get("epoch") is None or f.get("global_step") is None:
         raise ConversionError("no source gives the epoch and global step")
-    # Only what the index would keep: a metric it would drop is not worth vouching for.
-    metrics = {
-        name: value
-        for name, value in inferred.metrics.items()
-        if len(name) <= MAX_METRIC_NAME and finite_float(value) is not None
-    }
-    document: dict = {
+    document: dict[str, Any] = {
         "schema_version": "1.0",
         "checkpoint_path": str(ckpt_path),
         "exp_name": f.get("exp_name") or UNKNOWN,
@@ -124,37 +120,55 @@ def metadata_from_inferred(
             "global_step": f["global_step"],
             "training_phase": f.get("training_phase") or "training",
         },
-        "model": {
-            "architecture": f.get("architecture") or UNKNOWN,
-            "encoder": {"model_name": f.get("encoder") or UNKNOWN},
-            **{part: {"name": f[part]} for part in ("decoder", "head", "loss") if f.get(part)},
-        },
-        "metrics": {
-            **{
-                k: f[k]
-                for k in ("precision", "recall", "hmean", "validation_loss")
-                if f.get(k) is not None
-            },
-            "additional_metrics": metrics,
-        },
+        "model": _model_part(f),
+        "metrics": _metrics_part(f, inferred.metrics),
         "hydra_config_path": f.get("hydra_config_path"),
         "wandb_run_id": f.get("wandb_run_id"),
         # Provenance, an extra key the schema keeps: which source gave each field.
         "inferred_fields": dict(sorted(inferred.sources.items())),
     }
     if isinstance(f.get("monitor"), str) and f["monitor"]:
-        mode = f.get("mode")
-        document["checkpointing"] = {
-            "monitor": f["monitor"],
-            "mode": mode if mode in ("min", "max") else "max",
-            **{k: f[k] for k in ("save_top_k", "save_last") if f.get(k) is not None},
-        }
+        document["checkpointing"] = _checkpointing_part(f)
     try:
         return CheckpointMetadataV1.model_validate(document)
     except ValidationError as exc:
         raise ConversionError(
             f"metadata fails the schema: {format_validation_error(exc)}"
         ) from None
+
+
+def _model_part(f: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's ``model``: a name no source gives is ``unknown``; the decoder, head and
+    loss only when a source names them."""
+    return {
+        "architecture": f.get("architecture") or UNKNOWN,
+        "encoder": {"model_name": f.get("encoder") or UNKNOWN},
+        **{part: {"name": f[part]} for part in ("decoder", "head", "loss") if f.get(part)},
+    }
+
+
+def _metrics_part(f: dict[str, Any], logged: dict[str, Any]) -> dict[str, Any]:
+    """The canonical metrics a source gave, and every logged metric the index would keep (a
+    metric it would drop, by name length or a non-finite value, is not worth vouching for)."""
+    return {
+        **{k: f[k] for k in CANONICAL_METRICS if f.get(k) is not None},
+        "additional_metrics": {
+            name: value
+            for name, value in logged.items()
+            if len(name) <= MAX_METRIC_NAME and finite_float(value) is not None
+        },
+    }
+
+
+def _checkpointing_part(f: dict[str, Any]) -> dict[str, Any]:
+    """How the checkpoints were chosen: the monitored metric, its mode (max unless a source
+    says min) and ModelCheckpoint's settings when known."""
+    mode = f.get("mode")
+    return {
+        "monitor": f["monitor"],
+        "mode": mode if mode in MODES else "max",
+        **{k: f[k] for k in ("save_top_k", "save_last") if f.get(k) is not None},
+    }
 
 
 def check_round_trip(meta: CheckpointMetadataV1, target: Path) -> None:
@@ -197,22 +211,9 @@ def convert_checkpoints(
     for path, inferred, failure in results:
         target = sidecar_path_for(path)
         try:
-            if failure is not None:
-                raise ConversionError(f"cannot read the checkpoint: {failure}")
-            assert inferred is not None
-            meta = metadata_from_inferred(inferred, path)
-            check_round_trip(meta, target)
-            if not dry_run:
-                save_metadata(meta, path, force=force)
+            _convert_one(path, target, inferred, failure, force=force, dry_run=dry_run)
         except Exception as exc:  # noqa: BLE001 - one file never stops a conversion
-            reason = (
-                _one_line(
-                    str(exc)
-                    if isinstance(exc, ConversionError)
-                    else f"{exc.__class__.__name__}: {exc}"
-                )
-                or exc.__class__.__name__
-            )
+            reason = _failure_reason(exc)
             log.error("failed: %s: %s", path, reason)
             summary.failed += 1
             summary.failures.append((str(path), reason))
@@ -223,6 +224,30 @@ def convert_checkpoints(
             "%s: %s -> %s", "would convert" if dry_run else "converted", path.name, target.name
         )
     return summary
+
+
+def _convert_one(
+    path: Path,
+    target: Path,
+    inferred: Inferred | None,
+    failure: str | None,
+    *,
+    force: bool,
+    dry_run: bool,
+) -> None:
+    """Write one sidecar (not in a dry run) once it is known to read back as written."""
+    if failure is not None or inferred is None:
+        raise ConversionError(f"cannot read the checkpoint: {failure}")
+    meta = metadata_from_inferred(inferred, path)
+    check_round_trip(meta, target)
+    if not dry_run:
+        save_metadata(meta, path, force=force)
+
+
+def _failure_reason(exc: Exception) -> str:
+    """One line: a ConversionError's own words, any other error with its class name."""
+    text = str(exc) if isinstance(exc, ConversionError) else f"{exc.__class__.__name__}: {exc}"
+    return _one_line(text) or exc.__class__.__name__
 
 
 def _infer_here(
