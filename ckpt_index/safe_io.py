@@ -52,7 +52,7 @@ def human_bytes(n: int) -> str:
 
 
 def open_fd(path: str | os.PathLike[str], max_size: int | None) -> tuple[int, os.stat_result]:
-    """A read-only descriptor of the regular file at ``path`` and its ``fstat``; the caller closes it.
+    """The regular file at ``path`` opened read-only: ``(descriptor, fstat)``; the caller closes it.
 
     Links are followed (a checkpoint may be a link to its best copy); what they lead to must be a
     regular file. Raises :class:`UnsafeFileError` for anything else or a file over ``max_size``.

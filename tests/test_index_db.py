@@ -1,5 +1,5 @@
-"""The index database (SPEC section 5): one resolution rule, alembic-owned schema, upgrades of old
-databases, refusal of newer ones, concurrent opening, read-only access and ``ckpt-index db``.
+"""The index database: one resolution rule, alembic-owned schema, upgrades of old databases,
+refusal of newer ones, concurrent opening, read-only access and ``ckpt-index db``.
 
 ``tests/data/old_revisions/<revision>.db`` keeps one small database per schema revision, made by the
 generator functions in ``FIXTURE_GENERATORS`` below; every test that opens one works on a copy.
@@ -33,6 +33,7 @@ from ckpt_index.index.engine import (
     ENV_VAR,
     IndexMissingError,
     create_index_engine,
+    disposing,
     open_engine,
     resolve_db_url,
     write_transaction,
@@ -46,7 +47,7 @@ from ckpt_index.index.migrate import (
 )
 from ckpt_index.index.models import Base
 from ckpt_index.index.records import record_without_metadata
-from ckpt_index.index.store import upsert_records
+from ckpt_index.index.store import move_row, upsert_records
 
 MIGRATIONS = migrate.MIGRATIONS_DIR
 OLD_REVISIONS = Path(__file__).parent / "data" / "old_revisions"
@@ -529,7 +530,8 @@ def test_checkpoint_columns_are_indexed(db_path: Path, column: str) -> None:
             plan = " ".join(
                 row[-1]
                 for row in conn.exec_driver_sql(
-                    f"EXPLAIN QUERY PLAN SELECT id, checkpoint_path FROM checkpoints WHERE {column} = ?",
+                    "EXPLAIN QUERY PLAN SELECT id, checkpoint_path FROM checkpoints "
+                    f"WHERE {column} = ?",
                     ("x",),
                 )
             )
@@ -636,10 +638,28 @@ def test_foreign_keys_cascade_metrics(db_path: Path) -> None:
         with pytest.raises(DBAPIError):
             with write_transaction(engine) as conn:
                 conn.exec_driver_sql(
-                    "INSERT INTO checkpoint_metrics (checkpoint_id, name, value) VALUES (999, 'x', 1)"
+                    "INSERT INTO checkpoint_metrics (checkpoint_id, name, value) "
+                    "VALUES (999, 'x', 1)"
                 )
     finally:
         engine.dispose()
+
+
+def test_move_row_keeps_the_row_and_replaces_one_at_the_new_path(db_path: Path) -> None:
+    def row(path: str):
+        return record_without_metadata(
+            checkpoint_path=path, sidecar_path=None, ckpt=None, sidecar=None, error=None
+        )
+
+    with disposing(open_engine(db_path)) as engine:
+        with write_transaction(engine) as conn:
+            ids = upsert_records(conn, [row("/x/old.ckpt"), row("/x/new.ckpt")])
+            assert move_row(conn, "/x/old.ckpt", "/x/new.ckpt", sidecar_path="/x/new.yaml")
+            assert not move_row(conn, "/x/gone.ckpt", "/x/other.ckpt", sidecar_path=None)
+    rows = table_rows(db_path, "checkpoints")
+    assert [(r["id"], r["checkpoint_path"], r["sidecar_path"]) for r in rows] == [
+        (ids["/x/old.ckpt"], "/x/new.ckpt", "/x/new.yaml")
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -745,8 +765,10 @@ def test_old_revision_is_upgraded_with_rows_intact(
         assert len(new_rows) == len(old_rows), table
         shared = set(old_rows[0]) & set(new_rows[0])
         assert {"checkpoint_path", "hmean"} <= shared or table == "checkpoint_metrics"
-        project = lambda rows: [{k: row[k] for k in sorted(shared)} for row in rows]  # noqa: E731
-        assert project(new_rows) == project(old_rows), table
+        keys = sorted(shared)
+        assert [{k: row[k] for k in keys} for row in new_rows] == [
+            {k: row[k] for k in keys} for row in old_rows
+        ], table
     # The upgraded index is usable: the view, the unique key and an upsert of an existing path.
     with sqlite_connect(db) as con:
         flat = con.execute(
@@ -952,7 +974,8 @@ def test_processes_opening_at_once_all_succeed(state: str, tmp_path: Path) -> No
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    failures = [(p.returncode, err) for p, (_, err) in zip(procs, results) if p.returncode != 0]
+    outcomes = zip(procs, results, strict=True)
+    failures = [(p.returncode, err) for p, (_, err) in outcomes if p.returncode != 0]
     assert not failures, failures[0][1]
     assert [out.strip() for out, _ in results] == [HEAD_REVISION] * N_PROCESSES
 
@@ -1002,7 +1025,8 @@ def test_read_only_can_select(read_only) -> None:
     assert tuple(best) == ("exp2", pytest.approx(0.7))
     flat = read_only.execute(
         text(
-            "SELECT checkpoint_path, metric, value FROM checkpoint_metrics_flat WHERE metric = 'hmean'"
+            "SELECT checkpoint_path, metric, value FROM checkpoint_metrics_flat "
+            "WHERE metric = 'hmean'"
         )
     ).all()
     assert sorted(v for _, _, v in flat) == pytest.approx([0.5, 0.6, 0.7])
@@ -1114,7 +1138,7 @@ def test_db_history_lists_every_revision_newest_first(invoke) -> None:
     assert len(lines) == len(revisions)
     assert lines[0].split(":")[0].endswith(f"-> {HEAD_REVISION}")
     assert lines[-1].startswith(f"base -> {revisions[0]}:")
-    for line, older, newer in zip(reversed(lines), ["base", *revisions], revisions):
+    for line, older, newer in zip(reversed(lines), ["base", *revisions], revisions, strict=False):
         assert line.startswith(f"{older} -> {newer}: ")
 
 

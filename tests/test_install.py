@@ -1,6 +1,6 @@
-"""An installed wheel, not only the editable checkout, creates and upgrades a database (SPEC
-section 2): the migration scripts ship inside the package and the alembic configuration is built
-in code, so nothing from the source tree (alembic.ini, migrations/) is needed at run time.
+"""An installed wheel, not only the editable checkout, creates and upgrades a database: the
+migration scripts ship inside the package and the alembic configuration is built in code, so
+nothing from the source tree (alembic.ini, migrations/) is needed at run time.
 
 The wheel is built from a copy of the source tree (so the checkout gets no build/ directory) and
 installed with its dependencies into a fresh virtual environment without system site-packages;

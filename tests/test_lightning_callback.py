@@ -1,4 +1,5 @@
-"""MetadataCallback with a real lightning.Trainer on the CPU: sidecars and index rows follow the files."""
+"""MetadataCallback with a real lightning.Trainer on the CPU: sidecars and index rows follow the
+files."""
 
 from __future__ import annotations
 
@@ -145,7 +146,7 @@ def ckpt_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     ]
 
 
-# -- Top-k ------------------------------------------------------------------------------------------
+# -- Top-k -----------------------------------------------------------------------------------------
 
 
 def test_top_k_survivors_have_sidecars_and_rows_and_best_by_hmean(
@@ -276,7 +277,7 @@ def test_hydra_run_directory_is_recorded(tmp_path, db_path):
     )
 
 
-# -- Every-n, several ModelCheckpoints, save_last, resume -----------------------------------------
+# -- Every-n, several ModelCheckpoints, save_last, resume ------------------------------------------
 
 
 def test_every_n_epochs(tmp_path, db_path):
@@ -439,7 +440,7 @@ def test_a_crashing_fit_still_leaves_sidecars_and_rows(tmp_path, db_path):
     assert_consistent(ckpts, db_path)
 
 
-# -- W&B ----------------------------------------------------------------------------------------------
+# -- W&B -------------------------------------------------------------------------------------------
 
 
 def test_wandb_offline_run_id(tmp_path, db_path, monkeypatch):
@@ -470,7 +471,7 @@ def test_wandb_offline_run_id(tmp_path, db_path, monkeypatch):
     assert indexed(db_path)[str(ckpt)]["wandb_run_id"] == run_id
 
 
-# -- Failures never stop training --------------------------------------------------------------------
+# -- Failures never stop training ------------------------------------------------------------------
 
 
 def test_locked_index(tmp_path, db_path, caplog, invoke):
@@ -566,7 +567,7 @@ def test_repeated_failures_log_one_warning(tmp_path, caplog):
     assert "2 metadata operations failed" in mine[2][1]
 
 
-# -- DDP -----------------------------------------------------------------------------------------------
+# -- DDP -------------------------------------------------------------------------------------------
 
 
 class RecordingCallback(MetadataCallback):
@@ -624,7 +625,7 @@ def test_ddp_two_processes_write_each_sidecar_once(tmp_path, db_path):
     assert_consistent(scheme_dir / "checkpoints", db_path)
 
 
-# -- Arguments, helpers, imports ---------------------------------------------------------------------
+# -- Arguments, helpers, imports -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

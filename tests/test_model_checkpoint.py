@@ -1,4 +1,5 @@
-"""UniqueModelCheckpoint: the naming scheme, the best-* link, resuming in place (real Trainer, CPU)."""
+"""UniqueModelCheckpoint: the naming scheme, the best-* link, resuming in place (a real Trainer on
+the CPU)."""
 
 from __future__ import annotations
 
@@ -107,7 +108,8 @@ def test_scheme_layout_and_names(tmp_path, db_path):
     assert best.is_symlink() and os.readlink(best) == "epoch-04_step-000010.ckpt"
     assert checkpoint.best_link_path == str(best)
 
-    # Every file, links included, has its sidecar and row; the replaced best-hmean-0.9000 link has neither.
+    # Every file, links included, has its sidecar and row; the replaced best-hmean-0.9000 link has
+    # neither.
     assert {p.name for p in ckpts.glob("*.metadata.yaml")} == {
         n.replace(".ckpt", ".metadata.yaml") for n in names(ckpts)
     }
@@ -160,7 +162,8 @@ def test_explicit_dirpath_keeps_the_file_names(tmp_path):
 
 
 def test_best_link_follows_a_top_1_checkpoint(tmp_path, db_path):
-    # With save_top_k=1 the old best file is deleted before the link moves: no dangling link remains.
+    # With save_top_k=1 the old best file is deleted before the link moves: no link is left
+    # dangling.
     checkpoint = scheme(save_top_k=1, save_last=False)
     fit(tmp_path, [checkpoint, MetadataCallback(db=db_path)], max_epochs=5)
     ckpts = Path(checkpoint.dirpath)
@@ -224,7 +227,8 @@ def test_a_new_phase_starts_a_new_run_directory(tmp_path):
     [
         (
             {"training_phase": "fine-tuning"},
-            "UniqueModelCheckpoint(training_phase='fine-tuning'): training_phase must be letters only",
+            "UniqueModelCheckpoint(training_phase='fine-tuning'): "
+            "training_phase must be letters only",
         ),
         (
             {"timestamp": "2025-10-15"},

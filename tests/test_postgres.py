@@ -75,8 +75,8 @@ def snapshot(url: str, reader=None) -> dict[str, Any]:
             ).all()
             indexes = conn.execute(
                 text(
-                    "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
-                    "ORDER BY indexname"
+                    "SELECT indexname, indexdef FROM pg_indexes "
+                    "WHERE schemaname = current_schema() ORDER BY indexname"
                 )
             ).all()
             state: dict[str, Any] = {"objects": objects, "columns": columns, "indexes": indexes}

@@ -1,4 +1,4 @@
-"""Tests for the sidecar schema ``CheckpointMetadataV1`` (SPEC section 3).
+"""Tests for the sidecar schema ``CheckpointMetadataV1`` (``schema_version: "1.0"``).
 
 Every constraint is exercised with a bad value, and the rejection reason must be one line that
 names the field path. The seed sidecars must load unchanged; a missing hmean is only a warning;

@@ -1,4 +1,4 @@
-"""Tests for reading and writing ``X.metadata.yaml`` sidecars (SPEC section 4).
+"""Tests for reading and writing ``X.metadata.yaml`` sidecars, the file beside ``X.ckpt``.
 
 Naming, atomic and alias-free writing, and above all defensive reading: every hostile or broken
 file is rejected with a one-line reason, in bounded time and memory, with nothing executed, and a

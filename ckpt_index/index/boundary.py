@@ -186,29 +186,32 @@ def check_record(record: Record) -> Record:
     """
     columns, metrics = record.columns, record.metrics
     bad = _bad_columns(columns)
-    bad_metrics = [
-        name
-        for name, value in metrics.items()
-        if not _plain_metric(name, value) and not _metric_fits(name, value)
-    ]
+    bad_metrics = _bad_metrics(metrics)
     path = columns.get("checkpoint_path")
     if type(path) is not str or "checkpoint_path" in bad or "location" in bad:
         raise UnstorableRecord(f"checkpoint path {show(path)} is not storable text")
     if not bad and not bad_metrics:
         return record
-    if columns.get("status") in _VOUCHED:
-        for name in bad:
-            if name in METADATA_COLUMNS and name not in _ROW_TEXT:
-                reason = f"{name}: {_check_for(name, columns[name]).problem(name, columns[name])}"
-                return check_record(_invalid(record, reason))
+    reason = _vouched_problem(columns, bad)
+    if reason is not None:
+        return check_record(_invalid(record, reason))
     fixed, notes = _repair_columns(columns, bad)
     kept, metric_notes = _repair_metrics(metrics, bad_metrics)
     notes += metric_notes
     if notes:
-        fixed["warnings"] = "; ".join(
-            ([fixed["warnings"]] if fixed.get("warnings") else []) + notes
-        )
+        previous = [fixed["warnings"]] if fixed.get("warnings") else []
+        fixed["warnings"] = "; ".join(previous + notes)
     return Record(fixed, kept)
+
+
+def _vouched_problem(columns: dict[str, Any], bad: Iterable[str]) -> str | None:
+    """``"<column>: <problem>"`` for the first bad metadata value of a row a file vouches for."""
+    if columns.get("status") not in _VOUCHED:
+        return None
+    for name in bad:
+        if name in METADATA_COLUMNS and name not in _ROW_TEXT:
+            return f"{name}: {_check_for(name, columns[name]).problem(name, columns[name])}"
+    return None
 
 
 def _bad_columns(columns: dict[str, Any]) -> list[str]:
@@ -234,6 +237,15 @@ def _bad_columns(columns: dict[str, Any]) -> list[str]:
         if value is not None and not _check_for(name, value).fits(name, value):
             bad.append(name)
     return bad
+
+
+def _bad_metrics(metrics: dict[str, float]) -> list[Any]:
+    """The names of the metrics whose name or value does not fit."""
+    return [
+        name
+        for name, value in metrics.items()
+        if not _plain_metric(name, value) and not _metric_fits(name, value)
+    ]
 
 
 def _plain_metric(name: Any, value: Any) -> bool:

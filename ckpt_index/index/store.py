@@ -1,7 +1,7 @@
 """Writing records into the index: dialect-appropriate upserts keyed by checkpoint path.
 
-These functions take a connection inside a write transaction (``db.write_transaction``) and never
-commit themselves, so a caller decides what is atomic: a sync commits batch by batch, the
+These functions take a connection inside a write transaction (``engine.write_transaction``) and
+never commit themselves, so a caller decides what is atomic: a sync commits batch by batch, the
 training callback one checkpoint at a time.
 """
 
@@ -10,13 +10,16 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select
 
 from ckpt_index.index.engine import resolve_location, write_transaction
 from ckpt_index.index.records import Record
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints, wandb_run_cache
+
+if TYPE_CHECKING:  # each dialect is imported when its first upsert is built
+    from sqlalchemy.dialects import postgresql, sqlite
 
 _CHUNK = 500
 
@@ -33,13 +36,17 @@ def _upsert_statement(conn: Connection, columns: Iterable[str], overwrite: bool 
 @functools.lru_cache(maxsize=16)
 def _build_upsert(dialect_name: str, columns: tuple[str, ...], overwrite: bool = True):
     # Cached: building the statement was half the cost of the callback's one-row upsert.
+    stmt: postgresql.Insert | sqlite.Insert
     if dialect_name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        stmt = postgresql_insert(checkpoints)
     elif dialect_name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(checkpoints)
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported backends
         raise NotImplementedError(f"no upsert for {dialect_name}")
-    stmt = dialect_insert(checkpoints)
     keys = ("location", "checkpoint_path")
     returning = (checkpoints.c.id, checkpoints.c.checkpoint_path)
     if not overwrite:
@@ -128,6 +135,34 @@ def delete_paths(conn: Connection, paths: Sequence[str], *, location: str | None
     ]
     delete_rows(conn, ids)
     return len(ids)
+
+
+def move_row(
+    conn: Connection,
+    old: str,
+    new: str,
+    *,
+    sidecar_path: str | None,
+    location: str | None = None,
+) -> bool:
+    """Give the row of checkpoint ``old`` the path ``new`` (a renamed checkpoint keeps its row and
+    metadata); ``False`` when ``old`` has no row.
+
+    A row already at ``new`` (from a sync during an interrupted rename, or a stale one) is deleted
+    first: it would collide with the moved row, which carries the sidecar's metadata.
+    """
+    location = resolve_location(location)
+    c = checkpoints.c
+    row_id = conn.scalar(select(c.id).where(c.location == location, c.checkpoint_path == old))
+    if row_id is None:
+        return False
+    delete_paths(conn, [new], location=location)
+    conn.execute(
+        checkpoints.update()
+        .where(c.id == row_id)
+        .values(checkpoint_path=new, sidecar_path=sidecar_path)
+    )
+    return True
 
 
 def path_range(root: str) -> tuple[str, str]:

@@ -23,7 +23,7 @@ _EXPORTS = {
     "UniqueModelCheckpoint": "ckpt_index.lightning.model_checkpoint",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["MetadataCallback", "UniqueModelCheckpoint"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,5 @@
-"""One warning per run for metadata failures; repeats go to DEBUG so a broken index cannot flood logs."""
+"""One warning per run for metadata failures; repeats go to DEBUG, so a broken index cannot flood
+the logs."""
 
 from __future__ import annotations
 

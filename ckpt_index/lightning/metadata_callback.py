@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: ModelCheckpoint methods wrapped per instance: each returns once the file operation is done.
 _HOOKED = ("_save_checkpoint", "_link_checkpoint", "_remove_checkpoint")
+#: The attribute naming the callback that installed a ModelCheckpoint wrapper (see _unhook).
+_HOOK_OWNER = "__ckpt_index_hook__"
 _RECENT = 64
 
 
@@ -93,7 +95,8 @@ class MetadataCallback(Callback):
         super().__init__()
         if exp_name is not None and (not isinstance(exp_name, str) or not exp_name.strip()):
             raise ValueError(
-                f"MetadataCallback(exp_name={exp_name!r}): exp_name must be a non-empty string or None"
+                f"MetadataCallback(exp_name={exp_name!r}): exp_name must be a non-empty string "
+                "or None"
             )
         if training_phase not in PHASES:
             raise ValueError(
@@ -111,8 +114,8 @@ class MetadataCallback(Callback):
             or busy_timeout < 0
         ):
             raise ValueError(
-                f"MetadataCallback(busy_timeout={busy_timeout!r}): busy_timeout must be a number of "
-                "seconds >= 0"
+                f"MetadataCallback(busy_timeout={busy_timeout!r}): busy_timeout must be a number "
+                "of seconds >= 0"
             )
         self.exp_name = exp_name
         self.training_phase = training_phase
@@ -203,14 +206,14 @@ class MetadataCallback(Callback):
                 self._guard("remove the sidecar of", filepath, self._after_remove, filepath)
 
         for wrapper in (_save_checkpoint, _link_checkpoint, _remove_checkpoint):
-            wrapper.__ckpt_index_hook__ = self  # type: ignore[attr-defined]
+            setattr(wrapper, _HOOK_OWNER, self)
             setattr(callback, wrapper.__name__, wrapper)
         self._hooked[id(callback)] = (callback, originals)
 
     def _unhook(self, callback: ModelCheckpoint, originals: dict[str, Any]) -> None:
         for name, original in originals.items():
             current = callback.__dict__.get(name)
-            if getattr(current, "__ckpt_index_hook__", None) is not self:
+            if getattr(current, _HOOK_OWNER, None) is not self:
                 continue  # someone wrapped on top of us; leave their wrapper in place
             if original is _MISSING:
                 del callback.__dict__[name]

@@ -1,4 +1,6 @@
-"""UniqueModelCheckpoint: a ModelCheckpoint that applies the checkpoint naming scheme (SPEC section 9)."""
+"""UniqueModelCheckpoint: a ModelCheckpoint that names runs and checkpoints by the scheme
+``<tag>-<model>_<phase>_<timestamp>/checkpoints/epoch-XX_step-XXXXXX.ckpt``, which the path-name
+fallback (:mod:`ckpt_index.sources.naming`) reads back."""
 
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
 class UniqueModelCheckpoint(ModelCheckpoint):
     r"""A ``ModelCheckpoint`` that names runs and checkpoints by the ckpt-index scheme.
 
-    Checkpoints go to ``<outputs_dir>/<experiment_tag>-<model>_<phase>_<YYYYMMDD_HHMMSS>/checkpoints/``
+    Checkpoints go to
+    ``<outputs_dir>/<experiment_tag>-<model>_<phase>_<YYYYMMDD_HHMMSS>/checkpoints/``
     as ``epoch-XX_step-XXXXXX.ckpt``, with ``last.ckpt`` for ``save_last`` and, when a metric is
     monitored, a ``best-<metric>-X.XXXX.ckpt`` link to the best checkpoint so far (``save_best``).
     ``<model>`` is ``<architecture>-<encoder>`` from the LightningModule's hparams (see
@@ -110,7 +113,9 @@ class UniqueModelCheckpoint(ModelCheckpoint):
         if filename is None:
             filename = self.SCHEME_FILENAME
             kwargs.setdefault("auto_insert_metric_name", False)
-        super().__init__(dirpath=dirpath, filename=filename, **kwargs)
+        super().__init__(
+            dirpath=None if dirpath is None else os.fspath(dirpath), filename=filename, **kwargs
+        )
         self.experiment_tag = experiment_tag
         self.model_name = model_name
         self.training_phase = training_phase

@@ -1,4 +1,4 @@
-"""Reading and writing ``X.metadata.yaml`` sidecars (SPEC section 4).
+"""Reading and writing ``X.metadata.yaml`` sidecars, the file beside checkpoint ``X.ckpt``.
 
 Reading is defensive: bounded size, UTF-8 text only, YAML safe loading (libyaml's C loader when
 present), and a check of how large the document would become once aliases are expanded, made on
@@ -31,13 +31,20 @@ MAX_DEPTH = 64
 #: Opening characters a document may hold before its nesting depth is checked event by event.
 _DEPTH_SCAN_AFTER = MAX_DEPTH
 
-_SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml's C loader and dumper when present (same results, several times faster); the type
+# checker is shown the pure-Python classes, whose interface they share.
+if TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+    _BaseDumper = yaml.SafeDumper
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    _BaseDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 #: Tags of plain scalars already resolved: the tag of a plain scalar depends on its text alone,
 #: and the keys and small values of sidecars repeat from file to file.
 _PLAIN_TAGS: dict[str, str] = {}
 
 
-class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]  # a class chosen at import time
+class _Loader(_SafeLoader):
     """The safe loader, with the tags of repeated plain scalars remembered (same tags)."""
 
     def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
@@ -49,9 +56,6 @@ class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]  # a class chosen a
                     _PLAIN_TAGS[value] = tag
             return tag
         return super().resolve(kind, value, implicit)
-
-
-_BaseDumper: type = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 class SidecarError(Exception):
@@ -301,7 +305,7 @@ def load_metadata(ckpt_path: Path | str) -> CheckpointMetadataV1 | None:
     return read_sidecar(path)
 
 
-class _SidecarDumper(_BaseDumper):  # type: ignore[misc, valid-type]
+class _SidecarDumper(_BaseDumper):
     """Never emits anchors/aliases; short lists of scalars go on one line."""
 
     def ignore_aliases(self, data: Any) -> bool:

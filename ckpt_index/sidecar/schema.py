@@ -1,4 +1,4 @@
-"""The sidecar metadata schema, ``schema_version: "1.0"`` (SPEC section 3).
+"""The sidecar metadata schema, ``schema_version: "1.0"``: what ``X.metadata.yaml`` may hold.
 
 Unknown extra keys are kept (``extra="allow"``) so that a sidecar written by a newer minor release
 round-trips; only a different *major* version is refused. Values must be storable in the index
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -179,24 +180,27 @@ def find_bad_text(document: Any, limit: int = 100_000) -> str | None:
         value = stack.pop()
         visited += 1
         if isinstance(value, dict):
-            for key, item in value.items():
-                if type(key) is str and ("\x00" in key or not key.isascii()) and text_problem(key):
-                    return _locate(document, limit)
-                if type(item) is str:
-                    if ("\x00" in item or not item.isascii()) and text_problem(item):
-                        return _locate(document, limit)
-                elif isinstance(item, (dict, list, tuple, str)):
-                    stack.append(item)
+            if any(type(key) is str and _is_bad(key) for key in value):
+                return _locate(document, limit)
+            items: Iterable[Any] = value.values()
         elif isinstance(value, (list, tuple)):
-            for item in value:
-                if type(item) is str:
-                    if ("\x00" in item or not item.isascii()) and text_problem(item):
-                        return _locate(document, limit)
-                elif isinstance(item, (dict, list, tuple, str)):
-                    stack.append(item)
-        elif isinstance(value, str) and text_problem(value):
-            return _locate(document, limit)
+            items = value
+        else:  # a str subclass, pushed below
+            if isinstance(value, str) and text_problem(value):
+                return _locate(document, limit)
+            continue
+        for item in items:
+            if type(item) is str:
+                if _is_bad(item):
+                    return _locate(document, limit)
+            elif isinstance(item, (dict, list, tuple, str)):
+                stack.append(item)
     return None
+
+
+def _is_bad(value: str) -> bool:
+    """Whether ``value`` holds a NUL or a lone surrogate; cheap for the common ASCII string."""
+    return ("\x00" in value or not value.isascii()) and text_problem(value) is not None
 
 
 def _locate(document: Any, limit: int) -> str | None:
