@@ -1,5 +1,6 @@
 """The command line as a whole: help texts, import cost, entry points, show, validate, stats, demo,
-and the Python API (SPEC sections 1, 2 and 7)."""
+and the Python API (the same operations, the same --db rule, and never torch, lightning, wandb or
+pandas on import)."""
 
 from __future__ import annotations
 
@@ -290,15 +291,16 @@ def test_validate_text(outputs, invoke, mixed_tree, tmp_path, db_path) -> None:
     assert result.exit_code == 1
     out = result.stdout
     lines = out.splitlines()
-    (bad,) = [l for l in lines if str(mixed_tree["out_of_range"]) in l]
+    (bad,) = [line for line in lines if str(mixed_tree["out_of_range"]) in line]
     assert bad.startswith("invalid") and "hmean" in bad
-    (broken,) = [l for l in lines if str(mixed_tree["broken_yaml"]) in l]
+    (broken,) = [line for line in lines if str(mixed_tree["broken_yaml"]) in line]
     assert broken.startswith("invalid") and "line" in broken  # the parse error says where
-    (bare,) = [l for l in lines if str(mixed_tree["bare"]) in l]
+    (bare,) = [line for line in lines if str(mixed_tree["bare"]) in line]
     assert "no metadata" in bare
-    orphan = [l for l in lines if str(mixed_tree["orphan"]) in l]
-    assert any("orphan" in l for l in orphan)
-    assert not [l for l in lines if str(mixed_tree["valid"]) in l]  # valid files need no line
+    orphan = [line for line in lines if str(mixed_tree["orphan"]) in line]
+    assert any("orphan" in line for line in orphan)
+    # Valid files need no line.
+    assert not [line for line in lines if str(mixed_tree["valid"]) in line]
     assert re.search(r"\b1 checkpoints? without metadata", lines[-1])
     assert "2 invalid" in lines[-1]
     assert "1 orphaned" in lines[-1]
@@ -343,7 +345,10 @@ def test_validate_reads_checkpoints_in_workers(outputs, invoke, tmp_path, db_pat
     unsafe = outputs / "b/unsafe.ckpt"
     unsafe.parent.mkdir(parents=True)
     with zipfile.ZipFile(unsafe, "w") as archive:  # hparams = argparse.Namespace(), by hand
-        payload = b"\x80\x02}q\x00X\x10\x00\x00\x00hyper_parametersq\x01cargparse\nNamespace\nq\x02)\x81q\x03s."
+        payload = (
+            b"\x80\x02}q\x00X\x10\x00\x00\x00hyper_parametersq\x01"
+            b"cargparse\nNamespace\nq\x02)\x81q\x03s."
+        )
         archive.writestr("archive/data.pkl", payload)
 
     result = invoke("validate", str(outputs), "--format", "json")
@@ -397,6 +402,29 @@ def test_validate_missing_root(invoke, tmp_path) -> None:
     result = invoke("validate", str(tmp_path / "nowhere"))
     assert result.exit_code != 0
     assert "nowhere" in result.stderr
+
+
+def test_validate_loads_no_database_code(outputs, tmp_path) -> None:
+    """Validating YAML files and checkpoints needs no index: neither the library call nor the
+    command (its errors included) loads SQLAlchemy."""
+    write_checkpoint(outputs / "a/x.ckpt", seed_document())
+    write_checkpoint(outputs / "a/bare.ckpt")
+    proc = _run_python(
+        f"""
+        import sys
+        from click.testing import CliRunner
+        from ckpt_index.tools.validate import validate_tree
+        from ckpt_index.cli import cli
+        assert validate_tree({str(outputs)!r}, checkpoints=False).ok
+        assert validate_tree({str(outputs)!r}).ok
+        assert CliRunner().invoke(cli, ["validate", {str(outputs)!r}]).exit_code == 0
+        assert CliRunner().invoke(cli, ["validate", {str(tmp_path / "nowhere")!r}]).exit_code == 1
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("sqlalchemy", "alembic")))
+    """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,28 +54,45 @@ def friendly_errors(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import SQLAlchemyError
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            error = _as_click_error(exc)
+            if error is None:
+                raise
+            raise error from None
 
+    return wrapper  # type: ignore[return-value]  # wraps() keeps the signature F describes
+
+
+def _as_click_error(exc: Exception) -> click.ClickException | None:
+    """The CLI error for a domain error, ``None`` for anything else (a bug: its traceback shows).
+
+    The index's and SQLAlchemy's error classes are looked up only when their modules are loaded:
+    an error cannot come from a module never imported, and a command that does not touch the
+    index (``validate``) must not load SQLAlchemy to report an error.
+    """
+    if "ckpt_index.index.engine" in sys.modules:
         from ckpt_index.index.engine import IndexError_, IndexMissingError
         from ckpt_index.index.migrate import IndexOutdatedError
 
-        try:
-            return func(*args, **kwargs)
-        except (IndexMissingError, IndexOutdatedError) as exc:
-            raise NeedsSetup(str(exc)) from None
-        except (IndexError_, NotADirectoryError, FileNotFoundError) as exc:
-            raise click.ClickException(str(exc)) from None
-        except SQLAlchemyError as exc:
-            detail = getattr(exc, "orig", None) or exc
-            raise click.ClickException(
-                f"database error: {exc.__class__.__name__}: {detail}"
-            ) from None
-        except Exception as exc:
-            if type(exc).__name__ == "CommandError":  # alembic's, e.g. an unknown revision
-                raise click.ClickException(f"alembic: {exc}") from None
-            raise
+        if isinstance(exc, (IndexMissingError, IndexOutdatedError)):
+            return NeedsSetup(str(exc))
+        if isinstance(exc, IndexError_):
+            return click.ClickException(str(exc))
+    if isinstance(exc, (NotADirectoryError, FileNotFoundError)):
+        return click.ClickException(str(exc))
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy.exc import SQLAlchemyError
 
-    return wrapper  # type: ignore[return-value]  # wraps() keeps the signature F describes
+        if isinstance(exc, SQLAlchemyError):
+            detail = getattr(exc, "orig", None) or exc
+            return click.ClickException(f"database error: {exc.__class__.__name__}: {detail}")
+    if type(exc).__name__ == "CommandError":  # alembic's, e.g. an unknown revision
+        return click.ClickException(f"alembic: {exc}")
+    return None
 
 
 def write_data(text: str) -> None:

@@ -2,13 +2,15 @@
 
 Sidecars are read here (their reader bounds its own work); checkpoints are inspected by worker
 processes under limits (:mod:`ckpt_index.isolation.pool`): whether each is a complete archive, and
-which pickle globals ``torch.load(weights_only=True)`` would refuse in it.
+which pickle globals ``torch.load(weights_only=True)`` would refuse in it. Nothing here needs a
+database, so validating loads neither SQLAlchemy nor alembic (a test holds it to that).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from ckpt_index.index.records import is_stale
 from ckpt_index.isolation.pool import Limits
@@ -38,7 +40,7 @@ class ValidationReport:
     def ok(self) -> bool:
         return not self.invalid and not self.unreadable
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "root": self.root,
             "valid": self.valid,
@@ -101,8 +103,10 @@ def _inspect(paths: list[str], report: ValidationReport, limits: Limits | None) 
     from ckpt_index.isolation.pool import WorkerPool
 
     workers = max(1, min(os.cpu_count() or 1, 8, len(paths) // 32 + 1))
+    task = "ckpt_index.sources.checkpoint.tasks:inspect_checkpoint_task"
     with WorkerPool(workers, limits, chunk=32) as pool:
-        for path, outcome in zip(paths, pool.map("inspect_checkpoint", [(p,) for p in paths])):
+        outcomes = pool.map(task, [(p,) for p in paths])
+        for path, outcome in zip(paths, outcomes, strict=True):  # one outcome per job
             broken, unsafe = outcome.value if outcome.ok else (outcome.reason, None)
             if broken is not None:
                 report.unreadable.append((path, broken))
