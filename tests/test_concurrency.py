@@ -55,7 +55,9 @@ try:
     document = yaml.safe_load(Path(args["seed"]).read_text())
     busy_ms = int(args["busy_timeout"] * 1000)
     # As the callback's IndexWriter opens it: its busy timeout on every SQLite connection.
-    engine = open_engine(args["db"], on_connect=lambda c: c.execute(f"PRAGMA busy_timeout = {busy_ms}"))
+    engine = open_engine(
+        args["db"], on_connect=lambda c: c.execute(f"PRAGMA busy_timeout = {busy_ms}")
+    )
     folder = Path(args["root"]) / f"writer{k}" / "checkpoints"
     folder.mkdir(parents=True)
     sizes = itertools.cycle((1, 3, 2, 4))

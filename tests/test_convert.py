@@ -476,7 +476,7 @@ def test_convert_reads_each_checkpoint_through_one_replaceable_function(outputs:
 def test_convert_reads_checkpoints_in_isolated_workers(
     outputs: Path, monkeypatch, fault: str
 ) -> None:
-    from ckpt_index.isolation import pool as isolation
+    from ckpt_index.isolation import worker as isolation
     from ckpt_index.tools.convert import convert_checkpoints
 
     paths = [

@@ -1,4 +1,4 @@
-"""Sync (SPEC section 6): first sync, incremental re-reads, pruning, orphans, invalid inputs, CLI."""
+"""Sync: first sync, incremental re-reads, pruning, orphans, invalid inputs, CLI."""
 
 from __future__ import annotations
 
@@ -553,7 +553,7 @@ def test_many_invalid_sidecars_never_abort(outputs: Path, db_path: Path) -> None
 
 
 def _write_undecodable(directory: Path) -> bytes:
-    """A checkpoint and sidecar whose names are not UTF-8 (Latin-1 'café'); skip where impossible."""
+    """A checkpoint and sidecar named in Latin-1 ('café'), not UTF-8; skip where impossible."""
     raw_dir = os.fsencode(directory)
     directory.mkdir(parents=True, exist_ok=True)
     try:

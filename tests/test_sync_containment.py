@@ -1,4 +1,5 @@
-"""One file's failure is that file's status: refused rows, unlistable directories, broken checkpoints."""
+"""One file's failure is that file's status: refused rows, unlistable directories, broken
+checkpoints."""
 
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def test_a_deleted_directory_is_still_pruned(outputs: Path, db_url: str) -> None
     assert sync(outputs, db_url).removed == 3
 
 
-# ----------------------------------------------------------------- broken checkpoints, stale sidecars
+# --------------------------------------------------------------- broken checkpoints, stale sidecars
 def test_a_truncated_checkpoint_under_a_valid_sidecar_is_unreadable_and_not_an_answer(
     outputs: Path, db_url: str, invoke_db
 ) -> None:

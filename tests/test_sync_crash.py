@@ -1,4 +1,4 @@
-"""Sync invariants under failure and over arbitrary histories (SPEC section 6).
+"""Sync invariants under failure and over arbitrary histories.
 
 * A sync killed with SIGKILL half-way leaves a database that opens, passes ``integrity_check``,
   holds only rows that are images of their files, and that the next sync completes.
@@ -292,8 +292,9 @@ class _World:
         self.clock = clock
         self.contents: dict[int, Content] = {}
         # sidecar path -> (size, mtime) the index holds as real (not the racy sentinel). A change
-        # that keeps exactly this size and mtime is undetectable by design (SPEC: size + mtime), so
-        # the generator never makes one; every other same-size/same-mtime change must be found.
+        # that keeps exactly this size and mtime is undetectable by design (a sync compares only
+        # size and mtime), so the generator never makes one; every other same-size/same-mtime
+        # change must be found.
         self.recorded: dict[Path, tuple[int, int]] = {}
         #: Sidecars the last sync saw inside the racy window (their rows hold the sentinel).
         self.synced_racy: set[Path] = set()
@@ -375,7 +376,7 @@ class _World:
 
 
 def _sync(engine, root: Path):
-    # Fallback inference (SPEC section 8) is tested elsewhere; here a bare checkpoint is "missing".
+    # Inference from the fallbacks is tested elsewhere; here a bare checkpoint is "missing".
     return sync_module.sync_roots(engine, [root], infer=False)
 
 

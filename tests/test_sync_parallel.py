@@ -1,4 +1,5 @@
-"""Parsing in worker processes gives the rows a serial sync gives; a worker's crash costs one file."""
+"""Parsing in worker processes gives the rows a serial sync gives; a worker's crash costs one
+file."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import select
 
 from ckpt_index.index.engine import open_engine
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints
-from ckpt_index.isolation import pool as isolation
+from ckpt_index.isolation import worker as isolation
 from ckpt_index.sync import roots as sync_module
 from ckpt_index.tools.demo import make_tree
 

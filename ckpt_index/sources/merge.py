@@ -365,3 +365,18 @@ def _storable(name: str, value: Any) -> tuple[Any, str | None]:
 def created_at_of(path: str | os.PathLike[str]) -> str:
     """The checkpoint's mtime as an ISO 8601 timestamp (local time, like the seeds' sidecars)."""
     return _dt.datetime.fromtimestamp(os.stat(path).st_mtime).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# The parsing worker's task (run by name by ckpt_index.isolation.pool)
+
+#: Modules infer_metadata imports lazily that each worker imports before its memory ceiling is
+#: set, so that the ceiling is the file's alone.
+WORKER_IMPORTS = ("ckpt_index.sources.checkpoint.reader",)
+
+
+def infer_task(path: str, options: dict[str, Any]) -> dict[str, Any]:
+    """:func:`infer_metadata` in a parsing worker, as plain data (:class:`Inferred`'s fields)."""
+    import dataclasses
+
+    return dataclasses.asdict(infer_metadata(path, **options))

@@ -216,3 +216,23 @@ def checked_record(
     if checked.columns["status"] != record.columns["status"]:
         reason = checked.columns["error"]
     return checked, reason
+
+
+# ---------------------------------------------------------------------------------------------
+# The parsing worker's task (run by name by ckpt_index.isolation.pool)
+
+#: Modules build_record imports lazily: each worker imports them before its memory ceiling is
+#: set, so that the ceiling is the file's alone.
+WORKER_IMPORTS = ("ckpt_index.sources.merge", "ckpt_index.sources.checkpoint.reader")
+
+
+def build_record_task(
+    path: str, item: tuple[Any, ...], racy_after_ns: int, options: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, float], str | None]:
+    """:func:`build_record_safely` and the boundary check, in a parsing worker, as plain data:
+    ``item`` from :func:`item_args`, ``options`` from :meth:`SyncOptions.for_worker`."""
+    found = item_from_args(*item)
+    record, reason = checked_record(
+        path, found, *build_record_safely(path, found, racy_after_ns, SyncOptions(**options))
+    )
+    return record.columns, record.metrics, reason

@@ -1,4 +1,4 @@
-"""The sync engine: walk roots for checkpoints and sidecars, bring the index in line (SPEC section 6).
+"""The sync engine: walk roots for checkpoints and sidecars, bring the index in line.
 
 A sync is a diff between the files under each root and the rows under it. Sidecars whose size and
 mtime match their row are not read again; everything else is parsed and written in batches, one
@@ -29,6 +29,7 @@ from ckpt_index.isolation.pool import Limits
 from ckpt_index.sync.build import (
     SyncOptions,
     build_record_safely,
+    build_record_task,
     checked_record,
     failed_record,
     item_args,
@@ -163,88 +164,128 @@ def _sync_root(
     progress: Progress | None,
     options: SyncOptions,
 ) -> None:
-    racy_after_ns = time.time_ns() - RACY_WINDOW_NS
-    # Rows are read before the files are listed: a row a training callback adds meanwhile is then
-    # never mistaken for one whose file is gone (its file may not have been listed yet).
-    with engine.connect() as conn:
-        # fetchall() in one go: at 100k rows, fetching Row objects one by one costs a second.
-        existing = {
-            row[1]: row for row in store.rows_under(conn, root, location=summary.location).all()
-        }
-        conn.rollback()
-    rejected: list[tuple[str, str]] = []
-    unlisted: list[tuple[str, str]] = []
-    found = scan(root, rejected, unlisted)
-    summary.invalid += len(rejected)
-    summary.invalid_files.extend(rejected)
-    summary.unlisted_dirs.extend(unlisted)
+    _RootSync(engine, root, summary, progress, options).run()
 
-    to_parse: list[str] = []
-    flagged: list[tuple[int, dict[str, Any]]] = []  # rows to patch without reading their files
-    for path, item in found.items():
-        summary.checkpoints += item.ckpt is not None
-        summary.sidecars += item.sidecar is not None
-        row = existing.get(path)
-        if options.full or row is None or not _row_current(row, item, options):
-            to_parse.append(path)
-            continue
-        summary.unchanged += 1
-        _count_status(summary, row.status, item, path, row.sidecar_path, row.error)
-        if not _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns):
-            # Only a row that never read its checkpoint (--no-infer) gets here: patch its state.
-            flagged.append((row.id, checkpoint_state_columns(item.ckpt)))
-    # A row whose directory could not be listed is kept as it was, flagged, never pruned: a
-    # directory unreadable for a moment (an NFS hiccup, a chmod) must not lose its rows.
-    reasons = dict(unlisted)
-    unlisted_dirs = list(reasons)
-    gone: list[int] = []
-    for path, row in existing.items():
-        if path in found:
-            continue
-        directory = _under(path, unlisted_dirs)
-        if directory is None:
-            gone.append(row.id)
-        else:
-            flagged.append((row.id, {"scan_error": reasons[directory]}))
-            summary.kept += 1
 
-    done, total = 0, len(to_parse) + len(flagged) + len(gone)
-    built = _build_records(sorted(to_parse), found, racy_after_ns, options)
-    for batch in _batches(built, BATCH_SIZE):
-        final = _write_batch(
-            engine, [(path, record) for path, record, _ in batch], found, existing, summary.location
-        )
-        for path, record, reason in batch:
-            if path in final:  # the database refused the row: it was stored as invalid
-                record = final[path]
-                reason = record.columns["error"]
-            summary.parsed += found[path].sidecar is not None
-            if path in existing:
-                summary.updated += 1
+class _RootSync:
+    """One root's sync: read its rows, list its files, then parse and write what changed, patch
+    rows whose files need no reading and delete rows whose files are gone."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        root: str,
+        summary: SyncSummary,
+        progress: Progress | None,
+        options: SyncOptions,
+    ) -> None:
+        self.engine, self.root, self.summary = engine, root, summary
+        self.progress, self.options = progress, options
+        self.racy_after_ns = time.time_ns() - RACY_WINDOW_NS
+        self.existing: dict[str, Any] = {}
+        self.found: dict[str, Found] = {}
+        #: Files to parse, rows to patch without reading their files, ids of rows to delete.
+        self.to_parse: list[str] = []
+        self.flagged: list[tuple[int, dict[str, Any]]] = []
+        self.gone: list[int] = []
+        self.done = 0
+
+    def run(self) -> None:
+        # Rows are read before the files are listed: a row a training callback adds meanwhile is
+        # then never mistaken for one whose file is gone (its file may not have been listed yet).
+        self.existing = self._read_rows()
+        rejected: list[tuple[str, str]] = []
+        unlisted: list[tuple[str, str]] = []
+        self.found = scan(self.root, rejected, unlisted)
+        self.summary.invalid += len(rejected)
+        self.summary.invalid_files.extend(rejected)
+        self.summary.unlisted_dirs.extend(unlisted)
+        self._plan_found()
+        self._plan_vanished(dict(unlisted))
+        self._parse_and_write()
+        if self.flagged or self.gone:
+            self._patch()
+
+    @property
+    def total(self) -> int:
+        return len(self.to_parse) + len(self.flagged) + len(self.gone)
+
+    def _read_rows(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            # fetchall() in one go: at 100k rows, fetching Row objects one by one costs a second.
+            rows = store.rows_under(conn, self.root, location=self.summary.location).all()
+            conn.rollback()
+        return {row[1]: row for row in rows}
+
+    def _plan_found(self) -> None:
+        """Sort the files listed: to parse, or unchanged (with a row to patch at most)."""
+        summary, options = self.summary, self.options
+        for path, item in self.found.items():
+            summary.checkpoints += item.ckpt is not None
+            summary.sidecars += item.sidecar is not None
+            row = self.existing.get(path)
+            if options.full or row is None or not _row_current(row, item, options):
+                self.to_parse.append(path)
+                continue
+            summary.unchanged += 1
+            _count_status(summary, row.status, item, path, row.sidecar_path, row.error)
+            if not _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns):
+                # Only a row that never read its checkpoint (--no-infer) gets here: patch its state.
+                self.flagged.append((row.id, checkpoint_state_columns(item.ckpt)))
+
+    def _plan_vanished(self, unlisted: dict[str, str]) -> None:
+        """Rows whose files were not listed: deleted, unless their directory could not be listed.
+
+        Such a row is kept as it was, flagged, never pruned: a directory unreadable for a moment
+        (an NFS hiccup, a chmod) must not lose its rows. ``unlisted``: reason by directory.
+        """
+        directories = list(unlisted)
+        for path, row in self.existing.items():
+            if path in self.found:
+                continue
+            directory = _under(path, directories)
+            if directory is None:
+                self.gone.append(row.id)
             else:
-                summary.added += 1
-            _count_status(
-                summary,
-                record.columns["status"],
-                found[path],
-                path,
-                record.columns["sidecar_path"],
-                reason,
-            )
-        done += len(batch)
-        if progress:
-            progress(done, total)
-    if flagged or gone:
+                self.flagged.append((row.id, {"scan_error": unlisted[directory]}))
+                self.summary.kept += 1
+
+    def _parse_and_write(self) -> None:
+        found, existing, summary = self.found, self.existing, self.summary
+        built = _build_records(sorted(self.to_parse), found, self.racy_after_ns, self.options)
+        for batch in _batches(built, BATCH_SIZE):
+            records = [(path, record) for path, record, _ in batch]
+            final = _write_batch(self.engine, records, found, existing, summary.location)
+            for path, record, reason in batch:
+                if path in final:  # the database refused the row: it was stored as invalid
+                    record = final[path]
+                    reason = record.columns["error"]
+                summary.parsed += found[path].sidecar is not None
+                if path in existing:
+                    summary.updated += 1
+                else:
+                    summary.added += 1
+                columns = record.columns
+                _count_status(
+                    summary, columns["status"], found[path], path, columns["sidecar_path"], reason
+                )
+            self._advance(len(batch))
+
+    def _patch(self) -> None:
+        flagged, gone = self.flagged, self.gone
 
         def patch(conn) -> None:
             store.update_columns(conn, flagged)
             store.delete_rows(conn, gone)
 
-        run_write(engine, patch)
-        summary.removed += len(gone)
-        done += len(flagged) + len(gone)
-        if progress:
-            progress(done, total)
+        run_write(self.engine, patch)
+        self.summary.removed += len(gone)
+        self._advance(len(flagged) + len(gone))
+
+    def _advance(self, count: int) -> None:
+        self.done += count
+        if self.progress:
+            self.progress(self.done, self.total)
 
 
 def _write_batch(
@@ -345,7 +386,7 @@ def _build_records(
     worker_options = options.for_worker()
     jobs = [(path, item_args(found[path]), racy_after_ns, worker_options) for path in paths]
     with WorkerPool(workers, options.limits, chunk=chunk) as pool:
-        for path, outcome in zip(paths, pool.map("build_record", jobs)):
+        for path, outcome in zip(paths, pool.map(build_record_task, jobs), strict=True):
             if outcome.ok:  # checked by the worker (checked_record)
                 columns, metrics, reason = outcome.value
                 yield path, Record(columns, metrics), reason

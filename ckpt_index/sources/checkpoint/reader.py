@@ -209,7 +209,9 @@ def read_checkpoint_isolated(
     from ckpt_index.isolation.pool import run_isolated
 
     path = Path(path)
-    outcome = run_isolated("read_checkpoint", [str(path)], limits)
+    outcome = run_isolated(
+        "ckpt_index.sources.checkpoint.tasks:read_checkpoint_task", [str(path)], limits
+    )
     if not outcome.ok:
         raise CheckpointReadError(path, outcome.reason or "reader failed")
     if outcome.value[0] == "error":
