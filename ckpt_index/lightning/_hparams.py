@@ -1,13 +1,12 @@
 """The ``model`` section of a sidecar from a LightningModule's ``hparams``.
 
-Keys are looked up in the hparams, then in ``hparams.model`` and in
-``hparams.model.component_overrides`` (the layout of a whole Hydra config saved as hparams):
-``architecture_name`` / ``architecture`` / ``arch``; ``encoder`` / ``backbone`` /
-``encoder_name`` (a name or a mapping with ``model_name``, ``pretrained``, ``frozen``);
-``decoder``, ``head`` and ``loss`` (a name or a mapping with ``name`` and the schema's fields,
-other keys going to ``params``). A component's name falls back to the class of its Hydra
-``_target_``. A required name that nothing gives is written as ``unknown``, the seeds' convention,
-which the index shows as empty.
+Which value names each component, and how a name is recognised and cleaned, is the one
+config -> model-fields mapping of :mod:`ckpt_index.sources.config_fields` (the hparams, then
+``hparams.model`` and ``hparams.model.component_overrides``, the layout of a whole Hydra config
+saved as hparams, are searched the same way as a Hydra or W&B config). This module adds what
+only a sidecar holds: the encoder's ``pretrained`` / ``frozen`` flags, and the schema's fields of
+a decoder, head or loss mapping, other keys going to ``params``. A required name that nothing
+gives is written as ``unknown``, the seeds' convention, which the index shows as empty.
 """
 
 from __future__ import annotations
@@ -19,10 +18,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ckpt_index.sidecar.schema import DecoderInfo, EncoderInfo, HeadInfo, LossInfo
+from ckpt_index.sources.config_fields import NAME_KEYS, find_component
 from ckpt_index.vocabulary import UNKNOWN
 
 _MAX_DEPTH = 8
-_NAME_KEYS = ("name", "model_name", "_target_")
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
 
 
@@ -46,47 +45,15 @@ def plain(value: Any, depth: int = 0) -> Any:
     return str(value)
 
 
-def _scopes(hparams: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    scopes = [hparams]
-    model = hparams.get("model")
-    if isinstance(model, Mapping):
-        scopes.append(model)
-        overrides = model.get("component_overrides")
-        if isinstance(overrides, Mapping):
-            scopes.append(overrides)
-    overrides = hparams.get("component_overrides")
-    if isinstance(overrides, Mapping):
-        scopes.append(overrides)
-    return scopes
-
-
-def _find(scopes: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Any:
-    for scope in scopes:
-        for key in keys:
-            value = scope.get(key)
-            if value is not None and value != "":
-                return value
-    return None
-
-
-def _name_of(value: Any, keys: Sequence[str] = _NAME_KEYS) -> str | None:
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, Mapping):
-        for key in keys:
-            name = value.get(key)
-            if isinstance(name, str) and name:
-                # A Hydra `_target_` names a class: keep its last dotted part.
-                return name.rsplit(".", 1)[-1] if key == "_target_" else name
-    return None
-
-
-def _component(value: Any, schema: type[BaseModel], fields: Sequence[str]) -> dict[str, Any]:
+def _component(
+    found: tuple[str, Any] | None, schema: type[BaseModel], fields: Sequence[str]
+) -> dict[str, Any]:
     """A decoder/head/loss mapping in the schema's shape; unknown keys go to ``params``."""
+    name, value = found if found is not None else (UNKNOWN, None)
     if not isinstance(value, Mapping):
-        return {"name": _name_of(value) or UNKNOWN, "params": {}}
+        return {"name": name, "params": {}}
     data = plain(value)
-    out: dict[str, Any] = {"name": _name_of(data) or UNKNOWN}
+    out: dict[str, Any] = {"name": name}
     for key in fields:
         if key in data and data[key] is not None:
             out[key] = data[key]
@@ -97,7 +64,7 @@ def _component(value: Any, schema: type[BaseModel], fields: Sequence[str]) -> di
         params = {
             k: v
             for k, v in data.items()
-            if k not in fields and k not in _NAME_KEYS and k != "params" and not k.startswith("_")
+            if k not in fields and k not in NAME_KEYS and k != "params" and not k.startswith("_")
         }
     out["params"] = params
     try:
@@ -108,13 +75,12 @@ def _component(value: Any, schema: type[BaseModel], fields: Sequence[str]) -> di
     return out
 
 
-def _encoder(value: Any) -> dict[str, Any]:
+def _encoder(found: tuple[str, Any] | None) -> dict[str, Any]:
+    name, value = found if found is not None else (UNKNOWN, None)
     if not isinstance(value, Mapping):
-        return {"model_name": _name_of(value) or UNKNOWN}
+        return {"model_name": name}
     data = plain(value)
-    out: dict[str, Any] = {
-        "model_name": _name_of(data, ("model_name", "name", "_target_")) or UNKNOWN
-    }
+    out: dict[str, Any] = {"model_name": name}
     for key in ("pretrained", "frozen"):
         if isinstance(data.get(key), bool):
             out[key] = data[key]
@@ -126,18 +92,17 @@ def _encoder(value: Any) -> dict[str, Any]:
 
 def model_section(hparams: Mapping[str, Any] | None) -> dict[str, Any]:
     """``architecture``, ``encoder``, ``decoder``, ``head`` and ``loss`` from ``hparams``."""
-    scopes = _scopes(hparams) if isinstance(hparams, Mapping) else []
-    architecture = _name_of(_find(scopes, ("architecture_name", "architecture", "arch")))
+    architecture = find_component(hparams, "architecture")
     return {
-        "architecture": architecture or UNKNOWN,
-        "encoder": _encoder(_find(scopes, ("encoder", "backbone", "encoder_name"))),
+        "architecture": architecture[0] if architecture is not None else UNKNOWN,
+        "encoder": _encoder(find_component(hparams, "encoder")),
         "decoder": _component(
-            _find(scopes, ("decoder",)),
+            find_component(hparams, "decoder"),
             DecoderInfo,
             ("in_channels", "inner_channels", "output_channels"),
         ),
-        "head": _component(_find(scopes, ("head",)), HeadInfo, ("in_channels",)),
-        "loss": _component(_find(scopes, ("loss",)), LossInfo, ()),
+        "head": _component(find_component(hparams, "head"), HeadInfo, ("in_channels",)),
+        "loss": _component(find_component(hparams, "loss"), LossInfo, ()),
     }
 
 

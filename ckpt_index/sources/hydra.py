@@ -1,10 +1,13 @@
-"""Hydra run configs as a metadata source (SPEC section 8).
+"""Hydra run configs as a metadata source.
 
-Looked up in this order: configs saved beside the checkpoint (``X.config.yaml``,
-``X.resolved.config.json``), then ``.hydra/config.yaml`` in the checkpoint's folder and up to two
-levels above it (a run directory holds ``checkpoints/`` and ``.hydra/``), then in further parent
-folders. Interpolations are not resolved, so ``${hydra:runtime.output_dir}`` or ``${now:...}``
-stay text instead of failing.
+One rule finds the config of a checkpoint's run, for the sync and for the Lightning callback
+(:func:`find_hydra_config`): a config saved beside the checkpoint (``X.config.yaml``, then
+``X.resolved.config.json``), else the nearest ``.hydra/config.yaml`` in the checkpoint's folder or
+up to :data:`MAX_LEVELS_UP` folders above it. The nearest wins, so searching far up never
+overrides a run's own config; it is needed because Lightning's logger layout puts checkpoints
+three levels below the Hydra run directory (``<run>/lightning_logs/version_0/checkpoints/``) and a
+multirun sweep adds more. Interpolations are not resolved, so ``${hydra:runtime.output_dir}`` or
+``${now:...}`` stay text instead of failing.
 
 A config is untrusted input like any file under a synced root: it is opened without blocking,
 refused by size before it is read (:data:`MAX_CONFIG_BYTES`), parsed with the sidecars' guarded
@@ -26,30 +29,44 @@ from typing import Any
 
 from ckpt_index.safe_io import UnsafeFileError, read_bounded
 from ckpt_index.sidecar.files import CKPT_SUFFIX, MAX_DEPTH, SidecarError, parse_yaml_bytes
+from ckpt_index.sources.config_fields import MAX_NAME_CHARS, fields_from_config, is_name
 
-#: Parent folders searched beyond the first two levels (an outputs tree is rarely deeper).
-MAX_PARENT_LEVELS = 6
+__all__ = [
+    "MAX_NAME_CHARS",
+    "candidate_paths",
+    "find_hydra_config",
+    "is_name",
+    "load_config",
+    "model_fields",
+    "parse_config_bytes",
+    "plain_data",
+]
+
+#: Folders above the checkpoint's own searched for ``.hydra/config.yaml`` (an outputs tree is
+#: rarely deeper).
+MAX_LEVELS_UP = 8
 #: A Hydra config is a few KB; a composed one with large lists inlined stays far below this.
 MAX_CONFIG_BYTES = 2 << 20
 #: Values (scalars and containers) :func:`plain_data` takes at most: a config or a W&B summary
 #: holds hundreds to thousands; this bounds the cost of any later copy of the result.
 MAX_VALUES = 500_000
-#: The longest string taken for a name (architecture, encoder, run id, ...).
-MAX_NAME_CHARS = 512
 
 
 def candidate_paths(ckpt_path: str | Path) -> list[Path]:
+    """Where the config of ``ckpt_path``'s run may be, in the order :func:`find_hydra_config`
+    tries them."""
     ckpt = Path(ckpt_path)
     stem = ckpt.name[: -len(CKPT_SUFFIX)] if ckpt.name.endswith(CKPT_SUFFIX) else ckpt.stem
     paths = [ckpt.with_name(stem + ".config.yaml"), ckpt.with_name(stem + ".resolved.config.json")]
     folder = ckpt.parent
-    for directory in [folder, *list(folder.parents)[: 2 + MAX_PARENT_LEVELS]]:
+    for directory in [folder, *list(folder.parents)[:MAX_LEVELS_UP]]:
         paths.append(directory / ".hydra" / "config.yaml")
     return paths
 
 
 def _is_regular(path: Path) -> bool:
-    # stat never blocks, even on a FIFO; Path.is_file() raises on EACCES, which must not stop a sync.
+    # stat never blocks, even on a FIFO; Path.is_file() raises on EACCES, which must not stop a
+    # sync.
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
     except (OSError, ValueError):
@@ -57,9 +74,11 @@ def _is_regular(path: Path) -> bool:
 
 
 def find_hydra_config(ckpt_path: str | Path) -> Path | None:
-    """The config file that describes the run of ``ckpt_path``, or None.
+    """The config file that describes the run of ``ckpt_path``, or None (the module's rule).
 
-    Only regular files count: a FIFO or a directory named ``config.yaml`` is passed over.
+    The one look-up for every caller: the sync's fallback metadata, and the Lightning
+    callback's ``hydra_config_path`` outside a running Hydra app. Only regular files count: a
+    FIFO or a directory named ``config.yaml`` is passed over.
     """
     return next((p for p in candidate_paths(ckpt_path) if _is_regular(p)), None)
 
@@ -149,7 +168,7 @@ def _plain_key(key: Any) -> str:
 
 
 def plain_data(value: Any, *, max_depth: int = MAX_DEPTH) -> Any:
-    """``value`` as plain JSON-able data: dicts with string keys, lists, str, int, float, bool, None.
+    """``value`` as plain JSON-able data: string-keyed dicts, lists, str, int, float, bool, None.
 
     Dates and times become ISO 8601 strings (``created: 2024-01-01`` is an ordinary config
     value), sets sorted lists, lone surrogates U+FFFD, anything else a ``<type>`` text. Iterative,
@@ -188,84 +207,16 @@ def plain_data(value: Any, *, max_depth: int = MAX_DEPTH) -> Any:
     return root[0]
 
 
-#: Types :func:`plain_data` keeps as they are (a str is checked for surrogates by ``_plain_scalar``).
+#: Types :func:`plain_data` keeps as they are (``_plain_scalar`` checks a str for surrogates).
 _PLAIN = frozenset({int, float, bool, type(None)})
-
-
-def get_path(data: Any, dotted: str) -> Any:
-    """``get_path(cfg, "model.encoder.model_name")``, None where any part is missing."""
-    for key in dotted.split("."):
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
-def is_name(value: Any) -> bool:
-    """Whether ``value`` can be a name: a short one-line string without control characters."""
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
-        return False
-    if not value.isprintable():  # NUL, newlines, escapes, lone surrogates
-        return False
-    return True
-
-
-def _text(value: str) -> str | None:
-    # "${...}" is an unresolved interpolation; "<module.name>" is how the checkpoint reader renders
-    # an object it did not build (a class, a callable, a payload): neither is a name.
-    if value.startswith("${") or (value.startswith("<") and value.endswith(">")):
-        return None
-    return value if is_name(value) else None
-
-
-def _name(value: Any) -> str | None:
-    """A component name from a string, or a mapping's name/model_name/_target_."""
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, dict):
-        for key in ("model_name", "name"):
-            if isinstance(value.get(key), str) and _text(value[key]):
-                return value[key]
-        target = value.get("_target_")
-        if isinstance(target, str) and _text(target):
-            return _text(target.rsplit(".", 1)[-1])
-    return None
 
 
 def model_fields(config: dict[str, Any]) -> dict[str, Any]:
     """architecture, encoder, decoder, head, loss, exp_name and wandb_run_id a config gives.
 
-    Understands the seeds' layout (``model.architecture``, ``model.component_overrides.*``) and
-    flatter ones (``architecture_name``, ``encoder: {model_name: ...}``) as stored in hparams.
-    Values of any other shape are passed over; only names (:func:`is_name`) are returned.
+    The mapping is :func:`ckpt_index.sources.config_fields.fields_from_config`: the seeds'
+    layout (``model.architecture``, ``model.component_overrides.*``) and flatter ones
+    (``architecture_name``, ``encoder: {model_name: ...}``) as stored in hparams; only names are
+    returned.
     """
-    fields: dict[str, Any] = {}
-    if not isinstance(config, dict):
-        return fields
-    for dotted in (
-        "model.architecture",
-        "architecture_name",
-        "architecture",
-        "model.architecture_name",
-    ):
-        name = _name(get_path(config, dotted))
-        if name:
-            fields["architecture"] = name
-            break
-    for part in ("encoder", "decoder", "head", "loss"):
-        for dotted in (f"model.component_overrides.{part}", f"model.{part}", part):
-            name = _name(get_path(config, dotted))
-            if name:
-                fields[part] = name
-                break
-    for dotted in ("exp_name", "experiment.name"):
-        exp_name = get_path(config, dotted)
-        if isinstance(exp_name, str) and _text(exp_name):
-            fields["exp_name"] = exp_name
-            break
-    for dotted in ("wandb_run_id", "logger.wandb.id", "wandb.id", "wandb.run_id"):
-        run_id = get_path(config, dotted)
-        if isinstance(run_id, str) and _text(run_id):
-            fields["wandb_run_id"] = run_id
-            break
-    return fields
+    return fields_from_config(config)
