@@ -37,6 +37,9 @@ def test_script_runs(script: str, tmp_path: Path) -> None:
         [sys.executable, str(SCRIPTS / script), *args],
     ):
         result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=600)
-        # A benchmark exits 1 when a target is missed, which toy sizes may do: it ran to the end.
-        finished = result.returncode == 0 or (result.returncode == 1 and "target:" in result.stdout)
+        # A benchmark exits 1 when a target is missed, which toy sizes on a loaded machine may
+        # do: it ran to the end when it printed its verdict and raised nothing.
+        verdict = "target" in result.stdout or "checks pass" in result.stdout
+        missed = result.returncode == 1 and verdict and "Traceback" not in result.stderr
+        finished = result.returncode == 0 or missed
         assert finished, f"{' '.join(argv)}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
