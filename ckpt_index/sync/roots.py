@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,9 @@ from ckpt_index.sync.build import (
     one_line,
 )
 from ckpt_index.sync.scan import Found, scan
+from ckpt_index.sync.summary import SyncSummary
+
+__all__ = ["BATCH_SIZE", "RACY_WINDOW_NS", "Progress", "SyncSummary", "sync_roots"]
 
 BATCH_SIZE = 1000
 #: Files modified this close to the scan may change again within the same mtime tick; their rows
@@ -43,54 +45,6 @@ BATCH_SIZE = 1000
 RACY_WINDOW_NS = 2_000_000_000
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass
-class SyncSummary:
-    location: str = ""
-    roots: list[str] = field(default_factory=list)
-    checkpoints: int = 0
-    sidecars: int = 0
-    parsed: int = 0
-    unchanged: int = 0
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    valid: int = 0
-    invalid: int = 0
-    orphaned: int = 0
-    #: Checkpoints without a sidecar: filled from fallbacks, unreadable, or left empty (--no-infer).
-    inferred: int = 0
-    unreadable: int = 0
-    without_metadata: int = 0
-    elapsed_s: float = 0.0
-    #: (path, reason) of every invalid sidecar and unreadable checkpoint under the roots.
-    invalid_files: list[tuple[str, str]] = field(default_factory=list)
-    #: (directory, reason) of directories that could not be listed; their rows were kept.
-    unlisted_dirs: list[tuple[str, str]] = field(default_factory=list)
-    #: Rows kept (flagged with ``scan_error``) because their directory could not be listed.
-    kept: int = 0
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["invalid_files"] = [{"path": p, "reason": r} for p, r in self.invalid_files]
-        data["unlisted_dirs"] = [{"path": p, "reason": r} for p, r in self.unlisted_dirs]
-        return data
-
-    def one_line(self) -> str:
-        return (
-            f"synced {self.checkpoints} checkpoints, {self.sidecars} sidecars in "
-            f"{self.elapsed_s:.2f}s: {self.added} added, {self.updated} updated, "
-            f"{self.removed} removed, {self.unchanged} unchanged; {self.valid} valid, "
-            f"{self.invalid} invalid, {self.inferred} inferred, {self.unreadable} unreadable, "
-            f"{self.without_metadata} without metadata, {self.orphaned} orphaned sidecars"
-            + (
-                f"; {len(self.unlisted_dirs)} directories could not be listed "
-                f"({self.kept} rows kept as they were)"
-                if self.unlisted_dirs
-                else ""
-            )
-        )
 
 
 def _same(state: FileState | None, size, mtime_ns) -> bool:
@@ -228,7 +182,7 @@ class _RootSync:
                 self.to_parse.append(path)
                 continue
             summary.unchanged += 1
-            _count_status(summary, row.status, item, path, row.sidecar_path, row.error)
+            summary.count(row.status, item, path, row.sidecar_path, row.error)
             if not _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns):
                 # Only a row that never read its checkpoint (--no-infer) gets here: patch its state.
                 self.flagged.append((row.id, checkpoint_state_columns(item.ckpt)))
@@ -266,9 +220,7 @@ class _RootSync:
                 else:
                     summary.added += 1
                 columns = record.columns
-                _count_status(
-                    summary, columns["status"], found[path], path, columns["sidecar_path"], reason
-                )
+                summary.count(columns["status"], found[path], path, columns["sidecar_path"], reason)
             self._advance(len(batch))
 
     def _patch(self) -> None:
@@ -434,27 +386,3 @@ def _row_current(row, item: Found, options: SyncOptions) -> bool:
             and row.unsafe_globals is None
         )
     )
-
-
-def _count_status(
-    summary: SyncSummary,
-    status: str,
-    item: Found,
-    item_path: str,
-    sidecar_path: str | None,
-    reason: str | None,
-) -> None:
-    if status == "valid":
-        summary.valid += 1
-    elif status == "invalid":
-        summary.invalid += 1
-        summary.invalid_files.append((sidecar_path or "", reason or ""))
-    elif status == "inferred":
-        summary.inferred += 1
-    elif status == "unreadable":
-        summary.unreadable += 1
-        summary.invalid_files.append((item_path, reason or ""))
-    else:
-        summary.without_metadata += 1
-    if item.sidecar is not None and item.ckpt is None:
-        summary.orphaned += 1
