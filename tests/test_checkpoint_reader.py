@@ -343,7 +343,7 @@ def test_memo_index_bomb_is_refused_before_allocating(put: bytes, tmp_path: Path
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_scan_pickle_walks_every_opcode_of_real_pickles(protocol: int) -> None:
-    from ckpt_index.sources.checkpoint.unpickler import scan_pickle
+    from ckpt_index.sources.checkpoint.scan import scan_pickle
 
     shared: dict[str, Any] = {}
     obj = {
@@ -375,7 +375,7 @@ def test_scan_pickle_walks_every_opcode_of_real_pickles(protocol: int) -> None:
 def test_scan_pickle_agrees_with_pickle_on_generated_data() -> None:
     hypothesis = pytest.importorskip("hypothesis")
     st = pytest.importorskip("hypothesis.strategies")
-    from ckpt_index.sources.checkpoint.unpickler import scan_pickle
+    from ckpt_index.sources.checkpoint.scan import scan_pickle
 
     atoms = (
         st.none()
@@ -1098,7 +1098,7 @@ def test_size_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _scan_error(data: bytes) -> str | None:
-    from ckpt_index.sources.checkpoint.unpickler import scan_pickle
+    from ckpt_index.sources.checkpoint.scan import scan_pickle
 
     try:
         scan_pickle(data)
@@ -1152,10 +1152,10 @@ def test_tuples_nested_within_the_limit_pass() -> None:
 def test_object_and_container_counts_are_refused_before_unpickling(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ckpt_index.sources.checkpoint import unpickler as _unpickle
+    from ckpt_index.sources.checkpoint import scan
 
-    monkeypatch.setattr(_unpickle, "MAX_PICKLE_OBJECTS", 1000)
-    monkeypatch.setattr(_unpickle, "MAX_PICKLE_CONTAINERS", 100)
+    monkeypatch.setattr(scan, "MAX_PICKLE_OBJECTS", 1000)
+    monkeypatch.setattr(scan, "MAX_PICKLE_CONTAINERS", 100)
     assert "more than 100 containers" in _scan_error(b"\x80\x02" + b"]" * 101 + b".")
     for atom in (b"N", b"K\x01", b"X\x00\x00\x00\x00", b"h\x00", b"("):
         data = b"\x80\x02]q\x00" + atom * 1001 + b"."
@@ -1165,7 +1165,7 @@ def test_object_and_container_counts_are_refused_before_unpickling(
 
 
 def test_empty_list_bomb_is_refused_by_the_object_count() -> None:
-    from ckpt_index.sources.checkpoint.unpickler import MAX_PICKLE_CONTAINERS, MAX_PICKLE_OBJECTS
+    from ckpt_index.sources.checkpoint.scan import MAX_PICKLE_CONTAINERS, MAX_PICKLE_OBJECTS
 
     assert "containers" in _scan_error(b"\x80\x02" + b"]" * (MAX_PICKLE_CONTAINERS + 1) + b".")
     assert "objects" in _scan_error(b"\x80\x02" + b"N" * (MAX_PICKLE_OBJECTS + 1) + b".")
@@ -1179,13 +1179,9 @@ def test_compressed_data_pkl_bomb_is_refused_before_decompressing(tmp_path: Path
 
 
 def test_shapes_are_bounded_before_any_product() -> None:
-    from ckpt_index.sources.checkpoint.unpickler import (
-        StorageRef,
-        _numpy_array,
-        _StandIn,
-        bounded_product,
-        resolve_global,
-    )
+    from ckpt_index.sources.checkpoint.convert import _numpy_array
+    from ckpt_index.sources.checkpoint.objects import StorageRef, bounded_product
+    from ckpt_index.sources.checkpoint.standins import _StandIn, resolve_global
 
     huge = (1 << 63) - 1
     assert bounded_product((huge,) * 1_000_000, 1 << 63) == -1  # stops at the second dim
@@ -1345,7 +1341,7 @@ class CustomConfig:
 
 
 def test_weights_only_allow_list_is_torchs() -> None:
-    from ckpt_index.sources.checkpoint.unpickler import WEIGHTS_ONLY_ALLOWED
+    from ckpt_index.sources.checkpoint.weights_only import WEIGHTS_ONLY_ALLOWED
 
     # In a fresh process: importing lightning (as this one has) registers DTensor classes too.
     script = textwrap.dedent("""
