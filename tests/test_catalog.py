@@ -1,4 +1,5 @@
-"""The catalog API for applications (SPEC section 10): ``ckpt_index.build_catalog``."""
+"""The catalog API for applications: ``ckpt_index.build_catalog`` syncs a tree and lists its
+checkpoints, best hmean first, with a display string per entry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``ckpt-index convert`` and ``scripts/convert_legacy_checkpoints.py`` (SPEC section 8).
+"""``ckpt-index convert`` and ``scripts/convert_legacy_checkpoints.py``: sidecars for checkpoints
+without one, from the fallbacks; never guessing epoch or step, never vouching for a broken file.
 
 Both tools take the same flags and are run here on the same trees of real Lightning checkpoints:
 ``ckpt-index`` in-process through click's runner, the script as a subprocess, as users run it.

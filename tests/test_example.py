@@ -1,4 +1,5 @@
-"""examples/train.py runs (Hydra + Lightning, CPU) and leaves sidecars, rows and a best checkpoint."""
+"""examples/train.py runs (Hydra + Lightning, CPU) and leaves sidecars, rows and a best
+checkpoint."""
 
 from __future__ import annotations
 

@@ -205,7 +205,7 @@ def test_out_of_range_numbers_are_usage_errors(expression: str, token: str, invo
     result = invoke("query", "--where", expression)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "out of range" in result.stderr
-    line, caret = [l for l in result.stderr.splitlines() if l.startswith("  ")][-2:]
+    line, caret = [s for s in result.stderr.splitlines() if s.startswith("  ")][-2:]
     assert caret.index("^") == line.index(token)
 
 

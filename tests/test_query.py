@@ -1,4 +1,4 @@
-"""``ckpt-index query`` (SPEC section 7): best-by, ties, group-by, filters, --where, sort, formats.
+"""``ckpt-index query``: best-by, ties, group-by, filters, --where, sort, formats.
 
 Every test builds a small tree whose values it controls, syncs it, and parses ``--format json``.
 """
@@ -30,8 +30,8 @@ from ckpt_index.query.spec import QuerySpec, build_query
 from ckpt_index.sidecar.files import checkpoint_path_for, read_sidecar, sidecar_path_for
 from ckpt_index.tools.demo import make_tree
 
-#: The fields every JSON object carries (SPEC section 7).
-SPEC_FIELDS = (
+#: The fields every JSON object carries, whatever the row (None when unknown).
+RECORD_FIELDS = (
     "checkpoint_path",
     "sidecar_path",
     "exp_name",
@@ -824,7 +824,7 @@ def test_json_fields(format_tree) -> None:
     rows = query_json(format_tree.invoke)
     assert [r["checkpoint_path"] for r in rows] == sorted(str(p) for p in format_tree)
     for row in rows:
-        missing = [f for f in SPEC_FIELDS if f not in row]
+        missing = [f for f in RECORD_FIELDS if f not in row]
         assert not missing, missing
         assert Path(row["checkpoint_path"]).is_absolute()
         assert row["sidecar_path"] == str(sidecar_path_for(row["checkpoint_path"]))
@@ -893,13 +893,13 @@ def test_csv_format(format_tree, args) -> None:
     header = reader.fieldnames
     records = list(reader)
     assert len(records) == len(rows)
-    fields = [f for f in SPEC_FIELDS if f != "metrics"]
+    fields = [f for f in RECORD_FIELDS if f != "metrics"]
     assert set(fields) <= set(header)
     metric_names = sorted({n for r in rows for n in r["metrics"]} - set(fields))
     assert set(metric_names) <= set(header)
     if not args:
         assert {"val/loss", "train/loss", "cleval/x"} <= set(header)
-    for rec, row in zip(records, rows):
+    for rec, row in zip(records, rows, strict=True):
         assert rec["checkpoint_path"] == row["checkpoint_path"]
         assert rec["exp_name"] == row["exp_name"]  # commas and quotes survive
         assert int(rec["epoch"]) == row["epoch"]
@@ -917,7 +917,7 @@ def test_table_format(format_tree) -> None:
     assert len(lines) == 1 + len(rows)
     header = lines[0].split()
     assert {"hmean", "epoch", "exp_name", "encoder", "path"} <= set(header)
-    for line, row in zip(lines[1:], rows):
+    for line, row in zip(lines[1:], rows, strict=True):
         assert row["exp_name"] in line
         assert Path(row["checkpoint_path"]).name in line
     # --best-by a metric: the table shows that metric.
@@ -1002,7 +1002,7 @@ def test_seed_way_equals_best_by(tmp_path, invoke, seed) -> None:
     assert best_path(invoke, "hmean") == entries[0][3]
 
     best_per_exp: dict[str, str] = {}
-    for hmean, epoch, step, path, exp in entries:  # already best first
+    for *_, path, exp in entries:  # already best first
         best_per_exp.setdefault(exp, path)
     grouped = query_json(invoke, "--best-by", "hmean", "--group-by", "exp_name")
     assert {r["exp_name"]: r["checkpoint_path"] for r in grouped} == best_per_exp
@@ -1026,7 +1026,9 @@ def big_engine(tmp_path_factory):
         hmean = round(rng.random(), 6)
         columns = dict.fromkeys(METADATA_COLUMNS)
         columns.update(
-            checkpoint_path=f"/outputs/exp{i // 50:05d}/checkpoints/epoch-{i % 50:02d}_step-{i:07d}.ckpt",
+            checkpoint_path=(
+                f"/outputs/exp{i // 50:05d}/checkpoints/epoch-{i % 50:02d}_step-{i:07d}.ckpt"
+            ),
             sidecar_path=None,
             exp_name=f"exp{i // 50:05d}",
             architecture="dbnet",
@@ -1107,7 +1109,8 @@ def test_plan_best_by_answers_match_python(big_engine) -> None:
     with big_engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT c.checkpoint_path, c.hmean, c.epoch, c.global_step, m.value FROM checkpoints c "
+                "SELECT c.checkpoint_path, c.hmean, c.epoch, c.global_step, m.value "
+                "FROM checkpoints c "
                 "JOIN checkpoint_metrics m ON m.checkpoint_id = c.id AND m.name = 'val/loss' "
                 "WHERE c.checkpoint_exists"
             )

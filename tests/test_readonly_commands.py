@@ -1,4 +1,4 @@
-"""Reading commands never write (issue 8, item 5; SPEC section 11).
+"""Reading commands never write (issue 8, item 5).
 
 `sql`, `query`, `show`, `stats` and `db current` never create, migrate or modify an index: on an
 older revision `sql` and `db current` read it as it is and the others exit 2 asking for
@@ -306,7 +306,8 @@ def _cli(*args: str, timeout: float = 120, **kwargs: Any) -> subprocess.Complete
 
 def test_sql_timeout_stops_an_endless_query(synced, reader) -> None:
     url, _ = synced
-    # A subprocess with a hard limit: a statement that ignores --timeout fails the test, not hangs it.
+    # A subprocess with a hard limit: a statement that ignores --timeout fails the test rather
+    # than hanging it.
     result = _cli("sql", "--timeout", "1", ENDLESS, "--db", reader(), timeout=60)
     assert result.returncode == 1, result
     assert result.stdout == ""

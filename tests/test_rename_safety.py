@@ -1,4 +1,5 @@
-"""`ckpt-index rename` never loses anything (SPEC 9 and 11, issue 8 item 4).
+"""`ckpt-index rename` never loses anything: no file is overwritten, best*/last* names and
+linked files are kept, and an interrupted rename completes on the next run (issue 8 item 4).
 
 Trees written by a real Lightning Trainer on the CPU: UniqueModelCheckpoint's ``best-*`` link,
 ``save_last="link"``, Lightning's own names, ``best-{epoch}-{step}`` file names. Every case is

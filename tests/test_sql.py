@@ -1,4 +1,4 @@
-"""``ckpt-index sql``: read-only SQL over the index (SPEC sections 5 and 7).
+"""``ckpt-index sql``: one read-only statement over the index tables and views; writes refused.
 
 Every refused statement must leave the database exactly as it was: same rows, same schema, same
 pragmas, and the same bytes in the database file.

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ckpt_index.query.spec import QuerySpec
 
 #: The options of ``query`` that are fields of QuerySpec, passed to it by name.
-_SPEC_OPTIONS: list[Callable[[F], F]] = [
+_QUERY_SPEC_OPTIONS: list[Callable[[F], F]] = [
     click.option(
         "--best-by",
         metavar="METRIC[:max|min]",
@@ -75,7 +75,7 @@ _SPEC_OPTIONS: list[Callable[[F], F]] = [
 
 
 def _spec_options(func: F) -> F:
-    for option in reversed(_SPEC_OPTIONS):
+    for option in reversed(_QUERY_SPEC_OPTIONS):
         func = option(func)
     return func
 

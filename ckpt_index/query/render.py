@@ -16,9 +16,6 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ckpt_index.vocabulary import RESULT_FORMATS
-
-
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -75,25 +72,28 @@ def render_table(
         columns.insert(0, metric)
         headers.insert(0, escape_control(metric))
     shown = records if max_rows is None else records[:max_rows]
-    rows = []
-    for record in shown:
-        row = []
-        for col in columns:
-            value = record.get(col) if col in record else record["metrics"].get(col)
-            shown = (
-                escape_control(_display_path(value)) if col == "checkpoint_path" else _cell(value)
-            )
-            row.append(shown)
-        rows.append(row)
+    rows = [_table_row(record, columns) for record in shown]
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
     ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = [_table_line(headers, widths)] + [_table_line(r, widths) for r in rows]
     if len(shown) < len(records):
         more = len(records) - len(shown)
         lines.append(f"... {more} more (use --limit N, or --format jsonl/csv for all)")
     return "\n".join(lines)
+
+
+def _table_row(record: dict[str, Any], columns: Sequence[str]) -> list[str]:
+    """A record's cells: a field, else a logged metric; the path relative when it is below the
+    current directory."""
+    row = []
+    for col in columns:
+        value = record.get(col) if col in record else record["metrics"].get(col)
+        if col == "checkpoint_path":
+            row.append(escape_control(_display_path(str(value))))
+        else:
+            row.append(_cell(value))
+    return row
 
 
 def render_records(records: Sequence[dict[str, Any]], fmt: str, **table_options: Any) -> str:
@@ -181,7 +181,9 @@ def stream_rows(
     elif fmt == "jsonl":
         first = True
         for batch in batches:
-            text = "\n".join(json.dumps(dict(zip(columns, r)), default=str) for r in batch)
+            text = "\n".join(
+                json.dumps(dict(zip(columns, r, strict=True)), default=str) for r in batch
+            )
             if text:
                 yield text if first else "\n" + text
                 first = False
@@ -206,7 +208,7 @@ def _stream_json(
     for batch in batches:
         pieces = []
         for row in batch:
-            item = json.dumps(dict(zip(columns, row)), indent=2, default=str)
+            item = json.dumps(dict(zip(columns, row, strict=True)), indent=2, default=str)
             pieces.append(
                 ("[\n" if first else ",\n") + "\n".join("  " + line for line in item.splitlines())
             )
@@ -224,13 +226,16 @@ def _stream_table(
     for batch in batches:
         cells = [[_cell(v) for v in row] for row in batch]
         for row in cells:
-            widths = [max(w, len(v)) for w, v in zip(widths, row)]
-        lines = (
-            [] if header_done else ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-        )
-        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+            widths = [max(w, len(v)) for w, v in zip(widths, row, strict=True)]
+        lines = [] if header_done else [_table_line(headers, widths)]
+        lines += [_table_line(r, widths) for r in cells]
         if lines:
             yield ("\n" if header_done else "") + "\n".join(lines)
             header_done = True
     if not header_done:
         yield "  ".join(headers).rstrip()
+
+
+def _table_line(cells: Sequence[str], widths: Sequence[int]) -> str:
+    """One line of a table: each cell padded to its column's width (every row has every column)."""
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()

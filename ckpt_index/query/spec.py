@@ -1,4 +1,4 @@
-"""Selecting checkpoints from the index (SPEC section 7).
+"""Selecting checkpoints from the index: filters, ranking by a field or a logged metric, sorting.
 
 A :class:`QuerySpec` compiles to one SQLAlchemy Core statement; user text reaches SQL only as
 bound parameters. Names are fields (columns of ``checkpoints``) or, failing that, metric names in
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, literal, select
-from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql import ColumnElement, Select, Subquery
 
 from ckpt_index.index.records import output_record
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints
@@ -123,7 +123,7 @@ def _tie_break() -> list[ColumnElement]:
 
 
 def _ordering(sort: Sequence[str]) -> list[ColumnElement]:
-    order = []
+    order: list[ColumnElement] = []
     for item in sort:
         name, direction = parse_direction(item, default="asc")
         expr = resolve(name)
@@ -131,14 +131,19 @@ def _ordering(sort: Sequence[str]) -> list[ColumnElement]:
     return order
 
 
-def build_query(spec: QuerySpec) -> Select:
-    """The statement selecting the ids (and row columns) that ``spec`` asks for."""
+def _check(spec: QuerySpec) -> None:
+    """Refuse a spec that asks for nothing sensible (a usage error, before any SQL)."""
     if spec.group_by is not None and spec.group_by not in GROUPABLE:
         raise QueryError(f"--group-by takes one of {', '.join(GROUPABLE)}, not {spec.group_by!r}")
     if spec.group_by is not None and spec.best_by is None:
         raise QueryError("--group-by needs --best-by METRIC")
     if spec.limit is not None and spec.limit < 0:
         raise QueryError("--limit must be >= 0")
+
+
+def build_query(spec: QuerySpec) -> Select:
+    """The statement selecting the ids (and row columns) that ``spec`` asks for."""
+    _check(spec)
     c = checkpoints.c
     conditions = _filters(spec)
     stmt = select(checkpoints)
@@ -152,6 +157,7 @@ def build_query(spec: QuerySpec) -> Select:
     forced_metric = name.startswith("metrics.")
     if forced_metric:
         name = name[len("metrics.") :]
+    metric: ColumnElement
     if name in FIELDS and not forced_metric:
         metric = c[name]
     else:
@@ -159,17 +165,24 @@ def build_query(spec: QuerySpec) -> Select:
         stmt = stmt.join(best, and_(best.c.checkpoint_id == c.id, best.c.name == name))
         metric = best.c.value
     conditions.append(metric.is_not(None))
-    metric_order = metric.desc() if direction == "max" else metric.asc()
+    stmt = stmt.where(*conditions)
 
     if spec.group_by is None:
+        # One row: the best, ties broken by the higher epoch, the higher step, then the path.
+        metric_order = metric.desc() if direction == "max" else metric.asc()
         limit = 1 if spec.limit is None else min(1, spec.limit)
-        stmt = stmt.where(*conditions).order_by(metric_order, *_tie_break()).limit(limit)
-        return stmt
+        return stmt.order_by(metric_order, *_tie_break()).limit(limit)
+    return _best_per_group(stmt, spec, metric, direction)
 
-    group = c[spec.group_by]
+
+def _best_per_group(stmt: Select, spec: QuerySpec, metric: ColumnElement, direction: str) -> Select:
+    """The best row of each ``group_by`` value: rows ranked within their group by the metric (ties
+    broken as for one best), then rank 1 kept, ordered by ``sort`` or else by the metric."""
+    assert spec.group_by is not None
+    metric_order = metric.desc() if direction == "max" else metric.asc()
+    group = checkpoints.c[spec.group_by]
     rank = func.row_number().over(partition_by=group, order_by=[metric_order, *_tie_break()])
-    ranked = stmt.add_columns(rank.label("_rank"), metric.label("_metric")).where(*conditions)
-    ranked = ranked.subquery("ranked")
+    ranked = stmt.add_columns(rank.label("_rank"), metric.label("_metric")).subquery("ranked")
     outer_metric = ranked.c._metric.desc() if direction == "max" else ranked.c._metric.asc()
     outer = (
         select(*[ranked.c[col.name] for col in checkpoints.columns])
@@ -179,8 +192,8 @@ def build_query(spec: QuerySpec) -> Select:
     return outer.limit(spec.limit) if spec.limit is not None else outer
 
 
-def _outer_sort(ranked, sort: Sequence[str]) -> list[ColumnElement]:
-    order = []
+def _outer_sort(ranked: Subquery, sort: Sequence[str]) -> list[ColumnElement]:
+    order: list[ColumnElement] = []
     for item in sort:
         name, direction = parse_direction(item, default="asc")
         if name not in FIELDS:

@@ -5,18 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, func, select
+from sqlalchemy.sql import ColumnElement
 
 from ckpt_index.index.migrate import current_revision
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 
 
 def index_stats(conn: Connection) -> dict[str, Any]:
+    """Counts by status, orphaned sidecars, experiments, metric names, the best hmean (never of
+    an unreadable checkpoint, as in queries) and the most frequent architectures and encoders."""
     c = checkpoints.c
     total = conn.scalar(select(func.count()).select_from(checkpoints))
-    by_status = dict(conn.execute(select(c.status, func.count()).group_by(c.status)).all())
+    by_status: dict[str, int] = {
+        status: n for status, n in conn.execute(select(c.status, func.count()).group_by(c.status))
+    }
     orphaned = conn.scalar(select(func.count()).where(c.checkpoint_exists.is_(False)))
 
-    def top(column) -> dict[str, int]:
+    def top(column: ColumnElement[Any]) -> dict[str, int]:
+        """The ten most frequent values of ``column`` among existing checkpoints."""
         rows = conn.execute(
             select(column, func.count().label("n"))
             .where(c.checkpoint_exists.is_(True), column.is_not(None))

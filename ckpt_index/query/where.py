@@ -1,4 +1,4 @@
-"""The ``--where`` filter language (SPEC section 7): tokenizer, parser, AST and SQL compiler.
+"""The ``--where`` filter language of ``ckpt-index query``: tokenizer, parser, AST and SQL compiler.
 
 ``parse_where("hmean > 0.8 and val/loss < 0.03")`` gives an AST of frozen dataclasses;
 ``compile_where(node, resolve)`` turns it into a SQLAlchemy boolean expression. User text never
@@ -13,6 +13,10 @@ Grammar (keywords are case-insensitive)::
     predicate := NAME OP value | NAME ["not"] "like" STRING
                | NAME ["not"] "in" "(" value ("," value)* ")" | NAME "is" ["not"] "null"
     value     := NUMBER | STRING | "true" | "false"
+
+The module is one idea, the language from text to SQL, and is kept whole (a little over 400
+lines): the tokenizer's positions feed the parser's error carets, and the compiler's type checks
+name the tokens the parser kept.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ import operator
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple, NoReturn, Union
+from typing import Any, NamedTuple, NoReturn
 
 from sqlalchemy import Boolean, Float, Integer, Numeric, String, and_, cast, literal, not_, or_
 from sqlalchemy.sql.elements import ColumnElement
 
-Value = Union[int, float, str, bool]
+Value = int | float | str | bool
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./:@-]*")
 _NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -118,7 +122,7 @@ class Not:
     item: Node
 
 
-Node = Union[Compare, Like, In, IsNull, And, Or, Not]
+Node = Compare | Like | In | IsNull | And | Or | Not
 
 
 class _Token(NamedTuple):
@@ -187,7 +191,8 @@ def _tokenize(text: str) -> Iterator[_Token]:
         elif m := _NUMBER.match(text, i):
             end = m.end()
             # "1st", "1.2.3" and "5-3" are one bad token, not a number followed by something.
-            tail = _NAME_CHARS.match(text, end).end()
+            rest = _NAME_CHARS.match(text, end)  # matches the empty string: never None
+            tail = rest.end() if rest else end
             if tail > end:
                 raise WhereError(f"malformed number {text[i:tail]!r}", text, i)
             yield _Token("NUM", _number(text, i, end), i, end)
@@ -288,17 +293,17 @@ class _Parser:
             op = self._advance()
             return Compare(name.value, _CANONICAL_OP.get(op.value, op.value), self._value(op))
         if self._accept("is"):
-            negated = bool(self._accept("not"))
+            negated = self._accept("not") is not None
             if not self._accept("null"):
                 self._fail(f"expected 'null' or 'not null' after 'is', got {self._show(self.tok)}")
             return IsNull(name.value, negated)
-        negated = self._accept("not")
+        negated = self._accept("not") is not None
         if self._accept("like"):
             if self.tok.kind != "STR":
                 self._fail("'like' needs a quoted pattern, e.g. like 'resnet%'")
-            return Like(name.value, self._advance().value, bool(negated))
+            return Like(name.value, self._advance().value, negated)
         if self._accept("in"):
-            return In(name.value, self._list(), bool(negated))
+            return In(name.value, self._list(), negated)
         if negated:
             self._fail(f"expected 'like' or 'in' after 'not', got {self._show(self.tok)}")
         self._fail(f"expected an operator after {self._show(name)}, got {self._show(self.tok)}")
