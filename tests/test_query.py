@@ -1190,3 +1190,31 @@ def test_unreadable_checkpoints_are_skipped_unless_asked(outputs: Path, invoke_d
 def test_include_unreadable_is_documented(invoke) -> None:
     help_text = invoke("query", "--help", db=False).output
     assert "--include-unreadable" in help_text and "-0, --null" in help_text
+
+
+@pytest.mark.parametrize("total, max_rows", [(30, 20), (1000, 10), (5, 10)])
+def test_table_stops_at_max_rows_and_counts_the_rest(total, max_rows) -> None:
+    """The table shown on a terminal stops at a screenful and says how many rows it left out."""
+    from ckpt_index.query.render import render_table
+
+    records = [
+        {
+            "checkpoint_path": f"/elsewhere/exp/checkpoints/epoch-{i:02d}_step-{i:06d}.ckpt",
+            "hmean": 0.5,
+            "epoch": i,
+            "global_step": i,
+            "exp_name": "exp",
+            "architecture": "dbnet",
+            "encoder": "resnet18",
+            "training_phase": "training",
+            "metrics": {},
+        }
+        for i in range(total)
+    ]
+    lines = render_table(records, max_rows=max_rows).splitlines()
+    shown = min(total, max_rows)
+    assert len([line for line in lines if "/elsewhere/" in line]) == shown
+    if total > max_rows:
+        assert lines[-1].startswith(f"... {total - shown} more")
+    else:
+        assert "more" not in lines[-1]
