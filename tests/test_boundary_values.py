@@ -397,23 +397,50 @@ def test_hostile_values_never_stop_a_sync_and_rows_agree_on_both_backends(
     db_url: str, outputs: Path
 ) -> None:
     pytest.importorskip("torch")
-    ok = _torch_checkpoint(
-        outputs / "good" / "epoch=1-step=10.ckpt", {"epoch": 1, "global_step": 10}
-    )
-    big_epoch = outputs / "sidecar" / "big_epoch.ckpt"
-    _sidecar(big_epoch, _seed_with("training.epoch", 2**64))
-    for field in ("training.global_step", "training.max_epochs", "checkpointing.save_top_k"):
+    tree = _hostile_tree(outputs)
+    for path in outputs.rglob("*"):  # out of the racy window: a second sync reads nothing again
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns - HOUR_NS))
+
+    summary = api.sync_index(outputs, db=db_url, infer=True)
+
+    rows, metrics = _stored(db_url, [])
+    assert summary.checkpoints == len(rows) == 14
+    _check_hostile_sidecar_rows(rows, tree, outputs)
+    _check_hostile_pickle_rows(rows, metrics, tree)
+    # Nothing is left to retry: every row was written, and a re-sync reads nothing again.
+    again = api.sync_index(outputs, db=db_url, infer=True)
+    assert again.parsed == 0 and again.unchanged == 14
+    assert math.isfinite(summary.elapsed_s)
+
+
+_HOSTILE_SIDECAR_FIELDS = (
+    "training.global_step",
+    "training.max_epochs",
+    "checkpointing.save_top_k",
+)
+
+
+def _hostile_tree(outputs: Path) -> dict[str, Path]:
+    """Sidecars and checkpoints holding values out of every range, by what each one tests."""
+    tree = {
+        "ok": _torch_checkpoint(
+            outputs / "good" / "epoch=1-step=10.ckpt", {"epoch": 1, "global_step": 10}
+        ),
+        "big_epoch": outputs / "sidecar" / "big_epoch.ckpt",
+        "nul": outputs / "sidecar" / "nul.ckpt",
+        "surrogate": outputs / "sidecar" / "surrogate.ckpt",
+    }
+    _sidecar(tree["big_epoch"], _seed_with("training.epoch", 2**64))
+    for field in _HOSTILE_SIDECAR_FIELDS:
         _sidecar(outputs / "sidecar" / f"{field}.ckpt", _seed_with(field, 2**64))
-    nul = outputs / "sidecar" / "nul.ckpt"
-    _sidecar(nul, dump_document(seed_document()).replace("exp_name: ", 'exp_name: "a\\0b" #', 1))
-    surrogate = outputs / "sidecar" / "surrogate.ckpt"
-    _sidecar(
-        surrogate, dump_document(seed_document()).replace("exp_name: ", 'exp_name: "a\\udc80" #', 1)
-    )
-    pickled = _torch_checkpoint(
+    seed = dump_document(seed_document())
+    _sidecar(tree["nul"], seed.replace("exp_name: ", 'exp_name: "a\\0b" #', 1))
+    _sidecar(tree["surrogate"], seed.replace("exp_name: ", 'exp_name: "a\\udc80" #', 1))
+    tree["pickled"] = _torch_checkpoint(
         outputs / "pickle" / "big.ckpt", {"epoch": 2**64, "global_step": 2**64}
     )
-    texts = _torch_checkpoint(
+    tree["texts"] = _torch_checkpoint(
         outputs / "pickle" / "texts.ckpt",
         {
             "epoch": 1,
@@ -426,38 +453,36 @@ def test_hostile_values_never_stop_a_sync_and_rows_agree_on_both_backends(
             "cleval_metrics": {"hmean": 0.5, "big": 10**400, "nan": NAN, "x" * 300: 0.1},
         },
     )
-    monitors = {
-        kind: _torch_checkpoint(
+    for kind, value, mode in (
+        ("int", 5, "max"),
+        ("list", ["a"], "min"),
+        ("dict", {"a": 1}, "max"),
+        ("mode", "val/hmean", "sideways"),
+    ):
+        tree[f"monitor_{kind}"] = _torch_checkpoint(
             outputs / "monitor" / f"{kind}.ckpt",
             {"epoch": 1, "global_step": 2, "callbacks": _model_checkpoint_state(value, mode)},
         )
-        for kind, value, mode in (
-            ("int", 5, "max"),
-            ("list", ["a"], "min"),
-            ("dict", {"a": 1}, "max"),
-            ("mode", "val/hmean", "sideways"),
-        )
-    }
-    empty = outputs / "names" / "epoch=99999999999999999999-step=1.ckpt"
+    empty = tree["empty"] = outputs / "names" / "epoch=99999999999999999999-step=1.ckpt"
     empty.parent.mkdir(parents=True)
     empty.write_bytes(b"")
-    for path in outputs.rglob("*"):  # out of the racy window: a second sync reads nothing again
-        stat = path.stat()
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns - HOUR_NS))
+    return tree
 
-    summary = api.sync_index(outputs, db=db_url, infer=True)
 
-    rows, metrics = _stored(db_url, [])
-    assert summary.checkpoints == len(rows) == 14
-    assert rows[str(ok)]["status"] == "inferred" and rows[str(ok)]["epoch"] == 1
-    assert rows[str(big_epoch)]["status"] == "invalid"
-    assert rows[str(big_epoch)]["error"].startswith("training.epoch:")
-    for field in ("training.global_step", "training.max_epochs", "checkpointing.save_top_k"):
+def _check_hostile_sidecar_rows(rows: dict, tree: dict[str, Path], outputs: Path) -> None:
+    assert rows[str(tree["ok"])]["status"] == "inferred" and rows[str(tree["ok"])]["epoch"] == 1
+    big_epoch, nul = rows[str(tree["big_epoch"])], rows[str(tree["nul"])]
+    assert big_epoch["status"] == "invalid"
+    assert big_epoch["error"].startswith("training.epoch:")
+    for field in _HOSTILE_SIDECAR_FIELDS:
         row = rows[str(outputs / "sidecar" / f"{field}.ckpt")]
         assert row["status"] == "invalid" and row["error"].startswith(f"{field}:"), row["error"]
-    assert rows[str(nul)]["status"] == "invalid" and "exp_name" in rows[str(nul)]["error"]
-    assert rows[str(surrogate)]["status"] == "invalid"
-    big = rows[str(pickled)]
+    assert nul["status"] == "invalid" and "exp_name" in nul["error"]
+    assert rows[str(tree["surrogate"])]["status"] == "invalid"
+
+
+def _check_hostile_pickle_rows(rows: dict, metrics: dict, tree: dict[str, Path]) -> None:
+    big = rows[str(tree["pickled"])]
     assert big["status"] == "inferred" and (big["epoch"], big["global_step"]) == (None, None)
     for field in (
         "epoch",
@@ -467,26 +492,22 @@ def test_hostile_values_never_stop_a_sync_and_rows_agree_on_both_backends(
             f"{field} from checkpoint: " in big["warnings"]
             or f"checkpoint: {field}: " in big["warnings"]
         )
-    row = rows[str(texts)]
+    row = rows[str(tree["texts"])]
     # Cleaned with a warning, or refused as no name by the config reader: never stored raw.
     assert row["status"] == "inferred" and row["encoder"] is None
     assert row["exp_name"] in ("a\ufffdb", None) and row["architecture"] in ("xy", None)
     if row["exp_name"] is not None:
         assert "exp_name from checkpoint: contains a lone surrogate; cleaned" in row["warnings"]
-    assert metrics[str(texts)] == {"hmean": 0.5}
+    assert metrics[str(tree["texts"])] == {"hmean": 0.5}
     for kind in ("int", "list", "dict"):
-        row = rows[str(monitors[kind])]
+        row = rows[str(tree[f"monitor_{kind}"])]
         assert (row["status"], row["monitor"], row["mode"]) == ("inferred", None, None), kind
         assert "ModelCheckpoint monitor" in row["warnings"], kind
-    row = rows[str(monitors["mode"])]
-    assert (row["monitor"], row["mode"]) == ("val/hmean", None) and "mode 'sideways'" in row[
-        "warnings"
-    ]
-    assert rows[str(empty)]["status"] == "unreadable" and rows[str(empty)]["epoch"] is None
-    # Nothing is left to retry: every row was written, and a re-sync reads nothing again.
-    again = api.sync_index(outputs, db=db_url, infer=True)
-    assert again.parsed == 0 and again.unchanged == 14
-    assert math.isfinite(summary.elapsed_s)
+    row = rows[str(tree["monitor_mode"])]
+    assert (row["monitor"], row["mode"]) == ("val/hmean", None)
+    assert "mode 'sideways'" in row["warnings"]
+    empty = rows[str(tree["empty"])]
+    assert empty["status"] == "unreadable" and empty["epoch"] is None
 
 
 def test_a_cleaned_metric_name_never_overwrites_a_real_one() -> None:

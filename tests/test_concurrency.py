@@ -175,30 +175,7 @@ def run_concurrently(db_url: str, tmp_path: Path, processes: int, per_process: i
 
     open_engine(db_url).dispose()  # created up front: this test is about writing, not migrating
 
-    writers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                WRITER,
-                json.dumps(
-                    {
-                        "db": db_url,
-                        "root": str(root),
-                        "k": k,
-                        "n": per_process,
-                        "seed": str(DATA / "seed_callback.metadata.yaml"),
-                        "busy_timeout": 5.0,
-                        "rendezvous": str(rendezvous),
-                    }
-                ),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for k in range(processes)
-    ]
+    writers = [start_writer(db_url, root, rendezvous, k, per_process) for k in range(processes)]
     deadline = time.monotonic() + 120
     while len(list(rendezvous.iterdir())) < processes and time.monotonic() < deadline:
         if any(w.poll() not in (None, 0) for w in writers):
@@ -209,7 +186,44 @@ def run_concurrently(db_url: str, tmp_path: Path, processes: int, per_process: i
     time.sleep(0.2)
     syncs.append(start_sync(db_url, root))
     writers_still_running = sum(w.poll() is None for w in writers)
+    check_reports(writers, syncs)
+    assert writers_still_running, "the syncs did not overlap the writers; nothing was tested"
 
+    # No lost or duplicated rows.
+    expected = processes * per_process + existing
+    assert count_rows(db_url) == (expected, expected)
+    final = index_content(db_url)
+    written = {path for _, path in final if "/writer" in path}
+    assert written == {
+        str(root / f"writer{k}" / "checkpoints" / f"epoch-{j:04d}_step-{j * 10:06d}.ckpt")
+        for k in range(processes)
+        for j in range(per_process)
+    }
+    check_equals_fresh_sync(final, root, tmp_path / "fresh.db")
+
+
+def start_writer(
+    db_url: str, root: Path, rendezvous: Path, k: int, per_process: int
+) -> subprocess.Popen:
+    args = {
+        "db": db_url,
+        "root": str(root),
+        "k": k,
+        "n": per_process,
+        "seed": str(DATA / "seed_callback.metadata.yaml"),
+        "busy_timeout": 5.0,
+        "rendezvous": str(rendezvous),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def check_reports(writers: list[subprocess.Popen], syncs: list[subprocess.Popen]) -> None:
+    """Every process exited 0, with no traceback, no "locked" and no error reported."""
     reports = []
     for k, writer in enumerate(writers):
         out, err = writer.communicate(timeout=600)
@@ -227,21 +241,11 @@ def run_concurrently(db_url: str, tmp_path: Path, processes: int, per_process: i
     for name, _, out, _ in reports:
         if name.startswith("writer"):
             assert json.loads(out)["errors"] == [], (name, out)
-    assert writers_still_running, "the syncs did not overlap the writers; nothing was tested"
 
-    # No lost or duplicated rows.
-    expected = processes * per_process + existing
-    assert count_rows(db_url) == (expected, expected)
-    final = index_content(db_url)
-    written = {path for _, path in final if "/writer" in path}
-    assert written == {
-        str(root / f"writer{k}" / "checkpoints" / f"epoch-{j:04d}_step-{j * 10:06d}.ckpt")
-        for k in range(processes)
-        for j in range(per_process)
-    }
 
-    # The index equals a fresh sync of the final tree into a new database.
-    fresh = "sqlite:///" + str(tmp_path / "fresh.db")
+def check_equals_fresh_sync(final: dict, root: Path, fresh_db: Path) -> None:
+    """The index equals a fresh sync of the final tree into a new database."""
+    fresh = "sqlite:///" + str(fresh_db)
     result = subprocess.run(
         [sys.executable, "-m", "ckpt_index", "sync", str(root), "--db", fresh],
         capture_output=True,

@@ -80,54 +80,63 @@ def test_first_sync_indexes_every_sidecar(outputs: Path, db_url: str) -> None:
     rows = raw_rows(db_url)
     assert sorted(rows) == sorted(str(c) for c in ckpts)
     for ckpt in ckpts:
-        sidecar = sidecar_path_for(ckpt)
-        doc = yaml.safe_load(sidecar.read_text())
+        doc = yaml.safe_load(sidecar_path_for(ckpt).read_text())
         got = rows[str(ckpt)]
-        training, model, metrics = doc["training"], doc["model"], doc["metrics"]
-        ckpting = doc.get("checkpointing") or {}
-        expected = {
-            "sidecar_path": str(sidecar),
-            "exp_name": doc["exp_name"],
-            "architecture": model["architecture"],
-            "encoder": model["encoder"]["model_name"],
-            "encoder_pretrained": model["encoder"].get("pretrained", True),
-            "encoder_frozen": model["encoder"].get("frozen", False),
-            "decoder": (model.get("decoder") or {}).get("name"),
-            "head": (model.get("head") or {}).get("name"),
-            "loss": (model.get("loss") or {}).get("name"),
-            "epoch": training["epoch"],
-            "global_step": training["global_step"],
-            "training_phase": training.get("training_phase", "training"),
-            "max_epochs": training.get("max_epochs"),
-            "precision": metrics.get("precision"),
-            "recall": metrics.get("recall"),
-            "hmean": metrics.get("hmean"),
-            "validation_loss": metrics.get("validation_loss"),
-            "monitor": ckpting.get("monitor"),
-            "mode": ckpting.get("mode"),
-            "save_top_k": ckpting.get("save_top_k"),
-            "save_last": ckpting.get("save_last"),
-            "created_at": str(doc["created_at"]),
-            "hydra_config_path": doc.get("hydra_config_path"),
-            "wandb_run_id": doc.get("wandb_run_id"),
-            "source": "sidecar",
-            "status": "valid",
-            "error": None,
-            "checkpoint_exists": 1,
-            "ckpt_size": ckpt.stat().st_size,
-            "sidecar_size": sidecar.stat().st_size,
-        }
+        expected = _expected_row(ckpt, doc)
         actual = {k: got[k] for k in expected}
         assert actual == expected, ckpt
-        # Every metric: additional_metrics plus the canonical ones (which win on a name clash).
-        want_metrics = dict(metrics.get("additional_metrics") or {})
-        for name in ("precision", "recall", "hmean", "validation_loss"):
-            if metrics.get(name) is not None:
-                want_metrics[name] = metrics[name]
-        assert got["metrics"] == pytest.approx(want_metrics)
+        assert got["metrics"] == pytest.approx(_expected_metrics(doc["metrics"]))
         assert {"precision", "recall", "hmean"} <= set(got["metrics"])
         assert json.loads(got["metadata_json"])["exp_name"] == doc["exp_name"]
         assert got["indexed_at"]
+
+
+def _expected_row(ckpt: Path, doc: dict) -> dict:
+    """The columns a sync stores for ``ckpt`` from its sidecar document ``doc``."""
+    sidecar = sidecar_path_for(ckpt)
+    training, model, metrics = doc["training"], doc["model"], doc["metrics"]
+    ckpting = doc.get("checkpointing") or {}
+    return {
+        "sidecar_path": str(sidecar),
+        "exp_name": doc["exp_name"],
+        "architecture": model["architecture"],
+        "encoder": model["encoder"]["model_name"],
+        "encoder_pretrained": model["encoder"].get("pretrained", True),
+        "encoder_frozen": model["encoder"].get("frozen", False),
+        "decoder": (model.get("decoder") or {}).get("name"),
+        "head": (model.get("head") or {}).get("name"),
+        "loss": (model.get("loss") or {}).get("name"),
+        "epoch": training["epoch"],
+        "global_step": training["global_step"],
+        "training_phase": training.get("training_phase", "training"),
+        "max_epochs": training.get("max_epochs"),
+        "precision": metrics.get("precision"),
+        "recall": metrics.get("recall"),
+        "hmean": metrics.get("hmean"),
+        "validation_loss": metrics.get("validation_loss"),
+        "monitor": ckpting.get("monitor"),
+        "mode": ckpting.get("mode"),
+        "save_top_k": ckpting.get("save_top_k"),
+        "save_last": ckpting.get("save_last"),
+        "created_at": str(doc["created_at"]),
+        "hydra_config_path": doc.get("hydra_config_path"),
+        "wandb_run_id": doc.get("wandb_run_id"),
+        "source": "sidecar",
+        "status": "valid",
+        "error": None,
+        "checkpoint_exists": 1,
+        "ckpt_size": ckpt.stat().st_size,
+        "sidecar_size": sidecar.stat().st_size,
+    }
+
+
+def _expected_metrics(metrics: dict) -> dict:
+    """Every metric: additional_metrics plus the canonical ones (which win on a name clash)."""
+    want = dict(metrics.get("additional_metrics") or {})
+    for name in ("precision", "recall", "hmean", "validation_loss"):
+        if metrics.get(name) is not None:
+            want[name] = metrics[name]
+    return want
 
 
 def test_sync_accepts_several_roots_and_rejects_a_file(
