@@ -1,4 +1,5 @@
-"""The index tables as SQLAlchemy Core (SPEC section 5). Column names are interface.
+"""The index tables as SQLAlchemy Core. Column names are interface: users query them with
+``ckpt-index sql``, so a name never changes without a new schema revision.
 
 ``checkpoints`` holds one row per checkpoint (or orphan sidecar) with flat columns named like the
 JSON fields of ``ckpt-index query --format json``; ``checkpoint_metrics`` holds every metric by
