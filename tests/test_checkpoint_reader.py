@@ -668,7 +668,7 @@ def test_weights_are_never_read(
     lightning_checkpoints: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch = pytest.importorskip("torch")
-    import ckpt_index.sources.checkpoint.reader as reader
+    from ckpt_index.sources.checkpoint import formats
 
     path = tmp_path / "weights.ckpt"
     checkpoint = torch.load(lightning_checkpoints[("dict", True)][-1], weights_only=False)
@@ -678,7 +678,7 @@ def test_weights_are_never_read(
     )[5]
     torch.save(checkpoint, path)
     reads: list[range] = []
-    original_read = reader._CountingFile.read
+    original_read = formats.CountingFile.read
 
     def logging_read(self: Any, size: int | None = -1) -> bytes:
         start = self.tell()
@@ -686,7 +686,7 @@ def test_weights_are_never_read(
         reads.append(range(start, start + len(data)))
         return data
 
-    monkeypatch.setattr(reader._CountingFile, "read", logging_read)
+    monkeypatch.setattr(formats.CountingFile, "read", logging_read)
     contents = read_checkpoint(path)
     assert contents.checkpoint_callbacks[0]["current_score"] == 5.0
     assert contents.state_dict_shapes["big"] == (1 << 20,)
@@ -702,7 +702,7 @@ def test_weights_are_never_read(
     # Of the storages bigger than a scalar's, only the 64-float one holding current_score is
     # touched, and only the 4 bytes of its element 5.
     (member,) = [
-        n for n in touched if "/data/" in n and len(ranges[n]) > reader.MAX_SCALAR_STORAGE_BYTES
+        n for n in touched if "/data/" in n and len(ranges[n]) > formats.MAX_SCALAR_STORAGE_BYTES
     ]
     element = range(ranges[member].start + 5 * 4, ranges[member].start + 6 * 4)
     assert [r for r in reads if overlaps(r, ranges[member])] == [element]
@@ -1074,9 +1074,9 @@ def test_damaged_files_fail_cleanly(tmp_path: Path) -> None:
 
 
 def test_size_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ckpt_index.sources.checkpoint.reader as reader
+    from ckpt_index.sources.checkpoint import formats
 
-    monkeypatch.setattr(reader, "MAX_PICKLE_BYTES", 1000)
+    monkeypatch.setattr(formats, "MAX_PICKLE_BYTES", 1000)
     path = zip_checkpoint(tmp_path / "big.ckpt", pickle.dumps({"x": "y" * 2000}, protocol=2))
     expect_unreadable(path, "archive/data.pkl is", "more than the 1000 byte limit")
     torch = pytest.importorskip("torch")
@@ -1086,8 +1086,8 @@ def test_size_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     expect_unreadable(legacy, "legacy torch pickle larger than 1000 bytes")
 
-    monkeypatch.setattr(reader, "MAX_PICKLE_BYTES", 1 << 20)
-    monkeypatch.setattr(reader, "MAX_READ_BYTES", 200)
+    monkeypatch.setattr(formats, "MAX_PICKLE_BYTES", 1 << 20)
+    monkeypatch.setattr(formats, "MAX_READ_BYTES", 200)
     many = tmp_path / "many.ckpt"
     zip_checkpoint(many, pickle.dumps({}), members={f"data/{i}": b"" for i in range(20)})
     expect_unreadable(many, "refusing to read", "bytes at once")
@@ -1247,17 +1247,17 @@ def test_special_files_are_refused_without_blocking(kind: str, tmp_path: Path) -
 
 
 def _count_preads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    from ckpt_index.sources.checkpoint import reader as checkpoint_reader
+    from ckpt_index.sources.checkpoint import integrity
 
     sizes: list[int] = []
-    real = checkpoint_reader._pread
+    real = integrity.pread
 
     def counting(handle: Any, offset: int, size: int) -> bytes:
         data = real(handle, offset, size)
         sizes.append(len(data))
         return data
 
-    monkeypatch.setattr(checkpoint_reader, "_pread", counting)
+    monkeypatch.setattr(integrity, "pread", counting)
     return sizes
 
 
