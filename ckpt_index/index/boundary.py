@@ -222,7 +222,10 @@ def _bad_columns(columns: dict[str, Any]) -> list[str]:
     for name, value in columns.items():
         t = type(value)
         if t is str:
-            if kinds.get(name) is _TEXT and "\x00" not in value and value.isascii():
+            kind = kinds.get(name)
+            if kind is _TEXT and "\x00" not in value and value.isascii():
+                continue
+            if kind is _CHOICE and value in _CHOICES[name]:
                 continue
         elif t is int:
             bounds = INT_RANGES.get(name)
@@ -244,20 +247,17 @@ def _bad_metrics(metrics: dict[str, float]) -> list[Any]:
     return [
         name
         for name, value in metrics.items()
-        if not _plain_metric(name, value) and not _metric_fits(name, value)
+        # The common case first, inline: an ASCII name and a finite float.
+        if not (
+            type(name) is str
+            and type(value) is float
+            and value - value == 0.0
+            and len(name) <= MAX_METRIC_NAME
+            and "\x00" not in name
+            and name.isascii()
+        )
+        and not _metric_fits(name, value)
     ]
-
-
-def _plain_metric(name: Any, value: Any) -> bool:
-    """The common case of a good metric, cheaply: an ASCII name and a finite float."""
-    return (
-        type(name) is str
-        and type(value) is float
-        and value - value == 0.0
-        and len(name) <= MAX_METRIC_NAME
-        and "\x00" not in name
-        and name.isascii()
-    )
 
 
 def _repair_columns(
