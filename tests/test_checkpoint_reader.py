@@ -1,4 +1,4 @@
-"""The safe checkpoint reader (SPEC §8).
+"""The safe checkpoint reader: metadata of a checkpoint without running its pickle.
 
 Malicious pickles never run and never import what they name; real Lightning checkpoints read the
 same as ``torch.load``; malformed files fail with a one-line reason; only the pickle is read.
@@ -802,10 +802,13 @@ def test_reader_needs_neither_torch_nor_omegaconf(
                 sys.modules[name] = None  # any import of these now raises ImportError
         from ckpt_index.sources.checkpoint.reader import read_checkpoint
         c = read_checkpoint(sys.argv[1])
-        loaded = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY and sys.modules[m] is not None)
-        print(json.dumps({"epoch": c.epoch, "global_step": c.global_step, "hparams": c.hyper_parameters,
-                          "cleval": c.cleval_metrics, "callbacks": c.checkpoint_callbacks,
-                          "shapes": c.state_dict_shapes, "loaded": loaded}))
+        loaded = sorted(
+            m for m in sys.modules if m.split(".")[0] in HEAVY and sys.modules[m] is not None
+        )
+        print(json.dumps({"epoch": c.epoch, "global_step": c.global_step,
+                          "hparams": c.hyper_parameters, "cleval": c.cleval_metrics,
+                          "callbacks": c.checkpoint_callbacks, "shapes": c.state_dict_shapes,
+                          "loaded": loaded}))
     """)
     result = subprocess.run(
         [sys.executable, "-c", script, str(path), "blocked" if blocked else "ok"],
@@ -1030,7 +1033,8 @@ def test_malformed_files(case: str, fragments: tuple[str, ...], tmp_path: Path) 
 
 
 def test_damaged_files_fail_cleanly(tmp_path: Path) -> None:
-    """Random truncations and byte flips: each read succeeds or raises CheckpointReadError, nothing else."""
+    """Random truncations and byte flips: each read succeeds or raises CheckpointReadError,
+    nothing else."""
     torch = pytest.importorskip("torch")
     checkpoint = {
         "epoch": 3,
@@ -1348,7 +1352,8 @@ def test_weights_only_allow_list_is_torchs() -> None:
         import json, torch
         from torch._weights_only_unpickler import _get_allowed_globals
         names = set(_get_allowed_globals())
-        names |= {f"{f.__module__}.{f.__qualname__}" for f in torch.serialization.get_safe_globals()}
+        safe = torch.serialization.get_safe_globals()
+        names |= {f"{f.__module__}.{f.__qualname__}" for f in safe}
         print(json.dumps(sorted(names)))
     """)
     out = subprocess.run(

@@ -1,4 +1,4 @@
-"""Checkpoints without a sidecar reach the index through the fallbacks (SPEC section 8).
+"""Checkpoints without a sidecar reach the index through the fallbacks, merged field by field.
 
 Every artifact here is real: checkpoints written by a ``lightning.Trainer`` on the CPU, a W&B run
 written by the SDK (offline) through Lightning's ``WandbLogger``, Hydra run directories with
@@ -42,7 +42,8 @@ from ckpt_index.sources.wandb import run as wandb_run  # noqa: E402
 from ckpt_index.sync import roots as sync_module  # noqa: E402
 
 HOUR_NS = 3600 * 10**9
-#: A run directory name in the naming scheme: the path says architecture "archpath", encoder "encpath".
+#: A run directory name in the naming scheme: the path says architecture "archpath", encoder
+#: "encpath".
 SCHEME_RUN = "ocr-archpath-encpath_training_20251015_120000"
 HYDRA_CONFIG = {
     "exp_name": "exphydra",

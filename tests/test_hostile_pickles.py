@@ -1,4 +1,4 @@
-"""Hostile checkpoints from issue 8, each read in a child process (SPEC §11).
+"""Hostile checkpoints from issue 8, each read in a child process under bounds of time and memory.
 
 Every case is a small file that used to crash, hang, or cost minutes or gigabytes. A child reads it
 with ``read_checkpoint`` (and ``infer_encoder`` on what it found) and must exit 0 with either a
@@ -60,7 +60,8 @@ def deep_tuple_in_frozenset(path: Path) -> Path:
 
 
 def deep_tuple_in_ordered_dict(path: Path) -> Path:
-    """A deep tuple as a key handed to the OrderedDict stand-in, which builds a dict of the pairs."""
+    """A deep tuple as a key handed to the OrderedDict stand-in, which builds a dict of the
+    pairs."""
     deep = b"N" + b"\x85" * 1_000_000
     data = (
         b"\x80\x02}X\x01\x00\x00\x00a" + b"ccollections\nOrderedDict\n" + b"(((" + deep + b"NtltRs."
@@ -69,7 +70,8 @@ def deep_tuple_in_ordered_dict(path: Path) -> Path:
 
 
 def empty_list_bomb(path: Path) -> Path:
-    """256 MiB of EMPTY_LIST opcodes in a bzip2 ``data.pkl`` of a few hundred bytes (10.7 GB of lists)."""
+    """256 MiB of EMPTY_LIST opcodes in a bzip2 ``data.pkl`` of a few hundred bytes (10.7 GB
+    of lists)."""
     chunk = b"]" * (16 << 20)
 
     def write(archive: zipfile.ZipFile) -> None:

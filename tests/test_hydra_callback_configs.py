@@ -119,7 +119,8 @@ def test_next_to_a_projects_own_callbacks(tmp_path):
             "train.yaml": "defaults:\n  - callbacks: default\n  - _self_\n" + SEARCHPATH,
             "callbacks/default.yaml": "defaults:\n  - early_stopping\n  - metadata\n  - _self_\n",
             "callbacks/early_stopping.yaml": (
-                "early_stopping:\n  _target_: lightning.pytorch.callbacks.EarlyStopping\n  monitor: val/loss\n"
+                "early_stopping:\n  _target_: lightning.pytorch.callbacks.EarlyStopping\n"
+                "  monitor: val/loss\n"
             ),
         },
     )

@@ -47,7 +47,7 @@ class ResNet(nn.Module):
         block = Bottleneck if bottleneck else BasicBlock
         widths = [256, 512, 1024, 2048] if bottleneck else [64, 128, 256, 512]
         cin = 64
-        for stage, (count, width) in enumerate(zip(blocks, widths), start=1):
+        for stage, (count, width) in enumerate(zip(blocks, widths, strict=True), start=1):
             layers = [
                 block(cin if i == 0 else width, width, i == 0 and cin != width)
                 for i in range(count)

@@ -1,4 +1,4 @@
-"""Metadata for checkpoints without a sidecar, merged field by field (SPEC section 8).
+"""Metadata for checkpoints without a sidecar, merged field by field.
 
 Each field comes from the most specific source that has it:
 
@@ -150,7 +150,8 @@ def infer_metadata(
         wandb_cache=wandb_cache,
     )
     _step(result, "path patterns", _from_path, path, result)
-    # When the checkpoint was written: its file's mtime (the sidecar's created_at, had there been one).
+    # When the checkpoint was written: its file's mtime (a sidecar's created_at, had there been
+    # one).
     _step(result, "file time", lambda: result.set("created_at", created_at_of(path), "file"))
     if "encoder" not in result.fields and contents is not None:
         _step(result, "state dict inference", _from_state_dict, contents, result)

@@ -1,4 +1,4 @@
-"""The checkpoint naming scheme (SPEC section 9) and the older formats it replaces.
+"""The checkpoint naming scheme and the older formats it replaces.
 
 Scheme: ``outputs/<experiment_tag>-<model>_<phase>_<YYYYMMDD_HHMMSS>/checkpoints/`` with
 ``epoch-XX_step-XXXXXX.ckpt``, ``last.ckpt`` and ``best-<metric>-X.XXXX.ckpt``, where ``<model>`` is

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 Shape = Sequence[int]
 
-_RESNETS = {
+_RESNETS: dict[tuple[tuple[int, ...], bool], str] = {
     ((2, 2, 2, 2), False): "resnet18",
     ((3, 4, 6, 3), False): "resnet34",
     ((3, 4, 6, 3), True): "resnet50",
@@ -72,20 +72,32 @@ def _dims(shape: Shape | None) -> tuple[int, int]:
     return (int(shape[0]) if shape else 0, int(shape[1]) if len(shape) > 1 else 0)
 
 
-def _mobile(shapes: Mapping[str, Shape], keys: list[str]) -> str | None:
+def _mobile_name(stem: int, width: int, width_in: int, small: int, large: int) -> str | None:
+    """The family member of a stem of ``stem`` channels and a last 1x1 conv of ``width`` out and
+    ``width_in`` in channels; ``small`` / ``large`` are the MobileNetV3 widths of that layout."""
+    if stem == 32 and width == 1280 and width_in == 320:
+        return "efficientnet_b0"
+    if stem == 16 and width == small:
+        return "mobilenetv3_small"
+    if stem == 16 and width == large:
+        return "mobilenetv3_large"
+    return None
+
+
+def _timm_mobile(shapes: Mapping[str, Shape], keys: list[str]) -> str | None:
     # timm: conv_stem -> blocks -> conv_head (1x1 conv after pooling).
     for prefix in _prefixes(keys, "conv_stem.weight"):
         stem = _out(shapes.get(prefix + "conv_stem.weight"))
         head = shapes.get(prefix + "conv_head.weight")
         if stem is None or head is None:
             continue
-        head_out, head_in = _dims(head)
-        if stem == 32 and head_in == 320 and head_out == 1280:
-            return "efficientnet_b0"
-        if stem == 16 and head_out == 1024:
-            return "mobilenetv3_small"
-        if stem == 16 and head_out == 1280:
-            return "mobilenetv3_large"
+        name = _mobile_name(stem, *_dims(head), small=1024, large=1280)
+        if name:
+            return name
+    return None
+
+
+def _torchvision_mobile(shapes: Mapping[str, Shape], keys: list[str]) -> str | None:
     # torchvision: features.0.0 is the stem; the last features.N.0 is the widest 1x1 conv.
     candidates = _prefixes(keys, "features.0.0.weight", "features.0.0.weight", shapes)
     if not candidates:
@@ -101,14 +113,14 @@ def _mobile(shapes: Mapping[str, Shape], keys: list[str]) -> str | None:
         stem = _out(shapes.get(prefix + "features.0.0.weight"))
         if stem is None or prefix not in last:
             continue
-        width, width_in = _dims(shapes[last[prefix][1]])
-        if stem == 32 and width == 1280 and width_in == 320:
-            return "efficientnet_b0"
-        if stem == 16 and width == 576:
-            return "mobilenetv3_small"
-        if stem == 16 and width == 960:
-            return "mobilenetv3_large"
+        name = _mobile_name(stem, *_dims(shapes[last[prefix][1]]), small=576, large=960)
+        if name:
+            return name
     return None
+
+
+def _mobile(shapes: Mapping[str, Shape], keys: list[str]) -> str | None:
+    return _timm_mobile(shapes, keys) or _torchvision_mobile(shapes, keys)
 
 
 def infer_encoder(shapes: Mapping[str, Shape]) -> str | None:

@@ -148,7 +148,9 @@ def _numpy_array(state: Any) -> Any:
     size = ELEMENT_SIZE[code[0]]
     if count < 0 or len(raw) != count * size:
         return None
-    flat = [decode_scalar(code[0], raw[i * size : (i + 1) * size], code[1]) for i in range(count)]
+    flat: list[Any] = [
+        decode_scalar(code[0], raw[i * size : (i + 1) * size], code[1]) for i in range(count)
+    ]
     if not shape:
         return flat[0]
     for dim in reversed(shape[1:]):

@@ -15,7 +15,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ckpt_index.sources.checkpoint.integrity import (
     LOCAL_HEADER,
@@ -252,7 +252,7 @@ class _ZipScalars(ScalarSource):
         if len(header) != LOCAL_HEADER.size:
             return None
         fields = LOCAL_HEADER.unpack(header)
-        if fields[0] != zipfile.stringFileHeader:
+        if fields[0] != b"PK\x03\x04":  # zipfile.stringFileHeader
             return None
         self.file.seek(info.header_offset + LOCAL_HEADER.size + fields[10] + fields[11] + start)
         return self.file.read(size)
@@ -357,7 +357,8 @@ class _LegacyScalars(ScalarSource):
             return None
         self.file.seek(position)
         header = self.file.read(8)
-        if len(header) != 8 or int.from_bytes(header, self.byteorder) != numel:
+        order: Literal["little", "big"] = "big" if self.byteorder == "big" else "little"
+        if len(header) != 8 or int.from_bytes(header, order) != numel:
             return None
         self.file.seek(position + 8 + start)
         return self.file.read(size)

@@ -168,14 +168,19 @@ class Placeholder:
     __slots__ = ("args", "kwargs", "state", "dict_items", "list_items")
     module: ClassVar[str] = ""
     name: ClassVar[str] = ""
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    dict_items: list[tuple[Any, Any]] | None
+    list_items: list[Any] | None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Placeholder:
         self = object.__new__(cls)
         self.args = args
         self.kwargs = kwargs
-        self.state: Any = None
-        self.dict_items: list[tuple[Any, Any]] | None = None
-        self.list_items: list[Any] | None = None
+        self.state = None
+        self.dict_items = None
+        self.list_items = None
         return self
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
