@@ -10,7 +10,9 @@ import pytest
 import yaml
 from helpers.child_limits import run_child
 
+from ckpt_index.lightning._hparams import model_section
 from ckpt_index.sidecar.files import SidecarError
+from ckpt_index.sources.config_fields import model_fields_from_config
 from ckpt_index.sources.hydra import find_hydra_config, load_config, model_fields
 
 SEED_STYLE = {
@@ -69,6 +71,13 @@ def test_parent_folders_last(run: Path, tmp_path: Path) -> None:
     assert find_hydra_config(run) == far
 
 
+def test_lightning_logger_layout_inside_a_hydra_run(tmp_path: Path) -> None:
+    """Lightning's own layout puts checkpoints three folders below the Hydra run directory."""
+    config = write_yaml(tmp_path / "run" / ".hydra" / "config.yaml", SEED_STYLE)
+    ckpt = tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert find_hydra_config(ckpt) == config
+
+
 def test_no_config(run: Path) -> None:
     assert find_hydra_config(run) is None
 
@@ -110,6 +119,29 @@ def test_model_fields_from_flat_hparams() -> None:
 
 def test_interpolated_names_are_not_taken() -> None:
     assert model_fields({"model": {"architecture": "${arch}"}, "exp_name": "${name}"}) == {}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SEED_STYLE,
+        {"architecture_name": "craft", "backbone": {"model_name": "resnet18"}, "loss": "dice"},
+        {"model": {"encoder": "resnet50", "component_overrides": {"encoder": "vgg16"}}},
+        {"model/architecture": "dbnetpp", "model.component_overrides.encoder.model_name": "r18"},
+        {"arch": " pan ", "head": {"_target_": "ocr.heads.DBHead"}, "decoder": "${dec}"},
+    ],
+)
+def test_one_mapping_for_hydra_wandb_and_hparams(config: dict) -> None:
+    """A Hydra config, a W&B run config and a module's hparams name the model the same way."""
+    fields = model_fields(config)
+    assert model_fields_from_config(config) == {
+        k: v for k, v in fields.items() if k != "wandb_run_id"
+    }
+    section = model_section(config)
+    assert section["architecture"] == fields.get("architecture", "unknown")
+    assert section["encoder"]["model_name"] == fields.get("encoder", "unknown")
+    for part in ("decoder", "head", "loss"):
+        assert section[part]["name"] == fields.get(part, "unknown")
 
 
 @pytest.mark.parametrize("text", ["a: [", "- 1\n- 2\n", "!!python/object/apply:os.system ['true']"])
