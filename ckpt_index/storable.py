@@ -68,6 +68,24 @@ def int_problem(value: Any, bounds: tuple[int, int] = INT64_RANGE) -> str | None
     return f"{show(value)} is out of range [{low}, {high}]"
 
 
+def as_int(value: Any, *, minimum: int | None = None) -> int | None:
+    """``value`` if it is an integer (not a bool) of at least ``minimum``, else None."""
+    if type(value) is not int or (minimum is not None and value < minimum):
+        return None
+    return value
+
+
+def as_float(value: Any) -> float | None:
+    """A number as a float, NaN and infinities kept; None for bools, non-numbers and integers
+    beyond float range. (:func:`finite_float` is the one for values the index stores.)"""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def finite_float(value: Any) -> float | None:
     """``value`` as a finite float, or None (bools, non-numbers, NaN, infinities, huge ints)."""
     if type(value) is float:

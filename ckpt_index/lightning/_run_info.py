@@ -13,8 +13,9 @@ from ckpt_index.vocabulary import UNKNOWN
 def hydra_config_path(ckpt_path: str) -> str | None:
     """The ``.hydra/config.yaml`` of the run, as an absolute path; ``None`` without one.
 
-    Inside a Hydra app the running job's output directory is authoritative; otherwise the
-    checkpoint's folder and up to two levels above it are searched.
+    Inside a Hydra app the running job's output directory is authoritative; otherwise the same
+    rule as a sync's (:func:`ckpt_index.sources.hydra.find_hydra_config`): a config saved beside
+    the checkpoint, else the nearest ``.hydra/config.yaml`` in its folder or the folders above.
     """
     if "hydra" in sys.modules:  # never import Hydra just to find out that it is not running
         try:
@@ -28,12 +29,10 @@ def hydra_config_path(ckpt_path: str) -> str | None:
                         return str(path.absolute())
         except Exception:  # noqa: BLE001 - a half-initialised Hydra must not cost a sidecar
             pass
-    folder = Path(ckpt_path).parent
-    for directory in (folder, folder.parent, folder.parent.parent):
-        path = directory / ".hydra" / "config.yaml"
-        if path.is_file():
-            return str(path.absolute())
-    return None
+    from ckpt_index.sources.hydra import find_hydra_config
+
+    found = find_hydra_config(ckpt_path)
+    return str(found.absolute()) if found is not None else None
 
 
 def wandb_run_id(trainer: Any) -> str | None:

@@ -27,6 +27,7 @@ from ckpt_index.sources.naming import parse_checkpoint_name, parse_run_dir, run_
 from ckpt_index.storable import (
     INT_RANGES,
     MAX_METRIC_NAME,
+    as_int,
     clean_text,
     finite_float,
     int_problem,
@@ -194,8 +195,8 @@ def _read_checkpoint(path: Path, result: Inferred):
 def _from_checkpoint(contents: Any, result: Inferred) -> None:
     # What the reader left out (too large, too deep, out of range) is said on the row.
     result.warnings.extend(f"checkpoint: {clean_text(str(w))}" for w in contents.warnings or ())
-    result.set("epoch", _int(contents.epoch), "checkpoint")
-    result.set("global_step", _int(contents.global_step), "checkpoint")
+    result.set("epoch", as_int(contents.epoch, minimum=0), "checkpoint")
+    result.set("global_step", as_int(contents.global_step, minimum=0), "checkpoint")
     if contents.cleval_metrics:
         cleval = dict(contents.cleval_metrics)
         result.add_metrics(cleval, "checkpoint")
@@ -265,8 +266,8 @@ def _from_wandb(
     wandb_online: bool,
     wandb_cache: AnswerCache | None,
 ) -> None:
+    from ckpt_index.sources.config_fields import model_fields_from_config
     from ckpt_index.sources.wandb import files, locate, online
-    from ckpt_index.sources.wandb import run as wandb_run
 
     hints = tuple(
         v
@@ -290,7 +291,7 @@ def _from_wandb(
     if run is None:
         return
     result.set("wandb_run_id", run.run_id, "wandb")
-    for name, value in wandb_run.model_fields_from_config(run.config).items():
+    for name, value in model_fields_from_config(run.config).items():
         result.set(name, value, "wandb")
     step = result.fields.get("global_step")
     if step is not None:
@@ -322,10 +323,6 @@ def _from_state_dict(contents: Any, result: Inferred) -> None:
         result.set("encoder", infer_encoder(contents.state_dict_shapes or {}), "state_dict")
     except Exception as exc:
         result.warnings.append(f"state dict inference failed: {exc}")
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 #: Fields that are not text (every other field is), as the index stores them.

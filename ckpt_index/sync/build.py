@@ -54,19 +54,22 @@ class SyncOptions:
         }
 
 
+def _without_racy_mtime(state: FileState | None, racy_after_ns: int) -> FileState | None:
+    """``state``, with no mtime when the file changed within the racy window."""
+    if state is None or state.mtime_ns is None or state.mtime_ns < racy_after_ns:
+        return state
+    return FileState(state.size, None)
+
+
 def build_record(
     path: str, item: Found, racy_after_ns: int, options: SyncOptions | None = None
 ) -> tuple[Record, str | None]:
     """The row for one checkpoint from its files; also why its sidecar or checkpoint is unusable."""
     options = options or SyncOptions()
-    sidecar = item.sidecar
     # A NULL mtime matches no file, so a row built from a file still inside the racy window is
     # always read again (0 would match a file whose mtime was set to the epoch).
-    if sidecar is not None and sidecar.mtime_ns >= racy_after_ns:
-        sidecar = FileState(sidecar.size, None)
-    ckpt = item.ckpt
-    if ckpt is not None and ckpt.mtime_ns >= racy_after_ns:
-        ckpt = FileState(ckpt.size, None)
+    sidecar = _without_racy_mtime(item.sidecar, racy_after_ns)
+    ckpt = _without_racy_mtime(item.ckpt, racy_after_ns)
     if item.sidecar_path is None:
         if options.infer and item.ckpt is not None:
             from ckpt_index.sources.merge import infer_metadata

@@ -18,6 +18,7 @@ from ckpt_index.sources.checkpoint.objects import (
     decode_scalar,
     global_name,
 )
+from ckpt_index.storable import as_float, as_int
 
 if TYPE_CHECKING:
     from ckpt_index.sources.checkpoint.reader import CheckpointContents
@@ -97,7 +98,7 @@ def summarize(contents: CheckpointContents) -> None:
         plain = _convert(contents, "cleval_metrics", raw["cleval_metrics"])
         if isinstance(plain, dict):
             contents.cleval_metrics = {
-                text(k): float(v) for k, v in plain.items() if _number(v) is not None
+                text(k): float(v) for k, v in plain.items() if as_float(v) is not None
             }
     callbacks = raw.get("callbacks")
     if isinstance(callbacks, dict):
@@ -122,7 +123,7 @@ def _convert(contents: CheckpointContents, name: str, value: Any) -> Any:
 
 def _counter(contents: CheckpointContents, key: str) -> int | None:
     """``raw[key]`` if it is an int in [0, 2**63), else None (with a warning when it is an int)."""
-    value = _int(contents.raw.get(key))
+    value = as_int(contents.raw.get(key))
     if value is not None and not 0 <= value <= _MAX_COUNTER:
         text = str(value) if value.bit_length() < 200 else f"a {value.bit_length()}-bit integer"
         contents.warnings.append(f"{key}: {text} is outside the range of a counter")
@@ -138,19 +139,6 @@ def text(value: Any) -> str:
         return str(value)
     except (ValueError, RecursionError):
         return f"<unprintable {type(value).__name__}>"
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except OverflowError:  # an int beyond float range
-            return None
-    return None
 
 
 def _model_checkpoint(key: Any, state: Any) -> dict[str, Any] | None:
@@ -189,10 +177,10 @@ def _model_checkpoint(key: Any, state: Any) -> dict[str, Any] | None:
         "state_key": key_text,
         "monitor": config.get("monitor", plain.get("monitor")),
         "mode": mode,
-        "current_score": _number(plain.get("current_score")),
-        "best_model_score": _number(plain.get("best_model_score")),
+        "current_score": as_float(plain.get("current_score")),
+        "best_model_score": as_float(plain.get("best_model_score")),
         "best_model_path": plain.get("best_model_path"),
-        "best_k_models": {text(k): _number(v) for k, v in best_k.items()}
+        "best_k_models": {text(k): as_float(v) for k, v in best_k.items()}
         if isinstance(best_k, dict)
         else {},
         "kth_best_model_path": plain.get("kth_best_model_path"),

@@ -13,10 +13,11 @@ Each step usable on its own from a notebook:
 Importing this package stays cheap: wandb is imported only inside the functions that need it.
 """
 
+from ckpt_index.sources.config_fields import model_fields_from_config
 from ckpt_index.sources.wandb.files import read_run
 from ckpt_index.sources.wandb.locate import RunLocation, find_run
 from ckpt_index.sources.wandb.online import AnswerCache, fetch_online
-from ckpt_index.sources.wandb.run import WandbRun, model_fields_from_config
+from ckpt_index.sources.wandb.run import WandbRun
 
 __all__ = [
     "AnswerCache",

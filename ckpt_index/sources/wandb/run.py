@@ -10,7 +10,8 @@ precede a checkpoint saved at ``global_step`` N are logged with ``trainer/global
 ``define_metric("*", step_metric="trainer/global_step")``; :meth:`WandbRun.history_at_step` is the
 plain lookup by logged step.
 
-Also here: :func:`model_fields_from_config`, the model names a run config gives.
+The model names a run config gives come from the one mapper,
+:func:`ckpt_index.sources.config_fields.model_fields_from_config` (re-exported by the package).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpt_index.sources.hydra import is_name
-from ckpt_index.storable import finite_float
+from ckpt_index.sources.config_fields import is_name
+from ckpt_index.storable import as_float, finite_float
 
 logger = logging.getLogger("ckpt_index.wandb")
 
@@ -108,20 +109,6 @@ class WandbRun:
         return self.history_at_step(step)
 
 
-def _number(value: Any) -> float | None:
-    """A logged number as a float, NaN and infinities included (bools and the rest: None).
-
-    Not :func:`~ckpt_index.storable.finite_float`: a history keeps what was logged, and the
-    merge drops the non-finite values when it stores metrics.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        return float(value)
-    except OverflowError:  # an int beyond float range is no metric value
-        return None
-
-
 def _step_value(value: Any) -> int | None:
     """A logged step: a finite number with an integer value, else None."""
     number = finite_float(value)
@@ -155,7 +142,7 @@ class HistoryIndex:
         for key, value in row.items():
             if not isinstance(key, str) or key in _NOT_METRICS or key.startswith("_"):
                 continue
-            number = _number(value)
+            number = as_float(value)
             if number is not None:
                 metrics[names.setdefault(key, key)] = number
         global_step = _step_value(row.get(GLOBAL_STEP_KEY))
@@ -196,71 +183,3 @@ def uses_lightning_steps(metric_defs: Any) -> bool:
     return any(
         d.get("4") == GLOBAL_STEP_KEY or (index is not None and d.get("5") == index) for d in defs
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Model fields from a run config
-
-_FIELD_PATHS: dict[str, tuple[str, ...]] = {
-    "architecture": (
-        "model.architecture",
-        "model.architecture_name",
-        "architecture",
-        "architecture_name",
-    ),
-    "encoder": (
-        "model.component_overrides.encoder.model_name",
-        "model.encoder.model_name",
-        "encoder.model_name",
-        "model.encoder",
-        "encoder",
-    ),
-    "exp_name": ("exp_name",),
-}
-for _part in ("decoder", "head", "loss"):
-    _FIELD_PATHS[_part] = (
-        f"model.component_overrides.{_part}.name",
-        f"model.{_part}.name",
-        f"{_part}.name",
-        f"model.{_part}",
-        _part,
-    )
-
-
-def _lookup(config: Any, parts: list[str]) -> Any:
-    """Nested lookup that also accepts flattened keys (``model.architecture``,
-    ``model/architecture``)."""
-    if not parts:
-        return config
-    if not isinstance(config, dict):
-        return None
-    for i in range(len(parts), 0, -1):
-        for sep in (".", "/"):
-            key = sep.join(parts[:i])
-            if key in config:
-                found = _lookup(config[key], parts[i:])
-                if found is not None:
-                    return found
-    return None
-
-
-def model_fields_from_config(config: dict[str, Any]) -> dict[str, str]:
-    """Model and experiment names a W&B run config gives, for the caller to merge.
-
-    Keys (only those found): ``architecture``, ``encoder``, ``decoder``, ``head``, ``loss``,
-    ``exp_name``. Unresolved interpolations (``${...}``) are not names and are skipped. Never
-    raises for any config content.
-
-    Example::
-
-        model_fields_from_config({"model": {"architecture": "dbnet"}, "exp_name": "x"})
-        # {"architecture": "dbnet", "exp_name": "x"}
-    """
-    fields: dict[str, str] = {}
-    for name, paths in _FIELD_PATHS.items():
-        for path in paths:
-            value = _lookup(config, path.split("."))
-            if is_name(value) and value.strip() and "${" not in value:
-                fields[name] = value.strip()
-                break
-    return fields
