@@ -117,6 +117,7 @@ def _count(db: Path, table: str) -> int:
 
 def test_wheel_ships_the_migrations(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
+    assert "ckpt_index/py.typed" in names  # PEP 561: type checkers read the package's hints
     assert "ckpt_index/index/migrations/env.py" in names
     assert "ckpt_index/index/migrations/script.py.mako" in names
     assert "ckpt_index/index/migrations/versions/0001_initial.py" in names

@@ -31,21 +31,11 @@ def db_upgrade(revision: str, db: str | None) -> None:
         ckpt-index db upgrade --db team.db
     """
     from ckpt_index.index.engine import create_index_engine, disposing, resolve_db_url
-    from ckpt_index.index.migrate import (
-        HEAD_REVISION,
-        SchemaTooNewError,
-        current_revision,
-        known_revisions,
-        upgrade,
-    )
+    from ckpt_index.index.migrate import current_revision, upgrade
 
     url = resolve_db_url(db)
     with disposing(create_index_engine(url)) as engine:
-        with engine.connect() as conn:
-            found = current_revision(conn)
-        if found is not None and found not in known_revisions():
-            raise SchemaTooNewError(url, found, HEAD_REVISION)
-        upgrade(engine, url, revision)
+        upgrade(engine, url, revision)  # refuses an index from a newer release first
         with engine.connect() as conn:
             click.echo(f"at revision {current_revision(conn)}")
 
