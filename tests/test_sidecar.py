@@ -334,10 +334,13 @@ def test_save_refuses_to_overwrite(tmp_path: Path) -> None:
     ckpt = tmp_path / "run.ckpt"
     path = save_metadata(seed_meta("seed_callback"), ckpt)
     before = path.read_bytes()
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError) as raised:
         save_metadata(seed_meta("seed_converted"), ckpt)
     assert path.read_bytes() == before
     assert leftovers(tmp_path) == []
+    # The error names the sidecar the user has, not the temporary file that was removed.
+    assert raised.value.filename == str(path)
+    assert str(path) in str(raised.value) and ".tmp" not in str(raised.value)
 
 
 def test_save_with_force_replaces_the_file_atomically(tmp_path: Path) -> None:

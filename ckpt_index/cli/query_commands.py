@@ -42,9 +42,9 @@ _QUERY_SPEC_OPTIONS: list[Callable[[F], F]] = [
     click.option("--encoder", help="Only this encoder (e.g. resnet50)."),
     click.option("--architecture", help="Only this architecture (e.g. dbnet)."),
     click.option("--exp", metavar="GLOB", help="Experiment name glob, e.g. 'ocr_*resnet50*'."),
-    click.option("--phase", type=click.Choice(PHASES)),
-    click.option("--min-epoch", type=int),
-    click.option("--max-epoch", type=int),
+    click.option("--phase", type=click.Choice(PHASES), help="Only this training_phase."),
+    click.option("--min-epoch", type=int, metavar="N", help="Only epoch >= N."),
+    click.option("--max-epoch", type=int, metavar="N", help="Only epoch <= N."),
     click.option(
         "--where",
         "where",

@@ -195,7 +195,9 @@ def rename(
 
 @click.command()
 @click.argument("directory", default="demo_outputs", type=click.Path(file_okay=False))
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Random seed of the demo metrics."
+)
 def demo(directory: str, seed: int) -> None:
     """Write a small demo outputs tree (8 experiments, seed-format sidecars) to DIRECTORY.
 

@@ -8,6 +8,7 @@ the composed node graph before anything is constructed. Every rejection is a
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -347,6 +348,19 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def _link_new(tmp_name: str, target: Path) -> None:
+    """Link ``tmp_name`` to ``target``; an existing ``target`` is named in the error.
+
+    ``os.link``'s own error names the temporary file first, which tells a user nothing.
+    """
+    try:
+        os.link(tmp_name, target)
+    except FileExistsError:
+        raise FileExistsError(
+            errno.EEXIST, "sidecar already exists (pass force=True to replace it)", str(target)
+        ) from None
+
+
 def save_metadata(
     meta: CheckpointMetadataV1,
     ckpt_path: Path | str,
@@ -376,7 +390,7 @@ def save_metadata(
             os.replace(tmp_name, target)
         else:
             # link() fails if the target exists, so a concurrent writer cannot be clobbered.
-            os.link(tmp_name, target)
+            _link_new(tmp_name, target)
             os.unlink(tmp_name)
     except BaseException:
         try:
