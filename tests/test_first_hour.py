@@ -3,10 +3,17 @@ a quiet second sync, a guarded db downgrade, README install lines that work from
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import click
 import pytest
+from helpers.checkpoints import write_checkpoint
 
+import ckpt_index.sync.roots as sync_roots_module
 from ckpt_index.cli import cli
+from ckpt_index.sidecar.files import sidecar_path_for
 
 
 def _options():
@@ -36,3 +43,51 @@ def test_query_filter_options_say_what_they_keep(invoke) -> None:
     assert "Only this training_phase." in text
     assert "--min-epoch N  " in text and "Only epoch >= N." in text
     assert "--max-epoch N  " in text and "Only epoch <= N." in text
+
+
+# --------------------------------------------------------------------------------------------
+# A second sync right after the demo: files inside the racy window are re-read, not re-counted.
+
+
+@pytest.fixture
+def wide_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 30 s racy window, so that every sync in the test re-reads the demo's files."""
+    monkeypatch.setattr(sync_roots_module, "RACY_WINDOW_NS", 30 * 10**9)
+
+
+def _sync_json(invoke_db, root: Path) -> dict:
+    result = invoke_db("sync", str(root), "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_second_sync_after_demo_reports_nothing_changed(
+    invoke_db, tmp_path: Path, wide_racy_window: None
+) -> None:
+    demo = tmp_path / "demo"
+    assert invoke_db("demo", str(demo)).exit_code == 0
+    first = _sync_json(invoke_db, demo)
+    second = _sync_json(invoke_db, demo)
+    assert first["added"] == first["checkpoints"] > 0
+    # Every sidecar was read again (the racy window), and none of their rows changed.
+    assert second["parsed"] == first["parsed"] > 0
+    counts = {k: second[k] for k in ("added", "updated", "removed", "unchanged")}
+    assert counts == {"added": 0, "updated": 0, "removed": 0, "unchanged": first["checkpoints"]}
+    assert {k: second[k] for k in ("valid", "invalid", "inferred")} == {
+        k: first[k] for k in ("valid", "invalid", "inferred")
+    }
+
+
+def test_racy_recheck_that_finds_a_change_counts_it_updated(
+    invoke_db, tmp_path: Path, wide_racy_window: None
+) -> None:
+    ckpt = write_checkpoint(tmp_path / "outputs" / "e" / "a.ckpt", **{"metrics.hmean": 0.8431})
+    sidecar = sidecar_path_for(ckpt)
+    _sync_json(invoke_db, ckpt.parent)
+    old = sidecar.stat()
+    sidecar.write_text(sidecar.read_text().replace("hmean: 0.8431", "hmean: 0.8432"))
+    os.utime(sidecar, ns=(old.st_atime_ns, old.st_mtime_ns))  # same size, same mtime
+    summary = _sync_json(invoke_db, ckpt.parent)
+    assert (summary["updated"], summary["unchanged"]) == (1, 0)
+    shown = invoke_db("query", "--format", "json")
+    assert json.loads(shown.output)[0]["hmean"] == 0.8432

@@ -25,6 +25,7 @@ from ckpt_index.index.records import (
     checkpoint_state_columns,
 )
 from ckpt_index.isolation.pool import Limits
+from ckpt_index.sync import recheck
 from ckpt_index.sync.build import (
     SyncOptions,
     build_record_safely,
@@ -209,13 +210,16 @@ class _RootSync:
         built = _build_records(sorted(self.to_parse), found, self.racy_after_ns, self.options)
         for batch in _batches(built, BATCH_SIZE):
             records = [(path, record) for path, record, _ in batch]
+            same = recheck.unchanged_rows(self.engine, records, existing, found)
             final = _write_batch(self.engine, records, found, existing, summary.location)
             for path, record, reason in batch:
                 if path in final:  # the database refused the row: it was stored as invalid
                     record = final[path]
                     reason = record.columns["error"]
                 summary.parsed += found[path].sidecar is not None
-                if path in existing:
+                if path in same and path not in final:
+                    summary.unchanged += 1
+                elif path in existing:
                     summary.updated += 1
                 else:
                     summary.added += 1
