@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -13,6 +17,7 @@ from helpers.checkpoints import write_checkpoint
 
 import ckpt_index.sync.roots as sync_roots_module
 from ckpt_index.cli import cli
+from ckpt_index.index.migrate import HEAD_REVISION
 from ckpt_index.sidecar.files import sidecar_path_for
 
 
@@ -91,3 +96,56 @@ def test_racy_recheck_that_finds_a_change_counts_it_updated(
     assert (summary["updated"], summary["unchanged"]) == (1, 0)
     shown = invoke_db("query", "--format", "json")
     assert json.loads(shown.output)[0]["hmean"] == 0.8432
+
+
+# --------------------------------------------------------------------------------------------
+# db downgrade drops tables: it asks first, or takes --yes.
+
+
+def _revision(db: Path) -> str | None:
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "alembic_version" not in tables:
+            return None
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    return row[0] if row else None
+
+
+@pytest.fixture
+def upgraded(invoke, db_path: Path) -> Path:
+    assert invoke("db", "upgrade", "--db", str(db_path)).exit_code == 0
+    assert _revision(db_path) == HEAD_REVISION
+    return db_path
+
+
+def test_downgrade_without_a_terminal_needs_yes(invoke, upgraded: Path) -> None:
+    result = invoke("db", "downgrade", "base", "--db", str(upgraded))
+    assert result.exit_code == 2
+    assert "drops the tables and columns" in result.output and "--yes" in result.output
+    assert _revision(upgraded) == HEAD_REVISION
+    result = invoke("db", "downgrade", "base", "--yes", "--db", str(upgraded))
+    assert result.exit_code == 0 and result.output.strip() == "at revision base"
+    assert _revision(upgraded) is None
+
+
+def _downgrade_on_a_terminal(db: Path, answer: bytes) -> tuple[int, str]:
+    """Run ``ckpt-index db downgrade base`` with a pseudo-terminal as stdin; type ``answer``."""
+    main, secondary = pty.openpty()
+    command = [sys.executable, "-m", "ckpt_index.cli", "db", "downgrade", "base", "--db", str(db)]
+    with subprocess.Popen(
+        command, stdin=secondary, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as process:
+        os.close(secondary)
+        os.write(main, answer)
+        output, _ = process.communicate(timeout=60)
+    os.close(main)
+    return process.returncode, output.decode()
+
+
+def test_downgrade_on_a_terminal_asks_first(upgraded: Path) -> None:
+    code, output = _downgrade_on_a_terminal(upgraded, b"n\n")
+    assert code == 1 and "Go ahead? [y/N]" in output and "Aborted" in output
+    assert _revision(upgraded) == HEAD_REVISION
+    code, output = _downgrade_on_a_terminal(upgraded, b"y\n")
+    assert code == 0 and "at revision base" in output
+    assert _revision(upgraded) is None

@@ -855,7 +855,7 @@ def test_too_new_database_is_refused(
         ("stats",),
         ("sql", "SELECT count(*) FROM checkpoints"),
         ("db", "upgrade", "--db", "{db}"),
-        ("db", "downgrade", "base", "--db", "{db}"),
+        ("db", "downgrade", "base", "--yes", "--db", "{db}"),
     ],
     ids=lambda args: " ".join(args[:2]).replace("{outputs}", "ROOT").replace("--db", "").strip(),
 )
@@ -1156,7 +1156,7 @@ def test_db_upgrade_current_downgrade(db_path: Path, invoke) -> None:
     result = invoke("db", "upgrade", *db)  # idempotent
     assert result.exit_code == 0 and f"at revision {HEAD_REVISION}" in result.output
 
-    result = invoke("db", "downgrade", "base", *db)
+    result = invoke("db", "downgrade", "base", "--yes", *db)
     assert result.exit_code == 0, result.output
     assert result.output.strip() == "at revision base"
     assert schema_objects(db_path)["table"] == {"alembic_version"}
@@ -1188,7 +1188,7 @@ def test_db_downgrade_keeps_rows_of_a_populated_index(populated: Path, invoke) -
     if len(revisions) < 2:
         pytest.skip("only one revision: nothing between base and head")
     paths = {row["checkpoint_path"] for row in table_rows(populated, "checkpoints")}
-    result = invoke("db", "downgrade", revisions[-2], "--db", str(populated))
+    result = invoke("db", "downgrade", revisions[-2], "--yes", "--db", str(populated))
     assert result.exit_code == 0, result.output
     assert revision_of(populated) == revisions[-2]
     assert {row["checkpoint_path"] for row in table_rows(populated, "checkpoints")} == paths

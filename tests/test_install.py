@@ -173,9 +173,8 @@ def test_installed_cli_creates_syncs_and_queries(installed: Installed, workdir: 
 
 def test_installed_cli_downgrades_and_upgrades(installed: Installed, workdir: Path) -> None:
     installed("db", "upgrade", "--db", "y.db", cwd=workdir)
-    assert installed("db", "downgrade", "base", "--db", "y.db", cwd=workdir).stdout.strip() == (
-        "at revision base"
-    )
+    downgraded = installed("db", "downgrade", "base", "--yes", "--db", "y.db", cwd=workdir)
+    assert downgraded.stdout.strip() == "at revision base"
     assert _revision(workdir / "y.db") is None
     installed("db", "upgrade", "--db", "y.db", cwd=workdir)
     assert _revision(workdir / "y.db") == HEAD_REVISION

@@ -498,7 +498,7 @@ def test_too_new_schema_is_refused_by_every_command(too_new: str, outputs: Path)
         ["stats"],
         ["sql", "SELECT count(*) FROM checkpoints"],
         ["db", "upgrade"],
-        ["db", "downgrade", "base"],
+        ["db", "downgrade", "base", "--yes"],
     ):
         result = run(*args, "--db", too_new)
         assert result.exit_code == 1, (args, result.output)

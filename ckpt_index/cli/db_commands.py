@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from ckpt_index.cli.common import db_option, friendly_errors
@@ -43,23 +45,48 @@ def db_upgrade(revision: str, db: str | None) -> None:
 @db_group.command("downgrade")
 @click.argument("revision")
 @db_option
+@click.option(
+    "--yes",
+    "-y",
+    is_flag=True,
+    help="Drop without asking (required when stdin is not a terminal).",
+)
 @friendly_errors
-def db_downgrade(revision: str, db: str | None) -> None:
+def db_downgrade(revision: str, db: str | None, yes: bool) -> None:
     """Downgrade the index schema to REVISION ('base' drops everything).
+
+    The tables and columns of later revisions are dropped with their data, so this asks
+    first; --yes answers for scripts.
 
     Example:
 
     \b
-        ckpt-index db downgrade base
+        ckpt-index db downgrade base --yes
     """
     from ckpt_index.index.engine import create_index_engine, disposing, resolve_db_url
     from ckpt_index.index.migrate import current_revision, downgrade
 
     url = resolve_db_url(db)
+    if not yes:
+        _confirm_downgrade(url, revision)
     with disposing(create_index_engine(url)) as engine:
         downgrade(engine, url, revision)
         with engine.connect() as conn:
             click.echo(f"at revision {current_revision(conn) or 'base'}")
+
+
+def _confirm_downgrade(url: str, revision: str) -> None:
+    """Ask before a downgrade drops data; without a terminal to ask on, a usage error."""
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(url).render_as_string(hide_password=True)
+    what = (
+        f"Downgrading {shown} to {revision} drops the tables and columns of later "
+        "revisions, with their data."
+    )
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"{what} Pass --yes to go ahead (stdin is not a terminal).")
+    click.confirm(f"{what} Go ahead?", abort=True)
 
 
 @db_group.command("current")
