@@ -97,7 +97,7 @@ def query_paths(invoke: Callable, *args: str) -> list[str]:
     result = invoke("query", *args, "--format", "json")
     if result.exit_code == 1:
         assert "no checkpoint matches" in result.stderr
-        assert result.stdout == ""
+        assert result.stdout == "[]\n"  # still a JSON document
         return []
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return [r["checkpoint_path"] for r in json.loads(result.stdout)]
@@ -942,7 +942,14 @@ def test_nothing_matches_exits_1_with_message_on_stderr(format_tree) -> None:
         for fmt in ("table", "json", "jsonl", "csv", "paths"):
             result = format_tree.invoke("query", *args, "--format", fmt)
             assert result.exit_code == 1, (args, fmt, result.output)
-            assert result.stdout == ""
+            # JSON is still a document ([]), CSV still has its header; the rest print nothing.
+            if fmt == "json":
+                assert result.stdout == "[]\n"
+            elif fmt == "csv":
+                assert result.stdout.startswith("location,checkpoint_path,")
+                assert result.stdout.count("\n") == 1
+            else:
+                assert result.stdout == ""
             assert result.stderr.strip()
 
 
@@ -1196,6 +1203,7 @@ def test_include_unreadable_is_documented(invoke) -> None:
 def test_table_stops_at_max_rows_and_counts_the_rest(total, max_rows) -> None:
     """The table shown on a terminal stops at a screenful and says how many rows it left out."""
     from ckpt_index.query.render import render_table
+    from ckpt_index.query.table import Screen
 
     records = [
         {
@@ -1211,10 +1219,11 @@ def test_table_stops_at_max_rows_and_counts_the_rest(total, max_rows) -> None:
         }
         for i in range(total)
     ]
-    lines = render_table(records, max_rows=max_rows).splitlines()
+    # A screen of max_rows + 3 lines: the header, the rows, the "more" line and the prompt.
+    lines = render_table(records, screen=Screen(height=max_rows + 3)).splitlines()
     shown = min(total, max_rows)
     assert len([line for line in lines if "/elsewhere/" in line]) == shown
     if total > max_rows:
-        assert lines[-1].startswith(f"... {total - shown} more")
+        assert lines[-1] == f"\u2026 {total - shown} more (use --limit/--format)"
     else:
         assert "more" not in lines[-1]

@@ -24,7 +24,8 @@ from ckpt_index.cli.common import (
 from ckpt_index.vocabulary import GROUPABLE, PHASES, RESULT_FORMATS
 
 if TYPE_CHECKING:
-    from ckpt_index.query.spec import QuerySpec
+    from ckpt_index.query.columns import Picked
+    from ckpt_index.query.table import Screen
 
 #: The options of ``query`` that are fields of QuerySpec, passed to it by name.
 _QUERY_SPEC_OPTIONS: list[Callable[[F], F]] = [
@@ -87,6 +88,12 @@ def _spec_options(func: F) -> F:
     "--format", "fmt", type=click.Choice(RESULT_FORMATS), default="table", show_default=True
 )
 @click.option(
+    "--columns",
+    metavar="NAME,...",
+    help="The columns to show, in every format but paths: fields (path, size, created, "
+    "exp_name, ...) and metrics (metrics.val/loss, or a bare metric name).",
+)
+@click.option(
     "-0",
     "--null",
     "null",
@@ -95,8 +102,13 @@ def _spec_options(func: F) -> F:
     "xargs -0). Without it, a path holding a newline is an error.",
 )
 @friendly_errors
-def query(db: str | None, fmt: str, null: bool, **spec_fields: Any) -> None:
+def query(db: str | None, fmt: str, columns: str | None, null: bool, **spec_fields: Any) -> None:
     """Select checkpoints from the index.
+
+    On a terminal the table fits the window: the columns that fit (those ranked, sorted or
+    filtered by always), long names elided in the middle, and at most a screenful of rows
+    unless --limit is given ($COLUMNS and $LINES set the size elsewhere). JSON and CSV hold
+    every value whole; no match is [] in JSON and the header in CSV.
 
     Exit status 1 when nothing matches, 2 for a usage error (a malformed --where included) or
     an index that is missing or needs `ckpt-index db upgrade` (a query never writes).
@@ -107,24 +119,31 @@ def query(db: str | None, fmt: str, null: bool, **spec_fields: Any) -> None:
         ckpt-index query --best-by hmean --encoder resnet50
         ckpt-index query --best-by val/loss --group-by exp_name --format json
         ckpt-index query --where "hmean > 0.8 and epoch >= 10" --sort hmean:desc --limit 5
+        ckpt-index query --columns path,size,created,metrics.val/loss --format csv
         ckpt-index query --exp 'old_*' --format paths -0 | xargs -0 ls -l
     """
+    from ckpt_index.query.columns import ColumnError, read_columns
     from ckpt_index.query.spec import QueryError, QuerySpec, WhereError, run_query
 
     if null and fmt != "paths":
         raise click.UsageError("-0/--null goes with --format paths")
     spec = QuerySpec(**spec_fields)
+
+    def read(conn: Any) -> tuple[list[dict[str, Any]], Picked]:
+        records = run_query(conn, spec)
+        return records, read_columns(conn, records, columns, spec)
+
     try:
-        records = read_index(db, lambda conn: run_query(conn, spec))
-    except (WhereError, QueryError) as exc:
+        records, picked = read_index(db, read)
+    except (WhereError, QueryError, ColumnError) as exc:
         raise click.UsageError(str(exc)) from None
-    if not records:
-        click.echo("no checkpoint matches", err=True)
-        sys.exit(1)
     if fmt == "paths":
         _write_paths(records, null)
     else:
-        _write_records(records, fmt, spec)
+        _write_records(records, fmt, picked)
+    if not records:
+        click.echo("no checkpoint matches", err=True)
+        sys.exit(1)
 
 
 def _write_paths(records: list[dict[str, Any]], null: bool) -> None:
@@ -136,21 +155,40 @@ def _write_paths(records: list[dict[str, Any]], null: bool) -> None:
         text = render_paths(records, null=null)
     except PathsFormatError as exc:
         raise click.ClickException(str(exc)) from None
-    write_data(text if null else text + "\n")
+    if text:
+        write_data(text if null else text + "\n")
 
 
-def _write_records(records: list[dict[str, Any]], fmt: str, spec: QuerySpec) -> None:
-    """The table shows the ranking metric, and stops at a screenful on a terminal unless
-    ``--limit`` says how many rows to show."""
+def _write_records(records: list[dict[str, Any]], fmt: str, picked: Picked) -> None:
+    """The table, for a person, only when there are rows; data formats always (``[]``, the CSV
+    header)."""
     from ckpt_index.query.render import render_records
-    from ckpt_index.query.spec import parse_direction
 
-    options: dict[str, Any] = {}
+    if fmt == "table" and not records:
+        return
+    options: dict[str, Any] = {"columns": picked.columns}
     if fmt == "table":
-        options["metric"] = parse_direction(spec.best_by)[0] if spec.best_by else None
-        if spec.limit is None and sys.stdout.isatty():
-            options["max_rows"] = max(10, shutil.get_terminal_size().lines - 4)
-    write_data(render_records(records, fmt, **options) + "\n")
+        options.update(first=picked.first, screen=_screen(picked.limited))
+    text = render_records(records, fmt, **options)
+    if text:
+        write_data(text + "\n")
+
+
+def _screen(limited: bool) -> Screen:
+    """The table's bounds: the terminal's size when output goes to one, else $COLUMNS and
+    $LINES when set (a pipe gets the plain table); no row limit when --limit is given."""
+    from ckpt_index.query.table import Screen
+
+    tty = sys.stdout.isatty()
+    size = shutil.get_terminal_size()
+    width = size.columns if tty or os.environ.get("COLUMNS") else None
+    height = size.lines if (tty or os.environ.get("LINES")) and not limited else None
+    ellipsis = "\u2026"
+    try:
+        ellipsis.encode(getattr(sys.stdout, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        ellipsis = "..."
+    return Screen(width=width, height=height, ellipsis=ellipsis)
 
 
 @click.command()

@@ -74,6 +74,8 @@ OUTPUT_FIELDS = (
     "save_top_k",
     "save_last",
     "created_at",
+    # The checkpoint file's size in bytes when it was indexed (the table shows it as "size").
+    "ckpt_size",
     "hydra_config_path",
     "wandb_run_id",
     "source",
@@ -177,7 +179,7 @@ def record_from_metadata(
         "recall": meta.metrics.recall,
         "hmean": meta.metrics.hmean,
         "validation_loss": _finite(meta.metrics.validation_loss),
-        "monitor": ckpting.monitor if ckpting else None,
+        "monitor": _known(ckpting.monitor) if ckpting else None,
         "mode": ckpting.mode if ckpting else None,
         "save_top_k": ckpting.save_top_k if ckpting else None,
         "save_last": ckpting.save_last if ckpting else None,

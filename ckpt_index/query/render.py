@@ -11,10 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
+from ckpt_index.query import table
+from ckpt_index.query.columns import Column, csv_columns, select
+from ckpt_index.query.table import Screen, default_columns, display_path, human_size, rows_that_fit
 
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -37,14 +40,6 @@ def _escape_char(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def _display_path(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel
-
-
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -53,72 +48,69 @@ def _cell(value: Any) -> str:
     return escape_control(str(value))
 
 
+def _table_cell(column: Column, value: Any) -> str:
+    """A value as the table shows it: paths relative, sizes human, times to the minute."""
+    if value is None:
+        return "-"
+    if column.metric:
+        return _cell(value)
+    if column.name.endswith("_path"):
+        return escape_control(display_path(str(value)))
+    if column.name == "ckpt_size" and isinstance(value, int):
+        return human_size(value)
+    if column.name == "created_at":
+        return escape_control(str(value)[:16].replace("T", " "))
+    return _cell(value)
+
+
 def render_table(
-    records: Sequence[dict[str, Any]], *, metric: str | None = None, max_rows: int | None = None
+    records: Sequence[dict[str, Any]],
+    *,
+    columns: Sequence[Column] | None = None,
+    first: Sequence[Column] = (),
+    screen: Screen | None = None,
 ) -> str:
-    """A fixed-width table of the fields one picks a checkpoint by."""
-    columns = [
-        "hmean",
-        "epoch",
-        "global_step",
-        "exp_name",
-        "architecture",
-        "encoder",
-        "training_phase",
-        "checkpoint_path",
-    ]
-    headers = ["hmean", "epoch", "step", "exp_name", "arch", "encoder", "phase", "path"]
-    if metric and metric != "hmean":
-        columns.insert(0, metric)
-        headers.insert(0, escape_control(metric))
-    shown = records if max_rows is None else records[:max_rows]
-    rows = [_table_row(record, columns) for record in shown]
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-    lines = [_table_line(headers, widths)] + [_table_line(r, widths) for r in rows]
-    if len(shown) < len(records):
-        more = len(records) - len(shown)
-        lines.append(f"... {more} more (use --limit N, or --format jsonl/csv for all)")
-    return "\n".join(lines)
+    """The table of ``columns`` (default: the fields one picks a checkpoint by, after ``first``,
+    the columns the query ranks, sorts or filters by), fitted to ``screen``."""
+    screen = screen or Screen()
+    if columns is None:
+        shown_columns, keep = default_columns(first)
+    else:
+        shown_columns, keep = list(columns), {c.name for c in columns}
+    count = rows_that_fit(len(records), screen.height)
+    cells = [[_table_cell(c, c.value(r)) for c in shown_columns] for r in records[:count]]
+    return table.render(shown_columns, cells, keep, screen, hidden_rows=len(records) - count)
 
 
-def _table_row(record: dict[str, Any], columns: Sequence[str]) -> list[str]:
-    """A record's cells: a field, else a logged metric; the path relative when it is below the
-    current directory."""
-    row = []
-    for col in columns:
-        value = record.get(col) if col in record else record["metrics"].get(col)
-        if col == "checkpoint_path":
-            row.append(escape_control(_display_path(str(value))))
-        else:
-            row.append(_cell(value))
-    return row
-
-
-def render_records(records: Sequence[dict[str, Any]], fmt: str, **table_options: Any) -> str:
+def render_records(
+    records: Sequence[dict[str, Any]],
+    fmt: str,
+    *,
+    columns: Sequence[Column] | None = None,
+    **table_options: Any,
+) -> str:
+    """``records`` in ``fmt``; ``columns`` picks the fields and metrics shown (every format but
+    paths). No records is ``[]`` in JSON and the header line in CSV."""
     if fmt == "table":
-        return render_table(records, **table_options)
-    if fmt == "json":
-        return json.dumps(list(records), indent=2)
-    if fmt == "jsonl":
-        return "\n".join(json.dumps(r, separators=(",", ":")) for r in records)
+        return render_table(records, columns=columns, **table_options)
     if fmt == "paths":
         return render_paths(records)
     if fmt == "csv":
-        return render_csv(records)
+        return render_csv(records, columns)
+    rows = [select(r, columns) for r in records] if columns is not None else list(records)
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "jsonl":
+        return "\n".join(json.dumps(r, separators=(",", ":")) for r in rows)
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def render_csv(records: Sequence[dict[str, Any]]) -> str:
-    """One column per field, then one per metric name (those that are not also fields)."""
-    fields = [k for k in records[0] if k != "metrics"] if records else []
-    metric_names = sorted({n for r in records for n in r["metrics"] if n not in fields})
-    rows = [fields + metric_names]
-    rows += [
-        [_csv_value(r[f]) for f in fields] + [_csv_value(r["metrics"].get(n)) for n in metric_names]
-        for r in records
-    ]
+def render_csv(records: Sequence[dict[str, Any]], columns: Sequence[Column] | None = None) -> str:
+    """One column per field, then one per metric name (those that are not also fields); or the
+    ``columns`` asked for. A header line even when there are no records."""
+    picked = csv_columns(records, columns)
+    rows: list[list[Any]] = [[c.name for c in picked]]
+    rows += [[_csv_value(c.value(r)) for c in picked] for r in records]
     return _csv_lines(rows).rstrip("\n")
 
 
