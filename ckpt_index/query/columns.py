@@ -9,7 +9,6 @@ them by their field and metric names, the table by its short headers.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -65,6 +64,8 @@ def column(name: str, metric_names: Iterable[str] = ()) -> Column:
         return Column(name, metric=True)
     if name.startswith("params."):
         raise ColumnError(f"unknown column {name!r} (hyperparameters are not indexed yet)")
+    import difflib  # only for the error's suggestion
+
     candidates = [*FIELD_NAMES, *ALIASES, *sorted(known)]
     close = difflib.get_close_matches(name, candidates, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
