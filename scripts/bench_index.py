@@ -112,7 +112,7 @@ out = {
     "rss_after_imports_mb": rss_imports_kb / 1024.0,
     "peak_rss_mb": rss_kb / 1024.0,
     "ru_maxrss_mb": ru_maxrss_kb / 1024.0,
-    "summary": {k: v for k, v in summary.to_dict().items() if k != "invalid_files"},
+    "summary": {k: v for k, v in summary.to_dict().items() if not k.endswith("_files")},
 }
 if profiler is not None:
     import io, pstats

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import subprocess
 import sys
@@ -296,12 +295,12 @@ def test_validate_text(outputs, invoke, mixed_tree, tmp_path, db_path) -> None:
     (broken,) = [line for line in lines if str(mixed_tree["broken_yaml"]) in line]
     assert broken.startswith("invalid") and "line" in broken  # the parse error says where
     (bare,) = [line for line in lines if str(mixed_tree["bare"]) in line]
-    assert "no metadata" in bare
+    assert bare.startswith("without sidecar: ")
     orphan = [line for line in lines if str(mixed_tree["orphan"]) in line]
     assert any("orphan" in line for line in orphan)
     # Valid files need no line.
     assert not [line for line in lines if str(mixed_tree["valid"]) in line]
-    assert re.search(r"\b1 checkpoints? without metadata", lines[-1])
+    assert "1 without sidecar" in lines[-1]
     assert "2 invalid" in lines[-1]
     assert "1 orphaned" in lines[-1]
     _no_database_created(tmp_path, db_path)
@@ -317,12 +316,12 @@ def test_validate_json(outputs, invoke, mixed_tree, tmp_path, db_path) -> None:
     assert set(invalid) == {str(mixed_tree["out_of_range"]), str(mixed_tree["broken_yaml"])}
     assert "metrics.hmean" in invalid[str(mixed_tree["out_of_range"])]
     assert all(reason and "\n" not in reason for reason in invalid.values())
-    assert report["without_metadata"] == [str(mixed_tree["bare"])]
+    assert report["without_sidecar"] == [str(mixed_tree["bare"])]
     assert report["orphaned"] == [str(mixed_tree["orphan"])]
     assert report["counts"] == {
         "valid": 2,
         "invalid": 2,
-        "without_metadata": 1,
+        "without_sidecar": 1,
         "orphaned": 1,
         "unreadable": 0,
         "stale": 0,
@@ -361,7 +360,7 @@ def test_validate_reads_checkpoints_in_workers(outputs, invoke, tmp_path, db_pat
     text = invoke("validate", str(outputs)).stdout
     assert f"unreadable: {truncated}: " in text
     assert f"needs weights_only=False: {unsafe}: argparse.Namespace" in text
-    assert "1 unreadable, 1 stale, 1 with unsafe globals" in text
+    assert "1 unreadable; " in text and "1 stale, 1 with unsafe globals" in text
     quick = json.loads(
         invoke("validate", str(outputs), "--no-checkpoints", "--format", "json").stdout
     )
@@ -391,7 +390,7 @@ def test_validate_all_valid_exits_0(outputs, invoke, tmp_path, db_path) -> None:
     result = invoke("validate", str(outputs))
     assert result.exit_code == 0, result.output
     assert "warning" in result.stdout and "hmean" in result.stdout
-    assert "2 valid, 0 invalid" in result.stdout
+    assert "2 valid sidecars, 0 invalid" in result.stdout
     result = invoke("validate", str(outputs), "--format", "json")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["counts"]["invalid"] == 0

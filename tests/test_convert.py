@@ -366,7 +366,7 @@ def test_every_written_sidecar_passes_validate(tree: dict[str, Path], outputs: P
     assert convert("ckpt-index", "--outputs-dir", outputs).exit_code == 0
     result = CliRunner().invoke(cli, ["validate", str(outputs)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "4 valid, 0 invalid, 0 checkpoints without metadata" in result.stdout
+    assert "4 valid sidecars, 0 invalid, 0 unreadable; 0 without sidecar" in result.stdout
     for path in sidecars(outputs):
         try:
             read_sidecar(path)

@@ -410,7 +410,7 @@ def test_every_field_from_the_most_specific_source(
 
     summary = sync(outputs, db_path)
 
-    assert (summary.inferred, summary.unreadable, summary.without_metadata) == (2, 0, 0)
+    assert (summary.inferred, summary.unreadable, summary.missing) == (2, 0, 0)
     for epoch, ckpt in enumerate(ckpts):
         got = row(db_path, ckpt)
         assert (got["status"], got["source"], got["error"], got["sidecar_path"]) == (
@@ -552,9 +552,10 @@ def test_state_dict_names_the_encoder_when_nothing_else_does(
         "state_dict",
     )
     assert (got["epoch"], got["global_step"]) == (0, 4)
+    # Nothing names the experiment: its run folder does (as the seed catalog showed it).
+    assert (got["exp_name"], got["inferred"]["exp_name"]) == ("run", "path")
     for name in (
         "architecture",
-        "exp_name",
         "decoder",
         "hmean",
         "monitor",
@@ -583,6 +584,7 @@ def test_mode_without_a_monitor_is_not_recorded(bare: Path, outputs: Path, db_pa
         "epoch": "checkpoint",
         "global_step": "checkpoint",
         "created_at": "file",
+        "exp_name": "path",
     }
 
 
@@ -632,7 +634,7 @@ def test_unreadable_checkpoints_are_recorded_with_reasons(
     summary = sync(outputs, db_path)
 
     assert (summary.checkpoints, summary.inferred, summary.unreadable) == (4, 1, 3)
-    listed = dict(summary.invalid_files)
+    listed = dict(summary.unreadable_files)
     assert sorted(listed) == sorted(str(p) for p in bad.values())
     for i, (kind, ckpt) in enumerate(bad.items()):
         fragment = UNREADABLE[kind][1]
@@ -662,12 +664,14 @@ def test_cli_reports_unreadable_and_strict_fails(hinted: dict, outputs: Path, in
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["unreadable"] == 3
-    assert sorted(f["path"] for f in data["invalid_files"]) == sorted(str(p) for p in bad.values())
+    assert sorted(f["path"] for f in data["unreadable_files"]) == sorted(
+        str(p) for p in bad.values()
+    )
 
     result = invoke("sync", str(outputs))
     assert result.exit_code == 0
     for ckpt in bad.values():
-        assert f"invalid: {ckpt}:" in result.stderr
+        assert f"unreadable: {ckpt}:" in result.stderr
     assert "3 unreadable" in result.stdout
 
     result = invoke("sync", str(outputs), "--strict")
@@ -699,7 +703,7 @@ def test_unchanged_checkpoints_are_not_read_again(
     summary = sync(outputs, db_path)
     assert reads == []  # unreadable ones are not retried either while unchanged
     assert (summary.unchanged, summary.inferred, summary.unreadable, summary.parsed) == (3, 2, 1, 0)
-    assert len(summary.invalid_files) == 1  # still reported
+    assert len(summary.unreadable_files) == 1  # still reported
 
     # b is replaced by the next epoch's checkpoint: it, and only it, is read again.
     shutil.copyfile(second, b)
@@ -790,7 +794,7 @@ def test_no_infer_records_missing_and_switching_modes_redoes_rows(
 
     summary = sync(outputs, db_path, infer=False)
     assert reads == []
-    assert (summary.without_metadata, summary.inferred) == (2, 0)
+    assert (summary.missing, summary.inferred) == (2, 0)
     assert_missing()
 
     summary = sync(outputs, db_path, infer=False)
@@ -798,7 +802,7 @@ def test_no_infer_records_missing_and_switching_modes_redoes_rows(
 
     summary = sync(outputs, db_path, infer=True)
     assert sorted(reads) == sorted(map(str, ckpts))
-    assert (summary.inferred, summary.updated, summary.without_metadata) == (2, 2, 0)
+    assert (summary.inferred, summary.updated, summary.missing) == (2, 2, 0)
     fresh_db = tmp_path / "fresh.db"
     sync(outputs, fresh_db, infer=True)
     assert content(db_path) == content(fresh_db)  # incremental equals a fresh sync
@@ -806,7 +810,7 @@ def test_no_infer_records_missing_and_switching_modes_redoes_rows(
     reads.clear()
     summary = sync(outputs, db_path, infer=False)
     assert reads == []
-    assert (summary.without_metadata, summary.updated) == (2, 2)
+    assert (summary.missing, summary.updated) == (2, 2)
     assert_missing()
 
     summary = sync(outputs, db_path, infer=True)
@@ -819,13 +823,13 @@ def test_cli_no_infer(hinted: dict, outputs: Path, db_path: Path, invoke, reads:
 
     result = invoke("sync", str(outputs), "--no-infer", "--format", "json")
     assert result.exit_code == 0
-    assert json.loads(result.stdout)["without_metadata"] == 1
+    assert json.loads(result.stdout)["missing"] == 1
     assert reads == [] and row(db_path, ckpt)["status"] == "missing"
 
     result = invoke("sync", str(outputs), "--format", "json")  # the default infers
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert (data["inferred"], data["without_metadata"]) == (1, 0)
+    assert (data["inferred"], data["missing"]) == (1, 0)
     got = row(db_path, ckpt)
     assert (got["status"], got["encoder"]) == ("inferred", "enchparams")
 
@@ -977,7 +981,7 @@ def test_bad_text_from_hparams_is_never_stored_raw(
     found = infer_metadata(ckpt)
 
     # Cleaned with a warning here, or refused as no name by the config reader: never stored raw.
-    if field in found.fields:
+    if found.sources.get(field) == "checkpoint":
         assert found.fields[field] == kept
         assert any(w.startswith(f"{field} from checkpoint: ") and word in w for w in found.warnings)
     assert found.fields.get("epoch") == 1

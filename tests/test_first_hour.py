@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 import click
 import pytest
 from helpers.checkpoints import write_checkpoint
+from helpers.files import age
+from helpers.sidecars import seed_document
 
 import ckpt_index.sync.roots as sync_roots_module
 from ckpt_index.cli import cli
@@ -149,3 +152,56 @@ def test_downgrade_on_a_terminal_asks_first(upgraded: Path) -> None:
     code, output = _downgrade_on_a_terminal(upgraded, b"y\n")
     assert code == 0 and "at revision base" in output
     assert _revision(upgraded) is None
+
+
+# --------------------------------------------------------------------------------------------
+# validate and sync name the same things with the same words.
+
+
+def _every_kind(root: Path) -> dict[str, Path]:
+    """A valid, an invalid, an unreadable, a stale, an orphaned and a sidecar-less checkpoint."""
+    valid = write_checkpoint(root / "a/valid.ckpt", seed_document())
+    invalid = write_checkpoint(root / "a/invalid.ckpt", **{"metrics.hmean": 1.7})
+    unreadable = write_checkpoint(root / "a/unreadable.ckpt", seed_document())
+    unreadable.write_bytes(unreadable.read_bytes()[:100])
+    stale = write_checkpoint(root / "a/stale.ckpt", seed_document())
+    orphan = write_checkpoint(root / "a/orphan.ckpt", seed_document(), ckpt_file=False)
+    bare = write_checkpoint(root / "a/bare.ckpt")
+    age(root)
+    age(sidecar_path_for(stale))  # an hour older again: its checkpoint was replaced after
+    return {
+        "valid": valid,
+        "invalid": sidecar_path_for(invalid),
+        "unreadable": unreadable,
+        "stale": sidecar_path_for(stale),
+        "orphaned sidecar": sidecar_path_for(orphan),
+        "without sidecar": bare,
+    }
+
+
+def _counts(line: str) -> dict[str, int]:
+    return {m[2]: int(m[1]) for m in re.finditer(r"(\d+) ([a-z][a-z ]*[a-z])", line)}
+
+
+def test_validate_and_sync_use_the_same_words(invoke, outputs: Path) -> None:
+    kinds = _every_kind(outputs)
+    checked = invoke("validate", str(outputs))
+    synced = invoke("sync", str(outputs))
+    assert checked.exit_code == 1 and synced.exit_code == 0, synced.output
+    for word, path in kinds.items():
+        if word == "valid":
+            continue
+        line = f"{word}: {path}"
+        assert any(x.startswith(line) for x in checked.stdout.splitlines()), (word, checked.stdout)
+        if word in ("invalid", "unreadable"):  # sync lists only what it could not use
+            assert any(x.startswith(line) for x in synced.stderr.splitlines()), synced.stderr
+    by_validate = _counts(checked.stdout.splitlines()[-1])
+    by_sync = _counts(synced.stdout.splitlines()[-1].split(" unchanged; ")[1])
+    shared = ("invalid", "unreadable", "without sidecar", "orphaned sidecars", "stale")
+    expected = {"invalid": 1, "unreadable": 1, "without sidecar": 1, "orphaned sidecars": 1}
+    assert {k: by_validate[k] for k in shared} == {**expected, "stale": 1}
+    assert {k: by_sync[k] for k in shared} == {k: by_validate[k] for k in shared}
+    # validate counts the sidecars that are valid; sync the rows whose status is valid (the
+    # unreadable checkpoint's sidecar is valid, its row is not), and the statuses of the rest.
+    assert by_validate["valid sidecars"] == 4
+    assert (by_sync["valid"], by_sync["inferred"], by_sync["missing"]) == (3, 1, 0)

@@ -337,7 +337,8 @@ def test_hostile_file_is_contained(name: str, outputs: Path, db_url: str) -> Non
     assert row["status"] in statuses, row
     if row["status"] in ("unreadable", "invalid"):
         assert row["error"] and "\n" not in row["error"] and fragment in row["error"], row
-        assert str(target) in {f["path"] for f in summary["invalid_files"]} or row["sidecar_path"]
+        listed = summary["invalid_files"] + summary["unreadable_files"]
+        assert str(target) in {f["path"] for f in listed} or row["sidecar_path"]
     for path, status in ordinary.items():
         assert got[path]["status"] == status, got[path]
     # Stored values are clean: what one backend stores, the other can too.

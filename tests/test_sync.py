@@ -69,7 +69,7 @@ def test_first_sync_indexes_every_sidecar(outputs: Path, db_url: str) -> None:
     assert summary.roots == [str(outputs)]
     assert (summary.checkpoints, summary.sidecars, summary.parsed, summary.added) == (3, 3, 3, 3)
     assert (summary.updated, summary.removed, summary.unchanged) == (0, 0, 0)
-    assert (summary.valid, summary.invalid, summary.without_metadata, summary.orphaned) == (
+    assert (summary.valid, summary.invalid, summary.missing, summary.orphaned) == (
         3,
         0,
         0,
@@ -454,7 +454,7 @@ def test_sidecar_only_from_the_start_is_an_orphan(outputs: Path, db_url: str) ->
 def test_checkpoint_without_sidecar_lifecycle(outputs: Path, db_url: str) -> None:
     ckpt = write_checkpoint(outputs / "e" / "x.ckpt")
     summary = sync(outputs, db=db_url)
-    counts = (summary.checkpoints, summary.sidecars, summary.without_metadata, summary.valid)
+    counts = (summary.checkpoints, summary.sidecars, summary.missing, summary.valid)
     assert counts == (1, 0, 1, 0)
     got = row(db_url, ckpt)
     assert (got["status"], got["source"], got["sidecar_path"]) == ("missing", "none", None)
@@ -463,14 +463,14 @@ def test_checkpoint_without_sidecar_lifecycle(outputs: Path, db_url: str) -> Non
 
     write_checkpoint(ckpt, seed_document())
     summary = sync(outputs, db=db_url)
-    assert (summary.without_metadata, summary.valid, summary.updated) == (0, 1, 1)
+    assert (summary.missing, summary.valid, summary.updated) == (0, 1, 1)
     got = row(db_url, ckpt)
     assert (got["status"], got["source"]) == ("valid", "sidecar")
     assert got["exp_name"] == seed_document()["exp_name"] and got["metrics"]
 
     sidecar_path_for(ckpt).unlink()
     summary = sync(outputs, db=db_url)
-    assert (summary.without_metadata, summary.valid, summary.removed) == (1, 0, 0)
+    assert (summary.missing, summary.valid, summary.removed) == (1, 0, 0)
     got = row(db_url, ckpt)
     assert (got["status"], got["source"], got["sidecar_path"]) == ("missing", "none", None)
     from ckpt_index.index.records import METADATA_COLUMNS
@@ -655,7 +655,8 @@ def test_cli_json_summary(outputs: Path, invoke_db) -> None:
         "valid": 4,
         "invalid": 1,
         "orphaned": 1,
-        "without_metadata": 1,
+        "missing": 1,
+        "without_sidecar": 1,
     }
     assert {k: data[k] for k in expected} == expected
     assert isinstance(data["elapsed_s"], float)

@@ -394,7 +394,7 @@ def _check_summary(summary, rows: dict) -> None:
     assert summary.valid == sum(r["status"] == "valid" for r in values)
     assert summary.invalid == sum(r["status"] == "invalid" for r in values)
     assert summary.invalid == len(summary.invalid_files)
-    assert summary.without_metadata == sum(r["status"] == "missing" for r in values)
+    assert summary.missing == sum(r["status"] == "missing" for r in values)
     assert summary.orphaned == sum(not r["checkpoint_exists"] for r in values)
     assert summary.checkpoints == sum(bool(r["checkpoint_exists"]) for r in values)
     assert summary.sidecars == sum(r["sidecar_path"] is not None for r in values)

@@ -122,7 +122,7 @@ def test_a_crashing_reader_costs_its_file_only(
     monkeypatch.setenv(isolation.FAULT_ENV, str(victim))
     monkeypatch.setenv(isolation.FAULT_SIGNAL_ENV, fault)
     summary = run(tree, tmp_path / "crash.db")
-    reasons = dict(summary.invalid_files)
+    reasons = dict(summary.unreadable_files)
     expected = "reader crashed: SIGSEGV" if fault == "SIGSEGV" else "reader killed (SIGKILL)"
     assert reasons[str(victim)] == expected
     assert summary.unreadable >= 1 and summary.valid + summary.inferred == 297

@@ -96,13 +96,15 @@ def sync(
 
 def _print_summary(summary: SyncSummary) -> None:
     """The first invalid inputs and unlisted folders on stderr, then the one-line summary."""
-    for path, reason in summary.invalid_files[:_LISTED]:
-        echo_escaped(f"invalid: {path}: {reason}", err=True)
+    listed = [("invalid", path, reason) for path, reason in summary.invalid_files]
+    listed += [("unreadable", path, reason) for path, reason in summary.unreadable_files]
+    for word, path, reason in listed[:_LISTED]:
+        echo_escaped(f"{word}: {path}: {reason}", err=True)
     for _path, reason in summary.unlisted_dirs[:_LISTED]:
         echo_escaped(f"not listed: {reason} (its rows were kept)", err=True)
-    if len(summary.invalid_files) > _LISTED:
+    if len(listed) > _LISTED:
         click.echo(
-            f"... {len(summary.invalid_files) - _LISTED} more invalid inputs "
+            f"... {len(listed) - _LISTED} more invalid or unreadable files "
             "(ckpt-index validate ROOT lists all)",
             err=True,
         )

@@ -7,10 +7,14 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ckpt_index.cli.common import db_option, echo_escaped, friendly_errors, report_format_option
+
+if TYPE_CHECKING:
+    from ckpt_index.tools.validate import ValidationReport
 
 
 @click.command()
@@ -27,9 +31,10 @@ def validate(root: str, fmt: str, checkpoints: bool) -> None:
     """Check every sidecar and checkpoint under ROOT (the index is not touched).
 
     Lists invalid sidecars and unreadable checkpoints (truncated, not a checkpoint) with their
-    reasons, stale sidecars (older than their checkpoint), checkpoints without metadata, and the
-    pickle globals torch.load(weights_only=True) would refuse in each checkpoint. Checkpoints
-    are read by isolated workers. Exit 1 if anything is invalid or unreadable.
+    reasons, stale sidecars (older than their checkpoint), orphaned sidecars, checkpoints
+    without sidecar, and the pickle globals torch.load(weights_only=True) would refuse in each
+    checkpoint, in the words sync uses. Checkpoints are read by isolated workers. Exit 1 if
+    anything is invalid or unreadable.
 
     Example:
 
@@ -43,26 +48,33 @@ def validate(root: str, fmt: str, checkpoints: bool) -> None:
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        for path, reason in report.invalid:
-            echo_escaped(f"invalid: {path}: {reason}")
-        for path, warning in report.warnings:
-            echo_escaped(f"warning: {path}: {warning}")
-        for path in report.without_metadata:
-            echo_escaped(f"no metadata: {path}")
-        for path in report.orphaned:
-            echo_escaped(f"orphaned sidecar (no checkpoint): {path}")
-        for path, reason in report.unreadable:
-            echo_escaped(f"unreadable: {path}: {reason}")
-        for path, names in report.unsafe_globals.items():
-            echo_escaped(f"needs weights_only=False: {path}: {', '.join(names)}")
-        click.echo(
-            f"{len(report.valid)} valid, {len(report.invalid)} invalid, "
-            f"{len(report.without_metadata)} checkpoints without metadata, "
-            f"{len(report.orphaned)} orphaned sidecars, {len(report.unreadable)} unreadable, "
-            f"{len(report.stale)} stale, {len(report.unsafe_globals)} with unsafe globals"
-        )
+        _print_report(report)
     if not report.ok:
         sys.exit(1)
+
+
+def _print_report(report: ValidationReport) -> None:
+    """One line per file worth a look, then the counts, in the words ``sync`` uses."""
+    for path, reason in report.invalid:
+        echo_escaped(f"invalid: {path}: {reason}")
+    for path, reason in report.unreadable:
+        echo_escaped(f"unreadable: {path}: {reason}")
+    for path in report.stale:
+        echo_escaped(f"stale: {path}: the checkpoint is newer than its sidecar")
+    for path in report.orphaned:
+        echo_escaped(f"orphaned sidecar: {path}: its checkpoint is gone")
+    for path in report.without_sidecar:
+        echo_escaped(f"without sidecar: {path}")
+    for path, warning in report.warnings:
+        echo_escaped(f"warning: {path}: {warning}")
+    for path, names in report.unsafe_globals.items():
+        echo_escaped(f"needs weights_only=False: {path}: {', '.join(names)}")
+    click.echo(
+        f"{len(report.valid)} valid sidecars, {len(report.invalid)} invalid, "
+        f"{len(report.unreadable)} unreadable; {len(report.without_sidecar)} without sidecar, "
+        f"{len(report.orphaned)} orphaned sidecars, {len(report.stale)} stale, "
+        f"{len(report.unsafe_globals)} with unsafe globals"
+    )
 
 
 @click.command()

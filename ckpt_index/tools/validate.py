@@ -27,7 +27,8 @@ class ValidationReport:
     invalid: list[tuple[str, str]] = field(default_factory=list)
     #: (sidecar path, warning) for valid sidecars with something worth knowing
     warnings: list[tuple[str, str]] = field(default_factory=list)
-    without_metadata: list[str] = field(default_factory=list)
+    #: Checkpoints without a sidecar (a sync fills them from fallbacks: 'inferred', or 'missing').
+    without_sidecar: list[str] = field(default_factory=list)
     orphaned: list[str] = field(default_factory=list)
     #: (checkpoint path, reason) of checkpoints that cannot be loaded (truncated, not a checkpoint)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
@@ -46,7 +47,7 @@ class ValidationReport:
             "valid": self.valid,
             "invalid": [{"path": p, "reason": r} for p, r in self.invalid],
             "warnings": [{"path": p, "warning": w} for p, w in self.warnings],
-            "without_metadata": self.without_metadata,
+            "without_sidecar": self.without_sidecar,
             "orphaned": self.orphaned,
             "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
             "stale": self.stale,
@@ -54,7 +55,7 @@ class ValidationReport:
             "counts": {
                 "valid": len(self.valid),
                 "invalid": len(self.invalid),
-                "without_metadata": len(self.without_metadata),
+                "without_sidecar": len(self.without_sidecar),
                 "orphaned": len(self.orphaned),
                 "unreadable": len(self.unreadable),
                 "stale": len(self.stale),
@@ -77,7 +78,7 @@ def validate_tree(
     found = sorted(scan(root_path, report.invalid).items())
     for ckpt_path, item in found:
         if item.sidecar_path is None:
-            report.without_metadata.append(ckpt_path)
+            report.without_sidecar.append(ckpt_path)
             continue
         if item.ckpt is None:
             report.orphaned.append(item.sidecar_path)
@@ -90,9 +91,6 @@ def validate_tree(
         report.warnings.extend((item.sidecar_path, w) for w in metadata_warnings(meta))
         if is_stale(item.ckpt, item.sidecar):
             report.stale.append(item.sidecar_path)
-            report.warnings.append(
-                (item.sidecar_path, "stale: the checkpoint is newer than its sidecar")
-            )
     paths = [path for path, item in found if item.ckpt is not None]
     if checkpoints and paths:
         _inspect(paths, report, limits)
