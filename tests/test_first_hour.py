@@ -205,3 +205,32 @@ def test_validate_and_sync_use_the_same_words(invoke, outputs: Path) -> None:
     # unreadable checkpoint's sidecar is valid, its row is not), and the statuses of the rest.
     assert by_validate["valid sidecars"] == 4
     assert (by_sync["valid"], by_sync["inferred"], by_sync["missing"]) == (3, 1, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# The README's install lines work from a checkout: the package is not on PyPI.
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_installs_from_the_checkout() -> None:
+    text = README.read_text()
+    installs = re.findall(r"pip install ([^`\n#]*)", text)
+    assert installs
+    for arguments in installs:
+        targets = [a.strip("\"'") for a in arguments.split() if not a.startswith("-")]
+        ours = [t for t in targets if t.startswith(".") or t.startswith("ckpt-index")]
+        assert all(t == "." or t.startswith(".[") for t in ours), arguments
+    assert 'pip install ".[pandas]"' in text and 'pip install ".[postgres]"' in text
+
+
+def test_readme_says_datasette_opens_the_index_file() -> None:
+    text = README.read_text()
+    assert "`datasette ckpt_index.db`" in text and "datasette -i" in text
+
+
+def test_readme_documents_shell_completion() -> None:
+    text = README.read_text()
+    section = text[text.index("## Shell completion") :]
+    for shell in ("bash", "zsh", "fish"):
+        assert f"_CKPT_INDEX_COMPLETE={shell}_source ckpt-index" in section

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ckpt_index.cli import completion
 from ckpt_index.cli.common import (
     F,
     db_option,
@@ -32,6 +33,7 @@ _QUERY_SPEC_OPTIONS: list[Callable[[F], F]] = [
     click.option(
         "--best-by",
         metavar="METRIC[:max|min]",
+        shell_complete=completion.complete_metric,
         help="Only the best checkpoint by METRIC (a field or any logged metric). Direction "
         "defaults to max, or min for names containing 'loss'.",
     ),
@@ -40,9 +42,22 @@ _QUERY_SPEC_OPTIONS: list[Callable[[F], F]] = [
         type=click.Choice(GROUPABLE),
         help="With --best-by: the best checkpoint per group.",
     ),
-    click.option("--encoder", help="Only this encoder (e.g. resnet50)."),
-    click.option("--architecture", help="Only this architecture (e.g. dbnet)."),
-    click.option("--exp", metavar="GLOB", help="Experiment name glob, e.g. 'ocr_*resnet50*'."),
+    click.option(
+        "--encoder",
+        shell_complete=completion.complete_encoder,
+        help="Only this encoder (e.g. resnet50).",
+    ),
+    click.option(
+        "--architecture",
+        shell_complete=completion.complete_architecture,
+        help="Only this architecture (e.g. dbnet).",
+    ),
+    click.option(
+        "--exp",
+        metavar="GLOB",
+        shell_complete=completion.complete_exp,
+        help="Experiment name glob, e.g. 'ocr_*resnet50*'.",
+    ),
     click.option("--phase", type=click.Choice(PHASES), help="Only this training_phase."),
     click.option("--min-epoch", type=int, metavar="N", help="Only epoch >= N."),
     click.option("--max-epoch", type=int, metavar="N", help="Only epoch <= N."),
@@ -53,7 +68,11 @@ _QUERY_SPEC_OPTIONS: list[Callable[[F], F]] = [
         help="Filter expression: hmean > 0.8 and encoder = 'resnet50' or val/loss < 0.03.",
     ),
     click.option(
-        "--sort", multiple=True, metavar="FIELD[:asc|desc]", help="Sort key (repeatable)."
+        "--sort",
+        multiple=True,
+        metavar="FIELD[:asc|desc]",
+        shell_complete=completion.complete_sort_key,
+        help="Sort key (repeatable).",
     ),
     click.option("--limit", type=click.IntRange(min=0), help="At most N results."),
     click.option(
