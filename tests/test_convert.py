@@ -72,14 +72,19 @@ class Module(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _train(root: Path, hparams: dict[str, Any], *, cleval: bool, epochs: int) -> list[Path]:
+def _train(
+    root: Path, hparams: dict[str, Any], *, cleval: bool, epochs: int, **settings: Any
+) -> list[Path]:
+    """Checkpoints of a real fit; ``settings`` override ModelCheckpoint's (monitor val/hmean,
+    mode max, every epoch kept)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     torch.manual_seed(0)
     data = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), batch_size=2
     )
-    checkpointing = ModelCheckpoint(dirpath=root, monitor="val/hmean", mode="max", save_top_k=-1)
+    settings = {"monitor": "val/hmean", "mode": "max", "save_top_k": -1, **settings}
+    checkpointing = ModelCheckpoint(dirpath=root, **settings)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -149,7 +154,7 @@ class Result:
         counts = {}
         for key, label in (
             ("found", "Total checkpoints found"),
-            ("converted", "Converted"),
+            ("converted", "(?:Converted|Would convert)"),
             ("skipped", r"Skipped \(existing\)"),
             ("failed", "Failed"),
         ):
@@ -197,6 +202,8 @@ def test_dry_run_writes_nothing(
 
     assert result.exit_code == 0, result.stderr
     assert "dry run" in result.stdout
+    assert re.search(r"^Would convert:\s+4$", result.stdout, re.MULTILINE)
+    assert not re.search(r"^Converted:", result.stdout, re.MULTILINE)  # nothing was
     assert result.summary() == {"found": 4, "converted": 4, "skipped": 0, "failed": 0}
     assert snapshot(tmp_path) == before  # no sidecar, no temporary file, no index
 
@@ -232,7 +239,7 @@ def test_writes_valid_sidecars_that_sync_as_sidecar_rows(
     assert (legacy.training.epoch, legacy.training.global_step) == (0, 4)
     assert legacy.model.architecture == "unknown"
     assert legacy.model.encoder.model_name == "unknown"
-    assert legacy.exp_name == "unknown"
+    assert legacy.exp_name == "legacy"  # nothing names the experiment: its run folder does
     assert legacy.metrics.hmean == 0.5  # its monitored val/hmean, from the checkpoint
 
     # ... and after a sync every row comes from its sidecar, without opening a checkpoint.
@@ -251,8 +258,8 @@ def test_writes_valid_sidecars_that_sync_as_sidecar_rows(
     assert (got["encoder"], got["hmean"], got["epoch"]) == ("resnet18", 0.78, 1)
     # ... where "unknown" reads as empty.
     got = rows[str(tree["legacy"])]
-    assert (got["architecture"], got["encoder"]) == (None, None)
-    assert got["exp_name"] is None  # exp_name is a required name too
+    assert (got["architecture"], got["encoder"], got["decoder"]) == (None, None, None)
+    assert got["exp_name"] == "legacy"
 
 
 @pytest.mark.parametrize("tool", TOOLS)
@@ -422,16 +429,19 @@ def test_convert_never_crashes_nor_writes_a_sidecar_the_reader_rejects(
     for written in sidecars(outputs):
         read_sidecar(written)  # raises SidecarError if the reader would reject it
     assert read_sidecar(sidecar_path_for(big_named)).training.epoch == 3  # from the name, not 2**64
-    for ckpt in monitors[:3]:
-        assert read_sidecar(sidecar_path_for(ckpt)).checkpointing is None
-    assert read_sidecar(sidecar_path_for(monitors[3])).checkpointing.monitor == "val/hmean"
+    for ckpt in monitors[:3]:  # no usable monitor: the seed-required name, nothing else
+        ckpting = read_sidecar(sidecar_path_for(ckpt)).checkpointing
+        assert ckpting is not None
+        assert ckpting.model_dump(exclude_none=True) == {"monitor": "unknown"}
+    ckpting = read_sidecar(sidecar_path_for(monitors[3])).checkpointing
+    assert ckpting is not None and (ckpting.monitor, ckpting.mode) == ("val/hmean", None)
     meta = read_sidecar(sidecar_path_for(texts))
     # Each name is cleaned (NUL dropped, lone surrogates U+FFFD), or refused as no name at all.
-    assert meta.exp_name in ("a\ufffdb", "unknown") and meta.model.architecture in (
+    assert meta.exp_name in ("a\ufffdb", "texts") and meta.model.architecture in (
         "dbnet",
         "unknown",
     )
-    assert meta.model.decoder is None or meta.model.decoder.name == "unet"
+    assert meta.model.decoder is not None and meta.model.decoder.name in ("unet", "unknown")
     assert meta.wandb_run_id in ("\ufffd", None)
     assert meta.metrics.additional_metrics == {"hmean": 0.5}
 
@@ -491,3 +501,174 @@ def test_convert_reads_checkpoints_in_isolated_workers(
     assert summary.failures == [(str(paths[2]), f"cannot read the checkpoint: {expected}")]
     assert (summary.converted, summary.failed) == (4, 1)
     assert [sidecar_path_for(p).exists() for p in paths] == [True, True, False, True, True]
+
+
+# ----------------------------------------------------------------------- no invented values
+EXAMPLE_CONF = REPO / "examples" / "conf" / "train.yaml"
+
+
+def seed_reader_problems(document: dict[str, Any]) -> list[str]:
+    """What the seed design's own reader would refuse, reimplemented from its schema
+    (/work/shared/seeds: ``CheckpointMetadataV1`` requires ``checkpoint_path``, ``exp_name``,
+    ``created_at``, ``training``, ``model``, ``metrics`` and ``checkpointing``; ``ModelInfo``
+    requires the encoder's ``model_name`` and a named ``decoder``, ``head`` and ``loss``;
+    ``CheckpointingConfig`` names its ``monitor``). Empty: the seed reader loads the file."""
+    required = [
+        "schema_version",
+        "checkpoint_path",
+        "exp_name",
+        "created_at",
+        "training.epoch",
+        "training.global_step",
+        "model.architecture",
+        "model.encoder.model_name",
+        "model.decoder.name",
+        "model.head.name",
+        "model.loss.name",
+        "metrics",
+        "checkpointing.monitor",
+    ]
+    problems = []
+    for dotted in required:
+        value: Any = document
+        for key in dotted.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None or (dotted != "metrics" and isinstance(value, dict)):
+            problems.append(f"{dotted} missing")
+    if str(document.get("schema_version")) != "1.0":
+        problems.append("schema_version is not 1.0")
+    return problems
+
+
+def _raw(ckpt: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(sidecar_path_for(ckpt).read_text())
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A run laid out as examples/train.py leaves it: the example's model config as the module's
+    hparams, its ModelCheckpoint settings (save_top_k 2, save_last) in a real fit, and the
+    composed config in ``.hydra/config.yaml`` (the example's train.yaml as Hydra saves it)."""
+    import yaml
+
+    conf = yaml.safe_load(EXAMPLE_CONF.read_text())
+    composed = {k: v for k, v in conf.items() if k not in ("defaults", "hydra")}
+    composed["callbacks"]["model_checkpoint"]["_target_"] = (
+        "ckpt_index.lightning.model_checkpoint.ModelCheckpoint"
+    )
+    run = tmp_path_factory.mktemp("outputs") / "tiny_demo-tinynet-mlp32_training_20251015_120000"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(composed))
+    settings = conf["callbacks"]["model_checkpoint"]
+    ckpts = _train(
+        run / "checkpoints",
+        conf["model"],
+        cleval=False,
+        epochs=3,
+        **{k: settings[k] for k in ("monitor", "mode", "save_top_k", "save_last")},
+    )
+    return {"run": run, "conf": conf, "ckpts": ckpts}
+
+
+def test_example_run_converts_to_what_its_hparams_and_hydra_config_say(
+    example_run: dict[str, Any],
+) -> None:
+    run, conf = example_run["run"], example_run["conf"]
+    assert conf["model"]["encoder"]["pretrained"] is False  # the values the defaults contradict
+    assert conf["callbacks"]["model_checkpoint"]["save_top_k"] == 2
+
+    result = convert("ckpt-index", "--outputs-dir", run.parent, "--force")
+
+    assert result.exit_code == 0, result.stderr
+    ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in {p.name for p in ckpts} and len(ckpts) == 3  # top 2 and last
+    settings = conf["callbacks"]["model_checkpoint"]
+    for ckpt in ckpts:
+        raw = _raw(ckpt)
+        model = raw["model"]
+        assert model["architecture"] == conf["model"]["architecture_name"]
+        assert model["encoder"] == {"model_name": "mlp32", "pretrained": False, "frozen": False}
+        assert [model[p]["name"] for p in ("decoder", "head", "loss")] == [
+            conf["model"][p]["name"] for p in ("decoder", "head", "loss")
+        ]
+        assert raw["checkpointing"] == {
+            k: settings[k] for k in ("monitor", "mode", "save_top_k", "save_last")
+        }
+        assert raw["exp_name"] == run.name
+        # Where each came from: hparams are the checkpoint's own, the rest the Hydra config.
+        sources = raw["inferred_fields"]
+        flags = ("encoder_pretrained", "encoder_frozen", "save_top_k", "save_last")
+        assert {k: sources[k] for k in flags} == {
+            "encoder_pretrained": "checkpoint",
+            "encoder_frozen": "checkpoint",
+            "save_top_k": "hydra",
+            "save_last": "hydra",
+        }
+        assert (sources["monitor"], sources["mode"]) == ("checkpoint", "checkpoint")
+        assert seed_reader_problems(raw) == []
+        assert read_sidecar(sidecar_path_for(ckpt)).model.encoder.pretrained is False
+
+
+def test_a_field_no_source_gives_is_absent_or_unknown(
+    trained: dict[str, Any], outputs: Path
+) -> None:
+    # A real checkpoint whose hparams name nothing, no Hydra config, no W&B run, no naming
+    # scheme: only its own state says anything.
+    ckpt = outputs / "run1" / "checkpoints" / "model.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    shutil.copyfile(trained["nameless"], ckpt)
+
+    result = convert("ckpt-index", "--outputs-dir", outputs)
+
+    assert result.exit_code == 0, result.stderr
+    raw = _raw(ckpt)
+    assert raw["exp_name"] == "run1"  # the run folder's name, as the seed catalog showed it
+    assert raw["inferred_fields"]["exp_name"] == "path"
+    assert raw["model"]["encoder"] == {"model_name": "unknown"}  # no pretrained, no frozen
+    for part in ("decoder", "head", "loss"):  # the seed reader requires them: named unknown
+        assert raw["model"][part]["name"] == "unknown"
+    # The callback state says what it monitored and how; nothing says save_top_k or save_last.
+    assert raw["checkpointing"] == {"monitor": "val/hmean", "mode": "max"}
+    unsaid = {"encoder_pretrained", "encoder_frozen", "save_top_k", "save_last"}
+    assert not unsaid & set(raw["inferred_fields"])
+    assert seed_reader_problems(raw) == []
+
+
+def test_epochs_come_from_names_without_a_step(outputs: Path) -> None:
+    # The checkpoints give their global step but not their epoch: the name gives it.
+    names = {"epoch-5.ckpt": 5, "epoch_15.ckpt": 15, "epoch=10.ckpt": 10}
+    for name in names:
+        crafted(outputs / "run1" / name, {"global_step": 7})
+
+    result = convert("ckpt-index", "--outputs-dir", outputs)
+
+    assert result.exit_code == 0, result.stderr
+    for name, epoch in names.items():
+        raw = _raw(outputs / "run1" / name)
+        assert (raw["training"]["epoch"], raw["training"]["global_step"]) == (epoch, 7)
+        assert raw["inferred_fields"]["epoch"] == "path"
+        assert raw["exp_name"] == "run1"
+        assert raw["checkpointing"] == {"monitor": "unknown"}
+        assert seed_reader_problems(raw) == []
+
+
+def test_sync_reads_the_same_settings_for_rows_without_a_sidecar(
+    example_run: dict[str, Any], outputs: Path, db_path: Path
+) -> None:
+    run = outputs / example_run["run"].name
+    shutil.copytree(example_run["run"], run, ignore=shutil.ignore_patterns("*.metadata.yaml"))
+    assert not sidecars(outputs)
+
+    summary = api.sync_index(outputs, db=db_path, infer=True)
+
+    assert summary.inferred == 3
+    import sqlite3
+
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT encoder_pretrained, encoder_frozen, save_top_k, save_last, monitor, mode"
+            " FROM checkpoints"
+        ).fetchall()
+    assert rows == [(0, 0, 2, 1, "val/hmean", "max")] * 3

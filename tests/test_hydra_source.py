@@ -12,7 +12,7 @@ from helpers.child_limits import run_child
 
 from ckpt_index.lightning._hparams import model_section
 from ckpt_index.sidecar.files import SidecarError
-from ckpt_index.sources.config_fields import model_fields_from_config
+from ckpt_index.sources.config_fields import model_fields_from_config, settings_from_config
 from ckpt_index.sources.hydra import find_hydra_config, load_config, model_fields
 
 SEED_STYLE = {
@@ -142,6 +142,66 @@ def test_one_mapping_for_hydra_wandb_and_hparams(config: dict) -> None:
     assert section["encoder"]["model_name"] == fields.get("encoder", "unknown")
     for part in ("decoder", "head", "loss"):
         assert section[part]["name"] == fields.get(part, "unknown")
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        # The example's Hydra config: ModelCheckpoint's settings under callbacks.model_checkpoint.
+        (
+            {
+                "model": {"encoder": {"model_name": "mlp32", "pretrained": False, "frozen": False}},
+                "callbacks": {
+                    "model_checkpoint": {
+                        "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "monitor": "val/hmean",
+                        "mode": "max",
+                        "save_top_k": 2,
+                        "save_last": True,
+                    }
+                },
+            },
+            {
+                "encoder_pretrained": False,
+                "encoder_frozen": False,
+                "monitor": "val/hmean",
+                "mode": "max",
+                "save_top_k": 2,
+                "save_last": True,
+            },
+        ),
+        # Any callback name, found by its _target_; save_last="link" saves a last checkpoint.
+        (
+            {"callbacks": {"ckpt": {"_target_": "x.ModelCheckpoint", "save_last": "link"}}},
+            {"save_last": True},
+        ),
+        # W&B's flattened keys; flags beside the encoder's name; "freeze" for frozen.
+        (
+            {"model/encoder": "resnet18", "model/pretrained": True, "checkpoint/save_top_k": -1},
+            {"encoder_pretrained": True, "save_top_k": -1},
+        ),
+        ({"encoder": {"model_name": "r18", "freeze": True}}, {"encoder_frozen": True}),
+        # What a config does not state, or states as no value of its type, is absent.
+        (SEED_STYLE, {"encoder_pretrained": True}),
+        (
+            {
+                "callbacks": {
+                    "model_checkpoint": {
+                        "save_top_k": "${oc.env:K}",
+                        "save_last": "yes",
+                        "mode": "median",
+                        "monitor": 5,
+                    }
+                },
+                "model": {"encoder": {"model_name": "r18", "pretrained": "true"}},
+            },
+            {},
+        ),
+        ({"checkpoint": "path/to/resume.ckpt", "lr": 0.1}, {}),
+    ],
+)
+def test_settings_are_read_only_where_a_config_states_them(config: dict, expected: dict) -> None:
+    assert settings_from_config(config) == expected
 
 
 @pytest.mark.parametrize("text", ["a: [", "- 1\n- 2\n", "!!python/object/apply:os.system ['true']"])

@@ -76,6 +76,12 @@ def test_other_directory_names_are_not_parsed(name: str) -> None:
         ("epoch=7-step=640-v1.ckpt", "lightning", 7, 640),
         ("model-epoch=3-val_loss=0.12-step=55.ckpt", "lightning", 3, 55),
         ("epoch=3.ckpt", "lightning", 3, None),
+        ("epoch=10.ckpt", "lightning", 10, None),
+        # Names that give the epoch alone.
+        ("epoch-5.ckpt", "epoch_only", 5, None),
+        ("epoch_15.ckpt", "epoch_only", 15, None),
+        ("epoch_15-v1.ckpt", "epoch_only", 15, None),
+        ("epoch-5x.ckpt", "unknown", None, None),
         ("last.ckpt", "last", None, None),
         ("last-v2.ckpt", "last", None, None),
         ("whatever.ckpt", "unknown", None, None),

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ckpt_index.sidecar.files import (
     SidecarError,
     dump_document,
+    dump_metadata,
     load_metadata,
     read_sidecar,
     save_metadata,
@@ -138,12 +139,27 @@ def test_seed_sidecar_loads_unchanged(path: Path) -> None:
     assert path.read_bytes() == before
 
 
-def test_seed_defaults_fill_what_the_design_example_leaves_out() -> None:
+def test_what_the_design_example_leaves_out_is_not_invented() -> None:
     meta = read_sidecar(next(p for p in SEED_SIDECARS if p.name.startswith("seed_design")))
-    assert meta.model.encoder.frozen is False
+    assert meta.model.encoder.pretrained is True  # stated
+    assert meta.model.encoder.frozen is None  # not stated: not assumed False
     assert meta.model.decoder.params == {}
     assert meta.metrics.additional_metrics == {}
     assert meta.hydra_config_path is None and meta.wandb_run_id is None
+
+
+def test_settings_a_sidecar_does_not_state_read_as_none() -> None:
+    doc = without("checkpointing.save_top_k", without("checkpointing.save_last"))
+    doc = without("checkpointing.mode", without("model.encoder.pretrained", doc))
+    meta = CheckpointMetadataV1.model_validate(doc)
+    assert meta.model.encoder.pretrained is None
+    assert meta.checkpointing is not None
+    assert (meta.checkpointing.mode, meta.checkpointing.save_top_k) == (None, None)
+    assert meta.checkpointing.save_last is None
+    # ... and are not written back as facts.
+    dumped = yaml.safe_load(dump_metadata(meta))
+    assert "pretrained" not in dumped["model"]["encoder"]
+    assert set(dumped["checkpointing"]) == {"monitor"}
 
 
 # --------------------------------------------------------------------------------------------

@@ -514,6 +514,33 @@ def test_online_run_files(online_run_dir: Path) -> None:
     }
 
 
+def test_keys_starting_with_underscore_are_wandbs_own(
+    online_run_dir: Path, no_credentials, engine, cache, monkeypatch
+) -> None:
+    # W&B keeps its own bookkeeping in the run config (_wandb, and on some versions other
+    # underscore keys); none of it is the user's config, whichever way the run is read.
+    config_yaml = online_run_dir / "files" / "config.yaml"
+    config_yaml.write_text(
+        ONLINE_CONFIG_YAML + "_name:\n  value: sweep-7\n_internal:\n  value: {exp_name: x}\n"
+    )
+    ckpt = online_run_dir.parents[1] / "checkpoints" / "epoch-00_step-000010.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x")
+    run = ws.read_run(ws.find_run(ckpt))
+    assert sorted(run.config) == ["exp_name", "lr", "model"]
+
+    _forbid_network(monkeypatch)
+    _cache_row(
+        engine,
+        run_path="team/ocr/abc12345",
+        config_json=json.dumps({"_step": 3, "_name": "x", "lr": 0.1}),
+        summary_json="{}",
+        history_json="{}",
+    )
+    cached = ws.fetch_online("team/ocr/abc12345", cache=cache)
+    assert cached is not None and cached.config == {"lr": 0.1}
+
+
 def test_files_and_log_together(offline_run: dict, online_run_dir: Path) -> None:
     # An online run keeps both; the files are the final snapshot and win for the config.
     log = next(_wandb_run_dir(offline_run).glob("*.wandb"))

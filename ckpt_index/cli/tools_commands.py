@@ -69,11 +69,14 @@ def _print_report(report: ValidationReport) -> None:
         echo_escaped(f"warning: {path}: {warning}")
     for path, names in report.unsafe_globals.items():
         echo_escaped(f"needs weights_only=False: {path}: {', '.join(names)}")
+    for path, reason in report.dangling_links:
+        echo_escaped(f"link not indexed: {path}: {reason}")
     click.echo(
         f"{len(report.valid)} valid sidecars, {len(report.invalid)} invalid, "
         f"{len(report.unreadable)} unreadable; {len(report.without_sidecar)} without sidecar, "
         f"{len(report.orphaned)} orphaned sidecars, {len(report.stale)} stale, "
         f"{len(report.unsafe_globals)} with unsafe globals"
+        + (f", {len(report.dangling_links)} links not indexed" if report.dangling_links else "")
     )
 
 
@@ -138,7 +141,8 @@ def convert(
             click.echo(f"failed: {path}: {reason}", err=True)
         click.echo("Conversion summary" + (" (dry run: nothing written)" if dry_run else ""))
         click.echo(f"Total checkpoints found: {summary.found}")
-        click.echo(f"Converted:               {summary.converted}")
+        label = "Would convert:" if dry_run else "Converted:"
+        click.echo(f"{label:<25}{summary.converted}")
         click.echo(f"Skipped (existing):      {summary.skipped}")
         click.echo(f"Failed:                  {summary.failed}")
     if summary.failed:

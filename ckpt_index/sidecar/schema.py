@@ -1,9 +1,11 @@
 """The sidecar metadata schema, ``schema_version: "1.0"``: what ``X.metadata.yaml`` may hold.
 
-Unknown extra keys are kept (``extra="allow"``) so that a sidecar written by a newer minor release
-round-trips; only a different *major* version is refused. Values must be storable in the index
-(``ckpt_index.storable``): integers within their column's range, and no text anywhere in the
-document, keys included, with a NUL or a lone surrogate.
+A field the file does not give reads as None (or an empty mapping), never as an assumed value:
+``pretrained``, ``frozen``, ``mode``, ``save_top_k`` and ``save_last`` are facts only when a
+sidecar states them. Unknown extra keys are kept (``extra="allow"``) so that a sidecar written
+by a newer minor release round-trips; only a different *major* version is refused. Values must
+be storable in the index (``ckpt_index.storable``): integers within their column's range, and no
+text anywhere in the document, keys included, with a NUL or a lone surrogate.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ class TrainingInfo(_Section):
 
 class EncoderInfo(_Section):
     model_name: str
-    pretrained: bool = True
-    frozen: bool = False
+    #: None: no source said (never a default written as a fact; a sidecar that says is kept).
+    pretrained: bool | None = None
+    frozen: bool | None = None
 
 
 class DecoderInfo(_Section):
@@ -93,10 +96,13 @@ class MetricsInfo(_Section):
 
 
 class CheckpointingConfig(_Section):
+    """ModelCheckpoint's settings; each None when the sidecar does not say (Lightning's own
+    defaults differ between versions and from the seeds', so none is assumed)."""
+
     monitor: str | None = None
-    mode: Literal["min", "max"] = "max"
-    save_top_k: Annotated[int, Field(ge=-1, le=MAX_SAVE_TOP_K)] = 1
-    save_last: bool = False
+    mode: Literal["min", "max"] | None = None
+    save_top_k: Annotated[int, Field(ge=-1, le=MAX_SAVE_TOP_K)] | None = None
+    save_last: bool | None = None
 
 
 class CheckpointMetadataV1(_Section):

@@ -156,3 +156,98 @@ def model_fields_from_config(config: Any) -> dict[str, str]:
     fields = fields_from_config(config)
     fields.pop("wandb_run_id", None)
     return fields
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: the encoder's flags and ModelCheckpoint's configuration
+
+#: Where a config keeps its ModelCheckpoint settings, most specific first (Hydra's
+#: ``callbacks.<name>`` layout, then flatter ones).
+CHECKPOINT_PATHS = (
+    "callbacks.model_checkpoint",
+    "callbacks.checkpoint",
+    "callbacks.modelcheckpoint",
+    "model_checkpoint",
+    "checkpoint",
+    "checkpointing",
+)
+#: Flag -> the keys that hold it beside the encoder's name (in ``model`` or at the top level),
+#: when the encoder is not a mapping that holds it.
+FLAG_KEYS: dict[str, tuple[str, ...]] = {
+    "pretrained": ("encoder_pretrained", "pretrained"),
+    "frozen": ("encoder_frozen", "freeze_encoder", "frozen"),
+}
+#: Flag -> its field in the index (and in :func:`settings_from_config`'s answer).
+FLAG_FIELDS = {"pretrained": "encoder_pretrained", "frozen": "encoder_frozen"}
+
+
+def settings_from_config(config: Any) -> dict[str, Any]:
+    """The encoder's flags (``encoder_pretrained``, ``encoder_frozen``) and ModelCheckpoint's
+    ``monitor``, ``mode``, ``save_top_k`` and ``save_last`` that ``config`` states (only those
+    found, each of its type: never a default).
+
+    The flags come from the encoder's mapping (``pretrained``, ``frozen`` or ``freeze``), else
+    from :data:`FLAG_KEYS` in ``model`` or at the top level; ModelCheckpoint's settings from the
+    first mapping at :data:`CHECKPOINT_PATHS`, or a callback whose ``_target_`` is a
+    ModelCheckpoint. ``save_last: link`` (Lightning's linked ``last.ckpt``) is ``True``.
+
+    Example::
+
+        settings_from_config({"callbacks": {"model_checkpoint": {"save_top_k": 2}}})
+        # {"save_top_k": 2}
+    """
+    if not isinstance(config, Mapping):
+        return {}
+    settings = _encoder_flags(config)
+    callback = _checkpoint_callback(config)
+    if callback is not None:
+        monitor = clean_name(callback.get("monitor"))
+        mode = callback.get("mode")
+        top_k = callback.get("save_top_k")
+        save_last = callback.get("save_last")
+        if monitor is not None:
+            settings["monitor"] = monitor
+        if mode in ("min", "max"):
+            settings["mode"] = mode
+        if isinstance(top_k, int) and not isinstance(top_k, bool):
+            settings["save_top_k"] = top_k
+        if isinstance(save_last, bool) or save_last == "link":
+            settings["save_last"] = bool(save_last)
+    return settings
+
+
+def _encoder_flags(config: Mapping[str, Any]) -> dict[str, Any]:
+    found = find_component(config, "encoder")
+    encoder = found[1] if found is not None and isinstance(found[1], Mapping) else {}
+    flags: dict[str, Any] = {}
+    for flag, keys in FLAG_KEYS.items():
+        own = [flag, "freeze"] if flag == "frozen" else [flag]
+        values = [encoder.get(k) for k in own]
+        values += [get_path(config, f"{scope}{key}") for scope in ("model.", "") for key in keys]
+        value = next((v for v in values if isinstance(v, bool)), None)
+        if value is not None:
+            flags[FLAG_FIELDS[flag]] = value
+    return flags
+
+
+_SETTING_KEYS = ("monitor", "mode", "save_top_k", "save_last")
+
+
+def _checkpoint_callback(config: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for dotted in CHECKPOINT_PATHS:
+        value = get_path(config, dotted)
+        if isinstance(value, Mapping):
+            return value
+        # Only flattened keys: {"checkpoint/save_top_k": 2}, as W&B may store them.
+        flat = {k: get_path(config, f"{dotted}.{k}") for k in _SETTING_KEYS}
+        if any(v is not None for v in flat.values()):
+            return flat
+    callbacks = get_path(config, "callbacks")
+    if isinstance(callbacks, Mapping):
+        callbacks = list(callbacks.values())
+    for value in callbacks if isinstance(callbacks, list) else ():
+        if isinstance(value, Mapping) and str(value.get("_target_", "")).endswith(
+            "ModelCheckpoint"
+        ):
+            return value
+    return None

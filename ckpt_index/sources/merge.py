@@ -4,13 +4,16 @@ Each field comes from the most specific source that has it:
 
 - facts of the checkpoint itself (epoch, global_step, its monitored score, stored metrics) from the
   checkpoint, read safely (``checkpoint_reader``: no code runs, no tensor is read);
-- model and run facts (exp_name, architecture, encoder, decoder, head, loss) from the checkpoint's
+- model and run facts (exp_name, architecture, encoder, decoder, head, loss, the encoder's
+  flags ``encoder_pretrained`` / ``encoder_frozen``, ModelCheckpoint's ``monitor``, ``mode``,
+  ``save_top_k`` and ``save_last``) from the checkpoint's ModelCheckpoint state, its
   hyper_parameters, then the Hydra config, then the W&B run config, then path patterns and
-  state-dict inference;
+  state-dict inference; without another source, the experiment is named after its run folder;
 - metric values the checkpoint lacks from the W&B history at the checkpoint's global step (never
   the run summary, whose values belong to the last step).
 
-A value no source gives stays empty. :class:`Inferred` records where each field came from.
+A value no source gives stays empty: no default is ever recorded as a fact. :class:`Inferred`
+records where each field came from.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt_index.sources.naming import parse_checkpoint_name, parse_run_dir, run_dir_of
+from ckpt_index.sources.config_fields import clean_name
+from ckpt_index.sources.naming import (
+    experiment_dir_of,
+    parse_checkpoint_name,
+    parse_run_dir,
+    run_dir_of,
+)
 from ckpt_index.storable import (
     INT_RANGES,
     MAX_METRIC_NAME,
@@ -223,7 +232,10 @@ def _from_checkpoint(contents: Any, result: Inferred) -> None:
                 result.warnings.append(
                     f"ModelCheckpoint mode {show(mode)} is not min or max; ignored"
                 )
-        # save_top_k and save_last are not in ModelCheckpoint's saved state; never guessed.
+        # Lightning's own state holds neither; a subclass's state (or its state key) may.
+        result.set("save_top_k", state.get("save_top_k"), "checkpoint")
+        save_last = state.get("save_last")
+        result.set("save_last", True if save_last == "link" else save_last, "checkpoint")
 
 
 def _fill_canonical(result: Inferred) -> None:
@@ -234,9 +246,10 @@ def _fill_canonical(result: Inferred) -> None:
 def _from_config(config: dict[str, Any], result: Inferred, source: str) -> None:
     if not isinstance(config, dict):
         return
+    from ckpt_index.sources.config_fields import settings_from_config
     from ckpt_index.sources.hydra import model_fields
 
-    for name, value in model_fields(config).items():
+    for name, value in {**model_fields(config), **settings_from_config(config)}.items():
         result.set(name, value, source)
 
 
@@ -266,7 +279,7 @@ def _from_wandb(
     wandb_online: bool,
     wandb_cache: AnswerCache | None,
 ) -> None:
-    from ckpt_index.sources.config_fields import model_fields_from_config
+    from ckpt_index.sources.config_fields import model_fields_from_config, settings_from_config
     from ckpt_index.sources.wandb import files, locate, online
 
     hints = tuple(
@@ -291,7 +304,8 @@ def _from_wandb(
     if run is None:
         return
     result.set("wandb_run_id", run.run_id, "wandb")
-    for name, value in model_fields_from_config(run.config).items():
+    fields = {**model_fields_from_config(run.config), **settings_from_config(run.config)}
+    for name, value in fields.items():
         result.set(name, value, "wandb")
     step = result.fields.get("global_step")
     if step is not None:
@@ -309,6 +323,8 @@ def _from_path(path: Path, result: Inferred) -> None:
         result.set("encoder", parsed_dir.encoder, "path")
         if parsed_dir.phase in PHASES:
             result.set("training_phase", parsed_dir.phase, "path")
+    # Without the naming scheme (or a source naming the experiment), the run folder names it.
+    result.set("exp_name", clean_name(experiment_dir_of(path).name), "path")
     name = parse_checkpoint_name(path.name)
     result.set("epoch", name.epoch, "path")
     result.set("global_step", name.step, "path")
@@ -327,6 +343,7 @@ def _from_state_dict(contents: Any, result: Inferred) -> None:
 
 #: Fields that are not text (every other field is), as the index stores them.
 _FLOAT_FIELDS = frozenset({"precision", "recall", "hmean", "validation_loss"})
+_BOOL_FIELDS = frozenset({"save_last", "encoder_pretrained", "encoder_frozen"})
 _CHOICES = {"mode": MODES, "training_phase": PHASES}
 
 
@@ -342,7 +359,7 @@ def _storable(name: str, value: Any) -> tuple[Any, str | None]:
             if number is not None
             else (None, f"{show(value)} is not a finite number; ignored")
         )
-    if name == "save_last":
+    if name in _BOOL_FIELDS:
         return (
             (value, None)
             if type(value) is bool

@@ -7,6 +7,8 @@ Scheme: ``outputs/<experiment_tag>-<model>_<phase>_<YYYYMMDD_HHMMSS>/checkpoints
 Older names understood here (and renamed by ``ckpt-index rename``):
 ``epoch_epoch_22_step_step_001932_20251009_015037.ckpt``, ``epoch_22_step_1932.ckpt`` and
 Lightning's default ``epoch=7-step=640.ckpt`` (with optional ``-v1`` or ``-metric=value`` parts).
+Names that give the epoch alone (``epoch-5.ckpt``, ``epoch_15.ckpt``, ``epoch=10.ckpt``) are read
+for the epoch; they are not renamed, having no step.
 
 Names come from untrusted trees, so parsing is bounded: digits are ASCII only, an epoch or step
 outside 0..2**63-1 is None (it would not fit the index's 64-bit columns; a 5,000-digit run would
@@ -40,6 +42,7 @@ _LEGACY_DOUBLE = re.compile(
 _LEGACY = re.compile(
     r"^epoch_(?P<epoch>[0-9]+)_step_(?P<step>[0-9]+)(?:_(?P<timestamp>[0-9]{8}_[0-9]{6}))?$"
 )
+_EPOCH_ONLY = re.compile(r"^epoch[-_](?P<epoch>[0-9]+)(?P<version>-v[0-9]+)?$")
 _LIGHTNING = re.compile(r"(?:^|[-_])epoch=(?P<epoch>[0-9]+)(?:.*?[-_]step=(?P<step>[0-9]+))?")
 #: The largest epoch or step a name may give: the index stores them in signed 64-bit columns.
 MAX_COUNTER = 2**63 - 1
@@ -65,7 +68,8 @@ class CheckpointName:
     """What a checkpoint file name says.
 
     ``format`` is ``scheme``, ``best``, ``last``, ``legacy_double`` (epoch_epoch_..),
-    ``legacy`` (epoch_N_step_M), ``lightning`` (epoch=N-step=M) or ``unknown``.
+    ``legacy`` (epoch_N_step_M), ``lightning`` (epoch=N-step=M, the step optional),
+    ``epoch_only`` (epoch-N, epoch_N) or ``unknown``.
     """
 
     format: str
@@ -120,6 +124,8 @@ def parse_checkpoint_name(name: str) -> CheckpointName:
         return CheckpointName(
             "legacy", _counter(m["epoch"]), _counter(m["step"]), timestamp=m["timestamp"]
         )
+    if m := _EPOCH_ONLY.match(stem):
+        return CheckpointName("epoch_only", _counter(m["epoch"]))
     if m := _LIGHTNING.search(stem):
         return CheckpointName("lightning", _counter(m["epoch"]), _counter(m["step"]))
     return CheckpointName("unknown")
@@ -162,3 +168,13 @@ def run_dir_of(ckpt_path: str | Path) -> Path:
     """The run directory of a checkpoint: the parent of ``checkpoints/``, else the parent."""
     parent = Path(ckpt_path).parent
     return parent.parent if parent.name == "checkpoints" else parent
+
+
+def experiment_dir_of(ckpt_path: str | Path) -> Path:
+    """The folder that names a checkpoint's experiment: its run directory
+    (:func:`run_dir_of`), above Lightning's ``lightning_logs/version_N`` when the checkpoint is
+    in that layout."""
+    run_dir = run_dir_of(ckpt_path)
+    if re.fullmatch(r"version_[0-9]+", run_dir.name) and run_dir.parent.name == "lightning_logs":
+        return run_dir.parent.parent
+    return run_dir

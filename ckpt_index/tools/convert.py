@@ -1,8 +1,12 @@
 """``ckpt-index convert``: write sidecars for checkpoints that have none, from the fallbacks.
 
-A required name no source gives is written as ``unknown`` (the seeds' convention, so their readers
-accept the file); the index shows it as empty. Epoch and global step are never guessed: a
-checkpoint whose epoch no source gives is reported as failed.
+A field is written only when a source gives it (``inferred_fields`` says which), never a schema
+default as a fact: the encoder's ``pretrained`` / ``frozen`` and ModelCheckpoint's ``mode``,
+``save_top_k`` and ``save_last`` come from the checkpoint's callback state, its hparams, the
+Hydra config or the W&B run config, or are absent. The seed design's reader requires the
+decoder, head and loss and the checkpointing section: a name it requires that no source gives is
+written as ``unknown`` (the seeds' convention), which the index shows as empty. Epoch and global
+step are never guessed: a checkpoint whose epoch no source gives is reported as failed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ckpt_index.sidecar.files import (
     validate_document,
 )
 from ckpt_index.sidecar.schema import CheckpointMetadataV1, format_validation_error
+from ckpt_index.sources.config_fields import FLAG_FIELDS
 from ckpt_index.sources.merge import Inferred, created_at_of, infer_metadata
 from ckpt_index.storable import MAX_METRIC_NAME, clean_text, finite_float
 from ckpt_index.vocabulary import CANONICAL_METRICS, MODES, UNKNOWN
@@ -124,11 +129,10 @@ def metadata_from_inferred(
         "metrics": _metrics_part(f, inferred.metrics),
         "hydra_config_path": f.get("hydra_config_path"),
         "wandb_run_id": f.get("wandb_run_id"),
+        "checkpointing": _checkpointing_part(f),
         # Provenance, an extra key the schema keeps: which source gave each field.
         "inferred_fields": dict(sorted(inferred.sources.items())),
     }
-    if isinstance(f.get("monitor"), str) and f["monitor"]:
-        document["checkpointing"] = _checkpointing_part(f)
     try:
         return CheckpointMetadataV1.model_validate(document)
     except ValidationError as exc:
@@ -138,12 +142,15 @@ def metadata_from_inferred(
 
 
 def _model_part(f: dict[str, Any]) -> dict[str, Any]:
-    """The sidecar's ``model``: a name no source gives is ``unknown``; the decoder, head and
-    loss only when a source names them."""
+    """The sidecar's ``model``: a name no source gives is ``unknown`` (the decoder, head and loss
+    included: the seed reader requires them); the encoder's flags only when a source gives them."""
+    flags = {
+        flag: f[field] for flag, field in FLAG_FIELDS.items() if isinstance(f.get(field), bool)
+    }
     return {
         "architecture": f.get("architecture") or UNKNOWN,
-        "encoder": {"model_name": f.get("encoder") or UNKNOWN},
-        **{part: {"name": f[part]} for part in ("decoder", "head", "loss") if f.get(part)},
+        "encoder": {"model_name": f.get("encoder") or UNKNOWN, **flags},
+        **{part: {"name": f.get(part) or UNKNOWN} for part in ("decoder", "head", "loss")},
     }
 
 
@@ -161,12 +168,12 @@ def _metrics_part(f: dict[str, Any], logged: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checkpointing_part(f: dict[str, Any]) -> dict[str, Any]:
-    """How the checkpoints were chosen: the monitored metric, its mode (max unless a source
-    says min) and ModelCheckpoint's settings when known."""
-    mode = f.get("mode")
+    """How the checkpoints were chosen: the monitored metric (``unknown`` when no source names
+    it: the seed reader requires the section) and each ModelCheckpoint setting a source gives."""
+    monitor = f.get("monitor")
     return {
-        "monitor": f["monitor"],
-        "mode": mode if mode in MODES else "max",
+        "monitor": monitor if isinstance(monitor, str) and monitor else UNKNOWN,
+        **({"mode": f["mode"]} if f.get("mode") in MODES else {}),
         **{k: f[k] for k in ("save_top_k", "save_last") if f.get(k) is not None},
     }
 

@@ -186,5 +186,8 @@ def _model_checkpoint(key: Any, state: Any) -> dict[str, Any] | None:
         "kth_best_model_path": plain.get("kth_best_model_path"),
         "last_model_path": plain.get("last_model_path"),
         "dirpath": plain.get("dirpath"),
+        # Not in Lightning's own state or key; a subclass may keep them in either.
+        "save_top_k": config.get("save_top_k", plain.get("save_top_k")),
+        "save_last": config.get("save_last", plain.get("save_last")),
         "config": config,
     }

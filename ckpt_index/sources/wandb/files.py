@@ -26,7 +26,7 @@ from ckpt_index.sidecar.files import MAX_DEPTH, SidecarError
 from ckpt_index.sources.hydra import parse_config_bytes, plain_data
 from ckpt_index.sources.wandb.locate import RunLocation, is_dir
 from ckpt_index.sources.wandb.log import read_log
-from ckpt_index.sources.wandb.run import WandbRun, clean_name, uses_lightning_steps
+from ckpt_index.sources.wandb.run import WandbRun, clean_name, user_config, uses_lightning_steps
 
 #: ``files/config.yaml``, ``wandb-summary.json`` and ``wandb-metadata.json`` are a few KB to a
 #: few hundred KB; a summary holding large tables may reach a few MB.
@@ -137,7 +137,7 @@ def _read_uncached(location: RunLocation, run_dir: Path) -> WandbRun:
     if _read_files(run_dir / "files", run):
         sources.insert(0, "files")
     run.summary.pop("_wandb", None)
-    run.config.pop("_wandb", None)
+    run.config = user_config(run.config)
     # What the run recorded beats what the location guessed from paths.
     run.project = run.project or clean_name(run.metadata.get("project")) or location.project or None
     run.entity = run.entity or clean_name(run.metadata.get("entity")) or location.entity or None

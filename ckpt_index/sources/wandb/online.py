@@ -26,6 +26,7 @@ from ckpt_index.sources.wandb.run import (
     HistoryIndex,
     WandbRun,
     logger,
+    user_config,
     uses_lightning_steps,
     warn_once,
 )
@@ -107,7 +108,7 @@ def _run_from_api_data(
         run_id=parts[-1],
         project=parts[-2] if len(parts) >= 2 else None,
         entity=parts[-3] if len(parts) >= 3 else None,
-        config={k: v for k, v in raw_config.items() if k != "_wandb"},
+        config=user_config(raw_config),
         summary={k: v for k, v in (summary or {}).items() if k != "_wandb"},
         lightning_steps=isinstance(internal, dict) and uses_lightning_steps(internal.get("m")),
         source=source,

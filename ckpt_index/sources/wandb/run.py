@@ -43,6 +43,14 @@ def warn_once(key: str, message: str, *args: Any) -> None:
         logger.warning(message, *args)
 
 
+def user_config(config: Any) -> dict[str, Any]:
+    """A run config without W&B's own keys: every top-level key starting with ``_`` (``_wandb``,
+    ``_name``, ...) is W&B's bookkeeping, never the user's."""
+    if not isinstance(config, dict):
+        return {}
+    return {k: v for k, v in config.items() if not (isinstance(k, str) and k.startswith("_"))}
+
+
 def run_path_of(entity: str | None, project: str | None, run_id: str) -> str | None:
     """``entity/project/run_id`` (or ``project/run_id``) for the W&B API; None without a project."""
     if not project:
@@ -59,7 +67,8 @@ def clean_name(value: Any) -> str | None:
 class WandbRun:
     """What a W&B run says: config, summary, and history indexed by step.
 
-    ``config`` is the plain nested run config (without W&B's ``_wandb``); ``summary`` the final
+    ``config`` is the plain nested run config without W&B's own keys (:func:`user_config`: none
+    starting with ``_``); ``summary`` the final
     summary, for display only (never a checkpoint's metric values). ``source`` is ``files``,
     ``log``, ``files+log``, ``api``, ``cache`` or ``none``; ``warnings`` lists problems met while
     reading (a damaged log, wandb not importable). Treat instances as read-only:
