@@ -26,6 +26,8 @@ _EXPORTS = {
     "query_index": "ckpt_index.api",
     "read_checkpoint": "ckpt_index.api",
     "QuerySpec": "ckpt_index.query.spec",
+    "QueryError": "ckpt_index.query.names",
+    "UnknownNameError": "ckpt_index.query.names",
     "validate_tree": "ckpt_index.tools.validate",
     "build_catalog": "ckpt_index.tools.catalog",
     "CheckpointCatalog": "ckpt_index.tools.catalog",

@@ -266,3 +266,19 @@ def test_catalog_uses_the_default_database(
 def test_empty_outputs(outputs: Path, db_path: Path) -> None:
     catalog = ckpt_index.build_catalog(outputs, db=db_path)
     assert (catalog.entries, catalog.total_count, catalog.metadata_coverage_percent) == ([], 0, 0.0)
+
+
+def test_missing_outputs_is_an_empty_catalog_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A UI on a fresh checkout (no outputs/ yet) starts with an empty list: no index is created,
+    not at ./ckpt_index.db (the cwd is tmp_path), not at --db, not at $CKPT_INDEX_DB."""
+    missing = tmp_path / "outputs"
+    catalog = ckpt_index.build_catalog(missing)
+    assert isinstance(catalog, CheckpointCatalog)
+    assert (catalog.entries, catalog.total_count, catalog.metadata_coverage_percent) == ([], 0, 0.0)
+    catalog = ckpt_index.build_catalog(str(missing), db=tmp_path / "nodir" / "index.db")
+    assert catalog.total_count == 0
+    monkeypatch.setenv("CKPT_INDEX_DB", str(tmp_path / "env.db"))
+    assert ckpt_index.build_catalog(missing).entries == []
+    assert sorted(os.listdir(tmp_path)) == []

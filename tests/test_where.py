@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import inspect
 import math
@@ -43,6 +44,7 @@ from ckpt_index.query.where import (
     compile_where,
     names_in,
     parse_where,
+    predicates,
 )
 
 # SQLAlchemy deprecations (e.g. LIKE on a non-string type) would become errors in a later release.
@@ -257,6 +259,16 @@ def test_whitespace_of_any_kind():
 )
 def test_names_in(text, names):
     assert names_in(parse_where(text)) == names
+
+
+def test_predicates_know_where_their_name_is():
+    """Each condition keeps its name's offset, left to right, so that an unknown name can be
+    pointed at; the offset is not part of the tree's equality."""
+    text = "a = 1 or (bb in (1) and not \"c d\" is null) or a like 'x'"
+    found = [(p.name, p.position) for p in predicates(parse_where(text))]
+    assert found == [("a", 0), ("bb", 10), ("c d", 28), ("a", 46)]
+    assert [text[pos] for _, pos in found] == ["a", "b", '"', "a"]
+    assert parse_where("  a = 1") == Compare("a", "=", 1)
 
 
 def test_nodes_are_frozen_and_hashable():
@@ -684,8 +696,9 @@ def same(a, b) -> bool:
         return a == b or (math.isnan(a) and math.isnan(b))
     if isinstance(a, tuple):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if hasattr(a, "__dataclass_fields__"):
-        return all(same(getattr(a, f), getattr(b, f)) for f in a.__dataclass_fields__)
+    if dataclasses.is_dataclass(a):  # position (where the name was) is not part of the tree
+        fields = [f.name for f in dataclasses.fields(a) if f.compare]
+        return all(same(getattr(a, f), getattr(b, f)) for f in fields)
     return a == b
 
 

@@ -2,7 +2,8 @@
 
 A :class:`QuerySpec` compiles to one SQLAlchemy Core statement; user text reaches SQL only as
 bound parameters. Names are fields (columns of ``checkpoints``) or, failing that, metric names in
-``checkpoint_metrics``.
+``checkpoint_metrics``; :func:`run_query` refuses a name that is neither, with a suggestion
+(:class:`UnknownNameError`), rather than answer "no checkpoint matches".
 
 ``best_by`` orders by the metric, then by higher epoch, higher global_step and path, and keeps one
 row (or one per experiment with ``group_by``). On a column this is an index scan that stops at the
@@ -20,19 +21,12 @@ from sqlalchemy.sql import ColumnElement, Select, Subquery
 
 from ckpt_index.index.records import output_record
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints
-from ckpt_index.query.where import WhereError, compile_where, parse_where
+from ckpt_index.query.names import FIELDS, KnownNames, QueryError, UnknownNameError
+from ckpt_index.query.where import WhereError, compile_where, parse_where, predicates
 from ckpt_index.vocabulary import GROUPABLE
 
-#: Names that are columns of ``checkpoints``; any other name is a metric.
-FIELDS = frozenset(
-    c.name
-    for c in checkpoints.columns
-    if c.name not in ("id", "metadata_json", "ckpt_mtime_ns", "sidecar_mtime_ns")
-)
-
-
-class QueryError(ValueError):
-    """A query that cannot be built (a usage error: unknown direction, bad --sort, ...)."""
+#: What may follow ``name:`` in ``--best-by``/``--sort`` (asc is min, desc is max).
+DIRECTIONS = ("max", "min", "asc", "desc")
 
 
 @dataclass
@@ -74,7 +68,7 @@ def resolve(name: str) -> ColumnElement:
 def parse_direction(spec: str, *, default: str | None = None) -> tuple[str, str]:
     """``name[:dir]`` -> (name, dir); metric names may contain ':' so only a known suffix splits."""
     name, sep, direction = spec.rpartition(":")
-    if sep and direction.lower() in ("max", "min", "asc", "desc"):
+    if sep and direction.lower() in DIRECTIONS:
         direction = direction.lower()
     else:
         name, direction = spec, ""
@@ -119,7 +113,14 @@ def _filters(spec: QuerySpec) -> list[ColumnElement]:
 def _tie_break() -> list[ColumnElement]:
     c = checkpoints.c
     # NULLS LAST spelled out: PostgreSQL sorts NULL first in DESC, SQLite last.
-    return [c.epoch.desc().nulls_last(), c.global_step.desc().nulls_last(), c.checkpoint_path.asc()]
+    # A last.ckpt that copies an epoch file loses the tie to it (NULL: not known to be a copy).
+    is_last = func.coalesce(c.is_last, False)
+    return [
+        c.epoch.desc().nulls_last(),
+        c.global_step.desc().nulls_last(),
+        is_last.asc(),
+        c.checkpoint_path.asc(),
+    ]
 
 
 def _ordering(sort: Sequence[str]) -> list[ColumnElement]:
@@ -215,9 +216,46 @@ def fetch_metrics(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, f
     return metrics
 
 
+def check_names(conn: Connection, spec: QuerySpec) -> None:
+    """Refuse, before the query runs, a name that is neither a field nor in the index
+    (:class:`UnknownNameError`) and a ``name:direction`` whose direction is none (QueryError).
+
+    A field costs nothing; a metric name one index seek (see :mod:`ckpt_index.query.names`).
+    """
+    known = KnownNames(conn)
+    ranked = [("--best-by", spec.best_by)] if spec.best_by is not None else []
+    for option, item in [*ranked, *(("--sort", item) for item in spec.sort)]:
+        _check_ranked(known, option, item)
+    if spec.where is not None:
+        for predicate in predicates(parse_where(spec.where)):
+            if predicate.name not in known:
+                raise known.unknown(predicate.name, text=spec.where, position=predicate.position)
+
+
+def _check_ranked(known: KnownNames, option: str, item: str) -> None:
+    name, _ = parse_direction(item)
+    if name in known:
+        return
+    head, sep, tail = item.rpartition(":")
+    if sep and head and tail.isalpha():  # "hmean:descending": a word that is no direction
+        if head in known:
+            raise QueryError(
+                f"{option} {item!r}: unknown direction {tail!r} "
+                f"(use one of {', '.join(DIRECTIONS)}; asc is min, desc is max)"
+            )
+        raise known.unknown(head)
+    raise known.unknown(name)
+
+
 def run_query(conn: Connection, spec: QuerySpec) -> list[dict[str, Any]]:
-    """The records ``spec`` selects, in order, each with all its metrics."""
-    rows = [dict(row._mapping) for row in conn.execute(build_query(spec))]
+    """The records ``spec`` selects, in order, each with all its metrics.
+
+    Raises :class:`WhereError` for a malformed ``where``, :class:`UnknownNameError` for a name
+    that is no field and no metric in the index, :class:`QueryError` for other usage errors.
+    """
+    stmt = build_query(spec)
+    check_names(conn, spec)
+    rows = [dict(row._mapping) for row in conn.execute(stmt)]
     metrics = fetch_metrics(conn, [row["id"] for row in rows])
     return [output_record(row, metrics[row["id"]]) for row in rows]
 
@@ -258,4 +296,14 @@ def find_checkpoint(
     return record
 
 
-__all__ = ["QueryError", "QuerySpec", "WhereError", "build_query", "run_query", "find_checkpoint"]
+__all__ = [
+    "FIELDS",
+    "QueryError",
+    "QuerySpec",
+    "UnknownNameError",
+    "WhereError",
+    "build_query",
+    "check_names",
+    "find_checkpoint",
+    "run_query",
+]

@@ -25,7 +25,7 @@ import math
 import operator
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NoReturn
 
 from sqlalchemy import Boolean, Float, Integer, Numeric, String, and_, cast, literal, not_, or_
@@ -58,15 +58,21 @@ class WhereError(ValueError):
         self.message, self.text, self.position = message, text, position
 
     def __str__(self) -> str:
-        # Show only the line holding the error so the caret lines up with multi-line input.
-        start = self.text.rfind("\n", 0, self.position) + 1
-        end = self.text.find("\n", self.position)
-        line = self.text[start : None if end < 0 else end]
-        # One column per character keeps the caret in place; what a terminal would act on (or
-        # cannot encode) is shown as "?".
-        line = "".join(" " if c.isspace() else c if c.isprintable() else "?" for c in line)
-        caret = " " * (self.position - start) + "^"
-        return f"{self.message} at position {self.position}\n  {line}\n  {caret}"
+        return point_at(self.message, self.text, self.position)
+
+
+def point_at(message: str, text: str, position: int) -> str:
+    """``message at position N`` above the line of ``text`` holding ``position``, with a caret
+    under it (also used for an unknown name, which the parser cannot know about)."""
+    # Show only the line holding the error so the caret lines up with multi-line input.
+    start = text.rfind("\n", 0, position) + 1
+    end = text.find("\n", position)
+    line = text[start : None if end < 0 else end]
+    # One column per character keeps the caret in place; what a terminal would act on (or
+    # cannot encode) is shown as "?".
+    line = "".join(" " if c.isspace() else c if c.isprintable() else "?" for c in line)
+    caret = " " * (position - start) + "^"
+    return f"{message} at position {position}\n  {line}\n  {caret}"
 
 
 class WhereTypeError(WhereError):
@@ -85,6 +91,8 @@ class Compare:
     name: str
     op: str  # one of = != < <= > >=
     value: Value
+    #: Offset of the name in the expression (for error carets); not part of equality.
+    position: int = field(default=-1, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,8 @@ class Like:
     name: str
     pattern: str
     negated: bool = False
+    #: Offset of the name in the expression (for error carets); not part of equality.
+    position: int = field(default=-1, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -99,12 +109,16 @@ class In:
     name: str
     values: tuple
     negated: bool = False
+    #: Offset of the name in the expression (for error carets); not part of equality.
+    position: int = field(default=-1, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class IsNull:
     name: str
     negated: bool = False
+    #: Offset of the name in the expression (for error carets); not part of equality.
+    position: int = field(default=-1, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -291,19 +305,20 @@ class _Parser:
         name = self._advance()
         if self.tok.kind == "OP":
             op = self._advance()
-            return Compare(name.value, _CANONICAL_OP.get(op.value, op.value), self._value(op))
+            value = self._value(op)
+            return Compare(name.value, _CANONICAL_OP.get(op.value, op.value), value, name.start)
         if self._accept("is"):
             negated = self._accept("not") is not None
             if not self._accept("null"):
                 self._fail(f"expected 'null' or 'not null' after 'is', got {self._show(self.tok)}")
-            return IsNull(name.value, negated)
+            return IsNull(name.value, negated, name.start)
         negated = self._accept("not") is not None
         if self._accept("like"):
             if self.tok.kind != "STR":
                 self._fail("'like' needs a quoted pattern, e.g. like 'resnet%'")
-            return Like(name.value, self._advance().value, negated)
+            return Like(name.value, self._advance().value, negated, name.start)
         if self._accept("in"):
-            return In(name.value, self._list(), negated)
+            return In(name.value, self._list(), negated, name.start)
         if negated:
             self._fail(f"expected 'like' or 'in' after 'not', got {self._show(self.tok)}")
         self._fail(f"expected an operator after {self._show(name)}, got {self._show(self.tok)}")
@@ -346,13 +361,20 @@ def parse_where(text: str) -> Node:
     return _Parser(text).parse()
 
 
+def predicates(node: Node) -> Iterator[Compare | Like | In | IsNull]:
+    """The conditions of the expression, left to right (each names one field or metric)."""
+    if isinstance(node, (And, Or)):
+        for item in node.items:
+            yield from predicates(item)
+    elif isinstance(node, Not):
+        yield from predicates(node.item)
+    else:
+        yield node
+
+
 def names_in(node: Node) -> set[str]:
     """Every field or metric name the expression refers to."""
-    if isinstance(node, (And, Or)):
-        return set().union(*(names_in(item) for item in node.items))
-    if isinstance(node, Not):
-        return names_in(node.item)
-    return {node.name}
+    return {predicate.name for predicate in predicates(node)}
 
 
 _COMPARE = {

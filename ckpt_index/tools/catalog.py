@@ -73,9 +73,15 @@ class CheckpointCatalog:
 
 
 def build_catalog(outputs_dir: str | os.PathLike[str], db: Any = None) -> CheckpointCatalog:
-    """Sync ``outputs_dir`` into the index and list its checkpoints, best hmean first."""
+    """Sync ``outputs_dir`` into the index and list its checkpoints, best hmean first.
+
+    An ``outputs_dir`` that does not exist (a fresh checkout, before any training run) is an
+    empty catalog, and no index is opened or created for it.
+    """
     started = time.perf_counter()
     root = os.path.abspath(os.fspath(outputs_dir))
+    if not os.path.exists(root):
+        return CheckpointCatalog([], 0, 0.0, time.perf_counter() - started)
     with disposing(open_engine(db)) as engine:
         sync_roots(engine, [root])
         lo, hi = path_range(root)
