@@ -251,11 +251,39 @@ def test_missing_sqlite_index_is_exit_2_and_nothing_is_created(args, tmp_path: P
     db = tmp_path / "nowhere" / "index.db"
     result = run(*args, "--db", str(db))
     assert result.exit_code == 2, result.output
-    assert "no index" in result.stderr and str(db) in result.stderr
+    assert f"no index at {db}; run `ckpt-index sync ROOT` first" in result.stderr
     assert not db.parent.exists()
+    # The same through a SQLite URL.
+    result = run(*args, "--db", f"sqlite:///{db}")
+    assert result.exit_code == 2, result.output
+    assert f"no index at {db}" in result.stderr
+    assert not db.parent.exists()
+    # Nor at the default ./ckpt_index.db (the cwd is tmp_path: `cd /tmp/elsewhere && query`).
+    result = run(*args)
+    assert result.exit_code == 2
+    assert f"no index at {tmp_path / 'ckpt_index.db'}" in result.stderr
     # Nor through the default location or the environment.
     result = CliRunner(env={"CKPT_INDEX_DB": str(tmp_path / "env.db")}).invoke(cli, args)
     assert result.exit_code == 2
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_api_readers_on_a_missing_index_raise_and_create_nothing(tmp_path: Path) -> None:
+    """query_index, connect and read_only_engine: IndexMissingError with the same message, and
+    no file or directory, at a given path or at the default ./ckpt_index.db (cwd is tmp_path)."""
+    from ckpt_index.index.engine import IndexMissingError
+
+    db = tmp_path / "nowhere" / "index.db"
+    readers = [
+        lambda path: ckpt_index.query_index(db=path, best_by="hmean"),
+        lambda path: ckpt_index.connect(path),
+        lambda path: ckpt_index.read_only_engine(path).connect(),
+    ]
+    for read in readers:
+        for path, shown in ((db, db), (None, tmp_path / "ckpt_index.db")):
+            with pytest.raises(IndexMissingError) as info:
+                read(path)
+            assert str(info.value) == f"no index at {shown}; run `ckpt-index sync ROOT` first"
     assert sorted(os.listdir(tmp_path)) == []
 
 
