@@ -101,8 +101,9 @@ def _expected_row(ckpt: Path, doc: dict) -> dict:
         "exp_name": doc["exp_name"],
         "architecture": model["architecture"],
         "encoder": model["encoder"]["model_name"],
-        "encoder_pretrained": model["encoder"].get("pretrained", True),
-        "encoder_frozen": model["encoder"].get("frozen", False),
+        # A flag the sidecar does not state is not assumed (no default written as a fact).
+        "encoder_pretrained": model["encoder"].get("pretrained"),
+        "encoder_frozen": model["encoder"].get("frozen"),
         "decoder": (model.get("decoder") or {}).get("name"),
         "head": (model.get("head") or {}).get("name"),
         "loss": (model.get("loss") or {}).get("name"),
