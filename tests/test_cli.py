@@ -326,6 +326,7 @@ def test_validate_json(outputs, invoke, mixed_tree, tmp_path, db_path) -> None:
         "unreadable": 0,
         "stale": 0,
         "unsafe_globals": 0,
+        "dangling_links": 0,
     }
     _no_database_created(tmp_path, db_path)
 

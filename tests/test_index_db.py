@@ -400,12 +400,34 @@ def make_revision_0004_fixture(path: Path) -> None:
         con.execute("VACUUM")
 
 
+def make_revision_0005_fixture(path: Path) -> None:
+    """Revision 0005 (unsafe_globals, stale, scan_error): the rows of 0004, the first one read by
+    ``--inspect`` (no unsafe globals, not stale). 0006 only adds columns (``aliases``,
+    ``is_last``, NULL until a sync); rows of links are folded by the next sync (test_aliases)."""
+    make_revision_0004_fixture(path)
+    url = resolve_db_url(path)
+    engine = create_index_engine(url)
+    try:
+        upgrade(engine, url, "0005")
+        with write_transaction(engine) as conn:
+            conn.exec_driver_sql(
+                "UPDATE checkpoints SET unsafe_globals = '[]', stale = 0 WHERE id = 1"
+            )
+    finally:
+        engine.dispose()
+    with sqlite_connect(path) as con:
+        con.isolation_level = None
+        con.execute("PRAGMA journal_mode = DELETE")
+        con.execute("VACUUM")
+
+
 #: revision -> function writing that revision's fixture database (add one per new revision).
 FIXTURE_GENERATORS: dict[str, Callable[[Path], None]] = {
     "0001": make_revision_0001_fixture,
     "0002": make_revision_0002_fixture,
     "0003": make_revision_0003_fixture,
     "0004": make_revision_0004_fixture,
+    "0005": make_revision_0005_fixture,
 }
 
 

@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
+from ckpt_index import api  # noqa: E402
 from ckpt_index.index.engine import open_engine  # noqa: E402
 from ckpt_index.lightning import MetadataCallback  # noqa: E402
 from ckpt_index.lightning._hparams import model_section  # noqa: E402
@@ -119,7 +120,8 @@ def indexed(db: Path) -> dict[str, dict[str, Any]]:
 
 
 def assert_consistent(directory: Path, db: Path | None) -> None:
-    """Exactly the checkpoints on disk have valid sidecars (and rows); no temporary files remain."""
+    """Exactly the checkpoints on disk have valid sidecars, and rows but for links (aliases of
+    their target's row: one checkpoint, one row); no temporary files remain."""
     files = checkpoints_in(directory)
     assert files, f"no checkpoints in {directory}"
     assert sidecars_in(directory) == files
@@ -133,9 +135,10 @@ def assert_consistent(directory: Path, db: Path | None) -> None:
         ), name
     assert not [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
     if db is not None:
-        assert {p for p in indexed(db) if Path(p).parent == directory} == {
-            str(directory / n) for n in files
-        }
+        rows = {p: r for p, r in indexed(db).items() if Path(p).parent == directory}
+        links = {str(directory / n) for n in files if (directory / n).is_symlink()}
+        assert set(rows) == {str(directory / n) for n in files} - links
+        assert {a for r in rows.values() for a in json.loads(r["aliases"] or "[]")} == links
 
 
 def ckpt_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -339,12 +342,25 @@ def test_save_last(tmp_path, db_path, save_last):
     # and its sidecar says so (assert_consistent compared it with the file's own epoch and step).
     assert (meta.training.epoch, meta.training.global_step) == (2, 6)
     assert meta.metrics.hmean == pytest.approx(0.9)
+    rows = indexed(db_path)
+    target = rows[str(ckpts / "epoch=2-step=6.ckpt")]
     if save_last == "link":
+        # One checkpoint, one row: the link is an alias of the epoch file it points to.
         assert last.is_symlink() and os.readlink(last) == "epoch=2-step=6.ckpt"
+        assert str(last) not in rows and json.loads(target["aliases"]) == [str(last)]
     else:
+        # Saved at the step of epoch=2-step=6.ckpt, with its bytes: a copy, marked is_last.
         assert not last.is_symlink()
-    row = indexed(db_path)[str(last)]
-    assert row["epoch"] == meta.training.epoch and row["save_last"] == 1
+        assert last.read_bytes() == (ckpts / "epoch=2-step=6.ckpt").read_bytes()
+        row = rows[str(last)]
+        assert row["epoch"] == meta.training.epoch and row["save_last"] == 1
+        assert row["is_last"] == 1 and not target["is_last"] and target["aliases"] is None
+    # A sync of the tree agrees with the callback.
+    api.sync(run, db=db_path)
+    synced = indexed(db_path)
+    assert {p: (r["aliases"], r["is_last"]) for p, r in synced.items()} == {
+        p: (r["aliases"], r["is_last"]) for p, r in rows.items()
+    }
 
 
 def test_resume_from_checkpoint(tmp_path, db_path):
@@ -386,8 +402,14 @@ def test_sync_agrees_with_the_callback(tmp_path, db_path, invoke):
     summary = json.loads(result.output)
     # The callback wrote exactly the rows a sync would: nothing to add, update, re-read or remove.
     assert (summary["added"], summary["updated"], summary["removed"]) == (0, 0, 0)
-    assert summary["unchanged"] == summary["valid"] == len(before) == 3
-    assert indexed(db_path).keys() == before.keys()
+    # last.ckpt is a link: an alias of the epoch file it points to, not a row.
+    assert summary["unchanged"] == summary["valid"] == len(before) == 2
+    assert summary["aliases"] == 1 and summary["dangling_links"] == []
+    after = indexed(db_path)
+    assert after.keys() == before.keys()
+    assert {p: r["aliases"] for p, r in after.items()} == {
+        p: r["aliases"] for p, r in before.items()
+    }
 
 
 def test_db_false_writes_sidecars_only(tmp_path):

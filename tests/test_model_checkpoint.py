@@ -3,6 +3,7 @@ the CPU)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -15,9 +16,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 
+from helpers.index_rows import raw_rows  # noqa: E402
 from helpers.modules import Detector  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
+from ckpt_index import api  # noqa: E402
 from ckpt_index.lightning import MetadataCallback, UniqueModelCheckpoint  # noqa: E402
 from ckpt_index.sidecar.files import read_sidecar, sidecar_path_for  # noqa: E402
 from ckpt_index.sources.naming import parse_checkpoint_name, parse_run_dir  # noqa: E402
@@ -108,12 +111,22 @@ def test_scheme_layout_and_names(tmp_path, db_path):
     assert best.is_symlink() and os.readlink(best) == "epoch-04_step-000010.ckpt"
     assert checkpoint.best_link_path == str(best)
 
-    # Every file, links included, has its sidecar and row; the replaced best-hmean-0.9000 link has
-    # neither.
+    # Every file, links included, has its sidecar; the replaced best-hmean-0.9000 link has none.
+    # One checkpoint, one row: the best-* link is an alias of the epoch file, not a row.
     assert {p.name for p in ckpts.glob("*.metadata.yaml")} == {
         n.replace(".ckpt", ".metadata.yaml") for n in names(ckpts)
     }
-    assert rows(db_path) == names(ckpts)
+    assert rows(db_path) == names(ckpts) - {best.name}
+    written = raw_rows(db_path)
+    target = str(ckpts / "epoch-04_step-000010.ckpt")
+    assert json.loads(written[target]["aliases"]) == [str(best)]
+    # last.ckpt holds epoch 5 (in no top k): its own checkpoint, not a copy.
+    assert not written[str(ckpts / "last.ckpt")]["is_last"]
+    # A sync of the tree agrees with what the callback wrote.
+    api.sync(tmp_path / "outputs", db=db_path)
+    synced = raw_rows(db_path)
+    assert set(synced) == set(written)
+    assert synced[target]["aliases"] == written[target]["aliases"]
     meta = read_sidecar(sidecar_path_for(best))
     assert (meta.training.epoch, meta.metrics.hmean, meta.exp_name) == (
         4,
@@ -173,7 +186,9 @@ def test_best_link_follows_a_top_1_checkpoint(tmp_path, db_path):
         "epoch-04_step-000010.metadata.yaml",
         "best-hmean-0.9500.metadata.yaml",
     }
-    assert rows(db_path) == names(ckpts)
+    assert rows(db_path) == {"epoch-04_step-000010.ckpt"}
+    aliases = raw_rows(db_path)[str(ckpts / "epoch-04_step-000010.ckpt")]["aliases"]
+    assert json.loads(aliases) == [str(ckpts / "best-hmean-0.9500.ckpt")]
 
 
 def test_save_best_false(tmp_path):
@@ -210,7 +225,14 @@ def test_resume_continues_in_the_same_run_directory(tmp_path, db_path):
         "last.ckpt",
         "best-hmean-0.9500.ckpt",
     }
-    assert rows(db_path) == names(ckpts)
+    # The moved link is an alias of the new best only; the old link was dropped from its target.
+    assert rows(db_path) == names(ckpts) - {"best-hmean-0.9500.ckpt"}
+    aliases = {p: r["aliases"] for p, r in raw_rows(db_path).items() if r["aliases"]}
+    assert aliases == {
+        str(ckpts / "epoch-04_step-000010.ckpt"): json.dumps(
+            [str(ckpts / "best-hmean-0.9500.ckpt")]
+        )
+    }
 
 
 def test_a_new_phase_starts_a_new_run_directory(tmp_path):

@@ -152,8 +152,9 @@ def test_delete_old_keeps_the_target_of_the_best_and_last_links(trained, tmp_pat
     assert resolves_to(ckpts / "last.ckpt", best)
     assert not (ckpts / "epoch-02_step-000006.ckpt").exists()
     assert not (ckpts / "epoch-02_step-000006.metadata.yaml").exists()
+    # One checkpoint, one row: the links are aliases of the file they point to.
     names = {Path(c).name for c, _ in rows(db_path, tmp_path / "root")}
-    assert names == {"epoch-04_step-000010.ckpt", "best-hmean-0.9500.ckpt", "last.ckpt"}
+    assert names == {"epoch-04_step-000010.ckpt"}
     # What `query --best-by` answers from: no row is a dangling link.
     assert all((tmp_path / "root" / c).exists() for c, _ in rows(db_path, tmp_path / "root"))
 
@@ -471,10 +472,10 @@ def test_rows_follow_through_a_symlinked_root_and_over_a_stale_row(
 
     listed = invoke_db("query", "--format", "paths", "--include-orphans").stdout.split()
     real = os.path.realpath(ckpts)
+    # last.ckpt is a link (save_last="link"): an alias of epoch 4's row, not a row.
     assert sorted(Path(p).name for p in listed) == [
         "epoch-02_step-000006.ckpt",
         "epoch-04_step-000010.ckpt",
-        "last.ckpt",
     ]
     assert all(p.startswith(real) and os.path.exists(p) for p in listed)
     sync = json.loads(invoke_db("sync", str(via), "--format", "json").stdout)

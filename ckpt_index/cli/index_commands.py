@@ -102,6 +102,8 @@ def _print_summary(summary: SyncSummary) -> None:
         echo_escaped(f"{word}: {path}: {reason}", err=True)
     for _path, reason in summary.unlisted_dirs[:_LISTED]:
         echo_escaped(f"not listed: {reason} (its rows were kept)", err=True)
+    for path, reason in summary.dangling_links[:_LISTED]:
+        echo_escaped(f"link not indexed: {path}: {reason}", err=True)
     if len(listed) > _LISTED:
         click.echo(
             f"... {len(listed) - _LISTED} more invalid or unreadable files "

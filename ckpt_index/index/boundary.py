@@ -42,6 +42,7 @@ COLUMN_KINDS: dict[str, str] = {
             "indexed_at",
             "unsafe_globals",
             "scan_error",
+            "aliases",
         ),
         _TEXT,
     ),
@@ -49,7 +50,15 @@ COLUMN_KINDS: dict[str, str] = {
     **dict.fromkeys(INT_RANGES, _INT),
     **dict.fromkeys(CANONICAL_METRICS, _FLOAT),
     **dict.fromkeys(
-        ("encoder_pretrained", "encoder_frozen", "save_last", "checkpoint_exists", "stale"), _BOOL
+        (
+            "encoder_pretrained",
+            "encoder_frozen",
+            "save_last",
+            "checkpoint_exists",
+            "stale",
+            "is_last",
+        ),
+        _BOOL,
     ),
     "mode": _CHOICE,
     "training_phase": _CHOICE,

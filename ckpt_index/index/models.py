@@ -79,6 +79,8 @@ class Checkpoint(Base):
     unsafe_globals: Mapped[str | None]
     stale: Mapped[bool | None]
     scan_error: Mapped[str | None]
+    aliases: Mapped[str | None]
+    is_last: Mapped[bool | None]
 
 
 class CheckpointMetric(Base):

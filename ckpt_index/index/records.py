@@ -76,6 +76,10 @@ OUTPUT_FIELDS = (
     "created_at",
     # The checkpoint file's size in bytes when it was indexed (the table shows it as "size").
     "ckpt_size",
+    # Absolute paths of the symbolic and hard links to this checkpoint (a list, [] when none).
+    "aliases",
+    # A last*.ckpt that is a byte copy of another checkpoint beside it (loses ties to that one).
+    "is_last",
     "hydra_config_path",
     "wandb_run_id",
     "source",
@@ -136,6 +140,9 @@ def _state_columns(ckpt: FileState | None, sidecar: FileState | None) -> dict[st
         "stale": is_stale(ckpt, sidecar),
         # Set by a sync that could not list the row's directory; any rebuilt row clears it.
         "scan_error": None,
+        # Set by a sync (or the callback) that sees a last*.ckpt copy. ``aliases`` is not set
+        # here: a row rewritten from its files alone keeps the links a sync or callback listed.
+        "is_last": False,
     }
 
 
@@ -232,9 +239,10 @@ def _finite(value: float | None) -> float | None:
 def output_record(row: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
     """One query result as JSON: :data:`OUTPUT_FIELDS`, then ``metrics`` sorted by name."""
     out = {name: row.get(name) for name in OUTPUT_FIELDS}
-    for name in ("checkpoint_exists", "save_last"):
+    for name in ("checkpoint_exists", "save_last", "is_last"):
         if out[name] is not None:
             out[name] = bool(out[name])
+    out["aliases"] = json.loads(out["aliases"]) if out["aliases"] else []
     out["metrics"] = dict(sorted(metrics.items()))
     return out
 

@@ -8,6 +8,7 @@ training callback one checkpoint at a time.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,44 @@ def delete_paths(conn: Connection, paths: Sequence[str], *, location: str | None
     return len(ids)
 
 
+def _set_aliases(conn: Connection, row_id: int, aliases: list[str]) -> None:
+    value = json.dumps(sorted(aliases)) if aliases else None
+    conn.execute(checkpoints.update().where(checkpoints.c.id == row_id).values(aliases=value))
+
+
+def add_alias(conn: Connection, target: str, link: str, *, location: str | None = None) -> bool:
+    """List ``link`` in the ``aliases`` of ``target``'s row and delete any row of ``link`` (a
+    link is not a checkpoint); ``False`` when ``target`` has no row (the next sync adds it)."""
+    location = resolve_location(location)
+    c = checkpoints.c
+    delete_paths(conn, [link], location=location)
+    row = conn.execute(
+        select(c.id, c.aliases).where(c.location == location, c.checkpoint_path == target)
+    ).first()
+    if row is None:
+        return False
+    aliases = json.loads(row.aliases) if row.aliases else []
+    if link not in aliases:
+        _set_aliases(conn, row.id, [*aliases, link])
+    return True
+
+
+def drop_aliases(conn: Connection, links: Sequence[str], *, location: str | None = None) -> None:
+    """Remove ``links`` (removed files) from the ``aliases`` of this location's rows."""
+    location = resolve_location(location)
+    c = checkpoints.c
+    for link in links:
+        # contains() binds the path as a parameter (LIKE with its wildcards escaped).
+        candidates = conn.execute(
+            select(c.id, c.aliases).where(
+                c.location == location, c.aliases.contains(json.dumps(link), autoescape=True)
+            )
+        ).all()
+        for row_id, aliases in candidates:
+            kept = [a for a in json.loads(aliases) if a != link]
+            _set_aliases(conn, row_id, kept)
+
+
 def move_row(
     conn: Connection,
     old: str,
@@ -188,6 +227,8 @@ STATE_COLUMNS = (
     checkpoints.c.error,
     checkpoints.c.scan_error,
     checkpoints.c.unsafe_globals,
+    checkpoints.c.aliases,
+    checkpoints.c.is_last,
 )
 
 

@@ -100,6 +100,11 @@ checkpoints = Table(
     Column("stale", Boolean),
     # Why this row's directory could not be listed at the last sync (the row was kept, not pruned).
     Column("scan_error", Text),
+    # JSON list of the absolute paths of the symbolic and hard links to this checkpoint (a
+    # ``last.ckpt`` link, ``best-*`` links); NULL: none. A link never has a row of its own.
+    Column("aliases", Text),
+    # A ``last*.ckpt`` that is a byte copy of another checkpoint beside it (loses ties to it).
+    Column("is_last", Boolean),
     # Unique indexes rather than UNIQUE constraints: a later revision can replace an index on
     # SQLite without rebuilding the table (which would cascade-delete the metrics).
     Index("ux_checkpoints_location_checkpoint_path", "location", "checkpoint_path", unique=True),

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine
 from ckpt_index.index.boundary import check_record
 from ckpt_index.index.engine import open_engine, resolve_db_url, run_write
 from ckpt_index.index.records import FileState, record_from_metadata
-from ckpt_index.index.store import delete_paths, upsert_records
+from ckpt_index.index.store import add_alias, delete_paths, drop_aliases, upsert_records
 from ckpt_index.sidecar.schema import CheckpointMetadataV1, metadata_warnings
 
 _STOP = object()
@@ -35,10 +35,29 @@ class Upsert:
     ckpt: FileState
     sidecar: FileState
 
+    #: A ``last*.ckpt`` written as a copy of another checkpoint (the row loses ties to it).
+    is_last: bool = False
+
 
 @dataclass
 class Delete:
     checkpoint_path: str
+
+
+@dataclass
+class Alias:
+    """``link`` (a symbolic or hard link) now points at ``target``: one row, the target's."""
+
+    target: str
+    link: str
+
+
+def is_link_to(link: str, target: str) -> bool:
+    """Whether ``link`` is a symbolic or hard link to ``target`` (not a copy of it)."""
+    try:
+        return os.path.islink(link) or os.path.samefile(link, target)
+    except OSError:
+        return False
 
 
 class IndexWriter:
@@ -67,7 +86,7 @@ class IndexWriter:
         self.batch_seconds: list[float] = []
         self.applied = 0
 
-    def submit(self, op: Upsert | Delete) -> None:
+    def submit(self, op: Upsert | Delete | Alias) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="ckpt-index-writer", daemon=True)
             self._thread.start()
@@ -113,7 +132,7 @@ class IndexWriter:
     def _set_busy_timeout(self, dbapi_conn: Any) -> None:
         dbapi_conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
 
-    def _apply(self, ops: list[Upsert | Delete]) -> None:
+    def _apply(self, ops: list[Upsert | Delete | Alias]) -> None:
         started = time.perf_counter()
         try:
             if self._engine is None:
@@ -137,9 +156,9 @@ class IndexWriter:
         self.batch_seconds.append(time.perf_counter() - started)
 
 
-def _runs(ops: list[Upsert | Delete]) -> list[list[Upsert | Delete]]:
+def _runs(ops: list[Upsert | Delete | Alias]) -> list[list[Upsert | Delete | Alias]]:
     """Consecutive operations of the same kind, in order (one statement each)."""
-    runs: list[list[Upsert | Delete]] = []
+    runs: list[list[Upsert | Delete | Alias]] = []
     for op in ops:
         if runs and type(runs[-1][0]) is type(op):
             runs[-1].append(op)
@@ -148,11 +167,18 @@ def _runs(ops: list[Upsert | Delete]) -> list[list[Upsert | Delete]]:
     return runs
 
 
-def _apply_run(conn: Connection, run: list[Upsert | Delete]) -> None:
+def _apply_run(conn: Connection, run: list[Upsert | Delete | Alias]) -> None:
     """One statement for a run of operations of one kind (see :func:`_runs`)."""
     deletes = [op.checkpoint_path for op in run if isinstance(op, Delete)]
     if deletes:
         delete_paths(conn, deletes)
+        drop_aliases(conn, deletes)  # a removed best-* link is no longer an alias
+        return
+    aliases = [op for op in run if isinstance(op, Alias)]
+    if aliases:
+        for alias in aliases:
+            drop_aliases(conn, [alias.link])  # a link moved from an older target
+            add_alias(conn, alias.target, alias.link)
         return
     upserts = [op for op in run if isinstance(op, Upsert)]
     records = [
@@ -166,5 +192,7 @@ def _apply_run(conn: Connection, run: list[Upsert | Delete]) -> None:
         )
         for op in upserts
     ]
+    for record, upsert in zip(records, upserts, strict=True):
+        record.columns["is_last"] = upsert.is_last
     # The same boundary as a sync's: a row either backend would refuse is made storable.
     upsert_records(conn, [check_record(r) for r in records])

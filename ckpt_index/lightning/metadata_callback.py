@@ -17,7 +17,7 @@ from typing_extensions import override
 from ckpt_index.index.records import FileState
 from ckpt_index.lightning._failures import FailureLog
 from ckpt_index.lightning._hparams import model_section
-from ckpt_index.lightning._index_writer import Delete, IndexWriter, Upsert
+from ckpt_index.lightning._index_writer import Alias, Delete, IndexWriter, Upsert, is_link_to
 from ckpt_index.lightning._metrics import metrics_section
 from ckpt_index.lightning._run_info import default_exp_name, hydra_config_path, wandb_run_id
 from ckpt_index.sidecar.files import load_metadata, save_metadata, sidecar_path_for
@@ -231,9 +231,27 @@ class MetadataCallback(Callback):
     def _after_save(self, trainer: Trainer, callback: ModelCheckpoint, filepath: str) -> None:
         path = _local_path(filepath)
         meta = self.build_metadata(trainer, callback, path)
-        self._publish(meta, path)
+        self._publish(meta, path, is_last=self._is_last_copy(path, meta))
         if trainer.interrupted:  # a save_on_exception checkpoint: fit ends without teardown()
             self._flush()
+
+    def _is_last_copy(self, path: str, meta: CheckpointMetadataV1) -> bool:
+        """A ``last*.ckpt`` saved at the step of a checkpoint beside it, with its bytes (as a
+        sync decides: :func:`ckpt_index.sync.scan.is_copy`)."""
+        if not os.path.basename(path).startswith("last"):
+            return False
+        from ckpt_index.sync.scan import is_copy
+
+        step, directory = meta.training.global_step, os.path.dirname(path)
+        same_step = [
+            other
+            for other, seen in self._recent.items()
+            if other != path
+            and os.path.dirname(other) == directory
+            and seen.training.global_step == step
+            and not os.path.islink(other)
+        ]
+        return bool(same_step) and is_copy(path, same_step)
 
     def _after_link(
         self, trainer: Trainer, callback: ModelCheckpoint, target: str, linkpath: str
@@ -250,7 +268,11 @@ class MetadataCallback(Callback):
             meta = self.build_metadata(trainer, callback, link)
         else:
             meta = source.model_copy(update={"checkpoint_path": link, "created_at": _now()})
-        self._publish(meta, link)
+        # A link is an alias of its target (one checkpoint, one row); where links are not
+        # allowed Lightning copies the file, and a last*.ckpt copy is marked is_last.
+        alias = is_link_to(link, target)
+        is_last = not alias and os.path.basename(link).startswith("last")
+        self._publish(meta, link, alias_of=target if alias else None, is_last=is_last)
 
     def _after_remove(self, filepath: str) -> None:
         path = _local_path(filepath)
@@ -264,7 +286,14 @@ class MetadataCallback(Callback):
         if self.db is not False:
             self._index().submit(Delete(path))
 
-    def _publish(self, meta: CheckpointMetadataV1, path: str) -> None:
+    def _publish(
+        self,
+        meta: CheckpointMetadataV1,
+        path: str,
+        *,
+        alias_of: str | None = None,
+        is_last: bool = False,
+    ) -> None:
         # The checkpoint file is rewritten in place (last.ckpt, a reused name), so is its sidecar.
         sidecar = save_metadata(meta, path, force=True, durable=False)
         self._recent[path] = meta
@@ -272,6 +301,9 @@ class MetadataCallback(Callback):
         while len(self._recent) > _RECENT:
             self._recent.popitem(last=False)
         if self.db is False:
+            return
+        if alias_of is not None:
+            self._index().submit(Alias(alias_of, path))
             return
         ckpt_stat, sidecar_stat = os.stat(path), os.stat(sidecar)
         self._index().submit(
@@ -281,6 +313,7 @@ class MetadataCallback(Callback):
                 str(sidecar),
                 FileState(ckpt_stat.st_size, ckpt_stat.st_mtime_ns),
                 FileState(sidecar_stat.st_size, sidecar_stat.st_mtime_ns),
+                is_last=is_last,
             )
         )
 

@@ -35,7 +35,7 @@ from ckpt_index.sync.build import (
     item_args,
     one_line,
 )
-from ckpt_index.sync.scan import Found, scan
+from ckpt_index.sync.scan import Found, alias_columns, alias_patch, scan
 from ckpt_index.sync.summary import SyncSummary
 
 __all__ = ["BATCH_SIZE", "RACY_WINDOW_NS", "Progress", "SyncSummary", "sync_roots"]
@@ -151,7 +151,9 @@ class _RootSync:
         self.existing = self._read_rows()
         rejected: list[tuple[str, str]] = []
         unlisted: list[tuple[str, str]] = []
-        self.found = scan(self.root, rejected, unlisted)
+        links: list[tuple[str, str]] = []
+        self.found = scan(self.root, rejected, unlisted, links)
+        self.summary.dangling_links.extend(links)
         self.summary.invalid += len(rejected)
         self.summary.invalid_files.extend(rejected)
         self.summary.unlisted_dirs.extend(unlisted)
@@ -184,9 +186,12 @@ class _RootSync:
                 continue
             summary.unchanged += 1
             summary.count(row.status, item, path, row.sidecar_path, row.error)
+            patch = alias_patch(row, item)
             if not _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns):
                 # Only a row that never read its checkpoint (--no-infer) gets here: patch its state.
-                self.flagged.append((row.id, checkpoint_state_columns(item.ckpt)))
+                patch.update(checkpoint_state_columns(item.ckpt))
+            if patch:
+                self.flagged.append((row.id, patch))
 
     def _plan_vanished(self, unlisted: dict[str, str]) -> None:
         """Rows whose files were not listed: deleted, unless their directory could not be listed.
@@ -210,6 +215,8 @@ class _RootSync:
         built = _build_records(sorted(self.to_parse), found, self.racy_after_ns, self.options)
         for batch in _batches(built, BATCH_SIZE):
             records = [(path, record) for path, record, _ in batch]
+            for path, record in records:
+                record.columns.update(alias_columns(found[path]))
             same = recheck.unchanged_rows(self.engine, records, existing, found)
             final = _write_batch(self.engine, records, found, existing, summary.location)
             for path, record, reason in batch:

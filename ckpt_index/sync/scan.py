@@ -1,22 +1,53 @@
-"""Listing a synced root: the checkpoints and sidecars below it, and what could not be listed."""
+"""Listing a synced root: the checkpoints and sidecars below it, and what could not be listed.
+
+One checkpoint, one row: a symbolic or hard link to a checkpoint is an *alias* of the file it
+points to (Lightning's ``save_last="link"``, UniqueModelCheckpoint's ``best-*`` links), listed in
+that file's ``aliases`` rather than indexed again. A link whose target is missing, or lies
+outside the synced root (never read: the tree is untrusted), is reported, not indexed. A
+``last*.ckpt`` that is a byte copy of another checkpoint beside it is marked ``is_last``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 from ckpt_index.index.records import FileState
 from ckpt_index.sidecar.files import CKPT_SUFFIX, SIDECAR_SUFFIX
+
+#: Bytes compared at each end of a ``last.ckpt`` and a same-sized checkpoint beside it.
+FINGERPRINT_BYTES = 64 * 1024
+#: Same-sized checkpoints a ``last.ckpt`` is compared with, at most (keeps a sync bounded).
+MAX_COPY_CANDIDATES = 8
 
 
 class Found:
     """The files of one checkpoint path (slotted: a large tree makes hundreds of thousands)."""
 
-    __slots__ = ("ckpt", "sidecar_path", "sidecar")
+    __slots__ = ("ckpt", "sidecar_path", "sidecar", "aliases", "is_last")
 
     def __init__(self) -> None:
         self.ckpt: FileState | None = None
         self.sidecar_path: str | None = None
         self.sidecar: FileState | None = None
+        #: Absolute paths of the links (symbolic or hard) to this checkpoint, sorted.
+        self.aliases: list[str] = []
+        #: A ``last*.ckpt`` whose bytes are those of another checkpoint beside it.
+        self.is_last = False
+
+
+def alias_columns(item: Found) -> dict[str, Any]:
+    """The ``aliases`` and ``is_last`` columns of the row of ``item``."""
+    return {"aliases": json.dumps(item.aliases) if item.aliases else None, "is_last": item.is_last}
+
+
+def alias_patch(row: Any, item: Found) -> dict[str, Any]:
+    """The ``aliases``/``is_last`` columns of a stored ``row``, when its links changed."""
+    columns = alias_columns(item)
+    if row.aliases == columns["aliases"] and row.is_last == columns["is_last"]:
+        return {}
+    return columns
 
 
 def storable(path: str) -> bool:
@@ -28,18 +59,31 @@ def storable(path: str) -> bool:
     return True
 
 
+class _Listing:
+    """What one walk of a root collects besides the checkpoints and sidecars."""
+
+    def __init__(self) -> None:
+        self.symlinks: list[str] = []
+        #: Checkpoint paths by (device, inode), for files with more than one name.
+        self.inodes: dict[tuple[int, int], list[str]] = {}
+
+
 def scan(
     root: str,
     rejected: list[tuple[str, str]] | None = None,
     unlisted: list[tuple[str, str]] | None = None,
+    links: list[tuple[str, str]] | None = None,
 ) -> dict[str, Found]:
     """Checkpoints and sidecars below ``root``, keyed by absolute checkpoint path.
 
     Files whose names are not UTF-8 cannot be stored; they go to ``rejected`` with a reason.
     Directories that exist but cannot be listed (permissions, I/O errors) go to ``unlisted``:
-    what is under them is unknown, which is not the same as gone.
+    what is under them is unknown, which is not the same as gone. Links to checkpoints become
+    the ``aliases`` of their target; those that cannot be (dangling, pointing out of ``root``,
+    at no checkpoint) go to ``links`` with a reason.
     """
     found: dict[str, Found] = {}
+    listing = _Listing()
     pending = [root]
     while pending:
         directory = pending.pop()
@@ -53,33 +97,152 @@ def scan(
             continue
         with entries:
             for entry in entries:
-                name = entry.name
                 try:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
-                        if not name.endswith(SIDECAR_SUFFIX):
-                            continue
-                        # A directory where a sidecar belongs is recorded as one, so that it is
-                        # reported invalid ("is a directory") rather than silently ignored.
-                    indexable = name.endswith(CKPT_SUFFIX) or name.endswith(SIDECAR_SUFFIX)
-                    if indexable and not storable(entry.path):
-                        if rejected is not None:
-                            shown = entry.path.encode("utf-8", "backslashreplace").decode()
-                            rejected.append(
-                                (shown, "file name is not UTF-8; rename it to index it")
-                            )
-                        continue
-                    if name.endswith(CKPT_SUFFIX):
-                        st = entry.stat()
-                        found.setdefault(entry.path, Found()).ckpt = FileState(
-                            st.st_size, st.st_mtime_ns
-                        )
-                    elif name.endswith(SIDECAR_SUFFIX):
-                        st = entry.stat()
-                        key = entry.path[: -len(SIDECAR_SUFFIX)] + CKPT_SUFFIX
-                        slot = found.setdefault(key, Found())
-                        slot.sidecar_path = entry.path
-                        slot.sidecar = FileState(st.st_size, st.st_mtime_ns)
+                    _list_entry(entry, found, pending, listing, rejected)
                 except OSError:
-                    continue  # a dangling link or a file deleted mid-scan
+                    continue  # a file deleted mid-scan
+    _fold_hard_links(found, listing.inodes)
+    _fold_symlinks(root, found, listing.symlinks, links)
+    _mark_last_copies(found)
     return found
+
+
+def _list_entry(
+    entry: os.DirEntry[str],
+    found: dict[str, Found],
+    pending: list[str],
+    listing: _Listing,
+    rejected: list[tuple[str, str]] | None,
+) -> None:
+    name = entry.name
+    if entry.is_dir(follow_symlinks=False):
+        pending.append(entry.path)
+        if not name.endswith(SIDECAR_SUFFIX):
+            return
+        # A directory where a sidecar belongs is recorded as one, so that it is reported
+        # invalid ("is a directory") rather than silently ignored.
+    indexable = name.endswith(CKPT_SUFFIX) or name.endswith(SIDECAR_SUFFIX)
+    if indexable and not storable(entry.path):
+        if rejected is not None:
+            shown = entry.path.encode("utf-8", "backslashreplace").decode()
+            rejected.append((shown, "file name is not UTF-8; rename it to index it"))
+        return
+    if name.endswith(CKPT_SUFFIX):
+        if entry.is_symlink():
+            listing.symlinks.append(entry.path)
+            return
+        st = entry.stat(follow_symlinks=False)
+        found.setdefault(entry.path, Found()).ckpt = FileState(st.st_size, st.st_mtime_ns)
+        if st.st_nlink > 1:
+            listing.inodes.setdefault((st.st_dev, st.st_ino), []).append(entry.path)
+    elif name.endswith(SIDECAR_SUFFIX):
+        st = entry.stat()
+        key = entry.path[: -len(SIDECAR_SUFFIX)] + CKPT_SUFFIX
+        slot = found.setdefault(key, Found())
+        slot.sidecar_path = entry.path
+        slot.sidecar = FileState(st.st_size, st.st_mtime_ns)
+
+
+def _alias_rank(path: str) -> tuple[bool, str]:
+    """Hard links have no "real" name: prefer one that is not ``last*`` or ``best-*``."""
+    name = os.path.basename(path)
+    return (name.startswith(("last", "best-")), path)
+
+
+def _fold_hard_links(found: dict[str, Found], inodes: dict[tuple[int, int], list[str]]) -> None:
+    for paths in inodes.values():
+        if len(paths) < 2:
+            continue
+        primary, *others = sorted(paths, key=_alias_rank)
+        for other in others:
+            # The alias's own sidecar (the callback writes one beside every link) describes the
+            # same checkpoint: the row is the primary's.
+            found.pop(other, None)
+            found[primary].aliases.append(other)
+        found[primary].aliases.sort()
+
+
+def _fold_symlinks(
+    root: str,
+    found: dict[str, Found],
+    symlinks: list[str],
+    report: list[tuple[str, str]] | None,
+) -> None:
+    """Make each symbolic link an alias of its target, or report why it cannot be one."""
+    prefix = root.rstrip("/") + "/"
+    touched: set[str] = set()
+    for link in symlinks:
+        found.pop(link, None)  # the link's own sidecar describes its target: not an orphan
+        # realpath resolves every hop once; on a cycle it stops at a link of the cycle.
+        target = os.path.realpath(link)
+        reason = None
+        if os.path.islink(target):
+            reason = f"dangling link: a cycle of links through {target}"
+        elif not target.startswith(prefix):
+            reason = f"links to {target}, outside the synced root; not indexed"
+        elif not os.path.lexists(target):
+            reason = f"dangling link: {target} does not exist"
+        elif target not in found or found[target].ckpt is None:
+            reason = f"links to {target}, which is not a checkpoint file; not indexed"
+        if reason is not None:
+            if report is not None:
+                report.append((link, reason))
+            continue
+        found[target].aliases.append(link)
+        touched.add(target)
+    for target in touched:
+        found[target].aliases.sort()
+
+
+def _fingerprint(path: str, size: int) -> bytes | None:
+    """The first and last :data:`FINGERPRINT_BYTES` of a regular file (never through a link)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        head = os.pread(fd, FINGERPRINT_BYTES, 0)
+        tail = os.pread(fd, FINGERPRINT_BYTES, max(0, size - FINGERPRINT_BYTES))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return head + tail
+
+
+def is_copy(path: str, others: list[str]) -> bool:
+    """Whether ``path`` has the size and first and last bytes of one of ``others`` (bounded: at
+    most :data:`MAX_COPY_CANDIDATES` compared, :data:`FINGERPRINT_BYTES` read at each end)."""
+    try:
+        size = os.stat(path, follow_symlinks=False).st_size
+        same = [o for o in others if os.stat(o, follow_symlinks=False).st_size == size]
+    except OSError:
+        return False
+    mine = _fingerprint(path, size) if same else None
+    return mine is not None and any(
+        _fingerprint(o, size) == mine for o in same[:MAX_COPY_CANDIDATES]
+    )
+
+
+def _mark_last_copies(found: dict[str, Found]) -> None:
+    """Mark each ``last*.ckpt`` whose bytes match a same-sized checkpoint in its directory."""
+    lasts = [
+        p
+        for p, item in found.items()
+        if item.ckpt is not None and os.path.basename(p).startswith("last")
+    ]
+    if not lasts:
+        return
+    by_place: dict[tuple[str, int], list[str]] = {}
+    for path, item in found.items():
+        if item.ckpt is not None and not os.path.basename(path).startswith("last"):
+            by_place.setdefault((os.path.dirname(path), item.ckpt.size), []).append(path)
+    for last in lasts:
+        size = found[last].ckpt.size  # type: ignore[union-attr]
+        candidates = by_place.get((os.path.dirname(last), size), [])[:MAX_COPY_CANDIDATES]
+        if not candidates:
+            continue
+        mine = _fingerprint(last, size)
+        found[last].is_last = mine is not None and any(
+            _fingerprint(other, size) == mine for other in candidates
+        )

@@ -36,6 +36,9 @@ class ValidationReport:
     stale: list[str] = field(default_factory=list)
     #: checkpoint path -> the globals torch.load(weights_only=True) would refuse (non-empty only)
     unsafe_globals: dict[str, list[str]] = field(default_factory=dict)
+    #: (link path, reason) of links to checkpoints that are not indexed: dangling, or pointing out
+    #: of the root (a link to a checkpoint in the tree is an alias of it, not a checkpoint).
+    dangling_links: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -52,6 +55,7 @@ class ValidationReport:
             "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
             "stale": self.stale,
             "unsafe_globals": self.unsafe_globals,
+            "dangling_links": [{"path": p, "reason": r} for p, r in self.dangling_links],
             "counts": {
                 "valid": len(self.valid),
                 "invalid": len(self.invalid),
@@ -60,6 +64,7 @@ class ValidationReport:
                 "unreadable": len(self.unreadable),
                 "stale": len(self.stale),
                 "unsafe_globals": len(self.unsafe_globals),
+                "dangling_links": len(self.dangling_links),
             },
         }
 
@@ -75,7 +80,7 @@ def validate_tree(
     if not os.path.isdir(root_path):
         raise NotADirectoryError(f"{root_path}: not a directory")
     report = ValidationReport(root_path)
-    found = sorted(scan(root_path, report.invalid).items())
+    found = sorted(scan(root_path, report.invalid, links=report.dangling_links).items())
     for ckpt_path, item in found:
         if item.sidecar_path is None:
             report.without_sidecar.append(ckpt_path)
