@@ -200,3 +200,15 @@ def test_scan_sidecar_of_a_link_is_not_an_orphan(outputs: Path, link_mode: str) 
     found = scan(str(outputs))
     assert list(found) == [str(real)]
     assert found[str(real)].aliases == [str(alias)]
+
+
+def test_a_root_given_through_a_symlink_keeps_its_aliases(tmp_path: Path, outputs: Path) -> None:
+    """validate scans the root as given: links inside a symlinked root are still aliases."""
+    real = write_checkpoint(outputs / "run" / "epoch-01.ckpt", seed_document())
+    os.symlink(real.name, outputs / "run" / "last.ckpt")
+    via = tmp_path / "via"
+    os.symlink(outputs, via)
+    links: list[tuple[str, str]] = []
+    found = scan(str(via), links=links)
+    assert links == []
+    assert found[str(via / "run" / "epoch-01.ckpt")].aliases == [str(via / "run" / "last.ckpt")]

@@ -169,6 +169,9 @@ def _fold_symlinks(
     report: list[tuple[str, str]] | None,
 ) -> None:
     """Make each symbolic link an alias of its target, or report why it cannot be one."""
+    # Targets are real paths; found's keys are below ``root`` as given (validate does not resolve
+    # a symlinked root): a target below the real root is looked up under ``root``.
+    real_prefix = os.path.realpath(root).rstrip("/") + "/"
     prefix = root.rstrip("/") + "/"
     touched: set[str] = set()
     for link in symlinks:
@@ -178,11 +181,13 @@ def _fold_symlinks(
         reason = None
         if os.path.islink(target):
             reason = f"dangling link: a cycle of links through {target}"
-        elif not target.startswith(prefix):
+        elif not target.startswith(real_prefix):
             reason = f"links to {target}, outside the synced root; not indexed"
         elif not os.path.lexists(target):
             reason = f"dangling link: {target} does not exist"
-        elif target not in found or found[target].ckpt is None:
+        elif (target := prefix + target[len(real_prefix) :]) not in found or (
+            found[target].ckpt is None
+        ):
             reason = f"links to {target}, which is not a checkpoint file; not indexed"
         if reason is not None:
             if report is not None:
