@@ -768,7 +768,10 @@ def test_sort(sort_tree, args, key) -> None:
     assert query_paths(sort_tree.invoke, *args, "--limit", "4") == expected[:4]
 
 
-def test_without_limit_every_match_is_printed(sort_tree) -> None:
+def test_without_limit_every_match_is_printed(sort_tree, monkeypatch) -> None:
+    # pytest-xdist workers run with LINES=24 and COLUMNS=80 set, which the table honours.
+    monkeypatch.delenv("LINES", raising=False)
+    monkeypatch.delenv("COLUMNS", raising=False)
     assert len(query_json(sort_tree.invoke)) == 25
     assert len(query_json(sort_tree.invoke, "--limit", "100")) == 25
     # The table too, when stdout is not a terminal.

@@ -54,6 +54,10 @@ def usage_error(result) -> str:
         # A word after ':' that is no direction, on a name that is not known either: the name
         # is reported first.
         (["--sort", "hmaen:descending"], "unknown field or metric 'hmaen' (did you mean 'hmean'?)"),
+        (
+            ["--best-by", "hmean", "--group-by", "exp_name", "--sort", "epoc"],
+            "unknown field or metric 'epoc' (did you mean 'epoch'?)",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v),
 )

@@ -253,8 +253,8 @@ def run_query(conn: Connection, spec: QuerySpec) -> list[dict[str, Any]]:
     Raises :class:`WhereError` for a malformed ``where``, :class:`UnknownNameError` for a name
     that is no field and no metric in the index, :class:`QueryError` for other usage errors.
     """
+    check_names(conn, spec)  # first: "unknown 'hmaen'" rather than "not the metric 'hmaen'"
     stmt = build_query(spec)
-    check_names(conn, spec)
     rows = [dict(row._mapping) for row in conn.execute(stmt)]
     metrics = fetch_metrics(conn, [row["id"] for row in rows])
     return [output_record(row, metrics[row["id"]]) for row in rows]
