@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from ckpt_index.cli import query_commands
 from ckpt_index.query.table import elide, human_size
 
 DEMO_CHECKPOINTS = 64
@@ -95,6 +96,8 @@ def test_table_fits_a_real_terminal(demo: Path, db_path: Path, cols: int) -> Non
 def test_table_fits_columns_and_lines_from_the_environment(
     invoke, demo: Path, monkeypatch: pytest.MonkeyPatch, cols: int
 ) -> None:
+    # On a terminal, $COLUMNS and $LINES override the size the terminal reports.
+    monkeypatch.setattr(query_commands, "_output_is_terminal", lambda: True)
     monkeypatch.setenv("COLUMNS", str(cols))
     monkeypatch.setenv("LINES", "24")
     result = invoke("query")
@@ -103,8 +106,9 @@ def test_table_fits_columns_and_lines_from_the_environment(
 
 
 def test_a_pipe_gets_the_plain_table(invoke, demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("COLUMNS", raising=False)
-    monkeypatch.delenv("LINES", raising=False)
+    # Whatever the environment says: text piped to grep or a file must not lose any of itself.
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("LINES", "24")
     lines = invoke("query").output.rstrip("\n").split("\n")
     assert len(lines) == 1 + DEMO_CHECKPOINTS  # every row, no "more" line
     assert "\u2026" not in "".join(lines)  # nothing elided
@@ -126,6 +130,7 @@ def test_a_pipe_gets_the_plain_table(invoke, demo: Path, monkeypatch: pytest.Mon
 def test_the_column_ranked_sorted_or_filtered_by_is_shown(
     invoke, demo: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], header: str
 ) -> None:
+    monkeypatch.setattr(query_commands, "_output_is_terminal", lambda: True)
     monkeypatch.setenv("COLUMNS", "80")
     monkeypatch.setenv("LINES", "24")
     result = invoke("query", *args)

@@ -126,7 +126,8 @@ def query(db: str | None, fmt: str, columns: str | None, null: bool, **spec_fiel
 
     On a terminal the table fits the window: the columns that fit (those ranked, sorted or
     filtered by always), long names elided in the middle, and at most a screenful of rows
-    unless --limit is given ($COLUMNS and $LINES set the size elsewhere). JSON and CSV hold
+    unless --limit is given ($COLUMNS and $LINES override its size); piped, the table is
+    plain, every row and value whole. JSON and CSV hold
     every value whole; no match is [] in JSON and the header in CSV.
 
     Exit status 1 when nothing matches, 2 for a usage error (a malformed --where included) or
@@ -193,15 +194,20 @@ def _write_records(records: list[dict[str, Any]], fmt: str, picked: Picked) -> N
         write_data(text + "\n")
 
 
+def _output_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
 def _screen(limited: bool) -> Screen:
-    """The table's bounds: the terminal's size when output goes to one, else $COLUMNS and
-    $LINES when set (a pipe gets the plain table); no row limit when --limit is given."""
+    """The table's bounds: the terminal's size ($COLUMNS and $LINES override it) when output goes
+    to a terminal; a pipe or file gets the plain table, every row and every value whole, whatever
+    the environment says. No row limit when --limit is given."""
     from ckpt_index.query.table import Screen
 
-    tty = sys.stdout.isatty()
+    tty = _output_is_terminal()
     size = shutil.get_terminal_size()
-    width = size.columns if tty or os.environ.get("COLUMNS") else None
-    height = size.lines if (tty or os.environ.get("LINES")) and not limited else None
+    width = size.columns if tty else None
+    height = size.lines if tty and not limited else None
     ellipsis = "\u2026"
     try:
         ellipsis.encode(getattr(sys.stdout, "encoding", None) or "ascii")
