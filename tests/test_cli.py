@@ -463,7 +463,7 @@ def test_stats_json(invoke_db, stats_tree, db_url) -> None:
     assert data["checkpoints"] == 6
     assert data["valid"] == 4  # the orphan's sidecar is valid
     assert data["invalid"] == 1
-    assert data["without_metadata"] == 1
+    assert data["missing"] == 1
     assert data["orphaned_sidecars"] == 1
     assert data["experiments"] == 2
     # precision, recall, hmean, validation_loss (seed values) and val/loss
@@ -489,7 +489,7 @@ def test_stats_text(invoke_db, stats_tree) -> None:
     assert values["checkpoints"] == "6"
     assert values["valid"] == "4"
     assert values["invalid"] == "1"
-    assert values["without_metadata"] == "1"
+    assert values["missing"] == "1"
     assert values["orphaned_sidecars"] == "1"
     assert values["encoders"] == "resnet50 2, resnet18 1"
 

@@ -34,9 +34,7 @@ def _options():
                     if isinstance(param, click.Option) and not param.hidden:
                         yield " ".join(prefix + (name,)), param
 
-    # query's and sql's --format are being reworked with the table (issue 10 item 1).
-    pending = {("query", "fmt"), ("sql", "fmt")}
-    return [(c, o) for c, o in walk(cli, ()) if (c, o.name) not in pending]
+    return list(walk(cli, ()))
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,12 @@ def _spec_options(func: F) -> F:
 @db_option
 @_spec_options
 @click.option(
-    "--format", "fmt", type=click.Choice(RESULT_FORMATS), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(RESULT_FORMATS),
+    default="table",
+    show_default=True,
+    help="table for people; json, jsonl and csv for scripts; paths prints checkpoint paths.",
 )
 @click.option(
     "--columns",
@@ -303,6 +308,7 @@ def _safe_url(url: str) -> str:
     type=click.Choice([f for f in RESULT_FORMATS if f != "paths"]),
     default="table",
     show_default=True,
+    help="table for people; json, jsonl and csv for scripts.",
 )
 @click.option(
     "--timeout",

@@ -39,7 +39,7 @@ def index_stats(conn: Connection) -> dict[str, Any]:
         "invalid": by_status.get("invalid", 0),
         "inferred": by_status.get("inferred", 0),
         "unreadable": by_status.get("unreadable", 0),
-        "without_metadata": by_status.get("missing", 0),
+        "missing": by_status.get("missing", 0),  # the status name, as sync reports it
         "orphaned_sidecars": orphaned,
         "experiments": conn.scalar(select(func.count(c.exp_name.distinct()))),
         "metric_names": conn.scalar(select(func.count(checkpoint_metrics.c.name.distinct()))),
