@@ -66,6 +66,23 @@ def test_links_are_aliases_and_the_copy_is_last(outputs: Path, db_url: str, invo
     assert record["is_last"] is False
     (last,) = json.loads(invoke_db("query", "--where", "is_last = 1", "--format", "json").stdout)
     assert last["checkpoint_path"] == str(ckpts / "last.ckpt") and last["aliases"] == []
+    # The table lists the aliases by name; CSV carries the list as JSON, not as Python's repr.
+    table = invoke_db("query", "--best-by", "hmean", "--columns", "aliases").stdout
+    shown = "outputs/exp/checkpoints/best-hmean-0.9061.ckpt, outputs/exp/checkpoints/hard.ckpt"
+    assert table.splitlines()[1].strip() == shown  # relative to the current directory
+    result = invoke_db(
+        "query", "--best-by", "hmean", "--format", "csv", "--columns", "path,aliases"
+    )
+    assert (
+        result.stdout.splitlines()[1]
+        == best
+        + ","
+        + '"'
+        + json.dumps([str(ckpts / "best-hmean-0.9061.ckpt"), str(ckpts / "hard.ckpt")]).replace(
+            '"', '""'
+        )
+        + '"'
+    )
 
 
 def test_alias_changes_reach_unchanged_rows(outputs: Path, db_url: str) -> None:

@@ -60,6 +60,8 @@ def _table_cell(column: Column, value: Any) -> str:
         return human_size(value)
     if column.name == "created_at":
         return escape_control(str(value)[:16].replace("T", " "))
+    if column.name == "aliases" and isinstance(value, list):
+        return escape_control(", ".join(display_path(str(v)) for v in value)) or "-"
     return _cell(value)
 
 
@@ -115,7 +117,12 @@ def render_csv(records: Sequence[dict[str, Any]], columns: Sequence[Column] | No
 
 
 def _csv_value(value: Any) -> Any:
-    return "" if value is None else value
+    """A cell: empty for None, JSON for a list or mapping (``aliases``), else the value."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
 
 
 def _csv_lines(rows: Iterable[Sequence[Any]]) -> str:
