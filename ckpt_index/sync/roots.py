@@ -186,7 +186,9 @@ class _RootSync:
                 continue
             summary.unchanged += 1
             summary.count(row.status, item, path, row.sidecar_path, row.error)
-            patch = alias_patch(row, item)
+            # Most rows have no links and are no copy: skip building the alias columns for them.
+            has_links = item.aliases or item.is_last or row.aliases is not None or row.is_last
+            patch = alias_patch(row, item) if has_links else {}
             if not _same(item.ckpt, row.ckpt_size, row.ckpt_mtime_ns):
                 # Only a row that never read its checkpoint (--no-infer) gets here: patch its state.
                 patch.update(checkpoint_state_columns(item.ckpt))
