@@ -114,6 +114,7 @@ def _list_directory(
         if unlisted is not None:
             unlisted.append((directory, f"cannot list {directory}: {exc.strerror or exc}"))
         return
+    plain_directory = storable(directory)
     with entries:
         for entry in entries:
             name = entry.name
@@ -128,7 +129,8 @@ def _list_directory(
                 if not is_ckpt and not name.endswith(SIDECAR_SUFFIX):
                     continue
                 path = entry.path
-                if not storable(path):
+                # An ASCII name in a storable directory is storable: no encoding per file.
+                if not (plain_directory and name.isascii()) and not storable(path):
                     if rejected is not None:
                         shown = path.encode("utf-8", "backslashreplace").decode()
                         rejected.append((shown, "file name is not UTF-8; rename it to index it"))
