@@ -216,7 +216,7 @@ def test_scan_sidecar_of_a_link_is_not_an_orphan(outputs: Path, link_mode: str) 
     shutil.copy(sidecar_path_for(real), sidecar_path_for(alias))
     found = scan(str(outputs))
     assert list(found) == [str(real)]
-    assert found[str(real)].aliases == [str(alias)]
+    assert found[str(real)].aliases == (str(alias),)
 
 
 def test_a_root_given_through_a_symlink_keeps_its_aliases(tmp_path: Path, outputs: Path) -> None:
@@ -228,4 +228,4 @@ def test_a_root_given_through_a_symlink_keeps_its_aliases(tmp_path: Path, output
     links: list[tuple[str, str]] = []
     found = scan(str(via), links=links)
     assert links == []
-    assert found[str(via / "run" / "epoch-01.ckpt")].aliases == [str(via / "run" / "last.ckpt")]
+    assert found[str(via / "run" / "epoch-01.ckpt")].aliases == (str(via / "run" / "last.ckpt"),)
