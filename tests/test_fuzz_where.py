@@ -32,6 +32,9 @@ from ckpt_index.query.where import (
     compile_where,
     parse_where,
 )
+from ckpt_index.query.where import (
+    predicates as conditions_of,
+)
 
 EXAMPLES = int(os.environ.get("CKPT_INDEX_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
@@ -199,7 +202,7 @@ def _check(text: str) -> None:
         same_shape, _ = _sql(anonymous, dialect)
         assert sql == same_shape, "user text reached the SQL"
         bound = set(map(repr, params.values()))
-        for leaf in _leaves(node):
+        for leaf in conditions_of(node):
             for v in _values(leaf):
                 if isinstance(v, bool):
                     continue
@@ -211,16 +214,6 @@ def _check(text: str) -> None:
                 assert repr(metric) in bound, (leaf.name, params)
     with _ENGINE.connect() as conn:  # and the SQL runs
         conn.execute(select(checkpoints.c.id).where(compile_where(node, resolve))).all()
-
-
-def _leaves(node):
-    if isinstance(node, (And, Or)):
-        for item in node.items:
-            yield from _leaves(item)
-    elif isinstance(node, Not):
-        yield from _leaves(node.item)
-    else:
-        yield node
 
 
 def _values(leaf):
