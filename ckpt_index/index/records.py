@@ -18,13 +18,9 @@ if TYPE_CHECKING:  # the query path must not pay for importing pydantic
     from ckpt_index.sidecar.schema import CheckpointMetadataV1
 
 
-#: Every metadata column of ``checkpoints``, emptied for a row without usable metadata.
-METADATA_COLUMNS = (
-    "exp_name",
-    "architecture",
-    "encoder",
-    "encoder_pretrained",
-    "encoder_frozen",
+#: The columns that describe the model past its encoder, the training and the checkpointing, in
+#: the order both lists below give them.
+_TRAINING_FIELDS = (
     "decoder",
     "head",
     "loss",
@@ -41,6 +37,16 @@ METADATA_COLUMNS = (
     "save_top_k",
     "save_last",
     "created_at",
+)
+
+#: Every metadata column of ``checkpoints``, emptied for a row without usable metadata.
+METADATA_COLUMNS = (
+    "exp_name",
+    "architecture",
+    "encoder",
+    "encoder_pretrained",
+    "encoder_frozen",
+    *_TRAINING_FIELDS,
     "hydra_config_path",
     "wandb_run_id",
     "metadata_json",
@@ -58,22 +64,7 @@ OUTPUT_FIELDS = (
     "exp_name",
     "architecture",
     "encoder",
-    "decoder",
-    "head",
-    "loss",
-    "epoch",
-    "global_step",
-    "training_phase",
-    "max_epochs",
-    "precision",
-    "recall",
-    "hmean",
-    "validation_loss",
-    "monitor",
-    "mode",
-    "save_top_k",
-    "save_last",
-    "created_at",
+    *_TRAINING_FIELDS,
     # The checkpoint file's size in bytes when it was indexed (the table shows it as "size").
     "ckpt_size",
     # Absolute paths of the symbolic and hard links to this checkpoint (a list, [] when none).
