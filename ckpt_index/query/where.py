@@ -87,38 +87,35 @@ class WhereTypeError(WhereError):
 
 
 @dataclass(frozen=True)
-class Compare:
+class _Condition:
+    """A condition on one field or metric."""
+
     name: str
+    #: Offset of the name in the expression (for error carets); not part of equality.
+    position: int = field(default=-1, compare=False, repr=False, kw_only=True)
+
+
+@dataclass(frozen=True)
+class Compare(_Condition):
     op: str  # one of = != < <= > >=
     value: Value
-    #: Offset of the name in the expression (for error carets); not part of equality.
-    position: int = field(default=-1, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
-class Like:
-    name: str
+class Like(_Condition):
     pattern: str
     negated: bool = False
-    #: Offset of the name in the expression (for error carets); not part of equality.
-    position: int = field(default=-1, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
-class In:
-    name: str
+class In(_Condition):
     values: tuple
     negated: bool = False
-    #: Offset of the name in the expression (for error carets); not part of equality.
-    position: int = field(default=-1, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
-class IsNull:
-    name: str
+class IsNull(_Condition):
     negated: bool = False
-    #: Offset of the name in the expression (for error carets); not part of equality.
-    position: int = field(default=-1, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -306,19 +303,21 @@ class _Parser:
         if self.tok.kind == "OP":
             op = self._advance()
             value = self._value(op)
-            return Compare(name.value, _CANONICAL_OP.get(op.value, op.value), value, name.start)
+            return Compare(
+                name.value, _CANONICAL_OP.get(op.value, op.value), value, position=name.start
+            )
         if self._accept("is"):
             negated = self._accept("not") is not None
             if not self._accept("null"):
                 self._fail(f"expected 'null' or 'not null' after 'is', got {self._show(self.tok)}")
-            return IsNull(name.value, negated, name.start)
+            return IsNull(name.value, negated, position=name.start)
         negated = self._accept("not") is not None
         if self._accept("like"):
             if self.tok.kind != "STR":
                 self._fail("'like' needs a quoted pattern, e.g. like 'resnet%'")
-            return Like(name.value, self._advance().value, negated, name.start)
+            return Like(name.value, self._advance().value, negated, position=name.start)
         if self._accept("in"):
-            return In(name.value, self._list(), negated, name.start)
+            return In(name.value, self._list(), negated, position=name.start)
         if negated:
             self._fail(f"expected 'like' or 'in' after 'not', got {self._show(self.tok)}")
         self._fail(f"expected an operator after {self._show(name)}, got {self._show(self.tok)}")
