@@ -421,6 +421,26 @@ def make_revision_0005_fixture(path: Path) -> None:
         con.execute("VACUUM")
 
 
+def make_revision_0006_fixture(path: Path) -> None:
+    """Revision 0006 (aliases, is_last): the rows of 0005, the first one with a link listed."""
+    make_revision_0005_fixture(path)
+    url = resolve_db_url(path)
+    engine = create_index_engine(url)
+    try:
+        upgrade(engine, url, "0006")
+        with write_transaction(engine) as conn:
+            conn.exec_driver_sql(
+                "UPDATE checkpoints SET aliases = '[\"/runs/exp/last.ckpt\"]', is_last = 0 "
+                "WHERE id = 1"
+            )
+    finally:
+        engine.dispose()
+    with sqlite_connect(path) as con:
+        con.isolation_level = None
+        con.execute("PRAGMA journal_mode = DELETE")
+        con.execute("VACUUM")
+
+
 #: revision -> function writing that revision's fixture database (add one per new revision).
 FIXTURE_GENERATORS: dict[str, Callable[[Path], None]] = {
     "0001": make_revision_0001_fixture,
@@ -428,6 +448,7 @@ FIXTURE_GENERATORS: dict[str, Callable[[Path], None]] = {
     "0003": make_revision_0003_fixture,
     "0004": make_revision_0004_fixture,
     "0005": make_revision_0005_fixture,
+    "0006": make_revision_0006_fixture,
 }
 
 

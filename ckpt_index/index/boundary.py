@@ -210,7 +210,7 @@ def check_record(record: Record) -> Record:
     if notes:
         previous = [fixed["warnings"]] if fixed.get("warnings") else []
         fixed["warnings"] = "; ".join(previous + notes)
-    return Record(fixed, kept)
+    return Record(fixed, kept, record.params, record.params_digest)
 
 
 def _vouched_problem(columns: dict[str, Any], bad: Iterable[str]) -> str | None:

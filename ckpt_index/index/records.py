@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ckpt_index.hyperparams import Param, digest, flatten, override_names
 from ckpt_index.vocabulary import CANONICAL_METRICS, UNKNOWN
 
 if TYPE_CHECKING:  # the query path must not pay for importing pydantic
@@ -92,6 +93,16 @@ class FileState(NamedTuple):
 class Record:
     columns: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
+    #: Hyperparameters by flattened name (``ckpt_index.hyperparams``).
+    params: dict[str, Param] = field(default_factory=dict)
+    #: ``hyperparams.digest`` of ``params`` (computed where the record is built: in a worker).
+    params_digest: str | None = None
+
+    def with_digest(self) -> Record:
+        """This record, with ``params_digest`` set when it has parameters."""
+        if self.params and self.params_digest is None:
+            self.params_digest = digest(self.params.values())
+        return self
 
     @property
     def checkpoint_path(self) -> str:
@@ -158,6 +169,9 @@ def record_from_metadata(
     warnings: list[str] | None = None,
 ) -> Record:
     model, training, ckpting = meta.model, meta.training, meta.checkpointing
+    params, param_warnings = sidecar_params(meta)
+    if param_warnings:
+        warnings = [*(warnings or []), *param_warnings]
     columns: dict[str, Any] = {
         "checkpoint_path": checkpoint_path,
         "sidecar_path": sidecar_path,
@@ -193,7 +207,14 @@ def record_from_metadata(
         "indexed_at": now_iso(),
         **_state_columns(ckpt, sidecar),
     }
-    return Record(columns, metrics_of(meta))
+    return Record(columns, metrics_of(meta), params).with_digest()
+
+
+def sidecar_params(meta: CheckpointMetadataV1) -> tuple[dict[str, Param], list[str]]:
+    """A sidecar's ``hyperparameters``, flattened; names its ``hydra_overrides`` set are marked."""
+    if not meta.hyperparameters:
+        return {}, []
+    return flatten(meta.hyperparameters, "sidecar", overridden=override_names(meta.hydra_overrides))
 
 
 def record_without_metadata(
@@ -253,6 +274,7 @@ def record_from_inferred(inferred, *, ckpt: FileState | None) -> Record:
     for name in CANONICAL_METRICS:
         if columns.get(name) is not None:
             metrics[name] = float(columns[name])
+    params = getattr(inferred, "params", None) or {}
     columns.update(
         checkpoint_path=inferred.checkpoint_path,
         sidecar_path=None,
@@ -269,4 +291,4 @@ def record_from_inferred(inferred, *, ckpt: FileState | None) -> Record:
         indexed_at=now_iso(),
         **_state_columns(ckpt, None),
     )
-    return Record(columns, metrics)
+    return Record(columns, metrics, params).with_digest()

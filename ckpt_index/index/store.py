@@ -17,7 +17,13 @@ from sqlalchemy import Connection, Engine, delete, insert, select
 
 from ckpt_index.index.engine import resolve_location, write_transaction
 from ckpt_index.index.records import Record
-from ckpt_index.index.tables import checkpoint_metrics, checkpoints, wandb_run_cache
+from ckpt_index.index.tables import (
+    checkpoint_metrics,
+    checkpoints,
+    param_sets,
+    param_values,
+    wandb_run_cache,
+)
 
 if TYPE_CHECKING:  # each dialect is imported when its first upsert is built
     from sqlalchemy.dialects import postgresql, sqlite
@@ -80,9 +86,19 @@ def upsert_records(
     records = [by_path[path] for path in sorted(by_path)]
     # A row is replaced whole: a column a record does not set becomes NULL.
     keys = list(dict.fromkeys(k for r in records for k in r.columns))
+    keys.append("param_set_id")
+    set_ids = store_param_sets(conn, records)
     stmt = _upsert_statement(conn, ["location", *keys], overwrite)
     ids: dict[str, int] = {}
-    params = [{**dict.fromkeys(keys), **r.columns, "location": location} for r in records]
+    params = [
+        {
+            **dict.fromkeys(keys),
+            **r.columns,
+            "location": location,
+            "param_set_id": set_ids.get(r.params_digest) if r.params_digest else None,
+        }
+        for r in records
+    ]
     for row_id, path in conn.execute(stmt, params):
         ids[path] = row_id
     id_list = list(ids.values())
@@ -108,6 +124,105 @@ def upsert_records(
     return ids
 
 
+def _placeholders(conn: Connection, count: int) -> str:
+    mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
+    return ", ".join([mark] * count)
+
+
+def store_param_sets(conn: Connection, records: Sequence[Record]) -> dict[str, int]:
+    """The ``param_sets`` id of each parameter digest of ``records``, storing the new sets.
+
+    A set is stored once per content: the checkpoints of a run share theirs, so a sync of a
+    sweep writes a few hundred sets rather than a row per checkpoint and parameter. Concurrent
+    writers of the same new set meet on the unique digest (the second one's insert does nothing).
+    """
+    wanted: dict[str, Record] = {}
+    for record in records:
+        if record.params and record.with_digest().params_digest not in wanted:
+            wanted[record.params_digest] = record  # type: ignore[index]
+    if not wanted:
+        return {}
+    ids = _set_ids(conn, list(wanted))
+    new = [d for d in wanted if d not in ids]
+    if new:
+        conn.execute(
+            _insert_ignore(conn, param_sets),
+            [{"digest": d, "size": len(wanted[d].params)} for d in new],
+        )
+        created = _set_ids(conn, new)
+        # Sets another writer created meanwhile already have their values.
+        rows = [
+            (created[d], *param)
+            for d in new
+            if d in created and not _has_values(conn, created[d])
+            for param in wanted[d].params.values()
+        ]
+        if rows:
+            conn.exec_driver_sql(
+                "INSERT INTO param_values (param_set_id, name, value_type, numeric_value, "
+                f"text_value, source, overridden) VALUES ({_placeholders(conn, 7)})",
+                rows,
+            )
+        ids.update(created)
+    return ids
+
+
+def _set_ids(conn: Connection, digests: Sequence[str]) -> dict[str, int]:
+    return {
+        d: set_id
+        for chunk in _chunks(digests)
+        for set_id, d in conn.execute(
+            select(param_sets.c.id, param_sets.c.digest).where(param_sets.c.digest.in_(chunk))
+        )
+    }
+
+
+def _has_values(conn: Connection, set_id: int) -> bool:
+    stmt = select(param_values.c.name).where(param_values.c.param_set_id == set_id).limit(1)
+    return conn.execute(stmt).first() is not None
+
+
+def _insert_ignore(conn: Connection, table):
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    return dialect_insert(table).on_conflict_do_nothing(index_elements=["digest"])
+
+
+def sweep_param_sets(conn: Connection, set_ids: Sequence[int] | None = None) -> int:
+    """:func:`delete_unused_param_sets` in a savepoint: a set a concurrent writer has started to
+    use (its uncommitted row holds the foreign key) is left for a later sweep, and the caller's
+    transaction goes on."""
+    from sqlalchemy.exc import DBAPIError
+
+    if conn.dialect.name != "postgresql":  # one writer at a time: no race to lose
+        return delete_unused_param_sets(conn, set_ids)
+    try:
+        with conn.begin_nested():
+            return delete_unused_param_sets(conn, set_ids)
+    except DBAPIError:
+        return 0
+
+
+def delete_unused_param_sets(conn: Connection, set_ids: Sequence[int] | None = None) -> int:
+    """Delete parameter sets no checkpoint refers to (of ``set_ids``, or all); their values go
+    with them (ON DELETE CASCADE). Returns how many were deleted.
+
+    A set a concurrent writer has just given a new row is protected by the foreign key: on
+    PostgreSQL the delete then fails, and the caller keeps the set (see :func:`sweep_param_sets`).
+    """
+    unused = ~select(checkpoints.c.id).where(checkpoints.c.param_set_id == param_sets.c.id).exists()
+    if set_ids is None:
+        stmt = delete(param_sets).where(unused)
+        return conn.execute(stmt).rowcount or 0
+    deleted = 0
+    for chunk in _chunks(list(set_ids)):
+        ids_chunk = delete(param_sets).where(param_sets.c.id.in_(chunk), unused)
+        deleted += conn.execute(ids_chunk).rowcount or 0
+    return deleted
+
+
 def update_columns(conn: Connection, updates: Sequence[tuple[int, dict[str, Any]]]) -> None:
     """Update a few columns of existing rows by id (no metrics change)."""
     for row_id, values in updates:
@@ -115,12 +230,23 @@ def update_columns(conn: Connection, updates: Sequence[tuple[int, dict[str, Any]
 
 
 def delete_rows(conn: Connection, ids: Sequence[int]) -> None:
-    """Delete rows by id; their metrics go with them (ON DELETE CASCADE, and explicitly)."""
+    """Delete rows by id; their metrics go with them (ON DELETE CASCADE, and explicitly), and
+    their parameter sets when no other row uses them."""
     for chunk in _chunks(list(ids)):
         conn.execute(
             delete(checkpoint_metrics).where(checkpoint_metrics.c.checkpoint_id.in_(chunk))
         )
+        set_ids = [
+            set_id
+            for set_id in conn.scalars(
+                select(checkpoints.c.param_set_id)
+                .where(checkpoints.c.id.in_(chunk), checkpoints.c.param_set_id.is_not(None))
+                .distinct()
+            )
+        ]
         conn.execute(delete(checkpoints).where(checkpoints.c.id.in_(chunk)))
+        if set_ids:
+            sweep_param_sets(conn, set_ids)
 
 
 def delete_paths(conn: Connection, paths: Sequence[str], *, location: str | None = None) -> int:

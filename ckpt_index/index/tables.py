@@ -105,6 +105,9 @@ checkpoints = Table(
     Column("aliases", Text),
     # A ``last*.ckpt`` that is a byte copy of another checkpoint beside it (loses ties to it).
     Column("is_last", Boolean),
+    # The row's hyperparameters (``param_sets``); NULL: none known. Checkpoints with the same
+    # parameters (every checkpoint of a run) share one set. ``checkpoint_params`` is the view.
+    Column("param_set_id", Integer, ForeignKey("param_sets.id"), index=True),
     # Unique indexes rather than UNIQUE constraints: a later revision can replace an index on
     # SQLite without rebuilding the table (which would cascade-delete the metrics).
     Index("ux_checkpoints_location_checkpoint_path", "location", "checkpoint_path", unique=True),
@@ -120,6 +123,39 @@ checkpoint_metrics = Table(
     Column("name", String, primary_key=True),
     Column("value", Float, nullable=False),
     Index("ix_checkpoint_metrics_name_value", "name", "value"),
+)
+
+# Hyperparameter sets, stored once per distinct content (``digest``): a sweep of 100 runs with 10
+# checkpoints each stores 100 sets, not 1,000 copies. Rows reach them by checkpoints.param_set_id.
+param_sets = Table(
+    "param_sets",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # blake2b of the set's entries (ckpt_index.hyperparams.digest); one set per content.
+    Column("digest", String, nullable=False),
+    Column("size", Integer, nullable=False),
+    Index("ux_param_sets_digest", "digest", unique=True),
+)
+
+# One hyperparameter of a set, by flattened dotted name (``model.optimizer.lr``). Numbers are in
+# ``numeric_value`` (compared as numbers) and every non-null value's text in ``text_value``
+# (compared as text); ``value_type`` tells them apart (int, float, bool, str, null, json).
+param_values = Table(
+    "param_values",
+    metadata,
+    Column(
+        "param_set_id", Integer, ForeignKey("param_sets.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("name", String, primary_key=True),
+    _text("value_type", nullable=False),
+    Column("numeric_value", Float),
+    Column("text_value", Text),
+    # sidecar, checkpoint, hydra or wandb
+    _text("source", nullable=False),
+    # Set by a Hydra override (overrides.yaml): what a sweep varied.
+    Column("overridden", Boolean, nullable=False),
+    Index("ix_param_values_name_numeric_value", "name", "numeric_value"),
+    Index("ix_param_values_name_text_value", "name", "text_value"),
 )
 
 # Answers of the W&B API (--wandb-online), so a run is fetched once, not per sync.
@@ -138,3 +174,7 @@ wandb_run_cache = Table(
 
 #: Flat view for notebooks: one row per (existing checkpoint, metric), long format.
 METRICS_VIEW = "checkpoint_metrics_flat"
+#: Every checkpoint's hyperparameters, one row per (checkpoint, name): the table users query.
+PARAMS_VIEW = "checkpoint_params"
+#: Flat view for notebooks: one row per (existing checkpoint, parameter) with its identity.
+PARAMS_FLAT_VIEW = "checkpoint_params_flat"

@@ -35,7 +35,7 @@ from ckpt_index.storable import (
 )
 from ckpt_index.vocabulary import Phase
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SUPPORTED_MAJOR = "1"
 
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -118,6 +118,12 @@ class CheckpointMetadataV1(_Section):
     checkpointing: CheckpointingConfig | None = None
     hydra_config_path: str | None = None
     wandb_run_id: str | None = None
+    #: Schema 1.1: the run's hyperparameters, nested as in its config (the index flattens them to
+    #: dotted names). A 1.0 reader keeps it as an extra key; 1.0 files without it stay valid.
+    hyperparameters: dict[str, Any] | None = None
+    #: Schema 1.1: the run's Hydra overrides (``overrides.yaml``, e.g. ``model.lr=0.01``): the
+    #: names a sweep varied.
+    hydra_overrides: list[str] | None = None
 
     @model_validator(mode="before")
     @classmethod

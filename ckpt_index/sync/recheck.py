@@ -13,11 +13,12 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from ckpt_index.index.records import Record
-from ckpt_index.index.tables import checkpoint_metrics, checkpoints
+from ckpt_index.index.tables import checkpoint_metrics, checkpoints, param_sets
 from ckpt_index.sync.scan import Found
 
-#: Columns that say when a file was read and what its mtime was, not what it says.
-_WHEN_READ = frozenset({"indexed_at", "ckpt_mtime_ns", "sidecar_mtime_ns"})
+#: Columns that say when a file was read and what its mtime was, not what it says (and the
+#: parameter set's id, compared by the set's digest).
+_WHEN_READ = frozenset({"indexed_at", "ckpt_mtime_ns", "sidecar_mtime_ns", "param_set_id"})
 
 
 def _is_recheck(row: Any, item: Found) -> bool:
@@ -53,12 +54,19 @@ def unchanged_rows(
         query = select(table.c.checkpoint_id, table.c.name, table.c.value)
         for row_id, name, value in conn.execute(query.where(table.c.checkpoint_id.in_(ids))):
             metrics[row_id][name] = value
+        set_ids = {row["param_set_id"] for row in rows.values()} - {None}
+        digests = dict(
+            conn.execute(
+                select(param_sets.c.id, param_sets.c.digest).where(param_sets.c.id.in_(set_ids))
+            ).all()
+        )
         conn.rollback()
     return {
         record.checkpoint_path
         for row_id, record in rechecked
         if row_id in rows
         and metrics[row_id] == record.metrics
+        and digests.get(rows[row_id]["param_set_id"]) == record.with_digest().params_digest
         and _same_columns(rows[row_id], record)
     }
 

@@ -162,6 +162,9 @@ class _RootSync:
         self._parse_and_write()
         if self.flagged or self.gone:
             self._patch()
+        if any(path in self.existing for path in self.to_parse):
+            # Rows rewritten may have left their former parameter sets unused.
+            run_write(self.engine, store.sweep_param_sets)
 
     @property
     def total(self) -> int:
@@ -353,8 +356,8 @@ def _build_records(
     with WorkerPool(workers, options.limits, chunk=chunk) as pool:
         for path, outcome in zip(paths, pool.map(build_record_task, jobs), strict=True):
             if outcome.ok:  # checked by the worker (checked_record)
-                columns, metrics, reason = outcome.value
-                yield path, Record(columns, metrics), reason
+                columns, metrics, reason, params, params_digest = outcome.value
+                yield path, Record(columns, metrics, params, params_digest), reason
             else:
                 reason = outcome.reason or "reader failed"
                 yield (
