@@ -2,8 +2,9 @@
 
 The group and the entry point live here; the commands in ``index_commands`` (sync),
 ``query_commands`` (query, show, stats, sql), ``tools_commands`` (validate, convert, rename,
-demo) and ``db_commands`` (db ...). Heavy libraries (torch, lightning, wandb, pandas) are never
-imported; SQLAlchemy, pydantic and alembic only by the commands that need them.
+demo), ``serve_commands`` (serve) and ``db_commands`` (db ...). Heavy libraries (torch,
+lightning, wandb, pandas) and the web stack are never imported; SQLAlchemy, pydantic and
+alembic only by the commands that need them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ckpt_index import __version__
 from ckpt_index.cli.db_commands import db_group
 from ckpt_index.cli.index_commands import sync
 from ckpt_index.cli.query_commands import query, show, sql, stats
+from ckpt_index.cli.serve_commands import serve
 from ckpt_index.cli.tools_commands import convert, demo, rename, validate
 
 __all__ = ["cli", "main"]
@@ -31,7 +33,7 @@ def cli() -> None:
     """
 
 
-for _command in (sync, query, show, validate, stats, sql, db_group, convert, rename, demo):
+for _command in (sync, query, show, validate, stats, sql, serve, db_group, convert, rename, demo):
     cli.add_command(_command)
 
 

@@ -1,0 +1,143 @@
+"""The OpenAPI 3.1 document of the JSON routes (served at ``/openapi.json``).
+
+A checkpoint has the fields of ``ckpt-index query --format json`` (:data:`OUTPUT_FIELDS`), their
+types taken from the ``checkpoints`` table; with ``columns`` only the named fields (and the
+named metrics under ``metrics``) are present, so no field is required.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Boolean, Float, Integer
+
+from ckpt_index.index.records import OUTPUT_FIELDS
+from ckpt_index.index.tables import checkpoints
+from ckpt_index.vocabulary import GROUPABLE, PHASES
+from ckpt_index.web.checkpoints import FACETS, MAX_PER_PAGE, PER_PAGE
+
+
+def _field_schema(name: str) -> dict[str, Any]:
+    if name == "aliases":
+        return {"type": "array", "items": {"type": "string"}}
+    if name == "metrics":
+        return {"type": "object", "additionalProperties": {"type": "number"}}
+    column_type = checkpoints.c[name].type
+    if isinstance(column_type, Boolean):
+        kind = "boolean"
+    elif isinstance(column_type, Integer):  # BigInteger too
+        kind = "integer"
+    elif isinstance(column_type, Float):
+        kind = "number"
+    else:
+        kind = "string"
+    return {"type": [kind, "null"]}
+
+
+def _parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_STRING = {"type": "string"}
+_QUERY_PARAMETERS = [
+    _parameter("best_by", _STRING, "Only the best checkpoint by METRIC[:max|min]."),
+    _parameter("group_by", {"type": "string", "enum": list(GROUPABLE)}, "With best_by: per group."),
+    _parameter("encoder", _STRING, "Only this encoder."),
+    _parameter("architecture", _STRING, "Only this architecture."),
+    _parameter("exp", _STRING, "Experiment name glob."),
+    _parameter("phase", {"type": "string", "enum": list(PHASES)}, "Only this training_phase."),
+    _parameter("min_epoch", {"type": "integer"}, "Only epoch >= N."),
+    _parameter("max_epoch", {"type": "integer"}, "Only epoch <= N."),
+    _parameter("where", _STRING, "Filter expression, the language of `query --where`."),
+    _parameter(
+        "sort",
+        {"type": "array", "items": {"type": "string"}},
+        "Sort keys FIELD[:asc|desc] (repeat the parameter).",
+    ),
+    _parameter("include_orphans", {"type": "boolean"}, "Also rows whose checkpoint is gone."),
+    _parameter("include_unreadable", {"type": "boolean"}, "Also unreadable checkpoints."),
+    _parameter("location", _STRING, "Only rows indexed at this location."),
+    _parameter("columns", _STRING, "Fields and metrics to return, comma-separated."),
+    _parameter("page", {"type": "integer", "minimum": 1, "default": 1}, "Page number."),
+    _parameter(
+        "per_page",
+        {"type": "integer", "minimum": 1, "default": PER_PAGE},
+        f"Rows per page (at most {MAX_PER_PAGE}).",
+    ),
+    _parameter("facets", {"type": "boolean", "default": True}, "Count the facets too."),
+]
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """The document, built from the record fields and the page's parameters."""
+    checkpoint = {
+        "type": "object",
+        "properties": {name: _field_schema(name) for name in (*OUTPUT_FIELDS, "metrics")},
+    }
+    facet_values = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "value": {"type": ["string", "null"]},
+                "count": {"type": "integer", "minimum": 0},
+            },
+            "required": ["value", "count"],
+        },
+    }
+    page = {
+        "type": "object",
+        "properties": {
+            "total": {"type": "integer", "minimum": 0},
+            "page": {"type": "integer", "minimum": 1},
+            "per_page": {"type": "integer", "minimum": 1},
+            "offset": {"type": "integer", "minimum": 0},
+            "checkpoints": {"type": "array", "items": {"$ref": "#/components/schemas/Checkpoint"}},
+            "facets": {
+                "type": "object",
+                "properties": dict.fromkeys(FACETS, facet_values),
+            },
+        },
+        "required": ["total", "page", "per_page", "offset", "checkpoints", "facets"],
+    }
+    error = {
+        "type": "object",
+        "properties": {"error": {"type": "string"}},
+        "required": ["error"],
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ckpt-index",
+            "version": version,
+            "description": "Read-only JSON over a ckpt-index checkpoint index.",
+        },
+        "paths": {
+            "/api/checkpoints": {
+                "get": {
+                    "operationId": "listCheckpoints",
+                    "summary": "Checkpoints, as `ckpt-index query --format json`, one page.",
+                    "parameters": _QUERY_PARAMETERS,
+                    "responses": {
+                        "200": _json("One page of checkpoints and the facet counts.", "Page"),
+                        "400": _json("A usage error (the message of `query`).", "Error"),
+                        "503": _json("The index cannot be read.", "Error"),
+                    },
+                }
+            }
+        },
+        "components": {"schemas": {"Checkpoint": checkpoint, "Page": page, "Error": error}},
+    }
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
