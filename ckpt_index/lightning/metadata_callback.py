@@ -19,6 +19,11 @@ from ckpt_index.lightning._failures import FailureLog
 from ckpt_index.lightning._hparams import model_section
 from ckpt_index.lightning._index_writer import Alias, Delete, IndexWriter, Upsert, is_link_to
 from ckpt_index.lightning._metrics import metrics_section
+from ckpt_index.lightning._params import (
+    hydra_overrides,
+    load_hydra_config,
+    run_hyperparameters,
+)
 from ckpt_index.lightning._run_info import default_exp_name, hydra_config_path, wandb_run_id
 from ckpt_index.sidecar.files import load_metadata, save_metadata, sidecar_path_for
 from ckpt_index.sidecar.schema import SCHEMA_VERSION, CheckpointMetadataV1
@@ -37,6 +42,9 @@ _RECENT = 64
 class _RunFacts:
     exp_name: str
     hydra_config_path: str | None
+    #: The sidecar's ``hyperparameters`` and ``hydra_overrides`` (see :mod:`._params`).
+    hyperparameters: dict[str, Any] | None = None
+    hydra_overrides: list[str] | None = None
 
 
 class MetadataCallback(Callback):
@@ -52,7 +60,11 @@ class MetadataCallback(Callback):
     all of them under ``additional_metrics``); the model's architecture, encoder, decoder, head
     and loss from the LightningModule's ``hparams`` (``unknown`` when absent); the saving
     ``ModelCheckpoint``'s ``monitor``, ``mode``, ``save_top_k`` and ``save_last``; the run's
-    ``.hydra/config.yaml`` and the ``WandbLogger``'s run id when there are any.
+    ``.hydra/config.yaml`` and the ``WandbLogger``'s run id when there are any; and (schema
+    1.1) the run's ``hyperparameters``: the Hydra config (interpolations kept as text) overlaid by
+    the DataModule's and then the LightningModule's ``hparams``, as plain YAML data within the
+    index's bounds, with the run's ``hydra_overrides`` (``.hydra/overrides.yaml``). They are
+    computed once per fit and run directory, not per checkpoint.
 
     Only global rank 0 writes. Sidecars are written on the training thread (about a millisecond);
     index writes run on a background thread and are flushed when ``fit`` ends. Metadata problems
@@ -130,12 +142,21 @@ class MetadataCallback(Callback):
         self._recent: OrderedDict[str, CheckpointMetadataV1] = OrderedDict()
         self._run_facts: dict[tuple[int, str], _RunFacts] = {}
         self._model: dict[str, Any] | None = None
+        self._hparams: tuple[Any, Any] | None = None
 
     # Runtime state (threads, wrapped methods) stays in the process that made it: ddp_spawn
     # pickles the trainer's callbacks into its workers.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_hooked", "_writer", "_failures", "_recent", "_run_facts", "_model"):
+        for key in (
+            "_hooked",
+            "_writer",
+            "_failures",
+            "_recent",
+            "_run_facts",
+            "_model",
+            "_hparams",
+        ):
             state.pop(key, None)
         return state
 
@@ -149,6 +170,7 @@ class MetadataCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._failures = FailureLog(log)
         self._model = None
+        self._hparams = None
         self._run_facts.clear()
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint):
@@ -364,6 +386,8 @@ class MetadataCallback(Callback):
             },
             "hydra_config_path": facts.hydra_config_path,
             "wandb_run_id": wandb_run_id(trainer),
+            "hyperparameters": facts.hyperparameters,
+            "hydra_overrides": facts.hydra_overrides,
         }
         return CheckpointMetadataV1.model_validate(document)
 
@@ -371,12 +395,41 @@ class MetadataCallback(Callback):
         key = (id(callback), os.path.dirname(ckpt_path))
         facts = self._run_facts.get(key)
         if facts is None:
+            config_path = hydra_config_path(ckpt_path)
+            hyperparameters, overrides = self._hyperparameters(trainer, config_path)
             facts = _RunFacts(
                 exp_name=self.exp_name or default_exp_name(trainer, ckpt_path),
-                hydra_config_path=hydra_config_path(ckpt_path),
+                hydra_config_path=config_path,
+                hyperparameters=hyperparameters,
+                hydra_overrides=overrides,
             )
             self._run_facts[key] = facts
         return facts
+
+    def _hyperparameters(
+        self, trainer: Trainer, config_path: str | None
+    ) -> tuple[dict[str, Any] | None, list[str] | None]:
+        """The run's hyperparameters and Hydra overrides; problems are reported, never raised."""
+        try:
+            if self._hparams is None:
+                module = trainer.lightning_module
+                datamodule = getattr(trainer, "datamodule", None)
+                self._hparams = (
+                    getattr(module, "hparams", None) if module is not None else None,
+                    getattr(datamodule, "hparams", None) if datamodule is not None else None,
+                )
+            config, problem = load_hydra_config(config_path)
+            if problem is not None:
+                log.warning("ckpt-index: hyperparameters without the Hydra config: %s", problem)
+            hyperparameters, warnings = run_hyperparameters(
+                self._hparams[0], self._hparams[1], config
+            )
+            for warning in warnings:  # what the index would not keep (its bounds)
+                log.warning("ckpt-index: %s", warning)
+            return hyperparameters, hydra_overrides(config_path)
+        except Exception as exc:  # noqa: BLE001 - metadata must never fail training
+            self._failures.report("could not collect the hyperparameters", exc)
+            return None, None
 
 
 class _Missing:
