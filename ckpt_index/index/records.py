@@ -248,14 +248,19 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-def output_record(row: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
-    """One query result as JSON: :data:`OUTPUT_FIELDS`, then ``metrics`` sorted by name."""
+def output_record(
+    row: dict[str, Any], metrics: dict[str, float], params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One query result as JSON: :data:`OUTPUT_FIELDS`, then ``metrics`` sorted by name, then
+    ``params`` (``{dotted name: value}``) when given."""
     out = {name: row.get(name) for name in OUTPUT_FIELDS}
     for name in ("checkpoint_exists", "save_last", "is_last"):
         if out[name] is not None:
             out[name] = bool(out[name])
     out["aliases"] = json.loads(out["aliases"]) if out["aliases"] else []
     out["metrics"] = dict(sorted(metrics.items()))
+    if params is not None:
+        out["params"] = params
     return out
 
 

@@ -1,28 +1,46 @@
 """Selecting checkpoints from the index: filters, ranking by a field or a logged metric, sorting.
 
 A :class:`QuerySpec` compiles to one SQLAlchemy Core statement; user text reaches SQL only as
-bound parameters. Names are fields (columns of ``checkpoints``) or, failing that, metric names in
-``checkpoint_metrics``; :func:`run_query` refuses a name that is neither, with a suggestion
-(:class:`UnknownNameError`), rather than answer "no checkpoint matches".
+bound parameters. Names are fields (columns of ``checkpoints``), metric names in
+``checkpoint_metrics`` or hyperparameters (``params.NAME``, or a bare name that only a parameter
+has: see :mod:`ckpt_index.query.names`); :func:`run_query` refuses a name that is none, with a
+suggestion (:class:`UnknownNameError`), rather than answer "no checkpoint matches".
 
 ``best_by`` orders by the metric, then by higher epoch, higher global_step and path, and keeps one
 row (or one per experiment with ``group_by``). On a column this is an index scan that stops at the
-first group of equal values; on a metric, a seek on ``(name, value)``.
+first group of equal values; on a metric, a seek on ``(name, value)``. A parameter filter is a
+list subquery on ``param_values`` evaluated once; a parameter sort or group key is one outer join
+on its primary key (see :mod:`ckpt_index.query.param_sql`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, literal, select
-from sqlalchemy.sql import ColumnElement, Select, Subquery
+from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql.selectable import NamedFromClause
 
+from ckpt_index.hyperparams import PREFIX as PARAMS
 from ckpt_index.index.records import output_record
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints
-from ckpt_index.query.names import FIELDS, KnownNames, QueryError, UnknownNameError
-from ckpt_index.query.where import WhereError, compile_where, parse_where, predicates
+from ckpt_index.query.names import (
+    FIELDS,
+    AmbiguousNameError,
+    KnownNames,
+    QueryError,
+    UnknownNameError,
+)
+from ckpt_index.query.param_sql import ParamConditions, group_keys, param_join, sort_keys
+from ckpt_index.query.where import (
+    Conditions,
+    WhereError,
+    compile_where,
+    parse_where,
+    predicates,
+)
 from ckpt_index.vocabulary import GROUPABLE
 
 #: What may follow ``name:`` in ``--best-by``/``--sort`` (asc is min, desc is max).
@@ -58,11 +76,41 @@ def _metric(name: str) -> ColumnElement:
     )
 
 
-def resolve(name: str) -> ColumnElement:
-    """A field's column, or a metric's value for the row (NULL when it was not logged)."""
+def resolve(name: str) -> ColumnElement | Conditions:
+    """A field's column, a metric's value for the row (NULL when it was not logged), or the
+    conditions on a parameter (``params.NAME``)."""
+    if name.startswith(PARAMS):
+        return ParamConditions(name[len(PARAMS) :])
     if name.startswith("metrics."):
         return _metric(name[len("metrics.") :])
     return checkpoints.c[name] if name in FIELDS else _metric(name)
+
+
+#: A name as given -> the name it means (``lr`` -> ``params.model.optimizer.lr``).
+Canon = Callable[[str], str]
+
+
+def _canon(names: Mapping[str, str] | None) -> Canon:
+    mapping = dict(names or {})
+    return lambda name: mapping.get(name, name)
+
+
+class _ParamJoins:
+    """The outer joins of ``param_values`` that sort and group keys need, one per name."""
+
+    def __init__(self) -> None:
+        self._joins: dict[str, tuple[NamedFromClause, ColumnElement[bool]]] = {}
+
+    def alias(self, name: str) -> NamedFromClause:
+        """``param_values`` joined for the parameter ``name`` (without ``params.``)."""
+        if name not in self._joins:
+            self._joins[name] = param_join(name, f"p{len(self._joins) + 1}")
+        return self._joins[name][0]
+
+    def apply(self, stmt: Select) -> Select:
+        for alias, on in self._joins.values():
+            stmt = stmt.outerjoin(alias, on)
+        return stmt
 
 
 def parse_direction(spec: str, *, default: str | None = None) -> tuple[str, str]:
@@ -84,7 +132,7 @@ def glob_to_like(pattern: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _filters(spec: QuerySpec) -> list[ColumnElement]:
+def _filters(spec: QuerySpec, canon: Canon) -> list[ColumnElement]:
     c = checkpoints.c
     conditions: list[ColumnElement] = []
     if not spec.include_orphans:
@@ -106,7 +154,8 @@ def _filters(spec: QuerySpec) -> list[ColumnElement]:
     if spec.max_epoch is not None:
         conditions.append(c.epoch <= spec.max_epoch)
     if spec.where is not None:  # "" is an empty expression (a usage error), not "no filter"
-        conditions.append(compile_where(parse_where(spec.where), resolve))
+        node = parse_where(spec.where)
+        conditions.append(compile_where(node, lambda name: resolve(canon(name))))
     return conditions
 
 
@@ -123,85 +172,144 @@ def _tie_break() -> list[ColumnElement]:
     ]
 
 
-def _ordering(sort: Sequence[str]) -> list[ColumnElement]:
+def _ordering(sort: Sequence[str], canon: Canon, joins: _ParamJoins) -> list[ColumnElement]:
     order: list[ColumnElement] = []
     for item in sort:
         name, direction = parse_direction(item, default="asc")
-        expr = resolve(name)
-        order.append(expr.desc().nulls_last() if direction == "max" else expr.asc().nulls_last())
+        name = canon(name)
+        if name.startswith(PARAMS):
+            # Numbers by value first, then the values that are no number by their text.
+            exprs: Sequence[ColumnElement] = sort_keys(joins.alias(name[len(PARAMS) :]))
+        else:
+            column = resolve(name)
+            assert not isinstance(column, Conditions)
+            exprs = [column]
+        for expr in exprs:
+            order.append(_directed(expr, direction))
     return order
 
 
-def _check(spec: QuerySpec) -> None:
+def _directed(expr: ColumnElement, direction: str) -> ColumnElement:
+    return expr.desc().nulls_last() if direction == "max" else expr.asc().nulls_last()
+
+
+def _check(spec: QuerySpec, canon: Canon) -> None:
     """Refuse a spec that asks for nothing sensible (a usage error, before any SQL)."""
-    if spec.group_by is not None and spec.group_by not in GROUPABLE:
-        raise QueryError(f"--group-by takes one of {', '.join(GROUPABLE)}, not {spec.group_by!r}")
+    group = canon(spec.group_by) if spec.group_by is not None else None
+    if group is not None and group not in GROUPABLE and not group.startswith(PARAMS):
+        raise QueryError(
+            f"--group-by takes one of {', '.join(GROUPABLE)} or params.NAME, not {spec.group_by!r}"
+        )
     if spec.group_by is not None and spec.best_by is None:
         raise QueryError("--group-by needs --best-by METRIC")
     if spec.limit is not None and spec.limit < 0:
         raise QueryError("--limit must be >= 0")
 
 
-def build_query(spec: QuerySpec) -> Select:
-    """The statement selecting the ids (and row columns) that ``spec`` asks for."""
-    _check(spec)
+def build_query(spec: QuerySpec, names: Mapping[str, str] | None = None) -> Select:
+    """The statement selecting the ids (and row columns) that ``spec`` asks for.
+
+    ``names``: what :func:`check_names` resolved the names as given to (a bare parameter name
+    to ``params.FULL``); without it every name is taken as written.
+    """
+    canon = _canon(names)
+    _check(spec, canon)
     c = checkpoints.c
-    conditions = _filters(spec)
+    conditions = _filters(spec, canon)
+    joins = _ParamJoins()
     stmt = select(checkpoints)
 
     if spec.best_by is None:
-        order = _ordering(spec.sort) or [c.checkpoint_path.asc()]
-        stmt = stmt.where(*conditions).order_by(*order, c.checkpoint_path.asc())
+        order = _ordering(spec.sort, canon, joins) or [c.checkpoint_path.asc()]
+        stmt = joins.apply(stmt).where(*conditions).order_by(*order, c.checkpoint_path.asc())
         return stmt.limit(spec.limit) if spec.limit is not None else stmt
 
     name, direction = parse_direction(spec.best_by)
+    name = canon(name)
     forced_metric = name.startswith("metrics.")
     if forced_metric:
         name = name[len("metrics.") :]
     metric: ColumnElement
-    if name in FIELDS and not forced_metric:
+    if name.startswith(PARAMS):  # the best by a numeric parameter (rows without it left out)
+        metric = joins.alias(name[len(PARAMS) :]).c.numeric_value
+    elif name in FIELDS and not forced_metric:
         metric = c[name]
     else:
         best = checkpoint_metrics.alias("best")
         stmt = stmt.join(best, and_(best.c.checkpoint_id == c.id, best.c.name == name))
         metric = best.c.value
     conditions.append(metric.is_not(None))
-    stmt = stmt.where(*conditions)
 
     if spec.group_by is None:
         # One row: the best, ties broken by the higher epoch, the higher step, then the path.
+        stmt = joins.apply(stmt).where(*conditions)
         metric_order = metric.desc() if direction == "max" else metric.asc()
         limit = 1 if spec.limit is None else min(1, spec.limit)
         return stmt.order_by(metric_order, *_tie_break()).limit(limit)
-    return _best_per_group(stmt, spec, metric, direction)
+    return _best_per_group(stmt, conditions, spec, metric, direction, canon, joins)
 
 
-def _best_per_group(stmt: Select, spec: QuerySpec, metric: ColumnElement, direction: str) -> Select:
+def _best_per_group(
+    stmt: Select,
+    conditions: list[ColumnElement],
+    spec: QuerySpec,
+    metric: ColumnElement,
+    direction: str,
+    canon: Canon,
+    joins: _ParamJoins,
+) -> Select:
     """The best row of each ``group_by`` value: rows ranked within their group by the metric (ties
-    broken as for one best), then rank 1 kept, ordered by ``sort`` or else by the metric."""
+    broken as for one best), then rank 1 kept, ordered by ``sort`` or else by the metric.
+
+    A parameter's groups are its values: numbers by value (0.1 and 0.10 are one group), other
+    values by text, and the rows without it one more group."""
     assert spec.group_by is not None
     metric_order = metric.desc() if direction == "max" else metric.asc()
-    group = checkpoints.c[spec.group_by]
-    rank = func.row_number().over(partition_by=group, order_by=[metric_order, *_tie_break()])
-    ranked = stmt.add_columns(rank.label("_rank"), metric.label("_metric")).subquery("ranked")
+    group_name = canon(spec.group_by)
+    groups: Sequence[ColumnElement]
+    if group_name.startswith(PARAMS):
+        groups = group_keys(joins.alias(group_name[len(PARAMS) :]))
+    else:
+        groups = [checkpoints.c[group_name]]
+    sort_columns = _sort_columns(spec.sort, canon, joins)
+    rank = func.row_number().over(partition_by=groups, order_by=[metric_order, *_tie_break()])
+    extra = [expr.label(f"_sort{i}") for i, (expr, _) in enumerate(sort_columns)]
+    ranked = (
+        joins.apply(stmt)
+        .where(*conditions)
+        .add_columns(rank.label("_rank"), metric.label("_metric"), *extra)
+        .subquery("ranked")
+    )
     outer_metric = ranked.c._metric.desc() if direction == "max" else ranked.c._metric.asc()
+    order = [_directed(ranked.c[f"_sort{i}"], d) for i, (_, d) in enumerate(sort_columns)]
     outer = (
         select(*[ranked.c[col.name] for col in checkpoints.columns])
         .where(ranked.c._rank == literal(1))
-        .order_by(*(_outer_sort(ranked, spec.sort) or [outer_metric]), ranked.c.checkpoint_path)
+        .order_by(*(order or [outer_metric]), ranked.c.checkpoint_path)
     )
     return outer.limit(spec.limit) if spec.limit is not None else outer
 
 
-def _outer_sort(ranked: Subquery, sort: Sequence[str]) -> list[ColumnElement]:
-    order: list[ColumnElement] = []
+def _sort_columns(
+    sort: Sequence[str], canon: Canon, joins: _ParamJoins
+) -> list[tuple[ColumnElement, str]]:
+    """With ``group_by``: the expressions (and directions) the groups' best rows are sorted by,
+    carried out of the ranking subquery. Fields and parameters; not metrics (a metric other than
+    the ranked one is not the group's)."""
+    out: list[tuple[ColumnElement, str]] = []
     for item in sort:
         name, direction = parse_direction(item, default="asc")
-        if name not in FIELDS:
-            raise QueryError(f"with --group-by, --sort takes a field, not the metric {name!r}")
-        col = ranked.c[name]
-        order.append(col.desc().nulls_last() if direction == "max" else col.asc().nulls_last())
-    return order
+        name = canon(name)
+        if name.startswith(PARAMS):
+            keys = sort_keys(joins.alias(name[len(PARAMS) :]))
+            out += [(key, direction) for key in keys]
+        elif name in FIELDS:
+            out.append((checkpoints.c[name], direction))
+        else:
+            raise QueryError(
+                f"with --group-by, --sort takes a field or a parameter, not the metric {name!r}"
+            )
+    return out
 
 
 def fetch_metrics(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, float]]:
@@ -216,48 +324,69 @@ def fetch_metrics(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, f
     return metrics
 
 
-def check_names(conn: Connection, spec: QuerySpec) -> None:
+def check_names(conn: Connection, spec: QuerySpec) -> dict[str, str]:
     """Refuse, before the query runs, a name that is neither a field nor in the index
-    (:class:`UnknownNameError`) and a ``name:direction`` whose direction is none (QueryError).
+    (:class:`UnknownNameError`), a bare name several parameters end with
+    (:class:`AmbiguousNameError`) and a ``name:direction`` whose direction is none (QueryError).
 
-    A field costs nothing; a metric name one index seek (see :mod:`ckpt_index.query.names`).
+    Returns what each name as given means (for :func:`build_query`): ``lr`` ->
+    ``params.model.optimizer.lr``. A field costs nothing; a metric or parameter name one index
+    seek; a bare parameter suffix one list of the parameter names (see
+    :mod:`ckpt_index.query.names`).
     """
     known = KnownNames(conn)
+    names: dict[str, str] = {}
     ranked = [("--best-by", spec.best_by)] if spec.best_by is not None else []
     for option, item in [*ranked, *(("--sort", item) for item in spec.sort)]:
-        _check_ranked(known, option, item)
+        name = _check_ranked(known, option, item)
+        names[name] = known.canonical(name)
+    if spec.group_by is not None and spec.group_by not in GROUPABLE:
+        names[spec.group_by] = known.canonical(spec.group_by)
     if spec.where is not None:
         for predicate in predicates(parse_where(spec.where)):
-            if predicate.name not in known:
-                raise known.unknown(predicate.name, text=spec.where, position=predicate.position)
+            names[predicate.name] = known.canonical(
+                predicate.name, text=spec.where, position=predicate.position
+            )
+    return names
 
 
-def _check_ranked(known: KnownNames, option: str, item: str) -> None:
+def _check_ranked(known: KnownNames, option: str, item: str) -> str:
+    """The name of ``name[:direction]`` once it is known to be a name (or a parameter suffix)."""
     name, _ = parse_direction(item)
-    if name in known:
-        return
+    try:
+        known.canonical(name)
+        return name
+    except UnknownNameError:
+        pass
     head, sep, tail = item.rpartition(":")
     if sep and head and tail.isalpha():  # "hmean:descending": a word that is no direction
-        if head in known:
-            raise QueryError(
-                f"{option} {item!r}: unknown direction {tail!r} "
-                f"(use one of {', '.join(DIRECTIONS)}; asc is min, desc is max)"
-            )
-        raise known.unknown(head)
+        known.canonical(head)  # raises for an unknown name
+        raise QueryError(
+            f"{option} {item!r}: unknown direction {tail!r} "
+            f"(use one of {', '.join(DIRECTIONS)}; asc is min, desc is max)"
+        )
     raise known.unknown(name)
 
 
-def run_query(conn: Connection, spec: QuerySpec) -> list[dict[str, Any]]:
-    """The records ``spec`` selects, in order, each with all its metrics.
+def run_query(conn: Connection, spec: QuerySpec, *, params: Any = False) -> list[dict[str, Any]]:
+    """The records ``spec`` selects, in order, each with all its metrics and, when ``params``
+    asks for them (True: all; names; a :class:`~ckpt_index.query.params.ParamsWanted`), its
+    hyperparameters under ``params``.
 
     Raises :class:`WhereError` for a malformed ``where``, :class:`UnknownNameError` for a name
     that is no field and no metric in the index, :class:`QueryError` for other usage errors.
     """
-    check_names(conn, spec)  # first: "unknown 'hmaen'" rather than "not the metric 'hmaen'"
-    stmt = build_query(spec)
+    from ckpt_index.query import params as query_params
+
+    # First: "unknown 'hmaen'" rather than "not the metric 'hmaen'".
+    stmt = build_query(spec, check_names(conn, spec))
     rows = [dict(row._mapping) for row in conn.execute(stmt)]
     metrics = fetch_metrics(conn, [row["id"] for row in rows])
-    return [output_record(row, metrics[row["id"]]) for row in rows]
+    wanted = query_params.wanted(params)
+    if not wanted:
+        return [output_record(row, metrics[row["id"]]) for row in rows]
+    sets = query_params.load(conn, [row["param_set_id"] for row in rows], wanted)
+    return [output_record(row, metrics[row["id"]], sets[row["param_set_id"]]) for row in rows]
 
 
 def find_checkpoint(
@@ -282,8 +411,12 @@ def find_checkpoint(
     ).first()
     if row is None:
         return None
+    from ckpt_index.query.params import params_of_sets
+
     data = dict(row._mapping)
-    record = output_record(data, fetch_metrics(conn, [data["id"]])[data["id"]])
+    set_id = data["param_set_id"]
+    params = params_of_sets(conn, [set_id]).get(set_id, {}) if set_id is not None else {}
+    record = output_record(data, fetch_metrics(conn, [data["id"]])[data["id"]], params)
     record["warnings"] = data["warnings"]
     # What loading it would run (None: its pickle was not read; `show` reads it then), whether
     # its sidecar is older than it, and whether its folder could be listed at the last sync.
@@ -298,6 +431,7 @@ def find_checkpoint(
 
 __all__ = [
     "FIELDS",
+    "AmbiguousNameError",
     "QueryError",
     "QuerySpec",
     "UnknownNameError",
