@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -207,7 +208,107 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 def parse_sidecar_bytes(data: bytes, path: Path | str = "<sidecar>") -> dict[str, Any]:
     """Safely parse sidecar bytes into a mapping, or raise :class:`SidecarError`."""
-    return parse_yaml_bytes(data, path)
+    document = _with_repeated_block(data)
+    return document if document is not None else parse_yaml_bytes(data, path)
+
+
+#: The ``hyperparameters`` block of a sidecar: its key at column 0 alone on its line, then every
+#: line up to the next one that starts at column 0 with something other than a comment.
+_BLOCK_START = re.compile(r"^hyperparameters:[ \t]*\n", re.MULTILINE)
+_BLOCK_END = re.compile(r"^[^ \t\n#]", re.MULTILINE)
+#: Text the block split leaves to the full parse: aliases, anchors, tags, escapes, directives and
+#: line breaks other than ``\n`` (the split only knows ``\n``).
+_NOT_SPLIT = re.compile(r"[*&!\\\r\x85\u2028\u2029]|^%", re.MULTILINE)
+#: Block text -> its value: the checkpoints of a run repeat the same block (bounded).
+_BLOCKS: dict[str, tuple[dict[str, Any], int]] = {}
+_MAX_BLOCKS = 256
+
+
+def _with_repeated_block(data: bytes) -> dict[str, Any] | None:
+    """The document, its ``hyperparameters`` block parsed once per distinct text; None: use
+    :func:`parse_yaml_bytes` (the only path that reports errors).
+
+    The checkpoints of a run share a config of a few hundred values, which costs several times
+    the rest of the sidecar to compose. The block is cut out and parsed alone, and the rest with
+    ``hyperparameters: null`` in its place; when both parse, the rest really holds that key at
+    the top level (so the cut is at a top-level key, not inside a string or a flow collection)
+    and the block closes every string and bracket it opens, the document is exactly the rest
+    with the block's value. Anything unusual (an alias, a tag, a guard that fails) falls back to
+    the full parse, which gives the same document or the same error.
+    """
+    if b"hyperparameters:" not in data or len(data) > MAX_SIDECAR_BYTES or b"\x00" in data:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if _NOT_SPLIT.search(text):
+        return None
+    start = _BLOCK_START.search(text)
+    if start is None or _BLOCK_START.search(text, start.end()) is not None:
+        return None
+    end_match = _BLOCK_END.search(text, start.end())
+    end = end_match.start() if end_match else len(text)
+    block = text[start.start() : end]
+    cached = _BLOCKS.get(block)
+    if cached is None:
+        parsed = _plain_document(block)
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("hyperparameters"), dict):
+            return None
+        cached = (parsed["hyperparameters"], 1 + _nesting(parsed["hyperparameters"]))
+        if len(_BLOCKS) >= _MAX_BLOCKS:
+            _BLOCKS.clear()
+        _BLOCKS[block] = cached
+    value, depth = cached
+    rest_text = f"{text[: start.start()]}hyperparameters: null\n{text[end:]}"
+    if sum(data.count(c) for c in (b"[", b"{", b"-", b"?")) > _DEPTH_SCAN_AFTER:
+        # The nesting guard parse_yaml_bytes would run: the document nests as deep as the
+        # deeper of the rest and the block (which has no aliases: its depth is its value's).
+        if depth > MAX_DEPTH:
+            return None
+        try:
+            _check_depth(rest_text, Path("<sidecar>"))
+        except SidecarError:
+            return None
+    rest = _plain_document(rest_text)
+    if not isinstance(rest, dict) or "hyperparameters" not in rest:
+        return None
+    if rest["hyperparameters"] is not None:
+        return None
+    rest["hyperparameters"] = _copy_plain(value)
+    return rest
+
+
+def _nesting(value: Any) -> int:
+    """How many mappings and lists deep ``value`` nests (a scalar: 0)."""
+    if type(value) is dict:
+        return 1 + max((_nesting(item) for item in value.values()), default=0)
+    if type(value) is list:
+        return 1 + max((_nesting(item) for item in value), default=0)
+    return 0
+
+
+def _plain_document(text: str) -> Any:
+    """``text`` built by :func:`_construct_plain`; None on any error or unusual node."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return None if node is None else _construct_plain(loader, node)
+    except (yaml.YAMLError, _Unusual, RecursionError, MemoryError, ValueError, TypeError):
+        return None
+    except (AttributeError, OverflowError, KeyError, IndexError):
+        return None
+    finally:
+        loader.dispose()
+
+
+def _copy_plain(value: Any) -> Any:
+    """A copy of a constructed value's mappings and lists (a caller may change its document)."""
+    if type(value) is dict:
+        return {key: _copy_plain(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_copy_plain(item) for item in value]
+    return value
 
 
 def parse_yaml_bytes(
@@ -323,7 +424,13 @@ _SidecarDumper.add_representer(list, _represent_list)
 
 def dump_metadata(meta: CheckpointMetadataV1) -> str:
     """The YAML text of a sidecar: declaration key order, no aliases, no nulls."""
-    return dump_document(meta.model_dump(mode="json", exclude_none=True))
+    data = meta.model_dump(mode="json", exclude_none=True)
+    if meta.hyperparameters:  # as given: JSON mode turns NaN and infinities into nulls
+        try:
+            return dump_document({**data, "hyperparameters": meta.hyperparameters})
+        except yaml.YAMLError:  # a value safe dumping cannot write (a tuple): JSON mode's
+            pass
+    return dump_document(data)
 
 
 def dump_document(data: dict[str, Any]) -> str:

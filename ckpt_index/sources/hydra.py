@@ -30,6 +30,7 @@ from typing import Any
 from ckpt_index.safe_io import UnsafeFileError, read_bounded
 from ckpt_index.sidecar.files import CKPT_SUFFIX, MAX_DEPTH, SidecarError, parse_yaml_bytes
 from ckpt_index.sources.config_fields import MAX_NAME_CHARS, fields_from_config, is_name
+from ckpt_index.storable import clean_text
 
 __all__ = [
     "MAX_NAME_CHARS",
@@ -37,6 +38,7 @@ __all__ = [
     "find_hydra_config",
     "is_name",
     "load_config",
+    "load_overrides",
     "model_fields",
     "parse_config_bytes",
     "plain_data",
@@ -50,6 +52,11 @@ MAX_CONFIG_BYTES = 2 << 20
 #: Values (scalars and containers) :func:`plain_data` takes at most: a config or a W&B summary
 #: holds hundreds to thousands; this bounds the cost of any later copy of the result.
 MAX_VALUES = 500_000
+#: ``overrides.yaml`` lists the command line's overrides: a few hundred bytes.
+MAX_OVERRIDES_BYTES = 256 << 10
+#: Overrides kept from one ``overrides.yaml``, and the longest one kept (in characters).
+MAX_OVERRIDES = 2000
+MAX_OVERRIDE_CHARS = 4096
 
 
 def candidate_paths(ckpt_path: str | Path) -> list[Path]:
@@ -107,6 +114,41 @@ def _load_config(name: str, _dev: int, _ino: int, _size: int, _mtime_ns: int) ->
     except UnsafeFileError as exc:
         raise SidecarError(path, exc.reason) from None
     return parse_config_bytes(data, path)
+
+
+def load_overrides(path: str | Path) -> list[str] | None:
+    """A run's ``.hydra/overrides.yaml`` (``["model.lr=0.1", ...]``), None when there is none.
+
+    Untrusted like the config: bounded in size, depth and count, parsed with the guarded YAML
+    loader; entries that are not text, or longer than :data:`MAX_OVERRIDE_CHARS`, are left out.
+    Raises :class:`SidecarError` when the file exists but is unusable.
+    """
+    path = Path(path)
+    if not _is_regular(path):
+        return None
+    try:
+        data = read_bounded(path, MAX_OVERRIDES_BYTES, what="Hydra overrides")
+    except UnsafeFileError as exc:
+        raise SidecarError(path, exc.reason) from None
+    # The guarded loader takes mappings only: the list is parsed as the value of one key.
+    indented = b"\n".join(b"  " + line for line in data.splitlines())
+    document = parse_yaml_bytes(
+        b"overrides:\n" + indented,
+        path,
+        max_bytes=2 * MAX_OVERRIDES_BYTES,
+        scan_depth=True,
+        max_nodes=MAX_OVERRIDES * 4,
+    )
+    items = document.get("overrides")
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise SidecarError(path, f"expected a list of overrides, got {type(items).__name__}")
+    return [
+        clean_text(item)
+        for item in items[:MAX_OVERRIDES]
+        if isinstance(item, str) and len(item) <= MAX_OVERRIDE_CHARS
+    ]
 
 
 def parse_config_bytes(data: bytes, path: str | Path = "<config>") -> dict[str, Any]:

@@ -10,7 +10,12 @@ Each field comes from the most specific source that has it:
   hyper_parameters, then the Hydra config, then the W&B run config, then path patterns and
   state-dict inference; without another source, the experiment is named after its run folder;
 - metric values the checkpoint lacks from the W&B history at the checkpoint's global step (never
-  the run summary, whose values belong to the last step).
+  the run summary, whose values belong to the last step);
+- hyperparameters (:attr:`Inferred.params`), flattened by :func:`ckpt_index.hyperparams.flatten`
+  and merged per name: the checkpoint's ``hyper_parameters`` (over its
+  ``datamodule_hyper_parameters``, as Lightning merges them for loggers), then the run's Hydra
+  config (unresolved ``${...}`` kept as text), then the W&B run config (no key starting with
+  ``_``). Names set by the run's ``.hydra/overrides.yaml`` are marked ``overridden``.
 
 A value no source gives stays empty: no default is ever recorded as a fact. :class:`Inferred`
 records where each field came from.
@@ -26,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ckpt_index import hyperparams
+from ckpt_index.hyperparams import Param
 from ckpt_index.sources.config_fields import clean_name
 from ckpt_index.sources.naming import (
     experiment_dir_of,
@@ -67,6 +74,10 @@ class Inferred:
     warnings: list[str] = field(default_factory=list)
     #: The pickle globals ``torch.load(weights_only=True)`` would refuse (None: not read).
     unsafe_globals: list[str] | None = None
+    #: Hyperparameters by flattened name (:mod:`ckpt_index.hyperparams`), merged over sources.
+    params: dict[str, Param] = field(default_factory=dict)
+    #: The run's Hydra overrides (``.hydra/overrides.yaml``), when it has them.
+    hydra_overrides: list[str] | None = None
 
     def set(self, name: str, value: Any, source: str) -> None:
         """Fill ``name`` unless a more specific source already did.
@@ -143,12 +154,15 @@ def infer_metadata(
     result = Inferred(str(path))
     contents = _read_checkpoint(path, result)
     hparams: dict[Any, Any] = {}
+    #: source -> its parameters, in order of precedence (see :func:`_merge_params`).
+    layers: dict[str, dict[str, Param]] = {}
     if contents is not None:
         _step(result, "reading the checkpoint's fields", _from_checkpoint, contents, result)
         if isinstance(contents.hyper_parameters, dict):
             hparams = contents.hyper_parameters
+        _step(result, "checkpoint hyperparameters", _checkpoint_params, contents, result, layers)
     _step(result, "hyper_parameters", _from_config, hparams, result, "checkpoint")
-    _step(result, "hydra config", _from_hydra, path, result)
+    _step(result, "hydra config", _from_hydra, path, result, layers)
     _step(
         result,
         "W&B run",
@@ -156,9 +170,11 @@ def infer_metadata(
         path,
         result,
         hparams,
+        layers,
         wandb_online=wandb_online,
         wandb_cache=wandb_cache,
     )
+    _step(result, "hyperparameters", _merge_params, result, layers)
     _step(result, "path patterns", _from_path, path, result)
     # When the checkpoint was written: its file's mtime (a sidecar's created_at, had there been
     # one).
@@ -253,18 +269,74 @@ def _from_config(config: dict[str, Any], result: Inferred, source: str) -> None:
         result.set(name, value, source)
 
 
-def _from_hydra(path: Path, result: Inferred) -> None:
+def _flatten_into(
+    layers: dict[str, dict[str, Param]],
+    result: Inferred,
+    config: Any,
+    source: str,
+    *,
+    skip_private: bool = False,
+) -> dict[str, Param]:
+    """``config`` flattened (its bound warnings on the row), kept as ``source``'s layer."""
+    params, warnings = hyperparams.flatten(config, source, skip_private=skip_private)
+    result.warnings.extend(warnings)
+    layers[source] = hyperparams.merge(layers.get(source, {}), params)
+    return params
+
+
+def _checkpoint_params(
+    contents: Any, result: Inferred, layers: dict[str, dict[str, Param]]
+) -> None:
+    # The module's hparams win over the datamodule's (Lightning merges both for its loggers).
+    for config in (contents.hyper_parameters, contents.datamodule_hyper_parameters):
+        if config:
+            _flatten_into(layers, result, config, "checkpoint")
+
+
+#: Precedence of the sources of hyperparameters, per name: the first that has a name gives it.
+PARAM_SOURCES = ("checkpoint", "hydra", "wandb")
+
+
+def _merge_params(result: Inferred, layers: dict[str, dict[str, Param]]) -> None:
+    """The sources' parameters merged per name into ``result.params``, marked ``overridden`` by
+    the run's Hydra overrides, and bounded to :data:`~ckpt_index.hyperparams.MAX_PARAMS` in all."""
+    merged = hyperparams.merge(*(layers[s] for s in PARAM_SOURCES if s in layers))
+    marked = set(hyperparams.override_names(result.hydra_overrides or []))
+    params: dict[str, Param] = {}
+    dropped: list[str] = []
+    for name, param in merged.items():
+        if len(params) >= hyperparams.MAX_PARAMS:
+            dropped.append(name)
+            continue
+        params[name] = (*param[:5], True) if name in marked and not param[5] else param
+    if dropped:
+        more = f" and {len(dropped) - 1} more" if len(dropped) > 1 else ""
+        result.warnings.append(
+            f"hyperparameters: more than {hyperparams.MAX_PARAMS} parameters from all sources: "
+            f"dropped {show(dropped[0], 60)}{more}"
+        )
+    result.params = params
+
+
+def _from_hydra(path: Path, result: Inferred, layers: dict[str, dict[str, Param]]) -> None:
     from ckpt_index.sidecar.files import SidecarError
-    from ckpt_index.sources.hydra import find_hydra_config, load_config
+    from ckpt_index.sources.hydra import find_hydra_config, load_config, load_overrides
 
     config_path = find_hydra_config(path)
     if config_path is None:
         return
+    if config_path.parent.name == ".hydra":
+        overrides_path = config_path.parent / "overrides.yaml"
+        try:
+            result.hydra_overrides = load_overrides(overrides_path)
+        except SidecarError as exc:
+            result.warnings.append(f"hydra overrides {overrides_path} unusable: {exc.reason}")
     try:
         config = load_config(config_path)
     except (SidecarError, OSError) as exc:
         result.warnings.append(f"hydra config {config_path} unusable: {exc}")
         return
+    _flatten_into(layers, result, config, "hydra")
     before = set(result.fields)
     _from_config(config, result, "hydra")
     if set(result.fields) != before or config:
@@ -275,6 +347,7 @@ def _from_wandb(
     path: Path,
     result: Inferred,
     hparams: dict[str, Any],
+    layers: dict[str, dict[str, Param]],
     *,
     wandb_online: bool,
     wandb_cache: AnswerCache | None,
@@ -304,6 +377,8 @@ def _from_wandb(
     if run is None:
         return
     result.set("wandb_run_id", run.run_id, "wandb")
+    # W&B's own keys (``_wandb``, ``_name``, ...) start with ``_``, at any level.
+    _flatten_into(layers, result, run.config, "wandb", skip_private=True)
     fields = {**model_fields_from_config(run.config), **settings_from_config(run.config)}
     for name, value in fields.items():
         result.set(name, value, "wandb")

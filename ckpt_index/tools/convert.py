@@ -7,6 +7,11 @@ Hydra config or the W&B run config, or are absent. The seed design's reader requ
 decoder, head and loss and the checkpointing section: a name it requires that no source gives is
 written as ``unknown`` (the seeds' convention), which the index shows as empty. Epoch and global
 step are never guessed: a checkpoint whose epoch no source gives is reported as failed.
+
+The hyperparameters the fallbacks found (merged over the checkpoint's hparams, the Hydra config
+and the W&B run config) are written as the sidecar's ``hyperparameters`` (schema 1.1), nested
+again from their dotted names (:func:`nest_params`), with the run's ``hydra_overrides``: a sync
+of the written sidecar indexes the same parameters the fallbacks gave.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ckpt_index import hyperparams
 from ckpt_index.isolation.pool import Limits
 from ckpt_index.sidecar.files import (
     CKPT_SUFFIX,
@@ -133,12 +139,55 @@ def metadata_from_inferred(
         # Provenance, an extra key the schema keeps: which source gave each field.
         "inferred_fields": dict(sorted(inferred.sources.items())),
     }
+    params = inferred.params or {}
+    if params or inferred.hydra_overrides:
+        document["schema_version"] = "1.1"
+    if params:
+        document["hyperparameters"] = nest_params(params.values())
+    if inferred.hydra_overrides:
+        document["hydra_overrides"] = list(inferred.hydra_overrides)
     try:
         return CheckpointMetadataV1.model_validate(document)
     except ValidationError as exc:
         raise ConversionError(
             f"metadata fails the schema: {format_validation_error(exc)}"
         ) from None
+
+
+def nest_params(params: Iterable[hyperparams.Param]) -> dict[str, Any]:
+    """Flat parameters as the nested mapping :func:`~ckpt_index.hyperparams.flatten` gives them
+    back from: ``model.lr`` -> ``{"model": {"lr": ...}}``.
+
+    A name whose path is taken by a value (``model`` and ``model.lr`` both set) is kept as a
+    dotted key in the deepest mapping it reaches (``{"model": "x", "model.lr": 0.1}``); a name
+    is split into at most :data:`~ckpt_index.hyperparams.MAX_DEPTH` parts, the depth past which
+    ``flatten`` keeps a mapping as one value. NaN and infinities stay floats.
+    """
+    tree: dict[str, Any] = {}
+    branches = {id(tree)}  # the mappings made here (a value may be a mapping too: ``{}``)
+    # Fewer parts first: a value claims its key before a longer name could nest under it.
+    for name, value_type, numeric, text, _source, _overridden in sorted(
+        params, key=lambda p: (p[0].count("."), p[0])
+    ):
+        value = hyperparams.decode_value(value_type, numeric, text)
+        if value_type == "float" and isinstance(value, str):
+            value = float(value)  # "nan", "inf", "-inf"
+        parts = name.split(".", hyperparams.MAX_DEPTH - 1)
+        node = tree
+        for i, part in enumerate(parts[:-1]):
+            if part not in node:
+                node[part] = {}
+                branches.add(id(node[part]))
+            elif id(node[part]) not in branches:  # a value holds the path: the rest is one key
+                parts = parts[:i] + [".".join(parts[i:])]
+                break
+            node = node[part]
+        key = parts[-1]
+        if key not in node:
+            node[key] = value
+        elif name not in tree:  # the name is a path of longer names' mappings
+            tree[name] = value
+    return tree
 
 
 def _model_part(f: dict[str, Any]) -> dict[str, Any]:

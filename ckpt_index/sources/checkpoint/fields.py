@@ -91,9 +91,10 @@ def summarize(contents: CheckpointContents) -> None:
     version = raw.get("pytorch-lightning_version")
     contents.lightning_version = version if isinstance(version, str) else None
     hparams = raw.get("hyper_parameters", raw.get("hparams"))
-    if hparams is not None:
-        plain = _convert(contents, "hyper_parameters", hparams)
-        contents.hyper_parameters = plain if isinstance(plain, dict) else None
+    contents.hyper_parameters = _hparams(contents, "hyper_parameters", hparams)
+    contents.datamodule_hyper_parameters = _hparams(
+        contents, "datamodule_hyper_parameters", raw.get("datamodule_hyper_parameters")
+    )
     if "cleval_metrics" in raw:
         plain = _convert(contents, "cleval_metrics", raw["cleval_metrics"])
         if isinstance(plain, dict):
@@ -110,6 +111,18 @@ def summarize(contents: CheckpointContents) -> None:
                 continue
             if state is not None:
                 contents.checkpoint_callbacks.append(state)
+
+
+def _hparams(contents: CheckpointContents, name: str, value: Any) -> dict[Any, Any] | None:
+    """Saved hparams as a plain dict (OmegaConf, AttributeDict and Namespace stand-ins
+    converted), or None: absent, too large or deep (a warning), or not a mapping (a warning)."""
+    if value is None:
+        return None
+    plain = _convert(contents, name, value)
+    if plain is None or isinstance(plain, dict):
+        return plain
+    contents.warnings.append(f"{name}: not a mapping ({type(plain).__name__}); ignored")
+    return None
 
 
 def _convert(contents: CheckpointContents, name: str, value: Any) -> Any:

@@ -79,6 +79,8 @@ class CheckpointContents:
     global_step: int | None = None
     lightning_version: str | None = None
     hyper_parameters: dict[Any, Any] | None = None
+    #: The DataModule's ``save_hyperparameters()`` (Lightning's ``datamodule_hyper_parameters``).
+    datamodule_hyper_parameters: dict[Any, Any] | None = None
     cleval_metrics: dict[str, float] | None = None
     checkpoint_callbacks: list[dict[str, Any]] = field(default_factory=list)
     #: Parts of the checkpoint that could not be converted (too deep, too large, out of range),
