@@ -22,8 +22,7 @@ from test_lightning_callback import TinyModule, loader  # noqa: E402
 
 from ckpt_index.hyperparams import MAX_PARAMS, MAX_VALUE_BYTES, flatten  # noqa: E402
 from ckpt_index.index.engine import open_engine  # noqa: E402
-from ckpt_index.lightning import MetadataCallback  # noqa: E402
-from ckpt_index.lightning import _params  # noqa: E402
+from ckpt_index.lightning import MetadataCallback, _params  # noqa: E402
 from ckpt_index.sidecar.files import read_sidecar, sidecar_path_for  # noqa: E402
 
 HYDRA_CONFIG = """\
