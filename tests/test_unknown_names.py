@@ -40,12 +40,19 @@ def usage_error(result) -> str:
     [
         (
             ["--best-by", "val/hmaen"],
-            "unknown field or metric 'val/hmaen' (did you mean 'val/hmean' or 'cleval/hmean'?)",
+            "unknown field, metric or parameter 'val/hmaen' "
+            "(did you mean 'val/hmean' or 'cleval/hmean'?)",
         ),
-        (["--where", "hmaen > 0.8"], "unknown field or metric 'hmaen' (did you mean 'hmean'?)"),
-        (["--sort", "nosuch:desc"], "unknown field or metric 'nosuch'\n"),
-        (["--sort", "hmaen"], "unknown field or metric 'hmaen' (did you mean 'hmean'?)"),
-        (["--best-by", "HMEAN"], "unknown field or metric 'HMEAN' (did you mean 'hmean'?)"),
+        (
+            ["--where", "hmaen > 0.8"],
+            "unknown field, metric or parameter 'hmaen' (did you mean 'hmean'?)",
+        ),
+        (["--sort", "nosuch:desc"], "unknown field, metric or parameter 'nosuch'\n"),
+        (["--sort", "hmaen"], "unknown field, metric or parameter 'hmaen' (did you mean 'hmean'?)"),
+        (
+            ["--best-by", "HMEAN"],
+            "unknown field, metric or parameter 'HMEAN' (did you mean 'hmean'?)",
+        ),
         (
             ["--best-by", "metrics.hmaen"],
             "unknown metric 'metrics.hmaen' (did you mean 'metrics.hmean', 'metrics.val/hmean' "
@@ -53,10 +60,13 @@ def usage_error(result) -> str:
         ),
         # A word after ':' that is no direction, on a name that is not known either: the name
         # is reported first.
-        (["--sort", "hmaen:descending"], "unknown field or metric 'hmaen' (did you mean 'hmean'?)"),
+        (
+            ["--sort", "hmaen:descending"],
+            "unknown field, metric or parameter 'hmaen' (did you mean 'hmean'?)",
+        ),
         (
             ["--best-by", "hmean", "--group-by", "exp_name", "--sort", "epoc"],
-            "unknown field or metric 'epoc' (did you mean 'epoch'?)",
+            "unknown field, metric or parameter 'epoc' (did you mean 'epoch'?)",
         ),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v),
@@ -79,7 +89,7 @@ def test_where_points_at_the_unknown_name(demo) -> None:
     expr = 'hmean > 0.5 and (epoch > 2 or "val/hmaen" < 1)'
     stderr = usage_error(demo("query", "--where", expr))
     lines = stderr.splitlines()
-    at = next(i for i, line in enumerate(lines) if "unknown field or metric" in line)
+    at = next(i for i, line in enumerate(lines) if "unknown field, metric or parameter" in line)
     assert lines[at].endswith("(did you mean 'val/hmean' or 'cleval/hmean'?) at position 30")
     assert lines[at + 1] == f"  {expr}"
     assert lines[at + 2] == "  " + " " * expr.index('"val/hmaen"') + "^"
@@ -124,7 +134,8 @@ def test_api_raises_unknown_name_error(demo, db_url: str) -> None:
     assert (info.value.name, info.value.suggestions) == ("val/hmaen", ("val/hmean", "cleval/hmean"))
     assert isinstance(info.value, QueryError) and isinstance(info.value, ValueError)
     assert str(info.value) == (
-        "unknown field or metric 'val/hmaen' (did you mean 'val/hmean' or 'cleval/hmean'?)"
+        "unknown field, metric or parameter 'val/hmaen' "
+        "(did you mean 'val/hmean' or 'cleval/hmean'?)"
     )
 
     with pytest.raises(UnknownNameError) as info:
@@ -147,7 +158,7 @@ def test_api_raises_unknown_name_error(demo, db_url: str) -> None:
 
 
 def test_a_name_source_hook_adds_names(demo, db_url: str, monkeypatch) -> None:
-    """Parameter names (the hyperparameters issue) join the candidates by adding a source."""
+    """A kind of names joins the candidates by adding a source (as parameters did)."""
     from sqlalchemy import text
 
     def has(conn, name: str) -> bool:
@@ -159,13 +170,13 @@ def test_a_name_source_hook_adds_names(demo, db_url: str, monkeypatch) -> None:
     monkeypatch.setattr("ckpt_index.query.names.NAME_SOURCES", [*NAME_SOURCES])
     import ckpt_index.query.names as names_module
 
-    names_module.NAME_SOURCES.append(NameSource("params.", "parameter", has, names))
+    names_module.NAME_SOURCES.append(NameSource("hp.", "setting", has, names))
     with pytest.raises(UnknownNameError) as info:
         ckpt_index.query_index(db=db_url, sort=["lrr"])
     assert info.value.suggestions == ("lr",)
-    assert str(info.value).startswith("unknown field, metric or parameter 'lrr'")
-    with pytest.raises(UnknownNameError, match="unknown parameter 'params.lrr'"):
-        ckpt_index.query_index(db=db_url, sort=["params.lrr"])
+    assert str(info.value).startswith("unknown field, metric, setting or parameter 'lrr'")
+    with pytest.raises(UnknownNameError, match="unknown setting 'hp.lrr'"):
+        ckpt_index.query_index(db=db_url, sort=["hp.lrr"])
 
 
 def test_query_spec_builds_without_an_index() -> None:

@@ -209,10 +209,18 @@ def _tokenize(text: str) -> Iterator[_Token]:
             yield _Token("NUM", _number(text, i, end), i, end)
             i = end
         elif m := _NAME.match(text, i):
-            word = m.group()
+            word, end = m.group(), m.end()
+            if word.endswith(".") and text.startswith('"', end):
+                # params."weird name": a prefix and a quoted rest are one name.
+                quoted, end = _quoted(text, end, "quoted name")
+                if not quoted:
+                    raise WhereError("empty quoted name", text, m.end())
+                yield _Token("NAME", word + quoted, i, end)
+                i = end
+                continue
             kind = "KW" if word.lower() in _KEYWORDS else "NAME"
-            yield _Token(kind, word.lower() if kind == "KW" else word, i, m.end())
-            i = m.end()
+            yield _Token(kind, word.lower() if kind == "KW" else word, i, end)
+            i = end
         else:
             op = next((op for op in _OPERATORS if text.startswith(op, i)), None)
             if op is None:
@@ -386,28 +394,58 @@ _COMPARE = {
 }
 
 
-def compile_where(node: Node, resolve: Callable[[str], ColumnElement[Any]]) -> ColumnElement[bool]:
+class Conditions:
+    """What ``resolve`` returns for a name that is no column expression (a hyperparameter,
+    whose rows live in another table): it builds each condition on the name itself.
+
+    ``condition(node, negated)`` must follow the three-valued logic of a column: with
+    ``negated`` it matches where the condition is false, not where it is unknown (a checkpoint
+    without the parameter matches neither ``x = 1`` nor ``not x = 1``).
+    """
+
+    def condition(self, node: Compare | Like | In | IsNull, negated: bool) -> ColumnElement[bool]:
+        raise NotImplementedError
+
+
+def compile_where(
+    node: Node, resolve: Callable[[str], ColumnElement[Any] | Conditions]
+) -> ColumnElement[bool]:
     """Compile an AST into a SQLAlchemy boolean expression.
 
     Args:
         node: the result of :func:`parse_where`.
         resolve: maps a name to the column expression it means (a column, a scalar subquery over
-            the metrics table...); it may raise for an unknown name.
+            the metrics table...) or to a :class:`Conditions`; it may raise for an unknown name.
 
     Every value goes through ``literal()``, typed by its Python type: that is what SQLAlchemy
     would do for ``col == value`` anyway, except for booleans, which it would render as SQL
     constants and refuse with ``<``. Comparisons follow SQL's three-valued logic: a NULL field
-    matches neither ``x = 1`` nor ``not x = 1``.
+    matches neither ``x = 1`` nor ``not x = 1``. ``not`` is pushed down to the conditions (De
+    Morgan's laws hold in that logic), so that a :class:`Conditions` sees its own negation.
     """
-    if isinstance(node, And):
-        return and_(*(compile_where(item, resolve) for item in node.items))
-    if isinstance(node, Or):
-        return or_(*(compile_where(item, resolve) for item in node.items))
+    return _compile(node, resolve, False)
+
+
+def _compile(
+    node: Node, resolve: Callable[[str], ColumnElement[Any] | Conditions], negated: bool
+) -> ColumnElement[bool]:
+    if isinstance(node, (And, Or)):
+        items = [_compile(item, resolve, negated) for item in node.items]
+        return and_(*items) if isinstance(node, And) != negated else or_(*items)
     if isinstance(node, Not):
-        return not_(compile_where(node.item, resolve))
+        return _compile(node.item, resolve, not negated)
     if not isinstance(node, (Compare, Like, In, IsNull)):
         raise TypeError(f"not a where-expression node: {node!r}")
-    column = resolve(node.name)
+    target = resolve(node.name)
+    if isinstance(target, Conditions):
+        return target.condition(node, negated)
+    condition = _condition(node, target)
+    return not_(condition) if negated else condition
+
+
+def _condition(
+    node: Compare | Like | In | IsNull, column: ColumnElement[Any]
+) -> ColumnElement[bool]:
     if isinstance(node, Compare):
         return _COMPARE[node.op](column, _bound(column, node.value, node.name))
     if isinstance(node, Like):
