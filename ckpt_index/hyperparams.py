@@ -284,11 +284,10 @@ def override_names(overrides: Any) -> list[str]:
 def digest(params: Iterable[Param]) -> str:
     """A content hash of a parameter set, in name order: checkpoints with the same parameters
     (every checkpoint of a run) share one stored set."""
-    h = hashlib.blake2b(digest_size=16)
-    for param in sorted(params):
-        h.update(json.dumps(param, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()
+    # The repr of the sorted tuples: each field is a str, a float, a bool or None, whose repr is
+    # exact and tells them apart; a quarter of the cost of JSON per entry.
+    text = repr(sorted(params))
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def as_rows(params: Mapping[str, Param]) -> list[Param]:

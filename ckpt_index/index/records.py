@@ -169,7 +169,7 @@ def record_from_metadata(
     warnings: list[str] | None = None,
 ) -> Record:
     model, training, ckpting = meta.model, meta.training, meta.checkpointing
-    params, param_warnings = sidecar_params(meta)
+    params, param_warnings, params_digest = _sidecar_params_digest(meta)
     if param_warnings:
         warnings = [*(warnings or []), *param_warnings]
     columns: dict[str, Any] = {
@@ -207,14 +207,44 @@ def record_from_metadata(
         "indexed_at": now_iso(),
         **_state_columns(ckpt, sidecar),
     }
-    return Record(columns, metrics_of(meta), params).with_digest()
+    return Record(columns, metrics_of(meta), params, params_digest)
 
 
 def sidecar_params(meta: CheckpointMetadataV1) -> tuple[dict[str, Param], list[str]]:
     """A sidecar's ``hyperparameters``, flattened; names its ``hydra_overrides`` set are marked."""
+    params, warnings, _ = _sidecar_params_digest(meta)
+    return params, warnings
+
+
+#: (repr of hyperparameters, overrides) -> (params, warnings, digest): the sidecars of a run
+#: repeat one config, flattened and hashed once per process. Bounded.
+_FLATTENED: dict[tuple[str, tuple[str, ...]], tuple[dict[str, Param], list[str], str | None]] = {}
+_MAX_FLATTENED = 256
+
+
+def _sidecar_params_digest(
+    meta: CheckpointMetadataV1,
+) -> tuple[dict[str, Param], list[str], str | None]:
+    """:func:`sidecar_params` and the parameters' digest, remembered per config.
+
+    The key is the config's ``repr``: a sidecar's values are YAML's plain types (str, int,
+    float, bool, None, dates, lists, mappings), whose repr tells every value and type apart
+    (``1``, ``1.0``, ``True``, ``'1'``). The cached parameters are shared: nobody changes them.
+    """
     if not meta.hyperparameters:
-        return {}, []
-    return flatten(meta.hyperparameters, "sidecar", overridden=override_names(meta.hydra_overrides))
+        return {}, [], None
+    overrides = tuple(meta.hydra_overrides or ())
+    key = (repr(meta.hyperparameters), overrides)
+    found = _FLATTENED.get(key)
+    if found is None:
+        params, warnings = flatten(
+            meta.hyperparameters, "sidecar", overridden=override_names(list(overrides))
+        )
+        found = (params, warnings, digest(params.values()) if params else None)
+        if len(_FLATTENED) >= _MAX_FLATTENED:
+            _FLATTENED.clear()
+        _FLATTENED[key] = found
+    return found[0], list(found[1]), found[2]
 
 
 def record_without_metadata(

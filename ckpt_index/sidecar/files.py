@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -214,13 +215,14 @@ def parse_sidecar_bytes(data: bytes, path: Path | str = "<sidecar>") -> dict[str
 
 #: The ``hyperparameters`` block of a sidecar: its key at column 0 alone on its line, then every
 #: line up to the next one that starts at column 0 with something other than a comment.
-_BLOCK_START = re.compile(r"^hyperparameters:[ \t]*\n", re.MULTILINE)
-_BLOCK_END = re.compile(r"^[^ \t\n#]", re.MULTILINE)
-#: Text the block split leaves to the full parse: aliases, anchors, tags, escapes, directives and
-#: line breaks other than ``\n`` (the split only knows ``\n``).
-_NOT_SPLIT = re.compile(r"[*&!\\\r\x85\u2028\u2029]|^%", re.MULTILINE)
-#: Block text -> its value: the checkpoints of a run repeat the same block (bounded).
-_BLOCKS: dict[str, tuple[dict[str, Any], int]] = {}
+_BLOCK_KEY = "hyperparameters:"
+_BLOCK_END = re.compile(r"\n[^ \t\n#]")
+#: What the block split leaves to the full parse: aliases, anchors, tags, escapes and line breaks
+#: other than ``\n`` (the split only knows ``\n``); directives (``%`` at a line start) too.
+_NOT_SPLIT = ("*", "&", "!", "\\", "\r", "\x85", "\u2028", "\u2029", "\n%")
+#: Block text -> (its value, pickled: each caller gets its own copy; its nesting depth). The
+#: checkpoints of a run repeat the same block. Bounded.
+_BLOCKS: dict[str, tuple[bytes, int]] = {}
 _MAX_BLOCKS = 256
 
 
@@ -242,40 +244,50 @@ def _with_repeated_block(data: bytes) -> dict[str, Any] | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if _NOT_SPLIT.search(text):
+    if text.startswith("%") or any(c in text for c in _NOT_SPLIT):
         return None
-    start = _BLOCK_START.search(text)
-    if start is None or _BLOCK_START.search(text, start.end()) is not None:
-        return None
-    end_match = _BLOCK_END.search(text, start.end())
-    end = end_match.start() if end_match else len(text)
-    block = text[start.start() : end]
+    if text.startswith(_BLOCK_KEY):
+        at = 0
+    else:
+        at = text.find("\n" + _BLOCK_KEY) + 1
+        if at == 0:
+            return None
+    if text.find("\n" + _BLOCK_KEY, at) >= 0:
+        return None  # the key twice
+    line_end = text.find("\n", at)
+    if line_end < 0 or text[at + len(_BLOCK_KEY) : line_end].strip(" \t"):
+        return None  # a value on the key's line (a flow mapping, a scalar)
+    end_match = _BLOCK_END.search(text, line_end)
+    end = end_match.start() + 1 if end_match else len(text)
+    block, rest_text = text[at:end], f"{text[:at]}hyperparameters: null\n{text[end:]}"
+    # The nesting guard parse_yaml_bytes would run, on both parts: the document nests as deep
+    # as the deeper of them (the block has no aliases: its depth is its value's).
+    scan = sum(data.count(c) for c in (b"[", b"{", b"-", b"?")) > _DEPTH_SCAN_AFTER
     cached = _BLOCKS.get(block)
-    if cached is None:
-        parsed = _plain_document(block)
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("hyperparameters"), dict):
-            return None
-        cached = (parsed["hyperparameters"], 1 + _nesting(parsed["hyperparameters"]))
-        if len(_BLOCKS) >= _MAX_BLOCKS:
-            _BLOCKS.clear()
-        _BLOCKS[block] = cached
-    value, depth = cached
-    rest_text = f"{text[: start.start()]}hyperparameters: null\n{text[end:]}"
-    if sum(data.count(c) for c in (b"[", b"{", b"-", b"?")) > _DEPTH_SCAN_AFTER:
-        # The nesting guard parse_yaml_bytes would run: the document nests as deep as the
-        # deeper of the rest and the block (which has no aliases: its depth is its value's).
-        if depth > MAX_DEPTH:
-            return None
-        try:
+    try:
+        if cached is None:
+            if scan:
+                _check_depth(block, Path("<sidecar>"))
+            parsed = _plain_document(block)
+            value = parsed.get("hyperparameters") if isinstance(parsed, dict) else None
+            if not isinstance(value, dict):
+                return None
+            cached = (pickle.dumps(value, pickle.HIGHEST_PROTOCOL), 1 + _nesting(value))
+            if len(_BLOCKS) >= _MAX_BLOCKS:
+                _BLOCKS.clear()
+            _BLOCKS[block] = cached
+        if scan:
+            if cached[1] > MAX_DEPTH:
+                return None
             _check_depth(rest_text, Path("<sidecar>"))
-        except SidecarError:
-            return None
+    except SidecarError:
+        return None
     rest = _plain_document(rest_text)
     if not isinstance(rest, dict) or "hyperparameters" not in rest:
         return None
     if rest["hyperparameters"] is not None:
         return None
-    rest["hyperparameters"] = _copy_plain(value)
+    rest["hyperparameters"] = pickle.loads(cached[0])  # noqa: S301 (bytes pickled just above)
     return rest
 
 
@@ -300,15 +312,6 @@ def _plain_document(text: str) -> Any:
         return None
     finally:
         loader.dispose()
-
-
-def _copy_plain(value: Any) -> Any:
-    """A copy of a constructed value's mappings and lists (a caller may change its document)."""
-    if type(value) is dict:
-        return {key: _copy_plain(item) for key, item in value.items()}
-    if type(value) is list:
-        return [_copy_plain(item) for item in value]
-    return value
 
 
 def parse_yaml_bytes(
