@@ -88,6 +88,7 @@ def serve(db: str | None, host: str, port: int, open_browser: bool) -> None:
         app, host=host, port=port, log_level="warning", lifespan="on", server_header=False
     )
     sock = config.bind_socket()
+    sock.listen(2048)  # connections wait in the backlog from now on, until the server starts
     bound_port = sock.getsockname()[1]
     url = _address(host, bound_port)
     shown_db = make_url(reader.url).render_as_string(hide_password=True)

@@ -12,13 +12,12 @@ count the matching rows by experiment, architecture, encoder, phase, status and 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import Connection, func, select
 
-from ckpt_index.index.records import output_record
 from ckpt_index.query.columns import Column, ColumnError, read_columns
 from ckpt_index.query.names import QueryError
 from ckpt_index.query.spec import (
@@ -26,8 +25,8 @@ from ckpt_index.query.spec import (
     WhereError,
     build_query,
     check_names,
-    fetch_metrics,
     parse_direction,
+    run_query,
 )
 from ckpt_index.query.table import default_columns
 from ckpt_index.vocabulary import GROUPABLE, PHASES
@@ -176,21 +175,19 @@ class Page:
 
 
 def read_page(conn: Connection, state: PageState, *, facets: bool = True) -> Page:
-    """The records of ``state``'s page; raises the query's usage errors (:data:`USAGE_ERRORS`)."""
+    """The records of ``state``'s page; raises the query's usage errors (:data:`USAGE_ERRORS`).
+
+    The records are :func:`~ckpt_index.query.spec.run_query`'s, with every hyperparameter (as
+    ``query --format json`` gives them): the first ``offset + per_page`` rows, cut to the page.
+    """
     spec = state.spec
-    check_names(conn, spec)
-    stmt = build_query(spec)
-    # best_by without group_by is one row (the best): its LIMIT 1 stays; other queries are paged.
+    records = run_query(conn, replace(spec, limit=state.offset + state.per_page), params=True)
+    records = records[state.offset :]
+    stmt = build_query(replace(spec, limit=None), check_names(conn, spec))
+    # best_by without group_by is one row (the best): its ORDER BY ... LIMIT 1 stays.
     single = spec.best_by is not None and spec.group_by is None
     matching = stmt.subquery("matching") if single else stmt.order_by(None).subquery("matching")
     total = conn.execute(select(func.count()).select_from(matching)).scalar_one()
-    if single:
-        page_stmt = stmt if state.offset == 0 else stmt.limit(0)
-    else:
-        page_stmt = stmt.limit(state.per_page).offset(state.offset)
-    rows = [dict(row._mapping) for row in conn.execute(page_stmt)]
-    metrics = fetch_metrics(conn, [row["id"] for row in rows])
-    records = [output_record(row, metrics[row["id"]]) for row in rows]
     picked = read_columns(conn, records, state.columns, spec)
     columns = picked.columns if picked.columns is not None else default_columns(picked.first)[0]
     if not any(c.name == "checkpoint_path" for c in columns) and picked.columns is None:

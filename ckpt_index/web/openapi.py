@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the JSON routes (served at ``/openapi.json``).
 
-A checkpoint has the fields of ``ckpt-index query --format json`` (:data:`OUTPUT_FIELDS`), their
-types taken from the ``checkpoints`` table; with ``columns`` only the named fields (and the
+A checkpoint has the fields of ``ckpt-index query --format json`` (:data:`OUTPUT_FIELDS`, their
+types taken from the ``checkpoints`` table, then ``metrics`` and ``params``); with ``columns`` only the named fields (and the
 named metrics under ``metrics``) are present, so no field is required.
 """
 
@@ -22,6 +22,8 @@ def _field_schema(name: str) -> dict[str, Any]:
         return {"type": "array", "items": {"type": "string"}}
     if name == "metrics":
         return {"type": "object", "additionalProperties": {"type": "number"}}
+    if name == "params":  # hyperparameters by dotted name: any JSON value
+        return {"type": "object"}
     column_type = checkpoints.c[name].type
     if isinstance(column_type, Boolean):
         kind = "boolean"
@@ -78,7 +80,7 @@ def openapi_document(version: str) -> dict[str, Any]:
     """The document, built from the record fields and the page's parameters."""
     checkpoint = {
         "type": "object",
-        "properties": {name: _field_schema(name) for name in (*OUTPUT_FIELDS, "metrics")},
+        "properties": {name: _field_schema(name) for name in (*OUTPUT_FIELDS, "metrics", "params")},
     }
     facet_values = {
         "type": "array",
