@@ -170,17 +170,24 @@ def test_hydra_config_datamodule_and_module_hparams(tmp_path, db_url, invoke):
 
 def test_without_hydra_the_module_hparams_alone(tmp_path, db_path, invoke):
     run = tmp_path / "run"
-    fit_run(run, db_path, TinyModule(encoder="resnet18", lr=0.003))
+    fit_run(run, db_path, TinyModule(encoder="resnet18", lr=0.003, clip=math.inf))
     for ckpt in (run / "checkpoints").glob("*.ckpt"):
         meta = read_sidecar(sidecar_path_for(ckpt))
         assert meta.hyperparameters == {
             "schedule": [0.2, 0.5, 0.9, 0.4, 0.7, 0.3],
             "encoder": "resnet18",
             "lr": 0.003,
+            "clip": math.inf,
         }
         assert meta.hydra_overrides is None
     by_callback = params_by_path(str(db_path))
-    assert {name for p in by_callback.values() for name in p} == {"schedule", "encoder", "lr"}
+    assert {name for p in by_callback.values() for name in p} == {
+        "schedule",
+        "encoder",
+        "lr",
+        "clip",
+    }
+    assert {p["clip"] for p in by_callback.values()} == {("float", None, "inf", "sidecar", False)}
     synced = tmp_path / "synced.db"
     assert invoke("sync", str(run), "--db", str(synced)).exit_code == 0
     assert params_by_path(str(synced)) == by_callback
@@ -281,7 +288,7 @@ def test_plain_values():
     )
     assert value["cfg"] == {"a": "${b}", "b": 1, "c": {"d": [1, "${a}"]}}
     assert value["tuple"] == [1, 2.5, None] and value["set"] == [1, 2, 3]
-    assert value["nan"] == "nan" and value["inf"] == "-inf"
+    assert math.isnan(value["nan"]) and value["inf"] == -math.inf
     assert value["tensor"] == "tensor([1., 2.])" and value["scalar"] == 3
     assert value["obj"] == "<opaque>"
     assert value["1"] == "int key" and value["null"] == "null key"

@@ -63,8 +63,7 @@ def plain_value(value: Any, depth: int = 0, budget: _Budget | None = None) -> An
         return int(value)  # an IntEnum or int subclass as a plain int
     if isinstance(value, float):
         budget.leaves += 1
-        # A sidecar is JSON-safe data: NaN and infinities are kept as their text.
-        return float(value) if math.isfinite(value) else _float_text(value)
+        return float(value)  # NaN and infinities too: a sidecar keeps them (.nan, .inf)
     if isinstance(value, enum.Enum):
         inner = value.value
         return plain_value(inner if isinstance(inner, (bool, int, float, str)) else value.name)
@@ -105,12 +104,6 @@ def key_text(key: Any) -> str:
     if isinstance(key, float):
         return json.dumps(key) if math.isfinite(key) else str(key)
     return show(key, 40)
-
-
-def _float_text(value: float) -> str:
-    if math.isnan(value):
-        return "nan"
-    return "inf" if value > 0 else "-inf"
 
 
 def _text(value: Any) -> str:
