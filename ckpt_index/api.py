@@ -42,13 +42,15 @@ def sync_index(
 def query_index(db: PathLike | None = None, **spec: Any) -> list[dict[str, Any]]:
     """Query records: ``query_index(best_by="hmean", encoder="resnet50")`` (QuerySpec's fields).
 
-    Never writes: an index at an older revision raises
+    Each record is the JSON row of ``ckpt-index query --format json``: its fields, ``metrics``
+    and ``params`` (``{dotted name: value}``, ``{}`` when none; checkpoints of one run share one
+    mapping, so copy it before changing it). Never writes: an index at an older revision raises
     :class:`~ckpt_index.index.migrate.IndexOutdatedError` (run ``ckpt-index db upgrade``).
     """
     guard = install_read_guard if is_sqlite(resolve_db_url(db)) else None
     with disposing(open_engine(db, readonly=True, on_connect=guard)) as engine:
         with engine.connect() as conn:
-            records = run_query(conn, QuerySpec(**spec))
+            records = run_query(conn, QuerySpec(**spec), params=True)
         check_unlocked_read(engine)
         return records
 

@@ -26,6 +26,7 @@ from ckpt_index.vocabulary import GROUPABLE, PHASES, RESULT_FORMATS
 
 if TYPE_CHECKING:
     from ckpt_index.query.columns import Picked
+    from ckpt_index.query.params import ParamsWanted
     from ckpt_index.query.table import Screen
 
 #: The options of ``query`` that are fields of QuerySpec, passed to it by name.
@@ -39,8 +40,12 @@ _QUERY_SPEC_OPTIONS: list[Callable[[F], F]] = [
     ),
     click.option(
         "--group-by",
-        type=click.Choice(GROUPABLE),
-        help="With --best-by: the best checkpoint per group.",
+        metavar=f"[{'|'.join(GROUPABLE)}|params.NAME]",
+        shell_complete=lambda ctx, param, incomplete: [
+            name for name in GROUPABLE if name.startswith(incomplete)
+        ],
+        help="With --best-by: the best checkpoint per group (per value of a hyperparameter "
+        "with params.NAME).",
     ),
     click.option(
         "--encoder",
@@ -115,7 +120,14 @@ def _spec_options(func: F) -> F:
     "--columns",
     metavar="NAME,...",
     help="The columns to show, in every format but paths: fields (path, size, created, "
-    "exp_name, ...) and metrics (metrics.val/loss, or a bare metric name).",
+    "exp_name, ...), metrics (metrics.val/loss, or a bare metric name) and hyperparameters "
+    "(params.model.lr).",
+)
+@click.option(
+    "--varying",
+    is_flag=True,
+    help="Add as columns the hyperparameters whose values differ among the checkpoints shown "
+    "(what a sweep varied); in JSON, params holds only those.",
 )
 @click.option(
     "-0",
@@ -126,7 +138,9 @@ def _spec_options(func: F) -> F:
     "xargs -0). Without it, a path holding a newline is an error.",
 )
 @friendly_errors
-def query(db: str | None, fmt: str, columns: str | None, null: bool, **spec_fields: Any) -> None:
+def query(
+    db: str | None, fmt: str, columns: str | None, varying: bool, null: bool, **spec_fields: Any
+) -> None:
     """Select checkpoints from the index.
 
     On a terminal the table fits the window: the columns that fit (those ranked, sorted or
@@ -145,6 +159,8 @@ def query(db: str | None, fmt: str, columns: str | None, null: bool, **spec_fiel
         ckpt-index query --best-by val/loss --group-by exp_name --format json
         ckpt-index query --where "hmean > 0.8 and epoch >= 10" --sort hmean:desc --limit 5
         ckpt-index query --columns path,size,created,metrics.val/loss --format csv
+        ckpt-index query --columns path,hmean,params.model.lr --sort params.model.lr
+        ckpt-index query --exp 'sweep_*' --varying --sort hmean:desc
         ckpt-index query --exp 'old_*' --format paths -0 | xargs -0 ls -l
     """
     from ckpt_index.query.columns import ColumnError, read_columns
@@ -155,8 +171,9 @@ def query(db: str | None, fmt: str, columns: str | None, null: bool, **spec_fiel
     spec = QuerySpec(**spec_fields)
 
     def read(conn: Any) -> tuple[list[dict[str, Any]], Picked]:
-        records = run_query(conn, spec)
-        return records, read_columns(conn, records, columns, spec)
+        wanted = _params_wanted(conn, fmt, columns, varying, spec)
+        records = run_query(conn, spec, params=wanted)
+        return records, read_columns(conn, records, columns, spec, wanted.found_varying)
 
     try:
         records, picked = read_index(db, read)
@@ -169,6 +186,20 @@ def query(db: str | None, fmt: str, columns: str | None, null: bool, **spec_fiel
     if not records:
         click.echo("no checkpoint matches", err=True)
         sys.exit(1)
+
+
+def _params_wanted(
+    conn: Any, fmt: str, columns: str | None, varying: bool, spec: Any
+) -> ParamsWanted:
+    """The hyperparameters the records must carry: every one for JSON rows, those named by
+    --columns, --where, --sort, ... otherwise, plus --varying's (none for paths)."""
+    from ckpt_index.query.columns import planned_params
+    from ckpt_index.query.params import ParamsWanted
+
+    if fmt == "paths":
+        return ParamsWanted()
+    every = fmt in ("json", "jsonl") and columns is None and not varying
+    return ParamsWanted(every=every, names=planned_params(conn, columns, spec), varying=varying)
 
 
 def _write_paths(records: list[dict[str, Any]], null: bool) -> None:
@@ -191,7 +222,7 @@ def _write_records(records: list[dict[str, Any]], fmt: str, picked: Picked) -> N
 
     if fmt == "table" and not records:
         return
-    options: dict[str, Any] = {"columns": picked.columns}
+    options: dict[str, Any] = {"columns": picked.columns, "added": picked.added}
     if fmt == "table":
         options.update(first=picked.first, screen=_screen(picked.limited))
     text = render_records(records, fmt, **options)

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, literal, select
 
-from ckpt_index.hyperparams import PREFIX, decode_value
+from ckpt_index.hyperparams import decode_value
 from ckpt_index.index.tables import param_values
 
 #: Set ids per statement: well below SQLite's and PostgreSQL's bound-parameter limits.
@@ -126,29 +126,10 @@ def load(
     return by_set
 
 
-def has_param(conn: Connection, name: str) -> bool:
-    """Whether any parameter set holds ``name`` (one seek on ``(name, numeric_value)``)."""
-    p = param_values.c
-    return conn.execute(select(literal(1)).where(p.name == name).limit(1)).first() is not None
-
-
-def param_names(conn: Connection) -> list[str]:
-    """Every parameter name the index holds (for suggestions after a miss)."""
-    return list(conn.scalars(select(param_values.c.name).distinct()))
-
-
-def strip_prefix(name: str) -> str | None:
-    """``params.model.lr`` -> ``model.lr``; None for a name that is not a parameter's."""
-    return name[len(PREFIX) :] if name.startswith(PREFIX) and len(name) > len(PREFIX) else None
-
-
 __all__ = [
     "ParamsWanted",
-    "has_param",
     "load",
-    "param_names",
     "params_of_sets",
-    "strip_prefix",
     "varying_names",
     "wanted",
 ]

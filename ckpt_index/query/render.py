@@ -54,6 +54,8 @@ def _table_cell(column: Column, value: Any) -> str:
         return "-"
     if column.metric:
         return _cell(value)
+    if column.param:
+        return _param_cell(value)
     if column.name.endswith("_path"):
         return escape_control(display_path(str(value)))
     if column.name == "ckpt_size" and isinstance(value, int):
@@ -65,18 +67,32 @@ def _table_cell(column: Column, value: Any) -> str:
     return _cell(value)
 
 
+def _param_cell(value: Any) -> str:
+    """A parameter as a config spells it: a float in full (``1e-05``, not rounded to four
+    places as a metric is), booleans lower case, lists and mappings as JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return escape_control(json.dumps(value, ensure_ascii=False))
+    if isinstance(value, float):
+        return repr(value)
+    return escape_control(str(value))
+
+
 def render_table(
     records: Sequence[dict[str, Any]],
     *,
     columns: Sequence[Column] | None = None,
     first: Sequence[Column] = (),
+    added: Sequence[Column] = (),
     screen: Screen | None = None,
 ) -> str:
     """The table of ``columns`` (default: the fields one picks a checkpoint by, after ``first``,
-    the columns the query ranks, sorts or filters by), fitted to ``screen``."""
+    the columns the query ranks, sorts or filters by), then ``added`` (``--varying``), fitted to
+    ``screen``."""
     screen = screen or Screen()
     if columns is None:
-        shown_columns, keep = default_columns(first)
+        shown_columns, keep = default_columns([*first, *added])
     else:
         shown_columns, keep = list(columns), {c.name for c in columns}
     count = rows_that_fit(len(records), screen.height)
@@ -89,16 +105,24 @@ def render_records(
     fmt: str,
     *,
     columns: Sequence[Column] | None = None,
+    added: Sequence[Column] = (),
     **table_options: Any,
 ) -> str:
-    """``records`` in ``fmt``; ``columns`` picks the fields and metrics shown (every format but
-    paths). No records is ``[]`` in JSON and the header line in CSV."""
+    """``records`` in ``fmt``; ``columns`` picks the fields, metrics and parameters shown (every
+    format but paths), ``added`` (``--varying``'s parameters) come after them. No records is
+    ``[]`` in JSON and the header line in CSV."""
     if fmt == "table":
-        return render_table(records, columns=columns, **table_options)
+        if columns is not None:
+            columns = [*columns, *(c for c in added if c not in columns)]
+            added = ()
+        return render_table(records, columns=columns, added=added, **table_options)
     if fmt == "paths":
         return render_paths(records)
     if fmt == "csv":
-        return render_csv(records, columns)
+        picked = csv_columns(records, columns)
+        return render_csv(records, [*picked, *(c for c in added if c not in picked)])
+    if columns is not None:
+        columns = [*columns, *(c for c in added if c not in columns)]
     rows = [select(r, columns) for r in records] if columns is not None else list(records)
     if fmt == "json":
         return json.dumps(rows, indent=2)
@@ -111,7 +135,7 @@ def render_csv(records: Sequence[dict[str, Any]], columns: Sequence[Column] | No
     """One column per field, then one per metric name (those that are not also fields); or the
     ``columns`` asked for. A header line even when there are no records."""
     picked = csv_columns(records, columns)
-    rows: list[list[Any]] = [[c.name for c in picked]]
+    rows: list[list[Any]] = [[c.key for c in picked]]
     rows += [[_csv_value(c.value(r)) for c in picked] for r in records]
     return _csv_lines(rows).rstrip("\n")
 

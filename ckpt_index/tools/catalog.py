@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import select
@@ -18,6 +18,7 @@ from ckpt_index.index.engine import disposing, open_engine, resolve_location
 from ckpt_index.index.records import output_record
 from ckpt_index.index.store import path_range
 from ckpt_index.index.tables import checkpoints
+from ckpt_index.query.params import params_of_sets
 from ckpt_index.query.spec import fetch_metrics
 from ckpt_index.sync.roots import sync_roots
 from ckpt_index.vocabulary import UNKNOWN
@@ -38,6 +39,9 @@ class CheckpointCatalogEntry:
     status: str
     source: str
     metrics: dict[str, float]
+    #: Hyperparameters by dotted name (``{"model.optimizer.lr": 0.01}``), ``{}`` when none;
+    #: entries of one run share one mapping.
+    params: dict[str, Any] = field(default_factory=dict)
 
     def to_display_option(self) -> str:
         """``dbnet · resnet50 · exp (ep10 • hmean 0.843 • prec 0.854 • rec 0.832 •
@@ -99,10 +103,12 @@ def build_catalog(outputs_dir: str | os.PathLike[str], db: Any = None) -> Checkp
         with engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(stmt)]
             metrics = fetch_metrics(conn, [r["id"] for r in rows])
+            sets = params_of_sets(conn, [r["param_set_id"] for r in rows])
     names = [f.name for f in fields(CheckpointCatalogEntry)]
     entries = []
     for row in rows:
-        record = output_record(row, metrics[row["id"]])
+        set_id = row["param_set_id"]
+        record = output_record(row, metrics[row["id"]], sets[set_id] if set_id is not None else {})
         entries.append(CheckpointCatalogEntry(**{name: record[name] for name in names}))
     with_metadata = sum(e.status == "valid" for e in entries)
     return CheckpointCatalog(
