@@ -310,7 +310,7 @@ def test_convert_writes_params_that_sync_back_the_same(
     sidecars = sorted(root.rglob("*.metadata.yaml"))
     assert len(sidecars) == len(run_tree["ckpts"])
     document = yaml.safe_load(sidecars[0].read_text())
-    assert document["schema_version"] == "1.1"
+    assert document["schema_version"] == "1.0"  # what the seed reader accepts; 1.1 keys extra
     assert document["hydra_overrides"] == OVERRIDES
     assert document["hyperparameters"]["model"]["lr"] == 0.01
     assert document["hyperparameters"]["data"]["root"] == "${paths.data}"

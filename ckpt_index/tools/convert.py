@@ -139,9 +139,9 @@ def metadata_from_inferred(
         # Provenance, an extra key the schema keeps: which source gave each field.
         "inferred_fields": dict(sorted(inferred.sources.items())),
     }
+    # Schema 1.1's keys; the version stays "1.0": the seed design's reader accepts only that
+    # one, and keeps them as extra keys (a 1.1 reader indexes them either way).
     params = inferred.params or {}
-    if params or inferred.hydra_overrides:
-        document["schema_version"] = "1.1"
     if params:
         document["hyperparameters"] = nest_params(params.values())
     if inferred.hydra_overrides:
