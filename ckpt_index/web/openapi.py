@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 document of the JSON routes (served at ``/openapi.json``).
 
-A checkpoint has the fields of ``ckpt-index query --format json`` (:data:`OUTPUT_FIELDS`, their
-types taken from the ``checkpoints`` table, then ``metrics`` and ``params``); with ``columns`` only the named fields (and the
-named metrics under ``metrics``) are present, so no field is required.
+A checkpoint has the fields of ``ckpt-index query --format json``: :data:`OUTPUT_FIELDS` (their
+types taken from the ``checkpoints`` table), then ``metrics`` and ``params``. With ``columns``
+only the named fields (and the named metrics under ``metrics``) are present, so no field is
+required.
 """
 
 from __future__ import annotations
