@@ -504,3 +504,64 @@ def test_nothing_runs_from_hparams(tmp_path: Path, db_url: str) -> None:
     assert got["lr"] == ("float", 0.1, "0.1", "checkpoint", False)
     assert got["evil"][0] == "str" and got["evil"][2].startswith("<")
     assert math.isfinite(got["lr"][1]) and os.path.exists(ckpt)
+
+
+def _deep_hparams_pickle(levels: int) -> bytes:
+    """A protocol-2 pickle of ``{"epoch": 0, "hyper_parameters": {"a": {"a": ... 1}}}``, written
+    opcode by opcode (pickling a 10,000-level dict would need a raised recursion limit)."""
+
+    def string(value: str) -> bytes:
+        data = value.encode()
+        return b"X" + len(data).to_bytes(4, "little") + data
+
+    body = [b"\x80\x02}", string("epoch"), b"K\x00s", string("hyper_parameters")]
+    body += [b"}" + string("a")] * levels
+    body += [b"K\x01", b"s" * levels, b"s."]
+    return b"".join(body)
+
+
+def test_hostile_deep_checkpoint_hparams(tmp_path: Path, db_url: str) -> None:
+    import zipfile
+
+    ckpt = tmp_path / "deep" / "c.ckpt"
+    ckpt.parent.mkdir()
+    with zipfile.ZipFile(ckpt, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", _deep_hparams_pickle(10_000))
+        archive.writestr("archive/byteorder", "little")
+    _write_hydra(tmp_path / "deep", {"lr": 0.1}, None)
+    _sync(db_url, tmp_path)
+    # The checkpoint's hparams are dropped with the reason; the Hydra config still gives its own.
+    assert _params(db_url)[str(ckpt)] == {"lr": ("float", 0.1, "0.1", "hydra", False)}
+    assert "hyper_parameters: nested deeper than" in _warnings(db_url, ckpt)
+
+
+def test_hostile_wandb_files_config(tmp_path: Path, db_url: str) -> None:
+    run_dir = tmp_path / "exp" / "wandb" / "run-20251015_120000-hostile0"
+    (run_dir / "files").mkdir(parents=True)
+    keys = "".join(f"k{i:06d}: {i}\n" for i in range(100_000))  # unwrapped: older wandb
+    (run_dir / "files" / "config.yaml").write_text(
+        "_wandb:\n  value: {m: []}\n"
+        + "deep:\n  value: "
+        + "{a: " * 40
+        + "1"
+        + "}" * 40
+        + "\n"
+        + keys
+    )
+    ckpt = crafted(tmp_path / "exp" / "checkpoints" / "epoch-00_step-000010.ckpt", {"epoch": 0})
+    _sync(db_url, tmp_path)
+    got = _params(db_url)[str(ckpt)]
+    assert len(got) == 2000 and not any(name.startswith("_") for name in got)
+    (deep,) = [name for name in got if name.startswith("deep.")]
+    assert deep.count(".") == 15 and got[deep][0] == "json" and got[deep][3] == "wandb"
+    assert "wandb hyperparameters: more than 2000 parameters: dropped" in _warnings(db_url, ckpt)
+
+
+def test_unreadable_wandb_config_is_reported(tmp_path: Path, db_url: str) -> None:
+    run_dir = tmp_path / "exp" / "wandb" / "run-20251015_120000-hostile1"
+    (run_dir / "files").mkdir(parents=True)
+    (run_dir / "files" / "config.yaml").write_text("xs: [" + ",".join(["1"] * 1_000_000) + "]\n")
+    ckpt = crafted(tmp_path / "exp" / "checkpoints" / "epoch-00_step-000010.ckpt", {"epoch": 0})
+    _sync(db_url, tmp_path)
+    assert _params(db_url)[str(ckpt)] == {}
+    assert "W&B run: " in _warnings(db_url, ckpt) and "config.yaml" in _warnings(db_url, ckpt)

@@ -376,6 +376,8 @@ def _from_wandb(
         return
     if run is None:
         return
+    # What could not be read (a file over its size limit, a damaged log) is said on the row.
+    result.warnings.extend(f"W&B run: {clean_text(str(w))}" for w in run.warnings)
     result.set("wandb_run_id", run.run_id, "wandb")
     # W&B's own keys (``_wandb``, ``_name``, ...) start with ``_``, at any level.
     _flatten_into(layers, result, run.config, "wandb", skip_private=True)
