@@ -120,7 +120,8 @@ class CheckpointMetadataV1(_Section):
     wandb_run_id: str | None = None
     #: Schema 1.1: the run's hyperparameters, nested as in its config (the index flattens them to
     #: dotted names). A 1.0 reader keeps it as an extra key; 1.0 files without it stay valid.
-    hyperparameters: dict[str, Any] | None = None
+    #: Keys of any type (YAML's ``1:`` or ``true:``): the index names them by their text.
+    hyperparameters: dict[Any, Any] | None = None
     #: Schema 1.1: the run's Hydra overrides (``overrides.yaml``, e.g. ``model.lr=0.01``): the
     #: names a sweep varied.
     hydra_overrides: list[str] | None = None
