@@ -99,7 +99,8 @@ _QUERY_SPEC_OPTIONS: list[Callable[[F], F]] = [
 ]
 
 
-def _spec_options(func: F) -> F:
+def spec_options(func: F) -> F:
+    """The query options (--best-by, --where, --exp, ...), passed as QuerySpec fields."""
     for option in reversed(_QUERY_SPEC_OPTIONS):
         func = option(func)
     return func
@@ -107,7 +108,7 @@ def _spec_options(func: F) -> F:
 
 @click.command()
 @db_option
-@_spec_options
+@spec_options
 @click.option(
     "--format",
     "fmt",
