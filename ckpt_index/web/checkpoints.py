@@ -11,6 +11,7 @@ count the matching rows by experiment, architecture, encoder, phase, status and 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,6 +34,10 @@ from ckpt_index.vocabulary import GROUPABLE, PHASES
 
 PER_PAGE = 50
 MAX_PER_PAGE = 500
+#: Past this page the offset means nothing (and a bigger one overflows a 64-bit bound).
+MAX_PAGE = 10**9
+#: The bounds of a whole number in a query (SQLite's INTEGER, PostgreSQL's bigint).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: Facet name -> the field it counts. The values shown per facet are the most frequent ones.
 FACETS = {
     "experiment": "exp_name",
@@ -49,6 +54,9 @@ _FLAGS = ("include_orphans", "include_unreadable")
 #: Every query-string name the page reads (others are ignored).
 PARAMS = (*_TEXT, *_INTS, *_FLAGS, "sort", "columns", "page", "per_page")
 _TRUE = ("1", "true", "yes", "on")
+#: NUL (PostgreSQL refuses it in text) and lone surrogates (no driver encodes them), refused in
+#: every value as ``--where`` refuses them.
+_UNENCODABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 #: The errors a page shows above its table (a usage error of the query: HTTP 400).
@@ -121,6 +129,9 @@ def quote(text: str) -> str:
 def parse_state(items: Iterable[tuple[str, str]]) -> PageState:
     """The state in a query string's (name, value) pairs; :class:`StateError` for a bad value."""
     params = [(k, v) for k, v in items if k in PARAMS]
+    for name, value in params:
+        if bad := _UNENCODABLE.search(value):
+            raise StateError(f"{name}: character {bad.group()!r} is not allowed")
     values: dict[str, Any] = {}
     sort: list[str] = []
     for name, value in params:
@@ -134,15 +145,15 @@ def parse_state(items: Iterable[tuple[str, str]]) -> PageState:
         del fields["where"]  # an empty box is no filter (the CLI refuses an empty --where)
     for name in _INTS:
         if name in values:
-            fields[name] = _int(name, values[name])
+            fields[name] = _int(name, values[name], INT64_MIN, INT64_MAX)
     for name in _FLAGS:
         fields[name] = values.get(name, "").lower() in _TRUE
     if fields.get("group_by") is not None and fields["group_by"] not in GROUPABLE:
         raise StateError(f"group_by takes one of {', '.join(GROUPABLE)}")
     if fields.get("phase") is not None and fields["phase"] not in PHASES:
         raise StateError(f"phase takes one of {', '.join(PHASES)}")
-    page = _int("page", values.get("page", "1"), minimum=1)
-    per_page = _int("per_page", values.get("per_page", str(PER_PAGE)), minimum=1)
+    page = _int("page", values.get("page", "1"), 1, MAX_PAGE)
+    per_page = _int("per_page", values.get("per_page", str(PER_PAGE)), 1, INT64_MAX)
     return PageState(
         spec=QuerySpec(sort=tuple(sort), **fields),
         columns=values.get("columns"),
@@ -152,13 +163,15 @@ def parse_state(items: Iterable[tuple[str, str]]) -> PageState:
     )
 
 
-def _int(name: str, text: str, minimum: int | None = None) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise StateError(f"{name} takes a whole number, not {text!r}") from None
-    if minimum is not None and value < minimum:
+def _int(name: str, text: str, minimum: int, maximum: int) -> int:
+    digits = text.strip().lstrip("+-")
+    if not digits.isdigit() or not digits.isascii() or len(digits) > 19:
+        raise StateError(f"{name} takes a whole number, not {text!r}")
+    value = int(text)
+    if value < minimum:
         raise StateError(f"{name} must be >= {minimum}")
+    if value > maximum:
+        raise StateError(f"{name} must be <= {maximum}")
     return value
 
 

@@ -15,7 +15,14 @@ from sqlalchemy import Boolean, Float, Integer
 from ckpt_index.index.records import OUTPUT_FIELDS
 from ckpt_index.index.tables import checkpoints
 from ckpt_index.vocabulary import GROUPABLE, PHASES
-from ckpt_index.web.checkpoints import FACETS, MAX_PER_PAGE, PER_PAGE
+from ckpt_index.web.checkpoints import (
+    FACETS,
+    INT64_MAX,
+    INT64_MIN,
+    MAX_PAGE,
+    MAX_PER_PAGE,
+    PER_PAGE,
+)
 
 
 def _field_schema(name: str) -> dict[str, Any]:
@@ -48,6 +55,7 @@ def _parameter(name: str, schema: dict[str, Any], description: str) -> dict[str,
 
 
 _STRING = {"type": "string"}
+_INT64 = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
 _QUERY_PARAMETERS = [
     _parameter("best_by", _STRING, "Only the best checkpoint by METRIC[:max|min]."),
     _parameter("group_by", {"type": "string", "enum": list(GROUPABLE)}, "With best_by: per group."),
@@ -55,8 +63,8 @@ _QUERY_PARAMETERS = [
     _parameter("architecture", _STRING, "Only this architecture."),
     _parameter("exp", _STRING, "Experiment name glob."),
     _parameter("phase", {"type": "string", "enum": list(PHASES)}, "Only this training_phase."),
-    _parameter("min_epoch", {"type": "integer"}, "Only epoch >= N."),
-    _parameter("max_epoch", {"type": "integer"}, "Only epoch <= N."),
+    _parameter("min_epoch", _INT64, "Only epoch >= N."),
+    _parameter("max_epoch", _INT64, "Only epoch <= N."),
     _parameter("where", _STRING, "Filter expression, the language of `query --where`."),
     _parameter(
         "sort",
@@ -67,10 +75,14 @@ _QUERY_PARAMETERS = [
     _parameter("include_unreadable", {"type": "boolean"}, "Also unreadable checkpoints."),
     _parameter("location", _STRING, "Only rows indexed at this location."),
     _parameter("columns", _STRING, "Fields and metrics to return, comma-separated."),
-    _parameter("page", {"type": "integer", "minimum": 1, "default": 1}, "Page number."),
+    _parameter(
+        "page",
+        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
+        "Page number.",
+    ),
     _parameter(
         "per_page",
-        {"type": "integer", "minimum": 1, "default": PER_PAGE},
+        {"type": "integer", "minimum": 1, "maximum": INT64_MAX, "default": PER_PAGE},
         f"Rows per page (at most {MAX_PER_PAGE}).",
     ),
     _parameter("facets", {"type": "boolean", "default": True}, "Count the facets too."),
