@@ -8,8 +8,6 @@ contents), Hydra run directories laid out as Hydra writes them, W&B runs written
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -502,8 +500,8 @@ def test_nothing_runs_from_hparams(tmp_path: Path, db_url: str) -> None:
     assert not canary.exists()
     got = _params(db_url)[str(ckpt)]
     assert got["lr"] == ("float", 0.1, "0.1", "checkpoint", False)
-    assert got["evil"][0] == "str" and got["evil"][2].startswith("<")
-    assert math.isfinite(got["lr"][1]) and os.path.exists(ckpt)
+    # The call is an inert stand-in, shown by the name of what it would have called.
+    assert got["evil"] == ("str", None, "<posix.system>", "checkpoint", False)
 
 
 def _deep_hparams_pickle(levels: int) -> bytes:
