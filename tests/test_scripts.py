@@ -20,6 +20,7 @@ RUNS = {
     "bench_checkpoint_reader.py": ["--size-gb", "0.01", "--repeat", "1", "--many-tensors", "200"],
     "bench_callback.py": ["--saves", "3", "--top-k", "1"],
     "bench_params_sync.py": ["--count", "30", "--params", "40", "--repeat", "1"],
+    "bench_web.py": ["--n", "60", "--repeat", "1"],
     "convert_legacy_checkpoints.py": ["--outputs-dir", "{tmp}", "--dry-run"],
     "migrate_checkpoints.py": ["{tmp}", "--dry-run"],
 }

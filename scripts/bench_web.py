@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Benchmark ``ckpt-index serve`` against the targets of issue 12 on a synthetic index.
+
+Writes N seed-shaped checkpoints (``ckpt_index.tools.demo.make_tree``, 200 per experiment),
+syncs them with ``ckpt-index sync``, starts ``ckpt-index serve`` on a free port and times, over
+loopback HTTP (so a little more than the server's own time): the start until the first answer,
+the Checkpoints page (default order, sorted by hmean, filtered by ``--where``, a deep page) and
+its JSON. It reports the median and the minimum of ``--repeat`` runs, and the server's peak RSS
+(VmHWM). Exit status 1 when a target is missed.
+
+    python scripts/bench_web.py --n 100000
+    python scripts/bench_web.py --n 10000 --db postgresql+psycopg://u@host/scratch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+#: key -> (label, path and query string, bound in ms, N from which the target applies)
+PAGES: dict[str, tuple[str, str, float | None]] = {
+    "page_ms": ("Checkpoints page", "checkpoints", 150.0),
+    "sorted_ms": ("page sorted by hmean", "checkpoints?sort=hmean:desc", 150.0),
+    "filtered_ms": (
+        "filtered page (--where)",
+        "checkpoints?" + urlencode({"where": "hmean > 0.8 and encoder = 'resnet50'"}),
+        100.0,
+    ),
+    "deep_page_ms": ("page 1000 (offset 49,950)", "checkpoints?page=1000", None),
+    "json_ms": ("/api/checkpoints", "api/checkpoints", None),
+}
+TARGET_N = 100_000
+READY_S = 1.0
+RSS_MB = 200.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=TARGET_N, help="checkpoints to index")
+    parser.add_argument("--repeat", type=int, default=7, help="timed requests per page")
+    parser.add_argument("--db", help="index URL (default: a SQLite file in a temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    return parser
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ckpt_index", *args]
+
+
+def make_index(n: int, base: Path, db: str) -> float:
+    from ckpt_index.tools.demo import make_tree
+
+    root = base / "outputs"
+    make_tree(root, n, per_experiment=200)
+    start = time.perf_counter()
+    subprocess.run(cli("sync", str(root), "--db", db), check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def fetch(url: str) -> tuple[float, int]:
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(url) as reply:
+            body = reply.read()
+    except urllib.error.HTTPError as exc:  # a 400 page is still a page
+        body = exc.read()
+    return time.perf_counter() - start, len(body)
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(found.group(1)) / 1024 if found else None
+
+
+def serve_and_time(db: str, repeat: int, base: Path) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    start = time.perf_counter()
+    server = subprocess.Popen(
+        cli("serve", "--db", db, "--port", "0"),
+        cwd=base,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        found = re.search(r"at (http://\S+/)", line)
+        if not found:
+            raise SystemExit(
+                f"serve did not start: {line}{server.stderr.read() if server.stderr else ''}"
+            )
+        address = found.group(1)
+        fetch(address + "checkpoints")
+        figures["ready_s"] = time.perf_counter() - start
+        for key, (_, path, _) in PAGES.items():
+            fetch(address + path)  # warm
+            samples = [fetch(address + path)[0] * 1000 for _ in range(repeat)]
+            figures[key] = statistics.median(samples)
+            figures[key + "_min"] = min(samples)
+        figures["peak_rss_mb"] = peak_rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return figures
+
+
+def verdicts(n: int, figures: dict[str, Any]) -> list[tuple[str, float | None, str, bool | None]]:
+    """(label, value, bound text, met) for every figure; targets apply at 100,000 and above."""
+    rows: list[tuple[str, float | None, str, bool | None]] = []
+    applies = n >= TARGET_N
+    ready = figures["ready_s"]
+    rows.append(
+        (
+            "ready (start to first page)",
+            ready * 1000,
+            f"<= {READY_S * 1000:.0f} ms",
+            ready <= READY_S,
+        )
+    )
+    for key, (label, _, bound) in PAGES.items():
+        value = figures[key]
+        met = None if bound is None or not applies else value <= bound
+        rows.append((label, value, f"<= {bound:.0f} ms" if bound else "-", met))
+    rss = figures["peak_rss_mb"]
+    met = None if rss is None or not applies else rss <= RSS_MB
+    rows.append(("server peak RSS (MB)", rss, f"<= {RSS_MB:.0f} MB", met))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench_web_") as tmp:
+        base = Path(tmp)
+        db = args.db or str(base / "index.db")
+        sync_s = make_index(args.n, base, db)
+        backend = db.split("://")[0] if "://" in db else "sqlite"
+        print(f"indexed {args.n} checkpoints in {sync_s:.1f} s ({backend})")
+        figures = serve_and_time(db, args.repeat, base)
+    rows = verdicts(args.n, figures)
+    print(f"{'figure':<32}{'median':>10}{'min':>10}  target")
+    keys = ["ready_s", *PAGES, "peak_rss_mb"]
+    for key, (label, value, bound, met) in zip(keys, rows, strict=True):
+        low = figures.get(key + "_min")
+        shown = "-" if value is None else f"{value:.1f}"
+        verdict = "" if met is None else (" met" if met else " MISSED")
+        print(f"{label:<32}{shown:>10}{'' if low is None else f'{low:.1f}':>10}  {bound}{verdict}")
+    if args.n < TARGET_N:
+        print(f"(the page targets apply from {TARGET_N:,} checkpoints)")
+    if args.json:
+        args.json.write_text(json.dumps({"n": args.n, **figures}, indent=2))
+    missed = [label for label, _, _, met in rows if met is False]
+    print("every target met" if not missed else f"target missed: {', '.join(missed)}")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
