@@ -19,6 +19,7 @@ RUNS = {
     "bench_fallback_sync.py": ["--count", "10", "--per-run", "5", "--repeat", "1"],
     "bench_checkpoint_reader.py": ["--size-gb", "0.01", "--repeat", "1", "--many-tensors", "200"],
     "bench_callback.py": ["--saves", "3", "--top-k", "1"],
+    "bench_params_query.py": ["--n", "2000", "--repeat", "2"],
     "bench_params_sync.py": ["--count", "30", "--params", "40", "--repeat", "1"],
     "bench_web.py": ["--n", "60", "--repeat", "1"],
     "convert_legacy_checkpoints.py": ["--outputs-dir", "{tmp}", "--dry-run"],

@@ -154,8 +154,10 @@ param_values = Table(
     _text("source", nullable=False),
     # Set by a Hydra override (overrides.yaml): what a sweep varied.
     Column("overridden", Boolean, nullable=False),
-    Index("ix_param_values_name_numeric_value", "name", "numeric_value"),
-    Index("ix_param_values_name_text_value", "name", "text_value"),
+    # param_set_id last: a filter reads the sets it selects from the index alone (no table
+    # lookup per entry: 10,000 of them cost 30 ms on SQLite).
+    Index("ix_param_values_name_numeric_value", "name", "numeric_value", "param_set_id"),
+    Index("ix_param_values_name_text_value", "name", "text_value", "param_set_id"),
 )
 
 # Answers of the W&B API (--wandb-online), so a run is fetched once, not per sync.

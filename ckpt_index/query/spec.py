@@ -15,7 +15,7 @@ on its primary key (see :mod:`ckpt_index.query.param_sql`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +132,7 @@ def glob_to_like(pattern: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _filters(spec: QuerySpec, canon: Canon) -> list[ColumnElement]:
+def _filters(spec: QuerySpec, canon: Canon, selective: Set[str]) -> list[ColumnElement]:
     c = checkpoints.c
     conditions: list[ColumnElement] = []
     if not spec.include_orphans:
@@ -155,7 +155,18 @@ def _filters(spec: QuerySpec, canon: Canon) -> list[ColumnElement]:
         conditions.append(c.epoch <= spec.max_epoch)
     if spec.where is not None:  # "" is an empty expression (a usage error), not "no filter"
         node = parse_where(spec.where)
-        conditions.append(compile_where(node, lambda name: resolve(canon(name))))
+        # One best row by a column or metric: walk its index, probing a parameter filter that
+        # selects many sets; one that selects few drives the query (see selective_params).
+        probe = spec.best_by is not None and spec.group_by is None
+
+        def resolved(name: str) -> ColumnElement | Conditions:
+            name = canon(name)
+            if name.startswith(PARAMS):
+                short = name[len(PARAMS) :]
+                return ParamConditions(short, probe=probe and short not in selective)
+            return resolve(name)
+
+        conditions.append(compile_where(node, resolved))
     return conditions
 
 
@@ -206,16 +217,19 @@ def _check(spec: QuerySpec, canon: Canon) -> None:
         raise QueryError("--limit must be >= 0")
 
 
-def build_query(spec: QuerySpec, names: Mapping[str, str] | None = None) -> Select:
+def build_query(
+    spec: QuerySpec, names: Mapping[str, str] | None = None, selective: Set[str] = frozenset()
+) -> Select:
     """The statement selecting the ids (and row columns) that ``spec`` asks for.
 
     ``names``: what :func:`check_names` resolved the names as given to (a bare parameter name
-    to ``params.FULL``); without it every name is taken as written.
+    to ``params.FULL``); without it every name is taken as written. ``selective``: the
+    parameters (without ``params.``) whose filters select few sets (:func:`selective_params`).
     """
     canon = _canon(names)
     _check(spec, canon)
     c = checkpoints.c
-    conditions = _filters(spec, canon)
+    conditions = _filters(spec, canon, selective)
     joins = _ParamJoins()
     stmt = select(checkpoints)
 
@@ -368,6 +382,46 @@ def _check_ranked(known: KnownNames, option: str, item: str) -> str:
     raise known.unknown(name)
 
 
+#: A parameter filter selecting at most this many sets drives a one-best query: fetching and
+#: sorting their rows beats walking the ranking index until one of them comes up.
+SELECTIVE_SETS = 50
+
+
+def selective_params(
+    conn: Connection, spec: QuerySpec, names: Mapping[str, str] | None = None
+) -> frozenset[str]:
+    """The parameters whose every ``where`` condition selects at most :data:`SELECTIVE_SETS`
+    sets, for a query that keeps one best row (else there is no choice to make). Each costs one
+    bounded count on the ``(name, value, param_set_id)`` index."""
+    if spec.where is None or spec.best_by is None or spec.group_by is not None:
+        return frozenset()
+    canon = _canon(names)
+    seen: list[tuple[str, Any, bool]] = []
+
+    class Recording(ParamConditions):
+        def condition(self, node: Any, negated: bool) -> ColumnElement[bool]:
+            seen.append((self.name, node, negated))
+            return super().condition(node, negated)
+
+    def record(name: str) -> ColumnElement | Conditions:
+        name = canon(name)
+        if name.startswith(PARAMS):
+            return Recording(name[len(PARAMS) :])
+        return resolve(name)
+
+    compile_where(parse_where(spec.where), record)
+    small: dict[str, bool] = {}
+    for name, node, negated in seen:
+        sets = ParamConditions(name).sets(node, negated)
+        count = None
+        if sets is not None:
+            bounded = sets.limit(SELECTIVE_SETS + 1).subquery()
+            count = conn.execute(select(func.count()).select_from(bounded)).scalar_one()
+        fits = count is not None and count <= SELECTIVE_SETS
+        small[name] = small.get(name, True) and fits
+    return frozenset(name for name, fits in small.items() if fits)
+
+
 def run_query(conn: Connection, spec: QuerySpec, *, params: Any = False) -> list[dict[str, Any]]:
     """The records ``spec`` selects, in order, each with all its metrics and, when ``params``
     asks for them (True: all; names; a :class:`~ckpt_index.query.params.ParamsWanted`), its
@@ -379,7 +433,8 @@ def run_query(conn: Connection, spec: QuerySpec, *, params: Any = False) -> list
     from ckpt_index.query import params as query_params
 
     # First: "unknown 'hmaen'" rather than "not the metric 'hmaen'".
-    stmt = build_query(spec, check_names(conn, spec))
+    names = check_names(conn, spec)
+    stmt = build_query(spec, names, selective_params(conn, spec, names))
     rows = [dict(row._mapping) for row in conn.execute(stmt)]
     metrics = fetch_metrics(conn, [row["id"] for row in rows])
     wanted = query_params.wanted(params)
@@ -440,4 +495,5 @@ __all__ = [
     "check_names",
     "find_checkpoint",
     "run_query",
+    "selective_params",
 ]

@@ -73,8 +73,14 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("param_set_id", "name", name=op.f("pk_param_values")),
     )
-    op.create_index("ix_param_values_name_numeric_value", "param_values", ["name", "numeric_value"])
-    op.create_index("ix_param_values_name_text_value", "param_values", ["name", "text_value"])
+    op.create_index(
+        "ix_param_values_name_numeric_value",
+        "param_values",
+        ["name", "numeric_value", "param_set_id"],
+    )
+    op.create_index(
+        "ix_param_values_name_text_value", "param_values", ["name", "text_value", "param_set_id"]
+    )
     if op.get_bind().dialect.name == "sqlite":
         # SQLite adds a column with a REFERENCES clause in place (ALTER TABLE ADD CONSTRAINT does
         # not exist there, and a batch rebuild of checkpoints would cascade-delete its metrics).
