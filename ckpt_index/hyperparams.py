@@ -100,14 +100,19 @@ def flatten(
     stack: list[tuple[str, Any, int]] = [("", config, 0)]
     while stack:
         prefix, value, depth = stack.pop()
-        if isinstance(value, Mapping) and value and depth < MAX_DEPTH:
+        kind = type(value)
+        if (
+            (kind is dict or (kind not in _LEAF_TYPES and isinstance(value, Mapping)))
+            and value
+            and depth < MAX_DEPTH
+        ):
             budget.visited += 1
             if budget.visited > MAX_VISITED:
                 budget.drop("too many nested mappings", prefix or "(top)")
                 continue
             children = []
             for key, item in value.items():
-                name = _key_text(key)
+                name = key if type(key) is str else _key_text(key)
                 if skip_private and name.startswith("_"):
                     continue
                 children.append((f"{prefix}.{name}" if prefix else name, item, depth + 1))
@@ -121,7 +126,7 @@ def flatten(
         if len(prefix) > MAX_PARAM_NAME:
             budget.drop(f"a name longer than {MAX_PARAM_NAME} characters", prefix)
             continue
-        if text_problem(prefix):
+        if ("\x00" in prefix or not prefix.isascii()) and text_problem(prefix):
             prefix = clean_text(prefix)
         param = make_param(prefix, value, source, prefix in marked)
         if param is None:
@@ -154,8 +159,19 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+#: Types that are never mappings (checked by identity before the slower ``isinstance``).
+_LEAF_TYPES = frozenset({str, int, float, bool, type(None), list})
+
+
 def encode_value(value: Any) -> tuple[str, float | None, str | None]:
     """(value_type, numeric_value, text_value) of one leaf value."""
+    kind = type(value)  # the common exact types first; subclasses take the checks below
+    if kind is str:
+        return "str", None, clean_text(value) if text_problem(value) else value
+    if kind is float:
+        return "float", value if math.isfinite(value) else None, _float_text(value)
+    if kind is int and -(2**53) <= value <= 2**53:
+        return "int", float(value), str(value)
     if value is None:
         return "null", None, None
     if isinstance(value, bool):
