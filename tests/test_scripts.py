@@ -21,6 +21,7 @@ RUNS = {
     "bench_callback.py": ["--saves", "3", "--top-k", "1"],
     "bench_params_query.py": ["--n", "2000", "--repeat", "2"],
     "bench_params_sync.py": ["--count", "30", "--params", "40", "--repeat", "1"],
+    "bench_params_varying.py": ["--n", "200", "--params", "20", "--repeat", "1"],
     "bench_web.py": ["--n", "60", "--repeat", "1"],
     "convert_legacy_checkpoints.py": ["--outputs-dir", "{tmp}", "--dry-run"],
     "migrate_checkpoints.py": ["{tmp}", "--dry-run"],

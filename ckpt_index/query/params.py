@@ -92,12 +92,16 @@ def varying_names(conn: Connection, set_ids: Iterable[int | None]) -> list[str]:
     p = param_values.c
     # The value as one comparable text: its type, then its text ("int:3" is not "str:3").
     typed = p.value_type + literal(":") + func.coalesce(p.text_value, literal(""))
+    # Grouped by an expression, not the column: grouped by ``name``, SQLite walks the whole
+    # (name, ...) index in order for every chunk, testing each entry's set, rather than seeking
+    # the chunk's sets and sorting their values (10x slower at 10,000 sets).
+    key = p.name + literal("")
     seen: dict[str, tuple[int, str, str]] = {}
     for start in range(0, len(sets), CHUNK):
         stmt = (
-            select(p.name, func.count(), func.min(typed), func.max(typed))
+            select(key, func.count(), func.min(typed), func.max(typed))
             .where(p.param_set_id.in_(sets[start : start + CHUNK]))
-            .group_by(p.name)
+            .group_by(key)
         )
         for name, count, low, high in conn.execute(stmt):
             if name in seen:
