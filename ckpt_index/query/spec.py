@@ -288,18 +288,22 @@ def _best_per_group(
     sort_columns = _sort_columns(spec.sort, canon, joins)
     rank = func.row_number().over(partition_by=groups, order_by=[metric_order, *_tie_break()])
     extra = [expr.label(f"_sort{i}") for i, (expr, _) in enumerate(sort_columns)]
+    # Ranked narrow (the id, the rank and the sort keys): the window sorts every selected row,
+    # and carrying whole rows through it costs several times more. The winners' rows are then
+    # fetched by id.
     ranked = (
         joins.apply(stmt)
         .where(*conditions)
-        .add_columns(rank.label("_rank"), metric.label("_metric"), *extra)
+        .with_only_columns(checkpoints.c.id, rank.label("_rank"), metric.label("_metric"), *extra)
         .subquery("ranked")
     )
     outer_metric = ranked.c._metric.desc() if direction == "max" else ranked.c._metric.asc()
     order = [_directed(ranked.c[f"_sort{i}"], d) for i, (_, d) in enumerate(sort_columns)]
     outer = (
-        select(*[ranked.c[col.name] for col in checkpoints.columns])
+        select(checkpoints)
+        .join(ranked, ranked.c.id == checkpoints.c.id)
         .where(ranked.c._rank == literal(1))
-        .order_by(*(order or [outer_metric]), ranked.c.checkpoint_path)
+        .order_by(*(order or [outer_metric]), checkpoints.c.checkpoint_path)
     )
     return outer.limit(spec.limit) if spec.limit is not None else outer
 
