@@ -125,8 +125,9 @@ def load(
         params.found_varying = varying_names(conn, set_ids)
         if names is not None:
             names.update(params.found_varying)
-    by_set: dict[int | None, dict[str, Any]] = dict(params_of_sets(conn, set_ids, names))
-    by_set[None] = {}
+    by_set: dict[int | None, dict[str, Any]] = {None: {}}
+    for set_id, values in params_of_sets(conn, set_ids, names).items():
+        by_set[set_id] = values
     return by_set
 
 
