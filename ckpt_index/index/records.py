@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -216,9 +217,9 @@ def sidecar_params(meta: CheckpointMetadataV1) -> tuple[dict[str, Param], list[s
     return params, warnings
 
 
-#: (repr of hyperparameters, overrides) -> (params, warnings, digest): the sidecars of a run
+#: (pickled hyperparameters, overrides) -> (params, warnings, digest): the sidecars of a run
 #: repeat one config, flattened and hashed once per process. Bounded.
-_FLATTENED: dict[tuple[str, tuple[str, ...]], tuple[dict[str, Param], list[str], str | None]] = {}
+_FLATTENED: dict[tuple[bytes, tuple[str, ...]], tuple[dict[str, Param], list[str], str | None]] = {}
 _MAX_FLATTENED = 256
 
 
@@ -227,14 +228,20 @@ def _sidecar_params_digest(
 ) -> tuple[dict[str, Param], list[str], str | None]:
     """:func:`sidecar_params` and the parameters' digest, remembered per config.
 
-    The key is the config's ``repr``: a sidecar's values are YAML's plain types (str, int,
-    float, bool, None, dates, lists, mappings), whose repr tells every value and type apart
-    (``1``, ``1.0``, ``True``, ``'1'``). The cached parameters are shared: nobody changes them.
+    The key is the config pickled (a few microseconds): equal bytes load as equal values of
+    the same types (``1``, ``1.0``, ``True`` and ``'1'`` differ), so equal keys flatten alike.
+    The cached parameters are shared: nobody changes them.
     """
     if not meta.hyperparameters:
         return {}, [], None
     overrides = tuple(meta.hydra_overrides or ())
-    key = (repr(meta.hyperparameters), overrides)
+    try:
+        key = (pickle.dumps(meta.hyperparameters, pickle.HIGHEST_PROTOCOL), overrides)
+    except Exception:  # noqa: BLE001 (a value pickle refuses: flatten without the memo)
+        params, warnings = flatten(
+            meta.hyperparameters, "sidecar", overridden=override_names(list(overrides))
+        )
+        return params, warnings, digest(params.values()) if params else None
     found = _FLATTENED.get(key)
     if found is None:
         params, warnings = flatten(
