@@ -158,9 +158,7 @@ def explain(conn: Any, stmt: Any) -> list[str]:
         params = tuple(compiled.params[name] for name in compiled.positiontup)
         rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled.string, params).all()
         return [f"{row[1]:>3} {row[2]:>3} {row[3]}" for row in rows]
-    from sqlalchemy import text
-
-    return [row[0] for row in conn.execute(text("EXPLAIN " + str(compiled)), compiled.params)]
+    return [row[0] for row in conn.exec_driver_sql("EXPLAIN " + compiled.string, compiled.params)]
 
 
 def check_plan(shape: str, plan: list[str], sqlite: bool) -> list[str]:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, case, literal, literal_column, not_, or_, select
+from sqlalchemy import Integer, and_, case, literal, not_, or_, select
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import NamedFromClause
 
 from ckpt_index.hyperparams import PREFIX
@@ -53,7 +55,7 @@ class ParamConditions(Conditions):
         v = param_values.c
         set_id: ColumnElement[Any] = checkpoints.c.param_set_id
         if self.probe:
-            set_id = set_id + literal_column("0")  # an expression: no index seek on it
+            set_id = _probed(set_id)
         sets = self.sets(node, negated)
         if sets is not None:
             return set_id.in_(sets)
@@ -76,6 +78,26 @@ class ParamConditions(Conditions):
         else:
             where = [v.name == self.name, match]
         return select(v.param_set_id).where(*where)
+
+
+class _probed(FunctionElement[int]):
+    """A column that SQLite must not seek on (``+column``, its documented way to say so), so
+    that it walks the ranking index instead. PostgreSQL plans from real row estimates and gets
+    the column as it is (an expression there would turn the list into a per-row lookup)."""
+
+    name = "probed"
+    inherit_cache = True
+    type = Integer()
+
+
+@compiles(_probed)
+def _compile_probed(element: _probed, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(_probed, "sqlite")
+def _compile_probed_sqlite(element: _probed, compiler: Any, **kw: Any) -> str:
+    return "+" + str(compiler.process(element.clauses, **kw))
 
 
 def _match(node: Compare | Like | In, shown: str) -> tuple[ColumnElement[bool], bool]:
