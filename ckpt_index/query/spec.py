@@ -60,6 +60,8 @@ class QuerySpec:
     where: str | None = None
     sort: Sequence[str] = field(default_factory=tuple)
     limit: int | None = None
+    #: Rows skipped before the first one returned (a page of ``ckpt-index serve``).
+    offset: int = 0
     include_orphans: bool = False
     #: Checkpoints whose file could not be read (truncated, not a zip) are never an answer
     #: unless asked for, even under a valid sidecar.
@@ -236,7 +238,7 @@ def build_query(
     if spec.best_by is None:
         order = _ordering(spec.sort, canon, joins) or [c.checkpoint_path.asc()]
         stmt = joins.apply(stmt).where(*conditions).order_by(*order, c.checkpoint_path.asc())
-        return stmt.limit(spec.limit) if spec.limit is not None else stmt
+        return _paged(stmt, spec)
 
     name, direction = parse_direction(spec.best_by)
     name = canon(name)
@@ -259,7 +261,7 @@ def build_query(
         stmt = joins.apply(stmt).where(*conditions)
         metric_order = metric.desc() if direction == "max" else metric.asc()
         limit = 1 if spec.limit is None else min(1, spec.limit)
-        return stmt.order_by(metric_order, *_tie_break()).limit(limit)
+        return stmt.order_by(metric_order, *_tie_break()).limit(limit).offset(spec.offset or None)
     return _best_per_group(stmt, conditions, spec, metric, direction, canon, joins)
 
 
@@ -305,7 +307,13 @@ def _best_per_group(
         .where(ranked.c._rank == literal(1))
         .order_by(*(order or [outer_metric]), checkpoints.c.checkpoint_path)
     )
-    return outer.limit(spec.limit) if spec.limit is not None else outer
+    return _paged(outer, spec)
+
+
+def _paged(stmt: Select, spec: QuerySpec) -> Select:
+    """``stmt`` with the spec's LIMIT and OFFSET (none when not asked for)."""
+    stmt = stmt.limit(spec.limit) if spec.limit is not None else stmt
+    return stmt.offset(spec.offset) if spec.offset else stmt
 
 
 def _sort_columns(

@@ -9,6 +9,7 @@ Content-Security-Policy allows scripts and styles from the app itself only (no i
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -16,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy import Connection
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -28,13 +30,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ckpt_index import __version__
 from ckpt_index.index.engine import IndexError_
 from ckpt_index.query.columns import Column, select
+from ckpt_index.query.spec import QuerySpec
 from ckpt_index.query.table import human_size
 from ckpt_index.vocabulary import GROUPABLE, PHASES
 from ckpt_index.web.checkpoints import (
     FACETS,
     USAGE_ERRORS,
+    Counts,
     Page,
     PageState,
+    count_matching,
+    counts_key,
     parse_state,
     read_page,
 )
@@ -140,6 +146,7 @@ def create_app(db_url: str | None = None, *, allowed_hosts: list[str] | None = N
     reader = IndexReader(db_url)
     templates = _templates()
     assets = _static_assets()
+    counts = CountsCache(reader)
 
     def render_checkpoints(request: Request) -> Response:
         error, page, status = None, None, 200
@@ -149,7 +156,7 @@ def create_app(db_url: str | None = None, *, allowed_hosts: list[str] | None = N
             state, error, status = parse_state([]), str(exc), 400
         if error is None:
             try:
-                page = reader.read(lambda conn: read_page(conn, state))
+                page = reader.read(lambda conn: read_page(conn, state, counts=counts))
             except USAGE_ERRORS as exc:
                 error, status = str(exc), 400
             except _INDEX_ERRORS as exc:
@@ -168,7 +175,7 @@ def create_app(db_url: str | None = None, *, allowed_hosts: list[str] | None = N
         try:
             state = parse_state(request.query_params.multi_items())
             facets = request.query_params.get("facets", "1").lower() not in ("0", "false", "no")
-            page = reader.read(lambda conn: read_page(conn, state, facets=facets))
+            page = reader.read(lambda conn: read_page(conn, state, facets=facets, counts=counts))
         except USAGE_ERRORS as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except _INDEX_ERRORS as exc:
@@ -207,6 +214,32 @@ def create_app(db_url: str | None = None, *, allowed_hosts: list[str] | None = N
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.reader = reader
     return app
+
+
+class CountsCache:
+    """The total and facet counts of a query, remembered while the SQLite index is unchanged
+    (they cost a scan of the matching rows; the page of records is always read)."""
+
+    def __init__(self, reader: IndexReader, size: int = 64) -> None:
+        self._reader, self._size = reader, size
+        self._lock = threading.Lock()
+        self._answers: dict[Any, Counts] = {}
+
+    def __call__(self, conn: Connection, spec: QuerySpec, facets: bool) -> Counts:
+        token = self._reader.token()
+        if token is None:
+            return count_matching(conn, spec, facets)
+        key = (token, counts_key(spec, facets))
+        with self._lock:
+            found = self._answers.get(key)
+        if found is not None:
+            return found
+        answer = count_matching(conn, spec, facets)
+        with self._lock:
+            if len(self._answers) >= self._size:
+                self._answers.clear()
+            self._answers[key] = answer
+        return answer
 
 
 def _page_count(page: Page | None, state: PageState) -> int:

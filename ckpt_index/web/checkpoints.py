@@ -12,7 +12,8 @@ count the matching rows by experiment, architecture, encoder, phase, status and 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
@@ -187,38 +188,66 @@ class Page:
     picked: list[Column] | None = None
 
 
-def read_page(conn: Connection, state: PageState, *, facets: bool = True) -> Page:
+#: What :func:`count_matching` answers: the number of matching rows, and the facet counts.
+Counts = tuple[int, dict[str, list[tuple[Any, int]]]]
+
+
+def read_page(
+    conn: Connection,
+    state: PageState,
+    *,
+    facets: bool = True,
+    counts: Callable[[Connection, QuerySpec, bool], Counts] | None = None,
+) -> Page:
     """The records of ``state``'s page; raises the query's usage errors (:data:`USAGE_ERRORS`).
 
-    The records are :func:`~ckpt_index.query.spec.run_query`'s, with every hyperparameter (as
-    ``query --format json`` gives them): the first ``offset + per_page`` rows, cut to the page.
+    The records are :func:`~ckpt_index.query.spec.run_query`'s (LIMIT and OFFSET of the page),
+    with every hyperparameter, as ``query --format json`` gives them.
+    ``counts`` answers the total and the facets (default :func:`count_matching`; the app passes
+    one that remembers them while the index is unchanged).
     """
     spec = state.spec
-    records = run_query(conn, replace(spec, limit=state.offset + state.per_page), params=True)
-    records = records[state.offset :]
-    stmt = build_query(replace(spec, limit=None), check_names(conn, spec))
-    # best_by without group_by is one row (the best): its ORDER BY ... LIMIT 1 stays.
-    single = spec.best_by is not None and spec.group_by is None
-    matching = stmt.subquery("matching") if single else stmt.order_by(None).subquery("matching")
-    total = conn.execute(select(func.count()).select_from(matching)).scalar_one()
+    page_spec = replace(spec, limit=state.per_page, offset=state.offset)
+    records = run_query(conn, page_spec, params=True)
+    total, facet_counts = (counts or count_matching)(conn, spec, facets)
     picked = read_columns(conn, records, state.columns, spec)
     columns = picked.columns if picked.columns is not None else default_columns(picked.first)[0]
     if not any(c.name == "checkpoint_path" for c in columns) and picked.columns is None:
         columns = [*columns, Column("checkpoint_path")]
-    counts = _facets(conn, matching) if facets else {}
-    return Page(records, columns, total, counts, picked.columns)
+    return Page(records, columns, total, facet_counts, picked.columns)
 
 
-def _facets(conn: Connection, matching: Any) -> dict[str, list[tuple[Any, int]]]:
-    counts: dict[str, list[tuple[Any, int]]] = {}
-    for facet, name in FACETS.items():
-        col = matching.c[name]
-        n = func.count().label("n")
-        stmt = (
-            select(col, n)
-            .group_by(col)
-            .order_by(n.desc(), col.asc().nulls_last())
-            .limit(FACET_VALUES)
-        )
-        counts[facet] = [(value, count) for value, count in conn.execute(stmt)]
-    return counts
+def count_matching(conn: Connection, spec: QuerySpec, facets: bool = True) -> Counts:
+    """How many rows ``spec`` matches and, with ``facets``, their counts per facet value.
+
+    One scan: the rows are grouped by every facet field at once (a few groups per experiment),
+    and each facet's counts are summed from those groups.
+    """
+    stmt = build_query(replace(spec, limit=None, sort=()), check_names(conn, spec))
+    # best_by without group_by is one row (the best): its ORDER BY ... LIMIT 1 stays.
+    single = spec.best_by is not None and spec.group_by is None
+    matching = stmt.subquery("matching") if single else stmt.order_by(None).subquery("matching")
+    if not facets:
+        return conn.execute(select(func.count()).select_from(matching)).scalar_one(), {}
+    fields = [matching.c[name] for name in FACETS.values()]
+    per_facet: dict[str, Counter[Any]] = {facet: Counter() for facet in FACETS}
+    total = 0
+    for *values, count in conn.execute(select(*fields, func.count()).group_by(*fields)):
+        total += count
+        for facet, value in zip(FACETS, values, strict=True):
+            per_facet[facet][value] += count
+    return total, {
+        facet: sorted(counter.items(), key=_facet_order)[:FACET_VALUES]
+        for facet, counter in per_facet.items()
+    }
+
+
+def _facet_order(item: tuple[Any, int]) -> tuple[int, bool, str]:
+    """Most frequent first, then by value, "(none)" last."""
+    value, count = item
+    return -count, value is None, "" if value is None else str(value)
+
+
+def counts_key(spec: QuerySpec, facets: bool) -> tuple[Any, ...]:
+    """What the counts of ``spec`` depend on: everything but the order of the rows."""
+    return (repr(replace(spec, sort=(), limit=None)), facets)

@@ -55,6 +55,22 @@ class IndexReader:
             return "missing"
         return st.st_ino, st.st_size, st.st_mtime_ns, os.path.exists(self._path + "-wal")
 
+    def token(self) -> Any:
+        """What changes whenever the SQLite index is written (its file and its ``-wal``), for
+        caching answers; ``None`` on PostgreSQL (no cheap equivalent: nothing is cached)."""
+        if self._path is None:
+            return None
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        try:
+            wal = os.stat(self._path + "-wal")
+            wal_state: tuple[int, int, int] | None = (wal.st_ino, wal.st_size, wal.st_mtime_ns)
+        except OSError:
+            wal_state = None
+        return st.st_ino, st.st_size, st.st_mtime_ns, wal_state
+
     def open(self) -> Engine:
         """The engine for the index as it is now (reopened when the SQLite file changed)."""
         with self._lock:
