@@ -41,7 +41,7 @@ TARGET_RATIO = 1.5
 HOUR_S = 3600
 
 CHILD_SYNC = r"""
-import json, resource, sys, time
+import json, sys, time
 args = json.loads(sys.argv[1])
 from ckpt_index.index.engine import open_engine
 from ckpt_index.sync.roots import sync_roots
@@ -66,13 +66,6 @@ if profiler is not None:
 print("@@RESULT@@" + json.dumps({
     "open_s": t1 - t0, "sync_s": t2 - t1, "open_sync_s": t2 - t0,
     "cpu_s": time.process_time() - c0,
-    # With the parsing workers (children, waited for when the pool closed): less noisy than the
-    # wall time on a shared machine.
-    "cpu_all_s": sum(
-        getattr(resource.getrusage(who), field)
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-        for field in ("ru_utime", "ru_stime")
-    ),
     "parsed": summary.parsed, "added": summary.added, "unchanged": summary.unchanged,
     "line": summary.one_line(),
 }))
@@ -270,7 +263,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{time.perf_counter() - started:.1f} s)"
         )
         cold: dict[str, list[float]] = {name: [] for name in trees}
-        cpu: dict[str, list[float]] = {name: [] for name in trees}
         warm: dict[str, list[float]] = {name: [] for name in trees}
         for i in range(args.repeat):
             for name, tree in trees.items():
@@ -280,27 +272,21 @@ def main(argv: list[str] | None = None) -> int:
                 again = run_sync(db, tree)
                 assert again["unchanged"] == args.count and again["parsed"] == 0, again["line"]
                 cold[name].append(first["open_sync_s"])
-                cpu[name].append(first["cpu_all_s"])
                 warm[name].append(again["open_sync_s"])
                 print(
                     f"round {i + 1} {name:>8}: cold {first['open_sync_s']:.2f} s "
-                    f"(cpu {first['cpu_s']:.2f} s, with workers {first['cpu_all_s']:.2f} s), "
+                    f"(CPU of the syncing process, workers apart: {first['cpu_s']:.2f} s), "
                     f"unchanged re-sync {again['open_sync_s']:.2f} s"
                 )
         med = {name: statistics.median(values) for name, values in cold.items()}
         for name in trees:
             print(
                 f"{name:>8}: cold median {med[name]:.2f} s (min {min(cold[name]):.2f}), "
-                f"CPU with workers median {statistics.median(cpu[name]):.2f} s, "
                 f"re-sync median {statistics.median(warm[name]):.2f} s"
             )
         pairs = zip(cold["params"], cold["plain"], strict=True)
         paired = statistics.median(p / q for p, q in pairs)
-        cpu_ratio = statistics.median(cpu["params"]) / statistics.median(cpu["plain"])
-        print(
-            f"params / plain: median of the rounds' ratios {paired:.2f}x, CPU (with workers) "
-            f"{cpu_ratio:.2f}x"
-        )
+        print(f"params / plain: median of the rounds' ratios {paired:.2f}x")
         ratio = med["params"] / med["plain"]
         worst = med["distinct"] / med["plain"]
         print(f"worst case (every sidecar its own set): {worst:.2f}x plain")

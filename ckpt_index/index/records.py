@@ -254,6 +254,39 @@ def _sidecar_params_digest(
     return found[0], list(found[1]), found[2]
 
 
+#: digest -> the pickled parameters a worker sends, and back (the sidecars of a run share one
+#: set: it is pickled once in the worker and loaded once in the sync). Bounded.
+_PACKED: dict[str, bytes] = {}
+_UNPACKED: dict[str, dict[str, Param]] = {}
+_MAX_PACKED = 64
+
+
+def pack_params(params: dict[str, Param], params_digest: str | None) -> bytes | None:
+    """``params`` as bytes for a worker's reply (one bytes object pickles as a copy)."""
+    if not params or params_digest is None:
+        return None
+    packed = _PACKED.get(params_digest)
+    if packed is None:
+        packed = pickle.dumps(params, pickle.HIGHEST_PROTOCOL)
+        if len(_PACKED) >= _MAX_PACKED:
+            _PACKED.clear()
+        _PACKED[params_digest] = packed
+    return packed
+
+
+def unpack_params(packed: bytes | None, params_digest: str | None) -> dict[str, Param]:
+    """The parameters :func:`pack_params` packed (shared between records of the same set)."""
+    if packed is None or params_digest is None:
+        return {}
+    params = _UNPACKED.get(params_digest)
+    if params is None:
+        params = pickle.loads(packed)  # noqa: S301 (bytes from our own worker)
+        if len(_UNPACKED) >= _MAX_PACKED:
+            _UNPACKED.clear()
+        _UNPACKED[params_digest] = params
+    return params
+
+
 def record_without_metadata(
     *,
     checkpoint_path: str,

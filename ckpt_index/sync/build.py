@@ -13,6 +13,7 @@ from ckpt_index.index.boundary import UnstorableRecord, check_record
 from ckpt_index.index.records import (
     FileState,
     Record,
+    pack_params,
     record_from_inferred,
     record_from_metadata,
     record_without_metadata,
@@ -231,11 +232,12 @@ WORKER_IMPORTS = ("ckpt_index.sources.merge", "ckpt_index.sources.checkpoint.rea
 
 def build_record_task(
     path: str, item: tuple[Any, ...], racy_after_ns: int, options: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, float], str | None, dict[str, Any], str | None]:
+) -> tuple[dict[str, Any], dict[str, float], str | None, bytes | None, str | None]:
     """:func:`build_record_safely` and the boundary check, in a parsing worker, as plain data:
     ``item`` from :func:`item_args`, ``options`` from :meth:`SyncOptions.for_worker`."""
     found = item_from_args(*item)
     record, reason = checked_record(
         path, found, *build_record_safely(path, found, racy_after_ns, SyncOptions(**options))
     )
-    return record.columns, record.metrics, reason, record.params, record.params_digest
+    packed = pack_params(record.params, record.params_digest)
+    return record.columns, record.metrics, reason, packed, record.params_digest

@@ -23,6 +23,7 @@ from ckpt_index.index.records import (
     FileState,
     Record,
     checkpoint_state_columns,
+    unpack_params,
 )
 from ckpt_index.isolation.pool import Limits
 from ckpt_index.sync import recheck
@@ -356,7 +357,8 @@ def _build_records(
     with WorkerPool(workers, options.limits, chunk=chunk) as pool:
         for path, outcome in zip(paths, pool.map(build_record_task, jobs), strict=True):
             if outcome.ok:  # checked by the worker (checked_record)
-                columns, metrics, reason, params, params_digest = outcome.value
+                columns, metrics, reason, packed, params_digest = outcome.value
+                params = unpack_params(packed, params_digest)
                 yield path, Record(columns, metrics, params, params_digest), reason
             else:
                 reason = outcome.reason or "reader failed"
