@@ -38,6 +38,8 @@ PAGES: dict[str, tuple[str, str, float | None]] = {
         100.0,
     ),
     "json_ms": ("/api/checkpoints", "api/checkpoints", None),
+    # A filter no earlier request used: its first request scans for the total and the facets.
+    "new_filter_ms": ("page of a new filter (min_epoch)", "checkpoints?min_epoch=1", None),
     "deep_page_ms": ("page 1000 (offset 49,950)", "checkpoints?page=1000", None),
 }
 TARGET_N = 100_000

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -46,6 +47,10 @@ from ckpt_index.web.checkpoints import (
 )
 from ckpt_index.web.openapi import openapi_document
 from ckpt_index.web.reader import IndexReader
+
+#: On PostgreSQL (no cheap sign of a write) counts are remembered for this many seconds.
+COUNTS_TTL_S = 2.0
+
 
 #: Sent with every response. No inline script or style, no plugin, no framing, no form posting
 #: elsewhere; the page loads only its own files.
@@ -134,19 +139,25 @@ def _templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
-def create_app(db_url: str | None = None, *, allowed_hosts: list[str] | None = None) -> Starlette:
+def create_app(
+    db_url: str | None = None,
+    *,
+    allowed_hosts: list[str] | None = None,
+    counts_ttl: float = COUNTS_TTL_S,
+) -> Starlette:
     """The web app over the index at ``db_url`` (a path or SQLAlchemy URL; ``None``: the CLI's
     rule, ``$CKPT_INDEX_DB`` else ``./ckpt_index.db``), read-only.
 
     ``allowed_hosts`` limits the ``Host`` header a request may carry (the server on loopback
     allows its own names only, so that a web page cannot reach it through DNS rebinding).
-    The index is opened on the first request; :meth:`IndexReader.open` on
+    ``counts_ttl``: how long PostgreSQL's total and facet counts are reused (SQLite's until
+    the index changes). The index is opened on the first request; :meth:`IndexReader.open` on
     ``app.state.reader`` checks it up front.
     """
     reader = IndexReader(db_url)
     templates = _templates()
     assets = _static_assets()
-    counts = CountsCache(reader)
+    counts = CountsCache(reader, counts_ttl)
 
     def render_checkpoints(request: Request) -> Response:
         error, page, status = None, None, 200
@@ -217,16 +228,19 @@ def create_app(db_url: str | None = None, *, allowed_hosts: list[str] | None = N
 
 
 class CountsCache:
-    """The total and facet counts of a query, remembered while the SQLite index is unchanged
-    (they cost a scan of the matching rows; the page of records is always read)."""
+    """The total and facet counts of a query (a scan of the matching rows), remembered while the
+    SQLite index is unchanged, and for ``ttl`` seconds on PostgreSQL (0: not at all); the page
+    of records itself is always read."""
 
-    def __init__(self, reader: IndexReader, size: int = 64) -> None:
-        self._reader, self._size = reader, size
+    def __init__(self, reader: IndexReader, ttl: float = COUNTS_TTL_S, size: int = 64) -> None:
+        self._reader, self._ttl, self._size = reader, ttl, size
         self._lock = threading.Lock()
         self._answers: dict[Any, Counts] = {}
 
     def __call__(self, conn: Connection, spec: QuerySpec, facets: bool) -> Counts:
         token = self._reader.token()
+        if token is None and self._ttl > 0:
+            token = ("ttl", int(time.monotonic() // self._ttl))
         if token is None:
             return count_matching(conn, spec, facets)
         key = (token, counts_key(spec, facets))

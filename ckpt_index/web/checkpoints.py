@@ -39,6 +39,8 @@ MAX_PER_PAGE = 500
 MAX_PAGE = 10**9
 #: The bounds of a whole number in a query (SQLite's INTEGER, PostgreSQL's bigint).
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: The bounds of an epoch (PostgreSQL's integer column).
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 #: Facet name -> the field it counts. The values shown per facet are the most frequent ones.
 FACETS = {
     "experiment": "exp_name",
@@ -146,7 +148,7 @@ def parse_state(items: Iterable[tuple[str, str]]) -> PageState:
         del fields["where"]  # an empty box is no filter (the CLI refuses an empty --where)
     for name in _INTS:
         if name in values:
-            fields[name] = _int(name, values[name], INT64_MIN, INT64_MAX)
+            fields[name] = _int(name, values[name], INT32_MIN, INT32_MAX)
     for name in _FLAGS:
         fields[name] = values.get(name, "").lower() in _TRUE
     if fields.get("group_by") is not None and fields["group_by"] not in GROUPABLE:

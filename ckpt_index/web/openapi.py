@@ -17,8 +17,9 @@ from ckpt_index.index.tables import checkpoints
 from ckpt_index.vocabulary import GROUPABLE, PHASES
 from ckpt_index.web.checkpoints import (
     FACETS,
+    INT32_MAX,
+    INT32_MIN,
     INT64_MAX,
-    INT64_MIN,
     MAX_PAGE,
     MAX_PER_PAGE,
     PER_PAGE,
@@ -55,7 +56,7 @@ def _parameter(name: str, schema: dict[str, Any], description: str) -> dict[str,
 
 
 _STRING = {"type": "string"}
-_INT64 = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
+_EPOCH = {"type": "integer", "minimum": INT32_MIN, "maximum": INT32_MAX}
 _QUERY_PARAMETERS = [
     _parameter("best_by", _STRING, "Only the best checkpoint by METRIC[:max|min]."),
     _parameter("group_by", {"type": "string", "enum": list(GROUPABLE)}, "With best_by: per group."),
@@ -63,8 +64,8 @@ _QUERY_PARAMETERS = [
     _parameter("architecture", _STRING, "Only this architecture."),
     _parameter("exp", _STRING, "Experiment name glob."),
     _parameter("phase", {"type": "string", "enum": list(PHASES)}, "Only this training_phase."),
-    _parameter("min_epoch", _INT64, "Only epoch >= N."),
-    _parameter("max_epoch", _INT64, "Only epoch <= N."),
+    _parameter("min_epoch", _EPOCH, "Only epoch >= N."),
+    _parameter("max_epoch", _EPOCH, "Only epoch <= N."),
     _parameter("where", _STRING, "Filter expression, the language of `query --where`."),
     _parameter(
         "sort",
