@@ -201,6 +201,41 @@ def test_fuzz_plain_constructor_matches_pyyaml_on_mutations(seed: Path, rng: ran
     _same_as_pyyaml(mutate(seed.read_bytes(), rng))
 
 
+def _same_sidecar_as_pyyaml(data: bytes) -> None:
+    """parse_sidecar_bytes (whose ``hyperparameters`` block is parsed once per distinct text)
+    builds what PyYAML builds, on a first read and on a repeated one, or refuses."""
+    for _ in range(2):  # the second read takes the block from the cache
+        try:
+            ours = parse_sidecar_bytes(data, "fuzz.metadata.yaml")
+        except SidecarError:
+            return
+        expected = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        assert ours == expected or (ours != ours and repr(ours) == repr(expected))
+
+
+@FUZZ
+@given(
+    seed=st.sampled_from(SEED_SIDECARS),
+    block=st.dictionaries(KEYS, DOCUMENTS, max_size=6),
+    flow=st.booleans(),
+    rng=st.randoms(use_true_random=False),
+    mutated=st.booleans(),
+)
+def test_fuzz_sidecar_hyperparameters_block_matches_pyyaml(
+    seed: Path, block: dict, flow: bool, rng: random.Random, mutated: bool
+) -> None:
+    # A seed sidecar with a hyperparameters block (block or flow style), as is or mutated: the
+    # split parse must agree with PyYAML's whole parse, or refuse.
+    try:
+        dumped = yaml.safe_dump(
+            {"hyperparameters": block}, default_flow_style=flow or None, allow_unicode=True
+        )
+    except yaml.YAMLError:
+        return
+    data = seed.read_bytes().rstrip(b"\n") + b"\n" + dumped.encode("utf-8", "surrogatepass")
+    _same_sidecar_as_pyyaml(mutate(data, rng) if mutated else data)
+
+
 @pytest.mark.parametrize(
     "text",
     [
