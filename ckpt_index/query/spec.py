@@ -165,7 +165,9 @@ def _filters(spec: QuerySpec, canon: Canon, selective: Set[str]) -> list[ColumnE
             name = canon(name)
             if name.startswith(PARAMS):
                 short = name[len(PARAMS) :]
-                return ParamConditions(short, probe=probe and short not in selective)
+                return ParamConditions(
+                    short, probe=probe and short not in selective, drive=short in selective
+                )
             return resolve(name)
 
         conditions.append(compile_where(node, resolved))

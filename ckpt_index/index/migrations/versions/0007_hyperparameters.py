@@ -8,6 +8,8 @@
 - ``checkpoints.param_set_id``: the row's set (NULL: no parameters known).
 - View ``checkpoint_params`` (checkpoint_id, name, value_type, numeric_value, text_value, source,
   overridden): every checkpoint's parameters, one row per (checkpoint, name).
+- On PostgreSQL, multivariate statistics on (name, numeric_value) and (name, text_value), so
+  that the planner knows how many values a filter on one parameter selects.
 - View ``checkpoint_params_flat``: the same for existing checkpoints, with their path, experiment,
   model and epoch, for notebooks (like ``checkpoint_metrics_flat``).
 
@@ -96,6 +98,15 @@ def upgrade() -> None:
             ["param_set_id"],
             ["id"],
         )
+        # PostgreSQL estimates "name = :n AND numeric_value < :v" as the product of the two
+        # columns' selectivities, which for one name among 150 is off by 100x (31 rows estimated,
+        # 4,960 found), and then plans a parameter filter with --best-by as a fetch and sort of
+        # every match (38 ms at 100,000 checkpoints instead of 2 ms). Multivariate MCV lists on
+        # (name, value) give ANALYZE the real frequencies.
+        for column in ("numeric_value", "text_value"):
+            name = f"st_param_values_name_{column}"
+            op.execute(f"CREATE STATISTICS {name} (mcv) ON name, {column} FROM param_values")
+            op.execute(f"ALTER STATISTICS {name} SET STATISTICS 1000")
     op.create_index("ix_checkpoints_param_set_id", "checkpoints", ["param_set_id"])
     op.execute(PARAMS_VIEW)
     op.execute(PARAMS_FLAT_VIEW)
