@@ -305,3 +305,22 @@ def test_table_shows_the_parameter_it_sorts_by(invoke_db, sweep) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].split()[0] == "model.optimizer.lr"
     assert [line.split()[0] for line in lines[1:]] == ["0.1", "0.1", "0.01", "0.01", "0.01", "0.01"]
+
+
+def test_varying_table_shows_a_grouped_parameter_once(invoke_db, sweep) -> None:
+    # The parameter grouped by is among the columns the query ranks by; --varying finds it
+    # varying too, and the table shows it once (CSV and JSON key it once anyway).
+    result = invoke_db(
+        "query",
+        "--exp",
+        "sweep-*",
+        "--group-by",
+        "params.model.optimizer.lr",
+        "--best-by",
+        "hmean",
+        "--varying",
+    )
+    assert result.exit_code == 0, result.output
+    header = result.output.splitlines()[0].split()
+    assert header.count("model.optimizer.lr") == 1, header
+    assert "data.batch_size" in header  # the other varying parameters stay

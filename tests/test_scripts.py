@@ -47,3 +47,39 @@ def test_script_runs(script: str, tmp_path: Path) -> None:
         missed = result.returncode == 1 and verdict and "Traceback" not in result.stderr
         finished = result.returncode == 0 or missed
         assert finished, f"{' '.join(argv)}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_demo_sh_runs_the_main_job(tmp_path: Path) -> None:
+    """The README's first command: a demo tree synced into ./ckpt_index.db, then queried (best by
+    hmean, the top ten, the best per learning rate of the demo's sweep). Run in a temporary
+    folder through a venv of links to this interpreter (its stamps say "installed", so the
+    script installs nothing)."""
+    import os
+    import shutil
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for name in ("python", "ckpt-index"):
+        target = shutil.which(name, path=str(Path(sys.executable).parent))
+        assert target is not None, name
+        (venv / "bin" / name).symlink_to(target)
+    for stamp in (".ckpt-index-installed",):
+        (venv / stamp).touch()
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "CKPT_INDEX_VENV": str(venv), "CKPT_INDEX_DEMO_DIR": str(work)}
+    env.pop("CKPT_INDEX_DB", None)
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "demo.sh")], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert (work / "ckpt_index.db").is_file() and (work / "demo_outputs").is_dir()
+    lines = result.stdout.splitlines()
+    assert lines[0] == "wrote 64 checkpoints under demo_outputs", result.stdout
+    assert sum(line.startswith("hmean") for line in lines) == 3, result.stdout  # three queries
+    # The last query: one row per learning rate of the sweep (and one for the checkpoint whose
+    # fallbacks give none), its column shown.
+    last_header = [line for line in lines if line.startswith("hmean")][-1]
+    assert "model.optimizer.lr" in last_header.split(), last_header
+    assert "synced 64 checkpoints" in result.stderr + result.stdout

@@ -92,7 +92,8 @@ def render_table(
     ``screen``."""
     screen = screen or Screen()
     if columns is None:
-        shown_columns, keep = default_columns([*first, *added])
+        # A parameter the query groups, sorts or filters by is shown once, among ``first``.
+        shown_columns, keep = default_columns([*first, *(c for c in added if c not in first)])
     else:
         shown_columns, keep = list(columns), {c.name for c in columns}
     count = rows_that_fit(len(records), screen.height)

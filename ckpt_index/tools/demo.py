@@ -28,6 +28,28 @@ ENCODERS = {
 #: Demo experiments train, and every seventh fine-tunes (none is a validation run).
 DEMO_PHASES = tuple(p for p in PHASES if p != "validation")
 TAGS = ("ocr_baseline_v1", "ocr_aug_v2", "ocr_lr_sweep", "ocr_long_run")
+#: The demo's sweep: experiment e trains with LEARNING_RATES[e % 3] and BATCH_SIZES[e // 3 % 2].
+LEARNING_RATES = (1e-3, 5e-4, 2e-4)
+BATCH_SIZES = (8, 16)
+
+
+def run_config(e: int, architecture: str, encoder: str, max_epochs: int) -> dict[str, Any]:
+    """Experiment ``e``'s hyperparameters as its sidecars hold them (a Hydra-shaped config) and
+    the overrides that set the swept ones."""
+    lr, batch_size = LEARNING_RATES[e % 3], BATCH_SIZES[e // 3 % 2]
+    return {
+        "hyperparameters": {
+            "model": {
+                "architecture": architecture,
+                "encoder": encoder,
+                "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.01},
+            },
+            "data": {"dataset": "icdar2015", "batch_size": batch_size, "image_size": 640},
+            "trainer": {"max_epochs": max_epochs, "precision": "16-mixed"},
+            "seed": 42,
+        },
+        "hydra_overrides": [f"model.optimizer.lr={lr}", f"data.batch_size={batch_size}"],
+    }
 
 
 def sidecar_document(
@@ -167,11 +189,13 @@ def make_tree(
     per_experiment: int = 20,
     without_sidecar: int = 0,
     invalid: int = 0,
+    hyperparameters: bool = False,
 ) -> list[Path]:
     """Write ``n_checkpoints`` checkpoints in experiments of ``per_experiment``; return their paths.
 
     The first ``without_sidecar`` experiments' last checkpoints get no sidecar and the next
-    ``invalid`` get a sidecar with an out-of-range hmean, so a demo shows both cases.
+    ``invalid`` get a sidecar with an out-of-range hmean, so a demo shows both cases. With
+    ``hyperparameters``, sidecars carry their experiment's :func:`run_config` (schema 1.1).
     """
     rng = random.Random(seed)
     root = Path(root)
@@ -210,6 +234,8 @@ def make_tree(
                 rng=rng,
                 created_at=stamp + _dt.timedelta(minutes=11 * (epoch + 1)),
             )
+            if hyperparameters:
+                doc.update(schema_version="1.1", **run_config(e, arch, encoder, count))
             last = i == count - 1
             _write(ckpt, doc, with_sidecar=not (last and e < without_sidecar))
             if last and without_sidecar <= e < without_sidecar + invalid:
@@ -220,6 +246,9 @@ def make_tree(
 
 
 def make_demo_tree(root: str | Path, *, seed: int = 0) -> list[Path]:
-    """The README's demo: 8 experiments of 6-10 epochs, one checkpoint without a sidecar and one
-    with an invalid sidecar."""
-    return make_tree(root, 64, seed=seed, per_experiment=8, without_sidecar=1, invalid=1)
+    """The README's demo: 8 experiments of 8 epochs from a small sweep (learning rate x batch
+    size, in the sidecars' hyperparameters), one checkpoint without a sidecar and one with an
+    invalid sidecar."""
+    return make_tree(
+        root, 64, seed=seed, per_experiment=8, without_sidecar=1, invalid=1, hyperparameters=True
+    )
