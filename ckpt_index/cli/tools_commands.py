@@ -217,10 +217,14 @@ def rename(
 def demo(directory: str, seed: int) -> None:
     """Write a small demo outputs tree (8 experiments, seed-format sidecars) to DIRECTORY.
 
+    The experiments form a small sweep over the learning rate and the batch size, recorded in
+    the sidecars' hyperparameters (params.model.optimizer.lr, params.data.batch_size).
+
     Example:
 
     \b
         ckpt-index demo demo_outputs && ckpt-index sync demo_outputs
+        ckpt-index query --group-by params.model.optimizer.lr --best-by hmean
     """
     from ckpt_index.tools.demo import make_demo_tree
 
