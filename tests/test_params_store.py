@@ -459,3 +459,29 @@ def test_repeated_block_gives_each_caller_its_own_value() -> None:
     first["hyperparameters"]["model"]["sizes"].append(3)
     again = parse_sidecar_bytes(text.replace("a: 1", "a: 5").encode())
     assert again == {"a": 5, "hyperparameters": {"model": {"lr": 0.1, "sizes": [1, 2]}}, "b": 2}
+
+
+def test_text_values_compare_bytewise_on_postgresql(pg_url: str) -> None:
+    """param_values.text_value has the "C" collation on PostgreSQL (SQLite compares bytes): a
+    text filter or sort on a parameter gives the same order on both, whatever the locale."""
+    from ckpt_index.index.engine import open_engine
+
+    engine = open_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            collation = conn.exec_driver_sql(
+                "SELECT collation_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = 'param_values' "
+                "AND column_name = 'text_value'"
+            ).scalar()
+            ordered = (
+                conn.exec_driver_sql(
+                    "SELECT v FROM (VALUES ('a'), ('B'), ('_')) AS t(v) ORDER BY v COLLATE \"C\""
+                )
+                .scalars()
+                .all()
+            )
+        assert collation == "C"
+        assert ordered == sorted(["a", "B", "_"])  # Python's order is by code point, like SQLite
+    finally:
+        engine.dispose()

@@ -149,7 +149,9 @@ param_values = Table(
     Column("name", String, primary_key=True),
     _text("value_type", nullable=False),
     Column("numeric_value", Float),
-    Column("text_value", Text),
+    # Bytewise on every backend, like checkpoint_path: `params.x < 'b'` and a sort by a text
+    # parameter give the same order on SQLite and PostgreSQL whatever the server's locale.
+    Column("text_value", Text().with_variant(Text(collation="C"), "postgresql")),
     # sidecar, checkpoint, hydra or wandb
     _text("source", nullable=False),
     # Set by a Hydra override (overrides.yaml): what a sweep varied.

@@ -64,7 +64,11 @@ def upgrade() -> None:
         sa.Column("name", sa.String(), nullable=False),
         sa.Column("value_type", sa.String(), nullable=False),
         sa.Column("numeric_value", sa.Float(), nullable=True),
-        sa.Column("text_value", sa.Text(), nullable=True),
+        sa.Column(
+            "text_value",
+            sa.Text().with_variant(sa.Text(collation="C"), "postgresql"),
+            nullable=True,
+        ),
         sa.Column("source", sa.String(), nullable=False),
         sa.Column("overridden", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(
