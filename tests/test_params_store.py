@@ -474,14 +474,6 @@ def test_text_values_compare_bytewise_on_postgresql(pg_url: str) -> None:
                 "WHERE table_schema = current_schema() AND table_name = 'param_values' "
                 "AND column_name = 'text_value'"
             ).scalar()
-            ordered = (
-                conn.exec_driver_sql(
-                    "SELECT v FROM (VALUES ('a'), ('B'), ('_')) AS t(v) ORDER BY v COLLATE \"C\""
-                )
-                .scalars()
-                .all()
-            )
         assert collation == "C"
-        assert ordered == sorted(["a", "B", "_"])  # Python's order is by code point, like SQLite
     finally:
         engine.dispose()
