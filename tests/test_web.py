@@ -174,7 +174,10 @@ def test_every_response_has_a_csp_without_inline_script(client: TestClient) -> N
     tags = Tags()
     tags.feed(html)
     scripts = [attrs for tag, attrs in tags.seen if tag == "script"]
-    assert scripts == [{"src": "/static/app.js", "defer": None}]
+    assert scripts == [
+        {"src": "/static/app.js", "defer": None},
+        {"src": "/static/live.js", "defer": None},
+    ]
     assert not [a for _, attrs in tags.seen for a in attrs if a.startswith("on")]
     assert not [tag for tag, _ in tags.seen if tag in ("img", "style", "iframe", "object")]
 

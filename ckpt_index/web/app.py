@@ -45,6 +45,8 @@ from ckpt_index.web.checkpoints import (
     parse_state,
     read_page,
 )
+from ckpt_index.web.compare import compare_routes
+from ckpt_index.web.health import health_routes
 from ckpt_index.web.openapi import openapi_document
 from ckpt_index.web.reader import IndexReader
 
@@ -212,6 +214,8 @@ def create_app(
         Route("/api/checkpoints", api_checkpoints),
         Route("/openapi.json", openapi),
         Route("/static/{name}", static),
+        *compare_routes(reader, templates),
+        *health_routes(reader, templates),
     ]
     middleware = [Middleware(SecurityHeaders)]
     if allowed_hosts is not None:
