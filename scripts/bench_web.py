@@ -41,6 +41,11 @@ PAGES: dict[str, tuple[str, str, float | None]] = {
     # A filter no earlier request used: its first request scans for the total and the facets.
     "new_filter_ms": ("page of a new filter (min_epoch)", "checkpoints?min_epoch=1", None),
     "deep_page_ms": ("page 1000 (offset 49,950)", "checkpoints?page=1000", None),
+    # What a live page polls every 2 s (on SQLite read again only after a write).
+    "version_ms": ("/api/version (live poll)", "api/version", None),
+    "health_ms": ("Health page", "health", None),
+    # The two best checkpoints by hmean (their paths are looked up when the server is up).
+    "compare_ms": ("Compare page (2 checkpoints)", "compare", None),
 }
 TARGET_N = 100_000
 READY_S = 1.0
@@ -86,6 +91,13 @@ def fetch(url: str) -> tuple[float, int]:
     return time.perf_counter() - start, len(body)
 
 
+def compare_path(address: str) -> str:
+    """The Compare page of the two best checkpoints by hmean."""
+    with urllib.request.urlopen(address + "api/checkpoints?per_page=2&sort=hmean:desc") as reply:
+        paths = [r["checkpoint_path"] for r in json.load(reply)["checkpoints"]]
+    return "compare?" + urlencode([("path", p) for p in paths])
+
+
 def peak_rss_mb(pid: int) -> float | None:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -117,6 +129,8 @@ def serve_and_time(db: str, repeat: int, base: Path) -> dict[str, Any]:
         fetch(address + "checkpoints")
         figures["ready_s"] = time.perf_counter() - start
         for key, (_, path, _) in PAGES.items():
+            if key == "compare_ms":
+                path = compare_path(address)
             if key == "deep_page_ms":
                 figures["peak_rss_mb_before_deep"] = peak_rss_mb(server.pid)
             figures[key + "_first"] = fetch(address + path)[0] * 1000  # cold: nothing cached
