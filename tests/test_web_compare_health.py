@@ -201,3 +201,31 @@ def test_version_changes_when_a_row_is_upserted_and_not_otherwise(
         client.get("/api/version", headers={"if-none-match": changed.headers["etag"]}).status_code
         == 304
     )
+
+
+def test_compare_health_and_version_conform_to_the_openapi_document(
+    client: TestClient, db_url: str
+) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(db_url))
+    for route in ("/api/health", "/api/version"):
+        case = schema[route]["GET"].Case()
+        assert case.call_and_validate().status_code == 200
+    seen: set[int] = set()
+    paths = paths_of(client)[:3]
+
+    @given(case=schema["/api/compare"]["GET"].as_strategy())
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+    def check(case) -> None:
+        response = case.call_and_validate(
+            excluded_checks=[schemathesis.checks.positive_data_acceptance]
+        )
+        seen.add(response.status_code)
+
+    check()
+    assert seen <= {200, 400, 404} and seen & {400, 404}
+    # And a real comparison conforms.
+    case = schema["/api/compare"]["GET"].Case(query={"path": paths, "all": True})
+    assert case.call_and_validate().status_code == 200

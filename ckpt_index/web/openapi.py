@@ -146,9 +146,17 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "503": _json("The index cannot be read.", "Error"),
                     },
                 }
+            },
+            **_extra_paths(),
+        },
+        "components": {
+            "schemas": {
+                "Checkpoint": checkpoint,
+                "Page": page,
+                "Error": error,
+                **_extra_schemas(),
             }
         },
-        "components": {"schemas": {"Checkpoint": checkpoint, "Page": page, "Error": error}},
     }
 
 
@@ -156,4 +164,112 @@ def _json(description: str, schema: str) -> dict[str, Any]:
     return {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _extra_paths() -> dict[str, Any]:
+    """/api/compare, /api/health and /api/version (the Compare and Health pages, live pages)."""
+    unreadable = _json("The index cannot be read.", "Error")
+    return {
+        "/api/compare": {
+            "get": {
+                "operationId": "compareCheckpoints",
+                "summary": "Checkpoints side by side, as `ckpt-index diff --format json`.",
+                "parameters": [
+                    _parameter(
+                        "path",
+                        {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "minItems": 2,
+                            "maxItems": 6,
+                        },
+                        "An indexed checkpoint path, exactly (repeat: 2 to 6 of them).",
+                    ),
+                    _parameter("all", {"type": "boolean"}, "Every row, not only differing ones."),
+                ],
+                "responses": {
+                    "200": _json("The compared paths and rows.", "Compare"),
+                    "400": _json("Fewer than 2 or more than 6 checkpoints.", "Error"),
+                    "404": _json("A path the index has no checkpoint for.", "Error"),
+                    "503": unreadable,
+                },
+            }
+        },
+        "/api/health": {
+            "get": {
+                "operationId": "indexHealth",
+                "summary": "Invalid, unreadable, orphaned and stale files, and index statistics.",
+                "responses": {"200": _json("The report.", "Health"), "503": unreadable},
+            }
+        },
+        "/api/version": {
+            "get": {
+                "operationId": "indexVersion",
+                "summary": "A fingerprint of the index that changes when a row is written.",
+                "responses": {
+                    "200": _json("The fingerprint (also the ETag).", "Version"),
+                    "304": {"description": "Unchanged since the If-None-Match ETag."},
+                    "503": unreadable,
+                },
+            }
+        },
+    }
+
+
+def _extra_schemas() -> dict[str, Any]:
+    from ckpt_index.web.health import SECTIONS
+
+    item = {
+        "type": "object",
+        "properties": {
+            "path": {"type": "string"},
+            "checkpoint_path": {"type": "string"},
+            "reason": {"type": ["string", "null"]},
+        },
+        "required": ["path", "checkpoint_path", "reason"],
+    }
+    sections = [key for key, _, _ in SECTIONS]
+    return {
+        "Compare": {
+            "type": "object",
+            "properties": {
+                "checkpoints": {"type": "array", "items": {"type": "string"}},
+                "rows": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "values": {"type": "array"},
+                            "missing": {"type": "array", "items": {"type": "integer"}},
+                        },
+                        "required": ["name", "values"],
+                    },
+                },
+            },
+            "required": ["checkpoints", "rows"],
+        },
+        "Health": {
+            "type": "object",
+            "properties": {
+                "counts": {
+                    "type": "object",
+                    "properties": dict.fromkeys(sections, {"type": "integer", "minimum": 0}),
+                },
+                **dict.fromkeys(sections, {"type": "array", "items": item}),
+                "stats": {"type": "object"},
+            },
+            "required": ["counts", *sections, "stats"],
+        },
+        "Version": {
+            "type": "object",
+            "properties": {
+                "version": {"type": "string"},
+                "checkpoints": {"type": "integer", "minimum": 0},
+                "max_id": {"type": ["integer", "null"]},
+                "indexed_at": {"type": ["string", "null"]},
+            },
+            "required": ["version", "checkpoints", "max_id", "indexed_at"],
+        },
     }
