@@ -133,12 +133,15 @@ def test_a_row_upserted_while_the_page_is_open_appears(
     assert page.locator("#summary").inner_text().startswith("0 checkpoints")
     page.evaluate("window.notReloaded = true")
     page.locator("#where").fill("epoch >= 0")  # typed, not submitted: kept across the refresh
+    page.locator("html[data-live-version]").wait_for(state="attached")  # the first poll
+    shown = page.evaluate("document.documentElement.dataset.liveVersion")
 
     new = tree / "live" / "checkpoints" / "epoch-04_step-000040.ckpt"
     write_checkpoint(new, exp_name="live-run", **{"metrics.hmean": 0.7, "training.epoch": 4})
     sync(tree, db_url)
 
     page.locator(f'#checkpoints tbody tr[data-path="{new}"]').wait_for(timeout=10_000)
+    assert page.evaluate("document.documentElement.dataset.liveVersion") != shown
     assert page.locator("#summary").inner_text().startswith("1 checkpoint")
     assert page.evaluate("window.notReloaded") is True  # the data came in, the page stayed
     assert page.locator("#where").input_value() == "epoch >= 0"

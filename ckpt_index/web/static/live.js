@@ -39,6 +39,7 @@
         const { version } = await reply.json();
         if (known !== null && version !== known) await refresh();
         known = version;
+        document.documentElement.dataset.liveVersion = version; // what the page shows
       }
     } catch (_error) {
       // The server is away (restarting): try again at the next tick.
