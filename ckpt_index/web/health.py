@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, case, func, select
 from sqlalchemy.sql import ColumnElement
 
 from ckpt_index.index.tables import checkpoints
@@ -58,9 +58,20 @@ def read_health(conn: Connection, limit: int = MAX_LISTED) -> dict[str, Any]:
             c.unsafe_globals,
         ),
     }
-    report: dict[str, Any] = {"counts": {}}
+    # Every count in one pass over the table; a list is read only when its count is not 0.
+    counted = conn.execute(
+        select(
+            *(
+                func.coalesce(func.sum(case((condition, 1), else_=0)), 0).label(key)
+                for key, (condition, _, _) in queries.items()
+            )
+        )
+    ).one()
+    report: dict[str, Any] = {"counts": {key: int(counted[i]) for i, key in enumerate(queries)}}
     for key, (condition, path, reason) in queries.items():
-        report["counts"][key] = conn.scalar(select(func.count()).where(condition))
+        if not report["counts"][key]:
+            report[key] = []
+            continue
         rows = conn.execute(
             select(path.label("path"), c.checkpoint_path, reason.label("reason"))
             .where(condition)
@@ -99,28 +110,62 @@ def read_version(conn: Connection) -> dict[str, Any]:
     }
 
 
-__all__ = ["MAX_LISTED", "SECTIONS", "read_health", "read_version"]
+#: On PostgreSQL (no cheap sign of a write) the report and the fingerprint are reused this long.
+HEALTH_TTL_S = 5.0
+VERSION_TTL_S = 1.0
 
 
-def health_routes(reader: Any, templates: Any) -> list[Any]:
+class _Remembered:
+    """One answer, reused while the SQLite index is unchanged (its reader's token), or for
+    ``ttl`` seconds on PostgreSQL, whoever asks (every open page polls)."""
+
+    def __init__(self, reader: Any, ttl: float) -> None:
+        import threading
+
+        self._reader, self._ttl = reader, ttl
+        self._lock = threading.Lock()
+        self._key: Any = None
+        self._answer: Any = None
+
+    def get(self, compute: Any) -> Any:
+        import time
+
+        key = self._reader.token()
+        if key is None:
+            key = ("ttl", int(time.monotonic() // self._ttl)) if self._ttl > 0 else object()
+        with self._lock:
+            if self._key == key and self._answer is not None:
+                return self._answer
+        answer = self._reader.read(compute)
+        with self._lock:
+            self._key, self._answer = key, answer
+        return answer
+
+
+def health_routes(
+    reader: Any,
+    templates: Any,
+    *,
+    health_ttl: float = HEALTH_TTL_S,
+    version_ttl: float = VERSION_TTL_S,
+) -> list[Any]:
     """``/health`` and ``/api/health`` (the report), and ``/api/version`` (the fingerprint live
-    pages poll; an ``ETag`` on it, so an unchanged index answers 304 with no body). On SQLite the
-    fingerprint is read again only when the index file or its ``-wal`` changed."""
-    import threading
-
+    pages poll; an ``ETag`` on it, so an unchanged index answers 304 with no body). On SQLite both
+    are read again only when the index file or its ``-wal`` changed; on PostgreSQL they are reused
+    for ``health_ttl`` and ``version_ttl`` seconds."""
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     from ckpt_index.index.engine import IndexError_
 
-    remembered: dict[str, Any] = {}
-    lock = threading.Lock()
+    health = _Remembered(reader, health_ttl)
+    fingerprint = _Remembered(reader, version_ttl)
 
     def page(request: Request) -> Response:
         error, report, status = None, None, 200
         try:
-            report = reader.read(read_health)
+            report = health.get(read_health)
         except IndexError_ as exc:
             error, status = str(exc), 503
         context = {"active": "health", "report": report, "error": error, "sections": SECTIONS}
@@ -128,24 +173,15 @@ def health_routes(reader: Any, templates: Any) -> list[Any]:
 
     def api(request: Request) -> Response:
         try:
-            return JSONResponse(reader.read(read_health))
+            return JSONResponse(health.get(read_health))
         except IndexError_ as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
 
     def version(request: Request) -> Response:
-        token = reader.token()
-        with lock:
-            found = remembered.get("answer") if token is not None else None
-            if found is not None and remembered.get("token") != token:
-                found = None
-        if found is None:
-            try:
-                found = reader.read(read_version)
-            except IndexError_ as exc:
-                return JSONResponse({"error": str(exc)}, status_code=503)
-            if token is not None:
-                with lock:
-                    remembered.update(token=token, answer=found)
+        try:
+            found = fingerprint.get(read_version)
+        except IndexError_ as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
         etag = '"' + found["version"].replace('"', "") + '"'
         headers = {"etag": etag, "cache-control": "no-cache"}
         if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
@@ -157,3 +193,6 @@ def health_routes(reader: Any, templates: Any) -> list[Any]:
         Route("/api/health", api),
         Route("/api/version", version),
     ]
+
+
+__all__ = ["MAX_LISTED", "SECTIONS", "health_routes", "read_health", "read_version"]
