@@ -34,6 +34,7 @@ from ckpt_index.query.columns import Column, select
 from ckpt_index.query.spec import QuerySpec
 from ckpt_index.query.table import human_size
 from ckpt_index.vocabulary import GROUPABLE, PHASES
+from ckpt_index.web.checkpoint import checkpoint_link, checkpoint_routes
 from ckpt_index.web.checkpoints import (
     FACETS,
     USAGE_ERRORS,
@@ -46,6 +47,7 @@ from ckpt_index.web.checkpoints import (
     read_page,
 )
 from ckpt_index.web.compare import compare_routes
+from ckpt_index.web.experiment import experiment_link, experiment_routes
 from ckpt_index.web.health import health_routes
 from ckpt_index.web.openapi import openapi_document
 from ckpt_index.web.reader import IndexReader
@@ -105,10 +107,15 @@ class SecurityHeaders:
 def _static_assets() -> dict[str, tuple[bytes, str]]:
     """The package's static files by name, read once (never a path from a request)."""
     assets: dict[str, tuple[bytes, str]] = {}
-    for entry in resources.files("ckpt_index.web").joinpath("static").iterdir():
-        suffix = "." + entry.name.rpartition(".")[2]
-        if entry.is_file() and suffix in _STATIC_TYPES:
-            assets[entry.name] = (entry.read_bytes(), _STATIC_TYPES[suffix])
+    static = resources.files("ckpt_index.web").joinpath("static")
+    # static/vendor/: third-party files (uPlot, with its licence), served as vendor/NAME.
+    for prefix, folder in (("", static), ("vendor/", static.joinpath("vendor"))):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            suffix = "." + entry.name.rpartition(".")[2]
+            if entry.is_file() and suffix in _STATIC_TYPES:
+                assets[prefix + entry.name] = (entry.read_bytes(), _STATIC_TYPES[suffix])
     return assets
 
 
@@ -138,6 +145,8 @@ def _templates() -> Jinja2Templates:
     )
     env.filters["cell"] = _cell
     env.globals.update(version=__version__, phases=PHASES, groupable=GROUPABLE)
+    env.globals.update(checkpoint_link=checkpoint_link, experiment_link=experiment_link)
+    env.filters["cell_size"] = lambda v: human_size(v) if isinstance(v, int) else ""
     return Jinja2Templates(env=env)
 
 
@@ -213,9 +222,11 @@ def create_app(
         Route("/checkpoints", render_checkpoints),
         Route("/api/checkpoints", api_checkpoints),
         Route("/openapi.json", openapi),
-        Route("/static/{name}", static),
+        Route("/static/{name:path}", static),
         *compare_routes(reader, templates),
         *health_routes(reader, templates),
+        *experiment_routes(reader, templates),
+        *checkpoint_routes(reader, templates),
     ]
     middleware = [Middleware(SecurityHeaders)]
     if allowed_hosts is not None:
