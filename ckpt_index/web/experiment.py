@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from sqlalchemy import Connection
 
@@ -141,8 +141,18 @@ def experiment_routes(reader: Any, templates: Any) -> list[Any]:
     from ckpt_index.index.engine import IndexError_
     from ckpt_index.web.checkpoint import checkpoint_link
 
+    def name_of(request: Request) -> str:
+        """The name from the raw path, decoded once (a name may hold ``%2F`` or ``/``)."""
+        raw = request.scope.get("raw_path")
+        if isinstance(raw, bytes):
+            text = raw.decode("latin-1").split("?", 1)[0]
+            for prefix in ("/api/experiments/", "/experiments/"):
+                if text.startswith(prefix):
+                    return unquote(text[len(prefix) :], errors="replace")
+        return str(request.path_params["name"])
+
     def answer(request: Request) -> tuple[Experiment | None, str | None, int]:
-        name = request.path_params["name"]
+        name = name_of(request)
         metric = request.query_params.get("metric") or None
         try:
             return reader.read(lambda conn: read_experiment(conn, name, metric)), None, 200
@@ -177,7 +187,7 @@ def experiment_routes(reader: Any, templates: Any) -> list[Any]:
             "chart": chart,
             "checkpoint_link": checkpoint_link,
             "experiment_link": experiment_link,
-            "name": request.path_params["name"],
+            "name": name_of(request),
         }
         return templates.TemplateResponse(request, "experiment.html", context, status_code=status)
 
