@@ -46,6 +46,9 @@ PAGES: dict[str, tuple[str, str, float | None]] = {
     "health_ms": ("Health page", "health", None),
     # The two best checkpoints by hmean (their paths are looked up when the server is up).
     "compare_ms": ("Compare page (2 checkpoints)", "compare", None),
+    # The experiment of the best checkpoint (200 checkpoints) and that checkpoint's page.
+    "experiment_ms": ("Experiment page (200 checkpoints)", "experiments", 100.0),
+    "checkpoint_ms": ("Checkpoint page", "checkpoint", None),
 }
 TARGET_N = 100_000
 READY_S = 1.0
@@ -98,6 +101,19 @@ def compare_path(address: str) -> str:
     return "compare?" + urlencode([("path", p) for p in paths])
 
 
+def best_pages(address: str) -> dict[str, str]:
+    """The Experiment page of the best checkpoint by hmean, and that checkpoint's page."""
+    from ckpt_index.web.checkpoint import checkpoint_link
+    from ckpt_index.web.experiment import experiment_link
+
+    with urllib.request.urlopen(address + "api/checkpoints?per_page=1&sort=hmean:desc") as reply:
+        best = json.load(reply)["checkpoints"][0]
+    return {
+        "experiment_ms": experiment_link(best["exp_name"], "experiments/"),
+        "checkpoint_ms": checkpoint_link(best["checkpoint_path"], "checkpoint"),
+    }
+
+
 def peak_rss_mb(pid: int) -> float | None:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -131,6 +147,8 @@ def serve_and_time(db: str, repeat: int, base: Path) -> dict[str, Any]:
         for key, (_, path, _) in PAGES.items():
             if key == "compare_ms":
                 path = compare_path(address)
+            if key in ("experiment_ms", "checkpoint_ms"):
+                path = best_pages(address)[key]
             if key == "deep_page_ms":
                 figures["peak_rss_mb_before_deep"] = peak_rss_mb(server.pid)
             figures[key + "_first"] = fetch(address + path)[0] * 1000  # cold: nothing cached
