@@ -190,3 +190,19 @@ def test_every_page_keeps_the_csp_and_vendor_files_are_served(client: TestClient
     assert "MIT" in client.get("/static/vendor/uPlot.LICENSE.txt").text
     for url in ("/static/vendor/../app.py", "/static/vendor/", "/static/vendor/x.js"):
         assert client.get(url).status_code == 404, url
+
+
+def test_openapi_lists_the_experiment_and_checkpoint_json(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    experiment = document["paths"]["/api/experiments/{name}"]["get"]
+    assert {p["name"] for p in experiment["parameters"]} == {"name", "metric"}
+    assert set(experiment["responses"]) == {"200", "404", "503"}
+    name = demo_experiment(client)
+    body = client.get(experiment_link(name, "/api/experiments/")).json()
+    schema = document["components"]["schemas"]["Experiment"]
+    assert set(schema["required"]) <= set(body) and set(body) <= set(schema["properties"])
+    detail = document["components"]["schemas"]["CheckpointDetail"]["allOf"][1]
+    record = client.get(
+        checkpoint_link(body["checkpoints"][0]["checkpoint_path"], "/api/checkpoint")
+    ).json()
+    assert set(detail["required"]) <= set(record)

@@ -148,6 +148,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 }
             },
             **_extra_paths(),
+            **_page_paths(),
         },
         "components": {
             "schemas": {
@@ -155,6 +156,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "Page": page,
                 "Error": error,
                 **_extra_schemas(),
+                **_page_schemas(),
             }
         },
     }
@@ -271,5 +273,109 @@ def _extra_schemas() -> dict[str, Any]:
                 "indexed_at": {"type": ["string", "null"]},
             },
             "required": ["version", "checkpoints", "max_id", "indexed_at"],
+        },
+    }
+
+
+def _page_paths() -> dict[str, Any]:
+    """/api/experiments/{name} and /api/checkpoint (the Experiment and Checkpoint pages)."""
+    unreadable = _json("The index cannot be read.", "Error")
+    return {
+        "/api/experiments/{name}": {
+            "get": {
+                "operationId": "experiment",
+                "summary": "One experiment: its checkpoints (as `query --exp NAME --format "
+                "json`, by epoch), shared and varying parameters, and a metric's curve.",
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "The experiment name, exactly (URL-encoded).",
+                    },
+                    _parameter(
+                        "metric",
+                        {"type": "string"},
+                        "The curve's metric (default: the monitored one, else hmean).",
+                    ),
+                ],
+                "responses": {
+                    "200": _json("The experiment.", "Experiment"),
+                    "404": _json("No checkpoint carries this name.", "Error"),
+                    "503": unreadable,
+                },
+            }
+        },
+        "/api/checkpoint": {
+            "get": {
+                "operationId": "checkpoint",
+                "summary": "One checkpoint: its record, parameter sources, inferred fields and "
+                "the indexed sidecar.",
+                "parameters": [
+                    {
+                        "name": "path",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "An indexed checkpoint path, exactly.",
+                    }
+                ],
+                "responses": {
+                    "200": _json("The checkpoint.", "CheckpointDetail"),
+                    "400": _json("No path given.", "Error"),
+                    "404": _json("The index has no checkpoint with this path.", "Error"),
+                    "503": unreadable,
+                },
+            }
+        },
+    }
+
+
+def _page_schemas() -> dict[str, Any]:
+    record = {"$ref": "#/components/schemas/Checkpoint"}
+    nullable_string = {"type": ["string", "null"]}
+    return {
+        "Experiment": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "checkpoints": {"type": "array", "items": record},
+                "params": {
+                    "type": "object",
+                    "properties": {"shared": {"type": "object"}, "varying": {"type": "object"}},
+                    "required": ["shared", "varying"],
+                },
+                "metrics": {"type": "array", "items": {"type": "string"}},
+                "metric": nullable_string,
+                "mode": {"type": "string", "enum": ["min", "max"]},
+                "best_path": nullable_string,
+                "curve": {
+                    "type": "object",
+                    "properties": {
+                        "epoch": {"type": "array", "items": {"type": "integer"}},
+                        "global_step": {"type": "array", "items": {"type": ["integer", "null"]}},
+                        "value": {"type": "array", "items": {"type": "number"}},
+                        "path": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+            "required": ["name", "checkpoints", "params", "metrics", "metric", "best_path"],
+        },
+        "CheckpointDetail": {
+            "allOf": [
+                record,
+                {
+                    "type": "object",
+                    "properties": {
+                        "param_sources": {"type": "object"},
+                        "inferred_fields": {},
+                        "ckpt_mtime_ns": {"type": ["integer", "null"]},
+                        "sidecar_text": nullable_string,
+                        "metadata": {"type": ["object", "null"]},
+                    },
+                    "required": ["param_sources", "inferred_fields", "sidecar_text"],
+                },
+            ]
         },
     }
