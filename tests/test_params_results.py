@@ -324,3 +324,13 @@ def test_varying_table_shows_a_grouped_parameter_once(invoke_db, sweep) -> None:
     header = result.output.splitlines()[0].split()
     assert header.count("model.optimizer.lr") == 1, header
     assert "data.batch_size" in header  # the other varying parameters stay
+
+
+@pytest.mark.parametrize("option", ["--columns", "--where", "--sort"])
+def test_param_set_id_is_not_a_field(invoke_db, sweep, option) -> None:
+    # The store's link to a parameter set is no fact about a checkpoint: naming it is an
+    # unknown name (it once came back as a metric holding null).
+    value = "param_set_id = 1" if option == "--where" else "param_set_id"
+    result = invoke_db("query", option, value, "--format", "json")
+    assert result.exit_code == 2, result.output
+    assert "param_set_id" in result.output

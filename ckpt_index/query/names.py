@@ -29,7 +29,8 @@ from ckpt_index.query.where import point_at
 FIELDS = frozenset(
     c.name
     for c in checkpoints.columns
-    if c.name not in ("id", "metadata_json", "ckpt_mtime_ns", "sidecar_mtime_ns")
+    # param_set_id is the store's link to a parameter set, not a fact about the checkpoint.
+    if c.name not in ("id", "metadata_json", "ckpt_mtime_ns", "sidecar_mtime_ns", "param_set_id")
 )
 
 
