@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from helpers.browser import CHROMIUM
 from helpers.postgres import PG_ADMIN_URL, pg_url_with_schema
 
 from ckpt_index.cli import cli
@@ -112,3 +113,28 @@ def invoke_db(db_url: str) -> Callable[..., Any]:
         return runner.invoke(cli, argv, input=input, catch_exceptions=False)
 
     return run
+
+
+# --------------------------------------------------------------------------------------------
+# Browser tests (tests/test_web_browser*.py; see tests/helpers/browser.py)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """pytest-playwright's browser, launched from Debian's Chromium (never downloaded)."""
+    return {**browser_type_launch_args, "executable_path": CHROMIUM}
+
+
+@pytest.fixture
+def watched(page: Any) -> dict[str, list[str]]:
+    """Dialogs opened and console errors (a CSP violation is one) while the test runs."""
+    seen: dict[str, list[str]] = {"dialogs": [], "errors": []}
+
+    def on_dialog(dialog: Any) -> None:
+        seen["dialogs"].append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
+    page.on("pageerror", lambda exc: seen["errors"].append(str(exc)))
+    return seen

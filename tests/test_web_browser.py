@@ -9,10 +9,7 @@ missing browser fails them.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -20,27 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.browser import require_browser, serving
 from helpers.checkpoints import write_checkpoint
 from helpers.index_rows import sync
 
 from ckpt_index.tools.demo import make_demo_tree
 
-CHROMIUM = "/usr/bin/chromium"
 HOSTILE = "<img src=x onerror=alert(1)>"
 
-if not Path(CHROMIUM).exists() and os.environ.get("CI") != "true":
-    pytest.skip(
-        f"no browser at {CHROMIUM} (apt-get install -y chromium); required when CI=true",
-        allow_module_level=True,
-    )
+require_browser()
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """pytest-playwright's browser, launched from Debian's Chromium (never downloaded)."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM}
 
 
 @pytest.fixture
@@ -55,42 +42,13 @@ def server(tmp_path: Path, db_url: str) -> Iterator[str]:
         **{"metrics.hmean": 0.5},
     )
     sync(root, db_url)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ckpt_index", "serve", "--db", db_url, "--port", "0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        address = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
-        assert address, (line, process.stderr.read() if process.poll() is not None else "")
-        yield address.group(1)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with serving(db_url, tmp_path) as address:
+        yield address
 
 
 def api(address: str, query: str = "") -> dict[str, Any]:
     with urllib.request.urlopen(address + "api/checkpoints?per_page=500&" + query) as reply:
         return json.load(reply)
-
-
-@pytest.fixture
-def watched(page: Any) -> dict[str, list[str]]:
-    """Dialogs opened and console errors (a CSP violation is one) while the test runs."""
-    seen: dict[str, list[str]] = {"dialogs": [], "errors": []}
-
-    def on_dialog(dialog: Any) -> None:
-        seen["dialogs"].append(dialog.message)
-        dialog.dismiss()
-
-    page.on("dialog", on_dialog)
-    page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
-    page.on("pageerror", lambda exc: seen["errors"].append(str(exc)))
-    return seen
 
 
 def rows(page: Any) -> list[str]:

@@ -8,40 +8,26 @@ except in CI (``CI=true``), where a missing browser fails them.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.browser import require_browser, serving
 from helpers.checkpoints import write_checkpoint
 from helpers.files import age
 from helpers.index_rows import sync
 
 from ckpt_index.tools.demo import make_demo_tree
 
-CHROMIUM = "/usr/bin/chromium"
-
-if not Path(CHROMIUM).exists() and os.environ.get("CI") != "true":
-    pytest.skip(
-        f"no browser at {CHROMIUM} (apt-get install -y chromium); required when CI=true",
-        allow_module_level=True,
-    )
+require_browser()
 
 pytestmark = pytest.mark.slow
 
 #: The highlight of a differing row (live.css).
 HIGHLIGHT = "rgb(255, 244, 194)"
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """pytest-playwright's browser, launched from Debian's Chromium (never downloaded)."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM}
 
 
 @pytest.fixture
@@ -56,42 +42,13 @@ def tree(tmp_path: Path) -> Path:
 def server(tmp_path: Path, tree: Path, db_url: str) -> Iterator[str]:
     """The demo tree indexed and served by `ckpt-index serve` on a free port; yields its address."""
     sync(tree, db_url)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ckpt_index", "serve", "--db", db_url, "--port", "0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        address = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
-        assert address, (line, process.stderr.read() if process.poll() is not None else "")
-        yield address.group(1)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with serving(db_url, tmp_path) as address:
+        yield address
 
 
 def get_json(address: str, path: str) -> Any:
     with urllib.request.urlopen(address + path) as reply:
         return json.load(reply)
-
-
-@pytest.fixture
-def watched(page: Any) -> dict[str, list[str]]:
-    """Dialogs opened and console errors (a CSP violation is one) while the test runs."""
-    seen: dict[str, list[str]] = {"dialogs": [], "errors": []}
-
-    def on_dialog(dialog: Any) -> None:
-        seen["dialogs"].append(dialog.message)
-        dialog.dismiss()
-
-    page.on("dialog", on_dialog)
-    page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
-    page.on("pageerror", lambda exc: seen["errors"].append(str(exc)))
-    return seen
 
 
 def test_compare_shows_two_columns_with_the_differences_highlighted(
