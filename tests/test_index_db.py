@@ -385,19 +385,28 @@ def make_revision_0003_fixture(path: Path) -> None:
     _write_fixture(path, "0003", columns, rows, metrics)
 
 
-def make_revision_0004_fixture(path: Path) -> None:
-    """Revision 0004 (bytewise paths; no new column): the rows of 0003."""
-    make_revision_0003_fixture(path)
+def _upgrade_fixture(path: Path, revision: str, update: str | None = None) -> None:
+    """Upgrade the fixture database at ``path`` to ``revision``, run ``update`` (SQL giving the
+    new columns a value) and compact it as the committed fixtures are (no WAL, vacuumed)."""
     url = resolve_db_url(path)
     engine = create_index_engine(url)
     try:
-        upgrade(engine, url, "0004")
+        upgrade(engine, url, revision)
+        if update is not None:
+            with write_transaction(engine) as conn:
+                conn.exec_driver_sql(update)
     finally:
         engine.dispose()
     with sqlite_connect(path) as con:
         con.isolation_level = None
         con.execute("PRAGMA journal_mode = DELETE")
         con.execute("VACUUM")
+
+
+def make_revision_0004_fixture(path: Path) -> None:
+    """Revision 0004 (bytewise paths; no new column): the rows of 0003."""
+    make_revision_0003_fixture(path)
+    _upgrade_fixture(path, "0004")
 
 
 def make_revision_0005_fixture(path: Path) -> None:
@@ -405,40 +414,19 @@ def make_revision_0005_fixture(path: Path) -> None:
     ``--inspect`` (no unsafe globals, not stale). 0006 only adds columns (``aliases``,
     ``is_last``, NULL until a sync); rows of links are folded by the next sync (test_aliases)."""
     make_revision_0004_fixture(path)
-    url = resolve_db_url(path)
-    engine = create_index_engine(url)
-    try:
-        upgrade(engine, url, "0005")
-        with write_transaction(engine) as conn:
-            conn.exec_driver_sql(
-                "UPDATE checkpoints SET unsafe_globals = '[]', stale = 0 WHERE id = 1"
-            )
-    finally:
-        engine.dispose()
-    with sqlite_connect(path) as con:
-        con.isolation_level = None
-        con.execute("PRAGMA journal_mode = DELETE")
-        con.execute("VACUUM")
+    _upgrade_fixture(
+        path, "0005", "UPDATE checkpoints SET unsafe_globals = '[]', stale = 0 WHERE id = 1"
+    )
 
 
 def make_revision_0006_fixture(path: Path) -> None:
     """Revision 0006 (aliases, is_last): the rows of 0005, the first one with a link listed."""
     make_revision_0005_fixture(path)
-    url = resolve_db_url(path)
-    engine = create_index_engine(url)
-    try:
-        upgrade(engine, url, "0006")
-        with write_transaction(engine) as conn:
-            conn.exec_driver_sql(
-                "UPDATE checkpoints SET aliases = '[\"/runs/exp/last.ckpt\"]', is_last = 0 "
-                "WHERE id = 1"
-            )
-    finally:
-        engine.dispose()
-    with sqlite_connect(path) as con:
-        con.isolation_level = None
-        con.execute("PRAGMA journal_mode = DELETE")
-        con.execute("VACUUM")
+    _upgrade_fixture(
+        path,
+        "0006",
+        "UPDATE checkpoints SET aliases = '[\"/runs/exp/last.ckpt\"]', is_last = 0 WHERE id = 1",
+    )
 
 
 #: revision -> function writing that revision's fixture database (add one per new revision).
