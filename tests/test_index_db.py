@@ -394,7 +394,8 @@ def _upgrade_fixture(path: Path, revision: str, update: str | None = None) -> No
         upgrade(engine, url, revision)
         if update is not None:
             with write_transaction(engine) as conn:
-                conn.exec_driver_sql(update)
+                for statement in update.split(";"):  # the fixtures' SQL holds no other ";"
+                    conn.exec_driver_sql(statement)
     finally:
         engine.dispose()
     with sqlite_connect(path) as con:
@@ -429,6 +430,22 @@ def make_revision_0006_fixture(path: Path) -> None:
     )
 
 
+def make_revision_0007_fixture(path: Path) -> None:
+    """Revision 0007 (hyperparameters): the rows of 0006, the first one with a parameter set of
+    two parameters (one overridden by Hydra)."""
+    make_revision_0006_fixture(path)
+    _upgrade_fixture(
+        path,
+        "0007",
+        "INSERT INTO param_sets (id, digest, size) VALUES (1, 'fixture-0007', 2);"
+        "INSERT INTO param_values (param_set_id, name, value_type, numeric_value, text_value,"
+        " source, overridden) VALUES"
+        " (1, 'model.lr', 'float', 0.01, '0.01', 'hydra', 1),"
+        " (1, 'data.batch_size', 'int', 16, '16', 'hydra', 0);"
+        "UPDATE checkpoints SET param_set_id = 1 WHERE id = 1",
+    )
+
+
 #: revision -> function writing that revision's fixture database (add one per new revision).
 FIXTURE_GENERATORS: dict[str, Callable[[Path], None]] = {
     "0001": make_revision_0001_fixture,
@@ -437,6 +454,7 @@ FIXTURE_GENERATORS: dict[str, Callable[[Path], None]] = {
     "0004": make_revision_0004_fixture,
     "0005": make_revision_0005_fixture,
     "0006": make_revision_0006_fixture,
+    "0007": make_revision_0007_fixture,
 }
 
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 #: The newest alembic revision this release ships (a test checks it against migrations/).
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 #: The alembic script directory, shipped inside the package (an installed wheel has no alembic.ini).
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: Serialises concurrent PostgreSQL upgrades across processes and machines (any fixed number).

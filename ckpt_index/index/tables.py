@@ -108,10 +108,23 @@ checkpoints = Table(
     # The row's hyperparameters (``param_sets``); NULL: none known. Checkpoints with the same
     # parameters (every checkpoint of a run) share one set. ``checkpoint_params`` is the view.
     Column("param_set_id", Integer, ForeignKey("param_sets.id"), index=True),
+    # The sidecar says ``pinned: true`` (``ckpt-index pin``): ``gc`` never deletes it. NULL: no.
+    Column("pinned", Boolean),
     # Unique indexes rather than UNIQUE constraints: a later revision can replace an index on
     # SQLite without rebuilding the table (which would cascade-delete the metrics).
     Index("ux_checkpoints_location_checkpoint_path", "location", "checkpoint_path", unique=True),
     Index("ix_checkpoints_checkpoint_path", "checkpoint_path"),
+    # The web page's facet counts: one scan of a narrow index rather than the wide table.
+    Index(
+        "ix_checkpoints_facets",
+        "exp_name",
+        "architecture",
+        "encoder",
+        "training_phase",
+        "status",
+        "source",
+        "checkpoint_exists",
+    ),
 )
 
 checkpoint_metrics = Table(
