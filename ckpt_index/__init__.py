@@ -31,6 +31,9 @@ _EXPORTS = {
     "validate_tree": "ckpt_index.tools.validate",
     "build_catalog": "ckpt_index.tools.catalog",
     "CheckpointCatalog": "ckpt_index.tools.catalog",
+    "plan_gc": "ckpt_index.tools.gc_plan",
+    "GcPolicy": "ckpt_index.tools.gc_plan",
+    "GcPlan": "ckpt_index.tools.gc_plan",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

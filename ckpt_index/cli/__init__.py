@@ -2,7 +2,8 @@
 
 The group and the entry point live here; the commands in ``index_commands`` (sync),
 ``query_commands`` (query, show, stats, sql), ``diff_commands`` (diff), ``tools_commands``
-(validate, convert, rename, demo), ``serve_commands`` (serve) and ``db_commands`` (db ...).
+(validate, convert, rename, demo), ``gc_commands`` (gc), ``serve_commands`` (serve) and
+``db_commands`` (db ...).
 Heavy libraries (torch, lightning, wandb, pandas) and the web stack are never imported;
 SQLAlchemy, pydantic and alembic only by the commands that need them.
 """
@@ -14,6 +15,7 @@ import click
 from ckpt_index import __version__
 from ckpt_index.cli.db_commands import db_group
 from ckpt_index.cli.diff_commands import diff
+from ckpt_index.cli.gc_commands import gc
 from ckpt_index.cli.index_commands import sync
 from ckpt_index.cli.query_commands import query, show, sql, stats
 from ckpt_index.cli.serve_commands import serve
@@ -34,7 +36,21 @@ def cli() -> None:
     """
 
 
-_COMMANDS = (sync, query, show, diff, validate, stats, sql, serve, db_group, convert, rename, demo)
+_COMMANDS = (
+    sync,
+    query,
+    show,
+    diff,
+    validate,
+    stats,
+    sql,
+    serve,
+    db_group,
+    convert,
+    rename,
+    demo,
+    gc,
+)
 for _command in _COMMANDS:
     cli.add_command(_command)
 

@@ -1,0 +1,172 @@
+"""``ckpt-index gc``: free disk by deleting the checkpoints a retention policy does not keep.
+
+A dry run by default: the plan is printed and nothing is written anywhere (not the index, not
+the tree). ``--apply`` carries the plan out (:func:`ckpt_index.tools.gc_apply.apply_gc`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ckpt_index.cli import completion
+from ckpt_index.cli.common import db_option, friendly_errors, write_data
+
+if TYPE_CHECKING:
+    from ckpt_index.tools.gc_plan import GcPlan
+
+GC_FORMATS = ("table", "json")
+
+
+@click.command()
+@click.argument("roots", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "--keep-best",
+    type=int,
+    metavar="K",
+    help="Keep the K best checkpoints by --by in each group (K >= 1).",
+)
+@click.option(
+    "--by",
+    metavar="METRIC[:max|min]",
+    shell_complete=completion.complete_metric,
+    help="The metric that ranks checkpoints (a field like hmean or any logged metric). "
+    "Direction defaults to max, or min for names containing 'loss'.",
+)
+@click.option(
+    "--per",
+    type=click.Choice(("exp_name", "run", "none")),
+    default=None,
+    help="Rank within each experiment (default), each run folder, or all together.",
+)
+@click.option(
+    "--keep-last",
+    type=int,
+    metavar="N",
+    help="Also keep the N newest checkpoints of each run (default 1; the newest always stays).",
+)
+@click.option(
+    "--keep-every-epochs",
+    type=int,
+    metavar="N",
+    help="Also keep every Nth epoch ((epoch + 1) % N == 0, as every_n_epochs saves them).",
+)
+@click.option(
+    "--keep",
+    "keep",
+    multiple=True,
+    metavar="GLOB",
+    help="Also keep checkpoints whose path relative to its root, or file name, matches GLOB "
+    "(repeatable).",
+)
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    help="Only delete files older than this: 30m, 12h, 7d, 2w, or seconds.",
+)
+@click.option(
+    "--include-active",
+    is_flag=True,
+    default=None,
+    help="Also delete from runs still being written (a file changed in the last 10 minutes).",
+)
+@click.option(
+    "--include-unranked",
+    is_flag=True,
+    default=None,
+    help="Also delete checkpoints without a value for the metric.",
+)
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Read the policy from FILE ([gc] table; [tool.ckpt-index.gc] in a pyproject.toml) "
+    "instead of looking for ckpt-index.toml or pyproject.toml in the roots and their parents.",
+)
+@click.option("--apply", is_flag=True, help="Delete the checkpoints the plan deletes.")
+@click.option(
+    "--trash",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="With --apply: move the files into DIR (outside the roots) instead of deleting them.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(GC_FORMATS),
+    default="table",
+    show_default=True,
+    help="table for people, json for scripts.",
+)
+@db_option
+@friendly_errors
+def gc(
+    roots: tuple[str, ...],
+    config: str | None,
+    apply: bool,
+    trash: str | None,
+    fmt: str,
+    db: str | None,
+    **flags: Any,
+) -> None:
+    """Delete the checkpoints under ROOT... that a retention policy does not keep (a dry run
+    unless --apply).
+
+    Kept whatever the flags: the best K by the metric in each group, every target of a link
+    (last.ckpt, best-*.ckpt, an alias or another hard link), best*/last* names, the newest
+    checkpoint of each run, pinned checkpoints, checkpoints of a run still being written and
+    those without a value for the metric (unless --include-active / --include-unranked), and
+    everything not in the index or indexed at another location. The plan lists every indexed
+    checkpoint under the roots with KEEP or DELETE and the reasons. Without --keep-best and --by
+    the policy comes from ckpt-index.toml ([gc]) or pyproject.toml ([tool.ckpt-index.gc]) in a
+    root or its parents; flags override the file. Sync first: the plan is made from the index.
+
+    Example:
+
+    \b
+        ckpt-index gc outputs/ --keep-best 3 --by val/hmean
+        ckpt-index gc outputs/ --keep-best 1 --by val/loss --per run --older-than 7d
+        ckpt-index sync outputs/ && ckpt-index gc outputs/ --apply --trash /scratch/trash
+    """
+    from ckpt_index.query.names import QueryError
+    from ckpt_index.tools.gc_config import GcConfigError, load_gc_config, make_policy
+    from ckpt_index.tools.gc_plan import plan_gc
+
+    try:
+        settings = load_gc_config(roots, config)
+        policy = make_policy(settings, **flags)
+        plan = plan_gc(roots, policy, db=db)
+    except (GcConfigError, QueryError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if trash is None:
+        trash = settings.values.get("trash")
+    if apply:
+        _apply(plan, trash, fmt)
+        return
+    _print_plan(plan, fmt, trash)
+
+
+def _print_plan(plan: GcPlan, fmt: str, trash: str | None) -> None:
+    from ckpt_index.tools.gc_render import render_plan
+
+    if fmt == "json":
+        write_data(json.dumps(plan.to_dict(), indent=2) + "\n")
+        return
+    write_data(render_plan(plan, width=_width(), trash=trash) + "\n")
+
+
+def _width() -> int | None:
+    """The terminal's width ($COLUMNS overrides it); None for a pipe (every value whole)."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
+
+
+# ---- The --apply branch (H-apply fills this in: apply_gc, --trash checks, the report) ----------
+def _apply(plan: GcPlan, trash: str | None, fmt: str) -> None:
+    """Carry ``plan`` out with :func:`ckpt_index.tools.gc_apply.apply_gc`."""
+    raise click.ClickException("gc --apply is not available yet")
