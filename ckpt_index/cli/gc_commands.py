@@ -168,5 +168,50 @@ def _width() -> int | None:
 
 # ---- The --apply branch (H-apply fills this in: apply_gc, --trash checks, the report) ----------
 def _apply(plan: GcPlan, trash: str | None, fmt: str) -> None:
-    """Carry ``plan`` out with :func:`ckpt_index.tools.gc_apply.apply_gc`."""
-    raise click.ClickException("gc --apply is not available yet")
+    """Carry ``plan`` out with :func:`ckpt_index.tools.gc_apply.apply_gc`, one line per deletion
+    as it happens (table) or the result at the end (json).
+
+    Exit status 0 whenever the apply ran: a deletion skipped by a re-check (or one whose file
+    could not be removed) is reported with its reason, not an error; a trash inside or holding a
+    root is a usage error (2).
+    """
+    import os
+
+    from ckpt_index.cli.common import echo_escaped
+    from ckpt_index.safe_io import human_bytes
+    from ckpt_index.tools.gc_apply import TrashError, apply_gc, check_trash
+
+    if trash is not None:
+        try:
+            check_trash(trash, plan.roots)
+        except TrashError as exc:
+            raise click.UsageError(str(exc)) from None
+
+    def shown(item: Any) -> str:
+        return os.path.relpath(item.checkpoint_path, item.root)
+
+    def progress(item: Any, outcome: str) -> None:
+        if fmt != "table":
+            return
+        if outcome.startswith("skipped: "):
+            echo_escaped(f"skipped  {shown(item)}: {outcome.removeprefix('skipped: ')}")
+        elif outcome.startswith("trashed to "):
+            echo_escaped(f"trashed  {shown(item)} -> {outcome.removeprefix('trashed to ')}")
+        else:
+            echo_escaped(f"deleted  {shown(item)}{outcome.removeprefix('deleted')}")
+
+    result = apply_gc(plan, trash=trash, progress=progress)
+    if fmt == "json":
+        write_data(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    for path in result.finished:
+        echo_escaped(f"finished {path}: an interrupted deletion (its sidecar and row)")
+    for path, reason in result.skipped:
+        if path not in {item.checkpoint_path for item in plan.deletions}:
+            echo_escaped(f"skipped  {path}: {reason}")
+    verb = "moved to the trash" if trash else "deleted"
+    click.echo(
+        f"{verb} {len(result.deleted)} checkpoint(s) ({human_bytes(result.bytes_freed)} freed), "
+        f"skipped {len(result.skipped)}"
+        + (f", finished {len(result.finished)} interrupted" if result.finished else "")
+    )

@@ -79,14 +79,6 @@ def parse_duration(value: str | float | int, *, what: str = "--older-than") -> f
     return seconds
 
 
-def format_duration(seconds: float) -> str:
-    """``604800`` -> ``7d``: the largest unit that divides it, for the reasons shown."""
-    for unit in ("w", "d", "h", "m"):
-        if seconds and seconds % _UNITS[unit] == 0:
-            return f"{int(seconds // _UNITS[unit])}{unit}"
-    return f"{seconds:g}s"
-
-
 def find_gc_config(roots: Iterable[str | os.PathLike[str]]) -> Path | None:
     """The config file for ``roots``: in each root, then its parents upward, the first directory
     holding a ``gc`` table. Roots that find different files are an error (one policy per run)."""

@@ -11,8 +11,38 @@ checkpoint whatever the policy says.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import fnmatch
+import json
+import os
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, or_, select
+
+from ckpt_index.hyperparams import PREFIX as PARAMS_PREFIX
+from ckpt_index.index.tables import checkpoint_metrics, checkpoints
+from ckpt_index.sidecar.files import sidecar_path_for
+from ckpt_index.tools.rename_plan import is_kept_name
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+PathLike = str | os.PathLike[str]
+
+_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60}
+
+
+def format_duration(seconds: float) -> str:
+    """``604800`` -> ``7d``: the largest unit that divides it, for the reasons shown."""
+    for unit, size in _UNITS.items():
+        if seconds and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
 
 #: Values of ``GcPolicy.per``: the groups checkpoints are ranked in.
 PER_CHOICES = ("exp_name", "run", "none")
@@ -138,7 +168,462 @@ class GcPlan:
 
 
 def plan_gc(
-    roots: Any, policy: GcPolicy | None = None, *, db: str | None = None, **policy_fields: Any
+    roots: PathLike | Iterable[PathLike],
+    policy: GcPolicy | None = None,
+    *,
+    db: PathLike | None = None,
+    **policy_fields: Any,
 ) -> GcPlan:
-    """The plan for ``roots`` under ``policy`` (or a policy made of ``policy_fields``)."""
-    raise NotImplementedError("plan_gc: being written (issue 13)")
+    """The plan for ``roots`` under ``policy`` (or a policy of ``policy_fields``; given both,
+    the fields replace the policy's).
+
+    Reads the index read-only (a missing index raises, it is never created) and ``lstat``s each
+    run folder once; writes nothing. Raises :class:`~ckpt_index.query.names.QueryError` for a
+    metric the index does not know (with a suggestion) and ``ValueError`` for a bad policy.
+    """
+    from ckpt_index.index.engine import (
+        check_unlocked_read,
+        disposing,
+        is_sqlite,
+        open_engine,
+        resolve_db_url,
+        resolve_location,
+    )
+    from ckpt_index.index.readonly import install_read_guard
+
+    policy = _policy(policy, policy_fields)
+    resolved = _resolved_roots(roots)
+    url = resolve_db_url(db)
+    location = resolve_location()
+    guard = install_read_guard if is_sqlite(url) else None
+    with disposing(open_engine(db, readonly=True, on_connect=guard)) as engine:
+        with engine.connect() as conn:
+            metric, direction = _metric(conn, policy.by)
+            rows = _rows_under(conn, resolved, metric, location)
+        check_unlocked_read(engine)
+    items = _Planner(policy, direction, resolved, time.time()).plan(rows)
+    return GcPlan(
+        policy=policy,
+        roots=tuple(resolved),
+        db_url=_safe_url(url),
+        location=location,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        items=tuple(items),
+    )
+
+
+def _policy(policy: GcPolicy | None, fields: dict[str, Any]) -> GcPolicy:
+    # Imported here: gc_config builds on this module's GcPolicy.
+    from ckpt_index.tools.gc_config import validated_policy
+
+    base = policy.__dict__ if policy is not None else {}
+    return validated_policy({**base, **fields})
+
+
+def _resolved_roots(roots: PathLike | Iterable[PathLike]) -> list[str]:
+    """Each root resolved as sync resolves it (the index holds those paths), once each."""
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    resolved: list[str] = []
+    for root in roots:
+        path = os.path.realpath(os.fspath(root))
+        if not os.path.isdir(path):
+            raise NotADirectoryError(f"{os.fspath(root)}: not a directory")
+        if path not in resolved:
+            resolved.append(path)
+    if not resolved:
+        raise ValueError("gc needs at least one root")
+    return resolved
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password (the plan is printed and written to JSON)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse was opened anyway
+        return url
+
+
+def _metric(conn: Connection, by: str) -> tuple[tuple[str, str], str]:
+    """(("column" | "metric", name), direction) of ``by``, its name checked as ``query
+    --best-by`` checks it (unknown: an error with a suggestion)."""
+    from ckpt_index.query.names import FIELDS, QueryError
+    from ckpt_index.query.spec import QuerySpec, check_names, parse_direction
+
+    names = check_names(conn, QuerySpec(best_by=by))
+    name, direction = parse_direction(by)
+    name = names.get(name, name)
+    if name.startswith("metrics."):
+        return ("metric", name[len("metrics.") :]), direction
+    if name.startswith(PARAMS_PREFIX):
+        raise QueryError(f"--by {by!r}: a hyperparameter ranks no checkpoint; use a metric")
+    if name in FIELDS:
+        if checkpoints.c[name].type.python_type not in (int, float):
+            raise QueryError(f"--by {by!r}: {name} is no number; use a metric (e.g. hmean)")
+        return ("column", name), direction
+    return ("metric", name), direction
+
+
+def _rows_under(
+    conn: Connection, roots: list[str], metric: tuple[str, str], location: str
+) -> list[Any]:
+    """This location's rows below any root, with the metric's value: one statement, a range on
+    the path index per root."""
+    from ckpt_index.index.store import path_range
+
+    c = checkpoints.c
+    kind, name = metric
+    m = checkpoint_metrics.alias("m")
+    value = c[name] if kind == "column" else m.c.value
+    ranges = [
+        and_(c.checkpoint_path >= lo, c.checkpoint_path < hi) for lo, hi in map(path_range, roots)
+    ]
+    stmt = select(
+        c.id,
+        c.checkpoint_path,
+        c.sidecar_path,
+        c.exp_name,
+        c.epoch,
+        c.global_step,
+        c.status,
+        c.checkpoint_exists,
+        c.ckpt_size,
+        c.ckpt_mtime_ns,
+        c.sidecar_size,
+        c.sidecar_mtime_ns,
+        c.aliases,
+        c.is_last,
+        c.pinned,
+        value.label("value"),
+    ).where(c.location == location, or_(*ranges))
+    if kind == "metric":
+        stmt = stmt.select_from(
+            checkpoints.outerjoin(m, and_(m.c.checkpoint_id == c.id, m.c.name == name))
+        )
+    return list(conn.execute(stmt))
+
+
+#: Rows whose metrics are not trusted to rank: the sidecar was rejected, the file unreadable.
+_UNRANKED_STATUSES = {"invalid": "sidecar invalid", "unreadable": "checkpoint unreadable"}
+_SCOPES = {"exp_name": "in its experiment", "run": "in its run", "none": "under the roots"}
+
+
+@dataclass
+class _Folder:
+    """A run folder as one ``os.scandir`` saw it (``lstat``: links are looked at, not followed
+    out; a link's target is stat'ed only to know which file it names)."""
+
+    files: dict[str, os.stat_result] = field(default_factory=dict)  # regular files by name
+    others: set[str] = field(default_factory=set)  # names that are no regular file
+    links: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # target -> names
+    newest_ns: int = 0  # the newest change of the folder or any entry
+    error: str | None = None
+
+
+def _scan(path: str) -> _Folder:
+    folder = _Folder()
+    try:
+        folder.newest_ns = os.lstat(path).st_mtime_ns
+        with os.scandir(path) as entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # gone since the listing
+                folder.newest_ns = max(folder.newest_ns, st.st_mtime_ns)
+                if stat.S_ISREG(st.st_mode):
+                    folder.files[entry.name] = st
+                    continue
+                folder.others.add(entry.name)
+                if stat.S_ISLNK(st.st_mode):
+                    try:
+                        target = os.stat(entry.path)
+                    except OSError:
+                        continue  # dangling, or a loop
+                    folder.links.setdefault((target.st_dev, target.st_ino), []).append(entry.name)
+    except OSError as exc:
+        folder.error = exc.strerror or str(exc)
+    return folder
+
+
+def _newest_entry_ns(path: str) -> int:
+    """The newest change among ``path`` and its entries (no recursion); 0 if unreadable."""
+    newest = 0
+    try:
+        newest = os.lstat(path).st_mtime_ns
+        with os.scandir(path) as entries:
+            for entry in entries:
+                try:
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime_ns)
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return newest
+
+
+@dataclass
+class _Facts:
+    """What the planner knows of one row while it decides."""
+
+    row: Any
+    root: str
+    run: str
+    name: str
+    rel: str
+    st: os.stat_result | None
+    sidecar: str | None
+    sidecar_st: os.stat_result | None
+    value: float | None
+    group: str
+    keep: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # why a deletion is one
+    rankable: bool = False
+
+
+class _Planner:
+    def __init__(self, policy: GcPolicy, direction: str, roots: list[str], now: float) -> None:
+        self.policy = policy
+        self.direction = direction
+        self.roots = roots
+        self.now = now
+        self.metric = _bare_name(policy.by)
+        self.folders: dict[str, _Folder] = {}
+        self.active: dict[str, int] = {}  # run -> newest change (ns)
+
+    def plan(self, rows: Iterable[Any]) -> list[GcItem]:
+        facts = [self._facts(row) for row in rows]
+        runs: dict[str, list[_Facts]] = {}
+        groups: dict[str, list[_Facts]] = {}
+        for fact in facts:
+            runs.setdefault(fact.run, []).append(fact)
+            if fact.rankable:
+                groups.setdefault(fact.group, []).append(fact)
+        # Ranks first: the reasons read best first, as a person asks "why is it kept?".
+        for members in groups.values():
+            self._rank(members)
+        for members in runs.values():
+            self._newest(members)
+        items = [self._item(fact) for fact in facts]
+        order = {root: i for i, root in enumerate(self.roots)}
+        items.sort(key=lambda item: (order[item.root], item.checkpoint_path))
+        return items
+
+    # -- per row -------------------------------------------------------------------------------
+    def _facts(self, row: Any) -> _Facts:
+        path: str = row.checkpoint_path
+        root = max((r for r in self.roots if path.startswith(r.rstrip("/") + "/")), key=len)
+        run, name = os.path.split(path)
+        folder = self._folder(run)
+        st = folder.files.get(name)
+        sidecar_name = os.path.basename(sidecar_path_for(path))
+        sidecar_st = folder.files.get(sidecar_name)
+        unranked = _UNRANKED_STATUSES.get(row.status)
+        value = None if unranked else row.value
+        fact = _Facts(
+            row=row,
+            root=root,
+            run=run,
+            name=name,
+            rel=os.path.relpath(path, root),
+            st=st,
+            sidecar=os.path.join(run, sidecar_name) if sidecar_st is not None else None,
+            sidecar_st=sidecar_st,
+            value=value,
+            group=self._group(row.exp_name, run),
+        )
+        self._never(fact, folder, unranked)
+        self._policy_rules(fact)
+        return fact
+
+    def _folder(self, run: str) -> _Folder:
+        folder = self.folders.get(run)
+        if folder is None:
+            folder = self.folders[run] = _scan(run)
+            newest = folder.newest_ns
+            # Lightning writes its logs beside checkpoints/: a run is active while they change.
+            if os.path.basename(run) == "checkpoints":
+                newest = max(newest, _newest_entry_ns(os.path.dirname(run)))
+            self.active[run] = newest
+        return folder
+
+    def _group(self, exp_name: str | None, run: str) -> str:
+        if self.policy.per == "none":
+            return ""
+        if self.policy.per == "exp_name" and exp_name:
+            return exp_name
+        return run  # per run, or a checkpoint of no known experiment: ranked within its run
+
+    def _never(self, fact: _Facts, folder: _Folder, unranked: str | None) -> None:
+        """The reasons that keep a file whatever the policy says."""
+        row, st, keep = fact.row, fact.st, fact.keep
+        if folder.error is not None:
+            keep.append(f"its folder cannot be read ({folder.error})")
+        elif st is None:
+            gone = fact.name not in folder.others
+            keep.append("file is gone (nothing to free)" if gone else "not a regular file")
+        if st is not None and not _synced(row, st, fact.sidecar_st):
+            keep.append("changed since the last sync (run ckpt-index sync)")
+        links = set()
+        if st is not None:
+            links.update(folder.links.get((st.st_dev, st.st_ino), []))
+        links.update(self._alias_names(row.aliases, fact))
+        if links:
+            keep.append("target of " + ", ".join(sorted(links)))
+        if st is not None and st.st_nlink > 1:
+            others = st.st_nlink - 1
+            keep.append(f"has {others} other hard link{'s' if others > 1 else ''}")
+        if is_kept_name(fact.name):
+            keep.append("a best/last file")
+        if row.pinned:
+            keep.append("pinned")
+        ago = self.now - self.active[fact.run] / 1e9
+        if ago < self.policy.active_window:
+            changed = f"run is active (changed {_ago(ago)})"
+            (fact.notes if self.policy.include_active else keep).append(changed)
+        if fact.value is None:
+            why = f"unranked ({unranked or 'no ' + self.metric})"
+            (fact.notes if self.policy.include_unranked else keep).append(why)
+        fact.rankable = st is not None and fact.value is not None
+
+    def _policy_rules(self, fact: _Facts) -> None:
+        """The reasons the policy adds (globs, every N epochs, age)."""
+        policy, keep = self.policy, fact.keep
+        for pattern in policy.keep:
+            if fnmatch.fnmatchcase(fact.rel, pattern) or fnmatch.fnmatchcase(fact.name, pattern):
+                keep.append(f"matches --keep {pattern!r}")
+        every, epoch = policy.keep_every_epochs, fact.row.epoch
+        if every is not None and epoch is not None and (epoch + 1) % every == 0:
+            keep.append(f"epoch {epoch}: one of every {every} epochs")
+        if policy.older_than is not None and fact.st is not None:
+            age = self.now - fact.st.st_mtime_ns / 1e9
+            limit = format_duration(policy.older_than)
+            if age < policy.older_than:
+                keep.append(f"newer than {limit}")
+            else:
+                fact.notes.append(f"older than {limit}")
+
+    def _alias_names(self, aliases: str | None, fact: _Facts) -> list[str]:
+        """The links the index knows to this file, named relative to its folder or root."""
+        if not aliases:
+            return []
+        try:
+            paths = json.loads(aliases)
+        except ValueError:
+            return ["a link (aliases unreadable)"]
+        names = []
+        for path in paths if isinstance(paths, list) else []:
+            if not isinstance(path, str):
+                continue
+            if os.path.dirname(path) == fact.run:
+                names.append(os.path.basename(path))
+            elif path.startswith(fact.root.rstrip("/") + "/"):
+                names.append(os.path.relpath(path, fact.root))
+            else:
+                names.append(path)
+        return names
+
+    # -- per group and run ------------------------------------------------------------------------
+    def _rank(self, members: list[_Facts]) -> None:
+        """The best ``keep_best`` of a group (ties as ``query --best-by``: the higher epoch, the
+        higher step, a ``last`` copy after its original, then the path)."""
+        sign = -1.0 if self.direction == "max" else 1.0
+        members.sort(
+            key=lambda f: (
+                sign * f.value if f.value is not None else 0.0,
+                f.row.epoch is None,
+                -(f.row.epoch or 0),
+                f.row.global_step is None,
+                -(f.row.global_step or 0),
+                bool(f.row.is_last),
+                f.row.checkpoint_path,
+            )
+        )
+        k, scope = self.policy.keep_best, self._scope(members[0])
+        for position, fact in enumerate(members, 1):
+            if position <= k:
+                fact.keep.insert(0, f"best {k} by {self.metric} {scope} (#{position})")
+            else:
+                fact.notes.insert(0, f"not among the best {k} by {self.metric} {scope}")
+
+    def _scope(self, fact: _Facts) -> str:
+        if self.policy.per == "exp_name" and not fact.row.exp_name:
+            return "in its run (no experiment name)"
+        return _SCOPES[self.policy.per]
+
+    def _newest(self, members: list[_Facts]) -> None:
+        """The ``keep_last`` newest files of a run (by step, epoch, then change), and the one
+        changed last."""
+        present = [f for f in members if f.st is not None]
+        if not present:
+            return
+        present.sort(
+            key=lambda f: (
+                f.row.global_step if f.row.global_step is not None else -1,
+                f.row.epoch if f.row.epoch is not None else -1,
+                f.st.st_mtime_ns if f.st is not None else 0,
+                f.row.checkpoint_path,
+            ),
+            reverse=True,
+        )
+        last = max(1, self.policy.keep_last)
+        for position, fact in enumerate(present[:last]):
+            fact.keep.append(
+                "newest of its run" if position == 0 else f"among the {last} newest of its run"
+            )
+        latest = max(present, key=lambda f: f.st.st_mtime_ns if f.st is not None else 0)
+        if latest is not present[0]:
+            latest.keep.append("most recently changed of its run")
+
+    def _item(self, fact: _Facts) -> GcItem:
+        row, st, sst = fact.row, fact.st, fact.sidecar_st
+        delete = not fact.keep and st is not None
+        size = (st.st_size if st is not None else 0) + (sst.st_size if sst is not None else 0)
+        return GcItem(
+            checkpoint_path=row.checkpoint_path,
+            sidecar_path=fact.sidecar,
+            root=fact.root,
+            group=fact.group,
+            exp_name=row.exp_name,
+            run=fact.run,
+            epoch=row.epoch,
+            global_step=row.global_step,
+            value=fact.value,
+            size=size,
+            action=DELETE if delete else KEEP,
+            reasons=tuple(fact.notes if delete else fact.keep),
+            row_id=row.id,
+            ckpt_identity=(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) if st else None,
+            sidecar_identity=(sst.st_size, sst.st_mtime_ns) if sst is not None else None,
+        )
+
+
+def _synced(row: Any, st: os.stat_result, sidecar_st: os.stat_result | None) -> bool:
+    """The files are as the index last saw them (else its facts, a pin included, may be old).
+
+    A file changed within sync's racy window is stored without an mtime (the next sync reads
+    it again): its size must still match."""
+    if not row.checkpoint_exists or not _same(row.ckpt_size, row.ckpt_mtime_ns, st):
+        return False
+    if sidecar_st is None:
+        return row.sidecar_size is None
+    return _same(row.sidecar_size, row.sidecar_mtime_ns, sidecar_st)
+
+
+def _same(size: int | None, mtime_ns: int | None, st: os.stat_result) -> bool:
+    return size == st.st_size and (mtime_ns is None or mtime_ns == st.st_mtime_ns)
+
+
+def _bare_name(by: str) -> str:
+    name, sep, direction = by.rpartition(":")
+    return name if sep and name and direction.lower() in ("max", "min", "asc", "desc") else by
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 0:
+        return "in the future"
+    if seconds < 90:
+        return f"{int(seconds)} s ago"
+    return f"{int(seconds // 60)} min ago"
