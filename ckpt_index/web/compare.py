@@ -149,6 +149,10 @@ def compare_routes(reader: Any, templates: Any) -> list[Any]:
             "error": error,
             "other_link": compare_link(state.paths, not state.every) if state else None,
             "api_link": compare_link(state.paths, state.every, "/api/compare") if state else None,
+            "curves_link": (
+                compare_link(state.paths, False, "/api/compare/curves") if state else None
+            ),
+            "metric": request.query_params.get("metric") or "",
             "max_compared": MAX_COMPARED,
         }
         return templates.TemplateResponse(request, "compare.html", context, status_code=status)
@@ -159,4 +163,24 @@ def compare_routes(reader: Any, templates: Any) -> list[Any]:
             return JSONResponse({"error": error}, status_code=status)
         return JSONResponse(diff.as_json())
 
-    return [Route("/compare", page), Route("/api/compare", api)]
+    def api_curves(request: Request) -> Response:
+        from ckpt_index.web.curves import read_curves
+
+        try:
+            state = parse_compare(request.query_params.multi_items())
+        except CompareError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        metric = request.query_params.get("metric") or None
+        try:
+            curves = reader.read(lambda conn: read_curves(conn, state, metric))
+        except NotIndexedError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        except IndexError_ as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse(curves.as_json())
+
+    return [
+        Route("/compare", page),
+        Route("/api/compare", api),
+        Route("/api/compare/curves", api_curves),
+    ]

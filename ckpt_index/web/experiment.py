@@ -62,7 +62,8 @@ def experiment_link(name: str, base: str = "/experiments/") -> str:
     return base + quote(name, safe="")
 
 
-def _value(record: dict[str, Any], metric: str) -> float | None:
+def metric_value(record: dict[str, Any], metric: str) -> float | None:
+    """A record's finite value of ``metric`` (a metric, or a field plotted like one), else None."""
     value = record["metrics"].get(metric)
     if value is None and metric in _FIELD_METRICS:
         value = record.get(metric)
@@ -108,6 +109,14 @@ def read_experiment(conn: Connection, name: str, metric: str | None = None) -> E
         if metric is None:
             fallback = exp.metrics[0] if exp.metrics else None
             metric = DEFAULT_METRIC if DEFAULT_METRIC in seen else fallback
+    set_metric(exp, metric)
+    return exp
+
+
+def set_metric(exp: Experiment, metric: str | None) -> None:
+    """Point ``exp`` at ``metric``: its mode (the checkpoints' own when they monitor it, else
+    ``min`` for a loss), its curve in epoch order and its best checkpoint."""
+    records = exp.checkpoints
     exp.metric = metric
     modes = [r["mode"] for r in records if r.get("mode") and r.get("monitor") == metric]
     exp.mode = modes[0] if modes else ("min" if "loss" in (metric or "") else "max")
@@ -115,7 +124,7 @@ def read_experiment(conn: Connection, name: str, metric: str | None = None) -> E
     best: tuple[float, str] | None = None
     if metric is not None:
         for r in records:
-            value = _value(r, metric)
+            value = metric_value(r, metric)
             if value is None or r.get("epoch") is None:
                 continue
             curve["epoch"].append(r["epoch"])
@@ -127,7 +136,6 @@ def read_experiment(conn: Connection, name: str, metric: str | None = None) -> E
                 best = (key, r["checkpoint_path"])
     exp.curve = curve
     exp.best_path = best[1] if best else None
-    return exp
 
 
 def experiment_routes(reader: Any, templates: Any) -> list[Any]:
@@ -208,5 +216,7 @@ __all__ = [
     "ExperimentNotFound",
     "experiment_link",
     "experiment_routes",
+    "metric_value",
     "read_experiment",
+    "set_metric",
 ]

@@ -170,7 +170,7 @@ def _json(description: str, schema: str) -> dict[str, Any]:
 
 
 def _extra_paths() -> dict[str, Any]:
-    """/api/compare, /api/health and /api/version (the Compare and Health pages, live pages)."""
+    """/api/compare, /api/compare/curves, /api/health and /api/version (Compare, Health, live)."""
     unreadable = _json("The index cannot be read.", "Error")
     return {
         "/api/compare": {
@@ -192,6 +192,36 @@ def _extra_paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json("The compared paths and rows.", "Compare"),
+                    "400": _json("Fewer than 2 or more than 6 checkpoints.", "Error"),
+                    "404": _json("A path the index has no checkpoint for.", "Error"),
+                    "503": unreadable,
+                },
+            }
+        },
+        "/api/compare/curves": {
+            "get": {
+                "operationId": "compareCurves",
+                "summary": "The compared checkpoints' experiments: one metric's curve each, the "
+                "metrics they share, and where each compared checkpoint sits.",
+                "parameters": [
+                    _parameter(
+                        "path",
+                        {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "minItems": 2,
+                            "maxItems": 6,
+                        },
+                        "An indexed checkpoint path, exactly (repeat: 2 to 6 of them).",
+                    ),
+                    _parameter(
+                        "metric",
+                        {"type": "string"},
+                        "The metric drawn (default: the monitored one, else hmean).",
+                    ),
+                ],
+                "responses": {
+                    "200": _json("The curves and marks.", "CompareCurves"),
                     "400": _json("Fewer than 2 or more than 6 checkpoints.", "Error"),
                     "404": _json("A path the index has no checkpoint for.", "Error"),
                     "503": unreadable,
@@ -252,6 +282,7 @@ def _extra_schemas() -> dict[str, Any]:
             },
             "required": ["checkpoints", "rows"],
         },
+        "CompareCurves": _curves_schema(),
         "Health": {
             "type": "object",
             "properties": {
@@ -274,6 +305,51 @@ def _extra_schemas() -> dict[str, Any]:
             },
             "required": ["version", "checkpoints", "max_id", "indexed_at"],
         },
+    }
+
+
+def _curves_schema() -> dict[str, Any]:
+    numbers = {"type": "array", "items": {"type": "number"}}
+    integers = {"type": "array", "items": {"type": "integer"}}
+    nullable_integer = {"type": ["integer", "null"]}
+    strings = {"type": "array", "items": {"type": "string"}}
+    return {
+        "type": "object",
+        "properties": {
+            "checkpoints": strings,
+            "metrics": strings,
+            "metric": {"type": ["string", "null"]},
+            "series": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "exp_name": {"type": "string"},
+                        "best_path": {"type": ["string", "null"]},
+                        "epoch": integers,
+                        "global_step": {"type": "array", "items": nullable_integer},
+                        "value": numbers,
+                        "path": strings,
+                    },
+                    "required": ["exp_name", "epoch", "global_step", "value", "path"],
+                },
+            },
+            "marks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "path": {"type": "string"},
+                        "exp_name": {"type": ["string", "null"]},
+                        "epoch": nullable_integer,
+                        "global_step": nullable_integer,
+                        "value": {"type": ["number", "null"]},
+                    },
+                    "required": ["path", "exp_name", "epoch", "global_step", "value"],
+                },
+            },
+        },
+        "required": ["checkpoints", "metrics", "metric", "series", "marks"],
     }
 
 

@@ -1,0 +1,137 @@
+// The Compare page's chart: fetches the curves of the compared checkpoints' experiments from
+// /api/compare/curves (the URL in #compare-chart's data-src), fills the metric chooser with the
+// metrics they share, and draws one uPlot series per experiment with a ring on each compared
+// checkpoint. Names from files reach the page as text only (textContent, canvas text).
+"use strict";
+(() => {
+  const PALETTE = ["#2f6fdf", "#d6336c", "#2b8a3e", "#e67700", "#7048e8", "#0c8599"];
+  let answer = null;
+
+  const holder = () => document.getElementById("compare-chart");
+
+  function note(text) {
+    const element = document.getElementById("curve-note");
+    if (element) element.textContent = text;
+  }
+
+  function fillChooser(data) {
+    const select = document.getElementById("curve-metric");
+    if (!select) return;
+    select.textContent = "";
+    for (const name of data.metrics) {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      option.selected = name === data.metric;
+      select.appendChild(option);
+    }
+    select.disabled = data.metrics.length === 0;
+    select.addEventListener("change", () => select.form.submit());
+  }
+
+  function markList(data) {
+    const list = document.getElementById("curve-marks");
+    if (!list) return;
+    list.textContent = "";
+    data.marks.forEach((mark, i) => {
+      const item = document.createElement("li");
+      const value = mark.value === null ? "no value" : String(mark.value);
+      item.textContent = `${mark.exp_name ?? "(no experiment)"} · epoch ${mark.epoch ?? "?"} · ${value} · ${mark.path}`;
+      item.dataset.index = String(i + 1);
+      list.appendChild(item);
+    });
+  }
+
+  function draw() {
+    const box = holder();
+    if (!box || !answer || typeof uPlot === "undefined") return;
+    const data = answer;
+    const xSelect = document.getElementById("curve-x");
+    const xName = xSelect ? xSelect.value : "epoch";
+    const colour = new Map(data.series.map((s, i) => [s.exp_name, PALETTE[i % PALETTE.length]]));
+    const xs = new Set();
+    for (const s of data.series) s[xName].forEach((x) => x !== null && xs.add(x));
+    const marks = data.marks.filter((m) => m[xName] !== null && m.value !== null);
+    for (const m of marks) xs.add(m[xName]);
+    const xAxis = Array.from(xs).sort((a, b) => a - b);
+    const where = new Map(xAxis.map((x, i) => [x, i]));
+    const columns = data.series.map((s) => {
+      const ys = new Array(xAxis.length).fill(null);
+      s[xName].forEach((x, i) => { if (x !== null) ys[where.get(x)] = s.value[i]; });
+      return ys;
+    });
+    box.textContent = "";
+    let drawn = 0;
+    const ring = (u) => {
+      const ctx = u.ctx;
+      const ratio = window.devicePixelRatio || 1;
+      drawn = 0;
+      ctx.save();
+      marks.forEach((m) => {
+        const cx = u.valToPos(m[xName], "x", true);
+        const cy = u.valToPos(m.value, "y", true);
+        ctx.beginPath();
+        ctx.lineWidth = 2.5 * ratio;
+        ctx.strokeStyle = colour.get(m.exp_name) || "#1d2330";
+        ctx.arc(cx, cy, 8 * ratio, 0, 2 * Math.PI);
+        ctx.stroke();
+        ctx.fillStyle = "#1d2330";
+        ctx.font = `${11 * ratio}px system-ui, sans-serif`;
+        ctx.fillText(String(data.marks.indexOf(m) + 1), cx + 10 * ratio, cy - 8 * ratio);
+        drawn += 1;
+      });
+      ctx.restore();
+      box.dataset.marks = String(drawn);
+    };
+    const opts = {
+      width: Math.max(320, Math.min(1100, box.clientWidth || 720)),
+      height: 320,
+      scales: { x: { time: false } },
+      axes: [{ label: xName }, { label: data.metric }],
+      series: [
+        { label: xName },
+        ...data.series.map((s) => ({
+          label: s.exp_name,
+          stroke: colour.get(s.exp_name),
+          width: 2,
+          spanGaps: true,
+          points: { show: true, size: 6 },
+        })),
+      ],
+      hooks: { draw: [ring] },
+    };
+    window.ckptComparePlot = new uPlot(opts, [xAxis, ...columns], box);
+    box.dataset.series = String(data.series.length);
+    box.dataset.x = xName;
+    box.dataset.metric = data.metric;
+  }
+
+  async function start() {
+    const box = holder();
+    if (!box) return;
+    const url = new URL(box.dataset.src, window.location.href);
+    if (box.dataset.metric) url.searchParams.set("metric", box.dataset.metric);
+    const reply = await fetch(url, { headers: { accept: "application/json" } });
+    if (!reply.ok) {
+      note(`The curves could not be read (HTTP ${reply.status}).`);
+      return;
+    }
+    const data = await reply.json();
+    fillChooser(data);
+    markList(data);
+    if (!data.metric) {
+      note("The compared checkpoints’ experiments share no metric.");
+      box.dataset.series = "0";
+      box.dataset.ready = "1";
+      return;
+    }
+    answer = data;
+    draw();
+    box.dataset.ready = "1";
+    const xSelect = document.getElementById("curve-x");
+    if (xSelect) xSelect.addEventListener("change", draw);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
