@@ -29,11 +29,15 @@ _EXPORTS = {
     "QueryError": "ckpt_index.query.names",
     "UnknownNameError": "ckpt_index.query.names",
     "validate_tree": "ckpt_index.tools.validate",
+    "pin": "ckpt_index.tools.pin",
+    "unpin": "ckpt_index.tools.pin",
+    "disk_usage": "ckpt_index.tools.du",
     "build_catalog": "ckpt_index.tools.catalog",
     "CheckpointCatalog": "ckpt_index.tools.catalog",
     "plan_gc": "ckpt_index.tools.gc_plan",
     "GcPolicy": "ckpt_index.tools.gc_plan",
     "GcPlan": "ckpt_index.tools.gc_plan",
+    "apply_gc": "ckpt_index.tools.gc_apply",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

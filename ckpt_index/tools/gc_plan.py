@@ -26,6 +26,7 @@ from sqlalchemy import and_, or_, select
 from ckpt_index.hyperparams import PREFIX as PARAMS_PREFIX
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 from ckpt_index.sidecar.files import sidecar_path_for
+from ckpt_index.tools.gc_apply import is_gc_file
 from ckpt_index.tools.rename_plan import is_kept_name
 
 if TYPE_CHECKING:
@@ -323,11 +324,14 @@ class _Folder:
 
 
 def _scan(path: str) -> _Folder:
+    # The folder's own mtime is not a change: deleting a checkpoint (gc --apply itself) sets it;
+    # training shows in the entries it writes. gc's own markers are no sign of training either.
     folder = _Folder()
     try:
-        folder.newest_ns = os.lstat(path).st_mtime_ns
         with os.scandir(path) as entries:
             for entry in entries:
+                if is_gc_file(entry.name):
+                    continue
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except OSError:
@@ -348,13 +352,17 @@ def _scan(path: str) -> _Folder:
     return folder
 
 
-def _newest_entry_ns(path: str) -> int:
-    """The newest change among ``path`` and its entries (no recursion); 0 if unreadable."""
+def _newest_entry_ns(path: str, scanned: str) -> int:
+    """The newest change among ``path`` and its entries (no recursion) but the folder
+    ``scanned`` (looked at entry by entry: its mtime changes when gc deletes from it); 0 if
+    unreadable."""
     newest = 0
     try:
         newest = os.lstat(path).st_mtime_ns
         with os.scandir(path) as entries:
             for entry in entries:
+                if entry.path == scanned:
+                    continue
                 try:
                     newest = max(newest, entry.stat(follow_symlinks=False).st_mtime_ns)
                 except OSError:
@@ -445,7 +453,7 @@ class _Planner:
             newest = folder.newest_ns
             # Lightning writes its logs beside checkpoints/: a run is active while they change.
             if os.path.basename(run) == "checkpoints":
-                newest = max(newest, _newest_entry_ns(os.path.dirname(run)))
+                newest = max(newest, _newest_entry_ns(os.path.dirname(run), run))
             self.active[run] = newest
         return folder
 
