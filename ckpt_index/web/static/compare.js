@@ -5,6 +5,9 @@
 "use strict";
 (() => {
   const PALETTE = ["#2f6fdf", "#d6336c", "#2b8a3e", "#e67700", "#7048e8", "#0c8599"];
+  // Epochs and steps are whole numbers: ticks 1, 2, 5, 10, 20, 50... apart, never 0.5.
+  const WHOLE = [1, 2, 5].flatMap((d) => [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7].map((p) => d * p))
+    .sort((a, b) => a - b);
   let answer = null;
 
   const holder = () => document.getElementById("compare-chart");
@@ -87,7 +90,7 @@
       width: Math.max(320, Math.min(1100, box.clientWidth || 720)),
       height: 320,
       scales: { x: { time: false } },
-      axes: [{ label: xName }, { label: data.metric }],
+      axes: [{ label: xName, incrs: WHOLE }, { label: data.metric }],
       series: [
         { label: xName },
         ...data.series.map((s) => ({
