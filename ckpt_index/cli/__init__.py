@@ -2,8 +2,8 @@
 
 The group and the entry point live here; the commands in ``index_commands`` (sync),
 ``query_commands`` (query, show, stats, sql), ``diff_commands`` (diff), ``tools_commands``
-(validate, convert, rename, demo), ``gc_commands`` (gc), ``serve_commands`` (serve) and
-``db_commands`` (db ...).
+(validate, convert, rename, demo), ``gc_commands`` (gc), ``disk_commands`` (du, pin, unpin),
+``serve_commands`` (serve) and ``db_commands`` (db ...).
 Heavy libraries (torch, lightning, wandb, pandas) and the web stack are never imported;
 SQLAlchemy, pydantic and alembic only by the commands that need them.
 """
@@ -15,6 +15,7 @@ import click
 from ckpt_index import __version__
 from ckpt_index.cli.db_commands import db_group
 from ckpt_index.cli.diff_commands import diff
+from ckpt_index.cli.disk_commands import du, pin, unpin
 from ckpt_index.cli.gc_commands import gc
 from ckpt_index.cli.index_commands import sync
 from ckpt_index.cli.query_commands import query, show, sql, stats
@@ -50,6 +51,9 @@ _COMMANDS = (
     rename,
     demo,
     gc,
+    du,
+    pin,
+    unpin,
 )
 for _command in _COMMANDS:
     cli.add_command(_command)

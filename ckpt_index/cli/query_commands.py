@@ -96,6 +96,11 @@ _QUERY_SPEC_OPTIONS: list[Callable[[F], F]] = [
         help="Only rows indexed at this location (host name or "
         "$CKPT_INDEX_LOCATION of the machine that synced them).",
     ),
+    click.option(
+        "--pinned",
+        is_flag=True,
+        help="Only pinned checkpoints (ckpt-index pin; gc never deletes them).",
+    ),
 ]
 
 

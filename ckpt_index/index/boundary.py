@@ -57,6 +57,7 @@ COLUMN_KINDS: dict[str, str] = {
             "checkpoint_exists",
             "stale",
             "is_last",
+            "pinned",
         ),
         _BOOL,
     ),

@@ -73,6 +73,8 @@ OUTPUT_FIELDS = (
     "aliases",
     # A last*.ckpt that is a byte copy of another checkpoint beside it (loses ties to that one).
     "is_last",
+    # The sidecar says ``pinned: true`` (``ckpt-index pin``): gc never deletes it (a bool).
+    "pinned",
     "hydra_config_path",
     "wandb_run_id",
     "source",
@@ -199,6 +201,7 @@ def record_from_metadata(
         "created_at": meta.created_at,
         "hydra_config_path": meta.hydra_config_path,
         "wandb_run_id": meta.wandb_run_id,
+        "pinned": bool(meta.pinned),
         "source": source,
         "status": "valid",
         "error": None,
@@ -302,6 +305,8 @@ def record_without_metadata(
         sidecar_path=sidecar_path,
         source="none",
         status="invalid" if error else "missing",
+        # Only a valid sidecar pins (false, not NULL: `--where pinned = false` finds the row).
+        pinned=False,
         error=error,
         indexed_at=now_iso(),
         **_state_columns(ckpt, sidecar),
@@ -327,6 +332,7 @@ def output_record(
     for name in ("checkpoint_exists", "save_last", "is_last"):
         if out[name] is not None:
             out[name] = bool(out[name])
+    out["pinned"] = bool(out["pinned"])  # NULL (a row indexed before revision 0008): not pinned
     out["aliases"] = json.loads(out["aliases"]) if out["aliases"] else []
     out["metrics"] = dict(sorted(metrics.items()))
     if params is not None:
@@ -355,6 +361,7 @@ def record_from_inferred(inferred, *, ckpt: FileState | None) -> Record:
         sidecar_path=None,
         source=inferred.source,
         status="unreadable" if inferred.unreadable else "inferred",
+        pinned=False,
         error=inferred.unreadable,
         warnings="; ".join(inferred.warnings) or None,
         inferred_fields=json.dumps(inferred.sources, sort_keys=True, separators=(",", ":")),

@@ -67,6 +67,8 @@ class QuerySpec:
     #: unless asked for, even under a valid sidecar.
     include_unreadable: bool = False
     location: str | None = None
+    #: Only pinned checkpoints (``ckpt-index pin``: their sidecar says ``pinned: true``).
+    pinned: bool = False
 
 
 def _metric(name: str) -> ColumnElement:
@@ -143,6 +145,8 @@ def _filters(spec: QuerySpec, canon: Canon, selective: Set[str]) -> list[ColumnE
         conditions.append(c.status != literal("unreadable"))
     if spec.location is not None:
         conditions.append(c.location == spec.location)
+    if spec.pinned:
+        conditions.append(c.pinned.is_(True))
     if spec.encoder is not None:
         conditions.append(c.encoder == spec.encoder)
     if spec.architecture is not None:

@@ -125,6 +125,9 @@ class CheckpointMetadataV1(_Section):
     #: Schema 1.1: the run's Hydra overrides (``overrides.yaml``, e.g. ``model.lr=0.01``): the
     #: names a sweep varied.
     hydra_overrides: list[str] | None = None
+    #: Schema 1.1: ``pinned: true`` (``ckpt-index pin``): ``ckpt-index gc`` never deletes the
+    #: checkpoint. A 1.0 reader keeps it as an extra key; absent, null or false: not pinned.
+    pinned: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
