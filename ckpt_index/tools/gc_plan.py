@@ -567,8 +567,11 @@ class _Planner:
         present = [f for f in members if f.st is not None]
         if not present:
             return
+        # A best*/last* file is kept by its name; the newest of the others is the run's own
+        # newest epoch file (what a last.ckpt copy was saved from), kept too.
         present.sort(
             key=lambda f: (
+                not is_kept_name(f.name),
                 f.row.global_step if f.row.global_step is not None else -1,
                 f.row.epoch if f.row.epoch is not None else -1,
                 f.st.st_mtime_ns if f.st is not None else 0,
