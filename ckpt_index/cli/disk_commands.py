@@ -95,7 +95,8 @@ def _pin_options(func: F) -> F:
         show_default=True,
         help="Report format: text for people, json for scripts.",
     )(func)
-    return click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))(func)
+    paths = click.Path(exists=True, dir_okay=False)
+    return click.argument("paths", nargs=-1, required=True, type=paths)(func)
 
 
 @click.command()

@@ -368,8 +368,8 @@ class _Index:
         """Upsert the row of ``target`` from its files, as a sync would build it, when the
         sidecar ``changed`` or the row does not say ``pinned``; return whether it was written.
 
-        The links a sync listed (``aliases``, ``is_last``) and the pickle's ``unsafe_globals``
-        (while the checkpoint is unchanged) are kept; ``link`` is added to the aliases.
+        The links a sync listed (``aliases``, ``is_last``) are kept and ``link`` is added to
+        them; the rest is what a sync of the files gives (a fresh sync gives the same row).
         """
         if not self.enabled:
             return False
@@ -391,9 +391,6 @@ class _Index:
                 c.pinned,
                 c.aliases,
                 c.is_last,
-                c.unsafe_globals,
-                c.ckpt_size,
-                c.ckpt_mtime_ns,
                 c.param_set_id,
                 path=target,
             )
@@ -414,15 +411,10 @@ class _Index:
             )
             return True
         record = _record_from_files(target)
-        columns = record.columns
+        # Every column a fresh sync sets (the upsert leaves a column the record omits as it was).
+        record.columns.setdefault("unsafe_globals", None)
         if row is not None:
-            columns.update(aliases=row.aliases, is_last=row.is_last)
-            same_file = (row.ckpt_size, row.ckpt_mtime_ns) == (
-                columns["ckpt_size"],
-                columns["ckpt_mtime_ns"],
-            )
-            if same_file and columns.get("unsafe_globals") is None:
-                columns["unsafe_globals"] = row.unsafe_globals
+            record.columns.update(aliases=row.aliases, is_last=row.is_last)
         store.upsert_records(conn, [record], location=self.location)
         if link is not None:
             store.add_alias(conn, target, link, location=self.location)
