@@ -125,6 +125,13 @@ def gc(
     the policy comes from ckpt-index.toml ([gc]) or pyproject.toml ([tool.ckpt-index.gc]) in a
     root or its parents; flags override the file. Sync first: the plan is made from the index.
 
+    --apply deletes one checkpoint at a time (the file, then its sidecar, then its row), after
+    checking it again: one changed, linked, pinned or written to since the plan is skipped and
+    reported with the reason. Killed, the next gc --apply finishes what it started. --trash DIR
+    moves the files to DIR/<root's name>/<path under the root> instead (never overwriting: a
+    taken name gets ~1, ~2; DIR/.ckpt-index-trash.jsonl lists where each came from); DIR must
+    lie outside every root. Exit status 0 whenever it ran (skips included), 2 on usage errors.
+
     Example:
 
     \b

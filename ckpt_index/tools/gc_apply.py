@@ -344,7 +344,15 @@ def _sidecar_pinned(sidecar: Path) -> bool:
 
     data = read_bounded(sidecar, MAX_SIDECAR_BYTES, what="sidecar")
     document = parse_sidecar_bytes(data, sidecar)
-    return isinstance(document, dict) and document.get("pinned") is True
+    if not isinstance(document, dict):
+        return False
+    # Parsed, not validated: an invalid sidecar (unranked, deleted with --include-unranked)
+    # still says whether it is pinned. Any spelling that is not clearly "no" counts as pinned.
+    value = document.get("pinned")
+    return value is not None and str(value).strip().lower() not in _NOT_PINNED
+
+
+_NOT_PINNED = ("false", "no", "off", "0", "")
 
 
 def _ago(seconds: float) -> str:
