@@ -234,6 +234,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Compile every template before the first request (a page's first render would
+        # otherwise spend ~100 ms parsing it): the server's first page is as fast as the next.
+        for name in templates.env.list_templates():
+            templates.env.get_template(name)
         yield
         reader.close()
 
