@@ -190,30 +190,30 @@ def test_trash_keeps_the_layout_and_never_overwrites(outputs, db_url, tree, tmp_
     fresh_equals(db_url, outputs, tmp_path)
 
 
-def _exdev(*args, **kwargs):
-    raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-
 def test_trash_across_filesystems_copies_then_unlinks(outputs, db_url, tree, tmp_path, monkeypatch):
+    """The trash on another filesystem: every link() or rename() from the root into it fails
+    with EXDEV (as the kernel does); within one filesystem they work."""
     trash = tmp_path / "trash"
-    real_link = os.link
     calls = []
 
-    def link(src, dst, *args, **kwargs):
-        if not str(src).startswith(str(trash)):
-            calls.append(src)
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        return real_link(src, dst, *args, **kwargs)
+    def across(real):
+        def call(src, dst, *args, **kwargs):
+            if str(src).startswith(str(outputs)) and str(dst).startswith(str(trash)):
+                calls.append((real.__name__, src))
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            return real(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(os, "link", link)
-    monkeypatch.setattr(os, "rename", _exdev)
-    monkeypatch.setattr(os, "replace", _exdev)
+        return call
+
+    for name in ("link", "rename", "replace"):
+        monkeypatch.setattr(os, name, across(getattr(os, name)))
     doomed = {tree[0], tree[2]}
     before = {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in doomed}
 
     result = apply_gc(make_plan(db_url, outputs, doomed), trash=trash)
 
-    assert sorted(result.deleted) == sorted(map(str, doomed)) and len(calls) == 4
+    assert sorted(result.deleted) == sorted(map(str, doomed))
+    assert len(calls) == 4  # two checkpoints and two sidecars tried a link first
     for ckpt, (data, mtime_ns) in before.items():
         moved = trash / "outputs" / ckpt.relative_to(outputs)
         assert moved.read_bytes() == data and sidecar_path_for(moved).exists()
@@ -416,6 +416,60 @@ def test_a_marker_naming_another_trash_is_reported_not_followed(
     [(path, reason)] = result.skipped
     assert path == str(doomed) and "with that --trash to finish it" in reason
     assert sidecar_path_for(doomed).exists()
+
+
+def test_a_live_apply_is_never_taken_for_an_interrupted_one(outputs, db_url, tree):
+    """Two applies at once: the marker another one holds (locked) is neither finished nor undone;
+    once its process is gone (the lock with it), the next apply takes it over."""
+    doomed = tree[1]
+    marker = gc_apply.marker_path_for(doomed)
+    content = {"checkpoint": str(doomed), "location": resolve_location(), "trash": None}
+    live = gc_apply._write_marker(marker, content)  # held as the other apply would hold it
+    try:
+        result = apply_gc(make_plan(db_url, outputs, {doomed}))
+        assert result.skipped == [
+            (str(marker), "another gc --apply is working on it"),
+            (str(doomed), f"another gc is deleting it ({marker.name} exists)"),
+        ]
+        assert doomed.exists() and marker.exists()
+    finally:
+        os.close(live)  # its process died
+    result = apply_gc(make_plan(db_url, outputs, {doomed}))
+    assert result.deleted == [str(doomed)] and result.skipped == [] and not marker.exists()
+
+
+def test_a_marker_killed_before_its_name_is_dropped(outputs, db_url, tree):
+    doomed = tree[1]
+    unnamed = doomed.with_name(f".{doomed.name}{GC_MARKER_SUFFIX}.123{gc_apply.NEW_SUFFIX}")
+    unnamed.write_text("{")
+    result = apply_gc(make_plan(db_url, outputs, {doomed}))
+    assert result.deleted == [str(doomed)] and not unnamed.exists()
+
+
+def test_a_sidecar_changed_mid_deletion_is_left_and_not_retried(
+    outputs, db_url, tree, tmp_path, monkeypatch
+):
+    doomed = tree[1]
+    sidecar = sidecar_path_for(doomed)
+    real_remove_sidecar = gc_apply._remove_sidecar
+
+    def someone_writes(*args, **kwargs):
+        sidecar.write_text(sidecar.read_text() + "pinned: true\n")
+        return real_remove_sidecar(*args, **kwargs)
+
+    monkeypatch.setattr(gc_apply, "_remove_sidecar", someone_writes)
+    seen = []
+    result = apply_gc(make_plan(db_url, outputs, {doomed}), progress=lambda i, o: seen.append(o))
+    monkeypatch.undo()
+
+    assert result.deleted == [str(doomed)]
+    assert seen == ["deleted (its sidecar changed meanwhile and was left in place)"]
+    assert not doomed.exists() and "pinned: true" in sidecar.read_text()
+    assert not gc_apply.marker_path_for(doomed).exists()  # not gc's any more: no retry
+    age(outputs)
+    again = apply_gc(make_plan(db_url, outputs, set()))
+    assert again.finished == [] and again.skipped == [] and sidecar.exists()
+    fresh_equals(db_url, outputs, tmp_path)
 
 
 # ---- The command ----

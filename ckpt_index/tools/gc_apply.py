@@ -35,6 +35,7 @@ it) or holding a root is refused.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -77,6 +78,8 @@ __all__ = [
 GC_MARKER_SUFFIX = ".ckpt-index-gc"
 #: Suffix of a file being copied into the trash (across filesystems), beside its destination.
 COPY_SUFFIX = ".ckpt-index-gc-copy"
+#: Suffix of a marker being written, before it gets its name.
+NEW_SUFFIX = ".ckpt-index-gc-new"
 #: One JSON line per file moved into the trash: where it came from.
 TRASH_MANIFEST = ".ckpt-index-trash.jsonl"
 #: A marker is a few hundred bytes; a larger one is not ours.
@@ -131,7 +134,7 @@ def marker_path_for(ckpt: str | os.PathLike[str]) -> Path:
 
 def is_gc_file(name: str) -> bool:
     """Whether a file name is one gc itself writes in a run folder (not a sign of training)."""
-    return name.endswith((GC_MARKER_SUFFIX, COPY_SUFFIX))
+    return name.endswith((GC_MARKER_SUFFIX, COPY_SUFFIX, NEW_SUFFIX))
 
 
 def _checkpoint_of_marker(marker: Path) -> Path | None:
@@ -283,7 +286,8 @@ def _log_trash(trash: str, original: Path, trashed: Path) -> None:
         "trashed": str(trashed),
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    with open(Path(trash, TRASH_MANIFEST), "a", encoding="utf-8") as manifest:
+    # A manifest that cannot be written loses no file: each is at its place in the trash.
+    with suppress(OSError), open(Path(trash, TRASH_MANIFEST), "a", encoding="utf-8") as manifest:
         manifest.write(json.dumps(line) + "\n")
 
 
@@ -291,25 +295,62 @@ def _log_trash(trash: str, original: Path, trashed: Path) -> None:
 # Markers
 
 
-def _write_marker(marker: Path, content: dict[str, Any]) -> None:
-    """Create the marker (never over another) with its content, durable before anything moves."""
-    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+def _write_marker(marker: Path, content: dict[str, Any]) -> int:
+    """Create the marker (never over another), durable before anything moves, and return its
+    descriptor, locked (``flock``) until the deletion is done.
+
+    The lock is how a concurrent ``gc --apply`` tells a live marker from one an interrupted apply
+    left: the kernel releases it when the process dies, however it dies. The marker is written
+    and locked under a temporary name first, so it is never seen unlocked or half-written.
+    """
+    temporary = marker.with_name(f"{marker.name}.{os.getpid()}{NEW_SUFFIX}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(fd, json.dumps(content).encode())
         os.fsync(fd)
-    finally:
+        try:
+            os.link(temporary, marker)  # fails when another marker is there
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            if os.path.lexists(marker):  # a filesystem without hard links: check, then rename
+                raise FileExistsError(errno.EEXIST, "exists", str(marker)) from exc
+            os.rename(temporary, marker)
+        else:
+            os.unlink(temporary)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temporary)
         os.close(fd)
+        raise
     _fsync_directory(marker.parent)
+    return fd
 
 
-def _read_marker(marker: Path) -> dict[str, Any] | None:
+def _lock_marker(marker: Path) -> int | None:
+    """The marker opened and locked, or None when a live apply holds it (or it is gone)."""
+    try:
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not os.path.samestat(os.fstat(fd), os.lstat(marker)):
+            raise FileNotFoundError(marker)  # finished and replaced meanwhile
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_marker(fd: int) -> dict[str, Any] | None:
     """The marker's content, or None when it is not a regular file of ours that parses."""
     try:
-        st = os.lstat(marker)
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MARKER_BYTES:
             return None
-        with open(marker, "rb") as handle:
-            data = json.loads(handle.read(MAX_MARKER_BYTES + 1))
+        data = json.loads(os.pread(fd, MAX_MARKER_BYTES + 1, 0))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -323,11 +364,21 @@ def pending_markers(plan: GcPlan) -> list[Path]:
     for run in sorted({item.run for item in plan.items}):
         try:
             with os.scandir(run) as entries:
-                names = [e.name for e in entries if e.name.endswith(GC_MARKER_SUFFIX)]
+                names = [e.name for e in entries if e.name.endswith((GC_MARKER_SUFFIX, NEW_SUFFIX))]
         except OSError:
             continue
         found.extend(Path(run, name) for name in sorted(names))
     return found
+
+
+def _drop_unnamed_marker(path: Path) -> None:
+    """A marker killed before it got its name (nothing was moved after it): remove it unless a
+    live apply still holds it."""
+    fd = _lock_marker(path)
+    if fd is not None:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,7 +575,17 @@ def apply_gc(
         os.makedirs(trash_dir, exist_ok=True)
     with _engine(plan.db_url) as engine:
         for marker in pending_markers(plan):
-            _finish(marker, plan, trash_dir, engine, result)
+            if marker.name.endswith(NEW_SUFFIX):
+                _drop_unnamed_marker(marker)
+                continue
+            fd = _lock_marker(marker)
+            if fd is None:
+                result.skipped.append((str(marker), "another gc --apply is working on it"))
+                continue
+            try:
+                _finish(marker, fd, plan, trash_dir, engine, result)
+            finally:
+                os.close(fd)
         for item in plan.deletions:
             _apply_one(item, plan, trash_dir, engine, result, progress)
     return result
@@ -570,10 +631,29 @@ def _apply_one(
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     try:
-        _write_marker(marker, content)
+        fd = _write_marker(marker, content)
     except OSError as exc:
         _record_skip(result, item, f"cannot write its marker: {_one_line(exc)}", progress)
         return
+    try:
+        _remove_item(item, dest, sidecar_identity, trash, marker, engine, plan, result, progress)
+    finally:
+        os.close(fd)
+
+
+def _remove_item(
+    item: GcItem,
+    dest: Path | None,
+    sidecar_identity: tuple[int, int] | None,
+    trash: str | None,
+    marker: Path,
+    engine: Engine,
+    plan: GcPlan,
+    result: GcResult,
+    progress: Progress | None,
+) -> None:
+    """Steps 2-5 of a deletion, its marker written and locked."""
+    ckpt = Path(item.checkpoint_path)
     try:
         _remove(ckpt, dest)
     except OSError as exc:
@@ -585,12 +665,13 @@ def _apply_one(
     problem = _remove_sidecar(ckpt, sidecar_identity, dest, trash)
     if problem is None:
         _delete_row(engine, plan.location, str(ckpt))
+    if problem is None or not problem.retry:
         os.unlink(marker)
     result.deleted.append(str(ckpt))
     result.bytes_freed += item.size
     outcome = f"trashed to {dest}" if dest else "deleted"
     if problem is not None:
-        outcome += f" ({problem}; the next gc --apply retries it)"
+        outcome += f" ({problem.reason})"
     if progress is not None:
         progress(item, outcome)
 
@@ -605,36 +686,48 @@ def _undo_start(ckpt: Path, dest: Path | None, marker: Path) -> None:
         os.unlink(marker)
 
 
+@dataclass(frozen=True)
+class _SidecarProblem:
+    reason: str  # one line
+    retry: bool  # the next apply tries again (the marker stays)
+
+
 def _remove_sidecar(
     ckpt: Path, identity: tuple[int, int] | None, ckpt_dest: Path | None, trash: str | None
-) -> str | None:
-    """Remove the sidecar of a removed checkpoint if it is still the one re-checked; return a
-    one-line problem when it could not be (it then stays, an orphan the next apply retries)."""
+) -> _SidecarProblem | None:
+    """Remove the sidecar of a removed checkpoint if it is still the one re-checked.
+
+    A sidecar changed since (someone wrote to it) is no longer gc's to remove: it stays, an
+    orphan that sync indexes and flags. One that cannot be removed (permissions) stays too, and
+    the next apply tries again.
+    """
     sidecar = sidecar_path_for(ckpt)
     try:
         st = os.lstat(sidecar)
     except FileNotFoundError:
         return None
     if identity is None or (st.st_size, st.st_mtime_ns) != tuple(identity):
-        return "its sidecar changed during the apply and was left in place"
+        return _SidecarProblem("its sidecar changed meanwhile and was left in place", False)
     dest = None
     if ckpt_dest is not None and trash is not None:
         dest = _free_name(sidecar_path_for(ckpt_dest))
     try:
         _remove(sidecar, dest)
     except OSError as exc:
-        return f"its sidecar cannot be removed: {_one_line(exc)}"
+        reason = f"its sidecar cannot be removed: {_one_line(exc)}; the next gc --apply retries"
+        return _SidecarProblem(reason, True)
     if trash and dest:
         _log_trash(trash, sidecar, dest)
     return None
 
 
 def _finish(
-    marker: Path, plan: GcPlan, trash: str | None, engine: Engine, result: GcResult
+    marker: Path, fd: int, plan: GcPlan, trash: str | None, engine: Engine, result: GcResult
 ) -> None:
-    """Finish (or undo the start of) the deletion an interrupted apply left ``marker`` for."""
+    """Finish (or undo the start of) the deletion an interrupted apply left ``marker`` for
+    (opened and locked as ``fd``)."""
     ckpt = _checkpoint_of_marker(marker)
-    content = _read_marker(marker)
+    content = _read_marker(fd)
     if ckpt is None or content is None or content.get("checkpoint") != str(ckpt):
         result.skipped.append((str(marker), "not a marker gc can read: left as it is"))
         return
@@ -643,7 +736,7 @@ def _finish(
         return
     recorded = content.get("trash")
     dest = _marker_dest(content, trash)
-    if recorded is not None and dest is None:
+    if recorded is not None and dest is None and _may_be_in_other_trash(ckpt):
         result.skipped.append(
             (
                 str(ckpt),
@@ -654,20 +747,29 @@ def _finish(
         return
     if os.path.lexists(ckpt):
         _undo_partial_copy(ckpt, content, dest)
-        with suppress(FileNotFoundError):
-            os.unlink(marker)
+        os.unlink(marker)
         return
     identity = content.get("sidecar_identity")
     problem = _remove_sidecar(
         ckpt, tuple(identity) if isinstance(identity, list) else None, dest, trash
     )
-    if problem is not None and os.path.lexists(sidecar_path_for(ckpt)):
-        result.skipped.append((str(ckpt), f"interrupted deletion not finished: {problem}"))
-        return
-    _delete_row(engine, plan.location, str(ckpt))
-    with suppress(FileNotFoundError):
-        os.unlink(marker)
-    result.finished.append(str(ckpt))
+    if problem is not None:
+        result.skipped.append((str(ckpt), f"interrupted deletion: {problem.reason}"))
+        if problem.retry:
+            return
+    else:
+        _delete_row(engine, plan.location, str(ckpt))
+        result.finished.append(str(ckpt))
+    os.unlink(marker)
+
+
+def _may_be_in_other_trash(ckpt: Path) -> bool:
+    """Whether finishing needs the trash an interrupted move used: the checkpoint is gone (its
+    sidecar follows it there), or still has a second name (a link into that trash)."""
+    try:
+        return os.lstat(ckpt).st_nlink > 1
+    except FileNotFoundError:
+        return True
 
 
 def _marker_dest(content: dict[str, Any], trash: str | None) -> Path | None:
