@@ -23,6 +23,7 @@ RUNS = {
     "bench_params_sync.py": ["--count", "30", "--params", "40", "--repeat", "1"],
     "bench_params_varying.py": ["--n", "200", "--params", "20", "--repeat", "1"],
     "bench_web.py": ["--n", "60", "--repeat", "1"],
+    "bench_du.py": ["--n", "300", "--repeat", "1"],
     "convert_legacy_checkpoints.py": ["--outputs-dir", "{tmp}", "--dry-run"],
     "migrate_checkpoints.py": ["{tmp}", "--dry-run"],
 }

@@ -124,32 +124,17 @@ def disk_usage(
     return DiskUsage(by, resolved, location, tuple(groups))
 
 
-def _group_key(by: str) -> ColumnElement[Any]:
-    from sqlalchemy import func, literal_column
-
-    from ckpt_index.index.tables import checkpoints
-
-    c = checkpoints.c
-    if by == "run":
-        # The folder with its final '/': rtrim drops the trailing characters that occur in the
-        # name without its slashes, i.e. the file name. Constants only (no bound parameter), so
-        # PostgreSQL sees the same expression in SELECT and GROUP BY.
-        name_chars = func.replace(c.checkpoint_path, literal_column("'/'"), literal_column("''"))
-        return func.rtrim(c.checkpoint_path, name_chars)
-    return c["training_phase" if by == "phase" else by]
-
-
 def usage_groups(
     conn: Connection, by: str, roots: tuple[str, ...], location: str
 ) -> list[UsageGroup]:
-    """The groups of :func:`disk_usage` on an open connection, largest first."""
-    from sqlalchemy import and_, func, or_, select
+    """The groups of :func:`disk_usage` on an open connection, largest first: one GROUP BY."""
+    from sqlalchemy import and_, func, literal_column, or_, select
 
     from ckpt_index.index.store import path_range
     from ckpt_index.index.tables import checkpoints
 
     c = checkpoints.c
-    key = _group_key(by)
+    key = _run_folder(conn) if by == "run" else c["training_phase" if by == "phase" else by]
     conditions = [c.location == location, c.checkpoint_exists.is_(True)]
     if roots:
         ranges = [path_range(root) for root in roots]
@@ -158,23 +143,56 @@ def usage_groups(
         )
     stmt = (
         select(
-            key,
+            key.label("usage_group"),
             func.count(),
-            func.coalesce(func.sum(c.ckpt_size), 0),
-            func.coalesce(func.sum(c.sidecar_size), 0),
+            func.sum(func.coalesce(c.ckpt_size, 0)),
+            func.sum(func.coalesce(c.sidecar_size, 0)),
         )
         .where(*conditions)
-        .group_by(key)
+        # By the label: PostgreSQL would take the key's bound constants in GROUP BY for a
+        # different expression than in SELECT.
+        .group_by(literal_column("usage_group"))
     )
     groups = [
-        UsageGroup(_shown(by, group), int(count), int(ckpt), int(sidecar))
+        UsageGroup(_shown(by, group), int(count), int(ckpt or 0), int(sidecar or 0))
         for group, count, ckpt, sidecar in conn.execute(stmt)
     ]
     groups.sort(key=lambda g: (-g.bytes, -g.count, g.group is None, g.group or ""))
     return groups
 
 
+#: The SQL function (SQLite) that gives a path's folder.
+_FOLDER_FUNCTION = "ckpt_index_folder"
+
+
+def _folder(path: str | None) -> str | None:
+    return None if path is None else path[: path.rfind("/")]
+
+
+def _run_folder(conn: Connection) -> ColumnElement[Any]:
+    """The folder of ``checkpoint_path`` (without its final '/') as a SQL expression.
+
+    SQLite has no function that finds the last '/' of a string, and the expressions that
+    emulate one (``rtrim`` by the name's characters) cost a second at 100,000 rows; fetching
+    the paths to group them here costs half of that. A small deterministic Python function is
+    registered on the connection instead, and the GROUP BY stays in SQLite. PostgreSQL finds
+    the last '/' in the reversed path.
+    """
+    from sqlalchemy import func
+
+    from ckpt_index.index.tables import checkpoints
+
+    path = checkpoints.c.checkpoint_path
+    if conn.dialect.name == "sqlite":
+        from ckpt_index.index.engine import driver_connection
+
+        driver_connection(conn).create_function(_FOLDER_FUNCTION, 1, _folder, deterministic=True)
+        return getattr(func, _FOLDER_FUNCTION)(path)
+    # Up to the last '/': found as the first one of the reversed path (half a regex's cost).
+    return func.left(path, func.length(path) - func.strpos(func.reverse(path), "/"))
+
+
 def _shown(by: str, group: str | None) -> str | None:
-    if by == "run" and group:
-        return group.rstrip("/") or "/"
+    if by == "run" and group == "":
+        return "/"
     return group
