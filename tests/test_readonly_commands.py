@@ -131,6 +131,7 @@ def reading_commands(ckpt: Path) -> dict[str, list[str]]:
         "query_paths": ["query", "--include-orphans", "--format", "paths"],
         "show": ["show", str(ckpt)],
         "stats": ["stats", "--format", "json"],
+        "du": ["du", "--by", "run", "--format", "json"],
     }
 
 
