@@ -140,3 +140,14 @@ def test_curves_conform_to_the_openapi_document(client: TestClient, db_url: str)
     paths = [r["checkpoint_path"] for r in rows_of(client, exp="ocr_*")][:3]
     case = operation.Case(query={"path": paths, "metric": "val/loss"})
     assert case.call_and_validate().status_code == 200
+
+
+def test_no_shared_metric_draws_nothing(client: TestClient) -> None:
+    """The demo's checkpoints with an invalid or no sidecar have no experiment and no metric."""
+    rows = rows_of(client, include_unreadable="1")
+    lone = [r for r in rows if not r["exp_name"] and not r["metrics"] and r["hmean"] is None]
+    assert lone
+    best = rows_of(client, exp="ocr_*", sort="hmean:desc")[0]
+    answer = curves(client, [lone[0]["checkpoint_path"], best["checkpoint_path"]], metric="hmean")
+    assert answer["metrics"] == [] and answer["metric"] is None
+    assert answer["series"] == [] and answer["marks"] == []

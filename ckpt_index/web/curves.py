@@ -18,6 +18,7 @@ from ckpt_index.query.spec import find_checkpoint
 from ckpt_index.web.compare import CompareState
 from ckpt_index.web.experiment import (
     DEFAULT_METRIC,
+    FIELD_METRICS,
     Experiment,
     ExperimentNotFound,
     metric_value,
@@ -82,7 +83,7 @@ def read_curves(conn: Connection, state: CompareState, metric: str | None = None
     # A checkpoint without an experiment carries its own metrics only.
     carried = [set(exp.metrics) for exp in experiments.values()]
     carried += [
-        {m for m in (*record["metrics"], "hmean") if metric_value(record, m) is not None}
+        {m for m in (*record["metrics"], *FIELD_METRICS) if metric_value(record, m) is not None}
         for record in records
         if not record.get("exp_name")
     ]

@@ -22,7 +22,7 @@ MAX_NAME = 1024
 #: The metric a curve shows when the checkpoints name no monitored metric.
 DEFAULT_METRIC = "hmean"
 #: The fields plotted like metrics (a checkpoint's ``hmean`` etc. are columns, not metrics).
-_FIELD_METRICS = ("hmean", "precision", "recall", "validation_loss")
+FIELD_METRICS = ("hmean", "precision", "recall", "validation_loss")
 
 
 class ExperimentNotFound(LookupError):
@@ -65,7 +65,7 @@ def experiment_link(name: str, base: str = "/experiments/") -> str:
 def metric_value(record: dict[str, Any], metric: str) -> float | None:
     """A record's finite value of ``metric`` (a metric, or a field plotted like one), else None."""
     value = record["metrics"].get(metric)
-    if value is None and metric in _FIELD_METRICS:
+    if value is None and metric in FIELD_METRICS:
         value = record.get(metric)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -97,7 +97,7 @@ def read_experiment(conn: Connection, name: str, metric: str | None = None) -> E
         else:
             exp.varying[pname] = distinct
     seen: dict[str, None] = {}
-    for f in _FIELD_METRICS:
+    for f in FIELD_METRICS:
         if any(r.get(f) is not None for r in records):
             seen[f] = None
     for r in records:

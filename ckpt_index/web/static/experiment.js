@@ -2,6 +2,10 @@
 // draws it with uPlot (static/vendor). Sets data-points on #chart to the number drawn.
 (function () {
   "use strict";
+  // Epochs and steps are whole numbers: ticks 1, 2, 5, 10, 20, 50... apart, never 0.5.
+  var WHOLE = [1, 2, 5].reduce(function (all, d) {
+    return all.concat([1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7].map(function (p) { return d * p; }));
+  }, []).sort(function (a, b) { return a - b; });
   function draw() {
     var block = document.getElementById("experiment-data");
     var holder = document.getElementById("chart");
@@ -24,7 +28,7 @@
       width: width,
       height: 320,
       scales: { x: { time: false } },
-      axes: [{ label: xName }, { label: data.metric || "" }],
+      axes: [{ label: xName, incrs: WHOLE }, { label: data.metric || "" }],
       series: [
         { label: xName },
         { label: data.metric || "value", stroke: "#2f6fdf", width: 2, points: { show: true, size: 6 } },
