@@ -17,6 +17,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 RUNS = {
     "bench_index.py": ["--n", "120", "--repeat", "1", "--skip-naive-above", "0"],
     "bench_fallback_sync.py": ["--count", "10", "--per-run", "5", "--repeat", "1"],
+    "bench_gc.py": ["--n", "200", "--repeat", "1"],
     "bench_checkpoint_reader.py": ["--size-gb", "0.01", "--repeat", "1", "--many-tensors", "200"],
     "bench_callback.py": ["--saves", "3", "--top-k", "1"],
     "bench_params_query.py": ["--n", "2000", "--repeat", "2"],
