@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from ckpt_index.query.names import UnknownNameError
 from ckpt_index.query.table import human_size
-from ckpt_index.tools.gc_plan import GcItem, GcPlan, plan_gc
+from ckpt_index.tools.gc_plan import GcItem, GcPlan, GcPolicy, plan_gc
 
 
 def by_name(plan: GcPlan) -> dict[str, GcItem]:
@@ -478,3 +478,58 @@ def test_dry_run_writes_nothing(outputs: Path, tmp_path: Path, db_url: str, invo
     assert raw_rows(db_url) == rows
     if db_bytes is not None:
         assert db_file.read_bytes() == db_bytes
+
+
+def _item(root: str, rel_path: str, action: str, reasons: tuple[str, ...], size: int) -> GcItem:
+    path = f"{root}/{rel_path}"
+    exp = rel_path.split("/")[0]
+    return GcItem(
+        checkpoint_path=path,
+        sidecar_path=None,
+        root=root,
+        group=exp,
+        exp_name=exp,
+        run=os.path.dirname(path),
+        epoch=1,
+        global_step=100,
+        value=0.5,
+        size=size,
+        action=action,
+        reasons=reasons,
+        row_id=1,
+        ckpt_identity=(1, 2, size, 3),
+        sidecar_identity=None,
+    )
+
+
+def test_table_fits_the_width_and_escapes_names() -> None:
+    from ckpt_index.tools.gc_render import render_plan
+
+    root = "/data/outputs"
+    long_name = "a_very_long_experiment_name_" * 4 + "\x1b[31mred"
+    items = (
+        _item(
+            root, f"{long_name}/run/checkpoints/epoch-01.ckpt", "delete", ("not among " * 9,), 2048
+        ),
+        _item(root, "exp/run/checkpoints/epoch-02.ckpt", "keep", ("newest of its run",), 4096),
+    )
+    plan = GcPlan(
+        policy=GcPolicy(keep_best=1, by="val/hmean"),
+        roots=(root,),
+        db_url="sqlite:///x.db",
+        location="here",
+        created_at="2026-01-01T00:00:00+00:00",
+        items=items,
+    )
+    for width in (60, 80, 120):
+        text_out = render_plan(plan, width=width)
+        table = text_out.split("\n\n")[0].splitlines()
+        assert all(len(line) <= width for line in text_out.splitlines()[:-2]), (width, text_out)
+        assert "\x1b" not in text_out and "\\x1b[31mred" not in table[1]  # elided in the middle
+        assert table[1].startswith("DELETE") and table[1].split()[1] == "2.0K"
+        assert "epoch-01.ckpt" in table[1]  # the file name survives the elision
+    whole = render_plan(plan)  # piped: every value whole, escaped
+    assert "\\x1b[31mred/run/checkpoints/epoch-01.ckpt" in whole
+    assert whole.splitlines()[-1] == (
+        "dry run: nothing deleted; run with --apply to delete 1 checkpoint (2.0K)"
+    )

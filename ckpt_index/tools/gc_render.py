@@ -56,7 +56,7 @@ def render_plan(plan: GcPlan, *, width: int | None = None, trash: str | None = N
             lines.append("")
     if not plan.items:
         lines.append("no indexed checkpoint under the roots (run `ckpt-index sync` first?)")
-    lines += summary_lines(plan, trash=trash)
+    lines += summary_lines(plan, trash=trash, width=width)
     return "\n".join(lines)
 
 
@@ -82,7 +82,9 @@ def _table(header: list[str], rows: Sequence[list[str]], width: int | None) -> l
             elide(row[3], widths[3], _ELLIPSIS, path=True).ljust(widths[3]),
             _cut(row[4], widths[4]),
         ]
-        out.append(_GAP.join(cells).rstrip())
+        line = _GAP.join(cells).rstrip()
+        # Narrower than the least widths: cut the end rather than wrap (as the query table).
+        out.append(_cut(line, width) if width is not None else line)
     return out
 
 
@@ -90,8 +92,9 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + _ELLIPSIS
 
 
-def summary_lines(plan: GcPlan, *, trash: str | None = None) -> list[str]:
-    """Bytes freed per experiment, the total, and the dry-run footer."""
+def summary_lines(plan: GcPlan, *, trash: str | None = None, width: int | None = None) -> list[str]:
+    """Bytes freed per experiment, the total, and the dry-run footer (experiment names elided
+    to ``width``)."""
     deletions = plan.deletions
     counts: dict[str, tuple[int, int]] = {}
     for item in plan.items:
@@ -101,8 +104,10 @@ def summary_lines(plan: GcPlan, *, trash: str | None = None) -> list[str]:
     deleted = {name: sum(1 for i in deletions if (i.exp_name or "") == name) for name in counts}
     lines = ["", "freed per experiment:"]
     name_width = max([10, *(len(escape_control(n or "(none)")) for n in counts)])
+    if width is not None:
+        name_width = max(10, min(name_width, width - 32))
     for name in sorted(counts, key=lambda n: (-freed.get(n, 0), n)):
-        label = escape_control(name or "(none)")
+        label = elide(escape_control(name or "(none)"), name_width, _ELLIPSIS)
         lines.append(
             f"  {label.ljust(name_width)}  delete {deleted[name]:>4} of {counts[name][0]:>4}  "
             f"{human_size(freed.get(name, 0)):>6}"
