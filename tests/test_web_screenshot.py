@@ -37,8 +37,8 @@ UPDATE = os.environ.get("CKPT_INDEX_UPDATE_SCREENSHOTS") == "1"
 CHECKPOINTS_QUERY = {
     "sort": "hmean:desc",
     "per_page": "25",
-    "columns": "exp_name,epoch,hmean,metrics.val/loss,params.model.optimizer.lr,"
-    "params.data.batch_size,status",
+    "columns": "architecture,encoder,epoch,hmean,metrics.val/loss,"
+    "params.model.optimizer.lr,params.data.batch_size",
 }
 
 
