@@ -237,17 +237,8 @@ def test_link_targets_and_kept_names(outputs: Path, db_url: str) -> None:
 
 
 def test_pinned_never_deleted(outputs: Path, db_url: str) -> None:
-    make_run(outputs, "exp", "run1", [0.1, 0.2, 0.9, 0.3])
+    make_run(outputs, "exp", "run1", [0.1, 0.2, 0.9, 0.3], pinned={0})
     synced(outputs, db_url)
-    pinned = str(outputs / rel("exp", "run1", 0))
-    # Set as `ckpt-index pin` leaves it (the pin command has its own tests).
-    engine = plain_engine(db_url)
-    with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE checkpoints SET pinned = :yes WHERE checkpoint_path = :path"),
-            {"yes": True, "path": pinned},
-        )
-    engine.dispose()
 
     plan = plan_gc(outputs, db=db_url, keep_best=1, by="val/hmean")
 

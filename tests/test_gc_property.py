@@ -87,7 +87,7 @@ class Ckpt:
 def build(root: Path, tree: list[Run]) -> list[Ckpt]:
     ckpts = []
     for run in tree:
-        paths = make_run(root, run.exp, run.name, list(run.hmeans))
+        paths = make_run(root, run.exp, run.name, list(run.hmeans), pinned=run.pinned)
         folder = paths[0].parent
         if run.last_link is not None:
             (folder / "last.ckpt").symlink_to(ckpt_name(run.last_link))
@@ -166,7 +166,6 @@ def test_plan_keeps_every_never_deleted_class(db: str, tree: list[Run], policy: 
             age_tree(folder)
             sync(folder, db)
         sync(root, db, location="elsewhere")
-        _pin(db, root, [c for c in ckpts if c.epoch in c.run.pinned])
         for run in {c.run for c in ckpts if c.run.active}:
             (root / run.exp / run.name / "train.log").write_text("epoch 1\n")
 
@@ -186,17 +185,6 @@ def test_plan_keeps_every_never_deleted_class(db: str, tree: list[Run], policy: 
             assert item.reasons, item  # every decision says why
             if item.action == "delete":
                 assert item.ckpt_identity is not None and item.size > 0
-
-
-def _pin(db: str, root: Path, ckpts: list[Ckpt]) -> None:
-    engine = plain_engine(db)
-    with engine.begin() as conn:
-        for c in ckpts:
-            conn.execute(
-                text("UPDATE checkpoints SET pinned = 1 WHERE checkpoint_path = :path"),
-                {"path": str(root / c.rel)},
-            )
-    engine.dispose()
 
 
 def _ids(db: str, location: str) -> set[int]:

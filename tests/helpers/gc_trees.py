@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ def make_run(
     hmeans: list[float | None],
     *,
     losses: list[float] | None = None,
+    pinned: Iterable[int] = (),
 ) -> list[Path]:
     """One run folder (``root/exp/run/checkpoints``) with a checkpoint per epoch; ``None``: a
-    checkpoint whose sidecar logged no hmean."""
+    checkpoint whose sidecar logged no hmean. The sidecars of the ``pinned`` epochs say
+    ``pinned: true`` (as ``ckpt-index pin`` leaves them)."""
     folder = root / exp / run / "checkpoints"
     paths = []
     for epoch, hmean in enumerate(hmeans):
@@ -42,6 +45,8 @@ def make_run(
             "training.global_step": (epoch + 1) * 100,
             "metrics": {"hmean": hmean, "additional_metrics": metrics},
         }
+        if epoch in pinned:
+            changes["pinned"] = True
         paths.append(write_checkpoint(folder / ckpt_name(epoch), **changes))
     return paths
 
