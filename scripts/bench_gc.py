@@ -204,12 +204,15 @@ def main() -> int:
             f"  of which: query {query_s:.3f} s ({len(rows_read):,} rows), "
             f"scans + decisions {scan_s:.3f} s"
         )
-        bound = TARGET_S
-        verdict = "met" if worst <= bound else "MISSED"
+        if backend != "sqlite":
+            print(f"no target on {backend} (the SQLite target is {TARGET_S:.1f} s at 100,000)")
+            return 0
+        verdict = "met" if worst <= TARGET_S else "MISSED"
         print(
-            f"target: planning <= {bound:.1f} s at 100,000 (warm median): {verdict} ({worst:.3f} s)"
+            f"target: planning <= {TARGET_S:.1f} s at 100,000 (warm median): {verdict} "
+            f"({worst:.3f} s)"
         )
-        return 0 if worst <= bound or backend != "sqlite" else 1
+        return 0 if worst <= TARGET_S else 1
     finally:
         if drop is not None:
             drop()
