@@ -48,6 +48,7 @@ from ckpt_index.index.migrate import (
 from ckpt_index.index.models import Base
 from ckpt_index.index.records import record_without_metadata
 from ckpt_index.index.store import move_row, upsert_records
+from ckpt_index.index.tables import include_object
 
 MIGRATIONS = migrate.MIGRATIONS_DIR
 OLD_REVISIONS = Path(__file__).parent / "data" / "old_revisions"
@@ -118,7 +119,9 @@ def schema_diff(path: Path) -> list:
     engine = create_index_engine(resolve_db_url(path))
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "include_object": include_object}
+            )
             return compare_metadata(context, Base.metadata)
     finally:
         engine.dispose()

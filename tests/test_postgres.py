@@ -42,6 +42,7 @@ from ckpt_index.index.migrate import (
 from ckpt_index.index.models import Base
 from ckpt_index.index.records import FileState, record_without_metadata
 from ckpt_index.index.store import upsert_records
+from ckpt_index.index.tables import include_object
 from ckpt_index.sidecar.files import sidecar_path_for
 
 TOO_NEW = "9999_from_the_future"
@@ -220,12 +221,50 @@ def test_models_and_migrations_agree_on_postgres(pg_url: str) -> None:
     engine = create_index_engine(pg_url)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "include_object": include_object}
+            )
             assert compare_metadata(context, Base.metadata) == []
         with engine.begin() as conn:
             command.check(migrate.alembic_config(pg_url, conn))
     finally:
         engine.dispose()
+
+
+def test_sort_by_hmean_reads_the_descending_index_on_postgres(pg_url: str) -> None:
+    """``ORDER BY hmean DESC NULLS LAST, checkpoint_path`` (a page sorted by hmean, the default of
+    the web page) is read from ``ix_checkpoints_hmean_desc`` in order, with no sort of the table:
+    a plain index scanned backwards gives NULLs first, and the first page took 187 ms at 100,000
+    rows without it."""
+    from ckpt_index.query.spec import QuerySpec, build_query
+
+    records = []
+    for i in range(200):
+        record = record_without_metadata(
+            checkpoint_path=f"/runs/r{i}.ckpt",
+            sidecar_path=None,
+            ckpt=None,
+            sidecar=None,
+            error=None,
+        )
+        record.columns.update(checkpoint_exists=True, hmean=None if i % 7 == 0 else i / 200)
+        records.append(record)
+    engine = open_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            upsert_records(conn, records)
+            conn.exec_driver_sql("ANALYZE checkpoints")
+        stmt = build_query(QuerySpec(sort=("hmean:desc",), limit=50))
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql))
+            paths = [r.checkpoint_path for r in conn.execute(stmt)]
+    finally:
+        engine.dispose()
+    assert "ix_checkpoints_hmean_desc" in plan, plan
+    assert " Sort " not in plan and "Sort Key" not in plan, plan
+    assert paths[:2] == ["/runs/r199.ckpt", "/runs/r198.ckpt"]
 
 
 def test_every_revision_upgrades_and_downgrades_on_postgres(pg_url: str) -> None:

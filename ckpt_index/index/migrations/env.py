@@ -13,6 +13,7 @@ from alembic import context
 from sqlalchemy import Connection, create_engine
 
 from ckpt_index.index.engine import disposing, resolve_db_url
+from ckpt_index.index.tables import include_object
 from ckpt_index.index.tables import metadata as target_metadata_
 
 config = context.config
@@ -31,6 +32,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copies the table.
         compare_type=True,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()
