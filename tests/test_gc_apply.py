@@ -21,6 +21,8 @@ from helpers.checkpoints import write_checkpoint
 from helpers.index_rows import content, raw_rows, sync, wipe
 
 import ckpt_index.tools.gc_apply as gc_apply
+import ckpt_index.tools.gc_markers as gc_markers
+import ckpt_index.tools.gc_trash as gc_trash
 from ckpt_index import apply_gc
 from ckpt_index.index.engine import resolve_location
 from ckpt_index.sidecar.files import sidecar_path_for
@@ -376,32 +378,82 @@ def test_killed_after_the_checkpoint_went_is_finished_next_time(
     fresh_equals(db_url, outputs, tmp_path)
 
 
-def test_killed_mid_move_into_the_trash_is_undone_then_redone(
-    outputs, db_url, tree, tmp_path, monkeypatch
+@pytest.mark.parametrize("across", [False, True])
+def test_killed_mid_move_into_the_trash_is_finished(
+    outputs, db_url, tree, tmp_path, monkeypatch, across
 ):
+    """Killed after the checkpoint was whole in the trash (linked, or copied from another
+    filesystem) but before its unlink: the next apply finishes the move (it does not keep the
+    file as "linked" because of its own trash name, nor leave a duplicate)."""
     trash = tmp_path / "trash"
     doomed = tree[1]
     plan = make_plan(db_url, outputs, {doomed})
-    real_unlink = os.unlink
+    real_unlink, real_link = os.unlink, os.link
 
     def unlink(path, *args, **kwargs):
         if Path(path) == doomed:
-            raise Killed  # after link() into the trash, before the checkpoint's unlink
+            raise Killed
         return real_unlink(path, *args, **kwargs)
+
+    def link(src, dst, *args, **kwargs):
+        if Path(src) == doomed:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, *args, **kwargs)
 
     with monkeypatch.context() as m:
         m.setattr(os, "unlink", unlink)
+        if across:
+            m.setattr(os, "link", link)
         with pytest.raises(Killed):
             apply_gc(plan, trash=trash)
     moved = trash / "outputs" / doomed.relative_to(outputs)
-    assert moved.exists() and doomed.exists() and os.stat(doomed).st_nlink == 2
+    assert moved.exists() and doomed.exists()
+    assert os.stat(doomed).st_nlink == (1 if across else 2)
+
+    result = apply_gc(make_plan(db_url, outputs, set()), trash=trash)
+
+    assert result.finished == [str(doomed)] and result.skipped == []
+    assert not doomed.exists() and not sidecar_path_for(doomed).exists()
+    assert moved.exists() and sidecar_path_for(moved).exists()
+    assert not list(trash.rglob("*~1*")) and not list(outputs.rglob(f"*{GC_MARKER_SUFFIX}"))
+    assert str(doomed) not in raw_rows(db_url)
+    fresh_equals(db_url, outputs, tmp_path)
+
+
+def test_killed_before_the_move_is_undone_then_planned_again(
+    outputs, db_url, tree, tmp_path, monkeypatch
+):
+    """Killed mid-copy into the trash: the half copy goes, the checkpoint is planned again."""
+    trash = tmp_path / "trash"
+    doomed = tree[1]
+    real_link = os.link
+
+    def link(src, dst, *args, **kwargs):
+        if Path(src) == doomed:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        if str(src).endswith(gc_trash.COPY_SUFFIX):
+            raise Killed  # the copy is written, not yet named
+        return real_link(src, dst, *args, **kwargs)
+
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if str(path).endswith(gc_trash.COPY_SUFFIX) and os.path.exists(path):
+            raise Killed  # a SIGKILL runs no clean-up
+        return real_unlink(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "link", link)
+        m.setattr(os, "unlink", unlink)
+        with pytest.raises(Killed):
+            apply_gc(make_plan(db_url, outputs, {doomed}), trash=trash)
+    assert doomed.exists() and list(trash.rglob(f"*{gc_trash.COPY_SUFFIX}"))
 
     result = apply_gc(make_plan(db_url, outputs, {doomed}), trash=trash)
 
-    # The duplicate name was removed first (not a "linked" file kept forever), then moved again.
-    assert result.deleted == [str(doomed)] and result.skipped == []
-    assert moved.exists() and not moved.with_name(moved.name.replace(".ckpt", "~1.ckpt")).exists()
-    assert not doomed.exists()
+    assert result.finished == [] and result.deleted == [str(doomed)]
+    assert not list(trash.rglob(f"*{gc_trash.COPY_SUFFIX}")) and not doomed.exists()
+    assert (trash / "outputs" / doomed.relative_to(outputs)).exists()
 
 
 def test_a_marker_naming_another_trash_is_reported_not_followed(
@@ -424,7 +476,7 @@ def test_a_live_apply_is_never_taken_for_an_interrupted_one(outputs, db_url, tre
     doomed = tree[1]
     marker = gc_apply.marker_path_for(doomed)
     content = {"checkpoint": str(doomed), "location": resolve_location(), "trash": None}
-    live = gc_apply._write_marker(marker, content)  # held as the other apply would hold it
+    live = gc_markers.write_marker(marker, content)  # held as the other apply would hold it
     try:
         result = apply_gc(make_plan(db_url, outputs, {doomed}))
         assert result.skipped == [
@@ -440,7 +492,7 @@ def test_a_live_apply_is_never_taken_for_an_interrupted_one(outputs, db_url, tre
 
 def test_a_marker_killed_before_its_name_is_dropped(outputs, db_url, tree):
     doomed = tree[1]
-    unnamed = doomed.with_name(f".{doomed.name}{GC_MARKER_SUFFIX}.123{gc_apply.NEW_SUFFIX}")
+    unnamed = doomed.with_name(f".{doomed.name}{GC_MARKER_SUFFIX}.123{gc_markers.NEW_SUFFIX}")
     unnamed.write_text("{")
     result = apply_gc(make_plan(db_url, outputs, {doomed}))
     assert result.deleted == [str(doomed)] and not unnamed.exists()

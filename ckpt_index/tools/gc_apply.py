@@ -14,34 +14,23 @@ is reported as a skip with a one-line reason. A deletion that passes goes in thi
 
 Killed between any two steps, the files on disk are a state a ``sync`` indexes like any other
 (at worst an orphan sidecar, which queries hide and sync flags), and nothing the plan kept was
-touched. The marker is how the next ``gc --apply`` recognises what an interrupted one left:
-before its own deletions it finds the markers in the run folders of its plan and finishes each
-(the sidecar, if it is still the one the marker names, then the row), or undoes the start of a
-move to the trash when the checkpoint is still in place. A marker is never trusted to name
-paths: the files it may act on are the checkpoint beside it and that checkpoint's sidecar, and
-a trash destination it names must lie in the trash given now.
-
-``--trash DIR`` moves instead of deleting: a file goes to ``DIR/<root's name>/<path relative to
-the root>`` (so several roots given at once stay apart, and the layout under each is kept), and a
-line per file is appended to ``DIR/.ckpt-index-trash.jsonl`` (original path, trashed path, time)
-to restore from. Nothing in the trash is overwritten: a taken name gets ``~1``, ``~2``, ... before
-its suffix (``epoch-01_step-000010~1.ckpt``, its sidecar ``epoch-01_step-000010~1.metadata.yaml``).
-A move is ``link()`` then ``unlink()``, which never overwrites; across filesystems (``EXDEV``) or
-where hard links are refused, the file is copied to a temporary name in the trash, fsynced,
-linked into place, and only then unlinked from the root. A trash inside a root (sync would index
-it) or holding a root is refused.
+touched. The marker (:mod:`ckpt_index.tools.gc_markers`) is how the next ``gc --apply``
+recognises what an interrupted one left: before its own deletions it finds the markers in the
+run folders of its plan and finishes each (the sidecar, if it is still the one the marker names,
+then the row); a move into the trash killed after the file was whole there is finished too,
+one killed earlier is undone (the checkpoint is still in place, and planned again).
+A marker is never trusted to name paths: the files it may act on are the checkpoint beside it
+and that checkpoint's sidecar, and a trash destination it names must lie in the trash given now.
+``--trash DIR`` moves instead of deleting (:mod:`ckpt_index.tools.gc_trash`).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
-import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,12 +38,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckpt_index.sidecar.files import (
-    CKPT_SUFFIX,
     MAX_SIDECAR_BYTES,
-    SIDECAR_SUFFIX,
     SidecarError,
     parse_sidecar_bytes,
     sidecar_path_for,
+)
+from ckpt_index.tools.gc_markers import (
+    GC_MARKER_SUFFIX,
+    NEW_SUFFIX,
+    checkpoint_of_marker,
+    drop_unnamed_marker,
+    is_gc_file,
+    lock_marker,
+    marker_path_for,
+    pending_markers,
+    read_marker,
+    write_marker,
+)
+from ckpt_index.tools.gc_trash import (
+    COPY_SUFFIX,
+    TRASH_MANIFEST,
+    TrashError,
+    check_trash,
+    free_name,
+    free_trash_name,
+    log_trash,
+    remove_file,
+    trash_path,
+    under,
 )
 from ckpt_index.tools.rename_plan import is_kept_name
 
@@ -71,27 +82,12 @@ __all__ = [
     "apply_gc",
     "check_trash",
     "is_gc_file",
+    "marker_path_for",
     "pending_markers",
 ]
 
-#: Suffix of the marker a deletion in progress leaves beside its checkpoint (``.NAME`` + this).
-GC_MARKER_SUFFIX = ".ckpt-index-gc"
-#: Suffix of a file being copied into the trash (across filesystems), beside its destination.
-COPY_SUFFIX = ".ckpt-index-gc-copy"
-#: Suffix of a marker being written, before it gets its name.
-NEW_SUFFIX = ".ckpt-index-gc-new"
-#: One JSON line per file moved into the trash: where it came from.
-TRASH_MANIFEST = ".ckpt-index-trash.jsonl"
-#: A marker is a few hundred bytes; a larger one is not ours.
-MAX_MARKER_BYTES = 64 * 1024
-#: Errors of ``link()`` that mean "hard links cannot do this move": copy instead.
-_NO_LINK = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP}
 
 Progress = Callable[["GcItem", str], None]
-
-
-class TrashError(ValueError):
-    """The trash directory cannot be used (inside a root, holding a root): a usage error."""
 
 
 @dataclass
@@ -120,265 +116,6 @@ class GcResult:
 
 class _Skip(Exception):
     """A re-check failed: the checkpoint is kept; ``str()`` is the one-line reason."""
-
-
-# --------------------------------------------------------------------------------------------
-# Names
-
-
-def marker_path_for(ckpt: str | os.PathLike[str]) -> Path:
-    """The marker of a deletion of ``ckpt`` in progress: ``.NAME.ckpt-index-gc`` beside it."""
-    path = Path(ckpt)
-    return path.with_name(f".{path.name}{GC_MARKER_SUFFIX}")
-
-
-def is_gc_file(name: str) -> bool:
-    """Whether a file name is one gc itself writes in a run folder (not a sign of training)."""
-    return name.endswith((GC_MARKER_SUFFIX, COPY_SUFFIX, NEW_SUFFIX))
-
-
-def _checkpoint_of_marker(marker: Path) -> Path | None:
-    name = marker.name
-    if not (name.startswith(".") and name.endswith(CKPT_SUFFIX + GC_MARKER_SUFFIX)):
-        return None
-    return marker.with_name(name[1 : -len(GC_MARKER_SUFFIX)])
-
-
-def _under(path: str, directory: str) -> bool:
-    return path.startswith(directory.rstrip("/") + "/")
-
-
-def check_trash(trash: str | os.PathLike[str], roots: Sequence[str]) -> str:
-    """The trash as an absolute, resolved path; :class:`TrashError` when it overlaps a root.
-
-    A trash inside a root would be indexed by the next sync of that root (and its files planned
-    again); a root inside the trash could have its own files moved onto themselves.
-    """
-    resolved = os.path.realpath(os.fspath(trash))
-    for root in roots:
-        real_root = os.path.realpath(root)
-        if resolved == real_root or _under(resolved, real_root):
-            raise TrashError(
-                f"--trash {trash} lies inside the root {root}: the next sync would index the "
-                "trash; give a directory outside every root"
-            )
-        if _under(real_root, resolved):
-            raise TrashError(
-                f"--trash {trash} holds the root {root}; give a directory outside every root"
-            )
-    return resolved
-
-
-def _trash_path(trash: str, root: str, path: str) -> Path:
-    """Where ``path`` (below ``root``) goes in the trash: ``trash/<root name>/<relative path>``."""
-    name = os.path.basename(root.rstrip("/")) or "root"
-    return Path(trash, name, os.path.relpath(path, root))
-
-
-def _free_trash_name(wanted: Path) -> Path:
-    """``wanted``, or ``stem~N`` + its suffix when the checkpoint or sidecar name is taken."""
-
-    def taken(candidate: Path) -> bool:
-        return os.path.lexists(candidate) or os.path.lexists(sidecar_path_for(candidate))
-
-    if not taken(wanted):
-        return wanted
-    stem, suffix = (
-        (wanted.name[: -len(CKPT_SUFFIX)], CKPT_SUFFIX)
-        if wanted.name.endswith(CKPT_SUFFIX)
-        else (wanted.stem, wanted.suffix)
-    )
-    n = 1
-    while taken(candidate := wanted.with_name(f"{stem}~{n}{suffix}")):
-        n += 1
-    return candidate
-
-
-def _free_name(wanted: Path) -> Path:
-    """``wanted``, or ``wanted`` with ``~N`` before its suffix when taken (for a lone sidecar)."""
-    if not os.path.lexists(wanted):
-        return wanted
-    name = wanted.name
-    stem, suffix = (
-        (name[: -len(SIDECAR_SUFFIX)], SIDECAR_SUFFIX)
-        if name.endswith(SIDECAR_SUFFIX)
-        else (wanted.stem, wanted.suffix)
-    )
-    n = 1
-    while os.path.lexists(candidate := wanted.with_name(f"{stem}~{n}{suffix}")):
-        n += 1
-    return candidate
-
-
-# --------------------------------------------------------------------------------------------
-# Moving files
-
-
-def _fsync_directory(directory: Path) -> None:
-    with suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _move_into_trash(source: Path, dest: Path) -> None:
-    """Move ``source`` to ``dest`` without ever overwriting ``dest``.
-
-    ``link()`` + ``unlink()`` on one filesystem; otherwise copy to a temporary name beside
-    ``dest``, fsync, ``link()`` into place, and only then unlink ``source``. Killed at any point,
-    ``source`` or a complete ``dest`` exists (or both: the next apply undoes or finishes it).
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, dest, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno not in _NO_LINK:
-            raise
-        _copy_into_place(source, dest)
-    _fsync_directory(dest.parent)
-    os.unlink(source)
-
-
-def _copy_into_place(source: Path, dest: Path) -> None:
-    temporary = dest.with_name(f".{dest.name}{COPY_SUFFIX}")
-    with suppress(FileNotFoundError):
-        os.unlink(temporary)  # left by a copy that was killed: never a complete file
-    if os.path.islink(source):
-        os.symlink(os.readlink(source), temporary)
-    else:
-        with open(source, "rb") as src, open(temporary, "xb") as out:
-            shutil.copyfileobj(src, out, 16 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        shutil.copystat(source, temporary, follow_symlinks=False)
-    try:
-        try:
-            os.link(temporary, dest, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno == errno.EEXIST:
-                raise
-            # A filesystem without hard links: a rename that refuses to overwrite is not in the
-            # standard library, so the name is checked right before (the trash is ours).
-            if os.path.lexists(dest):
-                raise FileExistsError(errno.EEXIST, "exists", str(dest)) from exc
-            os.rename(temporary, dest)
-            return
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temporary)
-        raise
-    os.unlink(temporary)
-
-
-def _remove(source: Path, dest: Path | None) -> None:
-    """Unlink ``source``, or move it to ``dest`` in the trash."""
-    if dest is None:
-        os.unlink(source)
-    else:
-        _move_into_trash(source, dest)
-
-
-def _log_trash(trash: str, original: Path, trashed: Path) -> None:
-    line = {
-        "original": str(original),
-        "trashed": str(trashed),
-        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    # A manifest that cannot be written loses no file: each is at its place in the trash.
-    with suppress(OSError), open(Path(trash, TRASH_MANIFEST), "a", encoding="utf-8") as manifest:
-        manifest.write(json.dumps(line) + "\n")
-
-
-# --------------------------------------------------------------------------------------------
-# Markers
-
-
-def _write_marker(marker: Path, content: dict[str, Any]) -> int:
-    """Create the marker (never over another), durable before anything moves, and return its
-    descriptor, locked (``flock``) until the deletion is done.
-
-    The lock is how a concurrent ``gc --apply`` tells a live marker from one an interrupted apply
-    left: the kernel releases it when the process dies, however it dies. The marker is written
-    and locked under a temporary name first, so it is never seen unlocked or half-written.
-    """
-    temporary = marker.with_name(f"{marker.name}.{os.getpid()}{NEW_SUFFIX}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, json.dumps(content).encode())
-        os.fsync(fd)
-        try:
-            os.link(temporary, marker)  # fails when another marker is there
-        except OSError as exc:
-            if exc.errno not in _NO_LINK:
-                raise
-            if os.path.lexists(marker):  # a filesystem without hard links: check, then rename
-                raise FileExistsError(errno.EEXIST, "exists", str(marker)) from exc
-            os.rename(temporary, marker)
-        else:
-            os.unlink(temporary)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temporary)
-        os.close(fd)
-        raise
-    _fsync_directory(marker.parent)
-    return fd
-
-
-def _lock_marker(marker: Path) -> int | None:
-    """The marker opened and locked, or None when a live apply holds it (or it is gone)."""
-    try:
-        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if not os.path.samestat(os.fstat(fd), os.lstat(marker)):
-            raise FileNotFoundError(marker)  # finished and replaced meanwhile
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _read_marker(fd: int) -> dict[str, Any] | None:
-    """The marker's content, or None when it is not a regular file of ours that parses."""
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MARKER_BYTES:
-            return None
-        data = json.loads(os.pread(fd, MAX_MARKER_BYTES + 1, 0))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def pending_markers(plan: GcPlan) -> list[Path]:
-    """Markers of interrupted deletions in the run folders of ``plan`` (what the next apply
-    finishes). The run folders are those of the plan's items: a run keeps its newest checkpoint,
-    so a folder gc deleted from still has a row."""
-    found: list[Path] = []
-    for run in sorted({item.run for item in plan.items}):
-        try:
-            with os.scandir(run) as entries:
-                names = [e.name for e in entries if e.name.endswith((GC_MARKER_SUFFIX, NEW_SUFFIX))]
-        except OSError:
-            continue
-        found.extend(Path(run, name) for name in sorted(names))
-    return found
-
-
-def _drop_unnamed_marker(path: Path) -> None:
-    """A marker killed before it got its name (nothing was moved after it): remove it unless a
-    live apply still holds it."""
-    fd = _lock_marker(path)
-    if fd is not None:
-        with suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,7 +193,7 @@ def _recheck(item: GcItem, plan: GcPlan, row: Any) -> tuple[int, int] | None:
     if is_kept_name(os.path.basename(path)):
         raise _Skip("a best*/last* name")
     root = os.path.realpath(item.root)
-    if not _under(os.path.realpath(os.path.dirname(path)), root):
+    if not under(os.path.realpath(os.path.dirname(path)), root):
         raise _Skip(f"no longer under its root {item.root}")
     try:
         st = os.lstat(path)
@@ -576,9 +313,9 @@ def apply_gc(
     with _engine(plan.db_url) as engine:
         for marker in pending_markers(plan):
             if marker.name.endswith(NEW_SUFFIX):
-                _drop_unnamed_marker(marker)
+                drop_unnamed_marker(marker)
                 continue
-            fd = _lock_marker(marker)
+            fd = lock_marker(marker)
             if fd is None:
                 result.skipped.append((str(marker), "another gc --apply is working on it"))
                 continue
@@ -618,7 +355,7 @@ def _apply_one(
     except OSError as exc:
         _record_skip(result, item, f"cannot be checked: {_one_line(exc)}", progress)
         return
-    dest = _free_trash_name(_trash_path(trash, item.root, str(ckpt))) if trash else None
+    dest = free_trash_name(trash_path(trash, item.root, str(ckpt))) if trash else None
     content = {
         "version": 1,
         "checkpoint": str(ckpt),
@@ -631,7 +368,7 @@ def _apply_one(
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     try:
-        fd = _write_marker(marker, content)
+        fd = write_marker(marker, content)
     except OSError as exc:
         _record_skip(result, item, f"cannot write its marker: {_one_line(exc)}", progress)
         return
@@ -655,13 +392,13 @@ def _remove_item(
     """Steps 2-5 of a deletion, its marker written and locked."""
     ckpt = Path(item.checkpoint_path)
     try:
-        _remove(ckpt, dest)
+        remove_file(ckpt, dest)
     except OSError as exc:
         _undo_start(ckpt, dest, marker)
         _record_skip(result, item, f"cannot be removed: {_one_line(exc)}", progress)
         return
     if trash and dest:
-        _log_trash(trash, ckpt, dest)
+        log_trash(trash, ckpt, dest)
     problem = _remove_sidecar(ckpt, sidecar_identity, dest, trash)
     if problem is None:
         _delete_row(engine, plan.location, str(ckpt))
@@ -710,14 +447,14 @@ def _remove_sidecar(
         return _SidecarProblem("its sidecar changed meanwhile and was left in place", False)
     dest = None
     if ckpt_dest is not None and trash is not None:
-        dest = _free_name(sidecar_path_for(ckpt_dest))
+        dest = free_name(sidecar_path_for(ckpt_dest))
     try:
-        _remove(sidecar, dest)
+        remove_file(sidecar, dest)
     except OSError as exc:
         reason = f"its sidecar cannot be removed: {_one_line(exc)}; the next gc --apply retries"
         return _SidecarProblem(reason, True)
     if trash and dest:
-        _log_trash(trash, sidecar, dest)
+        log_trash(trash, sidecar, dest)
     return None
 
 
@@ -726,8 +463,8 @@ def _finish(
 ) -> None:
     """Finish (or undo the start of) the deletion an interrupted apply left ``marker`` for
     (opened and locked as ``fd``)."""
-    ckpt = _checkpoint_of_marker(marker)
-    content = _read_marker(fd)
+    ckpt = checkpoint_of_marker(marker)
+    content = read_marker(fd)
     if ckpt is None or content is None or content.get("checkpoint") != str(ckpt):
         result.skipped.append((str(marker), "not a marker gc can read: left as it is"))
         return
@@ -746,9 +483,13 @@ def _finish(
         )
         return
     if os.path.lexists(ckpt):
-        _undo_partial_copy(ckpt, content, dest)
-        os.unlink(marker)
-        return
+        if dest is None or not _moved_but_not_unlinked(ckpt, content, dest):
+            _undo_partial_copy(ckpt, dest)
+            os.unlink(marker)
+            return
+        # Killed between the move's link (or complete copy) and its unlink: finish the move.
+        os.unlink(ckpt)
+        log_trash(str(trash), ckpt, dest)
     identity = content.get("sidecar_identity")
     problem = _remove_sidecar(
         ckpt, tuple(identity) if isinstance(identity, list) else None, dest, trash
@@ -777,30 +518,36 @@ def _marker_dest(content: dict[str, Any], trash: str | None) -> Path | None:
     recorded, dest = content.get("trash"), content.get("trashed_to")
     if recorded is None or trash is None or not isinstance(dest, str):
         return None
-    if os.path.realpath(str(recorded)) != trash or not _under(os.path.abspath(dest), trash):
+    if os.path.realpath(str(recorded)) != trash or not under(os.path.abspath(dest), trash):
         return None
     return Path(os.path.abspath(dest))
 
 
-def _undo_partial_copy(ckpt: Path, content: dict[str, Any], dest: Path | None) -> None:
-    """The checkpoint is still in place: a trash name or copy the interrupted move made of it is
-    a duplicate; remove it so that the checkpoint is planned afresh (and not kept as "linked")."""
+def _moved_but_not_unlinked(ckpt: Path, content: dict[str, Any], dest: Path) -> bool:
+    """Whether the checkpoint, unchanged since its marker was written, is already whole at
+    ``dest``: the same file (linked) or a copy of its size (a copy gets its name only once
+    complete and fsynced)."""
+    planned = content.get("ckpt_identity")
+    try:
+        st, dst = os.lstat(ckpt), os.lstat(dest)
+    except OSError:
+        return False
+    if not isinstance(planned, list) or _identity(st) != tuple(planned):
+        return False
+    return os.path.samestat(st, dst) or (
+        stat.S_ISREG(dst.st_mode) and dst.st_size == st.st_size and st.st_nlink == 1
+    )
+
+
+def _undo_partial_copy(ckpt: Path, dest: Path | None) -> None:
+    """The checkpoint is in place and its move is not to be finished (it changed since, or never
+    reached the trash): drop a half-made copy, and a trash name that is the same file (the
+    changed file stays whole in place). A complete copy of an older content stays in the trash:
+    it is then the only copy of that content."""
     if dest is None:
         return
     with suppress(FileNotFoundError):
         os.unlink(dest.with_name(f".{dest.name}{COPY_SUFFIX}"))
-    try:
-        st, dst = os.lstat(ckpt), os.lstat(dest)
-    except OSError:
-        return
-    planned = content.get("ckpt_identity")
-    if os.path.samestat(st, dst):
-        os.unlink(dest)
-    elif (
-        isinstance(planned, list)
-        and _identity(st) == tuple(planned)
-        and stat.S_ISREG(dst.st_mode)
-        and dst.st_size == st.st_size
-    ):
-        # A complete copy (it was fsynced before it got this name) of an unchanged checkpoint.
-        os.unlink(dest)
+    with suppress(OSError):
+        if os.path.samestat(os.lstat(ckpt), os.lstat(dest)):
+            os.unlink(dest)

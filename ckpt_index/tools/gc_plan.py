@@ -25,8 +25,8 @@ from sqlalchemy import and_, or_, select
 
 from ckpt_index.hyperparams import PREFIX as PARAMS_PREFIX
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints
-from ckpt_index.sidecar.files import sidecar_path_for
-from ckpt_index.tools.gc_apply import is_gc_file
+from ckpt_index.sidecar.files import CKPT_SUFFIX, SIDECAR_SUFFIX
+from ckpt_index.tools.gc_markers import is_gc_file
 from ckpt_index.tools.rename_plan import is_kept_name
 
 if TYPE_CHECKING:
@@ -327,28 +327,33 @@ def _scan(path: str) -> _Folder:
     # The folder's own mtime is not a change: deleting a checkpoint (gc --apply itself) sets it;
     # training shows in the entries it writes. gc's own markers are no sign of training either.
     folder = _Folder()
+    files, others, newest = folder.files, folder.others, 0
+    is_regular, is_link = stat.S_ISREG, stat.S_ISLNK
     try:
         with os.scandir(path) as entries:
             for entry in entries:
-                if is_gc_file(entry.name):
+                name = entry.name
+                if is_gc_file(name):
                     continue
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue  # gone since the listing
-                folder.newest_ns = max(folder.newest_ns, st.st_mtime_ns)
-                if stat.S_ISREG(st.st_mode):
-                    folder.files[entry.name] = st
+                if st.st_mtime_ns > newest:
+                    newest = st.st_mtime_ns
+                if is_regular(st.st_mode):
+                    files[name] = st
                     continue
-                folder.others.add(entry.name)
-                if stat.S_ISLNK(st.st_mode):
+                others.add(name)
+                if is_link(st.st_mode):
                     try:
                         target = os.stat(entry.path)
                     except OSError:
                         continue  # dangling, or a loop
-                    folder.links.setdefault((target.st_dev, target.st_ino), []).append(entry.name)
+                    folder.links.setdefault((target.st_dev, target.st_ino), []).append(name)
     except OSError as exc:
         folder.error = exc.strerror or str(exc)
+    folder.newest_ns = newest
     return folder
 
 
@@ -372,7 +377,7 @@ def _newest_entry_ns(path: str, scanned: str) -> int:
     return newest
 
 
-@dataclass
+@dataclass(slots=True)
 class _Facts:
     """What the planner knows of one row while it decides."""
 
@@ -422,11 +427,13 @@ class _Planner:
     # -- per row -------------------------------------------------------------------------------
     def _facts(self, row: Any) -> _Facts:
         path: str = row.checkpoint_path
-        root = max((r for r in self.roots if path.startswith(r.rstrip("/") + "/")), key=len)
-        run, name = os.path.split(path)
+        root = self._root_of(path)
+        run, _, name = path.rpartition("/")
         folder = self._folder(run)
         st = folder.files.get(name)
-        sidecar_name = os.path.basename(sidecar_path_for(path))
+        # As sidecar_path_for names it (string work: this runs once per row).
+        stem = name[: -len(CKPT_SUFFIX)] if name.endswith(CKPT_SUFFIX) else name
+        sidecar_name = stem + SIDECAR_SUFFIX
         sidecar_st = folder.files.get(sidecar_name)
         unranked = _UNRANKED_STATUSES.get(row.status)
         value = None if unranked else row.value
@@ -435,9 +442,9 @@ class _Planner:
             root=root,
             run=run,
             name=name,
-            rel=os.path.relpath(path, root),
+            rel=path[len(root.rstrip("/")) + 1 :],
             st=st,
-            sidecar=os.path.join(run, sidecar_name) if sidecar_st is not None else None,
+            sidecar=f"{run}/{sidecar_name}" if sidecar_st is not None else None,
             sidecar_st=sidecar_st,
             value=value,
             group=self._group(row.exp_name, run),
@@ -445,6 +452,12 @@ class _Planner:
         self._never(fact, folder, unranked)
         self._policy_rules(fact)
         return fact
+
+    def _root_of(self, path: str) -> str:
+        """The deepest root ``path`` lies under (roots may nest)."""
+        if len(self.roots) == 1:
+            return self.roots[0]
+        return max((r for r in self.roots if path.startswith(r.rstrip("/") + "/")), key=len)
 
     def _folder(self, run: str) -> _Folder:
         folder = self.folders.get(run)
@@ -474,12 +487,12 @@ class _Planner:
             keep.append("file is gone (nothing to free)" if gone else "not a regular file")
         if st is not None and not _synced(row, st, fact.sidecar_st):
             keep.append("changed since the last sync (run ckpt-index sync)")
-        links = set()
-        if st is not None:
-            links.update(folder.links.get((st.st_dev, st.st_ino), []))
-        links.update(self._alias_names(row.aliases, fact))
-        if links:
-            keep.append("target of " + ", ".join(sorted(links)))
+        links = (
+            folder.links.get((st.st_dev, st.st_ino)) if st is not None and folder.links else None
+        )
+        if links or row.aliases:
+            names = {*(links or ()), *self._alias_names(row.aliases, fact)}
+            keep.append("target of " + ", ".join(sorted(names)))
         if st is not None and st.st_nlink > 1:
             others = st.st_nlink - 1
             keep.append(f"has {others} other hard link{'s' if others > 1 else ''}")
