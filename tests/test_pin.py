@@ -15,6 +15,8 @@ import pytest
 from helpers.checkpoints import write_checkpoint
 from helpers.index_rows import content, raw_rows, sync, wipe
 from helpers.sidecars import seed_document
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ckpt_index
 from ckpt_index.sidecar.files import dump_document, read_sidecar, sidecar_path_for
@@ -195,6 +197,38 @@ def test_the_row_pin_writes_is_the_row_a_fresh_sync_builds(outputs, db_url, invo
 
     assert comparable(after_pin) == comparable(fresh)
     assert sum(bool(r["pinned"]) for r in fresh.values()) == 2
+
+
+_COMMENT = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp")))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    newline=st.sampled_from(["\n", "\r\n"]),
+    final_newline=st.booleans(),
+)
+def test_the_line_edit_round_trips_any_layout_of_a_real_sidecar(data, newline, final_newline):
+    """Comments anywhere between the top-level entries, either line break, with or without a
+    final one: pin gives the same document with ``pinned: true`` (no full rewrite) and unpin
+    gives back the very same text."""
+    from ckpt_index.sidecar.files import parse_sidecar_bytes
+    from ckpt_index.tools.pin_text import edit_pinned, expected_document
+
+    lines = dump_document(seed_document()).splitlines()
+    top_level = [i for i, line in enumerate(lines) if line and not line[0].isspace()]
+    spots = data.draw(st.lists(st.sampled_from([*top_level, len(lines)]), max_size=4))
+    for spot in sorted(spots, reverse=True):
+        lines.insert(spot, "# " + data.draw(_COMMENT).strip())
+    original = newline.join(lines) + (newline if final_newline else "")
+    document = parse_sidecar_bytes(original.encode())
+
+    pinned = edit_pinned(original, document, True)
+    assert pinned.rewritten is None
+    assert parse_sidecar_bytes(pinned.text.encode()) == expected_document(document, True)
+    assert pinned.text.startswith(original.rstrip("\r\n"))
+    unpinned = edit_pinned(pinned.text, parse_sidecar_bytes(pinned.text.encode()), False)
+    assert unpinned.rewritten is None and unpinned.text == original
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ from ckpt_index.sidecar.files import (
     SidecarError,
     checkpoint_path_for,
     parse_sidecar_bytes,
-    read_sidecar,
     sidecar_path_for,
     validate_document,
 )
@@ -109,12 +108,6 @@ def unpin(
     """Unpin each checkpoint of ``paths``: the sidecar's top-level ``pinned`` line is removed,
     then the row updated. A checkpoint that is not pinned is left as it is (``not pinned``)."""
     return _set_pinned(paths, False, db, location)
-
-
-def sidecar_pinned(sidecar_path: PathLike) -> bool:
-    """Whether the sidecar at ``sidecar_path`` says ``pinned: true`` now (read and validated: an
-    invalid one raises :class:`~ckpt_index.sidecar.files.SidecarError`)."""
-    return bool(read_sidecar(os.fspath(sidecar_path)).pinned)
 
 
 def _set_pinned(
