@@ -561,3 +561,20 @@ def test_gc_apply_command_reports_skips_and_exits_0(outputs, db_url, tree, invok
     assert again.exit_code == 0, again.output
     report = json.loads(again.output)
     assert report["deleted"] == [str(changed)] and report["skipped"] == []
+
+
+def test_a_trash_in_a_policy_file_is_relative_to_the_file(
+    outputs, db_url, tree, tmp_path, invoke_db, monkeypatch
+):
+    (tmp_path / "ckpt-index.toml").write_text(
+        '[gc]\nkeep_best = 1\nby = "hmean"\ntrash = "gc-trash"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # as cron runs it
+
+    result = invoke_db("gc", str(outputs), "--apply")
+
+    assert result.exit_code == 0, result.output
+    moved = tmp_path / "gc-trash" / "outputs" / tree[0].relative_to(outputs)
+    assert moved.exists() and not tree[0].exists() and not (elsewhere / "gc-trash").exists()

@@ -149,12 +149,21 @@ def gc(
         plan = plan_gc(roots, policy, db=db)
     except (GcConfigError, QueryError) as exc:
         raise click.UsageError(str(exc)) from None
-    if trash is None:
-        trash = settings.values.get("trash")
+    if trash is None and settings.values.get("trash") is not None:
+        trash = _trash_from_file(str(settings.values["trash"]), settings.source)
     if apply:
         _apply(plan, trash, fmt)
         return
     _print_plan(plan, fmt, trash)
+
+
+def _trash_from_file(trash: str, source: str | None) -> str:
+    """A ``trash`` of a policy file is relative to that file's folder (a cron job's working
+    directory is anywhere); ``~`` is the user's home."""
+    import os
+
+    trash = os.path.expanduser(trash)
+    return os.path.join(os.path.dirname(os.path.abspath(source)), trash) if source else trash
 
 
 def _print_plan(plan: GcPlan, fmt: str, trash: str | None) -> None:
