@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from helpers.checkpoints import write_checkpoint
+from helpers.files import age
 from helpers.index_rows import content, raw_rows, sync, wipe
 from helpers.sidecars import seed_document
 from hypothesis import HealthCheck, given, settings
@@ -229,6 +230,30 @@ def test_the_line_edit_round_trips_any_layout_of_a_real_sidecar(data, newline, f
     assert pinned.text.startswith(original.rstrip("\r\n"))
     unpinned = edit_pinned(pinned.text, parse_sidecar_bytes(pinned.text.encode()), False)
     assert unpinned.rewritten is None and unpinned.text == original
+
+
+def test_a_stale_sidecar_stays_stale(outputs, db_url, invoke_db):
+    """A sidecar older than its (replaced) checkpoint describes the file it replaced: pinning
+    keeps its mtime, so the index still flags it, as a fresh sync does."""
+    ckpt = ckpts(outputs) / EPOCH_1
+    sidecar = sidecar_path_for(ckpt)
+    age(sidecar)
+    assert invoke_db("sync", str(outputs)).exit_code == 0
+    assert raw_rows(db_url)[str(ckpt)]["stale"]
+    mtime = sidecar.stat().st_mtime_ns
+    assert invoke_db("pin", str(ckpt)).exit_code == 0
+    assert read_sidecar(sidecar).pinned is True and sidecar.stat().st_mtime_ns == mtime
+    row = raw_rows(db_url)[str(ckpt)]
+    assert row["stale"] and row["pinned"]
+    wipe(db_url)
+    assert invoke_db("sync", str(outputs)).exit_code == 0
+    row = raw_rows(db_url)[str(ckpt)]
+    assert row["stale"] and row["pinned"]
+    # A sidecar that is not stale gets a new mtime (a sync reads it again).
+    other = sidecar_path_for(ckpts(outputs) / EPOCH_2)
+    before = other.stat().st_mtime_ns
+    assert invoke_db("pin", str(ckpts(outputs) / EPOCH_2)).exit_code == 0
+    assert other.stat().st_mtime_ns > before
 
 
 # --------------------------------------------------------------------------------------------

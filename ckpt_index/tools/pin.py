@@ -224,13 +224,25 @@ def _edit_sidecar(
         raise _Refused(f"the edited sidecar would not read back: {exc.reason}") from None
     if bool(written.pinned) != pinned:
         raise _Refused("the edited sidecar would not read back with the flag changed")
-    _replace(sidecar, new, st)
+    _replace(sidecar, new, st, keep_mtime=_stale(target, st))
     return (PINNED if pinned else UNPINNED), False, edit.rewritten
 
 
-def _replace(path: str, data: bytes, before: os.stat_result) -> None:
+def _stale(target: str, sidecar: os.stat_result) -> bool:
+    """Whether the sidecar is older than its checkpoint (``stale``: the checkpoint was replaced
+    after it was written), as a sync judges it."""
+    from ckpt_index.index.records import FileState, is_stale
+
+    ckpt = os.stat(target)
+    return is_stale(
+        FileState(ckpt.st_size, ckpt.st_mtime_ns), FileState(sidecar.st_size, sidecar.st_mtime_ns)
+    )
+
+
+def _replace(path: str, data: bytes, before: os.stat_result, *, keep_mtime: bool) -> None:
     """Write ``data`` over ``path`` atomically, keeping its mode, unless it changed since
-    ``before``."""
+    ``before``. ``keep_mtime``: the new file gets the old one's mtime (a stale sidecar stays
+    older than its checkpoint: pinning it does not vouch for the replaced checkpoint)."""
     directory, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     try:
@@ -238,6 +250,8 @@ def _replace(path: str, data: bytes, before: os.stat_result) -> None:
             os.fchmod(handle.fileno(), stat.S_IMODE(before.st_mode))
             handle.write(data)
             handle.flush()
+            if keep_mtime:
+                os.utime(handle.fileno(), ns=(before.st_atime_ns, before.st_mtime_ns))
             os.fsync(handle.fileno())
         now = os.lstat(path)
         if _identity(now) != _identity(before):
