@@ -2,6 +2,9 @@
 // /api/compare/curves (the URL in #compare-chart's data-src), fills the metric chooser with the
 // metrics they share, and draws one uPlot series per experiment with a ring on each compared
 // checkpoint. Names from files reach the page as text only (textContent, canvas text).
+// Live: the compared checkpoints are fixed by the URL, but their experiments' curves grow while
+// training runs; on "ckpt-index:changed" (live.js) the curves are fetched again for the metric
+// shown and redrawn in place on the same x axis.
 "use strict";
 (() => {
   const PALETTE = ["#2f6fdf", "#d6336c", "#2b8a3e", "#e67700", "#7048e8", "#0c8599"];
@@ -9,6 +12,9 @@
   const WHOLE = [1, 2, 5].flatMap((d) => [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7].map((p) => d * p))
     .sort((a, b) => a - b);
   let answer = null;
+  let plot = null;
+  let busy = false;
+  let again = false; // a change announced while a refresh was under way
 
   const holder = () => document.getElementById("compare-chart");
 
@@ -29,7 +35,6 @@
       select.appendChild(option);
     }
     select.disabled = data.metrics.length === 0;
-    select.addEventListener("change", () => select.form.submit());
   }
 
   function markList(data) {
@@ -63,6 +68,7 @@
       s[xName].forEach((x, i) => { if (x !== null) ys[where.get(x)] = s.value[i]; });
       return ys;
     });
+    if (plot) plot.destroy();
     box.textContent = "";
     let drawn = 0;
     const ring = (u) => {
@@ -103,18 +109,59 @@
       ],
       hooks: { draw: [ring] },
     };
-    window.ckptComparePlot = new uPlot(opts, [xAxis, ...columns], box);
+    plot = new uPlot(opts, [xAxis, ...columns], box);
+    window.ckptComparePlot = plot;
     box.dataset.series = String(data.series.length);
+    box.dataset.points = String(xAxis.length); // the x values drawn
     box.dataset.x = xName;
     box.dataset.metric = data.metric;
+  }
+
+  async function read(metric) {
+    const url = new URL(holder().dataset.src, window.location.href);
+    if (metric) url.searchParams.set("metric", metric);
+    return fetch(url, { headers: { accept: "application/json" }, cache: "no-store" });
+  }
+
+  // The index changed: the same checkpoints' curves again, for the metric shown.
+  async function refresh() {
+    const box = holder();
+    if (!box || box.dataset.ready !== "1") return;
+    if (busy) {
+      again = true;
+      return;
+    }
+    busy = true;
+    again = false;
+    try {
+      const reply = await read(answer ? answer.metric : box.dataset.metric);
+      if (!reply.ok) return; // e.g. a compared checkpoint left the index: keep what is shown
+      const data = await reply.json();
+      fillChooser(data);
+      markList(data);
+      if (data.metric) {
+        answer = data;
+        note("Each experiment’s curve; a ring marks each compared checkpoint.");
+        draw();
+      }
+      box.dataset.refreshed = String(Number(box.dataset.refreshed || "0") + 1);
+    } catch (_error) {
+      // The server is away: the next change tries again.
+    } finally {
+      busy = false;
+    }
+    if (again) refresh();
   }
 
   async function start() {
     const box = holder();
     if (!box) return;
-    const url = new URL(box.dataset.src, window.location.href);
-    if (box.dataset.metric) url.searchParams.set("metric", box.dataset.metric);
-    const reply = await fetch(url, { headers: { accept: "application/json" } });
+    const select = document.getElementById("curve-metric");
+    if (select) select.addEventListener("change", () => select.form.submit());
+    const xSelect = document.getElementById("curve-x");
+    if (xSelect) xSelect.addEventListener("change", draw);
+    document.addEventListener("ckpt-index:changed", refresh);
+    const reply = await read(box.dataset.metric);
     if (!reply.ok) {
       note(`The curves could not be read (HTTP ${reply.status}).`);
       return;
@@ -131,8 +178,6 @@
     answer = data;
     draw();
     box.dataset.ready = "1";
-    const xSelect = document.getElementById("curve-x");
-    if (xSelect) xSelect.addEventListener("change", draw);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

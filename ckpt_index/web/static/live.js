@@ -2,6 +2,9 @@
 // small fingerprint of the index, answered 304 while it is unchanged) and, when it changes,
 // fetches the page's own URL again and swaps in the fresh data-live elements (same id), keeping
 // the ticked compare boxes and what is being typed in the filter form (outside them).
+// An element marked data-live="json" is its page script's own: live.js only announces the change
+// (a "ckpt-index:changed" event on document) and the script fetches its JSON and redraws in place
+// (the Experiment and Compare charts, which keep the chosen metric and axis that way).
 "use strict";
 (() => {
   const PERIOD_MS = 2000;
@@ -9,9 +12,12 @@
   let known = null;
   let busy = false;
 
-  const regions = () => Array.from(document.querySelectorAll("[data-live][id]"));
+  const regions = () =>
+    Array.from(document.querySelectorAll('[data-live][id]:not([data-live="json"])'));
 
   async function refresh() {
+    document.dispatchEvent(new CustomEvent("ckpt-index:changed"));
+    if (regions().length === 0) return;
     const reply = await fetch(window.location.href, { headers: { accept: "text/html" } });
     if (!reply.ok) return;
     const fresh = new DOMParser().parseFromString(await reply.text(), "text/html");
@@ -49,7 +55,7 @@
   }
 
   function start() {
-    if (regions().length === 0) return;
+    if (!document.querySelector("[data-live]")) return;
     poll();
     window.setInterval(poll, PERIOD_MS);
   }
