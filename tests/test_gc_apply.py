@@ -578,3 +578,25 @@ def test_a_trash_in_a_policy_file_is_relative_to_the_file(
     assert result.exit_code == 0, result.output
     moved = tmp_path / "gc-trash" / "outputs" / tree[0].relative_to(outputs)
     assert moved.exists() and not tree[0].exists() and not (elsewhere / "gc-trash").exists()
+
+
+def test_an_index_url_with_a_password_is_found_again_or_asked_for(outputs, pg_url, monkeypatch):
+    """A plan shows its URL without the password; apply_gc writes to the real index: the one
+    given, or the ambient one the plan was made from; a hidden password is never used."""
+    from sqlalchemy.engine import make_url
+
+    from ckpt_index import plan_gc
+
+    with_password = make_url(pg_url).set(password="secret").render_as_string(False)
+    monkeypatch.setenv("CKPT_INDEX_DB", with_password)
+    make_tree(outputs, runs=1, epochs=3)
+    sync(outputs, pg_url)  # trust authentication: any password is accepted
+    plan = plan_gc(outputs, keep_best=1, by="hmean")
+    assert "secret" not in plan.db_url
+    assert len(plan.deletions) == 2  # epochs 0 and 1 (epoch 2 is the best and the newest)
+    assert gc_apply._index_url(plan, None) == with_password
+    assert gc_apply._index_url(plan, pg_url) == pg_url
+    monkeypatch.delenv("CKPT_INDEX_DB")
+    with pytest.raises(ValueError, match="without the password"):
+        apply_gc(plan)
+    assert apply_gc(plan, db=with_password).deleted == [i.checkpoint_path for i in plan.deletions]

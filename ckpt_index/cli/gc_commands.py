@@ -152,7 +152,7 @@ def gc(
     if trash is None and settings.values.get("trash") is not None:
         trash = _trash_from_file(str(settings.values["trash"]), settings.source)
     if apply:
-        _apply(plan, trash, fmt)
+        _apply(plan, trash, fmt, db)
         return
     _print_plan(plan, fmt, trash)
 
@@ -183,7 +183,7 @@ def _width() -> int | None:
 
 
 # ---- The --apply branch (H-apply fills this in: apply_gc, --trash checks, the report) ----------
-def _apply(plan: GcPlan, trash: str | None, fmt: str) -> None:
+def _apply(plan: GcPlan, trash: str | None, fmt: str, db: str | None) -> None:
     """Carry ``plan`` out with :func:`ckpt_index.tools.gc_apply.apply_gc`, one line per deletion
     as it happens (table) or the result at the end (json).
 
@@ -216,7 +216,7 @@ def _apply(plan: GcPlan, trash: str | None, fmt: str) -> None:
         else:
             echo_escaped(f"deleted  {shown(item)}{outcome.removeprefix('deleted')}")
 
-    result = apply_gc(plan, trash=trash, progress=progress)
+    result = apply_gc(plan, trash=trash, progress=progress, db=db)
     if fmt == "json":
         write_data(json.dumps(result.to_dict(), indent=2) + "\n")
         return

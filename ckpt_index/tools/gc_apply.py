@@ -273,6 +273,30 @@ def _delete_row(engine: Engine, location: str, path: str) -> None:
     run_write(engine, work)
 
 
+def _index_url(plan: GcPlan, db: str | os.PathLike[str] | None) -> str:
+    """The index to write: ``db``, or the plan's (whose password is hidden: the default index
+    is found again the way the plan found it)."""
+    from sqlalchemy.engine import make_url
+
+    from ckpt_index.index.engine import resolve_db_url
+
+    if db is not None:
+        return resolve_db_url(db)
+    ambient = resolve_db_url(None)
+    try:
+        if make_url(ambient).render_as_string(hide_password=True) == plan.db_url:
+            return ambient
+        hidden = make_url(plan.db_url).password == "***"
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse: open_engine says why
+        return plan.db_url
+    if hidden:
+        raise ValueError(
+            "the plan shows its index URL without the password: pass the URL again "
+            "(apply_gc(plan, db=URL))"
+        )
+    return plan.db_url
+
+
 @contextmanager
 def _engine(url: str) -> Iterator[Engine]:
     from ckpt_index.index.engine import disposing, open_engine
@@ -290,8 +314,12 @@ def apply_gc(
     *,
     trash: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
+    db: str | os.PathLike[str] | None = None,
 ) -> GcResult:
     """Carry out ``plan``'s deletions (see the module docstring for the order and re-checks).
+
+    ``db`` is the index, by default the plan's: a plan shows its URL without the password, so a
+    URL with one must be given again here (the default index ``$CKPT_INDEX_DB`` is found again).
 
     ``trash`` moves the files there instead of deleting them (:class:`TrashError` when it lies
     inside a root or holds one). ``progress(item, outcome)`` is called once per deletion with a
@@ -310,7 +338,7 @@ def apply_gc(
         return result
     if trash_dir is not None:
         os.makedirs(trash_dir, exist_ok=True)
-    with _engine(plan.db_url) as engine:
+    with _engine(_index_url(plan, db)) as engine:
         for marker in pending_markers(plan):
             if marker.name.endswith(NEW_SUFFIX):
                 drop_unnamed_marker(marker)
