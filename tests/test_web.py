@@ -264,6 +264,18 @@ def test_static_assets_come_from_the_package_only(client: TestClient) -> None:
         assert client.get(url).status_code == 404, url
 
 
+def test_serve_help_lists_every_json_route(invoke) -> None:
+    """`serve --help` names each route the OpenAPI document describes (NAME for a path part)."""
+    from ckpt_index.web.openapi import openapi_document
+
+    shown = invoke("serve", "--help", db=False).output
+    routes = [p.replace("{name}", "NAME") for p in openapi_document("0")["paths"]]
+    assert len(routes) >= 7
+    for route in routes:
+        assert re.search(rf"^ +{re.escape(route)}[? ]", shown, re.MULTILINE), route
+    assert "/openapi.json" in shown
+
+
 def test_openapi_describes_the_json(client: TestClient) -> None:
     document = client.get("/openapi.json").json()
     assert document["openapi"].startswith("3.")

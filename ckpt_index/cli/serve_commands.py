@@ -55,10 +55,22 @@ def _address(host: str, port: int) -> str:
 def serve(db: str | None, host: str, port: int, open_browser: bool) -> None:
     """Browse the index in a web browser: a read-only web app (needs the `web` extra).
 
-    Pages show the checkpoints with the filters, sorting and --where language of `query`, and
-    the same results as JSON (/api/checkpoints, described by /openapi.json). The index is never
-    created, migrated or written, and no file is served but the app's own assets. Exit 2 when
-    there is no index or it needs `ckpt-index db upgrade`.
+    Pages: Checkpoints (the filters, sorting and --where language of `query`), Experiment
+    (metric curves), Checkpoint, Compare (`diff` and the curves overlaid) and Health (the
+    `validate` report); they follow the index while training writes to it. Each answers JSON
+    with `query --format json`'s field names, described by /openapi.json:
+
+    \b
+        /api/checkpoints              the Checkpoints page (query's filters)
+        /api/experiments/NAME         an experiment's checkpoints and curve
+        /api/checkpoint?path=P        a checkpoint, where each value came from
+        /api/compare?path=A&path=B    diff's rows (2 to 6 paths)
+        /api/compare/curves?path=...  their experiments' curves
+        /api/health                   validate's report and index statistics
+        /api/version                  the index's fingerprint (304: unchanged)
+
+    The index is never created, migrated or written, and no file is served but the app's own
+    assets. Exit 2 when there is no index or it needs `ckpt-index db upgrade`.
 
     Example:
 
