@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import and_, or_, select
 
@@ -267,9 +267,31 @@ def _metric(conn: Connection, by: str) -> tuple[tuple[str, str], str]:
     return ("metric", name), direction
 
 
+class _Row(NamedTuple):
+    """A row as the planner reads it (a plain tuple: a SQLAlchemy Row's attribute access costs
+    ten times more, and the planner reads a dozen per row)."""
+
+    id: int
+    checkpoint_path: str
+    sidecar_path: str | None
+    exp_name: str | None
+    epoch: int | None
+    global_step: int | None
+    status: str
+    checkpoint_exists: bool
+    ckpt_size: int | None
+    ckpt_mtime_ns: int | None
+    sidecar_size: int | None
+    sidecar_mtime_ns: int | None
+    aliases: str | None
+    is_last: bool | None
+    pinned: bool | None
+    value: float | None
+
+
 def _rows_under(
     conn: Connection, roots: list[str], metric: tuple[str, str], location: str
-) -> list[Any]:
+) -> list[_Row]:
     """This location's rows below any root, with the metric's value: one statement, a range on
     the path index per root."""
     from ckpt_index.index.store import path_range
@@ -281,29 +303,13 @@ def _rows_under(
     ranges = [
         and_(c.checkpoint_path >= lo, c.checkpoint_path < hi) for lo, hi in map(path_range, roots)
     ]
-    stmt = select(
-        c.id,
-        c.checkpoint_path,
-        c.sidecar_path,
-        c.exp_name,
-        c.epoch,
-        c.global_step,
-        c.status,
-        c.checkpoint_exists,
-        c.ckpt_size,
-        c.ckpt_mtime_ns,
-        c.sidecar_size,
-        c.sidecar_mtime_ns,
-        c.aliases,
-        c.is_last,
-        c.pinned,
-        value.label("value"),
-    ).where(c.location == location, or_(*ranges))
+    columns = [c[field] for field in _Row._fields if field != "value"]
+    stmt = select(*columns, value.label("value")).where(c.location == location, or_(*ranges))
     if kind == "metric":
         stmt = stmt.select_from(
             checkpoints.outerjoin(m, and_(m.c.checkpoint_id == c.id, m.c.name == name))
         )
-    return list(conn.execute(stmt))
+    return [_Row._make(row) for row in conn.execute(stmt)]
 
 
 #: Rows whose metrics are not trusted to rank: the sidecar was rejected, the file unreadable.
