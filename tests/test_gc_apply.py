@@ -293,6 +293,33 @@ def test_changed_since_the_plan_is_kept(outputs, db_url, tree, change, reason):
     assert str(doomed) in raw_rows(db_url)
 
 
+@pytest.mark.parametrize("change", ["new file", "new link"])
+def test_a_change_in_the_run_mid_apply_is_seen(outputs, db_url, tree, change):
+    """A run folder is scanned once for its checkpoints (not once each), yet what someone else
+    does there during the apply is seen before the next deletion."""
+    doomed = [tree[0], tree[1], tree[2]]
+    plan = make_plan(db_url, outputs, set(doomed), include_active=change == "new link")
+
+    def meanwhile(item, outcome):
+        if item.checkpoint_path == str(doomed[0]):
+            # Not within the same clock tick as gc's own change to the folder (a change that
+            # close to it is seen at the next rescan, RESCAN_AFTER_S later at most).
+            time.sleep(0.05)
+            if change == "new file":
+                (doomed[0].parent / "epoch-09_step-000090.ckpt").write_bytes(b"training")
+            else:
+                os.symlink(doomed[2].name, doomed[2].with_name("last.ckpt"))
+
+    result = apply_gc(plan, progress=meanwhile)
+
+    if change == "new file":
+        assert result.deleted == [str(doomed[0])]
+        assert [why.split(" (")[0] for _, why in result.skipped] == ["run is active"] * 2
+    else:
+        assert result.deleted == [str(doomed[0]), str(doomed[1])]
+        assert result.skipped == [(str(doomed[2]), "the target of the link last.ckpt")]
+
+
 def test_pinned_in_the_sidecar_before_an_unsynced_plan_is_kept(outputs, db_url, tree):
     doomed = tree[1]
     sidecar = sidecar_path_for(doomed)

@@ -151,43 +151,89 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
-def _check_run(item: GcItem, window: float | None) -> None:
+#: A run folder's scan is reused for its next checkpoints for at most this long (seconds), and
+#: only while the folder's mtime is the one gc's own deletion left (anything created, removed or
+#: renamed there by someone else changes it): one scan per run, not one per checkpoint, so a run
+#: of thousands of checkpoints costs thousands of lstat calls, not millions. A change within the
+#: same clock tick as gc's own (a few ms) is seen at the next rescan, this long after at most.
+RESCAN_AFTER_S = 5.0
+
+
+@dataclass
+class _Scan:
+    """What one scan of a folder found: link targets, the newest entry, and when."""
+
+    links: dict[str, str]  # realpath of a link's target -> the link's name
+    newest: tuple[float, str] | None  # (mtime, name) of the newest entry, gc's own files aside
+    mtime_ns: int  # the folder's mtime then (or after gc's own change in it)
+    at: float
+
+
+class _Runs:
+    """The scans of the run folders (and of the folders above ``checkpoints`` folders) of one
+    apply, each reused while nothing but gc changed its folder."""
+
+    def __init__(self) -> None:
+        self.scans: dict[str, _Scan] = {}
+
+    def scan(self, folder: str, skip: str | None = None) -> _Scan:
+        mtime_ns = os.lstat(folder).st_mtime_ns
+        now = time.monotonic()
+        cached = self.scans.get(folder)
+        if cached is not None and cached.mtime_ns == mtime_ns and now - cached.at < RESCAN_AFTER_S:
+            return cached
+        links: dict[str, str] = {}
+        newest: tuple[float, str] | None = None
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if is_gc_file(entry.name) or entry.path == skip:
+                    continue
+                try:
+                    if entry.is_symlink():
+                        links.setdefault(os.path.realpath(entry.path), entry.name)
+                    changed = entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    continue
+                if newest is None or changed > newest[0]:
+                    newest = (changed, entry.name)
+        scan = self.scans[folder] = _Scan(links, newest, mtime_ns, now)
+        return scan
+
+    def changed_by_gc(self, folder: str) -> None:
+        """gc removed a file from ``folder``: its new mtime is no sign of anyone else."""
+        cached = self.scans.get(folder)
+        if cached is not None:
+            with suppress(OSError):
+                cached.mtime_ns = os.lstat(folder).st_mtime_ns
+
+
+def _check_run(item: GcItem, window: float | None, runs: _Runs) -> None:
     """Skip when a link in the run folder points at the checkpoint, or (``window``) the run is
     active: an entry of its folder changed within ``window`` seconds, as the planner sees it
     (gc's own markers and the folder's own mtime, which gc's deletions set, are no change; for a
     ``checkpoints`` folder, the run folder above it and its other entries count too)."""
-    target = os.path.realpath(item.checkpoint_path)
-    now = time.time()
-    with os.scandir(item.run) as entries:
-        for entry in entries:
-            if is_gc_file(entry.name):
-                continue
-            try:
-                if entry.is_symlink() and os.path.realpath(entry.path) == target:
-                    raise _Skip(f"the target of the link {entry.name}")
-                if window is not None:
-                    _check_age(entry.name, entry.stat(follow_symlinks=False), now, window)
-            except FileNotFoundError:
-                continue
-    if window is None or os.path.basename(item.run) != "checkpoints":
+    scan = runs.scan(item.run)
+    name = scan.links.get(os.path.realpath(item.checkpoint_path))
+    if name is not None:
+        raise _Skip(f"the target of the link {name}")
+    if window is None:
         return
-    parent = os.path.dirname(item.run)
-    with suppress(FileNotFoundError):
-        _check_age(os.path.basename(parent), os.lstat(parent), now, window)
-    with os.scandir(parent) as entries:
-        for entry in entries:
-            if entry.path != item.run:
-                with suppress(FileNotFoundError):
-                    _check_age(entry.name, entry.stat(follow_symlinks=False), now, window)
+    _check_age(scan.newest, window)
+    if os.path.basename(item.run) == "checkpoints":
+        parent = os.path.dirname(item.run)
+        _check_age((os.lstat(parent).st_mtime, os.path.basename(parent)), window)
+        _check_age(runs.scan(parent, skip=item.run).newest, window)
 
 
-def _check_age(name: str, st: os.stat_result, now: float, window: float) -> None:
-    age = now - st.st_mtime
+def _check_age(newest: tuple[float, str] | None, window: float) -> None:
+    if newest is None:
+        return
+    age = time.time() - newest[0]
     if age < window:
-        raise _Skip(f"run is active ({name} changed {_ago(age)})")
+        raise _Skip(f"run is active ({newest[1]} changed {_ago(age)})")
 
 
-def _recheck(item: GcItem, plan: GcPlan, row: Any) -> tuple[int, int] | None:
+def _recheck(item: GcItem, plan: GcPlan, row: Any, runs: _Runs) -> tuple[int, int] | None:
     """Raise :class:`_Skip` unless ``item`` may still go; return its sidecar's identity now."""
     path = item.checkpoint_path
     if is_kept_name(os.path.basename(path)):
@@ -233,7 +279,7 @@ def _recheck(item: GcItem, plan: GcPlan, row: Any) -> tuple[int, int] | None:
         except (OSError, SidecarError) as exc:
             raise _Skip(f"its sidecar cannot be read ({_one_line(exc)})") from None
     window = None if plan.policy.include_active else plan.policy.active_window
-    _check_run(item, window)
+    _check_run(item, window, runs)
     return sidecar_now
 
 
@@ -351,8 +397,9 @@ def apply_gc(
                 _finish(marker, fd, plan, trash_dir, engine, result)
             finally:
                 os.close(fd)
+        runs = _Runs()
         for item in plan.deletions:
-            _apply_one(item, plan, trash_dir, engine, result, progress)
+            _apply_one(item, plan, trash_dir, engine, result, progress, runs)
     return result
 
 
@@ -369,6 +416,7 @@ def _apply_one(
     engine: Engine,
     result: GcResult,
     progress: Progress | None,
+    runs: _Runs,
 ) -> None:
     ckpt = Path(item.checkpoint_path)
     marker = marker_path_for(ckpt)
@@ -376,7 +424,7 @@ def _apply_one(
         if os.path.lexists(marker):
             raise _Skip(f"another gc is deleting it ({marker.name} exists)")
         row = _current_row(engine, plan.location, item.checkpoint_path)
-        sidecar_identity = _recheck(item, plan, row)
+        sidecar_identity = _recheck(item, plan, row, runs)
     except _Skip as skip:
         _record_skip(result, item, str(skip), progress)
         return
@@ -401,9 +449,14 @@ def _apply_one(
         _record_skip(result, item, f"cannot write its marker: {_one_line(exc)}", progress)
         return
     try:
-        _remove_item(item, dest, sidecar_identity, trash, marker, engine, plan, result, progress)
+        outcome = _remove_item(item, dest, sidecar_identity, trash, marker, engine, plan, result)
     finally:
         os.close(fd)
+        # Before anything else runs (the progress callback included): the folder's mtime now is
+        # gc's own doing, and a change after this is someone else's.
+        runs.changed_by_gc(item.run)
+    if progress is not None:
+        progress(item, outcome)
 
 
 def _remove_item(
@@ -415,16 +468,16 @@ def _remove_item(
     engine: Engine,
     plan: GcPlan,
     result: GcResult,
-    progress: Progress | None,
-) -> None:
-    """Steps 2-5 of a deletion, its marker written and locked."""
+) -> str:
+    """Steps 2-5 of a deletion, its marker written and locked; return the outcome."""
     ckpt = Path(item.checkpoint_path)
     try:
         remove_file(ckpt, dest)
     except OSError as exc:
         _undo_start(ckpt, dest, marker)
-        _record_skip(result, item, f"cannot be removed: {_one_line(exc)}", progress)
-        return
+        reason = f"cannot be removed: {_one_line(exc)}"
+        result.skipped.append((item.checkpoint_path, reason))
+        return f"skipped: {reason}"
     if trash and dest:
         log_trash(trash, ckpt, dest)
     problem = _remove_sidecar(ckpt, sidecar_identity, dest, trash)
@@ -437,8 +490,7 @@ def _remove_item(
     outcome = f"trashed to {dest}" if dest else "deleted"
     if problem is not None:
         outcome += f" ({problem.reason})"
-    if progress is not None:
-        progress(item, outcome)
+    return outcome
 
 
 def _undo_start(ckpt: Path, dest: Path | None, marker: Path) -> None:
