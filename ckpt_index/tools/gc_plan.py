@@ -309,7 +309,7 @@ def _rows_under(
         stmt = stmt.select_from(
             checkpoints.outerjoin(m, and_(m.c.checkpoint_id == c.id, m.c.name == name))
         )
-    return [_Row._make(row) for row in conn.execute(stmt)]
+    return [_Row._make(row) for row in conn.execute(stmt).all()]
 
 
 #: Rows whose metrics are not trusted to rank: the sidecar was rejected, the file unreadable.
@@ -329,6 +329,9 @@ class _Folder:
     error: str | None = None
 
 
+_TRAINING_SUFFIXES = (CKPT_SUFFIX, SIDECAR_SUFFIX)
+
+
 def _scan(path: str) -> _Folder:
     # The folder's own mtime is not a change: deleting a checkpoint (gc --apply itself) sets it;
     # training shows in the entries it writes. gc's own markers are no sign of training either.
@@ -339,7 +342,8 @@ def _scan(path: str) -> _Folder:
         with os.scandir(path) as entries:
             for entry in entries:
                 name = entry.name
-                if is_gc_file(name):
+                # Checkpoints and sidecars (most entries) are no gc file: skip the call.
+                if not name.endswith(_TRAINING_SUFFIXES) and is_gc_file(name):
                     continue
                 try:
                     st = entry.stat(follow_symlinks=False)
