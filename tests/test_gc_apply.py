@@ -447,6 +447,42 @@ def test_killed_mid_move_into_the_trash_is_finished(
     fresh_equals(db_url, outputs, tmp_path)
 
 
+@pytest.mark.parametrize("across", [False, True])
+def test_killed_mid_move_of_the_sidecar_is_finished_without_a_second_copy(
+    outputs, db_url, tree, tmp_path, monkeypatch, across
+):
+    trash = tmp_path / "trash"
+    doomed = tree[1]
+    sidecar = sidecar_path_for(doomed)
+    real_unlink, real_link = os.unlink, os.link
+
+    def unlink(path, *args, **kwargs):
+        if Path(path) == sidecar:
+            raise Killed  # whole in the trash, not yet unlinked here
+        return real_unlink(path, *args, **kwargs)
+
+    def link(src, dst, *args, **kwargs):
+        if Path(src) in (doomed, sidecar):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "unlink", unlink)
+        if across:
+            m.setattr(os, "link", link)
+        with pytest.raises(Killed):
+            apply_gc(make_plan(db_url, outputs, {doomed}), trash=trash)
+    moved = trash / "outputs" / doomed.relative_to(outputs)
+    assert not doomed.exists() and sidecar.exists() and sidecar_path_for(moved).exists()
+
+    result = apply_gc(make_plan(db_url, outputs, set()), trash=trash)
+
+    assert result.finished == [str(doomed)] and result.skipped == []
+    assert not sidecar.exists() and sidecar_path_for(moved).exists()
+    assert not list(trash.rglob("*~1*"))
+    assert str(doomed) not in raw_rows(db_url)
+
+
 def test_killed_before_the_move_is_undone_then_planned_again(
     outputs, db_url, tree, tmp_path, monkeypatch
 ):

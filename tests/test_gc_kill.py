@@ -76,7 +76,7 @@ def gc_apply_killed(db: str, outputs: Path, trash: Path | None, rng: random.Rand
     return seen
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_sigkill_mid_apply_loses_nothing_kept_and_the_next_run_finishes(
     template, tmp_path, db_url, invoke_db, seed
 ):

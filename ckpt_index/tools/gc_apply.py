@@ -527,7 +527,18 @@ def _remove_sidecar(
         return _SidecarProblem("its sidecar changed meanwhile and was left in place", False)
     dest = None
     if ckpt_dest is not None and trash is not None:
-        dest = free_name(sidecar_path_for(ckpt_dest))
+        wanted = sidecar_path_for(ckpt_dest)
+        if _already_there(sidecar, st, wanted):
+            # An interrupted move got it whole into the trash: finish it, no second copy.
+            try:
+                os.unlink(sidecar)
+            except OSError as exc:
+                reason = (
+                    f"its sidecar cannot be removed: {_one_line(exc)}; the next gc --apply retries"
+                )
+                return _SidecarProblem(reason, True)
+            return None
+        dest = free_name(wanted)
     try:
         remove_file(sidecar, dest)
     except OSError as exc:
@@ -536,6 +547,23 @@ def _remove_sidecar(
     if trash and dest:
         log_trash(trash, sidecar, dest)
     return None
+
+
+def _already_there(sidecar: Path, st: os.stat_result, dest: Path) -> bool:
+    """Whether ``dest`` is the sidecar already: the same file (linked) or the same bytes (a copy
+    gets its name only once complete)."""
+    try:
+        dst = os.lstat(dest)
+    except OSError:
+        return False
+    if os.path.samestat(st, dst):
+        return True
+    if not (stat.S_ISREG(dst.st_mode) and dst.st_size == st.st_size <= MAX_SIDECAR_BYTES):
+        return False
+    try:
+        return Path(sidecar).read_bytes() == Path(dest).read_bytes()
+    except OSError:
+        return False
 
 
 def _finish(
