@@ -10,6 +10,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -72,6 +73,8 @@ def test_second_sync_after_demo_reports_nothing_changed(
 ) -> None:
     demo = tmp_path / "demo"
     assert invoke_db("demo", str(demo)).exit_code == 0
+    for path in demo.rglob("*"):  # the demo dates its files in 2025: as if just written instead
+        os.utime(path)
     first = _sync_json(invoke_db, demo)
     second = _sync_json(invoke_db, demo)
     assert first["added"] == first["checkpoints"] > 0
@@ -82,6 +85,31 @@ def test_second_sync_after_demo_reports_nothing_changed(
     assert {k: second[k] for k in ("valid", "invalid", "inferred")} == {
         k: first[k] for k in ("valid", "invalid", "inferred")
     }
+
+
+def test_demo_files_are_dated_like_the_runs_that_wrote_them(tmp_path: Path) -> None:
+    """A demo tree looks like past runs: each checkpoint and sidecar has the modification time
+    of its ``created_at`` (gc would keep a tree written a second ago as runs still training), and
+    later epochs are newer."""
+    import datetime as dt
+
+    import yaml
+
+    from ckpt_index.tools.demo import make_demo_tree
+
+    paths = make_demo_tree(tmp_path / "demo")
+    with_sidecars = [p for p in paths if sidecar_path_for(p).exists()]
+    assert len(with_sidecars) == len(paths) - 1
+    for ckpt in with_sidecars:
+        created = yaml.safe_load(sidecar_path_for(ckpt).read_text())["created_at"]
+        if isinstance(created, str):
+            created = dt.datetime.fromisoformat(created)
+        moment = created.replace(tzinfo=dt.timezone.utc).timestamp()
+        assert ckpt.stat().st_mtime == sidecar_path_for(ckpt).stat().st_mtime == moment
+    assert max(p.stat().st_mtime for p in (tmp_path / "demo").rglob("*")) < time.time() - 86_400
+    first_run = sorted(p for p in paths if p.parent == paths[0].parent)
+    mtimes = [p.stat().st_mtime for p in first_run]
+    assert mtimes == sorted(mtimes) and len(set(mtimes)) == len(mtimes)
 
 
 def test_racy_recheck_that_finds_a_change_counts_it_updated(

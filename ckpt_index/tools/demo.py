@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import os
 import pickle
 import random
 import zipfile
@@ -179,6 +180,17 @@ def _write(ckpt: Path, document: dict[str, Any], with_sidecar: bool) -> None:
     ckpt.write_bytes(checkpoint_bytes(document))
     if with_sidecar:
         sidecar_path_for(ckpt).write_text(dump_document(document), encoding="utf-8")
+    _date(ckpt, document["created_at"])
+    if with_sidecar:
+        _date(sidecar_path_for(ckpt), document["created_at"])
+
+
+def _date(path: Path, created_at: str) -> None:
+    """Give a demo file the modification time of its ``created_at`` (UTC), as if a run of that
+    date had written it: a tree written now would look like runs still being written (``gc``
+    keeps those) and its checkpoints would all be as new as each other."""
+    moment = _dt.datetime.fromisoformat(created_at).replace(tzinfo=_dt.timezone.utc).timestamp()
+    os.utime(path, (moment, moment))
 
 
 def make_tree(
@@ -241,7 +253,11 @@ def make_tree(
             if last and without_sidecar <= e < without_sidecar + invalid:
                 doc["metrics"]["hmean"] = 1.7  # rejected: out of range
                 sidecar_path_for(ckpt).write_text(dump_document(doc), encoding="utf-8")
+                _date(sidecar_path_for(ckpt), doc["created_at"])
             paths.append(ckpt)
+        if paths and paths[-1].parent == ckpt_dir:
+            _date(ckpt_dir, doc["created_at"])
+            _date(ckpt_dir.parent, doc["created_at"])
     return paths
 
 
