@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import and_, or_, select
@@ -430,8 +431,11 @@ class _Planner:
         for members in runs.values():
             self._newest(members)
         items = [self._item(fact) for fact in facts]
-        order = {root: i for i, root in enumerate(self.roots)}
-        items.sort(key=lambda item: (order[item.root], item.checkpoint_path))
+        # By root as given, then by path (code points: the bytewise order of UTF-8).
+        items.sort(key=attrgetter("checkpoint_path"))
+        if len(self.roots) > 1:
+            order = {root: i for i, root in enumerate(self.roots)}
+            items.sort(key=lambda item: order[item.root])  # stable: paths stay in order
         return items
 
     # -- per row -------------------------------------------------------------------------------
