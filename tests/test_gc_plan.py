@@ -175,6 +175,30 @@ def test_active_run_kept_unless_included(outputs: Path, db_url: str) -> None:
     assert has_reason(by_name(window)[rel("exp", "done", 0)], "run is active")
 
 
+def test_a_sidecar_edit_is_no_sign_of_training(outputs: Path, db_url: str) -> None:
+    """Pinning rewrites a sidecar (so do convert and editors), training writes checkpoints: a
+    fresh sidecar does not make its run active, in the plan or in the apply, so `pin` then `gc`
+    deletes the run's other checkpoints at once."""
+    from ckpt_index import apply_gc, pin
+
+    paths = make_run(outputs, "exp", "run1", [0.1, 0.9, 0.2, 0.3])
+    synced(outputs, db_url)
+    pin([paths[0]], db=db_url)  # a sidecar changed a moment ago
+
+    plan = plan_gc(outputs, db=db_url, keep_best=1, by="val/hmean")
+    assert deleted(plan) == {rel("exp", "run1", 2)}
+    assert by_name(plan)[rel("exp", "run1", 0)].reasons == ("pinned",)
+    assert not any(has_reason(item, "run is active") for item in plan.items)
+    result = apply_gc(plan, db=db_url)
+    assert (result.deleted, result.skipped) == ([str(paths[2])], [])
+
+    # A checkpoint written a moment ago still is one.
+    write_checkpoint(outputs / "exp/run1/checkpoints" / ckpt_name(4), **{"exp_name": "exp"})
+    sync(outputs, db_url)
+    busy = plan_gc(outputs, db=db_url, keep_best=1, by="val/hmean")
+    assert has_reason(by_name(busy)[rel("exp", "run1", 3)], "run is active")
+
+
 def test_older_than(outputs: Path, db_url: str) -> None:
     paths = make_run(outputs, "exp", "run1", [0.1, 0.2, 0.3, 0.9, 0.4])
     synced(outputs, db_url)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpt_index.sidecar.files import (
     MAX_SIDECAR_BYTES,
+    SIDECAR_SUFFIX,
     SidecarError,
     parse_sidecar_bytes,
     sidecar_path_for,
@@ -191,6 +192,8 @@ class _Runs:
                 try:
                     if entry.is_symlink():
                         links.setdefault(os.path.realpath(entry.path), entry.name)
+                    elif entry.name.endswith(SIDECAR_SUFFIX):
+                        continue  # as the planner sees a run: a sidecar is no sign of training
                     changed = entry.stat(follow_symlinks=False).st_mtime
                 except FileNotFoundError:
                     continue
