@@ -29,7 +29,7 @@ torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 
 from helpers.index_rows import content, raw_rows, sync, wipe  # noqa: E402
-from helpers.modules import Detector  # noqa: E402
+from helpers.modules import Detector, tiny_trainer  # noqa: E402
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
@@ -76,19 +76,7 @@ def fit(
     callbacks = [checkpointing(run / "checkpoints", **options), MetadataCallback(exp, db=False)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = pl.Trainer(
-            callbacks=[*callbacks, epochs],
-            max_epochs=max_epochs,
-            default_root_dir=run,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_train_batches=2,
-            limit_val_batches=1,
-            num_sanity_val_steps=0,
-            accelerator="cpu",
-            devices=1,
-        )
+        trainer = tiny_trainer(run, max_epochs=max_epochs, callbacks=[*callbacks, epochs])
         trainer.fit(Detector(schedule=schedule), data, data, ckpt_path=ckpt_path)
     return epochs
 

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 
 from helpers.index_rows import raw_rows  # noqa: E402
-from helpers.modules import Detector  # noqa: E402
+from helpers.modules import Detector, tiny_trainer  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from ckpt_index import api  # noqa: E402
@@ -44,19 +44,7 @@ def fit(
     data = DataLoader(TensorDataset(torch.randn(8, 4), torch.randn(8, 1)), batch_size=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = pl.Trainer(
-            callbacks=callbacks,
-            max_epochs=max_epochs,
-            default_root_dir=root,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_train_batches=2,
-            limit_val_batches=1,
-            num_sanity_val_steps=0,
-            accelerator="cpu",
-            devices=1,
-        )
+        trainer = tiny_trainer(root, max_epochs=max_epochs, callbacks=callbacks)
         trainer.fit(model or Detector(), data, data, ckpt_path=ckpt_path)
     return trainer
 

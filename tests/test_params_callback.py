@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 
+from helpers.modules import tiny_trainer  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from sqlalchemy import text  # noqa: E402
@@ -62,17 +63,9 @@ class ParamData(pl.LightningDataModule):
 
 
 def fit_run(run: Path, db: Any, module: pl.LightningModule, datamodule=None, epochs: int = 2):
-    trainer = pl.Trainer(
+    trainer = tiny_trainer(
+        run,
         max_epochs=epochs,
-        default_root_dir=run,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        devices=1,
         callbacks=[
             ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=-1),
             MetadataCallback(db=db),

@@ -25,7 +25,7 @@ from ckpt_index.sidecar.files import dump_document, read_sidecar, sidecar_path_f
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 
-from helpers.modules import Detector  # noqa: E402
+from helpers.modules import Detector, tiny_trainer  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
@@ -53,19 +53,7 @@ def fit(run: Path, *, sidecars: bool) -> None:
     data = DataLoader(TensorDataset(torch.randn(8, 4), torch.randn(8, 1)), batch_size=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = pl.Trainer(
-            callbacks=callbacks,
-            max_epochs=3,
-            default_root_dir=run,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_train_batches=2,
-            limit_val_batches=1,
-            num_sanity_val_steps=0,
-            accelerator="cpu",
-            devices=1,
-        )
+        trainer = tiny_trainer(run, max_epochs=3, callbacks=callbacks)
         trainer.fit(Detector(), data, data)
 
 

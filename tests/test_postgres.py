@@ -1064,6 +1064,7 @@ def test_unchanged_tree_is_not_read_again_on_an_icu_collated_server(
 def fit(root: Path, callback, *, max_epochs: int = 4, save_top_k: int = 2) -> None:
     torch = pytest.importorskip("torch")
     pl = pytest.importorskip("lightning.pytorch")
+    from helpers.modules import tiny_trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
@@ -1100,17 +1101,9 @@ def fit(root: Path, callback, *, max_epochs: int = 4, save_top_k: int = 2) -> No
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = pl.Trainer(
+        trainer = tiny_trainer(
+            root,
             max_epochs=max_epochs,
-            default_root_dir=root,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_train_batches=2,
-            limit_val_batches=1,
-            num_sanity_val_steps=0,
-            accelerator="cpu",
-            devices=1,
             callbacks=[
                 ModelCheckpoint(monitor="val/hmean", mode="max", save_top_k=save_top_k),
                 callback,

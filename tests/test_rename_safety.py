@@ -27,7 +27,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 
-from helpers.modules import Detector  # noqa: E402  (logs val/hmean: epochs 2, 4 best)
+from helpers.modules import Detector, tiny_trainer  # noqa: E402  (logs val/hmean: epochs 2, 4 best)
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
@@ -44,18 +44,8 @@ def fit(root: Path, checkpoint: ModelCheckpoint, max_epochs: int = 6) -> None:
     data = DataLoader(TensorDataset(torch.randn(8, 4), torch.randn(8, 1)), batch_size=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = pl.Trainer(
-            callbacks=[checkpoint, MetadataCallback(db=False)],
-            max_epochs=max_epochs,
-            default_root_dir=root,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_train_batches=2,
-            limit_val_batches=1,
-            num_sanity_val_steps=0,
-            accelerator="cpu",
-            devices=1,
+        trainer = tiny_trainer(
+            root, max_epochs=max_epochs, callbacks=[checkpoint, MetadataCallback(db=False)]
         )
         trainer.fit(Detector(), data, data)
 

@@ -38,3 +38,25 @@ class Detector(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def tiny_trainer(
+    root: Any, *, max_epochs: int = 3, callbacks: Any = (), **overrides: Any
+) -> pl.Trainer:
+    """A ``Trainer`` for the tests that train for real: the CPU, two training batches and one
+    validation batch per epoch, no sanity check, no logger, nothing printed; ``overrides``
+    replace any of these."""
+    options: dict[str, Any] = dict(
+        max_epochs=max_epochs,
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+    )
+    options.update(overrides)
+    return pl.Trainer(callbacks=list(callbacks), **options)
