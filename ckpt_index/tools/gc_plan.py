@@ -202,16 +202,17 @@ def plan_gc(
     url = resolve_db_url(db)
     location = resolve_location()
     guard = install_read_guard if is_sqlite(url) else None
-    with disposing(open_engine(db, readonly=True, on_connect=guard)) as engine:
-        with engine.connect() as conn:
-            metric, direction = _metric(conn, policy.by)
-            rows = _rows_under(conn, resolved, metric, location)
-        check_unlocked_read(engine)
-    # The planner makes a few objects per row and keeps them all: the cyclic collector would
-    # walk them again and again (a fifth of the time at 100,000 rows) and can free none.
+    # The rows and the planner make a few objects per row and keep them all: the cyclic
+    # collector would walk them (and every object the caller holds) again and again, a fifth of
+    # the time at 100,000 rows (more in a process holding many objects), and could free none.
     collecting = gc.isenabled()
     gc.disable()
     try:
+        with disposing(open_engine(db, readonly=True, on_connect=guard)) as engine:
+            with engine.connect() as conn:
+                metric, direction = _metric(conn, policy.by)
+                rows = _rows_under(conn, resolved, metric, location)
+            check_unlocked_read(engine)
         items = _Planner(policy, direction, resolved, time.time()).plan(rows)
     finally:
         if collecting:
