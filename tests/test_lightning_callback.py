@@ -18,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 
+from helpers.modules import tiny_trainer  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -84,22 +85,9 @@ def fit(
     ckpt_path: str | None = None,
     **trainer_kwargs: Any,
 ):
-    options: dict[str, Any] = dict(
-        max_epochs=max_epochs,
-        default_root_dir=root,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        devices=1,
-    )
-    options.update(trainer_kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dataloader workers, tiny batch counts, ...
-        trainer = pl.Trainer(callbacks=callbacks, **options)
+        trainer = tiny_trainer(root, max_epochs=max_epochs, callbacks=callbacks, **trainer_kwargs)
         trainer.fit(model or TinyModule(), loader(), loader(), ckpt_path=ckpt_path)
     return trainer
 

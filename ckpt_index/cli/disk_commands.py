@@ -9,8 +9,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ckpt_index.cli.common import F, db_option, echo_escaped, friendly_errors, write_data
-from ckpt_index.vocabulary import REPORT_FORMATS
+from ckpt_index.cli.common import (
+    F,
+    db_option,
+    echo_escaped,
+    friendly_errors,
+    report_format_option,
+    write_data,
+)
 
 if TYPE_CHECKING:
     from ckpt_index.tools.du import DiskUsage
@@ -87,14 +93,7 @@ def _pin_options(func: F) -> F:
     """PATH... and the options ``pin`` and ``unpin`` share."""
     func = friendly_errors(func)
     func = db_option(func)
-    func = click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(REPORT_FORMATS),
-        default="text",
-        show_default=True,
-        help="Report format: text for people, json for scripts.",
-    )(func)
+    func = report_format_option(func)
     paths = click.Path(exists=True, dir_okay=False)
     return click.argument("paths", nargs=-1, required=True, type=paths)(func)
 
