@@ -28,6 +28,22 @@ def db_option(func: F) -> F:
     )(func)
 
 
+def table_format_option(func: F) -> F:
+    """``--format table|json`` of the commands that print a table (``du``, ``gc``)."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(TABLE_FORMATS),
+        default="table",
+        show_default=True,
+        help="table for people, json for scripts.",
+    )(func)
+
+
+#: What ``table_format_option`` offers.
+TABLE_FORMATS = ("table", "json")
+
+
 def report_format_option(func: F) -> F:
     """``--format text|json`` of the commands that print a report."""
     from ckpt_index.vocabulary import REPORT_FORMATS

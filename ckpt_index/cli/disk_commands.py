@@ -15,6 +15,7 @@ from ckpt_index.cli.common import (
     echo_escaped,
     friendly_errors,
     report_format_option,
+    table_format_option,
     write_data,
 )
 
@@ -35,14 +36,7 @@ _BY_CHOICES = ("exp_name", "encoder", "phase", "status", "run")
     show_default=True,
     help="Group by experiment, encoder, training phase, status, or run (the checkpoint's folder).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(("table", "json")),
-    default="table",
-    show_default=True,
-    help="table for people, json for scripts.",
-)
+@table_format_option
 @db_option
 @friendly_errors
 def du(roots: tuple[str, ...], by: str, fmt: str, db: str | None) -> None:

@@ -14,12 +14,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ckpt_index.cli import completion
-from ckpt_index.cli.common import db_option, friendly_errors, write_data
+from ckpt_index.cli.common import db_option, friendly_errors, table_format_option, write_data
 
 if TYPE_CHECKING:
     from ckpt_index.tools.gc_plan import GcPlan
-
-GC_FORMATS = ("table", "json")
 
 
 @click.command()
@@ -94,14 +92,7 @@ GC_FORMATS = ("table", "json")
     metavar="DIR",
     help="With --apply: move the files into DIR (outside the roots) instead of deleting them.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(GC_FORMATS),
-    default="table",
-    show_default=True,
-    help="table for people, json for scripts.",
-)
+@table_format_option
 @db_option
 @friendly_errors
 def gc(

@@ -172,22 +172,19 @@ def _json(description: str, schema: str) -> dict[str, Any]:
 def _extra_paths() -> dict[str, Any]:
     """/api/compare, /api/compare/curves, /api/health and /api/version (Compare, Health, live)."""
     unreadable = _json("The index cannot be read.", "Error")
+    # The checkpoints a Compare page names: /api/compare and /api/compare/curves take the same.
+    compared = _parameter(
+        "path",
+        {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 6},
+        "An indexed checkpoint path, exactly (repeat: 2 to 6 of them).",
+    )
     return {
         "/api/compare": {
             "get": {
                 "operationId": "compareCheckpoints",
                 "summary": "Checkpoints side by side, as `ckpt-index diff --format json`.",
                 "parameters": [
-                    _parameter(
-                        "path",
-                        {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "minItems": 2,
-                            "maxItems": 6,
-                        },
-                        "An indexed checkpoint path, exactly (repeat: 2 to 6 of them).",
-                    ),
+                    compared,
                     _parameter("all", {"type": "boolean"}, "Every row, not only differing ones."),
                 ],
                 "responses": {
@@ -204,16 +201,7 @@ def _extra_paths() -> dict[str, Any]:
                 "summary": "The compared checkpoints' experiments: one metric's curve each, the "
                 "metrics they share, and where each compared checkpoint sits.",
                 "parameters": [
-                    _parameter(
-                        "path",
-                        {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "minItems": 2,
-                            "maxItems": 6,
-                        },
-                        "An indexed checkpoint path, exactly (repeat: 2 to 6 of them).",
-                    ),
+                    compared,
                     _parameter(
                         "metric",
                         {"type": "string"},
