@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers.child_limits import run_child
-from helpers.wandb_log import record, write_log
+from helpers.wandb_log import frame, record, write_log
 from sqlalchemy import insert
 
 import ckpt_index.sources.wandb as ws
@@ -234,11 +234,33 @@ def test_damaged_log_keeps_what_is_readable(offline_run: dict, tmp_path: Path, c
     truncated = tmp_path / "truncated" / "wandb" / source.name
     shutil.copytree(source, truncated, symlinks=True)
     log = truncated / f"run-{run_id}.wandb"
-    log.write_bytes(log.read_bytes()[:50_000])  # a run killed mid-write
+    data = log.read_bytes()
+    # A run killed mid-write: cut inside the 100 KB "notes" row of step 150, which is a run of
+    # "x" with no chunk header in its first 1,000 bytes, so the cut is inside a chunk wherever
+    # wandb's framing put it (a fixed offset can land on a chunk boundary, which no reader can
+    # tell from a clean end).
+    log.write_bytes(data[: data.index(b"x" * 1000) + 500])
     run = ws.read_run(ws.RunLocation(run_id, truncated))
     assert run.config == CONFIG
     assert run.history_at_step(100)["val/hmean"] == 0.5
+    assert 149 in run.steps and 150 not in run.steps
     assert any("truncated" in w for w in run.warnings)
+
+
+def test_a_cut_anywhere_inside_the_last_record_is_seen() -> None:
+    import io
+
+    payloads = [bytes([65 + i]) * n for i, n in enumerate((10, 40_000, 25))]
+    whole = frame(payloads)
+    before = len(frame(payloads[:-1]))  # where the last record's chunk header starts
+    for cut in range(before, len(whole) + 1):
+        problems: list[str] = []
+        records = list(wlog._chunked_records(io.BytesIO(whole[:cut]), problems))
+        if cut in (before, len(whole)):  # a cut on a record boundary is a clean end
+            assert records == payloads[: 2 if cut == before else 3] and problems == []
+        else:  # inside the header (1-6 bytes of it) or inside the data
+            assert records == payloads[:2], cut
+            assert problems == [wlog._TRUNCATED], cut
 
 
 def test_not_a_log(tmp_path: Path) -> None:

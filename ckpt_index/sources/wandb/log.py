@@ -145,6 +145,11 @@ def _chunked_records(f: Any, problems: list[str]) -> Iterator[bytes]:
                 if kind == _LAST:
                     yield bytes(pending)
                     pending = None
+        else:
+            # The last block, cut 1-6 bytes into a chunk header (zeros are padding).
+            if len(block) < _BLOCK and any(block[pos:]):
+                problems.append(_TRUNCATED)
+                pending = None
         offset += len(block)
         block = _read_full(f, _BLOCK)
         pos = 0
