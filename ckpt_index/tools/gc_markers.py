@@ -41,9 +41,13 @@ def marker_path_for(ckpt: str | os.PathLike[str]) -> Path:
     return path.with_name(f".{path.name}{GC_MARKER_SUFFIX}")
 
 
+#: Suffixes of the files gc itself writes in a run folder (no sign of training).
+GC_SUFFIXES = (GC_MARKER_SUFFIX, COPY_SUFFIX, NEW_SUFFIX)
+
+
 def is_gc_file(name: str) -> bool:
     """Whether a file name is one gc itself writes in a run folder (not a sign of training)."""
-    return name.endswith((GC_MARKER_SUFFIX, COPY_SUFFIX, NEW_SUFFIX))
+    return name.endswith(GC_SUFFIXES)
 
 
 def checkpoint_of_marker(marker: Path) -> Path | None:

@@ -16,12 +16,12 @@ import gc
 import json
 import math
 import os
-import stat
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from operator import attrgetter
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import and_, or_, select
@@ -29,7 +29,8 @@ from sqlalchemy import and_, or_, select
 from ckpt_index.hyperparams import PREFIX as PARAMS_PREFIX
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 from ckpt_index.sidecar.files import CKPT_SUFFIX, SIDECAR_SUFFIX
-from ckpt_index.tools.gc_markers import is_gc_file
+from ckpt_index.tools.gc_markers import GC_SUFFIXES
+from ckpt_index.tools.gc_scan import DEV, INO, MTIME_NS, NLINK, SIZE, FolderScans, Scan
 from ckpt_index.tools.rename_plan import KEPT_PREFIXES
 
 if TYPE_CHECKING:
@@ -211,9 +212,13 @@ def plan_gc(
         with disposing(open_engine(db, readonly=True, on_connect=guard)) as engine:
             with engine.connect() as conn:
                 metric, direction = _metric(conn, policy.by)
-                rows = _rows_under(conn, resolved, metric, location)
-            check_unlocked_read(engine)
-        items = _Planner(policy, direction, resolved, time.time()).plan(rows)
+                # The run folders are scanned by a helper process while the rows are read and
+                # decided (gc_scan says why); each folder as soon as a row names it.
+                with _folder_scans() as scans:
+                    rows = _rows_under(conn, resolved, metric, location, scans.add)
+                    check_unlocked_read(engine)
+                    planner = _Planner(policy, direction, resolved, time.time(), scans)
+                    items = planner.plan(rows)
     finally:
         if collecting:
             gc.enable()
@@ -282,8 +287,10 @@ def _metric(conn: Connection, by: str) -> tuple[tuple[str, str], str]:
 
 
 class _Row(NamedTuple):
-    """A row as the planner reads it (a plain tuple: a SQLAlchemy Row's attribute access costs
-    ten times more, and the planner reads a dozen per row)."""
+    """The columns of a row as the planner reads it, in order. The rows are the driver's own
+    tuples (a SQLAlchemy Row's attribute access costs ten times more, and even making these
+    named tuples was a tenth of a plan's time at 100,000 rows); the planner reads them by
+    position."""
 
     id: int
     checkpoint_path: str
@@ -304,10 +311,15 @@ class _Row(NamedTuple):
 
 
 def _rows_under(
-    conn: Connection, roots: list[str], metric: tuple[str, str], location: str
-) -> list[_Row]:
+    conn: Connection,
+    roots: list[str],
+    metric: tuple[str, str],
+    location: str,
+    on_folders: Callable[[list[str]], None] | None = None,
+) -> list[tuple[Any, ...]]:
     """This location's rows below any root, with the metric's value: one statement, a range on
-    the path index per root."""
+    the path index per root. ``on_folders`` is told the run folders of each batch of rows as
+    they are read, each once, in the order of the rows."""
     from ckpt_index.index.store import path_range
 
     c = checkpoints.c
@@ -332,9 +344,25 @@ def _rows_under(
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(str(compiled), args)
-        return list(map(_Row._make, cursor.fetchall()))
+        if on_folders is None:
+            return list(cursor.fetchall())
+        rows: list[tuple[Any, ...]] = []
+        seen: set[str] = set()
+        while batch := cursor.fetchmany(_FETCH_BATCH):
+            rows += batch
+            folders = []
+            for row in batch:
+                folder = row[1].rpartition("/")[0]
+                if folder not in seen:
+                    seen.add(folder)
+                    folders.append(folder)
+            on_folders(folders)
+        return rows
     finally:
         cursor.close()
+
+
+_FETCH_BATCH = 2000  # rows per fetch: the scans of a batch's folders start while the next is read
 
 
 #: Rows whose metrics are not trusted to rank: the sidecar was rejected, the file unreadable.
@@ -342,93 +370,31 @@ _UNRANKED_STATUSES = {"invalid": "sidecar invalid", "unreadable": "checkpoint un
 _SCOPES = {"exp_name": "in its experiment", "run": "in its run", "none": "under the roots"}
 
 
-@dataclass
 class _Folder:
-    """A run folder as one ``os.scandir`` saw it (``lstat``: links are looked at, not followed
-    out; a link's target is stat'ed only to know which file it names)."""
+    """A run folder as one scan saw it (:func:`~ckpt_index.tools.gc_scan.scan_folder`: ``lstat``,
+    links looked at, not followed out; a link's target stat'ed only to know which file it
+    names)."""
 
-    files: dict[str, os.stat_result] = field(default_factory=dict)  # regular files by name
-    others: set[str] = field(default_factory=set)  # names that are no regular file
-    sidecars: set[str] = field(default_factory=set)  # *.metadata.yaml names (not stat'ed)
-    links: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # target -> names
-    newest_ns: int = 0  # the newest change of the folder or any entry
-    error: str | None = None
+    __slots__ = ("files", "others", "sidecars", "links", "newest_ns", "error")
+
+    def __init__(self, scan: Scan) -> None:
+        files, others, sidecars, links, newest_ns, error = scan
+        self.files = files  # regular files by name: (st_dev, st_ino, st_size, st_mtime_ns, nlink)
+        self.others = set(others)  # names that are no regular file
+        self.sidecars = set(sidecars)  # *.metadata.yaml names (not stat'ed)
+        self.links: dict[tuple[int, int], list[str]] = {}  # target (st_dev, st_ino) -> names
+        for dev, ino, name in links:
+            self.links.setdefault((dev, ino), []).append(name)
+        self.newest_ns = newest_ns  # the newest change of the folder's entries
+        self.error = error
 
 
 _TRAINING_SUFFIXES = (CKPT_SUFFIX, SIDECAR_SUFFIX)
 
 
-def _scan(path: str) -> _Folder:
-    # The folder's own mtime is not a change: deleting a checkpoint (gc --apply itself) sets it;
-    # training shows in the entries it writes. gc's own markers are no sign of training either,
-    # and neither are sidecars: training writes one right after its checkpoint, while `pin`,
-    # `convert` and editors change them without training. Sidecars are not stat'ed at all (half
-    # the entries of a run: the scans are most of a plan's time); their identity comes from the
-    # index and apply_gc checks it against the file.
-    folder = _Folder()
-    files, others, sidecars, newest = folder.files, folder.others, folder.sidecars, 0
-    is_regular, is_link = stat.S_ISREG, stat.S_ISLNK
-    try:
-        # Listed through a descriptor: each entry is then stat'ed by its name in the folder
-        # (fstatat), not by its whole path looked up again from / (a third of a scan's time).
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if name.endswith(SIDECAR_SUFFIX) and entry.is_file(follow_symlinks=False):
-                        sidecars.add(name)  # the directory entry's type: no system call
-                        continue
-                    # Checkpoints and sidecars (most entries) are no gc file: skip the call.
-                    if not name.endswith(_TRAINING_SUFFIXES) and is_gc_file(name):
-                        continue
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue  # gone since the listing
-                    if st.st_mtime_ns > newest:
-                        newest = st.st_mtime_ns
-                    if is_regular(st.st_mode):
-                        files[name] = st
-                        continue
-                    others.add(name)
-                    if is_link(st.st_mode):
-                        try:
-                            target = os.stat(name, dir_fd=fd)
-                        except OSError:
-                            continue  # dangling, or a loop
-                        folder.links.setdefault((target.st_dev, target.st_ino), []).append(name)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        folder.error = exc.strerror or str(exc)
-    folder.newest_ns = newest
-    return folder
-
-
-def _newest_entry_ns(path: str, scanned: str) -> int:
-    """The newest change among ``path`` and its entries (no recursion) but the folder
-    ``scanned`` (looked at entry by entry: its mtime changes when gc deletes from it); 0 if
-    unreadable."""
-    newest = 0
-    skip = os.path.basename(scanned)
-    try:
-        newest = os.lstat(path).st_mtime_ns
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    if entry.name == skip:
-                        continue
-                    try:
-                        newest = max(newest, entry.stat(follow_symlinks=False).st_mtime_ns)
-                    except OSError:
-                        continue
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return newest
+def _folder_scans(child: bool = True) -> FolderScans:
+    """The scans of one plan (gc's own files are no sign of training, nor are sidecars)."""
+    return FolderScans(SIDECAR_SUFFIX, _TRAINING_SUFFIXES, GC_SUFFIXES, child=child)
 
 
 # The planner's state of one row while it decides: a list indexed by these (a list per row,
@@ -449,7 +415,15 @@ class _Planner:
     """Decides every row in one pass per row (local variables, reasons as plain strings), then
     ranks each group and finds the newest files of each run."""
 
-    def __init__(self, policy: GcPolicy, direction: str, roots: list[str], now: float) -> None:
+    def __init__(
+        self,
+        policy: GcPolicy,
+        direction: str,
+        roots: list[str],
+        now: float,
+        scans: FolderScans | None = None,
+    ) -> None:
+        self.scans = scans or _folder_scans(child=False)  # without: scanned here
         self.policy = policy
         self.direction = direction
         self.roots = roots
@@ -467,7 +441,7 @@ class _Planner:
             self._rank(members)
         for members in runs.values():
             self._newest(members)
-        items = [self._item(state) for members in runs.values() for state in members]
+        items = self._items(runs)
         # By root as given, then by path (code points: the bytewise order of UTF-8).
         items.sort(key=attrgetter("checkpoint_path"))
         if len(self.roots) > 1:
@@ -554,8 +528,8 @@ class _Planner:
                 # mtime (the next sync reads it again): its size must still match.
                 if not (
                     exists
-                    and ckpt_size == st.st_size
-                    and (ckpt_mtime_ns is None or ckpt_mtime_ns == st.st_mtime_ns)
+                    and ckpt_size == st[SIZE]
+                    and (ckpt_mtime_ns is None or ckpt_mtime_ns == st[MTIME_NS])
                     and (
                         sidecar_size is None
                         if sid is None
@@ -564,14 +538,14 @@ class _Planner:
                     )
                 ):
                     keep.append(_CHANGED)
-                links = folder.links.get((st.st_dev, st.st_ino)) if folder.links else None
+                links = folder.links.get((st[DEV], st[INO])) if folder.links else None
             else:
                 links = None
             if links or aliases:
                 names = {*(links or ()), *_alias_names(aliases, run, root)}
                 keep.append("target of " + ", ".join(sorted(names)))
-            if st is not None and st.st_nlink > 1:
-                others = st.st_nlink - 1
+            if st is not None and st[NLINK] > 1:
+                others = st[NLINK] - 1
                 keep.append(f"has {others} other hard link{'s' if others > 1 else ''}")
             kept_name = name.lower().startswith(kept_prefixes)
             if kept_name:
@@ -594,7 +568,7 @@ class _Planner:
             if every is not None and epoch is not None and (epoch + 1) % every == 0:
                 keep.append(f"epoch {epoch}: one of every {every} epochs")
             if older_than is not None and st is not None:
-                if now - st.st_mtime_ns / 1e9 < older_than:
+                if now - st[MTIME_NS] / 1e9 < older_than:
                     keep.append(newer)
                 else:
                     notes.append(older)
@@ -621,12 +595,8 @@ class _Planner:
     def _folder(self, run: str) -> _Folder:
         folder = self.folders.get(run)
         if folder is None:
-            folder = self.folders[run] = _scan(run)
-            newest = folder.newest_ns
-            # Lightning writes its logs beside checkpoints/: a run is active while they change.
-            if os.path.basename(run) == "checkpoints":
-                newest = max(newest, _newest_entry_ns(os.path.dirname(run), run))
-            self.active[run] = newest
+            folder = self.folders[run] = _Folder(self.scans.get(run))
+            self.active[run] = folder.newest_ns
         return folder
 
     # -- per group and run ------------------------------------------------------------------------
@@ -684,7 +654,7 @@ class _Planner:
                 not s[_KEPT_NAME],
                 row[5] if row[5] is not None else -1,
                 row[4] if row[4] is not None else -1,
-                s[_ST].st_mtime_ns,
+                s[_ST][MTIME_NS],
                 row[1],
             )
 
@@ -700,44 +670,52 @@ class _Planner:
                 "newest of its run" if position == 0 else f"among the {last} newest of its run"
             )
         # The most recently changed: the first such in the order above.
-        latest_ns = max(s[_ST].st_mtime_ns for s in present)
-        if first[_ST].st_mtime_ns != latest_ns:
-            latest = max((s for s in present if s[_ST].st_mtime_ns == latest_ns), key=newest_key)
+        latest_ns = max(s[_ST][MTIME_NS] for s in present)
+        if first[_ST][MTIME_NS] != latest_ns:
+            latest = max((s for s in present if s[_ST][MTIME_NS] == latest_ns), key=newest_key)
             latest[_KEEP].append("most recently changed of its run")
 
     @staticmethod
-    def _item(state: list[Any]) -> GcItem:
-        row, st, sid = state[_ROW], state[_ST], state[_SID]
-        keep, best = state[_KEEP], state[_BEST]
-        if not keep and best is None and st is not None:
-            action, not_best, notes = DELETE, state[_NOT_BEST], state[_NOTES]
-            if not_best is None:
-                reasons = tuple(notes)
-            else:
-                reasons = (not_best, *notes) if notes else (not_best,)
-        else:
-            action = KEEP
-            reasons = (best, *keep) if best is not None else tuple(keep)
-        size = (st.st_size if st is not None else 0) + (sid[0] if sid is not None else 0)
-        return _make_item(
-            (
-                row[1],  # checkpoint_path
-                state[_SIDECAR],
-                state[_ROOT],
-                state[_GROUP],
-                row[3],  # exp_name
-                state[_RUN],
-                row[4],  # epoch
-                row[5],  # global_step
-                state[_VALUE],
-                size,
-                action,
-                reasons,
-                row[0],  # row_id
-                (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) if st is not None else None,
-                sid,
-            )
-        )
+    def _items(runs: dict[str, list[list[Any]]]) -> list[GcItem]:
+        """The items of every row, with the reasons in the order a person reads them."""
+        items: list[GcItem] = []
+        append, make = items.append, _make_item
+        alone: dict[str, tuple[str]] = {}  # a deletion's one reason: one tuple for all of them
+        for members in runs.values():
+            for state in members:
+                row, st, sid = state[_ROW], state[_ST], state[_SID]
+                keep, best = state[_KEEP], state[_BEST]
+                if not keep and best is None and st is not None:
+                    action, not_best, notes = DELETE, state[_NOT_BEST], state[_NOTES]
+                    if not_best is None:
+                        reasons = tuple(notes)
+                    elif notes:
+                        reasons = (not_best, *notes)
+                    else:
+                        reasons = alone.get(not_best) or alone.setdefault(not_best, (not_best,))
+                else:
+                    action = KEEP
+                    reasons = (best, *keep) if best is not None else tuple(keep)
+                size = (st[SIZE] if st is not None else 0) + (sid[0] if sid is not None else 0)
+                fields = (
+                    row[1],  # checkpoint_path
+                    state[_SIDECAR],
+                    state[_ROOT],
+                    state[_GROUP],
+                    row[3],  # exp_name
+                    state[_RUN],
+                    row[4],  # epoch
+                    row[5],  # global_step
+                    state[_VALUE],
+                    size,
+                    action,
+                    reasons,
+                    row[0],  # row_id
+                    st[:4] if st is not None else None,
+                    sid,
+                )
+                append(make(fields))
+        return items
 
 
 _make_item = GcItem._make  # the fields in their order, without keyword handling
@@ -749,7 +727,7 @@ def _lstat_identity(path: str) -> tuple[int, int] | None:
         st = os.lstat(path)
     except OSError:
         return None
-    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+    return (st.st_size, st.st_mtime_ns) if S_ISREG(st.st_mode) else None
 
 
 def _alias_names(aliases: str | None, run: str, root: str) -> list[str]:

@@ -1,0 +1,316 @@
+"""The ``lstat`` scans of run folders a gc plan needs, run in a helper process beside the planner.
+
+A plan at 100,000 checkpoints makes some 130,000 ``lstat`` calls, and on a virtual machine the
+kernel's part of each is a few microseconds: the scans cost as much as the index query and the
+decisions together. Python threads cannot overlap them (each call hands the interpreter lock
+back and forth, which made a threaded scan slower than a serial one), so, as ``git``'s
+``core.preloadIndex`` stats in parallel, :class:`FolderScans` hands the folders to a child
+process while the parent reads the index and decides: the child scans each folder as soon as
+the parent names it, and the parent reads the results in the order it asks for them.
+
+The child is this file run by the same interpreter (``python -I -S gc_scan.py``: no site
+packages, nothing of the package imported, so it starts in about 10 ms). It reads
+NUL-terminated folder paths on stdin and writes, for batches of them, a 4-byte length and a
+``marshal``-ed list of ``(path, scan)``. It only lists and stats: no file is opened or read, no
+link is followed but to stat its target. When it cannot start, dies or answers out of turn, the
+parent scans the remaining folders itself (:func:`scan_folder`, the same function), so a plan's
+content never depends on the child.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import select
+import stat
+import struct
+import subprocess
+import sys
+
+#: What :func:`scan_folder` returns: (files, others, sidecars, links, newest_ns, error), where
+#: files maps a regular file's name to (st_dev, st_ino, st_size, st_mtime_ns, st_nlink);
+#: others lists the names that are no regular file; sidecars the names ending in the sidecar
+#: suffix (listed, not stat'ed); links (target st_dev, target st_ino, name) of each symbolic
+#: link whose target exists; newest_ns the newest change of the folder's entries (and, for a
+#: ``checkpoints`` folder, of the run folder above and its other entries); error the reason the
+#: folder could not be listed, else None.
+Scan = tuple[
+    dict[str, tuple[int, int, int, int, int]],
+    list[str],
+    list[str],
+    list[tuple[int, int, str]],
+    int,
+    str | None,
+]
+
+#: Fields of a file's tuple in :data:`Scan`.
+DEV, INO, SIZE, MTIME_NS, NLINK = range(5)
+
+_LENGTH = struct.Struct("<I")
+_BATCH = 64  # folders per answer: small enough that the parent's wait for its next folder is short
+
+
+def scan_folder(
+    path: str,
+    sidecar_suffix: str,
+    training_suffixes: tuple[str, ...],
+    ignored_suffixes: tuple[str, ...],
+) -> Scan:
+    """The entries of the run folder ``path`` as :data:`Scan` describes them.
+
+    The folder's own mtime is not a change (deleting a checkpoint, gc --apply itself, sets it);
+    training shows in the entries it writes. Names ending in ``ignored_suffixes`` (gc's own
+    files) are skipped, and sidecars are listed without a stat: training writes one right after
+    its checkpoint, while ``pin``, ``convert`` and editors change them without training.
+    """
+    files: dict[str, tuple[int, int, int, int, int]] = {}
+    others: list[str] = []
+    sidecars: list[str] = []
+    links: list[tuple[int, int, str]] = []
+    newest = 0
+    error = None
+    is_regular, is_link = stat.S_ISREG, stat.S_ISLNK
+    try:
+        # Listed through a descriptor: each entry is then stat'ed by its name in the folder
+        # (fstatat), not by its whole path looked up again from /.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.endswith(sidecar_suffix) and not entry.is_dir(follow_symlinks=False):
+                        sidecars.append(name)  # the directory entry's type: no system call
+                        continue
+                    # Checkpoints and sidecars (most entries) are no gc file: skip the test.
+                    if not name.endswith(training_suffixes) and name.endswith(ignored_suffixes):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # gone since the listing
+                    mtime_ns = st.st_mtime_ns
+                    if mtime_ns > newest:
+                        newest = mtime_ns
+                    if is_regular(st.st_mode):
+                        files[name] = (st.st_dev, st.st_ino, st.st_size, mtime_ns, st.st_nlink)
+                        continue
+                    others.append(name)
+                    if is_link(st.st_mode):
+                        try:
+                            target = os.stat(name, dir_fd=fd)
+                        except OSError:
+                            continue  # dangling, or a loop
+                        links.append((target.st_dev, target.st_ino, name))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        error = exc.strerror or str(exc)
+    # Lightning writes its logs beside checkpoints/: a run is active while they change.
+    if os.path.basename(path) == "checkpoints":
+        newest = max(newest, _newest_entry_ns(os.path.dirname(path), "checkpoints"))
+    return files, others, sidecars, links, newest, error
+
+
+def _newest_entry_ns(path: str, skip: str) -> int:
+    """The newest change among ``path`` and its entries (no recursion) but ``skip`` (looked at
+    entry by entry: its mtime changes when gc deletes from it); 0 if unreadable."""
+    newest = 0
+    try:
+        newest = os.lstat(path).st_mtime_ns
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.name == skip:
+                        continue
+                    try:
+                        newest = max(newest, entry.stat(follow_symlinks=False).st_mtime_ns)
+                    except OSError:
+                        continue
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return newest
+
+
+class FolderScans:
+    """The scans of the folders a plan names with :meth:`add`, by a child process when one
+    starts (else, or once it fails, in this process); :meth:`get` returns one. Use as a context
+    manager: leaving it ends the child."""
+
+    def __init__(
+        self,
+        sidecar_suffix: str,
+        training_suffixes: tuple[str, ...],
+        ignored_suffixes: tuple[str, ...],
+        *,
+        child: bool = True,
+    ) -> None:
+        self.args = (sidecar_suffix, tuple(training_suffixes), tuple(ignored_suffixes))
+        self.results: dict[str, Scan] = {}
+        self.asked: set[str] = set()  # folders sent to the child and not answered yet
+        self.out = bytearray()  # folder names not yet written to the child
+        self.inbox = bytearray()  # the child's answers not yet parsed
+        self.proc: subprocess.Popen[bytes] | None = self._start() if child else None
+
+    def _start(self) -> subprocess.Popen[bytes] | None:
+        if not sys.executable or not os.path.isfile(__file__):
+            return None
+        command = [
+            sys.executable,
+            "-I",
+            "-S",
+            __file__,
+            *self.args[:1],
+            "/".join(self.args[1]),
+            "/".join(self.args[2]),
+        ]
+        try:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                bufsize=0,
+            )
+        except (OSError, ValueError):
+            return None
+        assert proc.stdin is not None and proc.stdout is not None
+        os.set_blocking(proc.stdin.fileno(), False)
+        os.set_blocking(proc.stdout.fileno(), False)
+        _widen_pipe(proc.stdout.fileno())
+        return proc
+
+    def __enter__(self) -> FolderScans:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def in_child(self) -> bool:
+        """Whether a child process is (still) doing the scans."""
+        return self.proc is not None
+
+    def add(self, folders: list[str]) -> None:
+        """Start scanning ``folders`` (in the child; in this process, :meth:`get` scans)."""
+        if self.proc is None:
+            return
+        for folder in folders:
+            if folder not in self.asked and folder not in self.results and "\0" not in folder:
+                self.asked.add(folder)
+                self.out += os.fsencode(folder) + b"\0"
+        self._pump(wait=False)
+
+    def get(self, folder: str) -> Scan:
+        """The scan of ``folder``: the child's answer (waiting for it), else one made here."""
+        result = self.results.pop(folder, None)
+        if result is not None:
+            return result
+        while self.proc is not None and folder in self.asked:
+            self._pump(wait=True)
+            result = self.results.pop(folder, None)
+            if result is not None:
+                return result
+        return scan_folder(folder, *self.args)
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def _pump(self, wait: bool) -> None:
+        """Write what the child can take, read what it answered; with ``wait``, block until
+        one of the two moves (or the child is gone)."""
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        wfd, rfd = proc.stdin.fileno(), proc.stdout.fileno()
+        if wait:
+            writers = [wfd] if self.out else []
+            select.select([rfd], writers, [])
+        try:
+            if self.out:
+                try:
+                    del self.out[: os.write(wfd, self.out)]
+                except BlockingIOError:
+                    pass
+            while True:
+                try:
+                    data = os.read(rfd, 1 << 20)
+                except BlockingIOError:
+                    break
+                if not data:
+                    raise EOFError("the scanning process ended")
+                self.inbox += data
+            self._parse()
+        except (OSError, EOFError, ValueError, TypeError):
+            self._give_up()
+
+    def _parse(self) -> None:
+        inbox = self.inbox
+        start = 0
+        while len(inbox) - start >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(inbox, start)
+            end = start + _LENGTH.size + size
+            if len(inbox) < end:
+                break
+            for folder, scan in marshal.loads(bytes(inbox[start + _LENGTH.size : end])):
+                if folder in self.asked:
+                    self.asked.discard(folder)
+                    self.results[folder] = tuple(scan)
+            start = end
+        del inbox[:start]
+
+    def _give_up(self) -> None:
+        """The child failed: the folders it did not answer are scanned here."""
+        self.close()
+        self.asked.clear()
+        self.out.clear()
+        self.inbox.clear()
+
+
+def _widen_pipe(fd: int) -> None:
+    """Room for the child's answers while the parent is busy reading the index (Linux only)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError):
+        pass
+
+
+def _child(argv: list[str]) -> None:
+    sidecar_suffix = argv[0]
+    # Suffixes of file names hold no "/": it separates them.
+    training = tuple(s for s in argv[1].split("/") if s)
+    ignored = tuple(s for s in argv[2].split("/") if s)
+    out = sys.stdout.buffer
+    pending = b""
+    while True:
+        data = os.read(0, 1 << 16)
+        if not data:
+            return
+        pending += data
+        *names, pending = pending.split(b"\0")
+        for start in range(0, len(names), _BATCH):
+            batch = []
+            for name in names[start : start + _BATCH]:
+                folder = os.fsdecode(name)
+                batch.append((folder, scan_folder(folder, sidecar_suffix, training, ignored)))
+            payload = marshal.dumps(batch)
+            out.write(_LENGTH.pack(len(payload)) + payload)
+            out.flush()
+
+
+if __name__ == "__main__":
+    try:
+        _child(sys.argv[1:])
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
