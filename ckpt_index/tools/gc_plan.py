@@ -219,17 +219,20 @@ def plan_gc(
                     check_unlocked_read(engine)
                     planner = _Planner(policy, direction, resolved, time.time(), scans)
                     items = planner.plan(rows)
+        # Freed before the collector runs again: its first pass walks every object made while
+        # it was paused and still alive, and the rows and the planner's state are most of them.
+        del rows, planner
+        return GcPlan(
+            policy=policy,
+            roots=tuple(resolved),
+            db_url=_safe_url(url),
+            location=location,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            items=tuple(items),
+        )
     finally:
         if collecting:
             gc.enable()
-    return GcPlan(
-        policy=policy,
-        roots=tuple(resolved),
-        db_url=_safe_url(url),
-        location=location,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        items=tuple(items),
-    )
 
 
 def _policy(policy: GcPolicy | None, fields: dict[str, Any]) -> GcPolicy:
@@ -368,6 +371,7 @@ _FETCH_BATCH = 2000  # rows per fetch: the scans of a batch's folders start whil
 #: Rows whose metrics are not trusted to rank: the sidecar was rejected, the file unreadable.
 _UNRANKED_STATUSES = {"invalid": "sidecar invalid", "unreadable": "checkpoint unreadable"}
 _SCOPES = {"exp_name": "in its experiment", "run": "in its run", "none": "under the roots"}
+_NO_EXP = "in its run (no experiment name)"  # per exp_name, the scope of a row without one
 
 
 class _Folder:
@@ -401,7 +405,7 @@ def _folder_scans(child: bool = True) -> FolderScans:
 # not an object: the planner handles every indexed checkpoint, and an object's construction and
 # attribute access cost several times a list's at 100,000 rows).
 _ROW, _NAME, _ST, _SID, _VALUE, _KEEP, _NOTES, _BEST, _NOT_BEST, _KEPT_NAME = range(10)
-_GROUP, _ROOT, _RUN, _SIDECAR = range(10, 14)
+_GROUP, _ROOT, _RUN, _SIDECAR, _INDEX = range(10, 15)
 
 _GONE = "file is gone (nothing to free)"
 _NOT_REGULAR = "not a regular file"
@@ -431,17 +435,24 @@ class _Planner:
         self.metric = _bare_name(policy.by)
         self.folders: dict[str, _Folder] = {}
         self.active: dict[str, int] = {}  # run -> newest change (ns)
+        self.alone: dict[str, tuple[str]] = {}  # see _item
 
     def plan(self, rows: Iterable[Any]) -> list[GcItem]:
         runs: dict[str, list[list[Any]]] = {}
         groups: dict[str, list[list[Any]]] = {}
-        self._decide(rows, runs, groups)
+        # Each row's item is made as soon as the row is decided (while the helper may still be
+        # scanning later folders), as if it were neither among the best nor the newest; the
+        # few rows ranking and the newest-of-run rule then change are made again.
+        items: list[GcItem] = []
+        self._decide(rows, runs, groups, items)
+        changed: list[list[Any]] = []
         # Ranks first: the reasons read best first, as a person asks "why is it kept?".
         for members in groups.values():
-            self._rank(members)
+            self._rank(members, changed)
         for members in runs.values():
-            self._newest(members)
-        items = self._items(runs)
+            self._newest(members, changed)
+        for state in changed:
+            items[state[_INDEX]] = _item(state, self.alone)
         # By root as given, then by path (code points: the bytewise order of UTF-8).
         items.sort(key=attrgetter("checkpoint_path"))
         if len(self.roots) > 1:
@@ -455,6 +466,7 @@ class _Planner:
         rows: Iterable[Any],
         runs: dict[str, list[list[Any]]],
         groups: dict[str, list[list[Any]]],
+        items: list[GcItem],
     ) -> None:
         """The reasons of each row that need no other row: the never-delete classes, then the
         policy's globs, epochs and age (in the order a person reads them)."""
@@ -466,6 +478,12 @@ class _Planner:
         newer, older = f"newer than {limit}", f"older than {limit}"
         now, single_root = self.now, self.roots[0] if len(self.roots) == 1 else None
         kept_prefixes = KEPT_PREFIXES
+        # A ranked row that is not among the best (most of them) says so; the best are made
+        # again once ranked. The scope is the group's: a row without an experiment name is
+        # ranked in its run.
+        not_best = f"not among the best {policy.keep_best} by {self.metric} {_SCOPES[per]}"
+        not_best_in_run = f"not among the best {policy.keep_best} by {self.metric} {_NO_EXP}"
+        alone, add_item = self.alone, items.append
         # Per run folder: (folder, its active reason or None, its members).
         seen: dict[str, tuple[_Folder, str | None, list[list[Any]]]] = {}
         for row in rows:
@@ -579,14 +597,18 @@ class _Planner:
             else:
                 group = run  # per run, or a checkpoint of no known experiment: its run
             state = [row, name, st, sid, value, keep, notes, None, None, kept_name, group, root]
-            state += (run, sidecar)
+            state += (run, sidecar, len(items))
             members.append(state)
             if st is not None and value is not None:
+                state[_NOT_BEST] = (
+                    not_best_in_run if per == "exp_name" and not exp_name else not_best
+                )
                 ranked = groups.get(group)
                 if ranked is None:
                     groups[group] = [state]
                 else:
                     ranked.append(state)
+            add_item(_item(state, alone))
 
     def _root_of(self, path: str) -> str:
         """The deepest root ``path`` lies under (roots may nest)."""
@@ -600,7 +622,7 @@ class _Planner:
         return folder
 
     # -- per group and run ------------------------------------------------------------------------
-    def _rank(self, members: list[list[Any]]) -> None:
+    def _rank(self, members: list[list[Any]], changed: list[list[Any]]) -> None:
         """The best ``keep_best`` of a group (ties as ``query --best-by``: the higher epoch, the
         higher step, a ``last`` copy after its original, then the path)."""
         sign = -1.0 if self.direction == "max" else 1.0
@@ -625,21 +647,13 @@ class _Planner:
             )
         )
         best = candidates[:k]
-        scope = self._scope(best[0])
+        scope = _NO_EXP if self.policy.per == "exp_name" and not best[0][_ROW][3] else None
+        scope = scope or _SCOPES[self.policy.per]
         for position, state in enumerate(best, 1):
             state[_BEST] = f"best {k} by {self.metric} {scope} (#{position})"
-        if len(best) < len(members):
-            note = f"not among the best {k} by {self.metric} {scope}"
-            for state in members:
-                if state[_BEST] is None:
-                    state[_NOT_BEST] = note
+            changed.append(state)
 
-    def _scope(self, state: list[Any]) -> str:
-        if self.policy.per == "exp_name" and not state[_ROW][3]:
-            return "in its run (no experiment name)"
-        return _SCOPES[self.policy.per]
-
-    def _newest(self, members: list[list[Any]]) -> None:
+    def _newest(self, members: list[list[Any]], changed: list[list[Any]]) -> None:
         """The ``keep_last`` newest files of a run (by step, epoch, then change), and the one
         changed last."""
         present = [s for s in members if s[_ST] is not None]
@@ -669,56 +683,54 @@ class _Planner:
             state[_KEEP].append(
                 "newest of its run" if position == 0 else f"among the {last} newest of its run"
             )
+            changed.append(state)
         # The most recently changed: the first such in the order above.
         latest_ns = max(s[_ST][MTIME_NS] for s in present)
         if first[_ST][MTIME_NS] != latest_ns:
             latest = max((s for s in present if s[_ST][MTIME_NS] == latest_ns), key=newest_key)
             latest[_KEEP].append("most recently changed of its run")
-
-    @staticmethod
-    def _items(runs: dict[str, list[list[Any]]]) -> list[GcItem]:
-        """The items of every row, with the reasons in the order a person reads them."""
-        items: list[GcItem] = []
-        append, make = items.append, _make_item
-        alone: dict[str, tuple[str]] = {}  # a deletion's one reason: one tuple for all of them
-        for members in runs.values():
-            for state in members:
-                row, st, sid = state[_ROW], state[_ST], state[_SID]
-                keep, best = state[_KEEP], state[_BEST]
-                if not keep and best is None and st is not None:
-                    action, not_best, notes = DELETE, state[_NOT_BEST], state[_NOTES]
-                    if not_best is None:
-                        reasons = tuple(notes)
-                    elif notes:
-                        reasons = (not_best, *notes)
-                    else:
-                        reasons = alone.get(not_best) or alone.setdefault(not_best, (not_best,))
-                else:
-                    action = KEEP
-                    reasons = (best, *keep) if best is not None else tuple(keep)
-                size = (st[SIZE] if st is not None else 0) + (sid[0] if sid is not None else 0)
-                fields = (
-                    row[1],  # checkpoint_path
-                    state[_SIDECAR],
-                    state[_ROOT],
-                    state[_GROUP],
-                    row[3],  # exp_name
-                    state[_RUN],
-                    row[4],  # epoch
-                    row[5],  # global_step
-                    state[_VALUE],
-                    size,
-                    action,
-                    reasons,
-                    row[0],  # row_id
-                    st[:4] if st is not None else None,
-                    sid,
-                )
-                append(make(fields))
-        return items
+            changed.append(latest)
 
 
 _make_item = GcItem._make  # the fields in their order, without keyword handling
+
+
+def _item(state: list[Any], alone: dict[str, tuple[str]]) -> GcItem:
+    """The item of a decided row, with the reasons in the order a person reads them (``alone``:
+    the one-reason tuples of deletions, one per reason for all of them)."""
+    row, st, sid = state[_ROW], state[_ST], state[_SID]
+    keep, best = state[_KEEP], state[_BEST]
+    if not keep and best is None and st is not None:
+        action, not_best, notes = DELETE, state[_NOT_BEST], state[_NOTES]
+        if not_best is None:
+            reasons = tuple(notes)
+        elif notes:
+            reasons = (not_best, *notes)
+        else:
+            reasons = alone.get(not_best) or alone.setdefault(not_best, (not_best,))
+    else:
+        action = KEEP
+        reasons = (best, *keep) if best is not None else tuple(keep)
+    size = (st[SIZE] if st is not None else 0) + (sid[0] if sid is not None else 0)
+    return _make_item(
+        (
+            row[1],  # checkpoint_path
+            state[_SIDECAR],
+            state[_ROOT],
+            state[_GROUP],
+            row[3],  # exp_name
+            state[_RUN],
+            row[4],  # epoch
+            row[5],  # global_step
+            state[_VALUE],
+            size,
+            action,
+            reasons,
+            row[0],  # row_id
+            st[:4] if st is not None else None,
+            sid,
+        )
+    )
 
 
 def _lstat_identity(path: str) -> tuple[int, int] | None:
