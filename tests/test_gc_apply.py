@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ import ckpt_index.tools.gc_markers as gc_markers
 import ckpt_index.tools.gc_trash as gc_trash
 from ckpt_index import apply_gc
 from ckpt_index.index.engine import resolve_location
+from ckpt_index.query.table import human_size
 from ckpt_index.sidecar.files import sidecar_path_for
 from ckpt_index.tools.gc_apply import GC_MARKER_SUFFIX, TRASH_MANIFEST, TrashError
 from ckpt_index.tools.gc_plan import GcItem, GcPlan, GcPolicy
@@ -613,7 +615,12 @@ def test_gc_apply_command_reports_skips_and_exits_0(outputs, db_url, tree, invok
         [f"deleted  {p.relative_to(outputs)}" for p in gone]
         + [f"skipped  {changed.relative_to(outputs)}: replaced or modified since the plan"]
     )
-    assert lines[-1].startswith("deleted 5 checkpoint(s) (") and lines[-1].endswith("skipped 1")
+    summary = re.fullmatch(
+        r"deleted 5 checkpoint\(s\) \((\S+), (\d+) bytes freed\), skipped 1", lines[-1]
+    )
+    assert summary is not None, lines[-1]
+    assert summary[1] == human_size(int(summary[2]))  # the units the dry run shows
+
     assert [p for p in tree if p.exists()] == [changed, tree[3], tree[7]]
     monkeypatch.undo()
 

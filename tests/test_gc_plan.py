@@ -454,6 +454,7 @@ def test_cli_usage_errors(outputs: Path, db_url: str, invoke_db: Any) -> None:
     assert text_field.exit_code == 2 and "is no number" in text_field.output
     missing = invoke_db("gc", str(outputs), "--by", "hmean")
     assert missing.exit_code == 2 and "gc needs --keep-best" in missing.output
+    assert "ckpt-index.toml" in missing.output and "pyproject.toml" in missing.output
 
 
 def test_cli_missing_index_is_not_created(outputs: Path, tmp_path: Path, invoke: Any) -> None:
@@ -527,6 +528,9 @@ def test_table_fits_the_width_and_escapes_names() -> None:
             root, f"{long_name}/run/checkpoints/epoch-01.ckpt", "delete", ("not among " * 9,), 2048
         ),
         _item(root, "exp/run/checkpoints/epoch-02.ckpt", "keep", ("newest of its run",), 4096),
+        _item(root, "loose/epoch-03.ckpt", "keep", ("unranked (no val/hmean)",), 1024)._replace(
+            exp_name=None
+        ),
     )
     plan = GcPlan(
         policy=GcPolicy(keep_best=1, by="val/hmean"),
@@ -545,6 +549,8 @@ def test_table_fits_the_width_and_escapes_names() -> None:
         assert "epoch-01.ckpt" in table[1]  # the file name survives the elision
     whole = render_plan(plan)  # piped: every value whole, escaped
     assert "\\x1b[31mred/run/checkpoints/epoch-01.ckpt" in whole
+    # A checkpoint of no experiment is counted under "-", as du shows it.
+    assert any(line.split() == ["-", "delete", "0", "of", "1", "0B"] for line in whole.splitlines())
     assert whole.splitlines()[-1] == (
         "dry run: nothing deleted; run with --apply to delete 1 checkpoint (2.0K)"
     )

@@ -185,7 +185,7 @@ def _apply(plan: GcPlan, trash: str | None, fmt: str, db: str | None) -> None:
     import os
 
     from ckpt_index.cli.common import echo_escaped
-    from ckpt_index.safe_io import human_bytes
+    from ckpt_index.query.table import human_size
     from ckpt_index.tools.gc_apply import TrashError, apply_gc, check_trash
 
     if trash is not None:
@@ -213,12 +213,14 @@ def _apply(plan: GcPlan, trash: str | None, fmt: str, db: str | None) -> None:
         return
     for path in result.finished:
         echo_escaped(f"finished {path}: an interrupted deletion (its sidecar and row)")
+    planned = {item.checkpoint_path for item in plan.deletions}
     for path, reason in result.skipped:
-        if path not in {item.checkpoint_path for item in plan.deletions}:
+        if path not in planned:
             echo_escaped(f"skipped  {path}: {reason}")
     verb = "moved to the trash" if trash else "deleted"
+    freed = result.bytes_freed
     click.echo(
-        f"{verb} {len(result.deleted)} checkpoint(s) ({human_bytes(result.bytes_freed)} freed), "
+        f"{verb} {len(result.deleted)} checkpoint(s) ({human_size(freed)}, {freed} bytes freed), "
         f"skipped {len(result.skipped)}"
         + (f", finished {len(result.finished)} interrupted" if result.finished else "")
     )

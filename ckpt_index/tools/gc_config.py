@@ -218,7 +218,7 @@ def validated_policy(fields: Mapping[str, Any], *, source: str | None = None) ->
         names = " and ".join(f"--{m.replace('_', '-')}" for m in missing)
         raise GcConfigError(
             f"gc needs {names}: which checkpoints are the best to keep "
-            "(or a [gc] table in ckpt-index.toml)"
+            "(or a [gc] table in ckpt-index.toml, or [tool.ckpt-index.gc] in pyproject.toml)"
         )
     keep_best = fields["keep_best"]
     if isinstance(keep_best, bool) or not isinstance(keep_best, int) or keep_best < 1:

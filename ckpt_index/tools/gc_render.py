@@ -103,11 +103,11 @@ def summary_lines(plan: GcPlan, *, trash: str | None = None, width: int | None =
     freed = plan.freed_by_group()
     deleted = {name: sum(1 for i in deletions if (i.exp_name or "") == name) for name in counts}
     lines = ["", "freed per experiment:"]
-    name_width = max([10, *(len(escape_control(n or "(none)")) for n in counts)])
+    name_width = max([10, *(len(escape_control(n or "-")) for n in counts)])
     if width is not None:
         name_width = max(10, min(name_width, width - 32))
     for name in sorted(counts, key=lambda n: (-freed.get(n, 0), n)):
-        label = elide(escape_control(name or "(none)"), name_width, _ELLIPSIS)
+        label = elide(escape_control(name or "-"), name_width, _ELLIPSIS)
         lines.append(
             f"  {label.ljust(name_width)}  delete {deleted[name]:>4} of {counts[name][0]:>4}  "
             f"{human_size(freed.get(name, 0)):>6}"
