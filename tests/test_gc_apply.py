@@ -92,8 +92,12 @@ def make_plan(db: str, root: Path, delete: set[Path], **policy: object) -> GcPla
                 action="delete" if ckpt in delete and ident else "keep",
                 reasons=("test",),
                 row_id=row["id"],
-                ckpt_identity=ident,
-                sidecar_identity=(sst.st_size, sst.st_mtime_ns) if sst else None,
+                ckpt_dev=ident[0] if ident else None,
+                ckpt_ino=ident[1] if ident else None,
+                ckpt_size=ident[2] if ident else None,
+                ckpt_mtime_ns=ident[3] if ident else None,
+                sidecar_size=sst.st_size if sst else None,
+                sidecar_mtime_ns=sst.st_mtime_ns if sst else None,
             )
         )
     return GcPlan(

@@ -513,8 +513,12 @@ def _item(root: str, rel_path: str, action: str, reasons: tuple[str, ...], size:
         action=action,
         reasons=reasons,
         row_id=1,
-        ckpt_identity=(1, 2, size, 3),
-        sidecar_identity=None,
+        ckpt_dev=1,
+        ckpt_ino=2,
+        ckpt_size=size,
+        ckpt_mtime_ns=3,
+        sidecar_size=None,
+        sidecar_mtime_ns=None,
     )
 
 

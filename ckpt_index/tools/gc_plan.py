@@ -104,8 +104,29 @@ class GcItem(NamedTuple):
     action: str  # "keep" | "delete"
     reasons: tuple[str, ...]
     row_id: int
-    ckpt_identity: tuple[int, int, int, int] | None  # (st_dev, st_ino, st_size, st_mtime_ns)
-    sidecar_identity: tuple[int, int] | None  # (st_size, st_mtime_ns)
+    # The files as the plan saw them, which apply_gc checks again (None: no such file). Plain
+    # fields, not tuples: a plan holds 100,000 items, and the garbage collector walks each
+    # object they hold once the plan is made.
+    ckpt_dev: int | None
+    ckpt_ino: int | None
+    ckpt_size: int | None
+    ckpt_mtime_ns: int | None
+    sidecar_size: int | None
+    sidecar_mtime_ns: int | None
+
+    @property
+    def ckpt_identity(self) -> tuple[int, int, int, int] | None:
+        """(st_dev, st_ino, st_size, st_mtime_ns) of the checkpoint, or None (no file)."""
+        if self.ckpt_dev is None:
+            return None
+        return (self.ckpt_dev, self.ckpt_ino, self.ckpt_size, self.ckpt_mtime_ns)  # type: ignore[return-value]
+
+    @property
+    def sidecar_identity(self) -> tuple[int, int] | None:
+        """(st_size, st_mtime_ns) of the sidecar, or None (no sidecar file)."""
+        if self.sidecar_size is None:
+            return None
+        return (self.sidecar_size, self.sidecar_mtime_ns)  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -221,7 +242,9 @@ def plan_gc(
                     items = planner.plan(rows)
         # Freed before the collector runs again: its first pass walks every object made while
         # it was paused and still alive, and the rows and the planner's state are most of them.
-        del rows, planner
+        # The connection and the helper go too, so that closing them (psycopg allocates as it
+        # does) does not start that pass here.
+        del rows, planner, conn, engine, scans
         return GcPlan(
             policy=policy,
             roots=tuple(resolved),
@@ -711,7 +734,14 @@ def _item(state: list[Any], alone: dict[str, tuple[str]]) -> GcItem:
     else:
         action = KEEP
         reasons = (best, *keep) if best is not None else tuple(keep)
-    size = (st[SIZE] if st is not None else 0) + (sid[0] if sid is not None else 0)
+    if st is not None:
+        dev, ino, ckpt_size, ckpt_mtime_ns, _ = st
+    else:
+        dev = ino = ckpt_size = ckpt_mtime_ns = None
+    if sid is not None:
+        sidecar_size, sidecar_mtime_ns = sid
+    else:
+        sidecar_size = sidecar_mtime_ns = None
     return _make_item(
         (
             row[1],  # checkpoint_path
@@ -723,12 +753,16 @@ def _item(state: list[Any], alone: dict[str, tuple[str]]) -> GcItem:
             row[4],  # epoch
             row[5],  # global_step
             state[_VALUE],
-            size,
+            (ckpt_size or 0) + (sidecar_size or 0),  # size: what deleting it frees
             action,
             reasons,
             row[0],  # row_id
-            st[:4] if st is not None else None,
-            sid,
+            dev,
+            ino,
+            ckpt_size,
+            ckpt_mtime_ns,
+            sidecar_size,
+            sidecar_mtime_ns,
         )
     )
 
