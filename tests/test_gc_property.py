@@ -12,12 +12,14 @@ from __future__ import annotations
 import fnmatch
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from helpers.gc_trees import age_tree, ckpt_name, make_run
 from helpers.index_rows import plain_engine, sync
+from helpers.postgres import pg_url_with_schema
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
@@ -140,11 +142,20 @@ def policy_keeps(ckpts: list[Ckpt], policy: GcPolicy) -> set[str]:
     return keep
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One index for every example (made once): each example syncs trees of its own into it,
-    so rows of earlier examples are rows outside the root."""
-    return "sqlite:///" + str(tmp_path_factory.mktemp("gc_property") / "index.db")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """One index per backend for every example (made once): each example syncs trees of its
+    own into it, so rows of earlier examples are rows outside the root."""
+    if request.param == "sqlite":
+        yield "sqlite:///" + str(tmp_path_factory.mktemp("gc_property") / "index.db")
+        return
+    admin = request.getfixturevalue("pg_admin_engine")
+    schema = f"ckpt_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield pg_url_with_schema(schema)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 @settings(
