@@ -4,7 +4,8 @@ independently of the planner.
 
 Random trees: experiments with runs of a few epochs, hmean values drawn from a few (ties) or
 missing, ``last.ckpt``/``best-*.ckpt`` links, pinned rows, active runs; the same tree indexed by
-another location too, and a sibling tree outside the root. Real sidecars, real sync, on both backends.
+another location too, and a sibling tree outside the root. Real sidecars, real sync, on both
+backends.
 """
 
 from __future__ import annotations
