@@ -199,6 +199,27 @@ def test_a_sidecar_edit_is_no_sign_of_training(outputs: Path, db_url: str) -> No
     assert has_reason(by_name(busy)[rel("exp", "run1", 3)], "run is active")
 
 
+def test_an_interrupted_deletion_is_shown(outputs: Path, db_url: str, invoke_db: Any) -> None:
+    """A marker an interrupted `gc --apply` left is listed by the dry run (the next apply
+    finishes it first), and is no sign of training."""
+    from ckpt_index.tools.gc_markers import marker_path_for
+
+    paths = make_run(outputs, "exp", "run1", [0.1, 0.9, 0.2])
+    synced(outputs, db_url)
+    marker = marker_path_for(paths[0])
+    marker.write_text("{}")  # written a moment ago
+
+    plan = plan_gc(outputs, db=db_url, keep_best=1, by="val/hmean")
+    assert plan.interrupted == (str(marker),)
+    assert deleted(plan) == {rel("exp", "run1", 0)}  # the run is not active
+    text_out = invoke_db("gc", str(outputs), "--keep-best", "1", "--by", "val/hmean").output
+    assert f"interrupted: {marker} (a deletion an earlier gc --apply did not finish" in text_out
+    json_out = invoke_db(
+        "gc", str(outputs), "--keep-best", "1", "--by", "val/hmean", "--format", "json"
+    ).output
+    assert json.loads(json_out)["interrupted"] == [str(marker)]
+
+
 def test_older_than(outputs: Path, db_url: str) -> None:
     paths = make_run(outputs, "exp", "run1", [0.1, 0.2, 0.3, 0.9, 0.4])
     synced(outputs, db_url)
@@ -421,7 +442,16 @@ def test_cli_json(outputs: Path, db_url: str, invoke_db: Any) -> None:
 
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert set(data) == {"policy", "roots", "location", "created_at", "items", "totals"}
+    assert set(data) == {
+        "policy",
+        "roots",
+        "location",
+        "created_at",
+        "items",
+        "interrupted",
+        "totals",
+    }
+    assert data["interrupted"] == []
     assert data["roots"] == [str(outputs)]
     assert data["policy"]["keep_best"] == 1 and data["policy"]["by"] == "val/hmean"
     actions = {os.path.relpath(i["checkpoint_path"], outputs): i["action"] for i in data["items"]}

@@ -55,6 +55,7 @@ def test_the_helper_answers_as_a_scan_here(tmp_path: Path) -> None:
     ]
     assert [name for *_, name in expected[folders[0]][3]] == ["last.ckpt"]
     assert expected[folders[2]][5] and expected[folders[3]][5]  # the reasons they are unreadable
+    assert expected[folders[0]][6] == [".epoch-00.ckpt.ckpt-index-gc"]  # gc's own: listed only
     with FolderScans(*ARGS) as scans:
         scans.add(folders)
         got = {folder: scans.get(folder) for folder in reversed(folders)}

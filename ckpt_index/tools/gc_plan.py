@@ -29,7 +29,7 @@ from sqlalchemy import and_, or_, select
 from ckpt_index.hyperparams import PREFIX as PARAMS_PREFIX
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 from ckpt_index.sidecar.files import CKPT_SUFFIX, SIDECAR_SUFFIX
-from ckpt_index.tools.gc_markers import GC_SUFFIXES
+from ckpt_index.tools.gc_markers import GC_MARKER_SUFFIX, GC_SUFFIXES, NEW_SUFFIX
 from ckpt_index.tools.gc_scan import DEV, INO, MTIME_NS, NLINK, SIZE, FolderScans, Scan
 from ckpt_index.tools.rename_plan import KEPT_PREFIXES
 
@@ -156,6 +156,9 @@ class GcPlan:
     location: str
     created_at: str  # ISO time
     items: tuple[GcItem, ...]
+    #: Markers of deletions an interrupted ``gc --apply`` left in the run folders (the next
+    #: apply finishes them first).
+    interrupted: tuple[str, ...] = ()
 
     @property
     def deletions(self) -> tuple[GcItem, ...]:
@@ -185,6 +188,7 @@ class GcPlan:
             "location": self.location,
             "created_at": self.created_at,
             "items": [item.to_dict() for item in self.items],
+            "interrupted": list(self.interrupted),
             "totals": {
                 "checkpoints": len(self.items),
                 "delete": len(deletions),
@@ -244,6 +248,7 @@ def plan_gc(
         # it was paused and still alive, and the rows and the planner's state are most of them.
         # The connection and the helper go too, so that closing them (psycopg allocates as it
         # does) does not start that pass here.
+        interrupted = tuple(sorted(planner.pending))
         del rows, planner, conn, engine, scans
         return GcPlan(
             policy=policy,
@@ -252,6 +257,7 @@ def plan_gc(
             location=location,
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             items=tuple(items),
+            interrupted=interrupted,
         )
     finally:
         if collecting:
@@ -394,6 +400,7 @@ _FETCH_BATCH = 2000  # rows per fetch: the scans of a batch's folders start whil
 #: Rows whose metrics are not trusted to rank: the sidecar was rejected, the file unreadable.
 _UNRANKED_STATUSES = {"invalid": "sidecar invalid", "unreadable": "checkpoint unreadable"}
 _SCOPES = {"exp_name": "in its experiment", "run": "in its run", "none": "under the roots"}
+_PENDING = (GC_MARKER_SUFFIX, NEW_SUFFIX)  # what an interrupted apply leaves (gc_markers)
 _NO_EXP = "in its run (no experiment name)"  # per exp_name, the scope of a row without one
 
 
@@ -402,10 +409,10 @@ class _Folder:
     links looked at, not followed out; a link's target stat'ed only to know which file it
     names)."""
 
-    __slots__ = ("files", "others", "sidecars", "links", "newest_ns", "error")
+    __slots__ = ("files", "others", "sidecars", "links", "newest_ns", "error", "ignored")
 
     def __init__(self, scan: Scan) -> None:
-        files, others, sidecars, links, newest_ns, error = scan
+        files, others, sidecars, links, newest_ns, error, ignored = scan
         self.files = files  # regular files by name: (st_dev, st_ino, st_size, st_mtime_ns, nlink)
         self.others = set(others)  # names that are no regular file
         self.sidecars = set(sidecars)  # *.metadata.yaml names (not stat'ed)
@@ -414,6 +421,7 @@ class _Folder:
             self.links.setdefault((dev, ino), []).append(name)
         self.newest_ns = newest_ns  # the newest change of the folder's entries
         self.error = error
+        self.ignored = ignored  # gc's own files
 
 
 _TRAINING_SUFFIXES = (CKPT_SUFFIX, SIDECAR_SUFFIX)
@@ -459,6 +467,7 @@ class _Planner:
         self.folders: dict[str, _Folder] = {}
         self.active: dict[str, int] = {}  # run -> newest change (ns)
         self.alone: dict[str, tuple[str]] = {}  # see _item
+        self.pending: list[str] = []  # markers of interrupted deletions in the run folders
 
     def plan(self, rows: Iterable[Any]) -> list[GcItem]:
         runs: dict[str, list[list[Any]]] = {}
@@ -642,6 +651,8 @@ class _Planner:
         if folder is None:
             folder = self.folders[run] = _Folder(self.scans.get(run))
             self.active[run] = folder.newest_ns
+            if folder.ignored:
+                self.pending += (f"{run}/{n}" for n in folder.ignored if n.endswith(_PENDING))
         return folder
 
     # -- per group and run ------------------------------------------------------------------------

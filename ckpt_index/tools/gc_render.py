@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ckpt_index.query.render import escape_control
 from ckpt_index.query.table import elide, human_size
-from ckpt_index.tools.gc_plan import GcItem, GcPlan
+from ckpt_index.tools.gc_plan import DELETE, GcItem, GcPlan
 
 _GAP = "  "
 _ELLIPSIS = "\u2026"
@@ -96,12 +96,13 @@ def summary_lines(plan: GcPlan, *, trash: str | None = None, width: int | None =
     """Bytes freed per experiment, the total, and the dry-run footer (experiment names elided
     to ``width``)."""
     deletions = plan.deletions
-    counts: dict[str, tuple[int, int]] = {}
+    counts: dict[str, int] = {}
+    deleted: dict[str, int] = {}
     for item in plan.items:
-        n, total = counts.get(item.exp_name or "", (0, 0))
-        counts[item.exp_name or ""] = (n + 1, total)
+        name = item.exp_name or ""
+        counts[name] = counts.get(name, 0) + 1
+        deleted[name] = deleted.get(name, 0) + (item.action == DELETE)
     freed = plan.freed_by_group()
-    deleted = {name: sum(1 for i in deletions if (i.exp_name or "") == name) for name in counts}
     lines = ["", "freed per experiment:"]
     name_width = max([10, *(len(escape_control(n or "-")) for n in counts)])
     if width is not None:
@@ -109,7 +110,7 @@ def summary_lines(plan: GcPlan, *, trash: str | None = None, width: int | None =
     for name in sorted(counts, key=lambda n: (-freed.get(n, 0), n)):
         label = elide(escape_control(name or "-"), name_width, _ELLIPSIS)
         lines.append(
-            f"  {label.ljust(name_width)}  delete {deleted[name]:>4} of {counts[name][0]:>4}  "
+            f"  {label.ljust(name_width)}  delete {deleted[name]:>4} of {counts[name]:>4}  "
             f"{human_size(freed.get(name, 0)):>6}"
         )
     total = plan.bytes_freed
@@ -117,6 +118,11 @@ def summary_lines(plan: GcPlan, *, trash: str | None = None, width: int | None =
         f"total: delete {len(deletions)} of {len(plan.items)} checkpoints, "
         f"free {human_size(total)} ({total} bytes)"
     )
+    for marker in plan.interrupted:
+        lines.append(
+            f"interrupted: {escape_control(marker)} (a deletion an earlier gc --apply did not "
+            "finish; the next --apply finishes it first)"
+        )
     where = f" (moved to {escape_control(trash)})" if trash else ""
     lines.append(
         f"dry run: nothing deleted; run with --apply to delete {len(deletions)} "

@@ -27,13 +27,14 @@ import struct
 import subprocess
 import sys
 
-#: What :func:`scan_folder` returns: (files, others, sidecars, links, newest_ns, error), where
-#: files maps a regular file's name to (st_dev, st_ino, st_size, st_mtime_ns, st_nlink);
-#: others lists the names that are no regular file; sidecars the names ending in the sidecar
-#: suffix (listed, not stat'ed); links (target st_dev, target st_ino, name) of each symbolic
-#: link whose target exists; newest_ns the newest change of the folder's entries (and, for a
-#: ``checkpoints`` folder, of the run folder above and its other entries); error the reason the
-#: folder could not be listed, else None.
+#: What :func:`scan_folder` returns: (files, others, sidecars, links, newest_ns, error,
+#: ignored), where files maps a regular file's name to (st_dev, st_ino, st_size, st_mtime_ns,
+#: st_nlink); others lists the names that are no regular file; sidecars the names ending in the
+#: sidecar suffix (listed, not stat'ed); links (target st_dev, target st_ino, name) of each
+#: symbolic link whose target exists; newest_ns the newest change of the folder's entries (and,
+#: for a ``checkpoints`` folder, of the run folder above and its other entries); error the
+#: reason the folder could not be listed, else None; ignored the names ending in an ignored
+#: suffix (listed, not stat'ed).
 Scan = tuple[
     dict[str, tuple[int, int, int, int, int]],
     list[str],
@@ -41,6 +42,7 @@ Scan = tuple[
     list[tuple[int, int, str]],
     int,
     str | None,
+    list[str],
 ]
 
 #: Fields of a file's tuple in :data:`Scan`.
@@ -65,6 +67,7 @@ def scan_folder(
     """
     files: dict[str, tuple[int, int, int, int, int]] = {}
     others: list[str] = []
+    ignored: list[str] = []
     sidecars: list[str] = []
     links: list[tuple[int, int, str]] = []
     newest = 0
@@ -83,6 +86,7 @@ def scan_folder(
                         continue
                     # Checkpoints and sidecars (most entries) are no gc file: skip the test.
                     if not name.endswith(training_suffixes) and name.endswith(ignored_suffixes):
+                        ignored.append(name)
                         continue
                     try:
                         st = entry.stat(follow_symlinks=False)
@@ -108,7 +112,7 @@ def scan_folder(
     # Lightning writes its logs beside checkpoints/: a run is active while they change.
     if os.path.basename(path) == "checkpoints":
         newest = max(newest, _newest_entry_ns(os.path.dirname(path), "checkpoints"))
-    return files, others, sidecars, links, newest, error
+    return files, others, sidecars, links, newest, error, ignored
 
 
 def _newest_entry_ns(path: str, skip: str) -> int:
