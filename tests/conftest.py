@@ -7,7 +7,6 @@ the ``helpers`` package beside this file; test modules import them from there, n
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from helpers.browser import CHROMIUM
-from helpers.postgres import PG_ADMIN_URL, pg_url_with_schema
+from helpers.postgres import PG_ADMIN_URL, schema_url
 
 from ckpt_index.cli import cli
 
@@ -83,14 +82,8 @@ def pg_admin_engine():
 @pytest.fixture
 def pg_url(request, pg_admin_engine) -> Any:
     """A URL on a fresh PostgreSQL schema of its own (dropped afterwards): runs never meet."""
-    from sqlalchemy import text
-
-    schema = f"ckpt_test_{uuid.uuid4().hex[:12]}"
-    with pg_admin_engine.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    yield pg_url_with_schema(schema)
-    with pg_admin_engine.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    with schema_url(pg_admin_engine) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -13,14 +13,13 @@ from __future__ import annotations
 import fnmatch
 import os
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from helpers.gc_trees import age_tree, ckpt_name, make_run
 from helpers.index_rows import plain_engine, sync
-from helpers.postgres import pg_url_with_schema
+from helpers.postgres import schema_url
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
@@ -150,13 +149,8 @@ def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
     if request.param == "sqlite":
         yield "sqlite:///" + str(tmp_path_factory.mktemp("gc_property") / "index.db")
         return
-    admin = request.getfixturevalue("pg_admin_engine")
-    schema = f"ckpt_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    yield pg_url_with_schema(schema)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    with schema_url(request.getfixturevalue("pg_admin_engine")) as url:
+        yield url
 
 
 @settings(

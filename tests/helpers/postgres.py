@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 #: The test server's database; the local server trusts every role from 127.0.0.1.
 PG_ADMIN_URL = os.environ.get(
@@ -15,3 +19,18 @@ def pg_url_with_schema(schema: str) -> str:
     # libpq `options`: every connection of this URL sets search_path to `schema`.
     separator = "&" if "?" in PG_ADMIN_URL else "?"
     return f"{PG_ADMIN_URL}{separator}options=-csearch_path%3D{schema}"
+
+
+@contextmanager
+def schema_url(admin_engine: Any) -> Iterator[str]:
+    """A URL on a fresh schema of its own, dropped on leaving: runs never meet."""
+    from sqlalchemy import text
+
+    schema = f"ckpt_test_{uuid.uuid4().hex[:12]}"
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield pg_url_with_schema(schema)
+    finally:
+        with admin_engine.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
