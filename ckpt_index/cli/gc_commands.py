@@ -158,12 +158,15 @@ def _trash_from_file(trash: str, source: str | None) -> str:
 
 
 def _print_plan(plan: GcPlan, fmt: str, trash: str | None) -> None:
+    from ckpt_index.tools.gc_plan import collector_paused
     from ckpt_index.tools.gc_render import render_plan
 
-    if fmt == "json":
-        write_data(json.dumps(plan.to_dict(), indent=2) + "\n")
-        return
-    write_data(render_plan(plan, width=_width(), trash=trash) + "\n")
+    with collector_paused():  # a line or a dict per item, all kept until written
+        if fmt == "json":
+            text = json.dumps(plan.to_dict(), indent=2)
+        else:
+            text = render_plan(plan, width=_width(), trash=trash)
+    write_data(text + "\n")
 
 
 def _width() -> int | None:

@@ -17,7 +17,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from operator import attrgetter
@@ -129,21 +130,13 @@ class GcItem(NamedTuple):
         return (self.sidecar_size, self.sidecar_mtime_ns)  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "checkpoint_path": self.checkpoint_path,
-            "sidecar_path": self.sidecar_path,
-            "root": self.root,
-            "group": self.group,
-            "exp_name": self.exp_name,
-            "run": self.run,
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "value": self.value,
-            "size": self.size,
-            "action": self.action,
-            "reasons": list(self.reasons),
-            "row_id": self.row_id,
-        }
+        """The fields up to ``row_id`` (the identities are apply_gc's business), by name."""
+        data: dict[str, Any] = dict(zip(_ITEM_KEYS, self, strict=False))  # up to row_id
+        data["reasons"] = list(self.reasons)
+        return data
+
+
+_ITEM_KEYS = GcItem._fields[: GcItem._fields.index("row_id") + 1]
 
 
 @dataclass(frozen=True)
@@ -231,9 +224,7 @@ def plan_gc(
     # The rows and the planner make a few objects per row and keep them all: the cyclic
     # collector would walk them (and every object the caller holds) again and again, a fifth of
     # the time at 100,000 rows (more in a process holding many objects), and could free none.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         with disposing(open_engine(db, readonly=True, on_connect=guard)) as engine:
             with engine.connect() as conn:
                 metric, direction = _metric(conn, policy.by)
@@ -259,6 +250,17 @@ def plan_gc(
             items=tuple(items),
             interrupted=interrupted,
         )
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused (as it was before, after): for work that makes many
+    objects and frees none of them, such as a plan of 100,000 items or its rendering, where the
+    collector's passes over them cost more than the work itself and reclaim nothing."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
         if collecting:
             gc.enable()
