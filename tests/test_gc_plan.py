@@ -8,6 +8,7 @@ makes one active.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -201,23 +202,33 @@ def test_a_sidecar_edit_is_no_sign_of_training(outputs: Path, db_url: str) -> No
 
 def test_an_interrupted_deletion_is_shown(outputs: Path, db_url: str, invoke_db: Any) -> None:
     """A marker an interrupted `gc --apply` left is listed by the dry run (the next apply
-    finishes it first), and is no sign of training."""
+    finishes it first), and is no sign of training; one a running apply holds is not listed."""
     from ckpt_index.tools.gc_markers import marker_path_for
 
     paths = make_run(outputs, "exp", "run1", [0.1, 0.9, 0.2])
     synced(outputs, db_url)
     marker = marker_path_for(paths[0])
     marker.write_text("{}")  # written a moment ago
-
-    plan = plan_gc(outputs, db=db_url, keep_best=1, by="val/hmean")
-    assert plan.interrupted == (str(marker),)
-    assert deleted(plan) == {rel("exp", "run1", 0)}  # the run is not active
-    text_out = invoke_db("gc", str(outputs), "--keep-best", "1", "--by", "val/hmean").output
-    assert f"interrupted: {marker} (a deletion an earlier gc --apply did not finish" in text_out
-    json_out = invoke_db(
-        "gc", str(outputs), "--keep-best", "1", "--by", "val/hmean", "--format", "json"
-    ).output
-    assert json.loads(json_out)["interrupted"] == [str(marker)]
+    live = marker_path_for(paths[1])
+    live.write_text("{}")
+    held = os.open(live, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        plan = plan_gc(outputs, db=db_url, keep_best=1, by="val/hmean")
+        assert plan.interrupted == (str(marker),)
+        assert deleted(plan) == {rel("exp", "run1", 0)}  # the run is not active
+        text_out = invoke_db("gc", str(outputs), "--keep-best", "1", "--by", "val/hmean").output
+        expected = f"interrupted: {marker} (a deletion an earlier gc --apply did not finish"
+        assert expected in text_out and str(live) not in text_out
+        json_out = invoke_db(
+            "gc", str(outputs), "--keep-best", "1", "--by", "val/hmean", "--format", "json"
+        ).output
+        assert json.loads(json_out)["interrupted"] == [str(marker)]
+    finally:
+        os.close(held)
+    assert plan_gc(outputs, db=db_url, keep_best=1, by="val/hmean").interrupted == tuple(
+        sorted([str(marker), str(live)])
+    )
 
 
 def test_older_than(outputs: Path, db_url: str) -> None:
@@ -279,6 +290,15 @@ def test_link_targets_and_kept_names(outputs: Path, db_url: str) -> None:
     for name in ("best-epoch=04.ckpt", "last-v1.ckpt"):
         assert "a best/last file" in items[f"exp/run1/checkpoints/{name}"].reasons
     assert deleted(plan) == {rel("exp", "run1", n) for n in (0, 4, 5)}
+
+    # A link named like a sidecar is a link all the same: its target is kept.
+    alias = folder / "alias.metadata.yaml"
+    alias.symlink_to(paths[0].name)
+    old = time.time_ns() - HOUR * 10**9  # (a new link is a change: the run would be active)
+    os.utime(alias, ns=(old, old), follow_symlinks=False)
+    plan = plan_gc(outputs, db=db_url, keep_best=1, by="hmean")
+    assert "target of alias.metadata.yaml" in by_name(plan)[rel("exp", "run1", 0)].reasons
+    assert deleted(plan) == {rel("exp", "run1", n) for n in (4, 5)}
 
 
 def test_pinned_never_deleted(outputs: Path, db_url: str) -> None:

@@ -5,6 +5,7 @@ cannot start, dies midway or answers out of turn."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -94,6 +95,7 @@ def test_the_same_plan_when_the_helper_cannot_start_dies_or_strays(
     assert len(expected["items"]) == 30 and expected["totals"]["delete"] > 0
     assert started[-1].proc is None  # closed by the plan
     assert all(s.asked == set() for s in started)  # every answer arrived from the helper
+    assert all(s.failure is None for s in started)
 
     # No helper: the folders are scanned in this process.
     monkeypatch.setattr(sys, "executable", "")
@@ -112,15 +114,58 @@ def test_the_same_plan_when_the_helper_cannot_start_dies_or_strays(
 
     monkeypatch.setattr(FolderScans, "add", add_then_kill)
     assert _comparable(plan_gc(outputs, policy, db=db_url)) == expected
+    assert "ended" in started[-1].failure
     monkeypatch.setattr(FolderScans, "add", real_add)
 
-    # Answers for folders nobody asked about are ignored; the asked ones are still answered.
+    # An answer out of turn: the helper is given up, the rest scanned here.
     def stray_add(self: FolderScans, folders: list[str]) -> None:
-        real_add(self, [str(outputs / "b" / "r9"), *folders])
-        self.asked.discard(str(outputs / "b" / "r9"))
+        real_add(self, folders)
+        if len(self.order) > 1:
+            self.order[0], self.order[1] = self.order[1], self.order[0]
 
     monkeypatch.setattr(FolderScans, "add", stray_add)
     assert _comparable(plan_gc(outputs, policy, db=db_url)) == expected
+    assert "out of turn" in started[-1].failure
+    monkeypatch.setattr(FolderScans, "add", real_add)
+
+    # A helper that decodes file names otherwise than this process is not used.
+    monkeypatch.setattr(gc_scan, "_encoding", lambda: ("latin-1", "surrogateescape"))
+    assert _comparable(plan_gc(outputs, policy, db=db_url)) == expected
+    assert "decodes names" in started[-1].failure
+    monkeypatch.undo()
+
+    # A helper that stops answering is given up after a while.
+    monkeypatch.setattr(FolderScans, "__init__", recording_init)
+    monkeypatch.setattr(gc_scan, "_SILENT_S", 0.5)
+
+    def add_then_stop(self: FolderScans, folders: list[str]) -> None:
+        if self.proc is not None and not self.asked:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+        real_add(self, folders)
+
+    monkeypatch.setattr(FolderScans, "add", add_then_stop)
+    assert _comparable(plan_gc(outputs, policy, db=db_url)) == expected
+    assert "silent" in started[-1].failure
+
+
+def test_many_open_descriptors(tmp_path: Path) -> None:
+    """The pipes to the helper may be numbered past 1023 (select() cannot wait on those)."""
+    folders = _hostile_folders(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"at most {hard} open files here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with FolderScans(*ARGS) as scans:
+            assert scans.proc is not None and scans.proc.stdout.fileno() > 1023
+            scans.add(folders)
+            assert scans.get(folders[0]) == scan_folder(folders[0], *ARGS)
+            assert scans.in_child
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_leaving_ends_the_helper(tmp_path: Path) -> None:

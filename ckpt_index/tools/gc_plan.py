@@ -17,11 +17,11 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from operator import attrgetter
+from pathlib import Path
 from stat import S_ISREG
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -30,7 +30,7 @@ from sqlalchemy import and_, or_, select
 from ckpt_index.hyperparams import PREFIX as PARAMS_PREFIX
 from ckpt_index.index.tables import checkpoint_metrics, checkpoints
 from ckpt_index.sidecar.files import CKPT_SUFFIX, SIDECAR_SUFFIX
-from ckpt_index.tools.gc_markers import GC_MARKER_SUFFIX, GC_SUFFIXES, NEW_SUFFIX
+from ckpt_index.tools.gc_markers import GC_MARKER_SUFFIX, GC_SUFFIXES, NEW_SUFFIX, lock_marker
 from ckpt_index.tools.gc_scan import DEV, INO, MTIME_NS, NLINK, SIZE, FolderScans, Scan
 from ckpt_index.tools.rename_plan import KEPT_PREFIXES
 
@@ -224,23 +224,23 @@ def plan_gc(
     # The rows and the planner make a few objects per row and keep them all: the cyclic
     # collector would walk them (and every object the caller holds) again and again, a fifth of
     # the time at 100,000 rows (more in a process holding many objects), and could free none.
-    with collector_paused():
+    # The run folders are scanned by a helper process while the rows are read and decided
+    # (gc_scan says why), each folder as soon as a row names it; the index is closed once the
+    # rows are read.
+    with collector_paused(), _folder_scans() as scans:
         with disposing(open_engine(db, readonly=True, on_connect=guard)) as engine:
             with engine.connect() as conn:
                 metric, direction = _metric(conn, policy.by)
-                # The run folders are scanned by a helper process while the rows are read and
-                # decided (gc_scan says why); each folder as soon as a row names it.
-                with _folder_scans() as scans:
-                    rows = _rows_under(conn, resolved, metric, location, scans.add)
-                    check_unlocked_read(engine)
-                    planner = _Planner(policy, direction, resolved, time.time(), scans)
-                    items = planner.plan(rows)
+                rows = _rows_under(conn, resolved, metric, location, scans.add)
+            check_unlocked_read(engine)
+        planner = _Planner(policy, direction, resolved, time.time(), scans)
+        items = planner.plan(rows)
+        interrupted = tuple(sorted(m for m in planner.pending if not _held(m)))
         # Freed before the collector runs again: its first pass walks every object made while
         # it was paused and still alive, and the rows and the planner's state are most of them.
-        # The connection and the helper go too, so that closing them (psycopg allocates as it
-        # does) does not start that pass here.
-        interrupted = tuple(sorted(planner.pending))
-        del rows, planner, conn, engine, scans
+        # The connection goes too, so that freeing it (psycopg allocates as it does) does not
+        # start that pass here.
+        del rows, planner, conn, engine
         return GcPlan(
             policy=policy,
             roots=tuple(resolved),
@@ -252,17 +252,31 @@ def plan_gc(
         )
 
 
-@contextmanager
-def collector_paused() -> Iterator[None]:
+def _held(marker: str) -> bool:
+    """Whether a live ``gc --apply`` holds ``marker`` (its deletion is in progress, not
+    interrupted), or it is gone. Taking the lock and letting it go writes nothing."""
+    fd = lock_marker(Path(marker))
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+class collector_paused:  # noqa: N801 - used as a function, like contextlib's
     """The cyclic garbage collector paused (as it was before, after): for work that makes many
     objects and frees none of them, such as a plan of 100,000 items or its rendering, where the
-    collector's passes over them cost more than the work itself and reclaim nothing."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
+    collector's passes over them cost more than the work itself and reclaim nothing.
+
+    A class, not a generator: resuming the collector is the last thing it does (a generator's
+    exit allocates after it, which would start the collector's pass over all those objects
+    inside the paused work instead of at the caller's next allocation)."""
+
+    def __enter__(self) -> None:
+        self.collecting = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.collecting:
             gc.enable()
 
 

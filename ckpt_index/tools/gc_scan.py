@@ -19,6 +19,7 @@ content never depends on the child.
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import select
@@ -26,6 +27,8 @@ import stat
 import struct
 import subprocess
 import sys
+from collections import deque
+from typing import Any
 
 #: What :func:`scan_folder` returns: (files, others, sidecars, links, newest_ns, error,
 #: ignored), where files maps a regular file's name to (st_dev, st_ino, st_size, st_mtime_ns,
@@ -81,7 +84,7 @@ def scan_folder(
             with os.scandir(fd) as entries:
                 for entry in entries:
                     name = entry.name
-                    if name.endswith(sidecar_suffix) and not entry.is_dir(follow_symlinks=False):
+                    if name.endswith(sidecar_suffix) and entry.is_file(follow_symlinks=False):
                         sidecars.append(name)  # the directory entry's type: no system call
                         continue
                     # Checkpoints and sidecars (most entries) are no gc file: skip the test.
@@ -107,8 +110,8 @@ def scan_folder(
                         links.append((target.st_dev, target.st_ino, name))
         finally:
             os.close(fd)
-    except OSError as exc:
-        error = exc.strerror or str(exc)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        error = getattr(exc, "strerror", None) or str(exc)
     # Lightning writes its logs beside checkpoints/: a run is active while they change.
     if os.path.basename(path) == "checkpoints":
         newest = max(newest, _newest_entry_ns(os.path.dirname(path), "checkpoints"))
@@ -141,7 +144,13 @@ def _newest_entry_ns(path: str, skip: str) -> int:
 class FolderScans:
     """The scans of the folders a plan names with :meth:`add`, by a child process when one
     starts (else, or once it fails, in this process); :meth:`get` returns one. Use as a context
-    manager: leaving it ends the child."""
+    manager: leaving it ends the child.
+
+    The child answers in the order it was asked, each answer naming its folder; it first says
+    which file system encoding it decodes names with. An answer out of turn, another encoding,
+    a broken frame, a dead child or one silent for :data:`_SILENT_S` while waited for: the
+    folders not answered yet are scanned here instead (so a plan never depends on the child).
+    """
 
     def __init__(
         self,
@@ -154,6 +163,9 @@ class FolderScans:
         self.args = (sidecar_suffix, tuple(training_suffixes), tuple(ignored_suffixes))
         self.results: dict[str, Scan] = {}
         self.asked: set[str] = set()  # folders sent to the child and not answered yet
+        self.order: deque[str] = deque()  # the same, in the order they were sent
+        self.greeted = False  # the child's encoding was read and is ours
+        self.failure: str | None = None  # why the child was given up, if it was
         self.out = bytearray()  # folder names not yet written to the child
         self.inbox = bytearray()  # the child's answers not yet parsed
         self.proc: subprocess.Popen[bytes] | None = self._start() if child else None
@@ -163,8 +175,10 @@ class FolderScans:
             return None
         command = [
             sys.executable,
-            "-I",
-            "-S",
+            "-I",  # no PYTHON* variables, no user site, not the working folder on the path
+            "-S",  # no site packages: the child imports nothing but the standard library
+            "-X",
+            f"utf8={sys.flags.utf8_mode}",  # -I drops PYTHONUTF8: name the mode outright
             __file__,
             *self.args[:1],
             "/".join(self.args[1]),
@@ -181,9 +195,9 @@ class FolderScans:
         except (OSError, ValueError):
             return None
         assert proc.stdin is not None and proc.stdout is not None
-        os.set_blocking(proc.stdin.fileno(), False)
-        os.set_blocking(proc.stdout.fileno(), False)
-        _widen_pipe(proc.stdout.fileno())
+        for fd in (proc.stdin.fileno(), proc.stdout.fileno()):
+            os.set_blocking(fd, False)
+            _widen_pipe(fd)
         return proc
 
     def __enter__(self) -> FolderScans:
@@ -202,13 +216,23 @@ class FolderScans:
         if self.proc is None:
             return
         for folder in folders:
-            if folder not in self.asked and folder not in self.results and "\0" not in folder:
-                self.asked.add(folder)
-                self.out += os.fsencode(folder) + b"\0"
+            if folder in self.asked or folder in self.results:
+                continue
+            try:
+                name = os.fsencode(folder)
+            except UnicodeError:
+                continue  # no file system name: scanned here (and found unreadable)
+            if b"\0" in name:
+                continue
+            self.asked.add(folder)
+            self.order.append(folder)
+            self.out += name + b"\0"
         self._pump(wait=False)
 
     def get(self, folder: str) -> Scan:
         """The scan of ``folder``: the child's answer (waiting for it), else one made here."""
+        if self.out and self.proc is not None:
+            self._pump(wait=False)  # names the pipe could not take yet
         result = self.results.pop(folder, None)
         if result is not None:
             return result
@@ -231,15 +255,19 @@ class FolderScans:
         proc.wait()
 
     def _pump(self, wait: bool) -> None:
-        """Write what the child can take, read what it answered; with ``wait``, block until
-        one of the two moves (or the child is gone)."""
+        """Write what the child can take, read what it answered; with ``wait``, first block
+        until one of the two can move (or the child is gone, or silent too long)."""
         proc = self.proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         wfd, rfd = proc.stdin.fileno(), proc.stdout.fileno()
-        if wait:
-            writers = [wfd] if self.out else []
-            select.select([rfd], writers, [])
         try:
+            if wait:
+                poller = select.poll()  # not select(): descriptors may be past 1023
+                poller.register(rfd, select.POLLIN)
+                if self.out:
+                    poller.register(wfd, select.POLLOUT)
+                if not poller.poll(_SILENT_S * 1000):
+                    raise TimeoutError("the scanning process is silent")
             if self.out:
                 try:
                     del self.out[: os.write(wfd, self.out)]
@@ -254,8 +282,8 @@ class FolderScans:
                     raise EOFError("the scanning process ended")
                 self.inbox += data
             self._parse()
-        except (OSError, EOFError, ValueError, TypeError):
-            self._give_up()
+        except (OSError, EOFError, ValueError, TypeError) as exc:  # TimeoutError: an OSError
+            self._give_up(f"{type(exc).__name__}: {exc}")
 
     def _parse(self) -> None:
         inbox = self.inbox
@@ -265,29 +293,50 @@ class FolderScans:
             end = start + _LENGTH.size + size
             if len(inbox) < end:
                 break
-            for folder, scan in marshal.loads(bytes(inbox[start + _LENGTH.size : end])):
-                if folder in self.asked:
-                    self.asked.discard(folder)
-                    self.results[folder] = tuple(scan)
+            frame = marshal.loads(bytes(inbox[start + _LENGTH.size : end]))
             start = end
+            if not self.greeted:
+                if tuple(frame) != _encoding():
+                    raise ValueError(f"the scanning process decodes names as {frame!r}")
+                self.greeted = True
+                continue
+            for folder, scan in frame:
+                if not self.order or folder != self.order[0]:
+                    raise ValueError(f"the scanning process answered {folder!r} out of turn")
+                self.order.popleft()
+                self.asked.discard(folder)
+                self.results[folder] = tuple(scan)
         del inbox[:start]
 
-    def _give_up(self) -> None:
+    def _give_up(self, reason: str) -> None:
         """The child failed: the folders it did not answer are scanned here."""
+        self.failure = reason
         self.close()
         self.asked.clear()
+        self.order.clear()
         self.out.clear()
         self.inbox.clear()
 
 
+_SILENT_S = 60  # seconds a waited-for child may say nothing before its folders are scanned here
+
+
+def _encoding() -> tuple[str, str]:
+    """How this interpreter decodes file names (the child's must be the parent's)."""
+    return (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+
+
 def _widen_pipe(fd: int) -> None:
-    """Room for the child's answers while the parent is busy reading the index (Linux only)."""
+    """Room in a pipe to the child for the answers (or names) while the other side is busy
+    (Linux only; elsewhere the pipe stays as it is)."""
     try:
         import fcntl
-
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except (ImportError, OSError):
-        pass
+    except ImportError:
+        return
+    size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if size is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, size, 1 << 20)
 
 
 def _child(argv: list[str]) -> None:
@@ -296,6 +345,13 @@ def _child(argv: list[str]) -> None:
     training = tuple(s for s in argv[1].split("/") if s)
     ignored = tuple(s for s in argv[2].split("/") if s)
     out = sys.stdout.buffer
+
+    def send(obj: Any) -> None:
+        payload = marshal.dumps(obj)
+        out.write(_LENGTH.pack(len(payload)) + payload)
+        out.flush()
+
+    send(_encoding())
     pending = b""
     while True:
         data = os.read(0, 1 << 16)
@@ -308,9 +364,7 @@ def _child(argv: list[str]) -> None:
             for name in names[start : start + _BATCH]:
                 folder = os.fsdecode(name)
                 batch.append((folder, scan_folder(folder, sidecar_suffix, training, ignored)))
-            payload = marshal.dumps(batch)
-            out.write(_LENGTH.pack(len(payload)) + payload)
-            out.flush()
+            send(batch)
 
 
 if __name__ == "__main__":
