@@ -6,13 +6,14 @@ decisions together. Python threads cannot overlap them (each call hands the inte
 back and forth, which made a threaded scan slower than a serial one), so, as ``git``'s
 ``core.preloadIndex`` stats in parallel, :class:`FolderScans` hands the folders to a child
 process while the parent reads the index and decides: the child scans each folder as soon as
-the parent names it, and the parent reads the results in the order it asks for them.
+the parent names it, and answers in that order.
 
-The child is this file run by the same interpreter (``python -I -S gc_scan.py``: no site
-packages, nothing of the package imported, so it starts in about 10 ms). It reads
-NUL-terminated folder paths on stdin and writes, for batches of them, a 4-byte length and a
-``marshal``-ed list of ``(path, scan)``. It only lists and stats: no file is opened or read, no
-link is followed but to stat its target. When it cannot start, dies or answers out of turn, the
+The child is this file run by the same interpreter (``python -I -S -X utf8=N gc_scan.py``, N
+as the parent's: no site packages, nothing of the package imported, so it starts in about 10
+ms). It first writes how it decodes file names, then reads NUL-terminated folder paths on stdin
+and writes, for batches of them, a 4-byte length and a ``marshal``-ed list of ``(path, scan)``.
+It only lists and stats: no file is opened or read, no link is followed but to stat its target.
+When it cannot start, dies, decodes names otherwise, answers out of turn or falls silent, the
 parent scans the remaining folders itself (:func:`scan_folder`, the same function), so a plan's
 content never depends on the child.
 """
@@ -32,8 +33,8 @@ from typing import Any
 
 #: What :func:`scan_folder` returns: (files, others, sidecars, links, newest_ns, error,
 #: ignored), where files maps a regular file's name to (st_dev, st_ino, st_size, st_mtime_ns,
-#: st_nlink); others lists the names that are no regular file; sidecars the names ending in the
-#: sidecar suffix (listed, not stat'ed); links (target st_dev, target st_ino, name) of each
+#: st_nlink); others lists the names that are no regular file; sidecars the regular files whose
+#: names end in the sidecar suffix (listed, not stat'ed); links (target st_dev, target st_ino, name) of each
 #: symbolic link whose target exists; newest_ns the newest change of the folder's entries (and,
 #: for a ``checkpoints`` folder, of the run folder above and its other entries); error the
 #: reason the folder could not be listed, else None; ignored the names ending in an ignored
