@@ -34,11 +34,11 @@ from typing import Any
 #: What :func:`scan_folder` returns: (files, others, sidecars, links, newest_ns, error,
 #: ignored), where files maps a regular file's name to (st_dev, st_ino, st_size, st_mtime_ns,
 #: st_nlink); others lists the names that are no regular file; sidecars the regular files whose
-#: names end in the sidecar suffix (listed, not stat'ed); links (target st_dev, target st_ino, name) of each
-#: symbolic link whose target exists; newest_ns the newest change of the folder's entries (and,
-#: for a ``checkpoints`` folder, of the run folder above and its other entries); error the
-#: reason the folder could not be listed, else None; ignored the names ending in an ignored
-#: suffix (listed, not stat'ed).
+#: names end in the sidecar suffix (listed, not stat'ed); links (target st_dev, target st_ino,
+#: name) of each symbolic link whose target exists; newest_ns the newest change of the folder's
+#: entries (and, for a ``checkpoints`` folder, of the run folder above and its other entries);
+#: error the reason the folder could not be listed, else None; ignored the names ending in an
+#: ignored suffix (listed, not stat'ed).
 Scan = tuple[
     dict[str, tuple[int, int, int, int, int]],
     list[str],
