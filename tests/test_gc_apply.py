@@ -14,6 +14,8 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -411,6 +413,31 @@ def test_killed_after_the_checkpoint_went_is_finished_next_time(
     fresh_equals(db_url, outputs, tmp_path)
 
 
+@contextmanager
+def _killed_unlinking(
+    monkeypatch: pytest.MonkeyPatch, kill: Path, cross_device: set[Path]
+) -> Iterator[None]:
+    """Around an apply that must die: unlinking ``kill`` kills it (:class:`Killed`), and
+    hard-linking any of ``cross_device`` fails as across file systems (EXDEV: a copy instead)."""
+    real_unlink, real_link = os.unlink, os.link
+
+    def unlink(path, *args, **kwargs):
+        if Path(path) == kill:
+            raise Killed
+        return real_unlink(path, *args, **kwargs)
+
+    def link(src, dst, *args, **kwargs):
+        if Path(src) in cross_device:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "unlink", unlink)
+        m.setattr(os, "link", link)
+        with pytest.raises(Killed):
+            yield
+
+
 @pytest.mark.parametrize("across", [False, True])
 def test_killed_mid_move_into_the_trash_is_finished(
     outputs, db_url, tree, tmp_path, monkeypatch, across
@@ -421,24 +448,8 @@ def test_killed_mid_move_into_the_trash_is_finished(
     trash = tmp_path / "trash"
     doomed = tree[1]
     plan = make_plan(db_url, outputs, {doomed})
-    real_unlink, real_link = os.unlink, os.link
-
-    def unlink(path, *args, **kwargs):
-        if Path(path) == doomed:
-            raise Killed
-        return real_unlink(path, *args, **kwargs)
-
-    def link(src, dst, *args, **kwargs):
-        if Path(src) == doomed:
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        return real_link(src, dst, *args, **kwargs)
-
-    with monkeypatch.context() as m:
-        m.setattr(os, "unlink", unlink)
-        if across:
-            m.setattr(os, "link", link)
-        with pytest.raises(Killed):
-            apply_gc(plan, trash=trash)
+    with _killed_unlinking(monkeypatch, doomed, {doomed} if across else set()):
+        apply_gc(plan, trash=trash)
     moved = trash / "outputs" / doomed.relative_to(outputs)
     assert moved.exists() and doomed.exists()
     assert os.stat(doomed).st_nlink == (1 if across else 2)
@@ -460,24 +471,9 @@ def test_killed_mid_move_of_the_sidecar_is_finished_without_a_second_copy(
     trash = tmp_path / "trash"
     doomed = tree[1]
     sidecar = sidecar_path_for(doomed)
-    real_unlink, real_link = os.unlink, os.link
-
-    def unlink(path, *args, **kwargs):
-        if Path(path) == sidecar:
-            raise Killed  # whole in the trash, not yet unlinked here
-        return real_unlink(path, *args, **kwargs)
-
-    def link(src, dst, *args, **kwargs):
-        if Path(src) in (doomed, sidecar):
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        return real_link(src, dst, *args, **kwargs)
-
-    with monkeypatch.context() as m:
-        m.setattr(os, "unlink", unlink)
-        if across:
-            m.setattr(os, "link", link)
-        with pytest.raises(Killed):
-            apply_gc(make_plan(db_url, outputs, {doomed}), trash=trash)
+    # Killed once the sidecar is whole in the trash, not yet unlinked here.
+    with _killed_unlinking(monkeypatch, sidecar, {doomed, sidecar} if across else set()):
+        apply_gc(make_plan(db_url, outputs, {doomed}), trash=trash)
     moved = trash / "outputs" / doomed.relative_to(outputs)
     assert not doomed.exists() and sidecar.exists() and sidecar_path_for(moved).exists()
 
