@@ -8,7 +8,7 @@ command runs.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -28,33 +28,33 @@ def db_option(func: F) -> F:
     )(func)
 
 
-def table_format_option(func: F) -> F:
-    """``--format table|json`` of the commands that print a table (``du``, ``gc``)."""
+def format_option(formats: Sequence[str], default: str, help_text: str) -> Callable[[F], F]:
+    """``--format`` (``fmt``), one of ``formats``: how a command prints what it found."""
     return click.option(
         "--format",
         "fmt",
-        type=click.Choice(TABLE_FORMATS),
-        default="table",
+        type=click.Choice(formats),
+        default=default,
         show_default=True,
-        help="table for people, json for scripts.",
-    )(func)
+        help=help_text,
+    )
 
 
 #: What ``table_format_option`` offers.
 TABLE_FORMATS = ("table", "json")
 
 
+def table_format_option(func: F) -> F:
+    """``--format table|json`` of the commands that print a table (``du``, ``gc``)."""
+    return format_option(TABLE_FORMATS, "table", "table for people, json for scripts.")(func)
+
+
 def report_format_option(func: F) -> F:
     """``--format text|json`` of the commands that print a report."""
     from ckpt_index.vocabulary import REPORT_FORMATS
 
-    return click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(REPORT_FORMATS),
-        default="text",
-        show_default=True,
-        help="Report format: text for people, json for scripts.",
+    return format_option(
+        REPORT_FORMATS, "text", "Report format: text for people, json for scripts."
     )(func)
 
 

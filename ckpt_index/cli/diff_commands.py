@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ckpt_index.cli.common import db_option, friendly_errors, read_index, write_data
+from ckpt_index.cli.common import db_option, format_option, friendly_errors, read_index, write_data
 from ckpt_index.cli.query_commands import spec_options
 
 
@@ -21,13 +21,10 @@ from ckpt_index.cli.query_commands import spec_options
     is_flag=True,
     help="Every field, metric and parameter, not only those that differ.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "markdown"]),
-    default="table",
-    show_default=True,
-    help="table for people, markdown for a report or a pull request, json for scripts.",
+@format_option(
+    ["table", "json", "markdown"],
+    "table",
+    "table for people, markdown for a report or a pull request, json for scripts.",
 )
 @friendly_errors
 def diff(

@@ -17,6 +17,7 @@ from ckpt_index.cli import completion
 from ckpt_index.cli.common import (
     F,
     db_option,
+    format_option,
     friendly_errors,
     read_index,
     report_format_option,
@@ -114,13 +115,10 @@ def spec_options(func: F) -> F:
 @click.command()
 @db_option
 @spec_options
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(RESULT_FORMATS),
-    default="table",
-    show_default=True,
-    help="table for people; json, jsonl and csv for scripts; paths prints checkpoint paths.",
+@format_option(
+    RESULT_FORMATS,
+    "table",
+    "table for people; json, jsonl and csv for scripts; paths prints checkpoint paths.",
 )
 @click.option(
     "--columns",
@@ -339,13 +337,10 @@ def _safe_url(url: str) -> str:
 @click.command()
 @click.argument("statement")
 @db_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice([f for f in RESULT_FORMATS if f != "paths"]),
-    default="table",
-    show_default=True,
-    help="table for people; json, jsonl and csv for scripts.",
+@format_option(
+    [f for f in RESULT_FORMATS if f != "paths"],
+    "table",
+    "table for people; json, jsonl and csv for scripts.",
 )
 @click.option(
     "--timeout",
